@@ -1,0 +1,1 @@
+//! Configuration (see `raw` and the validated types).

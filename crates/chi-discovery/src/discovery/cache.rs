@@ -1,0 +1,417 @@
+//! The discovery cache: one immutable snapshot per service, swapped atomically.
+//!
+//! Reading is the hot path of every request, so a hit only reads: the service map is an
+//! [`ArcSwap`] of an immutable `HashMap` (copied only when a service enters or leaves the cache),
+//! each entry holds its current [`Snapshot`] in another `ArcSwap`, and a hit returns a clone of
+//! that `Arc`. No lock, no allocation; the recency stamp for LRU eviction is written only when it
+//! changed, so steady-state hits do not even dirty a shared cache line.
+//!
+//! All work happens when membership changes: a refresh or a watch event builds a new snapshot and
+//! swaps it in. A failed refresh never replaces a list: the old one is kept and marked stale.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+
+use crate::instance::Instance;
+
+/// Cache settings: the spec's `CacheConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// How long a list counts as fresh without a successful refresh; past it the list is still
+    /// served (the last good list) but marked stale.
+    pub ttl: Duration,
+    /// How often every cached service is refreshed from the registry in the background.
+    pub refresh_interval: Duration,
+    /// How many services the cache holds; the least recently read one is evicted beyond that.
+    pub max_size: usize,
+    /// Count hits, misses, stale serves and refreshes ([`CacheStats`]).
+    pub enable_metrics: bool,
+}
+
+impl Default for CacheConfig {
+    /// The spec's values: TTL 30 s, refresh every 10 s, 1,000 services, metrics on.
+    fn default() -> Self {
+        CacheConfig {
+            ttl: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(10),
+            max_size: 1000,
+            enable_metrics: true,
+        }
+    }
+}
+
+/// An immutable list of a service's instances, as of one moment. Cloning is one `Arc` clone.
+#[derive(Debug, Clone)]
+pub struct Snapshot(Arc<SnapshotData>);
+
+#[derive(Debug)]
+pub(crate) struct SnapshotData {
+    instances: Arc<[Instance]>,
+    stale: bool,
+    revision: u64,
+    fetched_at: Instant,
+}
+
+impl Snapshot {
+    pub(crate) fn new(instances: Vec<Instance>, revision: u64) -> Self {
+        Snapshot(Arc::new(SnapshotData {
+            instances: instances.into(),
+            stale: false,
+            revision,
+            fetched_at: Instant::now(),
+        }))
+    }
+
+    fn with_stale(&self, stale: bool) -> Self {
+        Snapshot(Arc::new(SnapshotData {
+            instances: self.0.instances.clone(),
+            stale,
+            revision: self.0.revision,
+            fetched_at: self.0.fetched_at,
+        }))
+    }
+
+    /// The instances.
+    pub fn instances(&self) -> &[Instance] {
+        &self.0.instances
+    }
+
+    /// True when the registry could not be reached at the last refresh (or watch), so this list
+    /// may be out of date. It is still the last list the registry gave.
+    pub fn is_stale(&self) -> bool {
+        self.0.stale
+    }
+
+    /// Changes every time the instance list changes; equal revisions mean equal lists. Balancers
+    /// rebuild their tables only when it moves.
+    pub fn revision(&self) -> u64 {
+        self.0.revision
+    }
+
+    /// When the registry last confirmed this list.
+    pub fn fetched_at(&self) -> Instant {
+        self.0.fetched_at
+    }
+}
+
+impl Deref for Snapshot {
+    type Target = [Instance];
+    fn deref(&self) -> &[Instance] {
+        &self.0.instances
+    }
+}
+
+/// Counters of the cache (all zero when `enable_metrics` is off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads that had to ask the registry.
+    pub misses: u64,
+    /// Reads answered with a stale list.
+    pub stale_serves: u64,
+    /// Successful refreshes.
+    pub refreshes: u64,
+    /// Failed refreshes (the old list was kept).
+    pub refresh_errors: u64,
+    /// Services evicted to stay within `max_size`.
+    pub evictions: u64,
+    /// Services cached now.
+    pub size: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) stale_serves: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) refresh_errors: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+}
+
+/// The map is keyed by service names the process itself asks for, so a fast non-DoS-resistant
+/// hash (FxHash) is the right trade on the hot path.
+type Map = HashMap<Arc<str>, Arc<Entry>, rustc_hash::FxBuildHasher>;
+
+/// One cached service.
+pub(crate) struct Entry {
+    pub(crate) snapshot: ArcSwap<SnapshotData>,
+    /// Coarse clock tick of the last read, for LRU eviction.
+    last_read: AtomicU64,
+    /// Successful refreshes never happened since this instant: for TTL / stale marking.
+    last_ok: std::sync::Mutex<Instant>,
+}
+
+impl Entry {
+    pub(crate) fn load(&self) -> Snapshot {
+        Snapshot(self.snapshot.load_full())
+    }
+}
+
+/// The cache itself.
+pub(crate) struct Cache {
+    map: ArcSwap<Map>,
+    /// Serialises writers of `map` (readers never take it).
+    write: std::sync::Mutex<()>,
+    /// Coarse clock, advanced by the refresher; reads stamp entries with it.
+    clock: AtomicU64,
+    revision: AtomicU64,
+    pub(crate) config: CacheConfig,
+    pub(crate) counters: Counters,
+}
+
+impl Cache {
+    pub(crate) fn new(config: CacheConfig) -> Self {
+        Cache {
+            map: ArcSwap::from_pointee(Map::default()),
+            write: std::sync::Mutex::new(()),
+            clock: AtomicU64::new(0),
+            revision: AtomicU64::new(0),
+            config,
+            counters: Counters::default(),
+        }
+    }
+
+    fn count(&self, c: &AtomicU64) {
+        if self.config.enable_metrics {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The hot path: the current snapshot of `service`, if cached.
+    #[inline]
+    pub(crate) fn get(&self, service: &str) -> Option<Snapshot> {
+        let map = self.map.load();
+        let entry = map.get(service)?;
+        let now = self.clock.load(Ordering::Relaxed);
+        if entry.last_read.load(Ordering::Relaxed) != now {
+            entry.last_read.store(now, Ordering::Relaxed);
+        }
+        let snap = entry.load();
+        self.count(&self.counters.hits);
+        if snap.is_stale() {
+            self.count(&self.counters.stale_serves);
+        }
+        Some(snap)
+    }
+
+    /// The entry of `service`, for holders that read it repeatedly.
+    pub(crate) fn entry(&self, service: &str) -> Option<Arc<Entry>> {
+        self.map.load().get(service).cloned()
+    }
+
+    pub(crate) fn record_miss(&self) {
+        self.count(&self.counters.misses);
+    }
+
+    pub(crate) fn next_revision(&self) -> u64 {
+        self.revision.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn tick_clock(&self) {
+        self.clock.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stores a fresh list from a healthy registry answer (an empty list included: services do
+    /// scale to zero). Returns the snapshot now served.
+    pub(crate) fn store(&self, service: &str, instances: Vec<Instance>) -> Snapshot {
+        if let Some(entry) = self.entry(service) {
+            *entry.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            let current = entry.load();
+            if same_list(current.instances(), &instances) {
+                if current.is_stale() {
+                    let fresh = current.with_stale(false);
+                    entry.snapshot.store(fresh.0.clone());
+                    return fresh;
+                }
+                return current;
+            }
+            let snap = Snapshot::new(instances, self.next_revision());
+            entry.snapshot.store(snap.0.clone());
+            return snap;
+        }
+        let snap = Snapshot::new(instances, self.next_revision());
+        self.insert(service, snap.clone());
+        snap
+    }
+
+    /// Marks the list of `service` stale (a refresh or watch failed). The list itself stays.
+    pub(crate) fn mark_stale(&self, service: &str) {
+        if let Some(entry) = self.entry(service) {
+            let current = entry.load();
+            if !current.is_stale() {
+                entry.snapshot.store(current.with_stale(true).0.clone());
+            }
+        }
+    }
+
+    /// Marks stale every entry whose last successful refresh is older than the TTL.
+    pub(crate) fn expire(&self, now: Instant) {
+        for (name, entry) in self.map.load().iter() {
+            let last_ok = *entry.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+            if now.saturating_duration_since(last_ok) > self.config.ttl {
+                self.mark_stale(name);
+            }
+        }
+    }
+
+    /// Applies a function to the list of `service` (a watch event) and stores the result.
+    pub(crate) fn update(&self, service: &str, f: impl FnOnce(&mut HashMap<String, Instance>)) {
+        let mut view: HashMap<String, Instance> = self
+            .entry(service)
+            .map(|e| {
+                e.load()
+                    .instances()
+                    .iter()
+                    .map(|i| (i.id.clone(), i.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        f(&mut view);
+        let mut list: Vec<Instance> = view.into_values().collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        self.store(service, list);
+    }
+
+    fn insert(&self, service: &str, snap: Snapshot) {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map: Map = (**self.map.load()).clone();
+        map.insert(
+            Arc::from(service),
+            Arc::new(Entry {
+                snapshot: ArcSwap::new(snap.0),
+                last_read: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
+                last_ok: std::sync::Mutex::new(Instant::now()),
+            }),
+        );
+        while map.len() > self.config.max_size.max(1) {
+            let victim = map
+                .iter()
+                .filter(|(name, _)| &***name != service)
+                .min_by_key(|(_, e)| e.last_read.load(Ordering::Relaxed))
+                .map(|(name, _)| name.clone());
+            match victim {
+                Some(v) => {
+                    map.remove(&v);
+                    self.count(&self.counters.evictions);
+                    tracing::debug!(service = %v, "evicted from the discovery cache");
+                }
+                None => break,
+            }
+        }
+        self.map.store(Arc::new(map));
+    }
+
+    /// Drops `service` from the cache.
+    pub(crate) fn remove(&self, service: &str) {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map: Map = (**self.map.load()).clone();
+        if map.remove(service).is_some() {
+            self.map.store(Arc::new(map));
+        }
+    }
+
+    /// Names of the cached services.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.map.load().keys().map(|k| k.to_string()).collect()
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        let c = &self.counters;
+        CacheStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            stale_serves: c.stale_serves.load(Ordering::Relaxed),
+            refreshes: c.refreshes.load(Ordering::Relaxed),
+            refresh_errors: c.refresh_errors.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            size: self.map.load().len() as u64,
+        }
+    }
+}
+
+/// Same instances, in any order.
+fn same_list(a: &[Instance], b: &[Instance]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut a: Vec<&Instance> = a.iter().collect();
+    let mut b: Vec<&Instance> = b.iter().collect();
+    a.sort_by(|x, y| x.id.cmp(&y.id));
+    b.sort_by(|x, y| x.id.cmp(&y.id));
+    a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: &str) -> Instance {
+        Instance::new("s", "h", 1).with_id(id)
+    }
+
+    #[tokio::test]
+    async fn store_keeps_revision_when_unchanged() {
+        let c = Cache::new(CacheConfig::default());
+        let a = c.store("s", vec![inst("a"), inst("b")]);
+        let b = c.store("s", vec![inst("b"), inst("a")]);
+        assert_eq!(a.revision(), b.revision());
+        let d = c.store("s", vec![inst("a")]);
+        assert_ne!(a.revision(), d.revision());
+        assert_eq!(c.get("s").expect("cached").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn stale_marking_keeps_the_list() {
+        let c = Cache::new(CacheConfig::default());
+        c.store("s", vec![inst("a")]);
+        c.mark_stale("s");
+        let s = c.get("s").expect("cached");
+        assert!(s.is_stale());
+        assert_eq!(s.len(), 1);
+        let s = c.store("s", vec![inst("a")]);
+        assert!(!s.is_stale());
+        assert_eq!(c.stats().stale_serves, 1);
+    }
+
+    #[tokio::test]
+    async fn evicts_least_recently_read() {
+        let c = Cache::new(CacheConfig {
+            max_size: 2,
+            ..CacheConfig::default()
+        });
+        c.store("a", vec![]);
+        c.tick_clock();
+        c.store("b", vec![]);
+        c.tick_clock();
+        let _ = c.get("a");
+        c.tick_clock();
+        c.store("c", vec![]);
+        let mut names = c.names();
+        names.sort();
+        assert_eq!(names, vec!["a", "c"]);
+        assert_eq!(c.stats().evictions, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_marks_stale() {
+        let c = Cache::new(CacheConfig {
+            ttl: Duration::from_secs(5),
+            ..CacheConfig::default()
+        });
+        c.store("s", vec![inst("a")]);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        c.expire(Instant::now());
+        assert!(!c.get("s").expect("cached").is_stale());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        c.expire(Instant::now());
+        assert!(c.get("s").expect("cached").is_stale());
+    }
+}

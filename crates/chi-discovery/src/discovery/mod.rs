@@ -1,0 +1,324 @@
+//! The discovery client: find instances by name, filter them, watch them, and keep serving the
+//! last good list when the registry is down.
+//!
+//! [`DiscoveryClient::discover`] answers from the cache ([`cache`]) when it can; a miss asks the
+//! registry (with retries per [`RetryPolicy`]) and caches the answer. A background task refreshes
+//! every cached service each `refresh_interval`. The rules of stale-on-error (DESIGN.md §3.3):
+//!
+//! - a registry error, a timeout or a lost watch never replaces a list; the last good list keeps
+//!   being served, marked [`Snapshot::is_stale`];
+//! - an answer from a healthy registry that a service has no instances is honoured (services do
+//!   scale to zero), so clients stop calling instances that are gone.
+
+pub mod cache;
+mod watch;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::future::join_all;
+use tokio::task::JoinHandle;
+
+pub use cache::{CacheConfig, CacheStats, Snapshot};
+pub use watch::Watcher;
+
+use crate::error::{Error, Result};
+use crate::instance::{Filter, Instance, validate_name};
+use crate::registry::Registry;
+use crate::retry::RetryPolicy;
+use cache::Cache;
+
+/// A callback told about every discovery request: service, duration, and the outcome.
+pub type RequestHook = Arc<dyn Fn(&str, Duration, Result<(), &Error>) + Send + Sync>;
+
+/// Finds service instances through a [`Registry`], with a cache in front.
+#[derive(Clone)]
+pub struct DiscoveryClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DiscoveryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscoveryClient")
+            .field("registry", &self.inner.registry.backend())
+            .field("cache", &self.inner.cache.config)
+            .field("retry", &self.inner.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) cache: Cache,
+    pub(crate) retry: RetryPolicy,
+    request_timeout: Duration,
+    hooks: ArcSwap<Vec<RequestHook>>,
+    has_hooks: AtomicBool,
+    refresher: Mutex<Option<JoinHandle<()>>>,
+    /// Serialises cold misses so one service is fetched once, not once per waiting caller.
+    miss: tokio::sync::Mutex<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .refresher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Outcome of [`DiscoveryClient::warm_up`] for one service.
+#[derive(Debug)]
+pub struct WarmUp {
+    /// Service name.
+    pub service: String,
+    /// Instance count, or why the service could not be loaded.
+    pub result: Result<usize>,
+}
+
+/// Builds a [`DiscoveryClient`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    cache: CacheConfig,
+    retry: RetryPolicy,
+    request_timeout: Duration,
+}
+
+impl Builder {
+    /// Cache settings.
+    pub fn cache(mut self, cache: CacheConfig) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Retry settings for registry calls.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Deadline of one registry call (default 5 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The client.
+    pub fn build(self, registry: Arc<dyn Registry>) -> DiscoveryClient {
+        DiscoveryClient {
+            inner: Arc::new(Inner {
+                registry,
+                cache: Cache::new(self.cache),
+                retry: self.retry,
+                request_timeout: self.request_timeout,
+                hooks: ArcSwap::from_pointee(Vec::new()),
+                has_hooks: AtomicBool::new(false),
+                refresher: Mutex::new(None),
+                miss: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+}
+
+impl DiscoveryClient {
+    /// A client with the spec's default cache and retry settings.
+    pub fn new(registry: Arc<dyn Registry>) -> Self {
+        Self::builder().build(registry)
+    }
+
+    /// A builder for other settings.
+    pub fn builder() -> Builder {
+        Builder {
+            cache: CacheConfig::default(),
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The registry behind this client.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.inner.registry
+    }
+
+    /// All instances of `service`. From the cache when it holds the service (no lock, no
+    /// allocation); else from the registry, with retries, and cached.
+    ///
+    /// An empty snapshot means the registry says the service has no instances. An error means
+    /// the registry could not be asked and nothing was cached yet.
+    pub async fn discover(&self, service: &str) -> Result<Snapshot> {
+        if !self.inner.has_hooks.load(Ordering::Relaxed) {
+            return self.discover_inner(service).await;
+        }
+        let start = tokio::time::Instant::now();
+        let result = self.discover_inner(service).await;
+        let elapsed = start.elapsed();
+        for hook in self.inner.hooks.load().iter() {
+            hook(service, elapsed, result.as_ref().map(|_| ()));
+        }
+        result
+    }
+
+    /// Only the cache: the snapshot of `service` if it is cached. Never waits.
+    #[inline]
+    pub fn cached(&self, service: &str) -> Option<Snapshot> {
+        self.inner.cache.get(service)
+    }
+
+    async fn discover_inner(&self, service: &str) -> Result<Snapshot> {
+        if let Some(snap) = self.inner.cache.get(service) {
+            return Ok(snap);
+        }
+        validate_name("service name", service)?;
+        self.inner.cache.record_miss();
+        self.ensure_refresher();
+        let _one_at_a_time = self.inner.miss.lock().await;
+        if let Some(snap) = self.inner.cache.get(service) {
+            return Ok(snap);
+        }
+        let list = self.inner.retry.run(|| self.inner.fetch(service)).await?;
+        Ok(self.inner.cache.store(service, list))
+    }
+
+    /// The instances of `service` that pass `filter`.
+    pub async fn discover_with_filter(
+        &self,
+        service: &str,
+        filter: &Filter,
+    ) -> Result<Vec<Instance>> {
+        let snap = self.discover(service).await?;
+        Ok(filter.apply(snap.instances()))
+    }
+
+    /// Asks the registry now (one attempt) and updates the cache. On failure the cached list is
+    /// kept, marked stale, and returned if there is one.
+    pub async fn refresh(&self, service: &str) -> Result<Snapshot> {
+        validate_name("service name", service)?;
+        self.inner.refresh(service).await
+    }
+
+    /// Loads `services` into the cache concurrently, so the first requests do not wait.
+    pub async fn warm_up<S: AsRef<str>>(&self, services: &[S]) -> Vec<WarmUp> {
+        join_all(services.iter().map(|s| async move {
+            let service = s.as_ref().to_owned();
+            let result = self.discover(&service).await.map(|snap| snap.len());
+            WarmUp { service, result }
+        }))
+        .await
+    }
+
+    /// Watches `service`: a [`Watcher`] that yields `Reset` first, then changes, with errors in
+    /// line; it reconnects with backoff on its own, resyncing with a `Reset`. Events also update
+    /// the cache.
+    pub async fn watch(&self, service: &str) -> Result<Watcher> {
+        validate_name("service name", service)?;
+        Ok(watch::spawn(self.inner.clone(), service.to_owned()))
+    }
+
+    /// Registers a callback for every discovery request (the spec's `OnRequest`).
+    pub fn on_request<F>(&self, hook: F)
+    where
+        F: Fn(&str, Duration, Result<(), &Error>) + Send + Sync + 'static,
+    {
+        let mut hooks: Vec<RequestHook> = (**self.inner.hooks.load()).clone();
+        hooks.push(Arc::new(hook));
+        self.inner.hooks.store(Arc::new(hooks));
+        self.inner.has_hooks.store(true, Ordering::Relaxed);
+    }
+
+    /// Cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// Names of the services in the cache.
+    pub fn cached_services(&self) -> Vec<String> {
+        self.inner.cache.names()
+    }
+
+    /// Drops `service` from the cache.
+    pub fn forget(&self, service: &str) {
+        self.inner.cache.remove(service);
+    }
+
+    fn ensure_refresher(&self) {
+        let mut slot = self
+            .inner
+            .refresher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let period = self
+            .inner
+            .cache
+            .config
+            .refresh_interval
+            .max(Duration::from_millis(10));
+        *slot = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.refresh_all().await;
+            }
+        }));
+    }
+}
+
+impl Inner {
+    /// One registry call with the client's deadline.
+    pub(crate) async fn fetch(&self, service: &str) -> Result<Vec<Instance>> {
+        match tokio::time::timeout(self.request_timeout, self.registry.instances(service)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                backend: self.registry.backend().to_owned(),
+                after: self.request_timeout,
+            }),
+        }
+    }
+
+    async fn refresh(&self, service: &str) -> Result<Snapshot> {
+        match self.fetch(service).await {
+            Ok(list) => {
+                self.cache
+                    .counters
+                    .refreshes
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(self.cache.store(service, list))
+            }
+            Err(e) => {
+                self.cache
+                    .counters
+                    .refresh_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%service, error = %e, "refresh failed; serving the last good list");
+                self.cache.mark_stale(service);
+                match self.cache.entry(service) {
+                    Some(entry) => Ok(entry.load()),
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn refresh_all(&self) {
+        self.cache.tick_clock();
+        let names = self.cache.names();
+        join_all(names.iter().map(|n| self.refresh(n))).await;
+        self.cache.expire(tokio::time::Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! One error type for the whole library.
+//!
+//! Every variant carries the context a reader needs to act on it (which service, which backend,
+//! which config field). Secrets never reach an error: adapters build their messages from redacted
+//! values only.
+
+use std::time::Duration;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Boxed source error of a backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in chi.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The service has no instance to pick (after filters, routing and health).
+    #[error("no instance of service `{service}` is available")]
+    NoInstance {
+        /// Service name.
+        service: String,
+    },
+
+    /// A registry backend failed.
+    #[error("registry `{backend}`: {source}")]
+    Registry {
+        /// Backend name (`memory`, `etcd`, `consul`, `nacos`).
+        backend: String,
+        /// What the backend said.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Several backends of a multi-registry failed; the others succeeded or were not tried.
+    #[error("{} of the registries failed: {}", failures.len(), display_failures(failures))]
+    Backends {
+        /// `(backend, error)` for every failing backend.
+        failures: Vec<(String, Error)>,
+    },
+
+    /// A registry call did not answer in time.
+    #[error("registry `{backend}` did not answer within {after:?}")]
+    Timeout {
+        /// Backend name.
+        backend: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+
+    /// The registry is not reachable or refused the call; a stale list may still be served.
+    #[error("registry `{backend}` is unavailable: {message}")]
+    Unavailable {
+        /// Backend name.
+        backend: String,
+        /// Why.
+        message: String,
+    },
+
+    /// A configuration value is invalid. `field` is the YAML path.
+    #[error("{field}: {message}")]
+    Config {
+        /// YAML path of the field, e.g. `service_discovery.discovery.cache.ttl`.
+        field: String,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+
+    /// An argument (service name, instance id, ...) is not acceptable.
+    #[error("invalid {what} `{value}`: {reason}")]
+    Invalid {
+        /// What kind of value (`service name`, `instance id`, `tag`...).
+        what: &'static str,
+        /// The offending value (never a secret).
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+
+    /// A watch stream ended or lost its source.
+    #[error("watch of service `{service}` ended: {message}")]
+    WatchClosed {
+        /// Service name.
+        service: String,
+        /// Why.
+        message: String,
+    },
+}
+
+fn display_failures(failures: &[(String, Error)]) -> String {
+    failures
+        .iter()
+        .map(|(backend, err)| format!("[{backend}] {err}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    /// Wraps a backend error.
+    pub fn registry(backend: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Registry {
+            backend: backend.into(),
+            source: source.into(),
+        }
+    }
+
+    /// A config error at `field`.
+    pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An invalid argument.
+    pub fn invalid(
+        what: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Invalid {
+            what,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// True when retrying the same call later may succeed (outage, timeout), as opposed to a
+    /// request that will always fail (bad input, bad config).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Registry { .. } | Error::Timeout { .. } | Error::Unavailable { .. } => true,
+            Error::WatchClosed { .. } => true,
+            Error::Backends { failures } => failures.iter().any(|(_, e)| e.is_transient()),
+            Error::NoInstance { .. } | Error::Config { .. } | Error::Invalid { .. } => false,
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! # chi-discovery
+//!
+//! Service discovery and client-side load balancing for Rust services.
+//!
+//! - [`registry`]: one [`Registry`] abstraction over the embedded [`registry::Memory`] registry
+//!   (the default), Consul, etcd v3 and Nacos (cargo features `consul`, `etcd`, `nacos`), and a
+//!   [`registry::MultiRegistry`] that writes to several at once.
+//! - [`ServiceManager`]: registers instances, keeps them alive, re-registers them when a registry
+//!   lost them, deregisters them on shutdown.
+//! - [`DiscoveryClient`]: discovery with filters, a cache of immutable snapshots that keeps serving
+//!   the last good list through registry outages, watches and retries.
+//! - [`config`]: the `chi-config.yaml` file, validated with errors that name the field.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use chi_discovery::{DiscoveryClient, Filter, ServiceConfig, ServiceManager, registry::Memory};
+//!
+//! # async fn demo() -> chi_discovery::Result<()> {
+//! let registry = Arc::new(Memory::new());
+//! let manager = ServiceManager::new(registry.clone());
+//! manager.register(ServiceConfig::new("user-service", "127.0.0.1", 8080)).await?;
+//!
+//! let client = DiscoveryClient::new(registry);
+//! let all = client.discover("user-service").await?;
+//! let v1 = client.discover_with_filter("user-service", &Filter::new().tag("v1")).await?;
+//! # let _ = (all, v1);
+//! manager.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod instance;
+pub mod manager;
+pub mod registry;
+pub mod retry;
+
+pub use discovery::{DiscoveryClient, Snapshot, Watcher};
+pub use error::{Error, Result};
+pub use instance::{CheckTarget, Filter, HealthCheck, HealthStatus, Instance, ServiceConfig};
+pub use manager::ServiceManager;
+pub use registry::{Change, Liveness, Registry};
+pub use retry::RetryPolicy;

@@ -1,0 +1,546 @@
+//! The registration lifecycle: register, keep alive, re-register, deregister on shutdown.
+//!
+//! A [`ServiceManager`] owns the instances this process registered. One background task keeps each
+//! of them alive on each backend at the backend's [`keep_alive_interval`](Registry::keep_alive_interval):
+//!
+//! - a backend that answers [`Liveness::Lost`] (lease expired, agent restarted, registry wiped) gets
+//!   the instance registered again at once;
+//! - a backend that failed to register is retried with exponential backoff ([`RetryPolicy`]) until
+//!   it succeeds, while the other backends keep serving the registration;
+//! - [`ServiceManager::shutdown`] deregisters everything, on every backend.
+//!
+//! With a [`MultiRegistry`](crate::registry::MultiRegistry) the manager tracks every member apart
+//! (through [`Registry::members`]), so one dead backend is retried alone.
+//!
+//! The health the manager reports with each keep-alive (Consul TTL pass/fail, Nacos healthy flag)
+//! is set with [`ServiceManager::set_health`], by chi's health checker or by the service itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::instance::{HealthStatus, Instance, ServiceConfig};
+use crate::registry::{Liveness, Registry};
+use crate::retry::RetryPolicy;
+
+/// Registers instances and keeps them registered.
+pub struct ServiceManager {
+    inner: Arc<Inner>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ServiceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceManager")
+            .field(
+                "backends",
+                &self
+                    .inner
+                    .backends
+                    .iter()
+                    .map(|b| b.backend())
+                    .collect::<Vec<_>>(),
+            )
+            .field("interval", &self.inner.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    backends: Vec<Arc<dyn Registry>>,
+    interval: Duration,
+    retry: RetryPolicy,
+    state: Mutex<HashMap<String, Managed>>,
+    wake: Notify,
+}
+
+struct Managed {
+    instance: Instance,
+    health: HealthStatus,
+    backends: Vec<BackendState>,
+}
+
+#[derive(Debug, Clone)]
+struct BackendState {
+    registered: bool,
+    failures: u32,
+    next_attempt: Instant,
+    last_error: Option<String>,
+    reregistrations: u64,
+}
+
+impl BackendState {
+    fn new() -> Self {
+        BackendState {
+            registered: false,
+            failures: 0,
+            next_attempt: Instant::now(),
+            last_error: None,
+            reregistrations: 0,
+        }
+    }
+}
+
+/// The outcome of one registration on each backend.
+#[derive(Debug)]
+pub struct RegistrationReport {
+    /// The registered instance's id.
+    pub id: String,
+    /// `(backend, result)` for every backend, in the registry's order.
+    pub results: Vec<(String, Result<()>)>,
+}
+
+impl RegistrationReport {
+    /// True if every backend holds the registration.
+    pub fn is_complete(&self) -> bool {
+        self.results.iter().all(|(_, r)| r.is_ok())
+    }
+
+    /// Backends that failed (they are retried in the background).
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &Error)> {
+        self.results
+            .iter()
+            .filter_map(|(b, r)| r.as_ref().err().map(|e| (b.as_str(), e)))
+    }
+}
+
+/// Where one registration stands on one backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    /// Backend name.
+    pub backend: String,
+    /// True when the backend holds the registration.
+    pub registered: bool,
+    /// Consecutive failures since the last success.
+    pub failures: u32,
+    /// The last error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// How many times the instance was registered again after the backend lost it.
+    pub reregistrations: u64,
+}
+
+/// One managed registration and its per-backend status.
+#[derive(Debug, Clone)]
+pub struct RegistrationStatus {
+    /// The instance.
+    pub instance: Instance,
+    /// Health reported with keep-alives.
+    pub health: HealthStatus,
+    /// One entry per backend.
+    pub backends: Vec<BackendStatus>,
+}
+
+impl ServiceManager {
+    /// A manager over `registry` (a [`MultiRegistry`](crate::registry::MultiRegistry)'s members
+    /// are tracked one by one). Keep-alives run at the fastest interval the backends ask for.
+    pub fn new(registry: Arc<dyn Registry>) -> Self {
+        let backends: Vec<Arc<dyn Registry>> = match registry.members() {
+            Some(members) => members.to_vec(),
+            None => vec![registry],
+        };
+        let interval = backends
+            .iter()
+            .map(|b| b.keep_alive_interval())
+            .min()
+            .unwrap_or(Duration::from_secs(5));
+        ServiceManager {
+            inner: Arc::new(Inner {
+                backends,
+                interval,
+                retry: RetryPolicy::default(),
+                state: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+            }),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Sets the keep-alive interval (default: the backends' own).
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.interval = interval.max(Duration::from_millis(1));
+        }
+        self
+    }
+
+    /// Sets the backoff for retrying failed backends.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.retry = retry;
+        }
+        self
+    }
+
+    /// Registers the instance described by `config` on every backend.
+    ///
+    /// Returns the per-backend report when at least one backend holds the registration, and
+    /// [`Error::Backends`] when none does; either way the instance stays managed, and failed
+    /// backends are retried in the background until [`ServiceManager::deregister`].
+    pub async fn register(&self, config: ServiceConfig) -> Result<RegistrationReport> {
+        self.register_instance(config.instance()).await
+    }
+
+    /// Registers an already built [`Instance`]; see [`ServiceManager::register`].
+    pub async fn register_instance(&self, instance: Instance) -> Result<RegistrationReport> {
+        instance.validate()?;
+        self.ensure_task();
+        let results = join_all(self.inner.backends.iter().map(|b| b.register(&instance))).await;
+        let now = Instant::now();
+        let mut states = Vec::with_capacity(results.len());
+        let mut report = Vec::with_capacity(results.len());
+        for (backend, result) in self.inner.backends.iter().zip(results) {
+            let mut st = BackendState::new();
+            match &result {
+                Ok(()) => st.registered = true,
+                Err(e) => {
+                    tracing::warn!(backend = backend.backend(), id = %instance.id, error = %e, "registration failed; will retry");
+                    st.failures = 1;
+                    st.next_attempt = now + self.inner.retry.delay(1);
+                    st.last_error = Some(e.to_string());
+                }
+            }
+            states.push(st);
+            report.push((backend.backend().to_owned(), result));
+        }
+        let id = instance.id.clone();
+        self.inner.lock().insert(
+            id.clone(),
+            Managed {
+                health: instance.health,
+                instance,
+                backends: states,
+            },
+        );
+        self.inner.wake.notify_one();
+        let report = RegistrationReport {
+            id,
+            results: report,
+        };
+        if report.results.iter().any(|(_, r)| r.is_ok()) {
+            Ok(report)
+        } else {
+            Err(Error::Backends {
+                failures: report
+                    .results
+                    .into_iter()
+                    .filter_map(|(b, r)| r.err().map(|e| (b, e)))
+                    .collect(),
+            })
+        }
+    }
+
+    /// Deregisters an instance from every backend and stops managing it.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+        self.inner.lock().remove(id);
+        let results = join_all(
+            self.inner
+                .backends
+                .iter()
+                .map(|b| b.deregister(service, id)),
+        )
+        .await;
+        let failures: Vec<(String, Error)> = self
+            .inner
+            .backends
+            .iter()
+            .zip(results)
+            .filter_map(|(b, r)| r.err().map(|e| (b.backend().to_owned(), e)))
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Backends { failures })
+        }
+    }
+
+    /// Sets the health reported with the instance's keep-alives, and reports it at once.
+    pub fn set_health(&self, id: &str, health: HealthStatus) {
+        let changed = match self.inner.lock().get_mut(id) {
+            Some(m) if m.health != health => {
+                m.health = health;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// Every managed registration and where it stands on each backend.
+    pub fn status(&self) -> Vec<RegistrationStatus> {
+        let state = self.inner.lock();
+        let mut out: Vec<RegistrationStatus> = state
+            .values()
+            .map(|m| RegistrationStatus {
+                instance: m.instance.clone(),
+                health: m.health,
+                backends: self
+                    .inner
+                    .backends
+                    .iter()
+                    .zip(&m.backends)
+                    .map(|(b, s)| BackendStatus {
+                        backend: b.backend().to_owned(),
+                        registered: s.registered,
+                        failures: s.failures,
+                        last_error: s.last_error.clone(),
+                        reregistrations: s.reregistrations,
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
+        out
+    }
+
+    /// Runs one keep-alive round now (the background task does this every interval).
+    pub async fn tick(&self) {
+        self.inner.round().await;
+    }
+
+    /// Stops keeping instances alive and deregisters all of them from every backend.
+    pub async fn shutdown(&self) -> Vec<(String, Result<()>)> {
+        if let Some(task) = self.task_slot().take() {
+            task.abort();
+        }
+        let all: Vec<(String, String)> = self
+            .inner
+            .lock()
+            .drain()
+            .map(|(id, m)| (m.instance.name, id))
+            .collect();
+        let mut out = Vec::new();
+        for (service, id) in all {
+            let r = self.deregister(&service, &id).await;
+            if let Err(e) = &r {
+                tracing::warn!(%service, %id, error = %e, "deregistration on shutdown failed");
+            }
+            out.push((id, r));
+        }
+        out
+    }
+
+    fn task_slot(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ensure_task(&self) {
+        let mut slot = self.task_slot();
+        if slot.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let interval = self.inner.interval;
+        *slot = Some(tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let wake = inner.wake.notified();
+                tokio::pin!(wake);
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = &mut wake => {}
+                }
+                inner.round().await;
+            }
+        }));
+    }
+}
+
+impl Drop for ServiceManager {
+    fn drop(&mut self) {
+        if let Some(task) = self.task_slot().take() {
+            task.abort();
+        }
+    }
+}
+
+enum Work {
+    KeepAlive,
+    Register,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Managed>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One pass over every (instance, backend): keep alive what is registered, register what is
+    /// due. Calls run concurrently and without the lock held.
+    async fn round(&self) {
+        let now = Instant::now();
+        let jobs: Vec<(String, usize, Instance, HealthStatus, Work)> = {
+            let state = self.lock();
+            let mut jobs = Vec::new();
+            for (id, m) in state.iter() {
+                for (idx, st) in m.backends.iter().enumerate() {
+                    let work = if st.registered {
+                        Work::KeepAlive
+                    } else if st.next_attempt <= now {
+                        Work::Register
+                    } else {
+                        continue;
+                    };
+                    let mut inst = m.instance.clone();
+                    inst.health = m.health;
+                    jobs.push((id.clone(), idx, inst, m.health, work));
+                }
+            }
+            jobs
+        };
+        let results = join_all(jobs.into_iter().map(|(id, idx, inst, health, work)| async move {
+            let backend = &self.backends[idx];
+            let outcome = match work {
+                Work::KeepAlive => match backend.keep_alive(&inst, health).await {
+                    Ok(Liveness::Alive) => Ok(false),
+                    Ok(Liveness::Lost) => {
+                        tracing::info!(backend = backend.backend(), %id, "registration lost; registering again");
+                        backend.register(&inst).await.map(|()| true)
+                    }
+                    Err(e) => Err(e),
+                },
+                Work::Register => backend.register(&inst).await.map(|()| true),
+            };
+            (id, idx, outcome)
+        }))
+        .await;
+
+        let now = Instant::now();
+        let mut state = self.lock();
+        for (id, idx, outcome) in results {
+            // Deregistered while the call ran: leave it alone.
+            let Some(m) = state.get_mut(&id) else {
+                continue;
+            };
+            let st = &mut m.backends[idx];
+            match outcome {
+                Ok(registered_again) => {
+                    if registered_again && st.registered {
+                        st.reregistrations += 1;
+                    }
+                    st.registered = true;
+                    st.failures = 0;
+                    st.last_error = None;
+                }
+                Err(e) => {
+                    st.failures = st.failures.saturating_add(1);
+                    st.next_attempt = now + self.retry.delay(st.failures);
+                    st.last_error = Some(e.to_string());
+                    if !st.registered {
+                        tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "registration retry failed");
+                    } else {
+                        tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "keep-alive failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Memory, MultiRegistry};
+
+    fn cfg(port: u16) -> ServiceConfig {
+        ServiceConfig::new("svc", "127.0.0.1", port)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keeps_registrations_alive_past_the_ttl() {
+        let reg = Memory::with_ttl(Duration::from_secs(3));
+        let m = ServiceManager::new(Arc::new(reg.clone()));
+        m.register(cfg(1)).await.expect("register");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(reg.instances("svc").await.expect("list").len(), 1);
+        m.shutdown().await;
+        assert!(reg.instances("svc").await.expect("list").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn re_registers_what_the_registry_lost() {
+        let reg = Memory::new();
+        let m = ServiceManager::new(Arc::new(reg.clone())).with_interval(Duration::from_secs(1));
+        let report = m.register(cfg(1)).await.expect("register");
+        assert!(report.is_complete());
+        // The registry forgets us (as after a restart with an empty data dir).
+        reg.deregister("svc", &report.id).await.expect("wipe");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(reg.instances("svc").await.expect("list").len(), 1);
+        assert_eq!(m.status()[0].backends[0].reregistrations, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_failing_backend_is_retried_alone() {
+        let up = Memory::new();
+        let down = Memory::new();
+        down.set_outage(true);
+        let multi = Arc::new(MultiRegistry::new(vec![
+            Arc::new(up.clone()),
+            Arc::new(down.clone()),
+        ]));
+        let m = ServiceManager::new(multi).with_interval(Duration::from_millis(500));
+        let report = m.register(cfg(1)).await.expect("one backend holds it");
+        assert!(!report.is_complete());
+        assert_eq!(report.failures().count(), 1);
+        assert_eq!(up.instances("svc").await.expect("list").len(), 1);
+
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let st = &m.status()[0].backends;
+        assert!(
+            st[0].registered && !st[1].registered && st[1].failures >= 2,
+            "{st:?}"
+        );
+
+        down.set_outage(false);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(down.instances("svc").await.expect("list").len(), 1);
+        assert!(m.status()[0].backends[1].registered);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_backends_failing_is_an_error_but_still_retried() {
+        let reg = Memory::new();
+        reg.set_outage(true);
+        let m =
+            ServiceManager::new(Arc::new(reg.clone())).with_interval(Duration::from_millis(200));
+        assert!(matches!(
+            m.register(cfg(1)).await,
+            Err(Error::Backends { .. })
+        ));
+        reg.set_outage(false);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(reg.instances("svc").await.expect("list").len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_is_reported_with_keep_alives() {
+        let reg = Memory::new();
+        let m = ServiceManager::new(Arc::new(reg.clone())).with_interval(Duration::from_secs(1));
+        let report = m.register(cfg(1)).await.expect("register");
+        m.set_health(&report.id, HealthStatus::Unhealthy);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            reg.instances("svc").await.expect("list")[0].health,
+            HealthStatus::Unhealthy
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_config_is_rejected_before_any_backend() {
+        let reg = Memory::new();
+        let m = ServiceManager::new(Arc::new(reg.clone()));
+        let err = m
+            .register(ServiceConfig::new("a/b", "h", 1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        assert!(m.status().is_empty());
+    }
+}

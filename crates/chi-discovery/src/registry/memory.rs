@@ -1,0 +1,489 @@
+//! The embedded, in-process registry: chi's zero-setup default.
+//!
+//! `Memory` is a complete registry, not a test double: registrations can carry a TTL and expire
+//! when their keep-alive stops (as an etcd lease or a Consul TTL check would), watches stream
+//! `Reset / Add / Remove / Update`, and a lagging watcher is resynced with a `Reset` rather than
+//! silently missing changes. Clones share one registry, so several clients in one process (or a
+//! test) see the same state.
+//!
+//! [`Memory::set_outage`] makes every call fail as an unreachable server would, and heals it again;
+//! it exists to rehearse outages in demos and tests of the layers above (the discovery cache must
+//! keep serving its last good list). During an outage leases are frozen, and they are extended by
+//! one TTL on recovery, as etcd does after a leader change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{Change, Liveness, Registry, WatchStream};
+use crate::error::{Error, Result};
+use crate::instance::{HealthStatus, Instance, validate_name};
+
+const BACKEND: &str = "memory";
+const WATCH_BUFFER: usize = 1024;
+
+/// The embedded registry. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Memory {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memory")
+            .field("ttl", &self.inner.ttl)
+            .field("outage", &self.inner.outage.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    ttl: Option<Duration>,
+    outage: AtomicBool,
+    reaper_started: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    services: HashMap<String, Service>,
+}
+
+struct Service {
+    instances: BTreeMap<String, Entry>,
+    events: broadcast::Sender<Msg>,
+}
+
+struct Entry {
+    instance: Instance,
+    deadline: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+enum Msg {
+    Change(Change),
+    Outage,
+    Recovered,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Memory {
+    /// A registry whose registrations never expire (until deregistered).
+    pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A registry whose registrations expire `ttl` after their last register / keep-alive.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        Self::build(Some(ttl))
+    }
+
+    fn build(ttl: Option<Duration>) -> Self {
+        Memory {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                ttl,
+                outage: AtomicBool::new(false),
+                reaper_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Simulates an outage (`true`: every call fails with [`Error::Unavailable`], watchers get an
+    /// error item) or heals it (`false`: watchers resync with a `Reset`).
+    pub fn set_outage(&self, down: bool) {
+        let was = self.inner.outage.swap(down, Ordering::SeqCst);
+        if was == down {
+            return;
+        }
+        let mut state = self.inner.lock();
+        let now = Instant::now();
+        for svc in state.services.values_mut() {
+            if !down {
+                // Leases survive the outage: extend them by one TTL, as etcd does.
+                if let Some(ttl) = self.inner.ttl {
+                    for e in svc.instances.values_mut() {
+                        e.deadline = Some(now + ttl);
+                    }
+                }
+            }
+            let _ = svc
+                .events
+                .send(if down { Msg::Outage } else { Msg::Recovered });
+        }
+    }
+
+    /// True while [`Memory::set_outage`] holds the registry down.
+    pub fn is_down(&self) -> bool {
+        self.inner.outage.load(Ordering::SeqCst)
+    }
+
+    fn check_up(&self) -> Result<()> {
+        if self.is_down() {
+            Err(Error::Unavailable {
+                backend: BACKEND.into(),
+                message: "the embedded registry is in a simulated outage".into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn start_reaper(&self) {
+        let Some(ttl) = self.inner.ttl else { return };
+        if self.inner.reaper_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let period = (ttl / 4).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.expire(Instant::now());
+            }
+        });
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that matters
+        // more than losing the registry, so keep going with the data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn expire(&self, now: Instant) {
+        if self.outage.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut state = self.lock();
+        for svc in state.services.values_mut() {
+            let expired: Vec<String> = svc
+                .instances
+                .iter()
+                .filter(|(_, e)| e.deadline.is_some_and(|d| d <= now))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                if let Some(e) = svc.instances.remove(&id) {
+                    tracing::debug!(service = %e.instance.name, id = %id, "registration expired");
+                    let _ = svc.events.send(Msg::Change(Change::Remove(e.instance)));
+                }
+            }
+        }
+        state
+            .services
+            .retain(|_, s| !s.instances.is_empty() || s.events.receiver_count() > 0);
+    }
+
+    fn list(&self, service: &str) -> Vec<Instance> {
+        self.lock()
+            .services
+            .get(service)
+            .map(|s| s.instances.values().map(|e| e.instance.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn new_service() -> Service {
+    Service {
+        instances: BTreeMap::new(),
+        events: broadcast::channel(WATCH_BUFFER).0,
+    }
+}
+
+#[async_trait]
+impl Registry for Memory {
+    fn backend(&self) -> &str {
+        BACKEND
+    }
+
+    async fn register(&self, instance: &Instance) -> Result<()> {
+        instance.validate()?;
+        self.check_up()?;
+        self.start_reaper();
+        let deadline = self.inner.ttl.map(|ttl| Instant::now() + ttl);
+        let mut state = self.inner.lock();
+        let svc = state
+            .services
+            .entry(instance.name.clone())
+            .or_insert_with(new_service);
+        let change = match svc.instances.get(&instance.id) {
+            None => Some(Change::Add(instance.clone())),
+            Some(e) if e.instance != *instance => Some(Change::Update(instance.clone())),
+            Some(_) => None,
+        };
+        svc.instances.insert(
+            instance.id.clone(),
+            Entry {
+                instance: instance.clone(),
+                deadline,
+            },
+        );
+        if let Some(change) = change {
+            let _ = svc.events.send(Msg::Change(change));
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+        validate_name("service name", service)?;
+        self.check_up()?;
+        let mut state = self.inner.lock();
+        if let Some(svc) = state.services.get_mut(service)
+            && let Some(e) = svc.instances.remove(id)
+        {
+            let _ = svc.events.send(Msg::Change(Change::Remove(e.instance)));
+        }
+        Ok(())
+    }
+
+    async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
+        self.check_up()?;
+        let deadline = self.inner.ttl.map(|ttl| Instant::now() + ttl);
+        let mut state = self.inner.lock();
+        let Some(svc) = state.services.get_mut(&instance.name) else {
+            return Ok(Liveness::Lost);
+        };
+        let Some(entry) = svc.instances.get_mut(&instance.id) else {
+            return Ok(Liveness::Lost);
+        };
+        entry.deadline = deadline;
+        if entry.instance.health != health {
+            entry.instance.health = health;
+            let _ = svc
+                .events
+                .send(Msg::Change(Change::Update(entry.instance.clone())));
+        }
+        Ok(Liveness::Alive)
+    }
+
+    fn keep_alive_interval(&self) -> Duration {
+        self.inner
+            .ttl
+            .map(|ttl| (ttl / 3).max(Duration::from_millis(10)))
+            .unwrap_or(Duration::from_secs(5))
+    }
+
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+        validate_name("service name", service)?;
+        self.check_up()?;
+        Ok(self.inner.list(service))
+    }
+
+    async fn services(&self) -> Result<Vec<String>> {
+        self.check_up()?;
+        let state = self.inner.lock();
+        let mut names: Vec<String> = state
+            .services
+            .iter()
+            .filter(|(_, s)| !s.instances.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn watch(&self, service: &str) -> Result<WatchStream> {
+        validate_name("service name", service)?;
+        self.check_up()?;
+        let (rx, first) = {
+            let mut state = self.inner.lock();
+            let svc = state
+                .services
+                .entry(service.to_owned())
+                .or_insert_with(new_service);
+            let list: Vec<Instance> = svc.instances.values().map(|e| e.instance.clone()).collect();
+            (svc.events.subscribe(), list)
+        };
+        let st = WatchState {
+            rx,
+            inner: self.inner.clone(),
+            service: service.to_owned(),
+            first: Some(first),
+        };
+        Ok(futures_util::stream::unfold(st, next_change).boxed())
+    }
+}
+
+struct WatchState {
+    rx: broadcast::Receiver<Msg>,
+    inner: Arc<Inner>,
+    service: String,
+    first: Option<Vec<Instance>>,
+}
+
+async fn next_change(mut st: WatchState) -> Option<(Result<Change>, WatchState)> {
+    if let Some(list) = st.first.take() {
+        return Some((Ok(Change::Reset(list)), st));
+    }
+    let item = match st.rx.recv().await {
+        Ok(Msg::Change(c)) => Ok(c),
+        Ok(Msg::Outage) => Err(Error::Unavailable {
+            backend: BACKEND.into(),
+            message: "the embedded registry is in a simulated outage".into(),
+        }),
+        // After an outage or a gap, the only honest thing is the whole list again.
+        Ok(Msg::Recovered) | Err(broadcast::error::RecvError::Lagged(_)) => {
+            Ok(Change::Reset(st.inner.list(&st.service)))
+        }
+        Err(broadcast::error::RecvError::Closed) => return None,
+    };
+    Some((item, st))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: &str) -> Instance {
+        Instance::new("svc", "127.0.0.1", 8000).with_id(id)
+    }
+
+    #[tokio::test]
+    async fn register_list_deregister() {
+        let m = Memory::new();
+        m.register(&inst("a")).await.expect("register");
+        m.register(&inst("b")).await.expect("register");
+        assert_eq!(m.instances("svc").await.expect("list").len(), 2);
+        assert_eq!(
+            m.services().await.expect("services"),
+            vec!["svc".to_string()]
+        );
+        m.deregister("svc", "a").await.expect("deregister");
+        m.deregister("svc", "missing")
+            .await
+            .expect("unknown id is fine");
+        let ids: Vec<String> = m
+            .instances("svc")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, vec!["b"]);
+        assert!(m.instances("other").await.expect("empty list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_names() {
+        let m = Memory::new();
+        let err = m.register(&Instance::new("a/b", "h", 1)).await.unwrap_err();
+        assert!(err.to_string().contains("must not contain `/`"), "{err}");
+        assert!(m.instances("..").await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_expires_without_keep_alive() {
+        let m = Memory::with_ttl(Duration::from_secs(3));
+        m.register(&inst("kept")).await.expect("register");
+        m.register(&inst("dropped")).await.expect("register");
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(
+                m.keep_alive(&inst("kept"), HealthStatus::Healthy)
+                    .await
+                    .expect("ka"),
+                Liveness::Alive
+            );
+        }
+        let ids: Vec<String> = m
+            .instances("svc")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, vec!["kept"]);
+        assert_eq!(
+            m.keep_alive(&inst("dropped"), HealthStatus::Healthy)
+                .await
+                .expect("ka"),
+            Liveness::Lost
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_starts_with_reset_then_streams_changes() {
+        let m = Memory::new();
+        m.register(&inst("a")).await.expect("register");
+        let mut w = m.watch("svc").await.expect("watch");
+        assert_eq!(
+            w.next().await.expect("item").expect("ok"),
+            Change::Reset(vec![inst("a")])
+        );
+        m.register(&inst("b")).await.expect("register");
+        assert_eq!(
+            w.next().await.expect("item").expect("ok"),
+            Change::Add(inst("b"))
+        );
+        m.register(&inst("b")).await.expect("same again: no event");
+        let b2 = inst("b").with_weight(5);
+        m.register(&b2).await.expect("register");
+        assert_eq!(
+            w.next().await.expect("item").expect("ok"),
+            Change::Update(b2.clone())
+        );
+        m.keep_alive(&b2, HealthStatus::Unhealthy)
+            .await
+            .expect("ka");
+        assert_eq!(
+            w.next().await.expect("item").expect("ok"),
+            Change::Update(b2.clone().with_health(HealthStatus::Unhealthy))
+        );
+        m.deregister("svc", "a").await.expect("deregister");
+        assert_eq!(
+            w.next().await.expect("item").expect("ok"),
+            Change::Remove(inst("a"))
+        );
+    }
+
+    #[tokio::test]
+    async fn outage_fails_calls_and_watch_resyncs_after() {
+        let m = Memory::new();
+        m.register(&inst("a")).await.expect("register");
+        let mut w = m.watch("svc").await.expect("watch");
+        let _ = w.next().await;
+        m.set_outage(true);
+        assert!(m.instances("svc").await.unwrap_err().is_transient());
+        assert!(w.next().await.expect("item").is_err());
+        m.set_outage(false);
+        assert_eq!(
+            w.next().await.expect("item").expect("ok"),
+            Change::Reset(vec![inst("a")])
+        );
+    }
+
+    #[tokio::test]
+    async fn lagging_watcher_gets_a_reset() {
+        let m = Memory::new();
+        let mut w = m.watch("svc").await.expect("watch");
+        assert_eq!(
+            w.next().await.expect("item").expect("ok"),
+            Change::Reset(vec![])
+        );
+        for n in 0..(WATCH_BUFFER + 10) {
+            m.register(&inst(&format!("i{n:05}")))
+                .await
+                .expect("register");
+        }
+        match w.next().await.expect("item").expect("ok") {
+            Change::Reset(all) => assert_eq!(all.len(), WATCH_BUFFER + 10),
+            other => panic!("expected a Reset after lag, got {other:?}"),
+        }
+    }
+}
