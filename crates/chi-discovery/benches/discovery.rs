@@ -1,1 +1,3 @@
+//! Discovery cache benchmarks (written next).
+
 fn main() {}

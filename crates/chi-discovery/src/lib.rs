@@ -28,9 +28,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod health;
 pub mod instance;
 pub mod manager;
 pub mod registry;

@@ -47,10 +47,7 @@ impl MultiRegistry {
         }
     }
 
-    fn collect_failures<T>(
-        &self,
-        results: Vec<Result<T>>,
-    ) -> (Vec<(usize, T)>, Vec<(String, Error)>) {
+    fn collect_failures<T>(&self, results: Vec<Result<T>>) -> Split<T> {
         let mut ok = Vec::new();
         let mut failures = Vec::new();
         for (idx, r) in results.into_iter().enumerate() {
@@ -71,6 +68,9 @@ impl MultiRegistry {
         }
     }
 }
+
+/// Successes by member index, and failures by backend name.
+type Split<T> = (Vec<(usize, T)>, Vec<(String, Error)>);
 
 /// Union by id, first list wins.
 fn merge<'a>(lists: impl IntoIterator<Item = &'a [Instance]>) -> Vec<Instance> {

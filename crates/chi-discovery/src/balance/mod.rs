@@ -1,0 +1,1 @@
+//! Load balancing strategies (see the issue "Load balancing").

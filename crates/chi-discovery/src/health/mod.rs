@@ -1,0 +1,1 @@
+//! Health checking (see the issue "Health checking").

@@ -1,0 +1,1 @@
+//! Consul registry adapter (feature `consul`).

@@ -1,0 +1,1 @@
+//! Nacos registry adapter (feature `nacos`).
