@@ -37,6 +37,7 @@ pub mod instance;
 pub mod manager;
 pub mod registry;
 pub mod retry;
+pub mod secret;
 
 pub use discovery::{DiscoveryClient, Snapshot, Watcher};
 pub use error::{Error, Result};
@@ -44,3 +45,4 @@ pub use instance::{CheckTarget, Filter, HealthCheck, HealthStatus, Instance, Ser
 pub use manager::ServiceManager;
 pub use registry::{Change, Liveness, Registry};
 pub use retry::RetryPolicy;
+pub use secret::Secret;

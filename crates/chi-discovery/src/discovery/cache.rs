@@ -18,7 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use crate::instance::Instance;
+use crate::instance::{HealthStatus, Instance};
 
 /// Cache settings: the spec's `CacheConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +165,8 @@ pub(crate) struct Cache {
     revision: AtomicU64,
     pub(crate) config: CacheConfig,
     pub(crate) counters: Counters,
+    /// Health set by chi's own checks, laid over what the registry says (service -> id -> health).
+    overlay: std::sync::Mutex<HashMap<String, HashMap<String, HealthStatus>>>,
 }
 
 impl Cache {
@@ -176,6 +178,7 @@ impl Cache {
             revision: AtomicU64::new(0),
             config,
             counters: Counters::default(),
+            overlay: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -221,7 +224,8 @@ impl Cache {
 
     /// Stores a fresh list from a healthy registry answer (an empty list included: services do
     /// scale to zero). Returns the snapshot now served.
-    pub(crate) fn store(&self, service: &str, instances: Vec<Instance>) -> Snapshot {
+    pub(crate) fn store(&self, service: &str, mut instances: Vec<Instance>) -> Snapshot {
+        self.apply_overlay(service, &mut instances);
         if let Some(entry) = self.entry(service) {
             *entry.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             let current = entry.load();
@@ -240,6 +244,48 @@ impl Cache {
         let snap = Snapshot::new(instances, self.next_revision());
         self.insert(service, snap.clone());
         snap
+    }
+
+    fn apply_overlay(&self, service: &str, instances: &mut [Instance]) {
+        let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(health) = overlay.get(service) {
+            for i in instances.iter_mut() {
+                if let Some(h) = health.get(&i.id) {
+                    i.health = *h;
+                }
+            }
+        }
+    }
+
+    /// Lays `health` over the registry's view of one instance (`None` removes the overlay; the
+    /// registry's value returns with the next refresh). The new health is served at once.
+    pub(crate) fn set_health(&self, service: &str, id: &str, health: Option<HealthStatus>) {
+        {
+            let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            match health {
+                Some(h) => {
+                    overlay
+                        .entry(service.to_owned())
+                        .or_default()
+                        .insert(id.to_owned(), h);
+                }
+                None => {
+                    if let Some(m) = overlay.get_mut(service) {
+                        m.remove(id);
+                    }
+                }
+            }
+        }
+        if let Some(entry) = self.entry(service) {
+            let current = entry.load();
+            let stale = current.is_stale();
+            let list = current.instances().to_vec();
+            let snap = self.store(service, list);
+            if stale {
+                self.mark_stale(service);
+            }
+            drop(snap);
+        }
     }
 
     /// Marks the list of `service` stale (a refresh or watch failed). The list itself stays.

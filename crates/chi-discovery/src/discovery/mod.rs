@@ -25,7 +25,7 @@ pub use cache::{CacheConfig, CacheStats, Snapshot};
 pub use watch::Watcher;
 
 use crate::error::{Error, Result};
-use crate::instance::{Filter, Instance, validate_name};
+use crate::instance::{Filter, HealthStatus, Instance, validate_name};
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
 use cache::Cache;
@@ -230,6 +230,13 @@ impl DiscoveryClient {
         hooks.push(Arc::new(hook));
         self.inner.hooks.store(Arc::new(hooks));
         self.inner.has_hooks.store(true, Ordering::Relaxed);
+    }
+
+    /// Lays a health status from chi's own checks (active or passive) over the registry's view of
+    /// one instance: `healthy_only` filters and balancers see it at once, and it survives refreshes
+    /// until cleared with `None`.
+    pub fn set_health(&self, service: &str, id: &str, health: Option<HealthStatus>) {
+        self.inner.cache.set_health(service, id, health);
     }
 
     /// Cache counters.

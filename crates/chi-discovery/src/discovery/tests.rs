@@ -310,3 +310,32 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn health_overlay_survives_refresh_until_cleared() {
+    let reg = Memory::new();
+    reg.register(&inst("a").with_health(HealthStatus::Healthy))
+        .await
+        .expect("register");
+    let c = client(&reg);
+    let before = c.discover("svc").await.expect("discover");
+    c.set_health("svc", "a", Some(HealthStatus::Unhealthy));
+    let after = c.cached("svc").expect("cached");
+    assert_eq!(after[0].health, HealthStatus::Unhealthy);
+    assert_ne!(before.revision(), after.revision());
+    assert!(
+        c.discover_with_filter("svc", &Filter::new().healthy_only())
+            .await
+            .expect("f")
+            .is_empty()
+    );
+    let refreshed = c.refresh("svc").await.expect("refresh");
+    assert_eq!(
+        refreshed[0].health,
+        HealthStatus::Unhealthy,
+        "overlay survives a refresh"
+    );
+    c.set_health("svc", "a", None);
+    let refreshed = c.refresh("svc").await.expect("refresh");
+    assert_eq!(refreshed[0].health, HealthStatus::Healthy);
+}

@@ -2,6 +2,7 @@
 //! that the harness starts on loopback (see `harness`).
 
 mod harness;
+mod health;
 
 #[cfg(feature = "consul")]
 mod consul;
