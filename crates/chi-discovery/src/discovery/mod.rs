@@ -13,6 +13,7 @@
 pub mod cache;
 mod watch;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -152,7 +153,26 @@ impl DiscoveryClient {
     ///
     /// An empty snapshot means the registry says the service has no instances. An error means
     /// the registry could not be asked and nothing was cached yet.
-    pub async fn discover(&self, service: &str) -> Result<Snapshot> {
+    pub fn discover<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> impl Future<Output = Result<Snapshot>> + Send + 'a {
+        // The hit is looked up before the future exists, so awaiting a hit costs no more than
+        // `cached` plus a ready future.
+        let hit = if self.inner.has_hooks.load(Ordering::Relaxed) {
+            None
+        } else {
+            self.inner.cache.get(service)
+        };
+        async move {
+            match hit {
+                Some(snap) => Ok(snap),
+                None => Box::pin(self.discover_hooked(service)).await,
+            }
+        }
+    }
+
+    async fn discover_hooked(&self, service: &str) -> Result<Snapshot> {
         if !self.inner.has_hooks.load(Ordering::Relaxed) {
             return self.discover_inner(service).await;
         }
@@ -175,6 +195,10 @@ impl DiscoveryClient {
         if let Some(snap) = self.inner.cache.get(service) {
             return Ok(snap);
         }
+        self.miss(service).await
+    }
+
+    async fn miss(&self, service: &str) -> Result<Snapshot> {
         validate_name("service name", service)?;
         self.inner.cache.record_miss();
         self.ensure_refresher();
