@@ -1,0 +1,500 @@
+//! The scheduler: runs probes at their interval and publishes what they decide.
+//!
+//! One task per checked instance runs a plain loop (probe, record, wait), so two checks of one
+//! instance can never overlap, and a slow probe delays only its own instance. A semaphore shared
+//! by all instances bounds how many probes are in flight (default 32), so a service of 5,000
+//! instances does not open 5,000 connections at once.
+//!
+//! Timing. Checks start every `interval`, measured from the start of the previous one. Jitter
+//! (default 10 %, HAProxy's `spread-checks`) spreads the checks of many instances apart: the first
+//! check of an instance waits a random `[0, jitter × interval)`, and every later wait is shortened
+//! by a random `[0, jitter × interval)`. Jitter only ever *shortens* a wait, so the documented
+//! detection bound holds: an instance that dies is marked unhealthy within
+//! `interval × fall + timeout` (plus any wait for a concurrency permit), and comes back within
+//! `interval × rise + timeout` of recovering.
+//!
+//! Where results go. [`HealthChecker::watch`] follows a service through
+//! [`DiscoveryClient::watch`]: instances that appear are checked, instances that leave are
+//! dropped (and their overlay cleared), and every transition is laid over the discovery snapshot
+//! with [`DiscoveryClient::set_health`]. [`HealthChecker::check_own`] checks this process's own
+//! registration and reports through [`ServiceManager::set_health`], which each backend maps onto
+//! its mechanism (Consul TTL pass/fail, Nacos healthy flag, etcd lease). Both honour
+//! `deregister_critical_service_after` (Consul's `DeregisterCriticalServiceAfter`): an instance
+//! unhealthy for that long is deregistered from the registry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, broadcast};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{CheckError, HealthState, Probe, Thresholds, probe_for};
+use crate::discovery::{DiscoveryClient, Watcher};
+use crate::error::Result;
+use crate::instance::{HealthCheck, HealthStatus, Instance};
+use crate::manager::ServiceManager;
+use crate::registry::Change;
+
+/// Default bound on probes in flight.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 32;
+/// Default jitter, as a fraction of the interval.
+pub const DEFAULT_JITTER: f64 = 0.1;
+
+/// A change of status decided by an active check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub id: String,
+    /// Status before.
+    pub from: HealthStatus,
+    /// Status after.
+    pub to: HealthStatus,
+    /// When it was decided.
+    pub at: Instant,
+    /// The failure that decided it (`None` for a transition to healthy).
+    pub reason: Option<CheckError>,
+}
+
+/// What the checker knows about one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceHealth {
+    /// Current status.
+    pub status: HealthStatus,
+    /// Since when.
+    pub since: Instant,
+    /// Consecutive successes.
+    pub successes: u32,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// Probes run.
+    pub checks: u64,
+    /// Why the last probe failed, if it did.
+    pub last_error: Option<CheckError>,
+}
+
+/// Builds a [`HealthChecker`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    thresholds: Thresholds,
+    max_concurrency: usize,
+    jitter: f64,
+}
+
+impl Builder {
+    /// Rise / fall thresholds (default rise 2, fall 3).
+    pub fn thresholds(mut self, thresholds: Thresholds) -> Self {
+        self.thresholds = thresholds;
+        self
+    }
+
+    /// Most probes in flight at once (default 32, at least 1).
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n.max(1);
+        self
+    }
+
+    /// Jitter as a fraction of the interval, `0.0..=0.5` (default 0.1; 0 for exact timing).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 0.5)
+        };
+        self
+    }
+
+    /// The checker.
+    pub fn build(self, client: DiscoveryClient) -> HealthChecker {
+        let (events, _) = broadcast::channel(1024);
+        HealthChecker {
+            inner: Arc::new(Inner {
+                client,
+                thresholds: self.thresholds,
+                jitter: self.jitter,
+                permits: Arc::new(Semaphore::new(self.max_concurrency)),
+                events,
+                states: Mutex::new(HashMap::new()),
+                services: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// Runs active health checks; see the module docs. Dropping it stops every check it runs
+/// (except [`OwnCheck`]s, which live as long as their handle).
+pub struct HealthChecker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HealthChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthChecker")
+            .field("thresholds", &self.inner.thresholds)
+            .field("jitter", &self.inner.jitter)
+            .field(
+                "services",
+                &lock(&self.inner.services).keys().collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    client: DiscoveryClient,
+    thresholds: Thresholds,
+    jitter: f64,
+    permits: Arc<Semaphore>,
+    events: broadcast::Sender<Transition>,
+    states: Mutex<HashMap<(String, String), InstanceHealth>>,
+    services: Mutex<HashMap<String, Task>>,
+}
+
+/// A task aborted when dropped.
+#[derive(Debug)]
+struct Task(JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where one instance's results go.
+#[derive(Clone)]
+enum Sink {
+    /// Another service's instance: the discovery overlay; deregistration through the registry.
+    Discovery(DiscoveryClient),
+    /// This process's own registration: the service manager.
+    Own(Arc<ServiceManager>),
+}
+
+impl HealthChecker {
+    /// A checker with the default thresholds, concurrency and jitter.
+    pub fn new(client: DiscoveryClient) -> Self {
+        Self::builder().build(client)
+    }
+
+    /// A builder for other settings.
+    pub fn builder() -> Builder {
+        Builder {
+            thresholds: Thresholds::default(),
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            jitter: DEFAULT_JITTER,
+        }
+    }
+
+    /// Checks every instance of `service` with the built-in probe for `check`, following the
+    /// service as instances come and go. Watching a service again replaces the previous check.
+    pub async fn watch(&self, service: &str, check: HealthCheck) -> Result<()> {
+        let probe = probe_for(&check)?;
+        self.watch_with(service, check, probe).await
+    }
+
+    /// [`HealthChecker::watch`] with a custom probe; `check` gives the interval, the timeout and
+    /// `deregister_critical_service_after` (its target is ignored).
+    pub async fn watch_with(
+        &self,
+        service: &str,
+        check: HealthCheck,
+        probe: Arc<dyn Probe>,
+    ) -> Result<()> {
+        let watcher = self.inner.client.watch(service).await?;
+        let task = tokio::spawn(follow(
+            self.inner.clone(),
+            service.to_owned(),
+            check,
+            probe,
+            watcher,
+        ));
+        lock(&self.inner.services).insert(service.to_owned(), Task(task));
+        Ok(())
+    }
+
+    /// Stops checking `service` and clears the health chi laid over its instances.
+    pub fn unwatch(&self, service: &str) {
+        drop(lock(&self.inner.services).remove(service));
+        let ids: Vec<String> = {
+            let mut states = lock(&self.inner.states);
+            let ids = states
+                .keys()
+                .filter(|(s, _)| s == service)
+                .map(|(_, id)| id.clone())
+                .collect();
+            states.retain(|(s, _), _| s != service);
+            ids
+        };
+        for id in ids {
+            self.inner.client.set_health(service, &id, None);
+        }
+    }
+
+    /// Checks this process's own registration `instance` (as registered with `manager`) with the
+    /// built-in probe for `check`; results go to [`ServiceManager::set_health`], and with
+    /// `deregister_critical_service_after` the registration is deregistered after that long
+    /// unhealthy. Runs until the returned handle is dropped.
+    pub fn check_own(
+        &self,
+        manager: Arc<ServiceManager>,
+        instance: Instance,
+        check: HealthCheck,
+    ) -> Result<OwnCheck> {
+        let probe = probe_for(&check)?;
+        Ok(self.check_own_with(manager, instance, check, probe))
+    }
+
+    /// [`HealthChecker::check_own`] with a custom probe.
+    pub fn check_own_with(
+        &self,
+        manager: Arc<ServiceManager>,
+        instance: Instance,
+        check: HealthCheck,
+        probe: Arc<dyn Probe>,
+    ) -> OwnCheck {
+        let key = (instance.name.clone(), instance.id.clone());
+        let task = tokio::spawn(run_instance(
+            self.inner.clone(),
+            instance,
+            check,
+            probe,
+            Sink::Own(manager),
+        ));
+        OwnCheck {
+            task: Task(task),
+            key,
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Every transition from now on (a lagging receiver misses the oldest ones).
+    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.inner.events.subscribe()
+    }
+
+    /// What the checker knows about one instance.
+    pub fn health(&self, service: &str, id: &str) -> Option<InstanceHealth> {
+        lock(&self.inner.states)
+            .get(&(service.to_owned(), id.to_owned()))
+            .cloned()
+    }
+
+    /// What the checker knows about every checked instance of `service`, by id.
+    pub fn service_health(&self, service: &str) -> Vec<(String, InstanceHealth)> {
+        let mut out: Vec<(String, InstanceHealth)> = lock(&self.inner.states)
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .map(|((_, id), h)| (id.clone(), h.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+impl Drop for HealthChecker {
+    fn drop(&mut self) {
+        lock(&self.inner.services).clear();
+    }
+}
+
+/// The check of this process's own registration; dropping it stops the check.
+#[derive(Debug)]
+pub struct OwnCheck {
+    task: Task,
+    key: (String, String),
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").finish_non_exhaustive()
+    }
+}
+
+impl OwnCheck {
+    /// What the check knows so far.
+    pub fn health(&self) -> Option<InstanceHealth> {
+        lock(&self.inner.states).get(&self.key).cloned()
+    }
+
+    /// True once the check has ended (after deregistering a critical instance).
+    pub fn is_finished(&self) -> bool {
+        self.task.0.is_finished()
+    }
+
+    /// Stops the check.
+    pub fn stop(self) {}
+}
+
+/// Follows one service's membership, with one checking task per instance.
+async fn follow(
+    inner: Arc<Inner>,
+    service: String,
+    check: HealthCheck,
+    probe: Arc<dyn Probe>,
+    mut watcher: Watcher,
+) {
+    let mut running: HashMap<String, (Instance, Task)> = HashMap::new();
+    let sink = Sink::Discovery(inner.client.clone());
+    let start = |i: Instance| {
+        Task(tokio::spawn(run_instance(
+            inner.clone(),
+            i,
+            check.clone(),
+            probe.clone(),
+            sink.clone(),
+        )))
+    };
+    let forget = |id: &str| {
+        lock(&inner.states).remove(&(service.clone(), id.to_owned()));
+        inner.client.set_health(&service, id, None);
+    };
+    while let Some(event) = watcher.next().await {
+        let upserts = match event {
+            Ok(Change::Reset(all)) => {
+                let keep: std::collections::HashSet<&str> =
+                    all.iter().map(|i| i.id.as_str()).collect();
+                let gone: Vec<String> = running
+                    .keys()
+                    .filter(|id| !keep.contains(id.as_str()))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    running.remove(&id);
+                    forget(&id);
+                }
+                all
+            }
+            Ok(Change::Add(i) | Change::Update(i)) => vec![i],
+            Ok(Change::Remove(i)) => {
+                if running.remove(&i.id).is_some() {
+                    forget(&i.id);
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(%service, error = %e, "health checker's watch reports an error; it resyncs on its own");
+                continue;
+            }
+        };
+        for i in upserts {
+            let same_target = running
+                .get(&i.id)
+                .is_some_and(|(old, _)| old.address == i.address && old.port == i.port);
+            if !same_target {
+                let id = i.id.clone();
+                let task = start(i.clone());
+                if running.insert(id.clone(), (i, task)).is_some() {
+                    // Moved to another address: its old results say nothing about the new one.
+                    lock(&inner.states).remove(&(service.clone(), id.clone()));
+                    inner.client.set_health(&service, &id, None);
+                }
+            }
+        }
+    }
+}
+
+fn jittered(interval: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return interval;
+    }
+    interval.mul_f64(1.0 - rand::random::<f64>() * jitter)
+}
+
+/// Checks one instance until aborted (or until it is deregistered as critical).
+async fn run_instance(
+    inner: Arc<Inner>,
+    instance: Instance,
+    check: HealthCheck,
+    probe: Arc<dyn Probe>,
+    sink: Sink,
+) {
+    let interval = check.interval.max(Duration::from_millis(1));
+    let key = (instance.name.clone(), instance.id.clone());
+    let mut state = HealthState::new(inner.thresholds);
+    let mut checks: u64 = 0;
+    if inner.jitter > 0.0 {
+        tokio::time::sleep(interval.mul_f64(rand::random::<f64>() * inner.jitter)).await;
+    }
+    loop {
+        let started = Instant::now();
+        let result = {
+            let Ok(_permit) = inner.permits.acquire().await else {
+                return;
+            };
+            match tokio::time::timeout(check.timeout, probe.check(&instance)).await {
+                Ok(r) => r,
+                Err(_) => Err(CheckError::Timeout {
+                    after: check.timeout,
+                }),
+            }
+        };
+        checks += 1;
+        let from = state.status();
+        let changed = state.record(result.is_ok());
+        let error = result.err();
+        lock(&inner.states).insert(
+            key.clone(),
+            InstanceHealth {
+                status: state.status(),
+                since: state.since(),
+                successes: state.successes(),
+                failures: state.failures(),
+                checks,
+                last_error: error.clone(),
+            },
+        );
+        if let Some(to) = changed {
+            match to {
+                HealthStatus::Healthy => {
+                    tracing::info!(service = %key.0, id = %key.1, probe = probe.kind(), "instance is healthy")
+                }
+                _ => {
+                    tracing::warn!(service = %key.0, id = %key.1, probe = probe.kind(), error = ?error, "instance is unhealthy")
+                }
+            }
+            match &sink {
+                Sink::Discovery(client) => client.set_health(&key.0, &key.1, Some(to)),
+                Sink::Own(manager) => manager.set_health(&key.1, to),
+            }
+            let _ = inner.events.send(Transition {
+                service: key.0.clone(),
+                id: key.1.clone(),
+                from,
+                to,
+                at: state.since(),
+                reason: if to == HealthStatus::Healthy {
+                    None
+                } else {
+                    error
+                },
+            });
+        }
+        if let Some(after) = check.deregister_critical_service_after
+            && state.status() == HealthStatus::Unhealthy
+            && state.elapsed() >= after
+        {
+            tracing::warn!(service = %key.0, id = %key.1, ?after, "critical too long; deregistering");
+            let result = match &sink {
+                Sink::Discovery(client) => client.registry().deregister(&key.0, &key.1).await,
+                Sink::Own(manager) => manager.deregister(&key.0, &key.1).await,
+            };
+            match result {
+                Ok(()) => {
+                    lock(&inner.states).remove(&key);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(service = %key.0, id = %key.1, error = %e, "deregistration failed; will retry")
+                }
+            }
+        }
+        tokio::time::sleep_until(started + jittered(interval, inner.jitter)).await;
+    }
+}
