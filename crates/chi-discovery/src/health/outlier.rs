@@ -383,4 +383,28 @@ mod tests {
         assert_eq!(d.ejection_multiplier("h0"), 0);
         assert!(!d.is_ejected("nobody"));
     }
+
+    proptest::proptest! {
+        /// However failures arrive, no more than Envoy's limit is ejected at once: the first
+        /// ejection is always allowed, later ones only while under `max_ejection_percent`.
+        #[test]
+        fn never_more_than_max_ejection_percent(
+            n in 1usize..30,
+            pct in 0u8..=100,
+            failures in proptest::collection::vec(0usize..30, 0..300),
+        ) {
+            let d = OutlierDetector::new(OutlierConfig {
+                consecutive_failures: 2,
+                max_ejection_percent: pct,
+                ..OutlierConfig::default()
+            });
+            d.set_hosts((0..n).map(|i| format!("h{i}")));
+            for f in failures {
+                d.record_failure(&format!("h{}", f % n));
+                let ejected = d.ejected().len();
+                let limit = if pct == 0 { 0 } else { (usize::from(pct) * n).div_ceil(100).max(1) };
+                proptest::prop_assert!(ejected <= limit, "{ejected} > {limit} of {n} at {pct} %");
+            }
+        }
+    }
 }

@@ -117,7 +117,7 @@ impl Builder {
                 jitter: self.jitter,
                 permits: Arc::new(Semaphore::new(self.max_concurrency)),
                 events,
-                states: Mutex::new(HashMap::new()),
+                states: Mutex::new(States::default()),
                 services: Mutex::new(HashMap::new()),
             }),
         }
@@ -149,8 +149,42 @@ struct Inner {
     jitter: f64,
     permits: Arc<Semaphore>,
     events: broadcast::Sender<Transition>,
-    states: Mutex<HashMap<(String, String), InstanceHealth>>,
+    states: Mutex<States>,
     services: Mutex<HashMap<String, Task>>,
+}
+
+type Key = (String, String);
+
+/// What the checks decided, and which check task may still publish for each watched instance.
+///
+/// A removed instance's task is aborted, but an abort lands at the task's next `.await`; a
+/// task that already finished its probe could otherwise lay a stale status over an instance
+/// that is gone. Publishing and forgetting both happen under this lock, and a task publishes
+/// only while its generation is the live one.
+#[derive(Default)]
+struct States {
+    health: HashMap<Key, InstanceHealth>,
+    live: HashMap<Key, u64>,
+    next_generation: u64,
+}
+
+impl States {
+    /// Registers a new check task for `key`; the previous one (if any) may no longer publish.
+    fn start(&mut self, key: Key) -> u64 {
+        self.next_generation += 1;
+        self.live.insert(key, self.next_generation);
+        self.next_generation
+    }
+
+    /// Stops `key` from publishing and forgets what it decided.
+    fn forget(&mut self, key: &Key) {
+        self.live.remove(key);
+        self.health.remove(key);
+    }
+
+    fn may_publish(&self, key: &Key, generation: Option<u64>) -> bool {
+        generation.is_none_or(|g| self.live.get(key) == Some(&g))
+    }
 }
 
 /// A task aborted when dropped.
@@ -221,18 +255,17 @@ impl HealthChecker {
     /// Stops checking `service` and clears the health chi laid over its instances.
     pub fn unwatch(&self, service: &str) {
         drop(lock(&self.inner.services).remove(service));
-        let ids: Vec<String> = {
-            let mut states = lock(&self.inner.states);
-            let ids = states
-                .keys()
-                .filter(|(s, _)| s == service)
-                .map(|(_, id)| id.clone())
-                .collect();
-            states.retain(|(s, _), _| s != service);
-            ids
-        };
-        for id in ids {
-            self.inner.client.set_health(service, &id, None);
+        let mut states = lock(&self.inner.states);
+        let keys: Vec<Key> = states
+            .live
+            .keys()
+            .chain(states.health.keys())
+            .filter(|(s, _)| s == service)
+            .cloned()
+            .collect();
+        for key in keys {
+            states.forget(&key);
+            self.inner.client.set_health(service, &key.1, None);
         }
     }
 
@@ -265,6 +298,7 @@ impl HealthChecker {
             check,
             probe,
             Sink::Own(manager),
+            None,
         ));
         OwnCheck {
             task: Task(task),
@@ -281,6 +315,7 @@ impl HealthChecker {
     /// What the checker knows about one instance.
     pub fn health(&self, service: &str, id: &str) -> Option<InstanceHealth> {
         lock(&self.inner.states)
+            .health
             .get(&(service.to_owned(), id.to_owned()))
             .cloned()
     }
@@ -288,6 +323,7 @@ impl HealthChecker {
     /// What the checker knows about every checked instance of `service`, by id.
     pub fn service_health(&self, service: &str) -> Vec<(String, InstanceHealth)> {
         let mut out: Vec<(String, InstanceHealth)> = lock(&self.inner.states)
+            .health
             .iter()
             .filter(|((s, _), _)| s == service)
             .map(|((_, id), h)| (id.clone(), h.clone()))
@@ -320,7 +356,7 @@ impl std::fmt::Debug for Inner {
 impl OwnCheck {
     /// What the check knows so far.
     pub fn health(&self) -> Option<InstanceHealth> {
-        lock(&self.inner.states).get(&self.key).cloned()
+        lock(&self.inner.states).health.get(&self.key).cloned()
     }
 
     /// True once the check has ended (after deregistering a critical instance).
@@ -342,18 +378,23 @@ async fn follow(
 ) {
     let mut running: HashMap<String, (Instance, Task)> = HashMap::new();
     let sink = Sink::Discovery(inner.client.clone());
-    let start = |i: Instance| {
+    let forget = |id: &str| {
+        let mut states = lock(&inner.states);
+        states.forget(&(service.clone(), id.to_owned()));
+        inner.client.set_health(&service, id, None);
+    };
+    let start = |mut i: Instance| {
+        // The key is the watched name, whatever the registry put in the instance.
+        i.name = service.clone();
+        let generation = lock(&inner.states).start((service.clone(), i.id.clone()));
         Task(tokio::spawn(run_instance(
             inner.clone(),
             i,
             check.clone(),
             probe.clone(),
             sink.clone(),
+            Some(generation),
         )))
-    };
-    let forget = |id: &str| {
-        lock(&inner.states).remove(&(service.clone(), id.to_owned()));
-        inner.client.set_health(&service, id, None);
     };
     while let Some(event) = watcher.next().await {
         let upserts = match event {
@@ -388,13 +429,12 @@ async fn follow(
                 .get(&i.id)
                 .is_some_and(|(old, _)| old.address == i.address && old.port == i.port);
             if !same_target {
-                let id = i.id.clone();
-                let task = start(i.clone());
-                if running.insert(id.clone(), (i, task)).is_some() {
+                if running.remove(&i.id).is_some() {
                     // Moved to another address: its old results say nothing about the new one.
-                    lock(&inner.states).remove(&(service.clone(), id.clone()));
-                    inner.client.set_health(&service, &id, None);
+                    forget(&i.id);
                 }
+                let task = start(i.clone());
+                running.insert(i.id.clone(), (i, task));
             }
         }
     }
@@ -414,6 +454,7 @@ async fn run_instance(
     check: HealthCheck,
     probe: Arc<dyn Probe>,
     sink: Sink,
+    generation: Option<u64>,
 ) {
     let interval = check.interval.max(Duration::from_millis(1));
     let key = (instance.name.clone(), instance.id.clone());
@@ -439,17 +480,29 @@ async fn run_instance(
         let from = state.status();
         let changed = state.record(result.is_ok());
         let error = result.err();
-        lock(&inner.states).insert(
-            key.clone(),
-            InstanceHealth {
-                status: state.status(),
-                since: state.since(),
-                successes: state.successes(),
-                failures: state.failures(),
-                checks,
-                last_error: error.clone(),
-            },
-        );
+        {
+            let mut states = lock(&inner.states);
+            if !states.may_publish(&key, generation) {
+                return;
+            }
+            states.health.insert(
+                key.clone(),
+                InstanceHealth {
+                    status: state.status(),
+                    since: state.since(),
+                    successes: state.successes(),
+                    failures: state.failures(),
+                    checks,
+                    last_error: error.clone(),
+                },
+            );
+            if let Some(to) = changed {
+                match &sink {
+                    Sink::Discovery(client) => client.set_health(&key.0, &key.1, Some(to)),
+                    Sink::Own(manager) => manager.set_health(&key.1, to),
+                }
+            }
+        }
         if let Some(to) = changed {
             match to {
                 HealthStatus::Healthy => {
@@ -458,10 +511,6 @@ async fn run_instance(
                 _ => {
                     tracing::warn!(service = %key.0, id = %key.1, probe = probe.kind(), error = ?error, "instance is unhealthy")
                 }
-            }
-            match &sink {
-                Sink::Discovery(client) => client.set_health(&key.0, &key.1, Some(to)),
-                Sink::Own(manager) => manager.set_health(&key.1, to),
             }
             let _ = inner.events.send(Transition {
                 service: key.0.clone(),
@@ -487,7 +536,10 @@ async fn run_instance(
             };
             match result {
                 Ok(()) => {
-                    lock(&inner.states).remove(&key);
+                    let mut states = lock(&inner.states);
+                    if states.may_publish(&key, generation) {
+                        states.health.remove(&key);
+                    }
                     return;
                 }
                 Err(e) => {
@@ -828,6 +880,47 @@ mod tests {
         assert!(reg.instances("svc").await.expect("list").is_empty());
         assert!(manager.status().is_empty());
         assert!(own.is_finished());
+    }
+
+    #[test]
+    fn only_the_live_generation_publishes() {
+        let mut st = States::default();
+        let key: Key = ("svc".into(), "a".into());
+        let first = st.start(key.clone());
+        assert!(st.may_publish(&key, Some(first)));
+        let second = st.start(key.clone());
+        assert!(!st.may_publish(&key, Some(first)), "replaced");
+        assert!(st.may_publish(&key, Some(second)));
+        st.forget(&key);
+        assert!(!st.may_publish(&key, Some(second)), "forgotten");
+        assert!(st.may_publish(&key, None), "own checks always publish");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_moved_instance_is_checked_afresh() {
+        let (reg, client) = setup(1).await;
+        let checker = HealthChecker::builder().jitter(0.0).build(client.clone());
+        let mut rx = checker.subscribe();
+        let probe = Scripted::with_delay(Duration::ZERO);
+        probe.set_down(&id(1), true);
+        checker
+            .watch_with("svc", check(1000), probe.clone())
+            .await
+            .expect("watch");
+        assert_eq!(next(&mut rx).await.to, HealthStatus::Unhealthy);
+        // Same id, new address: the old verdict is dropped and the new address probed.
+        let moved = ServiceConfig::new("svc", "127.0.0.2", 1)
+            .instance()
+            .with_id(id(1));
+        probe.set_down(&id(1), false);
+        reg.register(&moved).await.expect("re-register");
+        let t = next(&mut rx).await;
+        assert_eq!(
+            (t.from, t.to),
+            (HealthStatus::Unknown, HealthStatus::Healthy)
+        );
+        let last = lock(&probe.starts).len();
+        assert!(last >= 2);
     }
 
     #[tokio::test]

@@ -183,4 +183,32 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(7)).await;
         assert_eq!(s.elapsed(), Duration::from_secs(7));
     }
+
+    proptest::proptest! {
+        /// A status changes only after a run of `rise` successes or `fall` failures (one result
+        /// from Unknown), and a long enough run always settles it.
+        #[test]
+        fn changes_only_after_a_full_run(
+            results in proptest::collection::vec(proptest::bool::ANY, 1..200),
+            rise in 1u32..6,
+            fall in 1u32..6,
+        ) {
+            let t = Thresholds::new(rise, fall);
+            let mut s = HealthState::new(t);
+            for (n, ok) in results.iter().enumerate() {
+                let before = s.status();
+                let changed = s.record(*ok);
+                let run = results[..=n].iter().rev().take_while(|r| *r == ok).count();
+                if let Some(to) = changed {
+                    proptest::prop_assert_eq!(to, if *ok { Healthy } else { Unhealthy });
+                    let need = if before == Unknown { 1 } else if *ok { rise } else { fall };
+                    proptest::prop_assert!(run >= need as usize);
+                }
+                if run >= rise.max(fall) as usize {
+                    proptest::prop_assert_eq!(s.status(), if *ok { Healthy } else { Unhealthy });
+                }
+                proptest::prop_assert_ne!(s.status(), Unknown);
+            }
+        }
+    }
 }
