@@ -25,6 +25,36 @@
 //! - [`PanicThreshold`] is Envoy's panic mode (Nacos calls it the protect threshold): when too few
 //!   instances are usable, balance over all of them rather than crush the survivors.
 //!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use chi_discovery::health::{HealthChecker, OutlierDetector, PanicThreshold, Thresholds};
+//! use chi_discovery::{DiscoveryClient, HealthCheck, registry::Memory};
+//!
+//! # async fn demo() -> chi_discovery::Result<()> {
+//! let client = DiscoveryClient::new(Arc::new(Memory::new()));
+//! // Active: probe every instance of `user-service`; results reach `healthy_only` discovery.
+//! let checker = HealthChecker::builder()
+//!     .thresholds(Thresholds::new(2, 3))
+//!     .build(client.clone());
+//! let check = HealthCheck::http("/health")
+//!     .every(Duration::from_secs(5))
+//!     .timeout(Duration::from_secs(1));
+//! checker.watch("user-service", check).await?;
+//!
+//! // Passive: the caller reports request outcomes.
+//! let outliers = OutlierDetector::default();
+//! outliers.record_failure("user-service-10.0.0.7-8080");
+//!
+//! // What to balance over: usable and not ejected, or everything in panic mode.
+//! let snapshot = client.discover("user-service").await?;
+//! let pick_from = PanicThreshold::default().select(snapshot.instances(), |i| {
+//!     i.health.is_usable() && !outliers.is_ejected(&i.id)
+//! });
+//! # let _ = pick_from;
+//! # Ok(()) }
+//! ```
+//!
 //! # What a check may probe
 //!
 //! Registry data is not trusted to point a checker anywhere: every probe targets the instance's own
