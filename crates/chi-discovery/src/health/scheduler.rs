@@ -124,8 +124,8 @@ impl Builder {
     }
 }
 
-/// Runs active health checks; see the module docs. Dropping it stops every check it runs
-/// (except [`OwnCheck`]s, which live as long as their handle).
+/// Runs active health checks; see the module docs. Dropping it stops every watch and clears
+/// the health it laid over discovery ([`OwnCheck`]s live as long as their handle).
 pub struct HealthChecker {
     inner: Arc<Inner>,
 }
@@ -252,9 +252,24 @@ impl HealthChecker {
         Ok(())
     }
 
-    /// Stops checking `service` and clears the health chi laid over its instances.
+    /// Stops checking `service` and clears the health chi laid over its instances. The cached
+    /// list still carries the last verdicts until it is reloaded, so a refresh from the registry
+    /// is started at once (when called inside a tokio runtime).
     pub fn unwatch(&self, service: &str) {
         drop(lock(&self.inner.services).remove(service));
+        self.clear(service);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = self.inner.client.clone();
+            let service = service.to_owned();
+            rt.spawn(async move {
+                if let Err(e) = client.refresh(&service).await {
+                    tracing::debug!(%service, error = %e, "refresh after unwatch failed");
+                }
+            });
+        }
+    }
+
+    fn clear(&self, service: &str) {
         let mut states = lock(&self.inner.states);
         let keys: Vec<Key> = states
             .live
@@ -334,8 +349,13 @@ impl HealthChecker {
 }
 
 impl Drop for HealthChecker {
+    /// Stops every watch and clears the health it laid over discovery: a verdict nobody keeps
+    /// up to date must not hold an instance out of rotation forever.
     fn drop(&mut self) {
-        lock(&self.inner.services).clear();
+        let services: Vec<String> = lock(&self.inner.services).keys().cloned().collect();
+        for service in services {
+            self.unwatch(&service);
+        }
     }
 }
 
@@ -457,6 +477,7 @@ async fn run_instance(
     generation: Option<u64>,
 ) {
     let interval = check.interval.max(Duration::from_millis(1));
+    let timeout = check.timeout.max(Duration::from_millis(1));
     let key = (instance.name.clone(), instance.id.clone());
     let mut state = HealthState::new(inner.thresholds);
     let mut checks: u64 = 0;
@@ -469,11 +490,9 @@ async fn run_instance(
             let Ok(_permit) = inner.permits.acquire().await else {
                 return;
             };
-            match tokio::time::timeout(check.timeout, probe.check(&instance)).await {
+            match tokio::time::timeout(timeout, probe.check(&instance)).await {
                 Ok(r) => r,
-                Err(_) => Err(CheckError::Timeout {
-                    after: check.timeout,
-                }),
+                Err(_) => Err(CheckError::Timeout { after: timeout }),
             }
         };
         checks += 1;
@@ -812,6 +831,32 @@ mod tests {
         let checks = probe.starts_of(&id(1)).len();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(probe.starts_of(&id(1)).len(), checks);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_checker_clears_its_verdicts() {
+        let (_reg, client) = setup(2).await;
+        let checker = HealthChecker::builder().jitter(0.0).build(client.clone());
+        let mut rx = checker.subscribe();
+        let probe = Scripted::with_delay(Duration::ZERO);
+        probe.set_down(&id(2), true);
+        checker
+            .watch_with("svc", check(1000), probe.clone())
+            .await
+            .expect("watch");
+        next(&mut rx).await;
+        next(&mut rx).await;
+        assert_eq!(healthy_ids(&client).await, vec![id(1)]);
+        drop(checker);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(healthy_ids(&client).await, vec![id(1), id(2)]);
+        let checks = lock(&probe.starts).len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            lock(&probe.starts).len(),
+            checks,
+            "no check runs after drop"
+        );
     }
 
     #[tokio::test(start_paused = true)]
