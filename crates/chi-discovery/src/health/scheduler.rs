@@ -241,6 +241,12 @@ impl HealthChecker {
         probe: Arc<dyn Probe>,
     ) -> Result<()> {
         let watcher = self.inner.client.watch(service).await?;
+        // Replacing a watch: the old tasks must stop publishing before the new ones start.
+        let previous = lock(&self.inner.services).remove(service);
+        if previous.is_some() {
+            drop(previous);
+            self.clear(service);
+        }
         let task = tokio::spawn(follow(
             self.inner.clone(),
             service.to_owned(),
