@@ -152,7 +152,8 @@ pub trait Probe: Send + Sync + 'static {
 ///
 /// A [`CheckTarget::Ttl`] check has no probe (the service reports its own health through
 /// [`ServiceManager::set_health`](crate::ServiceManager::set_health)); it is an
-/// [`Error::Invalid`].
+/// [`Error::Invalid`]. To probe another host on purpose, build the probe with
+/// `allow_other_hosts(true)` and pass it to [`HealthChecker::watch_with`].
 pub fn probe_for(check: &HealthCheck) -> Result<Arc<dyn Probe>> {
     Ok(match &check.target {
         CheckTarget::Http(target) => {
