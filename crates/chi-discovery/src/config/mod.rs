@@ -20,6 +20,7 @@ pub mod raw;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -27,6 +28,7 @@ use indexmap::IndexMap;
 use crate::discovery::CacheConfig;
 use crate::error::{Error, Result};
 use crate::instance::{CheckTarget, HealthCheck, ServiceConfig, validate_name};
+use crate::registry::{Memory, MultiRegistry, Registry};
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 
@@ -78,6 +80,142 @@ impl Registries {
         }
         v
     }
+}
+
+impl Registries {
+    /// Parses a registry URL as the CLI's `--registry` takes it: `memory`,
+    /// `etcd://host:port[,host:port]`, `consul://host:port`, `nacos://host:port`. Credentials come
+    /// from the environment (`CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`, `CHI_ETCD_PASSWORD`,
+    /// `CHI_NACOS_USERNAME`, `CHI_NACOS_PASSWORD`), never from the URL.
+    pub fn from_url(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Registries> {
+        let field = Field("--registry".into());
+        let (scheme, rest) = match url.split_once("://") {
+            Some((s, r)) => (s, r.trim_end_matches('/')),
+            None if url == "memory" => ("memory", ""),
+            None => {
+                return Err(field.err(format!(
+                    "expected memory, etcd://host:port[,host:port], consul://host:port or nacos://host:port, got {url:?}"
+                )));
+            }
+        };
+        if rest.contains('@') {
+            return Err(field.err(
+                "credentials in the URL would show in `ps`; set CHI_CONSUL_TOKEN, CHI_ETCD_PASSWORD or CHI_NACOS_PASSWORD instead",
+            ));
+        }
+        let mut out = Registries::default();
+        match scheme {
+            "memory" => out.memory = Some(MemorySettings::default()),
+            "consul" => {
+                host_port(rest, &field)?;
+                out.consul = Some(ConsulSettings {
+                    address: rest.to_owned(),
+                    token: env_secret(env, "CHI_CONSUL_TOKEN", None).unwrap_or_default(),
+                    datacenter: None,
+                });
+            }
+            "etcd" => {
+                let endpoints: Vec<String> = rest.split(',').map(str::to_owned).collect();
+                for ep in &endpoints {
+                    host_port(ep, &field)?;
+                }
+                out.etcd = Some(EtcdSettings {
+                    endpoints,
+                    username: env("CHI_ETCD_USERNAME"),
+                    password: env_secret(env, "CHI_ETCD_PASSWORD", None),
+                    prefix: None,
+                    lease_ttl: None,
+                });
+            }
+            "nacos" => {
+                host_port(rest, &field)?;
+                let (ip, port) = rest.rsplit_once(':').unwrap_or((rest, "8848"));
+                out.nacos = Some(NacosSettings {
+                    servers: vec![NacosServer {
+                        ip: ip.to_owned(),
+                        port: port.parse().unwrap_or(8848),
+                        context_path: "/nacos".into(),
+                    }],
+                    namespace_id: "public".into(),
+                    username: env("CHI_NACOS_USERNAME"),
+                    password: env_secret(env, "CHI_NACOS_PASSWORD", None),
+                    group_name: "DEFAULT_GROUP".into(),
+                    cluster_name: "DEFAULT".into(),
+                });
+            }
+            other => {
+                return Err(field.err(format!(
+                    "unknown registry scheme {other:?}, expected memory, etcd, consul or nacos"
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Connects to the enabled backends: one registry, or a
+    /// [`MultiRegistry`](crate::registry::MultiRegistry) over several (in write order).
+    pub async fn connect(&self) -> Result<Arc<dyn Registry>> {
+        let mut members: Vec<Arc<dyn Registry>> = Vec::new();
+        if let Some(c) = &self.consul {
+            members.push(connect_consul(c).await?);
+        }
+        if let Some(e) = &self.etcd {
+            members.push(connect_etcd(e).await?);
+        }
+        if let Some(n) = &self.nacos {
+            members.push(connect_nacos(n).await?);
+        }
+        if let Some(m) = &self.memory {
+            members.push(Arc::new(match m.ttl {
+                Some(ttl) => Memory::with_ttl(ttl),
+                None => Memory::new(),
+            }));
+        }
+        match members.len() {
+            0 => Ok(Arc::new(Memory::new())),
+            1 => Ok(members.remove(0)),
+            _ => Ok(Arc::new(MultiRegistry::new(members))),
+        }
+    }
+}
+
+fn feature_missing(backend: &str) -> Error {
+    Error::config(
+        format!("service_discovery.registries.{backend}"),
+        format!(
+            "chi was built without the `{backend}` feature; rebuild with `--features {backend}`"
+        ),
+    )
+}
+
+#[cfg(not(feature = "consul"))]
+async fn connect_consul(_: &ConsulSettings) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing("consul"))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(_: &EtcdSettings) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing("etcd"))
+}
+
+#[cfg(not(feature = "nacos"))]
+async fn connect_nacos(_: &NacosSettings) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing("nacos"))
+}
+
+#[cfg(feature = "consul")]
+async fn connect_consul(_: &ConsulSettings) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing("consul"))
+}
+
+#[cfg(feature = "etcd")]
+async fn connect_etcd(_: &EtcdSettings) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing("etcd"))
+}
+
+#[cfg(feature = "nacos")]
+async fn connect_nacos(_: &NacosSettings) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing("nacos"))
 }
 
 /// `registries.memory`.

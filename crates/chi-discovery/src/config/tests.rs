@@ -432,3 +432,54 @@ fn missing_file_names_the_path() {
         "{err}"
     );
 }
+
+#[test]
+fn registry_urls() {
+    let env = |k: &str| (k == "CHI_ETCD_PASSWORD").then(|| "pw".to_owned());
+    let r = Registries::from_url("etcd://127.0.0.1:2379,127.0.0.1:22379", &env).expect("etcd");
+    let e = r.etcd.expect("etcd");
+    assert_eq!(e.endpoints, vec!["127.0.0.1:2379", "127.0.0.1:22379"]);
+    assert_eq!(e.password.expect("pw").expose(), "pw");
+    assert!(
+        Registries::from_url("memory", &env)
+            .expect("memory")
+            .memory
+            .is_some()
+    );
+    assert_eq!(
+        Registries::from_url("consul://127.0.0.1:8500", &env)
+            .expect("c")
+            .enabled(),
+        vec!["consul"]
+    );
+    let n = Registries::from_url("nacos://10.0.0.1:8848", &env)
+        .expect("n")
+        .nacos
+        .expect("n");
+    assert_eq!(
+        (n.servers[0].ip.as_str(), n.servers[0].port),
+        ("10.0.0.1", 8848)
+    );
+    for (bad, part) in [
+        ("zookeeper://h:1", "unknown registry scheme \"zookeeper\""),
+        ("consul://h", "host:port"),
+        ("consul://user:tok@h:8500", "credentials in the URL"),
+        ("localhost:8500", "expected memory, etcd://"),
+    ] {
+        let err = Registries::from_url(bad, &env).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--registry: ") && err.contains(part),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connect_builds_the_embedded_registry_by_default() {
+    let reg = Config::default()
+        .registries
+        .connect()
+        .await
+        .expect("memory");
+    assert_eq!(reg.backend(), "memory");
+}
