@@ -670,3 +670,80 @@ async fn unreachable_agent_is_a_clear_transient_error() {
             .is_err()
     );
 }
+
+/// A fake Consul whose blocking queries misbehave: they answer at once with the same index, with
+/// index 0, or with an index that keeps going backwards; and one answer that is too big.
+async fn misbehaving_consul() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
+    use axum::extract::Path;
+    use axum::response::IntoResponse;
+
+    let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/v1/health/service/{name}",
+        axum::routing::get(move |Path(name): Path<String>| {
+            let counter = counter.clone();
+            async move {
+                let n = {
+                    let mut h = counter.lock().expect("hits");
+                    let n = h.entry(name.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let index = match name.as_str() {
+                    "same" => 5,
+                    "zero" => 0,
+                    _ => 1_000_000 - n,
+                };
+                let body = if name == "big" {
+                    " ".repeat(33 << 20)
+                } else {
+                    "[]".to_owned()
+                };
+                ([("X-Consul-Index", index.to_string())], body).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr.to_string(), hits)
+}
+
+#[tokio::test]
+async fn misbehaving_blocking_queries_cannot_drive_a_tight_loop() {
+    let (addr, hits) = misbehaving_consul().await;
+    let c = Consul::new(ConsulConfig {
+        address: addr,
+        wait: Duration::from_secs(10),
+        ..ConsulConfig::default()
+    })
+    .expect("config");
+    let mut watches = Vec::new();
+    for name in ["same", "zero", "backwards"] {
+        let mut w = c.watch(name).await.expect("watch");
+        assert_eq!(
+            w.next().await.expect("first").expect("reset"),
+            Change::Reset(vec![])
+        );
+        watches.push(tokio::spawn(async move {
+            // Nothing ever changes: polling only drives the query loop.
+            let _ = tokio::time::timeout(Duration::from_secs(2), w.next()).await;
+        }));
+    }
+    for w in watches {
+        w.await.expect("poller");
+    }
+    let hits = hits.lock().expect("hits").clone();
+    eprintln!("consul: requests in 2 s to a misbehaving server: {hits:?}");
+    for name in ["same", "zero", "backwards"] {
+        // Backing off from 50 ms (doubling, ±25 % jitter) allows about 7 in 2 s; a tight loop
+        // would make thousands.
+        assert!(hits[name] <= 20, "{name}: {} requests in 2 s", hits[name]);
+    }
+
+    let err = c.instances("big").await.unwrap_err().to_string();
+    assert!(err.contains("larger than"), "{err}");
+}

@@ -596,11 +596,12 @@ enum IndexMove {
 impl BlockingIndex {
     /// The next index after an answer carrying `answer`, and how it moved.
     fn after_answer(self, answer: u64) -> (BlockingIndex, IndexMove) {
-        if answer < self.0 {
-            (BlockingIndex(0), IndexMove::Reset)
-        } else if answer == 0 {
-            // Consul should never answer 0; waiting on 1 is always safe.
+        if answer == 0 {
+            // Consul should never answer 0 (it did, in some versions); waiting on 1 is always
+            // safe, where waiting on 0 would not block at all.
             (BlockingIndex(1), IndexMove::Same)
+        } else if answer < self.0 {
+            (BlockingIndex(0), IndexMove::Reset)
         } else if answer == self.0 {
             (self, IndexMove::Same)
         } else {
@@ -662,12 +663,18 @@ async fn next_change(mut st: WatchState) -> Option<(Result<Change>, WatchState)>
                 st.failures = 0;
                 let (next, moved) = st.index.after_answer(index);
                 st.index = next;
-                let early = started.elapsed() < wait / 2;
-                if block.is_some() && early && moved != IndexMove::Forward {
-                    st.spurious = st.spurious.saturating_add(1);
-                    tracing::debug!(service = %st.service, index, "consul blocking query returned early without a new index; backing off");
-                } else {
-                    st.spurious = 0;
+                // Only a blocking answer says anything about the server's behaviour: one that
+                // comes back early without a new index is a spurious wake-up. Non-blocking
+                // answers (after an error or an index reset) leave the count alone, so a server
+                // whose index keeps going backwards cannot alternate us into a tight loop.
+                if block.is_some() {
+                    let early = started.elapsed() < wait / 2;
+                    if early && moved != IndexMove::Forward {
+                        st.spurious = st.spurious.saturating_add(1);
+                        tracing::debug!(service = %st.service, index, "consul blocking query returned early without a new index; backing off");
+                    } else {
+                        st.spurious = 0;
+                    }
                 }
                 let list = to_instances(entries);
                 match st.view.as_mut() {
@@ -689,7 +696,12 @@ async fn next_change(mut st: WatchState) -> Option<(Result<Change>, WatchState)>
                 st.view = None;
                 st.index = BlockingIndex(0);
                 let e = Error::from(e);
-                tracing::warn!(service = %st.service, error = %e, "consul watch failed; retrying");
+                // One warning per outage; the retries that follow are debug noise.
+                if st.failures == 1 {
+                    tracing::warn!(service = %st.service, error = %e, "consul watch failed; retrying with backoff");
+                } else {
+                    tracing::debug!(service = %st.service, failures = st.failures, error = %e, "consul watch still failing");
+                }
                 return Some((Err(e), st));
             }
         }
@@ -854,6 +866,7 @@ mod tests {
         assert_eq!(i.after_answer(12), (BlockingIndex(12), IndexMove::Forward));
         assert_eq!(i.after_answer(10), (BlockingIndex(10), IndexMove::Same));
         assert_eq!(i.after_answer(3), (BlockingIndex(0), IndexMove::Reset));
+        assert_eq!(i.after_answer(0), (BlockingIndex(1), IndexMove::Same));
         assert_eq!(
             BlockingIndex(0).after_answer(0),
             (BlockingIndex(1), IndexMove::Same)
