@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chi_discovery::discovery::CacheConfig;
-use chi_discovery::registry::consul::{Consul, ConsulConfig};
+use chi_discovery::registry::consul::{Consul, ConsulConfig, TlsConfig};
 use chi_discovery::{
     Change, DiscoveryClient, Error, Filter, HealthCheck, HealthStatus, Instance, Liveness,
     Registry, RetryPolicy, Secret, ServiceConfig, ServiceManager,
@@ -746,4 +746,67 @@ async fn misbehaving_blocking_queries_cannot_drive_a_tight_loop() {
 
     let err = c.instances("big").await.unwrap_err().to_string();
     assert!(err.contains("larger than"), "{err}");
+}
+
+#[tokio::test]
+async fn tls_with_the_agents_ca_and_a_client_certificate() {
+    let agent = ConsulAgent::start_with_tls().await;
+    let port = agent.https_port.expect("https port");
+    let dir = agent.tls_dir();
+    let tls = TlsConfig {
+        ca_file: Some(dir.join("consul-agent-ca.pem")),
+        cert_file: Some(dir.join("dc1-client-consul-0.pem")),
+        key_file: Some(dir.join("dc1-client-consul-0-key.pem")),
+        insecure_skip_verify: false,
+    };
+    let over = |tls: TlsConfig| {
+        Consul::new(ConsulConfig {
+            // No scheme: `tls` makes it https.
+            address: format!("127.0.0.1:{port}"),
+            request_timeout: Duration::from_secs(2),
+            tls: Some(tls),
+            ..ConsulConfig::default()
+        })
+        .expect("config")
+    };
+    let svc = unique("chi-tls");
+    let c = over(tls.clone());
+    let inst = Instance::new(&svc, "127.0.0.1", 9400).with_id("tls-1");
+    c.register(&inst).await.expect("register over TLS");
+    assert_eq!(
+        ids(&c.instances(&svc).await.expect("instances")),
+        vec!["tls-1"]
+    );
+
+    // Without the agent's CA its certificate is not trusted.
+    let err = over(TlsConfig {
+        ca_file: None,
+        ..tls.clone()
+    })
+    .instances(&svc)
+    .await
+    .unwrap_err()
+    .to_string();
+    eprintln!("consul: TLS without the CA: {err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    // Without a client certificate the agent (verify_incoming_https) refuses us.
+    let no_client = over(TlsConfig {
+        cert_file: None,
+        key_file: None,
+        ..tls.clone()
+    });
+    let err = no_client.instances(&svc).await.unwrap_err();
+    eprintln!("consul: TLS without a client certificate: {err}");
+    assert!(err.to_string().contains("BadCertificate"), "{err}");
+    // A key without its certificate is a config error, before any connection.
+    let err = Consul::new(ConsulConfig {
+        tls: Some(TlsConfig {
+            cert_file: None,
+            ..tls
+        }),
+        ..ConsulConfig::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("consul.tls"), "{err}");
 }

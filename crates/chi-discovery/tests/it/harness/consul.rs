@@ -13,26 +13,48 @@ use super::{Proc, binary, eventually, free_ports};
 pub struct ConsulAgent {
     pub proc: Proc,
     pub http_port: u16,
+    /// The HTTPS port when TLS is on.
+    pub https_port: Option<u16>,
     /// The master token when ACLs are on.
     pub master_token: Option<String>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// What kind of agent to start.
+enum Flavor {
+    Plain,
+    Acl(String),
+    Tls,
 }
 
 impl ConsulAgent {
     /// A dev agent without ACLs, ready (leader elected, node in the catalog).
     pub async fn start() -> ConsulAgent {
-        Self::spawn(None).await
+        Self::spawn(Flavor::Plain).await
     }
 
     /// A dev agent with ACLs on and `default_policy = "deny"`; `master` is the master token
     /// (also the agent's own token, so its anti-entropy sync is allowed).
     pub async fn start_with_acl(master: &str) -> ConsulAgent {
-        Self::spawn(Some(master.to_owned())).await
+        Self::spawn(Flavor::Acl(master.to_owned())).await
     }
 
-    async fn spawn(master_token: Option<String>) -> ConsulAgent {
+    /// A dev agent that also serves HTTPS on [`ConsulAgent::https_port`] and requires a client
+    /// certificate there (`verify_incoming_https`). The CA, server and client certificates are
+    /// made with `consul tls` in [`ConsulAgent::tls_dir`]: `consul-agent-ca.pem`,
+    /// `dc1-client-consul-0.pem` and `dc1-client-consul-0-key.pem`.
+    pub async fn start_with_tls() -> ConsulAgent {
+        Self::spawn(Flavor::Tls).await
+    }
+
+    /// Where the TLS files are.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    async fn spawn(flavor: Flavor) -> ConsulAgent {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(4);
+        let ports = free_ports(5);
         let mut args: Vec<String> = [
             "agent",
             "-dev",
@@ -60,20 +82,47 @@ impl ConsulAgent {
             args.push(flag.to_string());
             args.push(port.to_string());
         }
-        if let Some(token) = &master_token {
-            // Consul 1.8 syntax: `acl.tokens.master` (renamed `initial_management` in 1.11).
-            args.push("-hcl".into());
-            args.push(format!(
-                r#"acl {{ enabled = true, default_policy = "deny", tokens {{ master = "{token}", agent = "{token}" }} }}"#
-            ));
+        let mut master_token = None;
+        let mut https_port = None;
+        match flavor {
+            Flavor::Plain => {}
+            Flavor::Acl(token) => {
+                // Consul 1.8 syntax: `acl.tokens.master` (renamed `initial_management` in 1.11).
+                args.push("-hcl".into());
+                args.push(format!(
+                    r#"acl {{ enabled = true, default_policy = "deny", tokens {{ master = "{token}", agent = "{token}" }} }}"#
+                ));
+                master_token = Some(token);
+            }
+            Flavor::Tls => {
+                let tls = |args: &[&str]| {
+                    let out = std::process::Command::new(binary("consul"))
+                        .args(args)
+                        .current_dir(dir.path())
+                        .output()
+                        .expect("run consul tls");
+                    assert!(out.status.success(), "consul {args:?}: {out:?}");
+                };
+                tls(&["tls", "ca", "create"]);
+                tls(&["tls", "cert", "create", "-server", "-dc", "dc1"]);
+                tls(&["tls", "cert", "create", "-client", "-dc", "dc1"]);
+                let d = dir.path().display();
+                args.push("-hcl".into());
+                args.push(format!(
+                    r#"ports {{ https = {} }} ca_file = "{d}/consul-agent-ca.pem" cert_file = "{d}/dc1-server-consul-0.pem" key_file = "{d}/dc1-server-consul-0-key.pem" verify_incoming_https = true"#,
+                    ports[4]
+                ));
+                https_port = Some(ports[4]);
+            }
         }
         let log: PathBuf = dir.path().join("consul.log");
         let proc = Proc::spawn("consul", &binary("consul"), &args, log);
         let agent = ConsulAgent {
             proc,
             http_port: ports[0],
+            https_port,
             master_token,
-            _dir: dir,
+            dir,
         };
         agent.wait_ready().await;
         agent
