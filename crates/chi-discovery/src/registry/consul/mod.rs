@@ -7,12 +7,12 @@
 //!
 //! # Why a small client of our own
 //!
-//! The Consul crates on crates.io are either unmaintained (`consul` 0.4, last release 2021,
-//! reqwest 0.9-era), or large generated clients that pull their own HTTP stack and runtime
-//! choices (`consulrs`, `rs-consul` with hyper 0.14 at the time of writing). chi needs five
-//! endpoints, blocking queries done by Consul's rules, a body-size limit and an ACL token that
-//! never reaches a log line; ~400 lines of reqwest + serde in [`api`] do exactly that, on the
-//! HTTP stack the rest of chi already uses.
+//! The Consul crates on crates.io did not fit: `consul` (0.4) is a synchronous client on
+//! reqwest 0.11 with `error-chain`; `consulrs` has a single 0.1 release; `rs-consul` brings its
+//! own hyper + hyper-rustls client type. None documents Consul's blocking-query rules (index
+//! resets, rate limits), and chi needs only five endpoints. About 500 lines of reqwest + serde in
+//! the `api` submodule do exactly that, on the HTTP stack the rest of chi already uses, with a body-size
+//! limit and an ACL token that only ever travels in a sensitive header.
 //!
 //! # Mapping
 //!
