@@ -642,9 +642,12 @@ async fn next_change(mut st: WatchState) -> Option<(Result<Change>, WatchState)>
             );
             tokio::time::sleep(delay).await;
         } else if st.spurious > 0 {
+            // Capped at 2 s: a misbehaving server gets at most one query every ~2 s, and a real
+            // change that lands during the pause is still seen within 2 s (the next query with
+            // the old index answers at once).
             let delay = backoff(
                 Duration::from_millis(50),
-                Duration::from_secs(10),
+                Duration::from_secs(2),
                 st.spurious,
             );
             tokio::time::sleep(delay).await;
