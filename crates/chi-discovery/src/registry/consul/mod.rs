@@ -74,6 +74,10 @@ pub struct ConsulConfig {
     /// optional path prefix behind a proxy).
     pub address: String,
     /// ACL token, sent as `X-Consul-Token`. Empty: none (the anonymous token).
+    ///
+    /// A write without the permission fails with 403 and Consul's message; a *read* is filtered
+    /// silently by Consul 1.8 (a service the token may not read answers as having no
+    /// instances), so give discovery a token with `service:read`.
     pub token: Secret,
     /// Datacenter to discover in (`dc=`); `None` or empty: the agent's own.
     pub datacenter: Option<String>,
