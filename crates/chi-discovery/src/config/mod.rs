@@ -204,8 +204,14 @@ async fn connect_nacos(_: &NacosSettings) -> Result<Arc<dyn Registry>> {
 }
 
 #[cfg(feature = "consul")]
-async fn connect_consul(_: &ConsulSettings) -> Result<Arc<dyn Registry>> {
-    Err(feature_missing("consul"))
+async fn connect_consul(c: &ConsulSettings) -> Result<Arc<dyn Registry>> {
+    use crate::registry::consul::{Consul, ConsulConfig};
+    Ok(Arc::new(Consul::new(ConsulConfig {
+        address: c.address.clone(),
+        token: c.token.clone(),
+        datacenter: c.datacenter.clone(),
+        ..ConsulConfig::default()
+    })?))
 }
 
 #[cfg(feature = "etcd")]
