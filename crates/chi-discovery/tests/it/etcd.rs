@@ -315,6 +315,82 @@ async fn restart_serves_stale_then_resumes_and_re_registers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_etcd_resyncs_the_watch_and_the_manager_registers_again() {
+    let mut server = Server::single().await;
+    let svc = "wiped-search";
+    let ttl = Duration::from_secs(3);
+    let owner = connect(server.endpoints(), ttl).await;
+    let manager = ServiceManager::new(Arc::new(owner.clone()));
+    for (id, port) in [("a", 8401), ("b", 8402)] {
+        manager
+            .register_instance(inst(svc, id, port))
+            .await
+            .expect("register");
+    }
+    let reader = connect(server.endpoints(), ttl).await;
+    let mut w = reader.watch(svc).await.expect("watch");
+    let mut view = std::collections::HashMap::new();
+    match next(&mut w, Duration::from_secs(5)).await.expect("reset") {
+        Change::Reset(all) => Change::Reset(all).apply(&mut view),
+        other => panic!("expected a Reset, got {other:?}"),
+    }
+    // Move the revision on, so that the wiped store starts far behind what the watch has seen.
+    let mut raw = server.client().await;
+    for k in 0..30 {
+        raw.put(format!("/elsewhere/{k}"), "x", None)
+            .await
+            .expect("put");
+    }
+
+    server.members[0].kill();
+    server.members[0].wipe();
+    server.members[0].restart();
+    let other = connect(server.endpoints(), ttl).await;
+    eventually(Duration::from_secs(10), || async {
+        other.register(&inst(svc, "c", 8403)).await.is_ok()
+    })
+    .await
+    .expect("register c on the new store");
+
+    // The manager finds its lease gone and registers both again; the watch notices the new store
+    // and resyncs with a Reset; in the end the watcher's view is the server's list.
+    let want: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut resets = 0;
+    loop {
+        let server_ids = reader.instances(svc).await.map(|l| ids(&l)).ok();
+        let view_ids: BTreeSet<String> = view.keys().cloned().collect();
+        if server_ids.as_ref() == Some(&want) && view_ids == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "view {view_ids:?}, server {server_ids:?}, manager {:?}",
+            manager.status()
+        );
+        if let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(200), w.next()).await {
+            match item {
+                Ok(c) => {
+                    resets += usize::from(matches!(c, Change::Reset(_)));
+                    c.apply(&mut view);
+                }
+                Err(e) => assert!(e.is_transient(), "{e}"),
+            }
+        }
+    }
+    assert!(resets >= 1, "the watch must resync with a Reset");
+    assert!(
+        manager
+            .status()
+            .iter()
+            .all(|s| s.backends[0].reregistrations >= 1),
+        "{:?}",
+        manager.status()
+    );
+    manager.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_survives_the_leader_being_killed() {
     let mut cluster = Server::cluster().await;
     let svc = "cluster-cart";

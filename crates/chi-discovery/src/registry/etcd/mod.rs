@@ -38,8 +38,9 @@
 //! restarted, the member died, the network dropped) it reports the error in line and reopens the
 //! watch from that revision, then sends a `Reset` of what it holds so consumers can drop their
 //! "stale" mark. When etcd has compacted the history it needs (the watch is cancelled with a
-//! compact revision), or the store went back in time (etcd wiped and restarted), it starts over:
-//! a fresh `get`, a `Reset`, a watch from the new revision.
+//! compact revision), or the store is not the one it watched (its revision or raft term went
+//! back: etcd was wiped and restarted), it starts over: a fresh `get`, a `Reset`, a watch from the
+//! new revision.
 //!
 //! # Errors and secrets
 //!
@@ -543,8 +544,8 @@ impl Inner {
         (!id.is_empty() && !id.contains('/')).then_some(id)
     }
 
-    /// The instances of `service` and the revision they are as of.
-    async fn list(&self, service: &str) -> Result<(Vec<Instance>, i64)> {
+    /// The instances of `service`, the revision they are as of, and the raft term that answered.
+    async fn list(&self, service: &str) -> Result<(Vec<Instance>, i64, u64)> {
         let dir = self.service_dir(service);
         let mut client = self.client.clone();
         let resp = self
@@ -552,6 +553,7 @@ impl Inner {
             .await
             .map_err(|f| self.error("get", f))?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let term = resp.header().map(|h| h.raft_term()).unwrap_or(0);
         let list = resp
             .kvs()
             .iter()
@@ -560,7 +562,7 @@ impl Inner {
                 self.parse(service, id, kv.value())
             })
             .collect();
-        Ok((list, revision))
+        Ok((list, revision, term))
     }
 }
 

@@ -30,7 +30,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Does the initial `get` here (so a dead cluster fails the `watch` call itself), then hands the
 /// rest to a task.
 pub(super) async fn start(inner: Arc<Inner>, service: String) -> Result<WatchStream> {
-    let (list, revision) = inner.list(&service).await?;
+    let (list, revision, term) = inner.list(&service).await?;
     let (tx, rx) = mpsc::channel(BUFFER);
     // Cannot fail: the channel is new and empty.
     let _ = tx.try_send(Ok(Change::Reset(list.clone())));
@@ -42,6 +42,7 @@ pub(super) async fn start(inner: Arc<Inner>, service: String) -> Result<WatchStr
             service,
             view,
             revision,
+            term,
             tx,
         }
         .run(),
@@ -86,6 +87,9 @@ struct Task {
     view: HashMap<String, Instance>,
     /// Every event up to this revision is in `view`.
     revision: i64,
+    /// The highest raft term seen. Terms never go back in one cluster's life, so a lower one
+    /// means etcd lost its data.
+    term: u64,
     tx: mpsc::Sender<Result<Change>>,
 }
 
@@ -110,10 +114,11 @@ impl Task {
             match stop {
                 Stop::Closed => return,
                 Stop::Resync => match self.inner.list(&self.service).await {
-                    Ok((list, revision)) => {
+                    Ok((list, revision, term)) => {
                         tracing::info!(service = %self.service, revision, "etcd watch resynced");
                         self.view = list.iter().map(|i| (i.id.clone(), i.clone())).collect();
                         self.revision = revision;
+                        self.term = term;
                         broken = false;
                         failures = 0;
                         if !self.send(Ok(Change::Reset(list))).await {
@@ -186,12 +191,20 @@ impl Task {
         if first.canceled() {
             return Err(self.cancelled(&first));
         }
-        // The created answer carries the store's current revision. Lower than what we have seen
-        // means this is another store (wiped and restarted): our revisions mean nothing there.
+        // The created answer carries the store's current revision and term. Lower than what we
+        // have seen means this is another store (wiped and restarted): our revisions mean nothing
+        // there.
         if let Some(h) = first.header()
-            && h.revision() < self.revision
+            && (h.revision() < self.revision || h.raft_term() < self.term)
         {
-            tracing::warn!(service = %self.service, seen = self.revision, now = h.revision(), "etcd revision went back; resyncing");
+            tracing::warn!(
+                service = %self.service,
+                seen_revision = self.revision,
+                revision = h.revision(),
+                seen_term = self.term,
+                term = h.raft_term(),
+                "etcd went back in time (wiped?); resyncing"
+            );
             return Err(Stop::Resync);
         }
         Ok(stream)
@@ -230,6 +243,9 @@ impl Task {
             };
             if resp.canceled() {
                 return self.cancelled(&resp);
+            }
+            if let Some(h) = resp.header() {
+                self.term = self.term.max(h.raft_term());
             }
             if resp.events().is_empty() {
                 // A progress notification: every event up to its revision has been sent.

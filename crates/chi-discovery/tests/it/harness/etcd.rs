@@ -5,7 +5,7 @@
 //! Elections are tuned faster than etcd's defaults (heartbeat 50 ms, election 500 ms) so a
 //! killed leader is replaced in about a second and the fault tests stay short.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
@@ -23,6 +23,8 @@ pub struct Member {
     pub peer_port: u16,
     /// The process.
     pub proc: Proc,
+    /// Its data directory.
+    pub data_dir: PathBuf,
 }
 
 impl Member {
@@ -34,6 +36,13 @@ impl Member {
     /// SIGKILL: no goodbye to the peers or the clients.
     pub fn kill(&mut self) {
         self.proc.kill();
+    }
+
+    /// Deletes its data directory (kill it first): it restarts as a brand-new etcd that has lost
+    /// every key and lease.
+    pub fn wipe(&mut self) {
+        assert!(!self.proc.is_running(), "wipe a killed member only");
+        std::fs::remove_dir_all(&self.data_dir).expect("remove the data dir");
     }
 
     /// Starts it again with the same command line (same data directory and ports) and waits for
@@ -95,6 +104,7 @@ impl Etcd {
                     dir.path().join(format!("{name}.log")),
                 );
                 Member {
+                    data_dir: dir.path().join(&name),
                     name,
                     client_port,
                     peer_port,
