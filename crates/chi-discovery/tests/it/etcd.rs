@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chi_discovery::discovery::CacheConfig;
-use chi_discovery::registry::etcd::{Etcd, EtcdConfig};
+use chi_discovery::registry::etcd::{Etcd, EtcdConfig, EtcdTls};
 use chi_discovery::registry::{Change, Liveness, Registry, WatchStream};
 use chi_discovery::{DiscoveryClient, Error, Filter, HealthStatus, Instance, ServiceManager};
 use futures_util::StreamExt;
@@ -395,8 +395,12 @@ async fn cluster_survives_the_leader_being_killed() {
     let mut cluster = Server::cluster().await;
     let svc = "cluster-cart";
     let ttl = Duration::from_secs(3);
-    let writer = connect(cluster.endpoints(), ttl).await;
-    let reader = connect(cluster.endpoints(), ttl).await;
+    // The leader's endpoint first: both clients talk to it, so killing it makes them fail over.
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let mut endpoints = cluster.endpoints();
+    endpoints.swap(0, leader);
+    let writer = connect(endpoints.clone(), ttl).await;
+    let reader = connect(endpoints, ttl).await;
     let manager = ServiceManager::new(Arc::new(writer.clone()));
     manager
         .register_instance(inst(svc, "a", 8201))
@@ -412,7 +416,6 @@ async fn cluster_survives_the_leader_being_killed() {
         other => panic!("expected a Reset, got {other:?}"),
     }
 
-    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
     cluster.members[leader].kill();
     let killed_at = Instant::now();
     let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
@@ -426,16 +429,26 @@ async fn cluster_survives_the_leader_being_killed() {
     .await;
     assert!(registered.is_some(), "could not register after leader loss");
 
-    // The watch carries on: b arrives (after an error and a Reset if it sat on the dead member).
+    // The watch sat on the dead member: it reports the break, resumes on another member, resyncs
+    // with a Reset, and b arrives.
     let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut errors, mut resets) = (0, 0);
     while !view.contains_key("b") {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "watch never saw b; view {view:?}");
-        if let Ok(change) = next(&mut w, left).await {
-            change.apply(&mut view);
+        match next(&mut w, left).await {
+            Ok(change) => {
+                resets += usize::from(matches!(change, Change::Reset(_)));
+                change.apply(&mut view);
+            }
+            Err(_) => errors += 1,
         }
     }
     assert!(view.contains_key("a"), "{view:?}");
+    assert!(
+        errors >= 1 && resets >= 1,
+        "errors {errors}, resets {resets}"
+    );
 
     // a stays registered past its TTL: keep-alives reach the new leader.
     let past_ttl = ttl + Duration::from_secs(1);
@@ -508,4 +521,66 @@ async fn auth_wrong_password_is_a_clear_error_right_one_works() {
             .expect("keep alive"),
         Liveness::Alive
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_a_client_certificate() {
+    let server = Server::single_tls().await;
+    let certs = server.certs.clone().expect("certs");
+    let svc = "tls-inventory";
+    let tls = EtcdTls {
+        ca: Some(certs.ca.clone()),
+        cert: Some(certs.client.0.clone()),
+        key: Some(certs.client.1.clone()),
+        domain: None,
+    };
+    let with_tls = |tls: EtcdTls| EtcdConfig {
+        tls: Some(tls),
+        ..config(server.endpoints(), Duration::from_secs(5))
+    };
+    let reg = Etcd::connect(with_tls(tls.clone()))
+        .await
+        .expect("connect over TLS");
+    let a = inst(svc, "a", 8501);
+    reg.register(&a).await.expect("register over TLS");
+    assert_eq!(
+        reg.instances(svc).await.expect("instances"),
+        vec![a.clone()]
+    );
+    let mut w = reg.watch(svc).await.expect("watch over TLS");
+    assert_eq!(
+        next(&mut w, Duration::from_secs(5)).await.expect("reset"),
+        Change::Reset(vec![a])
+    );
+
+    // The server requires a client certificate: without one, calls fail (and say so).
+    let anonymous = Etcd::connect(with_tls(EtcdTls {
+        cert: None,
+        key: None,
+        ..tls.clone()
+    }))
+    .await
+    .expect("the connection is lazy");
+    let err = anonymous
+        .instances(svc)
+        .await
+        .expect_err("no client certificate");
+    assert!(err.is_transient(), "{err}");
+
+    // Bad TLS settings are config errors that name the field.
+    let err = Etcd::connect(with_tls(EtcdTls {
+        ca: Some("/nonexistent/ca.pem".into()),
+        ..tls.clone()
+    }))
+    .await
+    .expect_err("missing CA file");
+    assert!(
+        err.to_string()
+            .starts_with("service_discovery.registries.etcd.tls.ca"),
+        "{err}"
+    );
+    let err = Etcd::connect(with_tls(EtcdTls { key: None, ..tls }))
+        .await
+        .expect_err("cert without key");
+    assert!(err.to_string().contains("go together"), "{err}");
 }

@@ -53,6 +53,7 @@ mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,7 +79,8 @@ pub const ENV_PASSWORD: &str = "CHI_ETCD_PASSWORD";
 #[derive(Debug, Clone, PartialEq)]
 pub struct EtcdConfig {
     /// Client URLs of the cluster members (`127.0.0.1:2379`, `http://10.0.0.1:2379`,
-    /// `https://...`). Requests are balanced over all of them; a dead member is skipped.
+    /// `https://...`). Requests go to one member and move to the next when it is unreachable or
+    /// has no leader.
     pub endpoints: Vec<String>,
     /// User name when etcd has auth enabled.
     pub username: Option<String>,
@@ -243,8 +245,16 @@ impl std::fmt::Debug for Etcd {
 }
 
 struct Inner {
-    client: Client,
+    /// One client per member, connected on first use. Requests go to one member at a time and
+    /// move to the next when it is unreachable or has no leader (etcd's own client pins an
+    /// endpoint the same way); a balanced channel would keep sending a share of the requests to
+    /// a dead member.
+    clients: Vec<tokio::sync::OnceCell<Client>>,
+    /// The member requests go to now.
+    current: AtomicUsize,
     endpoints: Vec<String>,
+    /// Connect options, holding the credentials: never printed.
+    options: ConnectOptions,
     settings: Settings,
     /// The session lease, granted lazily. An async mutex so that concurrent registrations after
     /// a loss grant one new lease, not one each.
@@ -284,26 +294,48 @@ impl Etcd {
             options = tls::apply(options, tls)?;
         }
         let endpoints = config.endpoints.clone();
-        let connect = Client::connect(endpoints.clone(), Some(options));
-        let wait = config.connect_timeout + settings.request_timeout;
-        let client = match tokio::time::timeout(wait, connect).await {
-            Err(_) => {
-                return Err(Error::Timeout {
-                    backend: BACKEND.into(),
-                    after: wait,
-                });
-            }
-            Ok(Err(e)) => return Err(connect_error(&settings, e)),
-            Ok(Ok(client)) => client,
+        let clients: Vec<tokio::sync::OnceCell<Client>> = endpoints
+            .iter()
+            .map(|_| tokio::sync::OnceCell::new())
+            .collect();
+        let inner = Inner {
+            clients,
+            current: AtomicUsize::new(0),
+            endpoints,
+            options,
+            settings,
+            lease: tokio::sync::Mutex::new(None),
         };
-        Ok(Etcd {
-            inner: Arc::new(Inner {
-                client,
-                endpoints,
-                settings,
-                lease: tokio::sync::Mutex::new(None),
+        // Without auth a connection is lazy, so this only checks the endpoints' syntax. With
+        // auth it logs in: a wrong password fails here, a dead member is skipped (and connected
+        // later, when a call gets to it), and only a cluster with no live member fails.
+        let wait = config.connect_timeout + inner.settings.request_timeout;
+        let mut last = None;
+        for i in 0..inner.endpoints.len() {
+            match tokio::time::timeout(wait, inner.client(i)).await {
+                Ok(Ok(_)) => {
+                    last = None;
+                    if inner.settings.username.is_some() {
+                        inner.current.store(i, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                Ok(Err(e)) if retryable(&e) => last = Some(connect_error(&inner.settings, e)),
+                Ok(Err(e)) => return Err(connect_error(&inner.settings, e)),
+                Err(_) => {
+                    last = Some(Error::Timeout {
+                        backend: BACKEND.into(),
+                        after: wait,
+                    })
+                }
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => Ok(Etcd {
+                inner: Arc::new(inner),
             }),
-        })
+        }
     }
 
     /// The normalised key prefix (`/chi/services` by default).
@@ -391,6 +423,15 @@ fn is_lease_gone(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// True for failures another member may not have: unreachable, or no leader.
+fn retryable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        _ => false,
+    }
+}
+
 /// Why a call failed: etcd said no, or the deadline passed.
 enum Failure {
     Etcd(etcd_client::Error),
@@ -408,16 +449,56 @@ impl Inner {
         format!("{}/{service}/", self.settings.prefix)
     }
 
-    /// Runs one request under the request timeout.
-    async fn call<T, F>(&self, fut: F) -> std::result::Result<T, Failure>
+    /// The client of member `i`, connecting it on first use.
+    async fn client(&self, i: usize) -> std::result::Result<Client, etcd_client::Error> {
+        self.clients[i]
+            .get_or_try_init(|| {
+                Client::connect([self.endpoints[i].as_str()], Some(self.options.clone()))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Runs one request under the request timeout, on the current member; when that member is
+    /// unreachable or has no leader, on the next one (every operation of this adapter is
+    /// idempotent, so a retry is safe), going round the members twice at most.
+    async fn call<T, F, Fut>(&self, mut op: F) -> std::result::Result<T, Failure>
     where
-        F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.settings.request_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Failure::Etcd(e)),
-            Err(_) => Err(Failure::Timeout),
-        }
+        let n = self.clients.len();
+        let work = async {
+            let mut attempt = 0;
+            loop {
+                let i = self.current.load(Ordering::Relaxed) % n;
+                let result = match self.client(i).await {
+                    Ok(client) => op(client).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(v) => return Ok(v),
+                    Err(e) if retryable(&e) && attempt + 1 < 2 * n => {
+                        attempt += 1;
+                        // Move on, unless a concurrent call already did.
+                        let _ = self.current.compare_exchange(
+                            i,
+                            (i + 1) % n,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                        if attempt % n == 0 {
+                            // A full round failed: give an election a moment.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                    Err(e) => return Err(Failure::Etcd(e)),
+                }
+            }
+        };
+        tokio::time::timeout(self.settings.request_timeout, work)
+            .await
+            .unwrap_or(Err(Failure::Timeout))
     }
 
     /// Turns a failure of `what` into chi's error, without the password.
@@ -468,9 +549,9 @@ impl Inner {
         if let Some(id) = *slot {
             return Ok(id);
         }
-        let mut client = self.client.clone();
+        let ttl = self.settings.ttl_secs;
         let resp = self
-            .call(client.lease_grant(self.settings.ttl_secs, None))
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
             .await
             .map_err(|f| self.error("lease grant", f))?;
         tracing::debug!(lease = resp.id(), ttl = resp.ttl(), "granted session lease");
@@ -497,12 +578,13 @@ impl Inner {
         let mut retried = false;
         loop {
             let lease = self.session_lease().await?;
-            let mut client = self.client.clone();
-            let put = client.put(
-                key.clone(),
-                value.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            );
+            let put = |mut c: Client| {
+                let (key, value) = (key.clone(), value.clone());
+                async move {
+                    c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                }
+            };
             match self.call(put).await {
                 Ok(_) => return Ok(()),
                 Err(Failure::Etcd(e)) if is_lease_gone(&e) && !retried => {
@@ -547,9 +629,11 @@ impl Inner {
     /// The instances of `service`, the revision they are as of, and the raft term that answered.
     async fn list(&self, service: &str) -> Result<(Vec<Instance>, i64, u64)> {
         let dir = self.service_dir(service);
-        let mut client = self.client.clone();
         let resp = self
-            .call(client.get(dir.clone(), Some(GetOptions::new().with_prefix())))
+            .call(|mut c| {
+                let dir = dir.clone();
+                async move { c.get(dir, Some(GetOptions::new().with_prefix())).await }
+            })
             .await
             .map_err(|f| self.error("get", f))?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -580,9 +664,14 @@ impl Registry for Etcd {
     async fn deregister(&self, service: &str, id: &str) -> Result<()> {
         let key = self.key(service, id)?;
         let inner = &self.inner;
-        let mut client = inner.client.clone();
         let resp = inner
-            .call(client.delete(key, Some(DeleteOptions::new().with_prev_key())))
+            .call(|mut c| {
+                let key = key.clone();
+                async move {
+                    c.delete(key, Some(DeleteOptions::new().with_prev_key()))
+                        .await
+                }
+            })
             .await
             .map_err(|f| inner.error("delete", f))?;
         let Some(lease) = resp
@@ -596,14 +685,20 @@ impl Registry for Etcd {
         // Revoke the lease once nothing else is bound to it. Failing here is harmless: the key
         // is gone, and an unused lease expires on its own after one TTL.
         let ttl = inner
-            .call(client.lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys())))
+            .call(|mut c| async move {
+                c.lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+                    .await
+            })
             .await;
         if let Ok(ttl) = ttl
             && ttl.ttl() > 0
             && ttl.keys().is_empty()
         {
             inner.forget_lease(lease).await;
-            if let Err(f) = inner.call(client.lease_revoke(lease)).await {
+            if let Err(f) = inner
+                .call(|mut c| async move { c.lease_revoke(lease).await })
+                .await
+            {
                 tracing::debug!(lease, error = %inner.error("lease revoke", f), "revoke failed; the lease will expire");
             }
         }
@@ -617,11 +712,12 @@ impl Registry for Etcd {
             // This registry holds no lease, so it holds no registration either.
             return Ok(Liveness::Lost);
         };
-        let mut lease_client = inner.client.clone();
-        let mut kv_client = inner.client.clone();
         let (renewed, current) = futures_util::future::join(
-            inner.call(lease_client.lease_keep_alive(lease)),
-            inner.call(kv_client.get(key, None)),
+            inner.call(|mut c| async move { c.lease_keep_alive(lease).await }),
+            inner.call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            }),
         )
         .await;
         match renewed {
@@ -665,12 +761,14 @@ impl Registry for Etcd {
     async fn services(&self) -> Result<Vec<String>> {
         let inner = &self.inner;
         let root = format!("{}/", inner.settings.prefix);
-        let mut client = inner.client.clone();
         let resp = inner
-            .call(client.get(
-                root.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ))
+            .call(|mut c| {
+                let root = root.clone();
+                async move {
+                    c.get(root, Some(GetOptions::new().with_prefix().with_keys_only()))
+                        .await
+                }
+            })
             .await
             .map_err(|f| inner.error("get", f))?;
         let mut names: Vec<String> = resp
@@ -694,18 +792,50 @@ impl Registry for Etcd {
     }
 }
 
-/// TLS for `https://` endpoints.
+/// TLS for `https://` endpoints: rustls with the configured CA (etcd clusters sign their
+/// members with a private CA, so there is no fallback to system roots), and a client certificate
+/// for `--client-cert-auth` clusters.
 mod tls {
+    use std::path::Path;
+
     use super::{EtcdTls, FIELD};
     use crate::error::{Error, Result};
-    use etcd_client::ConnectOptions;
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 
-    /// This build's etcd-client has no TLS backend; say so instead of connecting in clear text.
-    pub(super) fn apply(_options: ConnectOptions, _tls: &EtcdTls) -> Result<ConnectOptions> {
-        Err(Error::config(
-            format!("{FIELD}.tls"),
-            "this build of chi has no TLS support for etcd",
-        ))
+    fn read(path: &Path, field: &str) -> Result<Vec<u8>> {
+        std::fs::read(path).map_err(|e| {
+            Error::config(
+                format!("{FIELD}.tls.{field}"),
+                format!("cannot read `{}`: {e}", path.display()),
+            )
+        })
+    }
+
+    pub(super) fn apply(options: ConnectOptions, tls: &EtcdTls) -> Result<ConnectOptions> {
+        let Some(ca) = &tls.ca else {
+            return Err(Error::config(
+                format!("{FIELD}.tls.ca"),
+                "the CA certificate that signed the etcd members is required",
+            ));
+        };
+        let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca, "ca")?));
+        match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => {
+                config =
+                    config.identity(Identity::from_pem(read(cert, "cert")?, read(key, "key")?));
+            }
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::config(
+                    format!("{FIELD}.tls"),
+                    "`cert` and `key` go together: give both or neither",
+                ));
+            }
+        }
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        Ok(options.with_tls(config))
     }
 }
 

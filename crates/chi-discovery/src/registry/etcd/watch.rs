@@ -166,17 +166,18 @@ impl Task {
     /// Opens a prefix watch from `revision + 1` and waits for etcd to confirm it.
     async fn open(&self) -> std::result::Result<etcd_client::WatchStream, Stop> {
         let inner = &self.inner;
-        let mut client = inner.client.clone();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1)
             .with_progress_notify();
-        let dir = self.dir.clone();
         let opened = inner
-            .call(async move {
-                let mut stream = client.watch(dir, Some(options)).await?;
-                let first = stream.message().await?;
-                Ok((stream, first))
+            .call(|mut client| {
+                let (dir, options) = (self.dir.clone(), options.clone());
+                async move {
+                    let mut stream = client.watch(dir, Some(options)).await?;
+                    let first = stream.message().await?;
+                    Ok((stream, first))
+                }
             })
             .await;
         let (stream, first) = match opened {

@@ -63,27 +63,133 @@ impl Member {
 pub struct Etcd {
     /// The members.
     pub members: Vec<Member>,
+    /// The TLS files when the members serve clients over TLS.
+    pub certs: Option<Certs>,
     // Dropped after the members (fields drop in order), so no process outlives its directory.
     _dir: TempDir,
+}
+
+/// A private CA, a server certificate for 127.0.0.1 and a client certificate for user `root`,
+/// made with the `openssl` command (Debian's `openssl` package).
+#[derive(Debug, Clone)]
+pub struct Certs {
+    /// CA certificate (PEM).
+    pub ca: PathBuf,
+    /// Server certificate and key.
+    pub server: (PathBuf, PathBuf),
+    /// Client certificate and key (CN `root`).
+    pub client: (PathBuf, PathBuf),
+}
+
+impl Certs {
+    /// Generates everything in `dir`.
+    pub fn generate(dir: &Path) -> Certs {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run openssl (apt-get install openssl): {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=chi-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("write ext");
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write ext");
+        for (name, cn) in [("server", "127.0.0.1"), ("client", "root")] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.crt"),
+            ]);
+        }
+        Certs {
+            ca: dir.join("ca.crt"),
+            server: (dir.join("server.crt"), dir.join("server.key")),
+            client: (dir.join("client.crt"), dir.join("client.key")),
+        }
+    }
+
+    /// etcd-client TLS options that trust the CA and present the client certificate.
+    pub fn client_tls(&self) -> etcd_client::TlsOptions {
+        let read = |p: &PathBuf| std::fs::read(p).expect("read cert");
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)))
+            .identity(etcd_client::Identity::from_pem(
+                read(&self.client.0),
+                read(&self.client.1),
+            ))
+    }
 }
 
 impl Etcd {
     /// A single node.
     pub async fn single() -> Etcd {
-        Self::start(1).await
+        Self::start(1, false).await
+    }
+
+    /// A single node that serves clients over TLS only and requires a client certificate.
+    pub async fn single_tls() -> Etcd {
+        Self::start(1, true).await
     }
 
     /// Three members on loopback, with a leader elected.
     pub async fn cluster() -> Etcd {
-        Self::start(3).await
+        Self::start(3, false).await
     }
 
-    async fn start(n: usize) -> Etcd {
+    async fn start(n: usize, tls: bool) -> Etcd {
         let bin = binary("etcd");
         let dir = tempfile::Builder::new()
             .prefix("chi-etcd-")
             .tempdir()
             .expect("temp dir");
+        let certs = tls.then(|| Certs::generate(dir.path()));
         let ports = free_ports(2 * n);
         let initial: Vec<String> = (0..n)
             .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
@@ -96,7 +202,24 @@ impl Etcd {
             .map(|i| {
                 let name = format!("m{i}");
                 let (client_port, peer_port) = (ports[2 * i], ports[2 * i + 1]);
-                let args = member_args(dir.path(), &name, client_port, peer_port, &initial, &token);
+                let mut args =
+                    member_args(dir.path(), &name, client_port, peer_port, &initial, &token);
+                if let Some(c) = &certs {
+                    for a in args.iter_mut() {
+                        if *a == format!("http://127.0.0.1:{client_port}") {
+                            *a = format!("https://127.0.0.1:{client_port}");
+                        }
+                    }
+                    for (flag, path) in [
+                        ("--cert-file", &c.server.0),
+                        ("--key-file", &c.server.1),
+                        ("--trusted-ca-file", &c.ca),
+                    ] {
+                        args.push(flag.into());
+                        args.push(path.display().to_string());
+                    }
+                    args.push("--client-cert-auth".into());
+                }
                 let proc = Proc::spawn(
                     &format!("etcd-{name}"),
                     &bin,
@@ -112,7 +235,11 @@ impl Etcd {
                 }
             })
             .collect();
-        let etcd = Etcd { members, _dir: dir };
+        let etcd = Etcd {
+            members,
+            certs,
+            _dir: dir,
+        };
         for m in &etcd.members {
             assert!(
                 wait_for_port(m.client_port, Duration::from_secs(15)),
@@ -135,9 +262,18 @@ impl Etcd {
         self.members[0].endpoint()
     }
 
+    /// Options for a plain etcd-client (TLS when the members serve it).
+    fn options(&self) -> ConnectOptions {
+        let options = ConnectOptions::new().with_timeout(Duration::from_secs(2));
+        match &self.certs {
+            Some(c) => options.with_tls(c.client_tls()),
+            None => options,
+        }
+    }
+
     /// A plain etcd-client connected to every member.
     pub async fn client(&self) -> Client {
-        Client::connect(self.endpoints(), None)
+        Client::connect(self.endpoints(), Some(self.options()))
             .await
             .expect("etcd client")
     }
@@ -147,10 +283,7 @@ impl Etcd {
         for m in &self.members {
             let Ok(Ok(mut c)) = tokio::time::timeout(
                 Duration::from_secs(1),
-                Client::connect(
-                    [m.endpoint()],
-                    Some(ConnectOptions::new().with_timeout(Duration::from_secs(1))),
-                ),
+                Client::connect([m.endpoint()], Some(self.options())),
             )
             .await
             else {
