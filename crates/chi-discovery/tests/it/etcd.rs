@@ -12,7 +12,7 @@ use chi_discovery::registry::{Change, Liveness, Registry, WatchStream};
 use chi_discovery::{DiscoveryClient, Error, Filter, HealthStatus, Instance, ServiceManager};
 use futures_util::StreamExt;
 
-use crate::harness::etcd::Etcd as Server;
+use crate::harness::etcd::{Etcd as Server, Proxy};
 use crate::harness::eventually;
 
 fn config(endpoints: Vec<String>, ttl: Duration) -> EtcdConfig {
@@ -583,4 +583,63 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
         .await
         .expect_err("cert without key");
     assert!(err.to_string().contains("go together"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_during_a_cut_resyncs_the_watch_with_a_reset() {
+    let server = Server::single().await;
+    let proxy = Proxy::start(server.members[0].client_port).await;
+    let svc = "compacted-mail";
+    let ttl = Duration::from_secs(10);
+    let writer = connect(server.endpoints(), ttl).await;
+    let reader = connect(vec![proxy.endpoint()], ttl).await;
+    let (a, b) = (inst(svc, "a", 8601), inst(svc, "b", 8602));
+    writer.register(&a).await.expect("register a");
+    let mut w = reader.watch(svc).await.expect("watch");
+    assert_eq!(
+        next(&mut w, Duration::from_secs(5)).await.expect("reset"),
+        Change::Reset(vec![a.clone()])
+    );
+
+    // Cut the watcher off; while it is away, the service changes and etcd compacts the history
+    // the watch would resume from.
+    proxy.cut();
+    match next(&mut w, Duration::from_secs(10)).await {
+        Err(e) => assert!(e.is_transient(), "{e}"),
+        Ok(c) => panic!("expected the break to be reported, got {c:?}"),
+    }
+    writer.register(&b).await.expect("register b");
+    writer.deregister(svc, "a").await.expect("deregister a");
+    let mut raw = server.client().await;
+    let revision = raw
+        .get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    raw.compact(
+        revision,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .expect("compact");
+    proxy.heal();
+
+    // Resuming is impossible (compacted), so the watch starts over: the first change after the
+    // cut is a Reset with the list as it is now, not a resume of the old view.
+    let first = loop {
+        match next(&mut w, Duration::from_secs(10)).await {
+            Err(_) => continue,
+            Ok(c) => break c,
+        }
+    };
+    assert_eq!(first, Change::Reset(vec![b.clone()]));
+    // And it goes on watching.
+    let c = inst(svc, "c", 8603);
+    writer.register(&c).await.expect("register c");
+    assert_eq!(
+        next(&mut w, Duration::from_secs(5)).await.expect("add"),
+        Change::Add(c)
+    );
 }

@@ -37,8 +37,9 @@
 //! the two. The watch task remembers the last revision it saw; when the stream breaks (etcd
 //! restarted, the member died, the network dropped) it reports the error in line and reopens the
 //! watch from that revision, then sends a `Reset` of what it holds so consumers can drop their
-//! "stale" mark. When etcd has compacted the history it needs (the watch is cancelled with a
-//! compact revision), or the store is not the one it watched (its revision or raft term went
+//! "stale" mark. When etcd has compacted the history it needs (a read at that revision is out of
+//! range, checked before every reopen, or etcd cancels the watch with a compact revision), or the
+//! store is not the one it watched (its revision or raft term went
 //! back: etcd was wiped and restarted), it starts over: a fresh `get`, a `Reset`, a watch from the
 //! new revision.
 //!

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions, WatchResponse};
+use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -166,6 +166,33 @@ impl Task {
     /// Opens a prefix watch from `revision + 1` and waits for etcd to confirm it.
     async fn open(&self) -> std::result::Result<etcd_client::WatchStream, Stop> {
         let inner = &self.inner;
+        // Is the history from our revision still there? A read at that revision fails with
+        // OutOfRange when it was compacted (or lies in the future: a wiped store). etcd would
+        // accept the watch either way and only cancel it a moment later, after the consumer had
+        // been sent a `Reset` of the old view.
+        let revision = self.revision;
+        let probe = inner
+            .call(|mut client| {
+                let dir = self.dir.clone();
+                async move {
+                    let options = GetOptions::new()
+                        .with_prefix()
+                        .with_count_only()
+                        .with_revision(revision);
+                    client.get(dir, Some(options)).await
+                }
+            })
+            .await;
+        match probe {
+            Ok(_) => {}
+            Err(Failure::Etcd(etcd_client::Error::GRpcStatus(s)))
+                if s.code() == tonic::Code::OutOfRange =>
+            {
+                tracing::info!(service = %self.service, revision, reason = s.message(), "etcd history is gone; resyncing");
+                return Err(Stop::Resync);
+            }
+            Err(f) => return Err(Stop::Broken(inner.error("watch", f))),
+        }
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1)
