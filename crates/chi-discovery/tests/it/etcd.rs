@@ -643,3 +643,46 @@ async fn compaction_during_a_cut_resyncs_the_watch_with_a_reset() {
         Change::Add(c)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_cut_past_the_ttl_loses_the_lease_and_the_manager_registers_again() {
+    let server = Server::single().await;
+    let proxy = Proxy::start(server.members[0].client_port).await;
+    let svc = "cut-billing";
+    let ttl = Duration::from_secs(2);
+    let owner = connect(vec![proxy.endpoint()], ttl).await;
+    let manager = ServiceManager::new(Arc::new(owner));
+    manager
+        .register_instance(inst(svc, "a", 8701))
+        .await
+        .expect("register");
+    let reader = connect(server.endpoints(), ttl).await;
+    assert_eq!(reader.instances(svc).await.expect("list").len(), 1);
+
+    // The registrant is cut off: its keep-alives fail, and etcd expires the lease.
+    proxy.cut();
+    let gone = eventually(ttl + Duration::from_secs(2), || async {
+        reader.instances(svc).await.is_ok_and(|l| l.is_empty())
+    })
+    .await;
+    assert!(gone.is_some(), "the lease should expire while cut off");
+
+    // Back on the network, the manager learns the registration was lost and registers again.
+    proxy.heal();
+    let back = eventually(Duration::from_secs(10), || async {
+        reader.instances(svc).await.is_ok_and(|l| l.len() == 1)
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "not registered again: {:?}",
+        manager.status()
+    );
+    assert!(
+        manager.status()[0].backends[0].reregistrations >= 1,
+        "{:?}",
+        manager.status()
+    );
+    manager.shutdown().await;
+    assert!(reader.instances(svc).await.expect("list").is_empty());
+}

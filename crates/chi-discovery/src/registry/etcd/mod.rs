@@ -37,11 +37,10 @@
 //! the two. The watch task remembers the last revision it saw; when the stream breaks (etcd
 //! restarted, the member died, the network dropped) it reports the error in line and reopens the
 //! watch from that revision, then sends a `Reset` of what it holds so consumers can drop their
-//! "stale" mark. When etcd has compacted the history it needs (a read at that revision is out of
-//! range, checked before every reopen, or etcd cancels the watch with a compact revision), or the
-//! store is not the one it watched (its revision or raft term went
-//! back: etcd was wiped and restarted), it starts over: a fresh `get`, a `Reset`, a watch from the
-//! new revision.
+//! "stale" mark. It starts over instead (a fresh `get`, a `Reset`, a watch from the new revision)
+//! when etcd no longer has that history: a read at the revision is out of range (checked before
+//! every reopen: compacted, or a future revision of a wiped store), etcd cancels the watch with a
+//! compact revision, or the store's revision or raft term went back (etcd wiped and restarted).
 //!
 //! # Errors and secrets
 //!
