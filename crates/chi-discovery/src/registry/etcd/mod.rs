@@ -683,7 +683,9 @@ impl Registry for Etcd {
             return Ok(());
         };
         // Revoke the lease once nothing else is bound to it. Failing here is harmless: the key
-        // is gone, and an unused lease expires on its own after one TTL.
+        // is gone, and an unused lease expires on its own after one TTL. A registration racing
+        // this revoke can lose its key with the lease; its next keep-alive answers `Lost` and the
+        // manager writes it again.
         let ttl = inner
             .call(|mut c| async move {
                 c.lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
