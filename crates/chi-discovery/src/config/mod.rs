@@ -215,8 +215,20 @@ async fn connect_consul(c: &ConsulSettings) -> Result<Arc<dyn Registry>> {
 }
 
 #[cfg(feature = "etcd")]
-async fn connect_etcd(_: &EtcdSettings) -> Result<Arc<dyn Registry>> {
-    Err(feature_missing("etcd"))
+async fn connect_etcd(e: &EtcdSettings) -> Result<Arc<dyn Registry>> {
+    use crate::registry::etcd::{Etcd, EtcdConfig};
+    let defaults = EtcdConfig::default();
+    Ok(Arc::new(
+        Etcd::connect(EtcdConfig {
+            endpoints: e.endpoints.clone(),
+            username: e.username.clone(),
+            password: e.password.clone(),
+            prefix: e.prefix.clone().unwrap_or(defaults.prefix),
+            lease_ttl: e.lease_ttl.unwrap_or(defaults.lease_ttl),
+            ..EtcdConfig::default()
+        })
+        .await?,
+    ))
 }
 
 #[cfg(feature = "nacos")]
