@@ -156,11 +156,22 @@ async fn subscribe_sees_add_remove_update() {
     let server = NacosServer::start();
     let svc = unique("watch");
     let writer = connect(server.config()).await;
-    let reader = connect(server.config()).await;
+    // Pushes only (no periodic check within the test), so every change below is a push.
+    let reader = connect(NacosConfig {
+        watch_check_interval: Duration::from_secs(600),
+        empty_grace: Duration::ZERO,
+        ..server.config()
+    })
+    .await;
     let t = Duration::from_secs(10);
 
     let mut w = reader.watch(&svc).await.expect("watch");
     assert_eq!(next_change(&mut w, t).await, Change::Reset(vec![]));
+    // A second watch of the same service shares the subscription; dropping it must not end
+    // the first one's pushes.
+    let mut second = reader.watch(&svc).await.expect("second watch");
+    assert_eq!(next_change(&mut second, t).await, Change::Reset(vec![]));
+    drop(second);
 
     let a = Instance::new(&svc, "127.0.0.1", 7001).with_tag("x");
     let b = Instance::new(&svc, "127.0.0.1", 7002);
@@ -408,6 +419,8 @@ async fn auth_wrong_password_is_a_clear_error_right_one_works() {
             Ok(_) => true,
             Err(e) => {
                 *last.lock().unwrap() = e.to_string();
+                // Gently: rnacos limits logins per user and minute.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 false
             }
         }

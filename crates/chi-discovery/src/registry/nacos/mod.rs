@@ -49,6 +49,9 @@
 //!   service from one process against Nacos 2.x, use one [`Nacos`] per instance.
 //! - **Deregistering another process's instance** works on rnacos; Nacos 2.x only lets the
 //!   owning connection remove an ephemeral instance.
+//! - **Dropping a [`Nacos`] does not close its connection** (nacos-sdk 0.8 has no shutdown), so
+//!   its ephemeral instances stay until the process exits: deregister first
+//!   ([`ServiceManager::shutdown`](crate::ServiceManager::shutdown) does).
 //! - `services()` lists the services of the configured group that have at least one instance.
 //! - rnacos differs from Nacos in two ways the tests show: its gRPC queries and pushes never
 //!   list unhealthy instances (so an instance reported unhealthy leaves discovery instead of
@@ -148,6 +151,8 @@ pub(crate) struct Shared {
     up_since: std::sync::Mutex<Option<Instant>>,
     /// Services last seen with instances, for push-empty protection of direct queries.
     had_instances: std::sync::Mutex<HashSet<String>>,
+    /// One server subscription per watched service, shared by its watches.
+    subscriptions: tokio::sync::Mutex<HashMap<String, watch::Subscription>>,
 }
 
 impl Nacos {
@@ -213,6 +218,7 @@ impl Nacos {
                 registered: tokio::sync::Mutex::new(HashMap::new()),
                 up_since: std::sync::Mutex::new(Some(Instant::now())),
                 had_instances: std::sync::Mutex::new(HashSet::new()),
+                subscriptions: tokio::sync::Mutex::new(HashMap::new()),
             }),
         };
         // nacos-sdk connects lazily and retries in the background; one real call tells a

@@ -3,15 +3,18 @@
 //!
 //! One task per watch. nacos-sdk calls the listener from a fresh task per push, so two quick
 //! pushes may arrive out of order; the listener therefore only says "something changed" and the
-//! task reads the SDK's subscribed copy, which is always the latest. The task ends (and
-//! unsubscribes) when the consumer drops the stream.
+//! task reads the SDK's subscribed copy, which is always the latest.
+//!
+//! A [`Nacos`](super::Nacos) subscribes to a service once, however many watches it has on it:
+//! nacos-sdk's `unsubscribe` ends the server subscription for the whole client, so the
+//! subscription is shared and ended only when its last watch is dropped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 use nacos_sdk::api::naming::{NamingChangeEvent, NamingEventListener};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Shared, diff};
@@ -21,14 +24,20 @@ use crate::registry::{Change, WatchStream};
 
 const BUFFER: usize = 256;
 
-/// Tells the watch task that a push arrived.
-struct Nudge(mpsc::Sender<()>);
+/// Tells the watch tasks of a service that a push arrived.
+struct Nudge(broadcast::Sender<()>);
 
 impl NamingEventListener for Nudge {
     fn event(&self, _event: Arc<NamingChangeEvent>) {
-        // A full channel already holds a nudge: the task will read the latest copy anyway.
-        let _ = self.0.try_send(());
+        // No receiver: the last watch is going away.
+        let _ = self.0.send(());
     }
+}
+
+/// The shared subscription of one service.
+pub(super) struct Subscription {
+    nudges: broadcast::Sender<()>,
+    listener: Arc<dyn NamingEventListener>,
 }
 
 /// Where a list came from.
@@ -52,20 +61,12 @@ struct Task {
 }
 
 pub(super) async fn start(shared: Arc<Shared>, service: String) -> Result<WatchStream> {
-    let (nudge_tx, nudge_rx) = mpsc::channel(1);
-    let listener: Arc<dyn NamingEventListener> = Arc::new(Nudge(nudge_tx));
-    shared
-        .call(shared.naming.subscribe(
-            service.clone(),
-            shared.group(),
-            Vec::new(),
-            listener.clone(),
-        ))
-        .await?;
+    let nudges = subscribe(&shared, &service).await?;
     let first = match shared.query(&service).await {
         Ok(list) => list,
         Err(e) => {
-            unsubscribe(&shared, &service, listener).await;
+            drop(nudges);
+            release(&shared, &service).await;
             return Err(e);
         }
     };
@@ -81,11 +82,42 @@ pub(super) async fn start(shared: Arc<Shared>, service: String) -> Result<WatchS
         up_since: Some(Instant::now()),
         resync: false,
     };
-    tokio::spawn(task.run(nudge_rx, listener));
+    tokio::spawn(task.run(nudges));
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
 }
 
-async fn unsubscribe(shared: &Shared, service: &str, listener: Arc<dyn NamingEventListener>) {
+/// A receiver of the service's pushes, subscribing on the server for the first watch.
+async fn subscribe(shared: &Shared, service: &str) -> Result<broadcast::Receiver<()>> {
+    let mut subs = shared.subscriptions.lock().await;
+    if let Some(sub) = subs.get(service) {
+        return Ok(sub.nudges.subscribe());
+    }
+    let (nudges, rx) = broadcast::channel(16);
+    let listener: Arc<dyn NamingEventListener> = Arc::new(Nudge(nudges.clone()));
+    shared
+        .call(shared.naming.subscribe(
+            service.to_owned(),
+            shared.group(),
+            Vec::new(),
+            listener.clone(),
+        ))
+        .await?;
+    subs.insert(service.to_owned(), Subscription { nudges, listener });
+    Ok(rx)
+}
+
+/// Ends the server subscription once no watch of `service` is left (the caller has dropped
+/// its receiver).
+async fn release(shared: &Shared, service: &str) {
+    let mut subs = shared.subscriptions.lock().await;
+    let Some(sub) = subs.get(service) else {
+        return;
+    };
+    if sub.nudges.receiver_count() > 0 {
+        return;
+    }
+    let listener = sub.listener.clone();
+    subs.remove(service);
     let r = shared
         .call(
             shared
@@ -99,21 +131,25 @@ async fn unsubscribe(shared: &Shared, service: &str, listener: Arc<dyn NamingEve
 }
 
 impl Task {
-    async fn run(mut self, mut nudges: mpsc::Receiver<()>, listener: Arc<dyn NamingEventListener>) {
+    async fn run(mut self, mut nudges: broadcast::Receiver<()>) {
         let period = self.shared.config.watch_check_interval;
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let open = tokio::select! {
                 _ = self.tx.closed() => false,
-                Some(()) = nudges.recv() => self.on_push().await,
+                // A lagged receiver missed nudges, not data: reading the copy catches up.
+                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) = nudges.recv() => {
+                    self.on_push().await
+                }
                 _ = tick.tick() => self.on_tick().await,
             };
             if !open {
                 break;
             }
         }
-        unsubscribe(&self.shared, &self.service, listener).await;
+        drop(nudges);
+        release(&self.shared, &self.service).await;
     }
 
     /// A push arrived: the connection is up, the SDK's copy is the latest list.

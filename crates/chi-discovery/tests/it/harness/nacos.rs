@@ -22,16 +22,19 @@ pub struct NacosServer {
     _dir: tempfile::TempDir,
 }
 
-/// An HTTP port whose +1000 (gRPC) neighbour is free as well.
-fn port_pair() -> u16 {
+/// An HTTP port whose +1000 (gRPC) neighbour is free as well, and a console port; the
+/// listeners are held until the server is about to start, so parallel tests cannot pick them.
+fn reserve_ports() -> (u16, u16, Vec<TcpListener>) {
     for _ in 0..200 {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let p = l.local_addr().expect("addr").port();
+        let http = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p = http.local_addr().expect("addr").port();
         if p > 64000 {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", p + 1000)).is_ok() {
-            return p;
+        if let Ok(grpc) = TcpListener::bind(("127.0.0.1", p + 1000)) {
+            let console = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let c = console.local_addr().expect("addr").port();
+            return (p, c, vec![http, grpc, console]);
         }
     }
     panic!("no free port pair (p, p+1000) on loopback");
@@ -50,8 +53,7 @@ impl NacosServer {
 
     fn launch(auth: Option<(String, String)>) -> NacosServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let http_port = port_pair();
-        let console = super::free_port();
+        let (http_port, console, held) = reserve_ports();
         let mut env = format!(
             "RNACOS_HTTP_PORT={http_port}\nRNACOS_GRPC_PORT={}\nRNACOS_HTTP_CONSOLE_PORT={console}\n\
              RNACOS_CONFIG_DB_DIR={}\nRNACOS_NAMING_HEALTH_TIMEOUT_SECOND=2\n\
@@ -68,6 +70,7 @@ impl NacosServer {
         }
         let env_file = dir.path().join("env");
         std::fs::write(&env_file, env).expect("write env");
+        drop(held);
         let proc = Proc::spawn(
             "rnacos",
             &binary("rnacos"),
