@@ -233,6 +233,22 @@ async fn child_registrant() {
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
 
+/// Runs `child_registrant` in a child process registering instance `child` of `svc`.
+fn spawn_child(server: &NacosServer, svc: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "nacos::child_registrant",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CHI_NACOS_CHILD", format!("{},{svc}", server.http_port))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child registrant")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_registrant_leaves_discovery() {
     let server = NacosServer::start();
@@ -244,18 +260,7 @@ async fn dead_registrant_leaves_discovery() {
     let mut w = reader.watch(&svc).await.expect("watch");
     let _ = next_change(&mut w, Duration::from_secs(10)).await;
 
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "nacos::child_registrant",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("CHI_NACOS_CHILD", format!("{},{svc}", server.http_port))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child registrant");
+    let mut child = spawn_child(&server, &svc);
     let seen = eventually(Duration::from_secs(20), || async {
         reader
             .instances(&svc)
@@ -465,4 +470,90 @@ async fn auth_wrong_password_is_a_clear_error_right_one_works() {
         .map(|i| i.id)
         .collect();
     assert!(got.contains(&inst.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_a_dead_server_is_a_transient_error() {
+    let port = crate::harness::free_port();
+    let start = Instant::now();
+    let err = Nacos::connect(NacosConfig {
+        connect_timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(2),
+        ..NacosConfig::new("127.0.0.1", port)
+    })
+    .await
+    .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+/// After a restart the server knows no ephemeral instance until their clients come back: its
+/// "no instances" is held for the grace period, then honoured when nobody came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_answer_after_restart_is_held_then_honoured() {
+    let mut server = NacosServer::start();
+    let svc = unique("empty");
+    let grace = Duration::from_secs(3);
+    let reader: Arc<dyn Registry> = Arc::new(
+        connect(NacosConfig {
+            empty_grace: grace,
+            ..server.config()
+        })
+        .await,
+    );
+    let mut child = spawn_child(&server, &svc);
+    let client = DiscoveryClient::builder()
+        .cache(CacheConfig {
+            refresh_interval: Duration::from_millis(200),
+            ..CacheConfig::default()
+        })
+        .request_timeout(Duration::from_secs(2))
+        .build(reader.clone());
+    // The first discover also starts the client's background refresh.
+    client.discover(&svc).await.expect("discover");
+    let registered = eventually(Duration::from_secs(20), || async {
+        client.refresh(&svc).await.is_ok_and(|s| s.len() == 1)
+    })
+    .await;
+    assert!(registered.is_some(), "the child never registered");
+    let mut w = reader.watch(&svc).await.expect("watch");
+    assert!(matches!(
+        next_change(&mut w, Duration::from_secs(5)).await,
+        Change::Reset(l) if l.len() == 1
+    ));
+
+    // The server goes away, and the registrant dies while it is away: nobody comes back.
+    server.kill();
+    child.kill().expect("kill the registrant");
+    let _ = child.wait();
+    server.restart();
+    let restarted = Instant::now();
+
+    // Held: the list stays for (about) the grace period...
+    let removed = loop {
+        match tokio::time::timeout(Duration::from_secs(15), w.next()).await {
+            Ok(Some(Ok(Change::Remove(i)))) if i.id == "child" => break restarted.elapsed(),
+            Ok(Some(Ok(Change::Reset(l)))) if l.is_empty() => break restarted.elapsed(),
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("watch ended"),
+            Err(_) => panic!("the empty answer was never honoured"),
+        }
+    };
+    assert!(
+        removed + Duration::from_millis(500) >= grace,
+        "emptied {removed:?} after the restart, within the {grace:?} grace"
+    );
+    // ...and then honoured, by the discovery client too.
+    let emptied = eventually(Duration::from_secs(10), || async {
+        client.cached(&svc).is_some_and(|s| s.is_empty())
+    })
+    .await;
+    assert!(
+        emptied.is_some(),
+        "the discovery client kept the dead instance"
+    );
 }
