@@ -36,13 +36,18 @@
 //! query confirms it. Until then the watch holds the last list. A healthy server's confirmed
 //! "zero instances" is honoured (DESIGN.md §3.3).
 //!
+//! Direct queries ([`Registry::instances`]) get the same protection: while the server has not
+//! been reachable for the grace period, "no instances" of a service that had some is answered
+//! as [`Error::Unavailable`], so a [`DiscoveryClient`](crate::DiscoveryClient) keeps serving
+//! its last list, marked stale.
+//!
 //! # Limits, and why
 //!
-//! - **Nacos 1.x HTTP mode is not offered.** Nacos 2.x servers (and rnacos) still serve the
-//!   1.x HTTP API for old clients, so the gRPC mode reaches every Nacos server of the last
-//!   four years; only a Nacos 1.x *server* would need the HTTP mode (registration plus a
-//!   heartbeat loop per instance), and Nacos 1.x is end-of-life. It can be added as a second
-//!   mode behind this same type if someone needs it.
+//! - **Nacos 1.x HTTP mode is not offered.** Every Nacos server since 2.0 (2021), and rnacos,
+//!   speaks the gRPC API used here; only a Nacos 1.x *server* would need the 1.x HTTP open API
+//!   (registration plus a heartbeat loop per instance, `/nacos/v1/ns/instance/beat`), and the
+//!   1.x line is no longer maintained. It can be added later as a second mode of this type,
+//!   behind the same trait, if a user on 1.x asks.
 //! - **One instance per service per connection on real Nacos 2.x.** Nacos 2.x servers hold one
 //!   ephemeral instance per service per client connection (a second registration of the same
 //!   service replaces the first; rnacos keeps both). To register several instances of one
@@ -58,11 +63,6 @@
 //!   showing as `Unhealthy`; keep-alive then re-sends it rather than calling it lost), and it
 //!   keeps the metadata an address first registered with (later registrations of the same
 //!   address change weight and health, not metadata).
-//!
-//! Direct queries ([`Registry::instances`]) get the same protection: while the server has not
-//! been reachable for the grace period, "no instances" of a service that had some is answered
-//! as [`Error::Unavailable`], so a [`DiscoveryClient`](crate::DiscoveryClient) keeps serving
-//! its last list, marked stale.
 //!
 //! # Errors and secrets
 //!
