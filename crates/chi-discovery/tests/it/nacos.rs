@@ -415,7 +415,12 @@ async fn server_restart_keeps_stale_list_reregisters_and_resumes_watch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_wrong_password_is_a_clear_error_right_one_works() {
-    let server = NacosServer::start_with_auth("chi-admin", "right-pass-123");
+    // Tokens live 3 s, so the registry below only keeps working if it refreshes them.
+    let server = NacosServer::start_with_auth(
+        "chi-admin",
+        "right-pass-123",
+        &[("RNACOS_API_LOGIN_TIMEOUT", "3")],
+    );
     let svc = unique("auth");
     // rnacos creates its admin user a moment after it starts listening.
     let last = std::sync::Mutex::new(String::new());
@@ -470,6 +475,17 @@ async fn auth_wrong_password_is_a_clear_error_right_one_works() {
         .map(|i| i.id)
         .collect();
     assert!(got.contains(&inst.id));
+
+    // Let two token lifetimes pass: the same registry still works only if it refreshed its
+    // token (nacos-sdk alone would ask for a new one after 30 s).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after = reg.instances(&svc).await;
+    assert!(
+        after
+            .as_ref()
+            .is_ok_and(|l| l.iter().any(|i| i.id == inst.id)),
+        "after 7 s with 3 s tokens: {after:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,9 @@
 //! plugin hard-codes the context path `/nacos`; it logs the password at debug level; and a wrong
 //! password only shows up as a log line, after which every call fails with a bare 403. Here the
 //! first login happens in [`Nacos::connect`](super::Nacos::connect), so a wrong password is a
-//! clear error at once (with the server's status and message, never the password), and the
-//! plugin refreshes the token at half its lifetime (nacos-sdk asks it every 30 s).
+//! clear error at once (with the server's status and message, never the password). A task of
+//! chi's refreshes the token at half its lifetime: nacos-sdk only asks its plugin every 30 s,
+//! which lets a token shorter-lived than a minute expire.
 //!
 //! The credentials travel as a form body (`POST {context_path}/v1/auth/login`), not as URL
 //! query parameters, so they do not land in access logs.
@@ -130,6 +131,23 @@ impl Login {
                     refresh
                 },
         })
+    }
+
+    /// Keeps the token fresh: logs in again at half its lifetime, every few seconds after a
+    /// failure. Runs for as long as nacos-sdk holds the plugin, that is for the process.
+    pub(crate) async fn refresh_loop(self: Arc<Self>) {
+        const RETRY: Duration = Duration::from_secs(2);
+        loop {
+            let wait = match &**self.token.load() {
+                Some(t) => t.refresh_at.saturating_duration_since(Instant::now()),
+                None => Duration::ZERO,
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
+            if let Err(e) = Login::login(&self).await {
+                tracing::warn!(error = %e, "nacos token refresh failed; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
     }
 
     /// A server message, cut short and with the password blanked should it ever echo it.

@@ -199,7 +199,9 @@ impl Nacos {
                 .login()
                 .await
                 .map_err(|e| Error::registry(BACKEND, e))?;
-            builder = builder.with_auth_plugin(Arc::new(login));
+            let login = Arc::new(login);
+            tokio::spawn(login.clone().refresh_loop());
+            builder = builder.with_auth_plugin(login);
         }
         let naming = match tokio::time::timeout(config.connect_timeout, builder.build()).await {
             Ok(Ok(naming)) => naming,

@@ -43,15 +43,16 @@ fn reserve_ports() -> (u16, u16, Vec<TcpListener>) {
 impl NacosServer {
     /// A server without auth.
     pub fn start() -> NacosServer {
-        Self::launch(None)
+        Self::launch(None, &[])
     }
 
-    /// A server with open-API auth on and this admin user.
-    pub fn start_with_auth(user: &str, password: &str) -> NacosServer {
-        Self::launch(Some((user.to_owned(), password.to_owned())))
+    /// A server with open-API auth on and this admin user; `extra` adds environment lines
+    /// (`RNACOS_API_LOGIN_TIMEOUT`...).
+    pub fn start_with_auth(user: &str, password: &str, extra: &[(&str, &str)]) -> NacosServer {
+        Self::launch(Some((user.to_owned(), password.to_owned())), extra)
     }
 
-    fn launch(auth: Option<(String, String)>) -> NacosServer {
+    fn launch(auth: Option<(String, String)>, extra: &[(&str, &str)]) -> NacosServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let (http_port, console, held) = reserve_ports();
         let mut env = format!(
@@ -67,6 +68,9 @@ impl NacosServer {
                 "RNACOS_ENABLE_OPEN_API_AUTH=true\nRNACOS_INIT_ADMIN_USERNAME={u}\n\
                  RNACOS_INIT_ADMIN_PASSWORD={p}\n"
             ));
+        }
+        for (k, v) in extra {
+            env.push_str(&format!("{k}={v}\n"));
         }
         let env_file = dir.path().join("env");
         std::fs::write(&env_file, env).expect("write env");
