@@ -11,7 +11,7 @@
 //! The credentials travel as a form body (`POST {context_path}/v1/auth/login`), not as URL
 //! query parameters, so they do not land in access logs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -134,16 +134,21 @@ impl Login {
     }
 
     /// Keeps the token fresh: logs in again at half its lifetime, every few seconds after a
-    /// failure. Runs for as long as nacos-sdk holds the plugin, that is for the process.
-    pub(crate) async fn refresh_loop(self: Arc<Self>) {
+    /// failure. Ends when nacos-sdk lets go of the plugin.
+    pub(crate) async fn refresh_loop(login: Weak<Login>) {
         const RETRY: Duration = Duration::from_secs(2);
         loop {
-            let wait = match &**self.token.load() {
-                Some(t) => t.refresh_at.saturating_duration_since(Instant::now()),
-                None => Duration::ZERO,
+            let wait = match login.upgrade() {
+                Some(l) => match &**l.token.load() {
+                    Some(t) => t.refresh_at.saturating_duration_since(Instant::now()),
+                    None => Duration::ZERO,
+                },
+                None => return,
             };
             tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
-            if let Err(e) = Login::login(&self).await {
+            let Some(l) = login.upgrade() else { return };
+            if let Err(e) = Login::login(&l).await {
+                drop(l);
                 tracing::warn!(error = %e, "nacos token refresh failed; retrying");
                 tokio::time::sleep(RETRY).await;
             }

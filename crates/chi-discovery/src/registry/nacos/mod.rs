@@ -184,6 +184,7 @@ impl Nacos {
             props = props.remote_grpc_port(port);
         }
         let mut builder = NamingServiceBuilder::new(props);
+        let mut refresher = None;
         if let Some(username) = config.username.clone().filter(|u| !u.is_empty()) {
             let login = auth::Login::new(
                 config
@@ -200,7 +201,7 @@ impl Nacos {
                 .await
                 .map_err(|e| Error::registry(BACKEND, e))?;
             let login = Arc::new(login);
-            tokio::spawn(login.clone().refresh_loop());
+            refresher = Some(Arc::downgrade(&login));
             builder = builder.with_auth_plugin(login);
         }
         let naming = match tokio::time::timeout(config.connect_timeout, builder.build()).await {
@@ -233,6 +234,10 @@ impl Nacos {
                 Some(nacos.shared.config.group_name.clone()),
             ))
             .await?;
+        // Only a working connection gets a token refresher.
+        if let Some(login) = refresher {
+            tokio::spawn(auth::Login::refresh_loop(login));
+        }
         Ok(nacos)
     }
 
