@@ -1,0 +1,44 @@
+//! Round robin: one atomic counter over the instances of non-zero weight.
+//!
+//! The spec's sketch guarded its counter with a mutex *and* an atomic; one `fetch_add` is enough.
+//! The counter lives in the selector, so a membership change restarts the rotation on the new list
+//! (a rotation over a changed list has no meaningful "next" anyway). An unusable instance passes
+//! its turn to the next usable one.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Request, Select, eligible, scan_from};
+use crate::instance::Instance;
+
+/// Round robin over the instances of non-zero weight.
+#[derive(Debug)]
+pub struct RoundRobin {
+    candidates: Box<[u32]>,
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    /// Builds the rotation over `instances`.
+    pub fn new(instances: &[Instance]) -> Self {
+        RoundRobin {
+            candidates: eligible(instances).into(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Select for RoundRobin {
+    #[inline]
+    fn select(&self, instances: &[Instance], request: &Request<'_>) -> Option<usize> {
+        let n = self.candidates.len();
+        if n == 0 {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let idx = self.candidates[turn] as usize;
+        match instances.get(idx) {
+            Some(i) if (request.usable)(i) => Some(idx),
+            _ => scan_from(&self.candidates, instances, request, turn + 1),
+        }
+    }
+}
