@@ -179,7 +179,7 @@ fn distribute(
             ));
         }
     }
-    ring.sort_unstable();
+    radix_sort(&mut ring);
     let cap = config.max_load(n);
     let mut load = vec![0usize; n];
     let mut owners = Vec::with_capacity(config.partition_count);
@@ -205,6 +205,43 @@ fn distribute(
         owners.push(candidates[m]);
     }
     owners
+}
+
+/// Sorts ring points by hash, stably (equal hashes keep member order): an LSD radix sort on 11-bit
+/// digits, several times faster than a comparison sort on the 20,000 points of 1,000 instances,
+/// which keeps a rebuild well under a millisecond.
+fn radix_sort(ring: &mut Vec<(u64, u32)>) {
+    const BITS: u32 = 11;
+    const BUCKETS: usize = 1 << BITS;
+    if ring.len() < 256 {
+        ring.sort_by_key(|e| e.0);
+        return;
+    }
+    let mut from = std::mem::take(ring);
+    let mut to = vec![(0u64, 0u32); from.len()];
+    let mut shift = 0;
+    while shift < 64 {
+        let mut count = [0usize; BUCKETS + 1];
+        for e in &from {
+            count[((e.0 >> shift) as usize & (BUCKETS - 1)) + 1] += 1;
+        }
+        for b in 0..BUCKETS {
+            count[b + 1] += count[b];
+        }
+        for e in &from {
+            let d = (e.0 >> shift) as usize & (BUCKETS - 1);
+            to[count[d]] = *e;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut from, &mut to);
+        shift += BITS;
+    }
+    *ring = from;
+}
+
+#[cfg(test)]
+pub(crate) fn radix_sort_for_test(ring: &mut Vec<(u64, u32)>) {
+    radix_sort(ring);
 }
 
 impl Select for ConsistentHash {

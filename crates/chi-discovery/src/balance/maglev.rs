@@ -141,8 +141,9 @@ impl Select for Maglev {
             None => self.rng.next_u64(),
         };
         let slot = bounded(h, m);
-        for step in 0..WALK {
-            let idx = self.table[(slot + step) % m] as usize;
+        for step in 0..WALK.min(m) {
+            let j = slot + step;
+            let idx = self.table[if j >= m { j - m } else { j }] as usize;
             if accepts(instances, request, idx) {
                 return Some(idx);
             }

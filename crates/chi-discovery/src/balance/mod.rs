@@ -236,6 +236,33 @@ pub(crate) fn accepts(instances: &[Instance], request: &Request<'_>, idx: usize)
     instances.get(idx).is_some_and(|i| (request.usable)(i))
 }
 
+/// `x mod d` without a division (Lemire, Kaser, Kurz, *Faster Remainder by Direct Computation*,
+/// 2019): exact for 32-bit `x` and `d`. The round-robin counters are reduced with it, since a
+/// 64-bit division costs more than the rest of a pick.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FastMod {
+    m: u64,
+    d: u64,
+}
+
+impl FastMod {
+    /// Reduction modulo `d` (`1..=u32::MAX`; 0 is treated as 1).
+    pub(crate) fn new(d: usize) -> Self {
+        let d = (d.clamp(1, u32::MAX as usize)) as u64;
+        FastMod {
+            m: (u64::MAX / d).wrapping_add(1),
+            d,
+        }
+    }
+
+    /// `x mod d` of the low 32 bits of `x`.
+    #[inline]
+    pub(crate) fn reduce(&self, x: usize) -> usize {
+        let low = self.m.wrapping_mul(u64::from(x as u32));
+        ((u128::from(low) * u128::from(self.d)) >> 64) as usize
+    }
+}
+
 /// Maps a random `u64` onto `0..n` (Lemire's multiply-shift; `n > 0`).
 #[inline]
 pub(crate) fn bounded(r: u64, n: usize) -> usize {

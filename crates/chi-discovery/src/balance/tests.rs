@@ -174,6 +174,49 @@ fn unhealthy_instances_are_skipped_without_rebuild() {
 }
 
 #[test]
+fn consistent_hash_radix_sort_sorts() {
+    let mut v: Vec<(u64, u32)> = (0..5000u32)
+        .map(|i| (default_hash(&(i % 4000).to_le_bytes()), i))
+        .collect();
+    let mut want = v.clone();
+    want.sort_by_key(|e| e.0);
+    consistent::radix_sort_for_test(&mut v);
+    assert_eq!(v, want);
+}
+
+#[test]
+fn fast_mod_is_exact() {
+    for d in [
+        1usize,
+        2,
+        3,
+        7,
+        10,
+        271,
+        1000,
+        65_537,
+        1 << 20,
+        u32::MAX as usize,
+    ] {
+        let f = FastMod::new(d);
+        for x in (0..5000usize).chain([u32::MAX as usize - 1, u32::MAX as usize, 1 << 31]) {
+            assert_eq!(f.reduce(x), x % d, "{x} mod {d}");
+        }
+    }
+}
+
+#[test]
+fn ring_hash_index_agrees_with_binary_search() {
+    let list = weighted(&[1, 5, 2, 9, 3]);
+    let ring = RingHash::new(&list);
+    for k in 0..5000u32 {
+        let key = k.to_le_bytes();
+        let got = ring.select(&list, &Request::with_key(&key)).expect("5");
+        assert_eq!(got, ring.owner_by_search(default_hash(&key)), "key {k}");
+    }
+}
+
+#[test]
 fn round_robin_exact_sequence() {
     let list = set(3);
     let rr = RoundRobin::new(&list);

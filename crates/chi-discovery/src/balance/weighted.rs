@@ -24,7 +24,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Request, Select, accepts, eligible, scan_from};
+use super::{FastMod, Request, Select, accepts, eligible, scan_from};
 use crate::instance::Instance;
 
 /// Largest `period * n` computed with nginx's exact O(n)-per-step algorithm.
@@ -40,6 +40,7 @@ const WALK: usize = 32;
 #[derive(Debug)]
 pub struct WeightedRoundRobin {
     schedule: Box<[u32]>,
+    modulo: FastMod,
     candidates: Box<[u32]>,
     next: AtomicUsize,
     exact: bool,
@@ -73,6 +74,7 @@ impl WeightedRoundRobin {
             (edf_sequence(&candidates, &weights, window), false)
         };
         WeightedRoundRobin {
+            modulo: FastMod::new(schedule.len()),
             schedule: schedule.into(),
             candidates: candidates.into(),
             next: AtomicUsize::new(0),
@@ -138,7 +140,9 @@ impl Select for WeightedRoundRobin {
         if len == 0 {
             return None;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % len;
+        let turn = self
+            .modulo
+            .reduce(self.next.fetch_add(1, Ordering::Relaxed));
         let idx = self.schedule[turn] as usize;
         if accepts(instances, request, idx) {
             return Some(idx);
