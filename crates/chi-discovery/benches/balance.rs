@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chi_discovery::Instance;
 use chi_discovery::balance::{
-    Balancer, BalancerConfig, ConsistentHash, ConsistentHashConfig, Request, Select, Strategy,
+    Balancer, BalancerConfig, ConsistentHash, ConsistentHashConfig, Request, Strategy,
     ThreadRandom, default_hash,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
