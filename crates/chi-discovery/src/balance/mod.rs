@@ -32,7 +32,7 @@
 //!
 //! # Usage
 //!
-//! A [`Balancer`] holds one strategy for one service. Hand it the current [`Snapshot`] of the
+//! A [`Balancer`] holds one strategy for one service. Hand it the current [`Snapshot`](crate::Snapshot) of the
 //! service on every request: it rebuilds its table only when the snapshot's revision moved, and
 //! returns the instance plus, for load-aware strategies, a guard that counts the request in flight.
 //!
@@ -124,8 +124,10 @@
 //! Consistent hash and Maglev lookups are about 2x the key hash (one slot read past the hash) up to
 //! 1,000 instances; Maglev's table outgrows the caches at 10,000. Least connections stops its scan
 //! at the first idle instance, and nothing stays in flight in this bench, so its figure is the
-//! idle case: with every instance busy the scan is O(n) (use `p2c` for large sets). Peak EWMA pays
-//! a clock read and two `exp` per pick.
+//! idle case: with every instance busy the scan is O(n) (use `p2c` for large sets). Peak EWMA paid
+//! a clock read and two `exp` per pick in this run; it now compares two costs with one `exp` and
+//! no clock read (not re-measured here). The `Balancer` path adds a clock read for
+//! [`Pick::finish`] under peak EWMA.
 
 use std::fmt;
 use std::str::FromStr;
