@@ -37,6 +37,7 @@ pub mod instance;
 pub mod manager;
 pub mod registry;
 pub mod retry;
+pub mod routing;
 pub mod secret;
 
 pub use discovery::{DiscoveryClient, Snapshot, Watcher};

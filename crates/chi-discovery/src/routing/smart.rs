@@ -1,0 +1,480 @@
+//! The smart router: version -> geo -> balancer, with subsets precomputed per snapshot revision.
+//!
+//! A [`Smart`] serves one service. On the first pick from a snapshot revision it has not seen, it
+//! builds a *plan*: the usable instances grouped by version (each version field and each tag),
+//! and within every version group (and the all-versions group) by zone and by region. Every
+//! non-empty group is a *leaf* with its own instance list and its own balancer, because a
+//! balancer keeps one table for one list (a leaf's balancer is carried over to the next plan by
+//! its key, so load counters survive membership changes). The plan is swapped in with `arc-swap`;
+//! a pick then only reads: a few hash lookups to find the leaf, and the leaf balancer's pick.
+//!
+//! Fallbacks never return nothing while the service has a usable instance: each stage widens
+//! instead (see [`VersionStep`] and [`GeoStep`]). When *no* instance is usable, every instance is
+//! routed over ([`Decision::panic`]), as Envoy's panic mode does when all hosts are unhealthy:
+//! some requests may still succeed, none would without.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use rustc_hash::FxHashMap;
+
+use super::geo::Target;
+use super::{Geo, GeoStep, Route, Version, VersionStep};
+use crate::config::RoutingConfig;
+use crate::discovery::Snapshot;
+use crate::instance::Instance;
+
+/// The last stage of [`Smart`]: picks one instance from a leaf's list.
+///
+/// Implemented for [`balance::Balancer`](crate::balance::Balancer) and for closures
+/// `Fn(&[Instance], Option<&[u8]>) -> Option<usize>` (strategy name `custom`).
+pub trait Stage: Send + Sync + 'static {
+    /// What a pick holds while the request runs (an in-flight guard), `()` for none.
+    type Guard: Send + 'static;
+
+    /// The strategy name, for metrics.
+    fn strategy(&self) -> &'static str;
+
+    /// Picks an index into `instances`. `revision` changes exactly when `instances` does.
+    fn pick(
+        &self,
+        instances: &[Instance],
+        revision: u64,
+        key: Option<&[u8]>,
+    ) -> Option<(usize, Self::Guard)>;
+}
+
+impl<F> Stage for F
+where
+    F: Fn(&[Instance], Option<&[u8]>) -> Option<usize> + Send + Sync + 'static,
+{
+    type Guard = ();
+
+    fn strategy(&self) -> &'static str {
+        "custom"
+    }
+
+    fn pick(
+        &self,
+        instances: &[Instance],
+        _revision: u64,
+        key: Option<&[u8]>,
+    ) -> Option<(usize, ())> {
+        self(instances, key)
+            .filter(|i| *i < instances.len())
+            .map(|i| (i, ()))
+    }
+}
+
+/// Which rules decided a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Decision {
+    /// The version rule.
+    pub version: VersionStep,
+    /// The geo rule.
+    pub geo: GeoStep,
+    /// True when no instance was usable and every instance was routed over.
+    pub panic: bool,
+}
+
+impl Decision {
+    /// True if any stage fell back (or panicked).
+    pub fn fell_back(&self) -> bool {
+        self.panic || self.version.is_fallback() || self.geo.is_fallback()
+    }
+}
+
+/// One version's usable instances, by place.
+#[derive(Default)]
+struct Group {
+    all: usize,
+    zones: FxHashMap<Box<str>, usize>,
+    regions: FxHashMap<Box<str>, usize>,
+}
+
+struct Leaf<B> {
+    instances: Vec<Instance>,
+    balancer: Arc<B>,
+    version: Option<Box<str>>,
+    place: Option<Box<str>>,
+}
+
+struct Plan<B> {
+    revision: u64,
+    panic: bool,
+    versions: FxHashMap<Box<str>, Group>,
+    any: Group,
+    leaves: Vec<Leaf<B>>,
+    /// Leaf key -> balancer, to carry balancers over to the next plan.
+    balancers: FxHashMap<String, Arc<B>>,
+}
+
+impl<B> Plan<B> {
+    fn build(
+        instances: &[Instance],
+        revision: u64,
+        version: &Version,
+        geo: &Geo,
+        previous: Option<&Plan<B>>,
+        make: &(dyn Fn() -> B + Send + Sync),
+    ) -> Self {
+        let usable: Vec<&Instance> = instances.iter().filter(|i| i.health.is_usable()).collect();
+        let panic = usable.is_empty() && !instances.is_empty();
+        let base: Vec<&Instance> = if panic {
+            instances.iter().collect()
+        } else {
+            usable
+        };
+        let mut plan = Plan {
+            revision,
+            panic,
+            versions: FxHashMap::default(),
+            any: Group::default(),
+            leaves: Vec::new(),
+            balancers: FxHashMap::default(),
+        };
+        plan.any = plan.group(None, &base, geo, previous, make);
+        if version.is_enabled() && !panic {
+            let mut by_version: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+            for i in &base {
+                if !i.version.is_empty() {
+                    by_version.entry(i.version.as_str()).or_default().push(i);
+                }
+                for t in &i.tags {
+                    if *t != i.version {
+                        by_version.entry(t.as_str()).or_default().push(i);
+                    }
+                }
+            }
+            let mut names: Vec<&str> = by_version.keys().copied().collect();
+            names.sort_unstable();
+            for v in names {
+                let members = &by_version[v];
+                let g = plan.group(Some(v), members, geo, previous, make);
+                plan.versions.insert(v.into(), g);
+            }
+        }
+        plan
+    }
+
+    fn group(
+        &mut self,
+        version: Option<&str>,
+        members: &[&Instance],
+        geo: &Geo,
+        previous: Option<&Plan<B>>,
+        make: &(dyn Fn() -> B + Send + Sync),
+    ) -> Group {
+        let v = version.unwrap_or("*");
+        let mut g = Group {
+            all: self.leaf(format!("{v}|*"), version, None, members, previous, make),
+            ..Group::default()
+        };
+        if !geo.is_enabled() {
+            return g;
+        }
+        let mut zones: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+        let mut regions: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+        for i in members {
+            let p = geo.place_of(i);
+            if let Some(z) = p.zone {
+                zones.entry(z).or_default().push(i);
+            }
+            if let Some(r) = p.region {
+                regions.entry(r).or_default().push(i);
+            }
+        }
+        for (z, list) in zones {
+            let id = self.leaf(
+                format!("{v}|z={z}"),
+                version,
+                Some(z),
+                &list,
+                previous,
+                make,
+            );
+            g.zones.insert(z.into(), id);
+        }
+        for (r, list) in regions {
+            let id = self.leaf(
+                format!("{v}|r={r}"),
+                version,
+                Some(r),
+                &list,
+                previous,
+                make,
+            );
+            g.regions.insert(r.into(), id);
+        }
+        g
+    }
+
+    fn leaf(
+        &mut self,
+        key: String,
+        version: Option<&str>,
+        place: Option<&str>,
+        members: &[&Instance],
+        previous: Option<&Plan<B>>,
+        make: &(dyn Fn() -> B + Send + Sync),
+    ) -> usize {
+        let balancer = previous
+            .and_then(|p| p.balancers.get(&key).cloned())
+            .unwrap_or_else(|| Arc::new(make()));
+        self.balancers.insert(key, balancer.clone());
+        self.leaves.push(Leaf {
+            instances: members.iter().map(|i| (*i).clone()).collect(),
+            balancer,
+            version: version.map(Into::into),
+            place: place.map(Into::into),
+        });
+        self.leaves.len() - 1
+    }
+
+    #[inline]
+    fn route(&self, version: &Version, geo: &Geo, route: &Route<'_>) -> (usize, Decision) {
+        let (group, vstep) = version.choose(route.version, route.key, |v| self.versions.get(v));
+        let vstep = if self.panic && version.is_enabled() {
+            VersionStep::ToAnyVersion
+        } else {
+            vstep
+        };
+        let group = group.unwrap_or(&self.any);
+        let (target, gstep) = geo.choose(
+            geo.client(route),
+            |z| group.zones.get(z).copied(),
+            |r| group.regions.get(r).copied(),
+        );
+        let leaf = match target {
+            Target::Place(id) => id,
+            Target::Any => group.all,
+        };
+        (
+            leaf,
+            Decision {
+                version: vstep,
+                geo: gstep,
+                panic: self.panic,
+            },
+        )
+    }
+}
+
+/// Version -> geo -> balancer for one service; see the module docs.
+pub struct Smart<B: Stage> {
+    version: Version,
+    geo: Geo,
+    make: Box<dyn Fn() -> B + Send + Sync>,
+    plan: ArcSwapOption<Plan<B>>,
+    rebuild: Mutex<()>,
+}
+
+impl<B: Stage> std::fmt::Debug for Smart<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plan = self.plan.load();
+        f.debug_struct("Smart")
+            .field("version", &self.version)
+            .field("geo", &self.geo)
+            .field("revision", &plan.as_ref().map(|p| p.revision))
+            .field("leaves", &plan.as_ref().map(|p| p.leaves.len()))
+            .finish()
+    }
+}
+
+/// The set a route selects, before the balancer picks.
+pub struct Subset<B: Stage> {
+    plan: Arc<Plan<B>>,
+    leaf: usize,
+    decision: Decision,
+}
+
+impl<B: Stage> std::fmt::Debug for Subset<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subset")
+            .field("decision", &self.decision)
+            .field("len", &self.instances().len())
+            .finish()
+    }
+}
+
+impl<B: Stage> Subset<B> {
+    fn leaf(&self) -> &Leaf<B> {
+        &self.plan.leaves[self.leaf]
+    }
+
+    /// The instances the balancer picks from (never empty).
+    pub fn instances(&self) -> &[Instance] {
+        &self.leaf().instances
+    }
+
+    /// The rules that decided.
+    pub fn decision(&self) -> Decision {
+        self.decision
+    }
+
+    /// The version routed to (`None`: any version).
+    pub fn version(&self) -> Option<&str> {
+        self.leaf().version.as_deref()
+    }
+
+    /// The zone or region routed to (`None`: any place).
+    pub fn place(&self) -> Option<&str> {
+        self.leaf().place.as_deref()
+    }
+
+    /// The snapshot revision the subset was computed from.
+    pub fn revision(&self) -> u64 {
+        self.plan.revision
+    }
+}
+
+/// A picked instance with the route that led to it. Holds the balancer's in-flight guard (if
+/// any) until dropped.
+pub struct Routed<B: Stage> {
+    subset: Subset<B>,
+    index: usize,
+    guard: B::Guard,
+}
+
+impl<B: Stage> std::fmt::Debug for Routed<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("instance", &self.instance().id)
+            .field("decision", &self.subset.decision)
+            .finish()
+    }
+}
+
+impl<B: Stage> Routed<B> {
+    /// The instance to call.
+    pub fn instance(&self) -> &Instance {
+        &self.subset.instances()[self.index]
+    }
+
+    /// The subset it was picked from, and the rules that decided.
+    pub fn subset(&self) -> &Subset<B> {
+        &self.subset
+    }
+
+    /// The rules that decided.
+    pub fn decision(&self) -> Decision {
+        self.subset.decision
+    }
+
+    /// The strategy of the balancer that picked.
+    pub fn strategy(&self) -> &'static str {
+        self.subset.leaf().balancer.strategy()
+    }
+
+    /// The balancer's guard (e.g. an in-flight count), kept alive by the `Routed`.
+    pub fn guard(&self) -> &B::Guard {
+        &self.guard
+    }
+
+    /// Takes the guard out, e.g. into a response future.
+    pub fn into_guard(self) -> B::Guard {
+        self.guard
+    }
+}
+
+impl<B: Stage> Smart<B> {
+    /// A router with `version` and `geo` rules; `make` builds one balancer per leaf.
+    pub fn new(version: Version, geo: Geo, make: impl Fn() -> B + Send + Sync + 'static) -> Self {
+        Smart {
+            version,
+            geo,
+            make: Box::new(make),
+            plan: ArcSwapOption::const_empty(),
+            rebuild: Mutex::new(()),
+        }
+    }
+
+    /// A router from the `routing` config block.
+    pub fn from_config(
+        config: &RoutingConfig,
+        make: impl Fn() -> B + Send + Sync + 'static,
+    ) -> Self {
+        Self::new(Version::from_config(config), Geo::from_config(config), make)
+    }
+
+    /// The version rules.
+    pub fn version_rules(&self) -> &Version {
+        &self.version
+    }
+
+    /// The geo rules.
+    pub fn geo_rules(&self) -> &Geo {
+        &self.geo
+    }
+
+    fn plan(&self, snapshot: &Snapshot) -> Arc<Plan<B>> {
+        if let Some(p) = self.plan.load().as_ref()
+            && p.revision == snapshot.revision()
+        {
+            return p.clone();
+        }
+        self.rebuild(snapshot)
+    }
+
+    #[cold]
+    fn rebuild(&self, snapshot: &Snapshot) -> Arc<Plan<B>> {
+        let _lock = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.plan.load_full();
+        if let Some(p) = &current
+            && p.revision == snapshot.revision()
+        {
+            return p.clone();
+        }
+        let plan = Arc::new(Plan::build(
+            snapshot.instances(),
+            snapshot.revision(),
+            &self.version,
+            &self.geo,
+            current.as_deref(),
+            &*self.make,
+        ));
+        // An older snapshot than the current plan's (a race around a swap) gets its own plan
+        // without replacing the newer one.
+        if current
+            .as_ref()
+            .is_none_or(|p| p.revision < snapshot.revision())
+        {
+            self.plan.store(Some(plan.clone()));
+        }
+        tracing::debug!(
+            revision = snapshot.revision(),
+            leaves = plan.leaves.len(),
+            "routing subsets rebuilt"
+        );
+        plan
+    }
+
+    /// The subset `route` selects from `snapshot`, and why. `None` only for an empty snapshot.
+    pub fn route(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Subset<B>> {
+        if snapshot.is_empty() {
+            return None;
+        }
+        let plan = self.plan(snapshot);
+        let (leaf, decision) = plan.route(&self.version, &self.geo, route);
+        Some(Subset {
+            plan,
+            leaf,
+            decision,
+        })
+    }
+
+    /// Routes and picks: the instance to call, with the decision. `None` for an empty snapshot
+    /// or when the balancer finds nothing to pick.
+    pub fn pick(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Routed<B>> {
+        let subset = self.route(snapshot, route)?;
+        let leaf = subset.leaf();
+        let (index, guard) =
+            leaf.balancer
+                .pick(&leaf.instances, subset.plan.revision, route.key)?;
+        Some(Routed {
+            subset,
+            index,
+            guard,
+        })
+    }
+}
