@@ -35,6 +35,8 @@ pub mod error;
 pub mod health;
 pub mod instance;
 pub mod manager;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod registry;
 pub mod retry;
 pub mod routing;
