@@ -34,6 +34,7 @@ pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod instance;
+pub mod integration;
 pub mod manager;
 #[cfg(feature = "metrics")]
 pub mod metrics;
