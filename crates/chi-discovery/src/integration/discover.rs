@@ -131,18 +131,36 @@ where
         }
     }
 
-    /// Sends every change into `tx` (e.g. the sender of tonic's `Channel::balance_channel`)
-    /// until the watch or the receiver ends.
-    pub async fn forward(mut self, tx: tokio::sync::mpsc::Sender<TowerChange<String, S>>)
-    where
-        S: Send,
+    /// Sends every change into `tx`, converted by `map`, until the watch or the receiver ends
+    /// (e.g. into the sender of tonic's `Channel::balance_channel`; see
+    /// [`Discover::forward_to_tonic`]).
+    pub async fn forward<T>(
+        mut self,
+        tx: tokio::sync::mpsc::Sender<T>,
+        map: impl Fn(TowerChange<String, S>) -> T,
+    ) where
         F: Unpin,
     {
         while let Some(Ok(change)) = self.next().await {
-            if tx.send(change).await.is_err() {
+            if tx.send(map(change)).await.is_err() {
                 return;
             }
         }
+    }
+
+    /// Feeds tonic's `Channel::balance_channel` (tonic has its own `Change` type).
+    pub async fn forward_to_tonic(
+        self,
+        tx: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<String, S>>,
+    ) where
+        F: Unpin,
+    {
+        use tonic::transport::channel::Change as TonicChange;
+        self.forward(tx, |c| match c {
+            TowerChange::Insert(k, s) => TonicChange::Insert(k, s),
+            TowerChange::Remove(k) => TonicChange::Remove(k),
+        })
+        .await
     }
 }
 
