@@ -135,3 +135,88 @@ async fn feeds_tower_p2c_balance() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Serves `status` with the body `name` on a free loopback port.
+async fn serve(name: &'static str, status: u16) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let code = axum::http::StatusCode::from_u16(status).expect("status");
+    let app = axum::Router::new().route(
+        "/who",
+        axum::routing::get(move || async move { (code, name) }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+#[tokio::test]
+async fn http_router_calls_by_name_and_ejects_failing_instances() {
+    use crate::health::OutlierConfig;
+    use crate::routing::{Geo, Smart, Version};
+
+    let memory = Arc::new(Memory::new());
+    let good = serve("good", 200).await;
+    let bad = serve("bad", 503).await;
+    let canary = serve("canary", 200).await;
+    for (port, version) in [(good, "v1"), (bad, "v1"), (canary, "v2")] {
+        memory
+            .register(&inst(port).with_version(version).with_id(format!("i{port}")))
+            .await
+            .expect("register");
+    }
+    let client = DiscoveryClient::new(memory);
+    let outliers = OutlierConfig {
+        consecutive_failures: 2,
+        max_ejection_percent: 50,
+        ..OutlierConfig::default()
+    };
+    let router = HttpRouter::new(client, reqwest::Client::new(), outliers, || {
+        Smart::new(Version::new("v1"), Geo::disabled(), || {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            move |l: &[Instance], _: Option<&[u8]>| {
+                Some(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % l.len())
+            }
+        })
+    });
+    let mut bodies = Vec::new();
+    for _ in 0..10 {
+        let r = router
+            .get("http://echo/who", &::http::HeaderMap::new())
+            .await
+            .expect("call");
+        bodies.push(r.text().await.expect("body"));
+    }
+    let bad_calls = bodies.iter().filter(|b| *b == "bad").count();
+    assert_eq!(
+        bad_calls, 2,
+        "ejected after two failures in a row: {bodies:?}"
+    );
+    assert!(bodies.iter().all(|b| b != "canary"), "v1 by default");
+    assert!(
+        router
+            .outliers("echo")
+            .expect("detector")
+            .is_ejected(&format!("i{bad}"))
+    );
+    // The version header routes to the canary.
+    let mut h = ::http::HeaderMap::new();
+    h.insert("x-service-version", "v2".parse().expect("header"));
+    let r = router.get("http://echo/who", &h).await.expect("call");
+    assert_eq!(r.text().await.expect("body"), "canary");
+    // Not a service URL; an unknown service.
+    assert!(matches!(
+        router.get("not a url", &::http::HeaderMap::new()).await,
+        Err(HttpError::Url(_))
+    ));
+    let resolved = router
+        .resolve("http://echo/who?x=1", &crate::routing::Route::new())
+        .await
+        .expect("resolve");
+    assert_eq!(resolved.url.path(), "/who");
+    assert_eq!(resolved.url.query(), Some("x=1"));
+    assert_eq!(resolved.url.host_str(), Some("127.0.0.1"));
+}

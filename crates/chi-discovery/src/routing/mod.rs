@@ -27,7 +27,7 @@ mod smart;
 mod version;
 
 pub use geo::{Geo, GeoStep, Place};
-pub use smart::{Decision, Routed, Smart, Stage, Subset};
+pub use smart::{Decision, Routed, Smart, Stage, Subset, Usable};
 pub use version::{Version, VersionStep};
 
 use crate::instance::Instance;

@@ -24,10 +24,17 @@ use crate::config::RoutingConfig;
 use crate::discovery::Snapshot;
 use crate::instance::Instance;
 
+/// A per-pick predicate: which instances of a leaf may be picked now.
+pub type Usable<'a> = dyn Fn(&Instance) -> bool + Sync + 'a;
+
+fn any_instance(_: &Instance) -> bool {
+    true
+}
+
 /// The last stage of [`Smart`]: picks one instance from a leaf's list.
 ///
-/// Implemented for [`balance::Balancer`](crate::balance::Balancer) and for closures
-/// `Fn(&[Instance], Option<&[u8]>) -> Option<usize>` (strategy name `custom`).
+/// Implemented for closures `Fn(&[Instance], Option<&[u8]>) -> Option<usize>` (strategy name
+/// `custom`; a pick that `usable` rejects is asked again, at most once per instance).
 pub trait Stage: Send + Sync + 'static {
     /// What a pick holds while the request runs (an in-flight guard), `()` for none.
     type Guard: Send + 'static;
@@ -35,12 +42,15 @@ pub trait Stage: Send + Sync + 'static {
     /// The strategy name, for metrics.
     fn strategy(&self) -> &'static str;
 
-    /// Picks an index into `instances`. `revision` changes exactly when `instances` does.
+    /// Picks an index into `instances` among those `usable` accepts (e.g. not ejected by an
+    /// [`OutlierDetector`](crate::health::OutlierDetector)). `revision` changes exactly when
+    /// `instances` does.
     fn pick(
         &self,
         instances: &[Instance],
         revision: u64,
         key: Option<&[u8]>,
+        usable: &Usable<'_>,
     ) -> Option<(usize, Self::Guard)>;
 }
 
@@ -59,9 +69,12 @@ where
         instances: &[Instance],
         _revision: u64,
         key: Option<&[u8]>,
+        usable: &Usable<'_>,
     ) -> Option<(usize, ())> {
-        self(instances, key)
-            .filter(|i| *i < instances.len())
+        // Ask again (at most once per instance) while the pick is not usable.
+        (0..instances.len().max(1))
+            .map_while(|_| self(instances, key))
+            .find(|i| instances.get(*i).is_some_and(usable))
             .map(|i| (i, ()))
     }
 }
@@ -466,11 +479,29 @@ impl<B: Stage> Smart<B> {
     /// Routes and picks: the instance to call, with the decision. `None` for an empty snapshot
     /// or when the balancer finds nothing to pick.
     pub fn pick(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Routed<B>> {
+        self.pick_usable(snapshot, route, &any_instance)
+    }
+
+    /// [`pick`](Self::pick), skipping instances `usable` rejects (typically those an
+    /// [`OutlierDetector`](crate::health::OutlierDetector) ejected). When it rejects the whole
+    /// subset, the pick ignores it rather than fail (the detector's `max_ejection_percent` is
+    /// what bounds ejections; the router does not turn them into an empty answer).
+    pub fn pick_usable(
+        &self,
+        snapshot: &Snapshot,
+        route: &Route<'_>,
+        usable: &Usable<'_>,
+    ) -> Option<Routed<B>> {
         let subset = self.route(snapshot, route)?;
         let leaf = subset.leaf();
-        let (index, guard) =
-            leaf.balancer
-                .pick(&leaf.instances, subset.plan.revision, route.key)?;
+        let revision = subset.plan.revision;
+        let (index, guard) = leaf
+            .balancer
+            .pick(&leaf.instances, revision, route.key, usable)
+            .or_else(|| {
+                leaf.balancer
+                    .pick(&leaf.instances, revision, route.key, &any_instance)
+            })?;
         Some(Routed {
             subset,
             index,

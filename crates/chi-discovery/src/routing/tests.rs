@@ -528,3 +528,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pick_usable_skips_rejected_instances_but_never_fails_for_it() {
+    let snap = Snapshot::new(fleet(), 1);
+    let router = smart(&config());
+    let route = Route::new().version("v1").region("us-east-1");
+    for _ in 0..20 {
+        let p = router
+            .pick_usable(&snap, &route, &|i: &Instance| i.id != "a")
+            .expect("pick");
+        assert_eq!(p.instance().id, "b");
+    }
+    // Everything rejected: still a pick from the subset.
+    let p = router
+        .pick_usable(&snap, &route, &|_: &Instance| false)
+        .expect("pick");
+    assert!(["a", "b"].contains(&p.instance().id.as_str()));
+}
