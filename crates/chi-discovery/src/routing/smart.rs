@@ -11,7 +11,8 @@
 //! Fallbacks never return nothing while the service has a usable instance: each stage widens
 //! instead (see [`VersionStep`] and [`GeoStep`]). When *no* instance is usable, every instance is
 //! routed over ([`Decision::panic`]), as Envoy's panic mode does when all hosts are unhealthy:
-//! some requests may still succeed, none would without.
+//! some requests may still succeed, none would without. The version and geo rules still apply
+//! within that set.
 
 use std::sync::{Arc, Mutex};
 
@@ -147,7 +148,7 @@ impl<B> Plan<B> {
             balancers: FxHashMap::default(),
         };
         plan.any = plan.group(None, &base, geo, previous, make);
-        if version.is_enabled() && !panic {
+        if version.is_enabled() {
             let mut by_version: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
             for i in &base {
                 if !i.version.is_empty() {
@@ -247,11 +248,6 @@ impl<B> Plan<B> {
     #[inline]
     fn route(&self, version: &Version, geo: &Geo, route: &Route<'_>) -> (usize, Decision) {
         let (group, vstep) = version.choose(route.version, route.key, |v| self.versions.get(v));
-        let vstep = if self.panic && version.is_enabled() {
-            VersionStep::ToAnyVersion
-        } else {
-            vstep
-        };
         let group = group.unwrap_or(&self.any);
         let (target, gstep) = geo.choose(
             geo.client(route),

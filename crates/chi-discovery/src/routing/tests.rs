@@ -379,8 +379,13 @@ fn smart_panics_over_all_when_none_is_usable() {
         .expect("panic routes anyway");
     assert!(sub.decision().panic);
     assert!(sub.decision().fell_back());
-    assert_eq!(sub.decision().version, VersionStep::ToAnyVersion);
-    assert_eq!(ids_of(sub.instances()), ["d"], "geo still applies in panic");
+    assert_eq!(sub.decision().version, VersionStep::Requested);
+    assert_eq!(sub.decision().geo, GeoStep::ToNeighbour);
+    assert_eq!(
+        ids_of(sub.instances()),
+        ["c"],
+        "version and geo still apply in panic"
+    );
     assert!(
         router
             .route(&Snapshot::new(vec![], 8), &Route::new())
