@@ -84,7 +84,9 @@ fn show<B: Stage>(router: &Smart<B>, snapshot: &Snapshot) {
                     "{shown:<52} version={:<14} geo={:<14} {} -> {:<10} from {subset:?}",
                     d.version.as_str(),
                     d.geo.as_str(),
-                    if d.fell_back() {
+                    if d.panic {
+                        "PANIC   "
+                    } else if d.fell_back() {
                         "FALLBACK"
                     } else {
                         "        "
