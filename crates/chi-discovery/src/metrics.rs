@@ -16,7 +16,7 @@
 //! | `chi_watch_events_total` | counter | `service`, `kind` (`reset`/`add`/`remove`/`update`) | [`Metrics::record_watch`] |
 //! | `chi_watch_errors_total` | counter | `service` | [`Metrics::record_watch`] |
 //! | `chi_health_check_transitions_total` | counter | `service`, `to` | [`HealthChecker::subscribe`], via [`Metrics::follow_health`] |
-//! | `chi_registration_registered` | gauge (0/1) | `service`, `instance`, `backend` | [`ServiceManager::status`], read at scrape |
+//! | `chi_registration_registered` | gauge (0/1) | `service`, `instance`, `backend` | [`ServiceManager::status`](crate::ServiceManager::status), read at scrape |
 //! | `chi_registration_failures` | gauge | `service`, `instance`, `backend` | same |
 //! | `chi_registration_reregistrations_total` | counter | `service`, `instance`, `backend` | same |
 //!
