@@ -16,7 +16,7 @@
 //! 4. any region at all, including instances with no region ([`GeoStep::ToAnyRegion`]). The spec
 //!    falls back to "all other regions" at once; chi keeps that only as the last resort.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::{REGION_META, Route, ZONE_META};
 use crate::config::RoutingConfig;
@@ -81,16 +81,17 @@ pub(crate) enum Target<T> {
     Any,
 }
 
-/// Geo routing; see the module docs.
+/// Geo routing; see the module docs. Its maps are keyed by names from the config (FxHash: no
+/// untrusted keys are stored, and lookups sit on the per-request path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Geo {
     enabled: bool,
     /// Configured regions, in file order.
     regions: Vec<String>,
     /// zone -> region, from the topology.
-    zone_region: HashMap<String, String>,
+    zone_region: FxHashMap<String, String>,
     /// region -> neighbour regions, in preference order.
-    neighbours: HashMap<String, Vec<String>>,
+    neighbours: FxHashMap<String, Vec<String>>,
 }
 
 impl Geo {
@@ -101,7 +102,7 @@ impl Geo {
         Z: Into<String>,
     {
         let mut order = Vec::new();
-        let mut zone_region = HashMap::new();
+        let mut zone_region = FxHashMap::default();
         for (region, zones) in regions {
             let region = region.into();
             for z in zones {

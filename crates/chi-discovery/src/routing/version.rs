@@ -158,7 +158,10 @@ impl Version {
                 None => fell_back = true,
             },
             None => {
-                if let Some(v) = self.split_version(roll(key)) {
+                if let Some(v) = (self.total > 0)
+                    .then(|| self.split_version(roll(key)))
+                    .flatten()
+                {
                     match lookup(v) {
                         Some(t) => return (Some(t), VersionStep::Canary),
                         None => fell_back = true,
