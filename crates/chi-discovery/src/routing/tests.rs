@@ -551,3 +551,22 @@ fn pick_usable_skips_rejected_instances_but_never_fails_for_it() {
         .expect("pick");
     assert!(["a", "b"].contains(&p.instance().id.as_str()));
 }
+
+#[test]
+fn the_spec_config_file_drives_the_router() {
+    let text = include_str!("../../../../examples/chi-config.yaml");
+    let config = crate::config::Config::from_yaml(text).expect("the spec's config parses");
+    let router = smart(&config.routing);
+    assert_eq!(router.version_rules().default_version(), "v1");
+    assert_eq!(router.geo_rules().neighbours("us-west-2"), ["us-east-1"]);
+    assert_eq!(
+        router.geo_rules().region_of_zone("us-east-1c"),
+        Some("us-east-1")
+    );
+    let snap = Snapshot::new(fleet(), 1);
+    let sub = router
+        .route(&snap, &Route::new().zone("us-west-2b"))
+        .expect("route");
+    assert_eq!(ids_of(sub.instances()), ["d"]);
+    assert_eq!(sub.decision().geo, GeoStep::ZoneToRegion);
+}
