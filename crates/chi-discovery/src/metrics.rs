@@ -9,7 +9,7 @@
 //! | `service_discovery_requests_total` | counter | `service`, `status` (`success`/`error`) | [`DiscoveryClient::on_request`] |
 //! | `service_discovery_request_duration_seconds` | histogram | `service` | [`DiscoveryClient::on_request`] |
 //! | `load_balancer_selections_total` | counter | `service`, `instance`, `strategy` | [`Metrics::record_selection`] |
-//! | `chi_routing_decisions_total` | counter | `service`, `version`, `geo`, `panic` | [`Metrics::record_route`] |
+//! | `chi_routing_decisions_total` | counter | `service`, `version`, `geo`, `panic` | [`Metrics::record_route`] (or [`Metrics::record_routed`], which also records the selection) |
 //! | `chi_discovery_cache_{hits,misses,stale_serves,refreshes,refresh_errors,evictions}_total` | counter | | [`DiscoveryClient::cache_stats`], read at scrape |
 //! | `chi_discovery_cache_size` | gauge | | same |
 //! | `chi_discovery_instances` | gauge | `service`, `health` | the cached snapshots, read at scrape |
@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::health::{HealthChecker, Transition};
 use crate::manager::RegistrationStatus;
 use crate::registry::Change;
-use crate::routing::Decision;
+use crate::routing::{Decision, Routed, Stage};
 
 /// A label set: `(name, value)` pairs, so a label can be left out entirely.
 type Labels = Vec<(&'static str, String)>;
@@ -193,6 +193,13 @@ impl Metrics {
         labels.push(("geo", decision.geo.as_str().to_owned()));
         labels.push(("panic", decision.panic.to_string()));
         self.inner.routes.get_or_create(&labels).inc();
+    }
+
+    /// Records a smart-router pick: its decision ([`Metrics::record_route`]) and the selection
+    /// ([`Metrics::record_selection`]) with the balancer's strategy.
+    pub fn record_routed<B: Stage>(&self, service_name: &str, routed: &Routed<B>) {
+        self.record_route(service_name, &routed.decision());
+        self.record_selection(service_name, &routed.instance().id, routed.strategy());
     }
 
     /// Records one item of a [`Watcher`](crate::Watcher): an event by kind, or an error.
@@ -649,6 +656,42 @@ mod tests {
             value(&s, "chi_health_check_transitions_total", &t),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn a_routed_pick_records_decision_and_selection() {
+        use crate::routing::{Geo, Route, Smart, Version};
+        let snap = crate::discovery::Snapshot::new(
+            vec![
+                Instance::new("svc", "h", 1)
+                    .with_id("only")
+                    .with_version("v1"),
+            ],
+            1,
+        );
+        let smart = Smart::new(Version::new("v1"), Geo::disabled(), || {
+            |_: &[Instance], _: Option<&[u8]>| Some(0)
+        });
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry, MetricsConfig::default());
+        let routed = smart
+            .pick(&snap, &Route::new().version("v7"))
+            .expect("pick");
+        m.record_routed("svc", &routed);
+        let s = scrape(&registry);
+        let sel = [
+            ("service", "svc"),
+            ("instance", "only"),
+            ("strategy", "custom"),
+        ];
+        assert_eq!(value(&s, "load_balancer_selections_total", &sel), Some(1.0));
+        let route = [
+            ("service", "svc"),
+            ("version", "to_default"),
+            ("geo", "disabled"),
+            ("panic", "false"),
+        ];
+        assert_eq!(value(&s, "chi_routing_decisions_total", &route), Some(1.0));
     }
 
     #[tokio::test]
