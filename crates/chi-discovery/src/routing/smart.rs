@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap;
 
 use super::geo::Target;
 use super::{Geo, GeoStep, Route, Version, VersionStep};
+use crate::balance::{Balancer, BalancerConfig, InFlight, Request};
 use crate::config::RoutingConfig;
 use crate::discovery::Snapshot;
 use crate::instance::Instance;
@@ -77,6 +78,30 @@ where
             .map_while(|_| self(instances, key))
             .find(|i| instances.get(*i).is_some_and(usable))
             .map(|i| (i, ()))
+    }
+}
+
+/// The real balancers: the leaf's list is picked with the strategy's table for that leaf (built
+/// once per revision, as [`Balancer`] does for a whole service); the guard is the in-flight count
+/// of load-aware strategies.
+impl Stage for Balancer {
+    type Guard = Option<InFlight>;
+
+    fn strategy(&self) -> &'static str {
+        Balancer::strategy(self).as_str()
+    }
+
+    #[inline]
+    fn pick(
+        &self,
+        instances: &[Instance],
+        revision: u64,
+        key: Option<&[u8]>,
+        usable: &Usable<'_>,
+    ) -> Option<(usize, Option<InFlight>)> {
+        let request = Request { key, usable };
+        let mut pick = self.pick_in(instances, revision, &request)?;
+        Some((pick.index(), pick.take_in_flight()))
     }
 }
 
@@ -269,8 +294,9 @@ impl<B> Plan<B> {
     }
 }
 
-/// Version -> geo -> balancer for one service; see the module docs.
-pub struct Smart<B: Stage> {
+/// Version -> geo -> balancer for one service; see the module docs. `B` is the balancer of each
+/// leaf, chi's [`Balancer`] by default.
+pub struct Smart<B: Stage = Balancer> {
     version: Version,
     geo: Geo,
     make: Box<dyn Fn() -> B + Send + Sync>,
@@ -291,7 +317,7 @@ impl<B: Stage> std::fmt::Debug for Smart<B> {
 }
 
 /// The set a route selects, before the balancer picks.
-pub struct Subset<B: Stage> {
+pub struct Subset<B: Stage = Balancer> {
     plan: Arc<Plan<B>>,
     leaf: usize,
     decision: Decision,
@@ -339,7 +365,7 @@ impl<B: Stage> Subset<B> {
 
 /// A picked instance with the route that led to it. Holds the balancer's in-flight guard (if
 /// any) until dropped.
-pub struct Routed<B: Stage> {
+pub struct Routed<B: Stage = Balancer> {
     subset: Subset<B>,
     index: usize,
     guard: B::Guard,
@@ -383,6 +409,22 @@ impl<B: Stage> Routed<B> {
     /// Takes the guard out, e.g. into a response future.
     pub fn into_guard(self) -> B::Guard {
         self.guard
+    }
+}
+
+impl Smart<Balancer> {
+    /// A router from the `routing` config block with a [`Balancer`] of `balancer`'s settings per
+    /// leaf (one table per leaf, e.g. one round-robin position per zone). The settings are
+    /// validated once, here.
+    pub fn with_balancer(
+        config: &RoutingConfig,
+        balancer: BalancerConfig,
+    ) -> std::result::Result<Self, String> {
+        balancer.validate()?;
+        Ok(Self::from_config(config, move || {
+            let strategy = balancer.strategy;
+            Balancer::with_config(balancer.clone()).unwrap_or_else(|_| Balancer::new(strategy))
+        }))
     }
 }
 

@@ -4,6 +4,7 @@ use indexmap::IndexMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::balance::{Balancer, BalancerConfig, Strategy as Algo};
 use crate::config::RoutingConfig;
 use crate::discovery::Snapshot;
 use crate::instance::HealthStatus::{self, Healthy, Unhealthy, Unknown};
@@ -492,7 +493,8 @@ fn arb_route() -> impl Strategy<Value = (Option<String>, Option<String>, Option<
 
 proptest! {
     /// With any usable instance, the smart router's set is non-empty, all usable, and its pick
-    /// is in it; with none usable but some instances, it still routes (panic).
+    /// (by any of chi's balancers) is in it; with none usable but some instances, it still
+    /// routes (panic).
     #[test]
     fn smart_never_returns_an_empty_set(
         list in proptest::collection::vec(arb_instance(), 0..12),
@@ -500,6 +502,7 @@ proptest! {
         version_on in any::<bool>(),
         geo_on in any::<bool>(),
         split in any::<bool>(),
+        strategy in proptest::sample::select(Algo::ALL.to_vec()),
     ) {
         let list: Vec<Instance> = list
             .into_iter()
@@ -513,7 +516,7 @@ proptest! {
         if split {
             version_rules = version_rules.with_split([("v2", 1), ("v3", 1)]);
         }
-        let router = Smart::new(version_rules, Geo::from_config(&cfg), || Box::new(round_robin()) as Rr);
+let router = Smart::new(version_rules, Geo::from_config(&cfg), move || Balancer::new(strategy));
         let snap = Snapshot::new(list.clone(), 1);
         let route = Route { version: version.as_deref(), region: region.as_deref(), zone: zone.as_deref(), key: None };
         let any_usable = list.iter().any(|i| i.health.is_usable());
@@ -569,4 +572,48 @@ fn the_spec_config_file_drives_the_router() {
         .expect("route");
     assert_eq!(ids_of(sub.instances()), ["d"]);
     assert_eq!(sub.decision().geo, GeoStep::ZoneToRegion);
+}
+
+#[test]
+fn real_balancers_pick_within_the_leaf() {
+    let snap = Snapshot::new(fleet(), 1);
+    let router = Smart::with_balancer(&config(), BalancerConfig::new(Algo::RoundRobin))
+        .expect("valid settings");
+    let route = Route::new().version("v1").region("us-east-1");
+    let seq: Vec<String> = (0..4)
+        .map(|_| {
+            router
+                .pick(&snap, &route)
+                .expect("pick")
+                .instance()
+                .id
+                .clone()
+        })
+        .collect();
+    assert_eq!(seq[0..2], seq[2..4], "round robin over the leaf a, b");
+    let mut two = seq[0..2].to_vec();
+    two.sort();
+    assert_eq!(two, ["a", "b"]);
+    let p = router.pick(&snap, &route).expect("pick");
+    assert_eq!(p.strategy(), "round_robin");
+
+    // Least connections: the guard counts in flight, and a held pick steers the next one.
+    let lc = Smart::with_balancer(&config(), BalancerConfig::new(Algo::LeastConnections))
+        .expect("valid settings");
+    let first = lc.pick(&snap, &route).expect("pick");
+    assert!(
+        first.guard().is_some(),
+        "load-aware strategies hold an in-flight guard"
+    );
+    let second = lc.pick(&snap, &route).expect("pick");
+    assert_ne!(first.instance().id, second.instance().id);
+
+    // Consistent hash: one key, one instance.
+    let ch = Smart::with_balancer(&config(), BalancerConfig::new(Algo::ConsistentHash))
+        .expect("valid settings");
+    let keyed = route.key(b"user-42");
+    let id = ch.pick(&snap, &keyed).expect("pick").instance().id.clone();
+    for _ in 0..20 {
+        assert_eq!(ch.pick(&snap, &keyed).expect("pick").instance().id, id);
+    }
 }
