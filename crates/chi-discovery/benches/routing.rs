@@ -1,8 +1,9 @@
 //! Smart-router pick (version -> geo -> balancer) at 1,000 instances beside the bare balancer pick
 //! over the whole list, measured in the same run: the goal is within 3x of the bare pick.
 //!
-//! Also: an `AtomicUsize::fetch_add` floor, a fallback route (unknown version, region outside the
-//! topology: two fallbacks), and routing read from an `http::HeaderMap`.
+//! Also: an `AtomicUsize::fetch_add` floor, the routing alone (no pick), a fallback route (unknown
+//! version, region outside the topology: two fallbacks), and routing read from an
+//! `http::HeaderMap`.
 //!
 //! `cargo bench -p chi-discovery --bench routing`
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chi_discovery::balance::{Balancer, Strategy};
+use chi_discovery::balance::{Balancer, BalancerConfig, Strategy};
 use chi_discovery::config::RoutingConfig;
 use chi_discovery::registry::{Memory, Registry};
 use chi_discovery::routing::{Route, Smart};
@@ -103,7 +104,8 @@ fn picks(c: &mut Criterion) {
                 black_box(p.index())
             })
         });
-        let smart = Smart::from_config(&config(), move || Balancer::new(strategy));
+        let smart =
+            Smart::with_balancer(&config(), BalancerConfig::new(strategy)).expect("valid settings");
         let route = Route::new().version("v1").zone("us-east-1a");
         group.bench_with_input(BenchmarkId::new(format!("smart/{name}"), n), &n, |b, _| {
             b.iter(|| {
@@ -114,6 +116,18 @@ fn picks(c: &mut Criterion) {
             })
         });
         if strategy == Strategy::RoundRobin {
+            group.bench_with_input(
+                BenchmarkId::new(format!("route_only/{name}"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        let s = smart
+                            .route(black_box(&snap), black_box(&route))
+                            .expect("route");
+                        black_box(s.decision())
+                    })
+                },
+            );
             let fallback = Route::new().version("v9").region("ap-south-1");
             group.bench_with_input(
                 BenchmarkId::new(format!("smart_fallback/{name}"), n),

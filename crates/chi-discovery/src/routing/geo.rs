@@ -172,6 +172,7 @@ impl Geo {
     }
 
     /// The region the topology puts `zone` in.
+    #[inline]
     pub fn region_of_zone(&self, zone: &str) -> Option<&str> {
         self.zone_region.get(zone).map(String::as_str)
     }
@@ -187,6 +188,7 @@ impl Geo {
     }
 
     /// Where the client of `route` is, a missing region taken from the zone.
+    #[inline]
     pub fn client<'a>(&'a self, route: &Route<'a>) -> Place<'a> {
         let region = route
             .region
@@ -199,21 +201,26 @@ impl Geo {
 
     /// Applies the rules with lookups telling what a zone and a region have (`None`: no usable
     /// instance there). Returns the chosen lookup result (or [`Target::Any`]) and the rule.
+    ///
+    /// The client's place is the route's; a missing region is taken from the zone only when the
+    /// zone itself has nothing (one lookup less on the common path).
+    #[inline]
     pub(crate) fn choose<T>(
         &self,
-        client: Place<'_>,
+        route: &Route<'_>,
         zone: impl Fn(&str) -> Option<T>,
         region: impl Fn(&str) -> Option<T>,
     ) -> (Target<T>, GeoStep) {
         if !self.enabled {
             return (Target::Any, GeoStep::Disabled);
         }
-        if client.region.is_none() && client.zone.is_none() {
+        if route.region.is_none() && route.zone.is_none() {
             return (Target::Any, GeoStep::Unlocated);
         }
-        if let Some(t) = client.zone.and_then(&zone) {
+        if let Some(t) = route.zone.and_then(&zone) {
             return (Target::Place(t), GeoStep::SameZone);
         }
+        let client = self.client(route);
         if let Some(r) = client.region {
             if let Some(t) = region(r) {
                 let step = if client.zone.is_some() {
@@ -250,7 +257,7 @@ impl Geo {
             (!kept.is_empty()).then_some(kept)
         };
         let (target, step) = self.choose(
-            self.client(route),
+            route,
             |z| pick(&|p| p.zone == Some(z)),
             |r| pick(&|p| p.region == Some(r)),
         );

@@ -111,9 +111,18 @@ fn non_empty(v: &str) -> Option<&str> {
 
 impl Headers for http::HeaderMap {
     fn header(&self, name: &str) -> Option<&str> {
-        self.get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(non_empty)
+        // The routing headers as prebuilt names: parsing a `&str` into a header name on every
+        // lookup is most of the cost of reading three headers.
+        static VERSION: http::HeaderName = http::HeaderName::from_static(VERSION_HEADER);
+        static REGION: http::HeaderName = http::HeaderName::from_static(REGION_HEADER);
+        static ZONE: http::HeaderName = http::HeaderName::from_static(ZONE_HEADER);
+        let value = match name {
+            VERSION_HEADER => self.get(&VERSION),
+            REGION_HEADER => self.get(&REGION),
+            ZONE_HEADER => self.get(&ZONE),
+            other => self.get(other),
+        };
+        value.and_then(|v| v.to_str().ok()).and_then(non_empty)
     }
 }
 

@@ -16,7 +16,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap;
 
 use super::geo::Target;
@@ -105,6 +105,9 @@ impl Stage for Balancer {
     }
 }
 
+/// Builds a leaf's stage from the previous plan's stage of the same leaf.
+type MakeLeaf<B> = dyn Fn(Option<&Arc<B>>) -> Arc<B> + Send + Sync;
+
 /// Which rules decided a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Decision {
@@ -139,6 +142,8 @@ struct Leaf<B> {
 }
 
 struct Plan<B> {
+    /// False only for the placeholder a router starts with.
+    built: bool,
     revision: u64,
     panic: bool,
     versions: FxHashMap<Box<str>, Group>,
@@ -149,13 +154,25 @@ struct Plan<B> {
 }
 
 impl<B> Plan<B> {
+    fn placeholder() -> Self {
+        Plan {
+            built: false,
+            revision: 0,
+            panic: false,
+            versions: FxHashMap::default(),
+            any: Group::default(),
+            leaves: Vec::new(),
+            balancers: FxHashMap::default(),
+        }
+    }
+
     fn build(
         instances: &[Instance],
         revision: u64,
         version: &Version,
         geo: &Geo,
         previous: Option<&Plan<B>>,
-        make: &(dyn Fn() -> B + Send + Sync),
+        make: &MakeLeaf<B>,
     ) -> Self {
         let usable: Vec<&Instance> = instances.iter().filter(|i| i.health.is_usable()).collect();
         let panic = usable.is_empty() && !instances.is_empty();
@@ -165,6 +182,7 @@ impl<B> Plan<B> {
             usable
         };
         let mut plan = Plan {
+            built: true,
             revision,
             panic,
             versions: FxHashMap::default(),
@@ -202,7 +220,7 @@ impl<B> Plan<B> {
         members: &[&Instance],
         geo: &Geo,
         previous: Option<&Plan<B>>,
-        make: &(dyn Fn() -> B + Send + Sync),
+        make: &MakeLeaf<B>,
     ) -> Group {
         let v = version.unwrap_or("*");
         let mut g = Group {
@@ -255,11 +273,9 @@ impl<B> Plan<B> {
         place: Option<&str>,
         members: &[&Instance],
         previous: Option<&Plan<B>>,
-        make: &(dyn Fn() -> B + Send + Sync),
+        make: &MakeLeaf<B>,
     ) -> usize {
-        let balancer = previous
-            .and_then(|p| p.balancers.get(&key).cloned())
-            .unwrap_or_else(|| Arc::new(make()));
+        let balancer = make(previous.and_then(|p| p.balancers.get(&key)));
         self.balancers.insert(key, balancer.clone());
         self.leaves.push(Leaf {
             instances: members.iter().map(|i| (*i).clone()).collect(),
@@ -275,7 +291,7 @@ impl<B> Plan<B> {
         let (group, vstep) = version.choose(route.version, route.key, |v| self.versions.get(v));
         let group = group.unwrap_or(&self.any);
         let (target, gstep) = geo.choose(
-            geo.client(route),
+            route,
             |z| group.zones.get(z).copied(),
             |r| group.regions.get(r).copied(),
         );
@@ -295,12 +311,13 @@ impl<B> Plan<B> {
 }
 
 /// Version -> geo -> balancer for one service; see the module docs. `B` is the balancer of each
-/// leaf, chi's [`Balancer`] by default.
+/// leaf, chi's [`Balancer`] by default (measured faster as a leaf stage than a selector kept
+/// in the plan: see `benches/routing.rs`).
 pub struct Smart<B: Stage = Balancer> {
     version: Version,
     geo: Geo,
-    make: Box<dyn Fn() -> B + Send + Sync>,
-    plan: ArcSwapOption<Plan<B>>,
+    make: Box<MakeLeaf<B>>,
+    plan: ArcSwap<Plan<B>>,
     rebuild: Mutex<()>,
 }
 
@@ -310,15 +327,16 @@ impl<B: Stage> std::fmt::Debug for Smart<B> {
         f.debug_struct("Smart")
             .field("version", &self.version)
             .field("geo", &self.geo)
-            .field("revision", &plan.as_ref().map(|p| p.revision))
-            .field("leaves", &plan.as_ref().map(|p| p.leaves.len()))
+            .field("revision", &plan.built.then_some(plan.revision))
+            .field("leaves", &plan.leaves.len())
             .finish()
     }
 }
 
 /// The set a route selects, before the balancer picks.
 pub struct Subset<B: Stage = Balancer> {
-    plan: Arc<Plan<B>>,
+    /// An arc-swap guard: holding the plan costs no reference-count write on the fast path.
+    plan: Guard<Arc<Plan<B>>>,
     leaf: usize,
     decision: Decision,
 }
@@ -429,13 +447,25 @@ impl Smart<Balancer> {
 }
 
 impl<B: Stage> Smart<B> {
-    /// A router with `version` and `geo` rules; `make` builds one balancer per leaf.
+    /// A router with `version` and `geo` rules; `make` builds one balancer per leaf, kept for
+    /// that leaf across snapshot revisions (so it must follow list changes itself, by the
+    /// revision [`Stage::pick`] is given, as [`Balancer`] does, carrying load counters over).
     pub fn new(version: Version, geo: Geo, make: impl Fn() -> B + Send + Sync + 'static) -> Self {
+        Self::with_leaves(version, geo, move |previous: Option<&Arc<B>>| {
+            previous.cloned().unwrap_or_else(|| Arc::new(make()))
+        })
+    }
+
+    fn with_leaves(
+        version: Version,
+        geo: Geo,
+        make: impl Fn(Option<&Arc<B>>) -> Arc<B> + Send + Sync + 'static,
+    ) -> Self {
         Smart {
             version,
             geo,
             make: Box::new(make),
-            plan: ArcSwapOption::const_empty(),
+            plan: ArcSwap::from_pointee(Plan::placeholder()),
             rebuild: Mutex::new(()),
         }
     }
@@ -458,39 +488,36 @@ impl<B: Stage> Smart<B> {
         &self.geo
     }
 
-    fn plan(&self, snapshot: &Snapshot) -> Arc<Plan<B>> {
-        if let Some(p) = self.plan.load().as_ref()
-            && p.revision == snapshot.revision()
-        {
-            return p.clone();
+    #[inline]
+    fn plan(&self, snapshot: &Snapshot) -> Guard<Arc<Plan<B>>> {
+        let plan = self.plan.load();
+        if plan.built && plan.revision == snapshot.revision() {
+            return plan;
         }
-        self.rebuild(snapshot)
+        drop(plan);
+        Guard::from_inner(self.rebuild(snapshot))
     }
 
     #[cold]
     fn rebuild(&self, snapshot: &Snapshot) -> Arc<Plan<B>> {
         let _lock = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.plan.load_full();
-        if let Some(p) = &current
-            && p.revision == snapshot.revision()
-        {
-            return p.clone();
+        if current.built && current.revision == snapshot.revision() {
+            return current;
         }
+        let previous = current.built.then_some(&*current);
         let plan = Arc::new(Plan::build(
             snapshot.instances(),
             snapshot.revision(),
             &self.version,
             &self.geo,
-            current.as_deref(),
+            previous,
             &*self.make,
         ));
         // An older snapshot than the current plan's (a race around a swap) gets its own plan
         // without replacing the newer one.
-        if current
-            .as_ref()
-            .is_none_or(|p| p.revision < snapshot.revision())
-        {
-            self.plan.store(Some(plan.clone()));
+        if !current.built || current.revision < snapshot.revision() {
+            self.plan.store(plan.clone());
         }
         tracing::debug!(
             revision = snapshot.revision(),
@@ -501,6 +528,7 @@ impl<B: Stage> Smart<B> {
     }
 
     /// The subset `route` selects from `snapshot`, and why. `None` only for an empty snapshot.
+    #[inline]
     pub fn route(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Subset<B>> {
         if snapshot.is_empty() {
             return None;
@@ -516,6 +544,7 @@ impl<B: Stage> Smart<B> {
 
     /// Routes and picks: the instance to call, with the decision. `None` for an empty snapshot
     /// or when the balancer finds nothing to pick.
+    #[inline]
     pub fn pick(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Routed<B>> {
         self.pick_usable(snapshot, route, &any_instance)
     }
@@ -524,6 +553,7 @@ impl<B: Stage> Smart<B> {
     /// [`OutlierDetector`](crate::health::OutlierDetector) ejected). When it rejects the whole
     /// subset, the pick ignores it rather than fail (the detector's `max_ejection_percent` is
     /// what bounds ejections; the router does not turn them into an empty answer).
+    #[inline]
     pub fn pick_usable(
         &self,
         snapshot: &Snapshot,

@@ -607,6 +607,20 @@ fn real_balancers_pick_within_the_leaf() {
     );
     let second = lc.pick(&snap, &route).expect("pick");
     assert_ne!(first.instance().id, second.instance().id);
+    drop(second);
+    // A new revision carries the in-flight counts over by instance id.
+    let mut changed = fleet();
+    changed.pop();
+    let snap2 = Snapshot::new(changed, 2);
+    for _ in 0..5 {
+        let next = lc.pick(&snap2, &route).expect("pick");
+        assert_eq!(next.subset().revision(), 2);
+        assert_ne!(
+            next.instance().id,
+            first.instance().id,
+            "the held pick still counts"
+        );
+    }
 
     // Consistent hash: one key, one instance.
     let ch = Smart::with_balancer(&config(), BalancerConfig::new(Algo::ConsistentHash))

@@ -142,6 +142,7 @@ impl Version {
     /// Applies the rules with `lookup` telling what a version has (e.g. its precomputed subset;
     /// `None` when no usable instance serves it). Returns what the chosen version's lookup gave
     /// (`None` for "any version") and the rule that decided.
+    #[inline]
     pub fn choose<T>(
         &self,
         requested: Option<&str>,
