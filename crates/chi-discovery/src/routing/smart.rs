@@ -404,6 +404,18 @@ impl<B: Stage> std::fmt::Debug for Routed<B> {
     }
 }
 
+impl Routed<Balancer> {
+    /// Ends the request, feeding `latency` to the instance's peak-EWMA estimate (what
+    /// [`Pick::observe`](crate::balance::Pick::observe) does for a bare balancer pick). Dropping
+    /// a `Routed` ends the request without a sample.
+    pub fn observe(self, latency: std::time::Duration) {
+        if let Some(in_flight) = &self.guard {
+            let ewma = self.subset.leaf().balancer.config().peak_ewma;
+            in_flight.load().observe(latency, &ewma);
+        }
+    }
+}
+
 impl<B: Stage> Routed<B> {
     /// The instance to call.
     pub fn instance(&self) -> &Instance {

@@ -622,6 +622,18 @@ fn real_balancers_pick_within_the_leaf() {
         );
     }
 
+    // Peak EWMA: a slow answer steers the next picks away.
+    let ewma = Smart::with_balancer(&config(), BalancerConfig::new(Algo::PeakEwma))
+        .expect("valid settings");
+    let slow = ewma.pick(&snap, &route).expect("pick");
+    let slow_id = slow.instance().id.clone();
+    slow.observe(std::time::Duration::from_secs(2));
+    for _ in 0..10 {
+        let p = ewma.pick(&snap, &route).expect("pick");
+        assert_ne!(p.instance().id, slow_id);
+        p.observe(std::time::Duration::from_millis(1));
+    }
+
     // Consistent hash: one key, one instance.
     let ch = Smart::with_balancer(&config(), BalancerConfig::new(Algo::ConsistentHash))
         .expect("valid settings");
