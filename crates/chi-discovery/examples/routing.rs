@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use chi_discovery::balance::{BalancerConfig, Strategy};
 use chi_discovery::config::RoutingConfig;
 use chi_discovery::registry::{Memory, Registry};
 use chi_discovery::routing::{Route, Smart, Stage};
@@ -99,15 +100,6 @@ fn show<B: Stage>(router: &Smart<B>, snapshot: &Snapshot) {
     }
 }
 
-/// A round-robin balancer stage (any [`Stage`] fits, e.g. `chi_discovery::balance::Balancer`).
-fn round_robin() -> impl Fn(&[Instance], Option<&[u8]>) -> Option<usize> + Send + Sync + 'static {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    move |list: &[Instance], _key: Option<&[u8]>| {
-        (!list.is_empty())
-            .then(|| next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % list.len())
-    }
-}
-
 #[tokio::main]
 async fn main() -> chi_discovery::Result<()> {
     let registry = Arc::new(Memory::new());
@@ -121,7 +113,12 @@ async fn main() -> chi_discovery::Result<()> {
         registry.register(&i).await?;
     }
     let client = DiscoveryClient::new(registry.clone());
-    let router = Smart::from_config(&config(), round_robin);
+    // The spec's default strategy, one table per routing subset.
+    let router = Smart::with_balancer(&config(), BalancerConfig::new(Strategy::WeightedRoundRobin))
+        .map_err(|message| chi_discovery::Error::Config {
+            field: "load_balancer".into(),
+            message,
+        })?;
 
     println!("== all healthy");
     show(&router, &client.discover(SERVICE).await?);
