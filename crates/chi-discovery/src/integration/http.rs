@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::balance::Balancer;
 use crate::discovery::DiscoveryClient;
 use crate::error::Error;
 use crate::health::{OutlierConfig, OutlierDetector};
@@ -49,7 +50,7 @@ struct PerService<B: Stage> {
 }
 
 /// Calls services by name; see the module docs.
-pub struct HttpRouter<B: Stage> {
+pub struct HttpRouter<B: Stage = Balancer> {
     discovery: DiscoveryClient,
     http: reqwest::Client,
     make: Box<dyn Fn() -> Smart<B> + Send + Sync>,
@@ -67,7 +68,7 @@ impl<B: Stage> std::fmt::Debug for HttpRouter<B> {
 
 /// A resolved call target: the rewritten URL and the routed pick.
 #[derive(Debug)]
-pub struct Resolved<B: Stage> {
+pub struct Resolved<B: Stage = Balancer> {
     /// The URL with the instance's address in place of the service name.
     pub url: reqwest::Url,
     /// The pick (instance, decision, balancer guard).
@@ -89,7 +90,7 @@ impl<B: Stage> Resolved<B> {
 
 impl<B: Stage> HttpRouter<B> {
     /// A router over `discovery`; `make` builds one [`Smart`] router per service (e.g.
-    /// `Smart::from_config(&config.routing, ...)`).
+    /// `move || Smart::from_config(&routing, || Balancer::new(Strategy::P2c))`).
     pub fn new(
         discovery: DiscoveryClient,
         http: reqwest::Client,
