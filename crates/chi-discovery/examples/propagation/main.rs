@@ -36,6 +36,10 @@ fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
 }
 
 /// chi's path: `writer.register` -> `Add` on `reader`'s watch, `n` times, one at a time.
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "consul", feature = "nacos")),
+    allow(dead_code)
+)]
 async fn measure_chi(
     writer: Arc<dyn Registry>,
     reader: Arc<dyn Registry>,
@@ -72,7 +76,10 @@ async fn measure_chi(
     Ok(samples)
 }
 
-#[allow(dead_code)]
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "consul", feature = "nacos")),
+    allow(dead_code)
+)]
 fn report(backend: &str, floor: Vec<Duration>, chi: Vec<Duration>) {
     let (f50, f99) = percentiles(floor);
     let (c50, c99) = percentiles(chi);
@@ -109,6 +116,10 @@ async fn main() {
     println!(
         "|---------|-----------|-----------|-----------|-----------|--------|-----------------|"
     );
+    #[cfg_attr(
+        not(any(feature = "etcd", feature = "consul", feature = "nacos")),
+        allow(unused_mut)
+    )]
     let mut ran = false;
     #[cfg(feature = "etcd")]
     if let Some(addr) = arg("--etcd") {

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
+use crate::balance::{ConsistentHashConfig, Strategy};
 use crate::discovery::CacheConfig;
 use crate::error::{Error, Result};
 use crate::instance::{CheckTarget, HealthCheck, ServiceConfig, validate_name};
@@ -153,7 +154,7 @@ impl Registries {
     }
 
     /// Connects to the enabled backends: one registry, or a
-    /// [`MultiRegistry`](crate::registry::MultiRegistry) over several (in write order).
+    /// [`MultiRegistry`] over several (in write order).
     pub async fn connect(&self) -> Result<Arc<dyn Registry>> {
         let mut members: Vec<Arc<dyn Registry>> = Vec::new();
         if let Some(c) = &self.consul {
@@ -321,46 +322,12 @@ pub struct NacosServer {
 /// `load_balancer`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadBalancerConfig {
-    /// Strategy name, one of [`STRATEGIES`].
-    pub strategy: String,
+    /// The strategy.
+    pub strategy: Strategy,
     /// Skip instances that are not healthy.
     pub health_check_enabled: bool,
     /// Consistent-hash settings.
-    pub consistent_hash: ConsistentHashSettings,
-}
-
-/// The strategy names `load_balancer.strategy` accepts.
-pub const STRATEGIES: &[&str] = &[
-    "round_robin",
-    "random",
-    "weighted_round_robin",
-    "least_connections",
-    "consistent_hash",
-    "ring_hash",
-    "maglev",
-    "p2c",
-    "peak_ewma",
-];
-
-/// `load_balancer.consistent_hash`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ConsistentHashSettings {
-    /// Partitions of the table (271).
-    pub partition_count: usize,
-    /// Virtual nodes per member (20).
-    pub replication_factor: usize,
-    /// Bound on a member's load relative to the mean (1.25).
-    pub load: f64,
-}
-
-impl Default for ConsistentHashSettings {
-    fn default() -> Self {
-        ConsistentHashSettings {
-            partition_count: 271,
-            replication_factor: 20,
-            load: 1.25,
-        }
-    }
+    pub consistent_hash: ConsistentHashConfig,
 }
 
 /// `routing`.
@@ -398,9 +365,9 @@ impl Default for Config {
             cache: CacheConfig::default(),
             retry: RetryPolicy::default(),
             load_balancer: LoadBalancerConfig {
-                strategy: "round_robin".into(),
+                strategy: Strategy::default(),
                 health_check_enabled: true,
-                consistent_hash: ConsistentHashSettings::default(),
+                consistent_hash: ConsistentHashConfig::default(),
             },
             routing: RoutingConfig::default(),
         }
@@ -818,38 +785,32 @@ fn retry(r: raw::Retry, at: &Field) -> Result<RetryPolicy> {
 }
 
 fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBalancerConfig> {
-    let strategy = l.strategy.unwrap_or_else(|| "round_robin".into());
-    if !STRATEGIES.contains(&strategy.as_str()) {
-        return Err(at.join("strategy").err(format!(
-            "unknown strategy {strategy:?}, expected one of {}",
-            STRATEGIES.join(", ")
-        )));
-    }
+    let strategy = match l.strategy {
+        None => Strategy::default(),
+        Some(name) => name.parse::<Strategy>().map_err(|expected| {
+            at.join("strategy")
+                .err(format!("unknown strategy {name:?}: {expected}"))
+        })?,
+    };
     let ch = l.consistent_hash.unwrap_or_default();
     let cp = at.join("consistent_hash");
-    let d = ConsistentHashSettings::default();
-    let partition_count = ch.partition_count.unwrap_or(d.partition_count);
-    if partition_count == 0 {
-        return Err(cp.join("partition_count").err("must be at least 1, got 0"));
-    }
-    let replication_factor = ch.replication_factor.unwrap_or(d.replication_factor);
-    if replication_factor == 0 {
-        return Err(cp
-            .join("replication_factor")
-            .err("must be at least 1, got 0"));
-    }
-    let load = ch.load.unwrap_or(d.load);
-    if !(load.is_finite() && load > 1.0) {
-        return Err(cp.join("load").err(format!("must be > 1.0, got {load}")));
-    }
+    let d = ConsistentHashConfig::default();
+    let consistent_hash = ConsistentHashConfig {
+        partition_count: ch.partition_count.unwrap_or(d.partition_count),
+        replication_factor: ch.replication_factor.unwrap_or(d.replication_factor),
+        load: ch.load.unwrap_or(d.load),
+    };
+    // One set of rules, the balancer's: its messages start with the field's name.
+    consistent_hash
+        .validate()
+        .map_err(|m| match m.split_once(": ") {
+            Some((field, message)) => cp.join(field).err(message),
+            None => cp.err(m),
+        })?;
     Ok(LoadBalancerConfig {
         strategy,
         health_check_enabled: l.health_check_enabled.unwrap_or(true),
-        consistent_hash: ConsistentHashSettings {
-            partition_count,
-            replication_factor,
-            load,
-        },
+        consistent_hash,
     })
 }
 
@@ -991,7 +952,10 @@ pub fn describe(config: &Config) -> Vec<(String, String)> {
         r.multiplier.to_string(),
     );
     let l = &config.load_balancer;
-    out.insert(format!("{sd}.load_balancer.strategy"), l.strategy.clone());
+    out.insert(
+        format!("{sd}.load_balancer.strategy"),
+        l.strategy.as_str().to_owned(),
+    );
     out.insert(
         format!("{sd}.load_balancer.health_check_enabled"),
         l.health_check_enabled.to_string(),

@@ -63,10 +63,10 @@ fn spec_file_loads_as_written() {
     assert_eq!(c.retry.max_attempts, 3);
     assert_eq!(c.retry.max_interval, Duration::from_secs(10));
     assert_eq!(c.retry.multiplier, 2.0);
-    assert_eq!(c.load_balancer.strategy, "weighted_round_robin");
+    assert_eq!(c.load_balancer.strategy, Strategy::WeightedRoundRobin);
     assert_eq!(
         c.load_balancer.consistent_hash,
-        ConsistentHashSettings::default()
+        ConsistentHashConfig::default()
     );
     assert!(c.routing.enable_version_routing && c.routing.enable_geo_routing);
     assert_eq!(c.routing.default_version, "v1");
@@ -238,7 +238,7 @@ fn zero_partitions() {
     assert_err(
         &spec_with("partition_count: 271", "partition_count: 0"),
         "service_discovery.load_balancer.consistent_hash.partition_count",
-        &["at least 1", "got 0"],
+        &["between 1 and", "got 0"],
     );
 }
 

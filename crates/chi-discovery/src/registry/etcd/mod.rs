@@ -32,7 +32,7 @@
 //!
 //! # Watches
 //!
-//! A watch is a prefix `get` (the first [`Change::Reset`]) followed by a prefix watch that starts
+//! A watch is a prefix `get` (the first [`Change::Reset`](crate::Change::Reset)) followed by a prefix watch that starts
 //! at the `get`'s revision + 1: etcd's revisions are a total order, so no event can fall between
 //! the two. The watch task remembers the last revision it saw; when the stream breaks (etcd
 //! restarted, the member died, the network dropped) it reports the error in line and reopens the

@@ -150,7 +150,9 @@ impl NacosServer {
             if self.proc.log().matches("panicked").count() == before {
                 return;
             }
-            eprintln!("rnacos panicked while restarting (its own start-up race); restarting it again");
+            eprintln!(
+                "rnacos panicked while restarting (its own start-up race); restarting it again"
+            );
             self.proc.kill();
         }
         panic!("rnacos failed to restart three times:\n{}", self.proc.log());
