@@ -483,7 +483,13 @@ async fn agent_restart_serves_stale_then_re_registers_and_resumes_the_watch() {
         "consul: agent restarted ({:?} after the kill), instance back {back:?} after it was ready",
         down_at.elapsed()
     );
-    assert!(manager.status()[0].backends[0].reregistrations >= 1);
+    // The manager records the outcome once its whole keep-alive round is done, a moment after
+    // the agent shows the instance.
+    let counted = eventually(Duration::from_secs(5), || async {
+        manager.status()[0].backends[0].reregistrations >= 1
+    })
+    .await;
+    assert!(counted.is_some(), "{:?}", manager.status());
 
     // The watch resumes: a Reset after the error, then whatever it takes to hold the instance.
     let mut view: HashMap<String, Instance> = HashMap::new();
