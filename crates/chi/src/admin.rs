@@ -117,15 +117,14 @@ async fn instances(State(s): State<AdminState>, Path(name): Path<String>) -> Res
     }
 }
 
-fn same(name: &str, id: &str, instance: &Instance) -> Result<(), Response> {
-    if instance.name == name && instance.id == id {
-        Ok(())
-    } else {
-        Err(error(
+/// A refusal when the body's name and id differ from the path's.
+fn mismatch(name: &str, id: &str, instance: &Instance) -> Option<Response> {
+    (instance.name != name || instance.id != id).then(|| {
+        error(
             StatusCode::BAD_REQUEST,
             "the body's name and id must match the path",
-        ))
-    }
+        )
+    })
 }
 
 async fn register(
@@ -133,7 +132,7 @@ async fn register(
     Path((name, id)): Path<(String, String)>,
     Json(instance): Json<Instance>,
 ) -> Response {
-    if let Err(r) = same(&name, &id, &instance) {
+    if let Some(r) = mismatch(&name, &id, &instance) {
         return r;
     }
     match s.registry.register(&instance).await {
@@ -157,7 +156,7 @@ async fn keep_alive(
     Path((name, id)): Path<(String, String)>,
     Json(body): Json<KeepAlive>,
 ) -> Response {
-    if let Err(r) = same(&name, &id, &body.instance) {
+    if let Some(r) = mismatch(&name, &id, &body.instance) {
         return r;
     }
     match s.registry.keep_alive(&body.instance, body.health).await {

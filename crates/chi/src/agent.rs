@@ -31,7 +31,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         return Err(Failure::bad_input(
             "nothing to register: the config has no service_discovery.registration",
         )
-        .hint("run `chi agent -c chi-config.yaml` with a registration section (name, address, port)")
+        .hint(
+            "run `chi agent -c chi-config.yaml` with a registration section (name, address, port)",
+        )
         .into());
     };
     if source.remote.is_none()
@@ -41,9 +43,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         m.ttl = Some(MEMORY_TTL);
     }
     let registry = source.connect().await?;
-    let manager = Arc::new(
-        ServiceManager::new(registry.clone()).with_retry(source.config.retry.clone()),
-    );
+    let manager = Arc::new(ServiceManager::new(registry.clone()).with_retry(source.config.retry));
     let instance = service.instance();
     let backends = match &source.remote {
         Some(base) => base.replace("http://", "chi://"),
@@ -60,9 +60,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Err(e) => eprintln!(
-            "warning: not registered anywhere yet ({e}); retrying in the background"
-        ),
+        Err(e) => {
+            eprintln!("warning: not registered anywhere yet ({e}); retrying in the background")
+        }
     }
 
     let checker = HealthChecker::new(DiscoveryClient::new(registry.clone()));
@@ -160,7 +160,9 @@ fn agent_metrics(manager: Arc<ServiceManager>) -> admin::MetricsFn {
                     ("service".to_owned(), s.instance.name.clone()),
                     ("backend".to_owned(), b.backend.clone()),
                 ];
-                registered.get_or_create(&labels).set(i64::from(b.registered));
+                registered
+                    .get_or_create(&labels)
+                    .set(i64::from(b.registered));
                 reregistrations
                     .get_or_create(&labels)
                     .set(i64::try_from(b.reregistrations).unwrap_or(i64::MAX));

@@ -55,7 +55,10 @@ fn parse(args: &CheckArgs) -> anyhow::Result<(Instance, Arc<dyn Probe>)> {
         .host_str()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| bad(raw, "no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = url
         .port_or_known_default()
         .ok_or_else(|| bad(raw, "no port"))?;

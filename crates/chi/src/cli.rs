@@ -15,7 +15,9 @@ CHI_ETCD_PASSWORD, CHI_NACOS_USERNAME, CHI_NACOS_PASSWORD or the config file, ne
 /// `chi`: the command-line tool of chi-discovery.
 #[derive(Debug, Parser)]
 #[command(name = "chi", version, about = ABOUT, propagate_version = true)]
-#[command(after_help = "Examples:\n  chi agent -c chi-config.yaml\n  chi discover user-service --registry chi://127.0.0.1:9901 -o json\n  chi check http://127.0.0.1:8080/health")]
+#[command(
+    after_help = "Examples:\n  chi agent -c chi-config.yaml\n  chi discover user-service --registry chi://127.0.0.1:9901 -o json\n  chi check http://127.0.0.1:8080/health"
+)]
 pub(crate) struct Cli {
     /// More logging on stderr (-v info, -vv debug); CHI_LOG=... overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -68,9 +70,11 @@ pub(crate) enum Format {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  chi agent -c chi-config.yaml\n  chi agent -c chi-config.yaml --admin 127.0.0.1:9901\n\n\
+#[command(
+    after_help = "Examples:\n  chi agent -c chi-config.yaml\n  chi agent -c chi-config.yaml --admin 127.0.0.1:9901\n\n\
 With the embedded `memory` registry the agent serves it on the admin port, so other commands can use it:\n  \
-chi discover user-service --registry chi://127.0.0.1:9901")]
+chi discover user-service --registry chi://127.0.0.1:9901"
+)]
 pub(crate) struct AgentArgs {
     #[command(flatten)]
     pub(crate) source: SourceArgs,
@@ -80,9 +84,11 @@ pub(crate) struct AgentArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  chi discover user-service --registry consul://127.0.0.1:8500\n  \
+#[command(
+    after_help = "Examples:\n  chi discover user-service --registry consul://127.0.0.1:8500\n  \
 chi discover user-service --tag v1 --meta region=us-east-1 --healthy -o json --registry chi://127.0.0.1:9901\n\n\
-JSON output: an array of objects with id, name, version, address, port, tags, meta, weight, health")]
+JSON output: an array of objects with id, name, version, address, port, tags, meta, weight, health"
+)]
 pub(crate) struct DiscoverArgs {
     /// Service name.
     pub(crate) name: String,
@@ -103,9 +109,11 @@ pub(crate) struct DiscoverArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  chi watch user-service --registry etcd://127.0.0.1:2379\n  \
+#[command(
+    after_help = "Examples:\n  chi watch user-service --registry etcd://127.0.0.1:2379\n  \
 chi watch user-service -o json --registry chi://127.0.0.1:9901\n\n\
-JSON lines: {\"type\":\"reset\",\"instances\":[...]}, then {\"type\":\"added\"|\"removed\"|\"updated\",\"instance\":{...}}")]
+JSON lines: {\"type\":\"reset\",\"instances\":[...]}, then {\"type\":\"added\"|\"removed\"|\"updated\",\"instance\":{...}}"
+)]
 pub(crate) struct WatchArgs {
     /// Service name.
     pub(crate) name: String,
@@ -117,8 +125,10 @@ pub(crate) struct WatchArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  chi check http://127.0.0.1:8080/health\n  chi check tcp://127.0.0.1:6379\n  \
-chi check grpc://127.0.0.1:50051/my.Service\n\nExit codes: 0 healthy, 1 unhealthy, 2 bad input")]
+#[command(
+    after_help = "Examples:\n  chi check http://127.0.0.1:8080/health\n  chi check tcp://127.0.0.1:6379\n  \
+chi check grpc://127.0.0.1:50051/my.Service\n\nExit codes: 0 healthy, 1 unhealthy, 2 bad input"
+)]
 pub(crate) struct CheckArgs {
     /// What to check: http(s)://host:port/path, tcp://host:port, grpc://host:port[/service].
     pub(crate) url: String,

@@ -15,7 +15,7 @@ pub(crate) async fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
     let filter = filter(&args)?;
     let registry = source.connect().await?;
     let client = DiscoveryClient::builder()
-        .retry(source.config.retry.clone())
+        .retry(source.config.retry)
         .build(registry);
     let instances = client
         .discover_with_filter(&args.name, &filter)
@@ -41,9 +41,11 @@ fn filter(args: &DiscoverArgs) -> anyhow::Result<Filter> {
     }
     for kv in &args.meta {
         let Some((k, v)) = kv.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-            return Err(Failure::bad_input(format!("--meta {kv:?}: expected KEY=VALUE"))
-                .hint("e.g. --meta region=us-east-1")
-                .into());
+            return Err(
+                Failure::bad_input(format!("--meta {kv:?}: expected KEY=VALUE"))
+                    .hint("e.g. --meta region=us-east-1")
+                    .into(),
+            );
         };
         filter = filter.meta(k, v);
     }

@@ -47,7 +47,13 @@ impl Source {
 
     /// True when only the embedded registry of this very process would be asked.
     pub(crate) fn is_embedded_only(&self) -> bool {
-        self.remote.is_none() && self.config.registries.enabled().iter().all(|b| *b == "memory")
+        self.remote.is_none()
+            && self
+                .config
+                .registries
+                .enabled()
+                .iter()
+                .all(|b| *b == "memory")
     }
 
     /// For commands that read a registry: refuses the in-process one, which is always empty.

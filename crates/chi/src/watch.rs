@@ -15,7 +15,7 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     source.require_shared("watch")?;
     let registry = source.connect().await?;
     let client = DiscoveryClient::builder()
-        .retry(source.config.retry.clone())
+        .retry(source.config.retry)
         .build(registry);
     let mut watcher = client.watch(&args.name).await.map_err(|e| {
         Failure::failed(format!("cannot watch `{}`: {e}", args.name))
@@ -62,7 +62,11 @@ fn describe(i: &Instance) -> String {
         "{} {} version={} weight={} health={}",
         i.id,
         i.authority(),
-        if i.version.is_empty() { "-" } else { &i.version },
+        if i.version.is_empty() {
+            "-"
+        } else {
+            &i.version
+        },
         i.weight,
         i.health
     )
