@@ -1,1 +1,0 @@
-//! Consul registry adapter (feature `consul`).
