@@ -204,13 +204,31 @@ async fn connect_nacos(_: &NacosSettings) -> Result<Arc<dyn Registry>> {
 }
 
 #[cfg(feature = "consul")]
-async fn connect_consul(_: &ConsulSettings) -> Result<Arc<dyn Registry>> {
-    Err(feature_missing("consul"))
+async fn connect_consul(c: &ConsulSettings) -> Result<Arc<dyn Registry>> {
+    use crate::registry::consul::{Consul, ConsulConfig};
+    Ok(Arc::new(Consul::new(ConsulConfig {
+        address: c.address.clone(),
+        token: c.token.clone(),
+        datacenter: c.datacenter.clone(),
+        ..ConsulConfig::default()
+    })?))
 }
 
 #[cfg(feature = "etcd")]
-async fn connect_etcd(_: &EtcdSettings) -> Result<Arc<dyn Registry>> {
-    Err(feature_missing("etcd"))
+async fn connect_etcd(e: &EtcdSettings) -> Result<Arc<dyn Registry>> {
+    use crate::registry::etcd::{Etcd, EtcdConfig};
+    let defaults = EtcdConfig::default();
+    Ok(Arc::new(
+        Etcd::connect(EtcdConfig {
+            endpoints: e.endpoints.clone(),
+            username: e.username.clone(),
+            password: e.password.clone(),
+            prefix: e.prefix.clone().unwrap_or(defaults.prefix),
+            lease_ttl: e.lease_ttl.unwrap_or(defaults.lease_ttl),
+            ..EtcdConfig::default()
+        })
+        .await?,
+    ))
 }
 
 #[cfg(feature = "nacos")]

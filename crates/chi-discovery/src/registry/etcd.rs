@@ -1,1 +1,0 @@
-//! etcd v3 registry adapter (feature `etcd`).
