@@ -6,4 +6,5 @@
 mod agent;
 mod check;
 mod config;
+mod real;
 mod support;
