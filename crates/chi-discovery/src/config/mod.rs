@@ -179,6 +179,7 @@ impl Registries {
     }
 }
 
+#[cfg(not(all(feature = "consul", feature = "etcd", feature = "nacos")))]
 fn feature_missing(backend: &str) -> Error {
     Error::config(
         format!("service_discovery.registries.{backend}"),
@@ -232,8 +233,28 @@ async fn connect_etcd(e: &EtcdSettings) -> Result<Arc<dyn Registry>> {
 }
 
 #[cfg(feature = "nacos")]
-async fn connect_nacos(_: &NacosSettings) -> Result<Arc<dyn Registry>> {
-    Err(feature_missing("nacos"))
+async fn connect_nacos(n: &NacosSettings) -> Result<Arc<dyn Registry>> {
+    use crate::registry::nacos::{Nacos, NacosConfig, NacosServerConfig};
+    Ok(Arc::new(
+        Nacos::connect(NacosConfig {
+            server_configs: n
+                .servers
+                .iter()
+                .map(|s| NacosServerConfig {
+                    ip: s.ip.clone(),
+                    port: s.port,
+                    context_path: s.context_path.clone(),
+                })
+                .collect(),
+            namespace_id: n.namespace_id.clone(),
+            username: n.username.clone(),
+            password: n.password.clone(),
+            group_name: n.group_name.clone(),
+            cluster_name: n.cluster_name.clone(),
+            ..NacosConfig::default()
+        })
+        .await?,
+    ))
 }
 
 /// `registries.memory`.

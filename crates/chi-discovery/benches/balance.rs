@@ -1,0 +1,170 @@
+//! Load-balancing benchmarks: every strategy at 10 / 100 / 1,000 / 10,000 instances, on one thread
+//! and on two threads picking from the same balancer, beside two baselines measured in the same
+//! run (an `AtomicUsize::fetch_add` and hashing a 16-byte key), so that the figures read as ratios
+//! that hold on a noisy machine (DESIGN §6). Plus the rebuild of a consistent-hash table.
+//!
+//! `select/*` measures the algorithm alone (a selector's `pick`, guard included); `pick/*` the whole
+//! [`Balancer`] path, which adds an `ArcSwap` load and a revision check.
+//!
+//! Run: `cargo bench -p chi-discovery --bench balance -- --warm-up-time 0.5 --measurement-time 1 --noplot`.
+//!
+//! Two-thread figures are the wall time per pick *per thread* while both threads pick: equal to
+//! the one-thread figure when nothing is shared, larger when they contend on a cache line.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chi_discovery::Instance;
+use chi_discovery::balance::{
+    Balancer, BalancerConfig, ConsistentHash, ConsistentHashConfig, Request, Strategy,
+    ThreadRandom, default_hash,
+};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
+
+fn instances(n: usize) -> Vec<Instance> {
+    (0..n)
+        .map(|i| {
+            Instance::new(
+                "bench",
+                format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                8080,
+            )
+            .with_weight(1 + (i % 5) as u32)
+        })
+        .collect()
+}
+
+/// Runs `op` `iters` times on each of `threads` threads at once; returns the wall time of the
+/// slowest (per-thread time per op is that divided by `iters`).
+fn on_threads<F>(threads: usize, iters: u64, op: F) -> Duration
+where
+    F: Fn(u64) + Sync,
+{
+    let barrier = std::sync::Barrier::new(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (op, barrier) = (&op, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    let base = (t as u64) << 40;
+                    for i in 0..iters {
+                        op(base + i);
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+/// A 16-byte key derived from the iteration number.
+#[inline]
+fn key(i: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&i.to_le_bytes());
+    k[8..].copy_from_slice(&(i ^ 0x5bd1_e995).to_le_bytes());
+    k
+}
+
+fn baselines(c: &mut Criterion) {
+    let mut g = c.benchmark_group("baseline");
+    for threads in [1usize, 2] {
+        let counter = AtomicUsize::new(0);
+        g.bench_function(
+            BenchmarkId::new("atomic_fetch_add", format!("{threads}t")),
+            |b| {
+                b.iter_custom(|iters| {
+                    on_threads(threads, iters, |_| {
+                        black_box(counter.fetch_add(1, Ordering::Relaxed));
+                    })
+                })
+            },
+        );
+        g.bench_function(
+            BenchmarkId::new("hash_16b_key", format!("{threads}t")),
+            |b| {
+                b.iter_custom(|iters| {
+                    on_threads(threads, iters, |i| {
+                        black_box(default_hash(black_box(&key(i))));
+                    })
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn strategies(c: &mut Criterion) {
+    for strategy in Strategy::ALL {
+        // The algorithm alone: the selector's `pick` (with the in-flight guard of load-aware
+        // strategies), as a caller holding the table would call it.
+        let mut g = c.benchmark_group(format!("select/{}", strategy.as_str()));
+        for n in SIZES {
+            let list = instances(n);
+            let selector = BalancerConfig::new(strategy).build(&list, None);
+            for threads in [1usize, 2] {
+                g.bench_function(BenchmarkId::new(format!("{threads}t"), n), |b| {
+                    b.iter_custom(|iters| {
+                        on_threads(threads, iters, |i| {
+                            let k = key(i);
+                            let pick = selector.pick(&list, &Request::with_key(&k));
+                            black_box(pick.map(|p| p.0));
+                        })
+                    })
+                });
+            }
+        }
+        g.finish();
+        // The whole hot path: `Balancer::pick_in` (ArcSwap load, revision check, select, guard).
+        let mut g = c.benchmark_group(format!("pick/{}", strategy.as_str()));
+        for n in SIZES {
+            let list = instances(n);
+            let balancer = Balancer::new(strategy);
+            // Build the table outside the measurement.
+            let _ = balancer.pick_in(&list, 1, &Request::new());
+            for threads in [1usize, 2] {
+                g.bench_function(BenchmarkId::new(format!("{threads}t"), n), |b| {
+                    b.iter_custom(|iters| {
+                        on_threads(threads, iters, |i| {
+                            let k = key(i);
+                            let pick = balancer.pick_in(&list, 1, &Request::with_key(&k));
+                            black_box(pick.map(|p| p.index()));
+                        })
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+fn rebuild(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rebuild");
+    let list = instances(1_000);
+    let config = ConsistentHashConfig::default();
+    g.bench_function("consistent_hash/1000", |b| {
+        b.iter(|| {
+            ConsistentHash::build(
+                black_box(&list),
+                &config,
+                default_hash,
+                Arc::new(ThreadRandom),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, baselines, strategies, rebuild);
+criterion_main!(benches);

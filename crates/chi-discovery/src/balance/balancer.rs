@@ -1,0 +1,330 @@
+//! [`Balancer`]: one strategy for one service, rebuilt only when the instance list changes.
+//!
+//! The selector lives in an [`ArcSwapOption`] tagged with the revision of the list it was built
+//! from (pingora's `LoadBalancer` keeps its selector the same way). A pick loads it (no lock, no
+//! reference-count write on arc-swap's fast path), compares revisions and selects. When the
+//! revision moved, one thread rebuilds behind a mutex taken only on that path, carrying the load
+//! counters over by instance id, and swaps the new selector in; pickers never wait on it. A picker
+//! holding an *older* snapshot than the stored selector (a race around a swap) builds a throwaway
+//! selector for its own list rather than swapping back: slower, rare, and never wrong.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+
+use super::{
+    ConsistentHash, ConsistentHashConfig, InFlight, KeyHasher, LeastConnections, Load, Loads,
+    Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash, RoundRobin,
+    Select, Strategy, ThreadRandom, WeightedRoundRobin, accept_all, default_hash, usable_by_health,
+};
+use crate::discovery::Snapshot;
+use crate::error::{Error, Result};
+use crate::instance::Instance;
+
+/// Everything a [`Balancer`] needs to build its selectors.
+#[derive(Debug, Clone)]
+pub struct BalancerConfig {
+    /// The algorithm.
+    pub strategy: Strategy,
+    /// Skip instances known to be unhealthy (`load_balancer.health_check_enabled`). Applies to
+    /// [`Balancer::pick`]; [`Balancer::pick_in`] takes the caller's [`Request`] as is.
+    pub health_check_enabled: bool,
+    /// Settings of [`Strategy::ConsistentHash`].
+    pub consistent_hash: ConsistentHashConfig,
+    /// Key hasher of the hashing strategies.
+    pub hasher: KeyHasher,
+    /// Random source of [`Strategy::Random`], P2C, tie-breaks and keyless hashing picks.
+    pub rng: Arc<dyn RandomSource>,
+    /// Settings of [`Strategy::PeakEwma`].
+    pub peak_ewma: PeakEwmaConfig,
+}
+
+impl BalancerConfig {
+    /// `strategy` with every other setting at its default.
+    pub fn new(strategy: Strategy) -> Self {
+        BalancerConfig {
+            strategy,
+            health_check_enabled: true,
+            consistent_hash: ConsistentHashConfig::default(),
+            hasher: default_hash,
+            rng: Arc::new(ThreadRandom),
+            peak_ewma: PeakEwmaConfig::default(),
+        }
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.consistent_hash
+            .validate()
+            .map_err(|e| format!("consistent_hash.{e}"))?;
+        if self.peak_ewma.decay.is_zero() {
+            return Err("peak_ewma.decay: must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Builds the selector of this strategy for `instances`, keeping the load cells of
+    /// `previous` (by instance id) for load-aware strategies.
+    pub fn build(&self, instances: &[Instance], previous: Option<&Loads>) -> Box<dyn Select> {
+        let rng = self.rng.clone();
+        match self.strategy {
+            Strategy::RoundRobin => Box::new(RoundRobin::new(instances)),
+            Strategy::Random => Box::new(Random::with_rng(instances, rng)),
+            Strategy::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(instances)),
+            Strategy::LeastConnections => Box::new(LeastConnections::build(
+                instances,
+                previous,
+                rng,
+                self.peak_ewma,
+            )),
+            Strategy::ConsistentHash => Box::new(ConsistentHash::build(
+                instances,
+                &self.consistent_hash,
+                self.hasher,
+                rng,
+            )),
+            Strategy::RingHash => Box::new(RingHash::build(instances, self.hasher, rng)),
+            Strategy::Maglev => Box::new(Maglev::build(instances, self.hasher, rng)),
+            Strategy::P2c => Box::new(P2c::build(
+                instances,
+                P2cCost::LeastRequest,
+                previous,
+                rng,
+                self.peak_ewma,
+            )),
+            Strategy::PeakEwma => Box::new(P2c::build(
+                instances,
+                P2cCost::PeakEwma,
+                previous,
+                rng,
+                self.peak_ewma,
+            )),
+        }
+    }
+}
+
+struct State {
+    revision: u64,
+    selector: Box<dyn Select>,
+}
+
+/// One strategy for one service: picks an instance per request from the service's current list.
+///
+/// Use one `Balancer` per service (and per routing subset): it keeps one table, for the latest
+/// revision it saw.
+pub struct Balancer {
+    config: BalancerConfig,
+    state: ArcSwapOption<State>,
+    rebuild: Mutex<()>,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer")
+            .field("strategy", &self.config.strategy)
+            .field("revision", &self.state.load().as_ref().map(|s| s.revision))
+            .finish()
+    }
+}
+
+/// A picked instance, with the in-flight guard of load-aware strategies.
+///
+/// Dropping it ends the request for the load counters (also on error or cancellation);
+/// [`observe`](Pick::observe) or [`finish`](Pick::finish) also feed its latency to peak EWMA.
+#[derive(Debug)]
+#[must_use = "for load-aware strategies the request counts as in flight while the pick lives"]
+pub struct Pick<'a> {
+    instance: &'a Instance,
+    index: usize,
+    in_flight: Option<InFlight>,
+    ewma: PeakEwmaConfig,
+    started: Option<Instant>,
+}
+
+impl<'a> Pick<'a> {
+    /// The instance to call.
+    pub fn instance(&self) -> &'a Instance {
+        self.instance
+    }
+
+    /// Its index in the list picked from.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The in-flight guard, for load-aware strategies.
+    pub fn in_flight(&self) -> Option<&InFlight> {
+        self.in_flight.as_ref()
+    }
+
+    /// Takes the in-flight guard out (e.g. to move it into a response future), leaving the
+    /// instance reference.
+    pub fn take_in_flight(&mut self) -> Option<InFlight> {
+        self.in_flight.take()
+    }
+
+    /// Ends the request, feeding `latency` to the instance's peak-EWMA estimate.
+    pub fn observe(self, latency: Duration) {
+        if let Some(g) = &self.in_flight {
+            g.load().observe(latency, &self.ewma);
+        }
+    }
+
+    /// Ends the request, feeding the time since the pick to peak EWMA (measured only for
+    /// load-aware strategies).
+    pub fn finish(self) {
+        if let Some(started) = self.started {
+            let latency = started.elapsed();
+            self.observe(latency);
+        }
+    }
+}
+
+impl std::ops::Deref for Pick<'_> {
+    type Target = Instance;
+    fn deref(&self) -> &Instance {
+        self.instance
+    }
+}
+
+impl Balancer {
+    /// A balancer of `strategy` with default settings.
+    pub fn new(strategy: Strategy) -> Self {
+        Self::from_config(BalancerConfig::new(strategy))
+    }
+
+    /// A balancer with `config`, validated.
+    pub fn with_config(config: BalancerConfig) -> std::result::Result<Self, String> {
+        config.validate()?;
+        Ok(Self::from_config(config))
+    }
+
+    fn from_config(config: BalancerConfig) -> Self {
+        Balancer {
+            config,
+            state: ArcSwapOption::const_empty(),
+            rebuild: Mutex::new(()),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &BalancerConfig {
+        &self.config
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.config.strategy
+    }
+
+    /// The revision of the current table, if one was built.
+    pub fn revision(&self) -> Option<u64> {
+        self.state.load().as_ref().map(|s| s.revision)
+    }
+
+    /// Picks from `snapshot`, by `key` for hashing strategies, skipping instances known to be
+    /// unhealthy when `health_check_enabled`. `None` when no instance is usable.
+    #[inline]
+    pub fn pick<'a>(&self, snapshot: &'a Snapshot, key: Option<&[u8]>) -> Option<Pick<'a>> {
+        let request = Request {
+            key,
+            usable: if self.config.health_check_enabled {
+                &usable_by_health
+            } else {
+                &accept_all
+            },
+        };
+        self.pick_in(snapshot.instances(), snapshot.revision(), &request)
+    }
+
+    /// [`pick`](Self::pick), with [`Error::NoInstance`] naming `service` when nothing is usable.
+    pub fn pick_or_err<'a>(
+        &self,
+        service: &str,
+        snapshot: &'a Snapshot,
+        key: Option<&[u8]>,
+    ) -> Result<Pick<'a>> {
+        self.pick(snapshot, key).ok_or_else(|| Error::NoInstance {
+            service: service.to_owned(),
+        })
+    }
+
+    /// Picks from `snapshot` with a caller-made request (own predicate, key).
+    #[inline]
+    pub fn pick_with<'a>(&self, snapshot: &'a Snapshot, request: &Request<'_>) -> Option<Pick<'a>> {
+        self.pick_in(snapshot.instances(), snapshot.revision(), request)
+    }
+
+    /// Picks from a plain list. `revision` must change whenever the list changes (equal revisions
+    /// mean equal lists) and grow over time, like [`Snapshot::revision`].
+    #[inline]
+    pub fn pick_in<'a>(
+        &self,
+        instances: &'a [Instance],
+        revision: u64,
+        request: &Request<'_>,
+    ) -> Option<Pick<'a>> {
+        let guard = self.state.load();
+        if let Some(state) = guard.as_deref()
+            && state.revision == revision
+        {
+            return self.finish_pick(&*state.selector, instances, request);
+        }
+        drop(guard);
+        self.pick_slow(instances, revision, request)
+    }
+
+    #[cold]
+    fn pick_slow<'a>(
+        &self,
+        instances: &'a [Instance],
+        revision: u64,
+        request: &Request<'_>,
+    ) -> Option<Pick<'a>> {
+        let _lock = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.state.load_full();
+        match current.as_deref() {
+            Some(state) if state.revision == revision => {
+                self.finish_pick(&*state.selector, instances, request)
+            }
+            Some(state) if state.revision > revision => {
+                // An older list than the table's: answer from a throwaway table.
+                let selector = self.config.build(instances, state.selector.loads());
+                self.finish_pick(&*selector, instances, request)
+            }
+            _ => {
+                let previous = current.as_deref().and_then(|s| s.selector.loads());
+                let state = Arc::new(State {
+                    revision,
+                    selector: self.config.build(instances, previous),
+                });
+                self.state.store(Some(state.clone()));
+                self.finish_pick(&*state.selector, instances, request)
+            }
+        }
+    }
+
+    #[inline]
+    fn finish_pick<'a>(
+        &self,
+        selector: &dyn Select,
+        instances: &'a [Instance],
+        request: &Request<'_>,
+    ) -> Option<Pick<'a>> {
+        let index = selector.select(instances, request)?;
+        let instance = instances.get(index)?;
+        let in_flight = selector.loads().and_then(|l| l.get(index)).map(Load::start);
+        let started = match (&in_flight, self.config.strategy) {
+            (Some(_), Strategy::PeakEwma) => Some(Instant::now()),
+            _ => None,
+        };
+        Some(Pick {
+            instance,
+            index,
+            in_flight,
+            ewma: self.config.peak_ewma,
+            started,
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! Per-instance load: requests in flight and a peak-EWMA latency estimate.
+//!
+//! In-flight counting is RAII (DESIGN §3.4, tower's `PendingRequests`): a pick of a load-aware
+//! strategy takes an [`InFlight`] guard that incremented the count and decrements it when dropped,
+//! so an error, a panic or a cancelled future can't leak a count.
+//!
+//! The latency estimate is Finagle's / linkerd's *peak EWMA*: a sample above the estimate replaces
+//! it at once (react to slowness fast), a sample below moves it by an exponentially weighted
+//! average with time constant `decay` (forgive slowly), and the estimate decays toward zero while
+//! no sample arrives, so an instance that was slow once gets traffic again. The cost of an instance
+//! is `estimate * (in_flight + 1)`. Reads compute the decay without writing; concurrent samples
+//! are merged last-writer-wins, a lossy but lock-free update (one sample in a race is lost, which
+//! an average tolerates).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::instance::Instance;
+
+/// Settings of the peak-EWMA cost (tower's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeakEwmaConfig {
+    /// The estimate of an instance that has no sample yet.
+    pub default_rtt: Duration,
+    /// Time constant of the decay: after `decay` without samples an estimate is down to 1/e.
+    pub decay: Duration,
+}
+
+impl Default for PeakEwmaConfig {
+    /// 30 ms default RTT, 10 s decay (tower's `PeakEwmaDiscover` defaults).
+    fn default() -> Self {
+        PeakEwmaConfig {
+            default_rtt: Duration::from_millis(30),
+            decay: Duration::from_secs(10),
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The load of one instance. Aligned to a cache line so that counters of neighbouring instances
+/// don't share one (false sharing between threads picking different instances).
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct Load {
+    in_flight: AtomicU64,
+    /// Peak-EWMA estimate in nanoseconds, as `f64` bits.
+    ewma: AtomicU64,
+    /// When `ewma` was last written (ns since the process epoch).
+    stamp: AtomicU64,
+}
+
+impl Load {
+    fn new(default_rtt: Duration) -> Self {
+        Load {
+            in_flight: AtomicU64::new(0),
+            ewma: AtomicU64::new((default_rtt.as_nanos() as f64).to_bits()),
+            stamp: AtomicU64::new(now_ns()),
+        }
+    }
+
+    /// Requests in flight now.
+    #[inline]
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The latency estimate as of `now` (ns since the process epoch), decayed without writing.
+    #[inline]
+    fn estimate_at(&self, now: u64, decay_ns: f64) -> f64 {
+        let ewma = f64::from_bits(self.ewma.load(Ordering::Relaxed));
+        let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
+        ewma * (-elapsed / decay_ns).exp()
+    }
+
+    /// The peak-EWMA cost as of `now`: `estimate * (in_flight + 1)`.
+    #[inline]
+    pub(crate) fn cost_at(&self, now: u64, decay_ns: f64) -> f64 {
+        self.estimate_at(now, decay_ns) * (self.in_flight() + 1) as f64
+    }
+
+    /// The latency estimate now.
+    pub fn latency_estimate(&self, config: &PeakEwmaConfig) -> Duration {
+        let decay = config.decay.as_nanos().max(1) as f64;
+        Duration::from_nanos(self.estimate_at(now_ns(), decay) as u64)
+    }
+
+    /// Feeds one latency sample into the estimate.
+    pub fn observe(&self, rtt: Duration, config: &PeakEwmaConfig) {
+        let now = now_ns();
+        let decay = config.decay.as_nanos().max(1) as f64;
+        let sample = rtt.as_nanos() as f64;
+        let old = f64::from_bits(self.ewma.load(Ordering::Relaxed));
+        let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
+        let next = if sample > old {
+            sample
+        } else {
+            let w = (-elapsed / decay).exp();
+            old * w + sample * (1.0 - w)
+        };
+        self.ewma.store(next.to_bits(), Ordering::Relaxed);
+        self.stamp.store(now, Ordering::Relaxed);
+    }
+
+    /// Counts one more request in flight until the returned guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { load: self.clone() }
+    }
+}
+
+/// One request in flight on one instance: the count goes down when this drops.
+#[derive(Debug)]
+#[must_use = "the request counts as in flight only while the guard lives"]
+pub struct InFlight {
+    load: Arc<Load>,
+}
+
+impl InFlight {
+    /// The instance's load.
+    pub fn load(&self) -> &Load {
+        &self.load
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The load cells of one instance list, index-aligned with it. Cells are keyed by instance id
+/// across rebuilds ([`Loads::carry_over`]), so requests in flight stay counted when membership
+/// changes.
+#[derive(Debug, Clone)]
+pub struct Loads {
+    cells: Box<[Arc<Load>]>,
+    ids: Box<[Box<str>]>,
+    config: PeakEwmaConfig,
+}
+
+impl Loads {
+    /// Fresh cells for `instances`.
+    pub fn new(instances: &[Instance], config: PeakEwmaConfig) -> Self {
+        Self::carry_over(instances, None, config)
+    }
+
+    /// Cells for `instances`, reusing the cell of every instance (by id) that `previous` already
+    /// tracked.
+    pub fn carry_over(
+        instances: &[Instance],
+        previous: Option<&Loads>,
+        config: PeakEwmaConfig,
+    ) -> Self {
+        let old: HashMap<&str, &Arc<Load>> = match previous {
+            Some(loads) => loads
+                .ids
+                .iter()
+                .zip(loads.cells.iter())
+                .map(|(i, c)| (&**i, c))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let cells = instances
+            .iter()
+            .map(|i| match old.get(i.id.as_str()) {
+                Some(c) => Arc::clone(c),
+                None => Arc::new(Load::new(config.default_rtt)),
+            })
+            .collect();
+        let ids = instances.iter().map(|i| Box::from(i.id.as_str())).collect();
+        Loads { cells, ids, config }
+    }
+
+    /// The cell of instance `index`.
+    #[inline]
+    pub fn get(&self, index: usize) -> Option<&Arc<Load>> {
+        self.cells.get(index)
+    }
+
+    /// The peak-EWMA settings.
+    pub fn config(&self) -> &PeakEwmaConfig {
+        &self.config
+    }
+
+    /// Number of cells.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// True when there is no cell.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    pub(crate) fn now_ns() -> u64 {
+        now_ns()
+    }
+}

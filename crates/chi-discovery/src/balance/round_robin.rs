@@ -1,0 +1,50 @@
+//! Round robin: one atomic counter over the instances of non-zero weight.
+//!
+//! The spec's sketch guarded its counter with a mutex *and* an atomic; one `fetch_add` is enough.
+//! The counter lives in the selector, so a membership change restarts the rotation on the new list
+//! (a rotation over a changed list has no meaningful "next" anyway). An unusable instance passes
+//! its turn to the next usable one. The counter is reduced modulo the count without a division
+//! ([`FastMod`](super::FastMod) over its low 32 bits: one uneven turn every 2^32 picks).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{FastMod, Request, Select, eligible, scan_from};
+use crate::instance::Instance;
+
+/// Round robin over the instances of non-zero weight.
+#[derive(Debug)]
+pub struct RoundRobin {
+    candidates: Box<[u32]>,
+    modulo: FastMod,
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    /// Builds the rotation over `instances`.
+    pub fn new(instances: &[Instance]) -> Self {
+        let candidates = eligible(instances);
+        RoundRobin {
+            modulo: FastMod::new(candidates.len()),
+            candidates: candidates.into(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Select for RoundRobin {
+    #[inline]
+    fn select(&self, instances: &[Instance], request: &Request<'_>) -> Option<usize> {
+        let n = self.candidates.len();
+        if n == 0 {
+            return None;
+        }
+        let turn = self
+            .modulo
+            .reduce(self.next.fetch_add(1, Ordering::Relaxed));
+        let idx = self.candidates[turn] as usize;
+        match instances.get(idx) {
+            Some(i) if (request.usable)(i) => Some(idx),
+            _ => scan_from(&self.candidates, instances, request, turn + 1),
+        }
+    }
+}

@@ -1,1 +1,0 @@
-//! Nacos registry adapter (feature `nacos`).

@@ -1,0 +1,585 @@
+//! Nacos registry adapter (feature `nacos`), for Nacos 2.x servers over gRPC.
+//!
+//! Built on the official `nacos-sdk` crate (naming, gRPC v2). It sits on tonic 0.14 and prost
+//! 0.14, as `etcd-client` 0.21 and `tonic-health` 0.14 do, so the workspace builds a single
+//! tonic (`cargo tree -d` shows no second copy).
+//!
+//! # What maps onto what
+//!
+//! - **Registration** is an *ephemeral* instance (weight, enabled, healthy, metadata) in
+//!   [`NacosConfig::group_name`] and [`NacosConfig::cluster_name`]. A Nacos 2.x server keeps an
+//!   ephemeral instance exactly as long as the gRPC connection that registered it: when the
+//!   process dies, the connection closes and the instance leaves. nacos-sdk re-sends
+//!   registrations after a reconnect; [`Registry::keep_alive`] checks on top of that that the
+//!   server still holds the instance (answering [`Liveness::Lost`] otherwise, so the
+//!   [`ServiceManager`](crate::ServiceManager) registers it again) and pushes a changed healthy
+//!   flag by registering again.
+//! - **Id, version and tags** travel in metadata (`chi.id`, `chi.version`, `chi.tags` as a
+//!   JSON array): see [`convert`] for the exact rules and for instances registered by other
+//!   clients.
+//! - **Discovery** asks the server directly (no SDK cache in between), so an answer is the
+//!   server's current view; disabled instances are left out; tags, meta and health filters are
+//!   chi's [`Filter`](crate::Filter) on the mapped instances.
+//! - **Watch** subscribes (server push) and turns each pushed full list into `Add / Remove /
+//!   Update` with [`diff`]. Every [`NacosConfig::watch_check_interval`] the watch also asks the
+//!   server directly: a failure is reported in line (the consumer keeps its list, marked
+//!   stale), the first success after it is a `Reset`, and a push that was lost is repaired.
+//!
+//! # Push-empty protection
+//!
+//! A server that just restarted knows no ephemeral instance until their clients reconnect, and
+//! says "no instances" meanwhile; believing it would empty every client's list for a few
+//! seconds (nacos-sdk's own protection drops every empty push forever instead, so a service
+//! that really scaled to zero is never seen to). chi turns the SDK's protection off and applies
+//! its own: an empty list for a service that had instances is believed only when the server
+//! has been reachable for [`NacosConfig::empty_grace`] without interruption *and* a direct
+//! query confirms it. Until then the watch holds the last list. A healthy server's confirmed
+//! "zero instances" is honoured (DESIGN.md §3.3).
+//!
+//! Direct queries ([`Registry::instances`]) get the same protection: while the server has not
+//! been reachable for the grace period, "no instances" of a service that had some is answered
+//! as [`Error::Unavailable`], so a [`DiscoveryClient`](crate::DiscoveryClient) keeps serving
+//! its last list, marked stale.
+//!
+//! # Limits, and why
+//!
+//! - **Nacos 1.x HTTP mode is not offered.** Every Nacos server since 2.0 (2021), and rnacos,
+//!   speaks the gRPC API used here; only a Nacos 1.x *server* would need the 1.x HTTP open API
+//!   (registration plus a heartbeat loop per instance, `/nacos/v1/ns/instance/beat`), and the
+//!   1.x line is no longer maintained. It can be added later as a second mode of this type,
+//!   behind the same trait, if a user on 1.x asks.
+//! - **One instance per service per connection on real Nacos 2.x.** Nacos 2.x servers hold one
+//!   ephemeral instance per service per client connection (a second registration of the same
+//!   service replaces the first; rnacos keeps both). To register several instances of one
+//!   service from one process against Nacos 2.x, use one [`Nacos`] per instance.
+//! - **Deregistering another process's instance** works on rnacos; Nacos 2.x only lets the
+//!   owning connection remove an ephemeral instance.
+//! - **Dropping a [`Nacos`] does not close its connection** (nacos-sdk 0.8 has no shutdown), so
+//!   its ephemeral instances stay until the process exits: deregister first
+//!   ([`ServiceManager::shutdown`](crate::ServiceManager::shutdown) does).
+//! - `services()` lists the services of the configured group that have at least one instance.
+//! - rnacos differs from Nacos in two ways the tests show: its gRPC queries and pushes never
+//!   list unhealthy instances (so an instance reported unhealthy leaves discovery instead of
+//!   showing as `Unhealthy`; keep-alive then re-sends it rather than calling it lost), and it
+//!   keeps the metadata an address first registered with (later registrations of the same
+//!   address change weight and health, not metadata).
+//!
+//! # Errors and secrets
+//!
+//! Errors carry Nacos' error code and message ([`NacosError`]). The password never appears in
+//! them nor in logs: chi logs in with its own plugin (nacos-sdk's logs the password at debug
+//! level and hard-codes the context path), first in [`Nacos::connect`], so a wrong password
+//! fails there with the server's answer, then at half the token's lifetime.
+
+mod auth;
+mod config;
+pub mod convert;
+mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder, ServiceInstance};
+use nacos_sdk::api::props::ClientProps;
+use tokio::time::Instant;
+
+pub use config::{
+    DEFAULT_CLUSTER, DEFAULT_GROUP, GRPC_PORT_OFFSET, NacosConfig, NacosServerConfig,
+};
+
+use super::{Liveness, Registry, WatchStream, diff};
+use crate::error::{Error, Result};
+use crate::instance::{HealthStatus, Instance, validate_name};
+
+const BACKEND: &str = "nacos";
+
+/// An error answered by a Nacos server (or by nacos-sdk on its behalf): the server's error
+/// code when there is one, and its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NacosError {
+    /// Nacos' error code (`403` unknown user, `400` bad parameter...), or an HTTP status.
+    pub code: Option<i32>,
+    /// What the server said.
+    pub message: String,
+}
+
+impl NacosError {
+    fn new(code: Option<i32>, message: impl Into<String>) -> Self {
+        NacosError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for NacosError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "nacos error {code}: {}", self.message),
+            None => write!(f, "nacos: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for NacosError {}
+
+/// A Nacos 2.x registry. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct Nacos {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Nacos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nacos")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    naming: NamingService,
+    config: NacosConfig,
+    /// What this client registered, by `(service, id)`: deregistration needs the ip and port,
+    /// and keep-alive the healthy flag last sent.
+    registered: tokio::sync::Mutex<HashMap<(String, String), ServiceInstance>>,
+    /// Since when the server has answered without a transport failure (`None`: it does not).
+    up_since: std::sync::Mutex<Option<Instant>>,
+    /// Services last seen with instances, for push-empty protection of direct queries.
+    had_instances: std::sync::Mutex<HashSet<String>>,
+    /// One server subscription per watched service, shared by its watches.
+    subscriptions: tokio::sync::Mutex<HashMap<String, watch::Subscription>>,
+}
+
+impl Nacos {
+    /// Validates `config`, logs in when credentials are set (a wrong password fails here), and
+    /// connects to the servers.
+    pub async fn connect(config: NacosConfig) -> Result<Nacos> {
+        config.validate()?;
+        let servers: Vec<String> = config
+            .server_configs
+            .iter()
+            .map(NacosServerConfig::authority)
+            .collect();
+        let mut props = ClientProps::new()
+            .server_addr(servers.join(","))
+            .namespace(config.namespace())
+            .app_name(config.app_name.clone())
+            // chi's config is the only source: no NACOS_* environment overrides.
+            .env_first(false)
+            // chi applies its own protection (see the module docs).
+            .naming_push_empty_protection(false)
+            .naming_load_cache_at_start(false)
+            .cache_dir(
+                config
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("chi-nacos")),
+            );
+        if let Some(port) = config.grpc_port {
+            props = props.remote_grpc_port(port);
+        }
+        let mut builder = NamingServiceBuilder::new(props);
+        let mut refresher = None;
+        if let Some(username) = config.username.clone().filter(|u| !u.is_empty()) {
+            let login = auth::Login::new(
+                config
+                    .server_configs
+                    .iter()
+                    .map(|s| (s.authority(), s.context_path()))
+                    .collect(),
+                username,
+                config.password.clone().unwrap_or_default(),
+                config.timeout,
+            );
+            login
+                .login()
+                .await
+                .map_err(|e| Error::registry(BACKEND, e))?;
+            let login = Arc::new(login);
+            refresher = Some(Arc::downgrade(&login));
+            builder = builder.with_auth_plugin(login);
+        }
+        let naming = match tokio::time::timeout(config.connect_timeout, builder.build()).await {
+            Ok(Ok(naming)) => naming,
+            Ok(Err(e)) => return Err(sdk_error(e)),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    backend: BACKEND.into(),
+                    after: config.connect_timeout,
+                });
+            }
+        };
+        let nacos = Nacos {
+            shared: Arc::new(Shared {
+                naming,
+                config,
+                registered: tokio::sync::Mutex::new(HashMap::new()),
+                up_since: std::sync::Mutex::new(Some(Instant::now())),
+                had_instances: std::sync::Mutex::new(HashSet::new()),
+                subscriptions: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+        };
+        // nacos-sdk connects lazily and retries in the background; one real call tells a
+        // server that is up from one that is not (and a token the server refuses).
+        nacos
+            .shared
+            .call(nacos.shared.naming.get_service_list(
+                1,
+                1,
+                Some(nacos.shared.config.group_name.clone()),
+            ))
+            .await?;
+        // Only a working connection gets a token refresher.
+        if let Some(login) = refresher {
+            tokio::spawn(auth::Login::refresh_loop(login));
+        }
+        Ok(nacos)
+    }
+
+    /// The config this registry was built from.
+    pub fn config(&self) -> &NacosConfig {
+        &self.shared.config
+    }
+}
+
+/// Service names become part of Nacos keys (`group@@service`): chi's rules plus no `@@`.
+fn check_service(service: &str) -> Result<()> {
+    validate_name("service name", service)?;
+    if service.contains("@@") {
+        return Err(Error::invalid(
+            "service name",
+            service,
+            "must not contain `@@` (Nacos' group separator)",
+        ));
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// One SDK call with the configured deadline, its error mapped.
+    async fn call<T>(
+        &self,
+        fut: impl Future<Output = nacos_sdk::api::error::Result<T>>,
+    ) -> Result<T> {
+        let result = match tokio::time::timeout(self.config.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(sdk_error(e)),
+            Err(_) => Err(Error::Timeout {
+                backend: BACKEND.into(),
+                after: self.config.timeout,
+            }),
+        };
+        let mut up = self.up_since.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(_) => {
+                up.get_or_insert_with(Instant::now);
+            }
+            Err(Error::Unavailable { .. } | Error::Timeout { .. }) => *up = None,
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// True when the server has answered without interruption for the empty grace period, so
+    /// its "no instances" is believed.
+    fn trusted(&self) -> bool {
+        self.up_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() >= self.config.empty_grace)
+    }
+
+    /// Push-empty protection for direct queries: an empty answer for a service that had
+    /// instances, from a server that only just came back, is an error (the caller keeps its
+    /// last list) rather than an empty list.
+    fn guard_empty(&self, service: &str, list: &[Instance]) -> Result<()> {
+        let mut had = self.had_instances.lock().unwrap_or_else(|e| e.into_inner());
+        if !list.is_empty() {
+            had.insert(service.to_owned());
+            return Ok(());
+        }
+        if self.config.push_empty_protection && had.contains(service) && !self.trusted() {
+            return Err(Error::Unavailable {
+                backend: BACKEND.into(),
+                message: format!(
+                    "the server reconnected less than {:?} ago and reports no instance of \
+                     `{service}`; not believed yet (push-empty protection)",
+                    self.config.empty_grace
+                ),
+            });
+        }
+        had.remove(service);
+        Ok(())
+    }
+
+    fn group(&self) -> Option<String> {
+        Some(self.config.group_name.clone())
+    }
+
+    /// The server's current instances of `service` (not the SDK's cache), as Nacos has them.
+    async fn query_raw(&self, service: &str) -> Result<Vec<ServiceInstance>> {
+        self.call(self.naming.get_all_instances(
+            service.to_owned(),
+            self.group(),
+            Vec::new(),
+            false,
+        ))
+        .await
+    }
+
+    /// The server's current instances of `service`, mapped.
+    pub(crate) async fn query(&self, service: &str) -> Result<Vec<Instance>> {
+        Ok(map_all(service, &self.query_raw(service).await?))
+    }
+
+    /// The SDK's subscribed copy of `service` (what the last push said); no network call once
+    /// subscribed.
+    pub(crate) async fn cached(&self, service: &str) -> Result<Vec<Instance>> {
+        let raw = self
+            .call(
+                self.naming
+                    .get_all_instances(service.to_owned(), self.group(), Vec::new(), true),
+            )
+            .await?;
+        Ok(map_all(service, &raw))
+    }
+
+    async fn register_raw(&self, service: &str, si: ServiceInstance) -> Result<()> {
+        self.call(
+            self.naming
+                .register_instance(service.to_owned(), self.group(), si),
+        )
+        .await
+    }
+}
+
+fn map_all(service: &str, raw: &[ServiceInstance]) -> Vec<Instance> {
+    let mut list: Vec<Instance> = raw
+        .iter()
+        .filter_map(|si| convert::from_nacos(service, si))
+        .collect();
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    list
+}
+
+/// nacos-sdk's errors, sorted into chi's: transport trouble is `Unavailable`; a server's refusal
+/// is a `Registry` error carrying Nacos' code and message.
+fn sdk_error(e: nacos_sdk::api::error::Error) -> Error {
+    use nacos_sdk::api::error::Error as E;
+    match e {
+        E::ErrResponse(_, _, code, message) => Error::registry(
+            BACKEND,
+            NacosError::new(Some(code), message.unwrap_or_default()),
+        ),
+        E::ErrResult(text) => Error::registry(BACKEND, parse_err_result(&text)),
+        E::TonicGrpcTransport(_)
+        | E::TonicGrpcStatus(_)
+        | E::GrpcBufferRequest(_)
+        | E::ClientUnhealthy(_)
+        | E::ClientShutdown(_)
+        | E::NoAvailableServer => Error::Unavailable {
+            backend: BACKEND.into(),
+            message: e.to_string(),
+        },
+        other => Error::registry(BACKEND, NacosError::new(None, other.to_string())),
+    }
+}
+
+/// nacos-sdk reports a refused request as the text `handle OP failed: result_code=R,
+/// error_code=C, message=M`; pull the code and message back out.
+fn parse_err_result(text: &str) -> NacosError {
+    let code = text
+        .split("error_code=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit() && c != '-').next())
+        .and_then(|n| n.parse::<i32>().ok());
+    let message = text
+        .split_once("message=")
+        .map(|(op, m)| {
+            let op = op.split(':').next().unwrap_or("").trim();
+            if op.is_empty() {
+                m.to_owned()
+            } else {
+                format!("{m} ({op})")
+            }
+        })
+        .unwrap_or_else(|| text.to_owned());
+    NacosError::new(code, message)
+}
+
+#[async_trait]
+impl Registry for Nacos {
+    fn backend(&self) -> &str {
+        BACKEND
+    }
+
+    async fn register(&self, instance: &Instance) -> Result<()> {
+        instance.validate()?;
+        check_service(&instance.name)?;
+        let si = convert::to_nacos(instance, &self.shared.config.cluster_name)?;
+        let mut registered = self.shared.registered.lock().await;
+        let key = (instance.name.clone(), instance.id.clone());
+        // Same id at another address: the old one must go, or it would linger until this
+        // connection closes.
+        if let Some(old) = registered.get(&key)
+            && (old.ip != si.ip || old.port != si.port)
+        {
+            self.shared
+                .call(self.shared.naming.deregister_instance(
+                    instance.name.clone(),
+                    self.shared.group(),
+                    old.clone(),
+                ))
+                .await?;
+        }
+        self.shared.register_raw(&instance.name, si.clone()).await?;
+        registered.insert(key, si);
+        Ok(())
+    }
+
+    async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+        check_service(service)?;
+        let mut registered = self.shared.registered.lock().await;
+        let key = (service.to_owned(), id.to_owned());
+        let target = match registered.get(&key) {
+            Some(si) => Some(si.clone()),
+            // Not ours: find it on the server by chi's id.
+            None => self
+                .shared
+                .query_raw(service)
+                .await?
+                .into_iter()
+                .find(|si| convert::from_nacos(service, si).is_some_and(|i| i.id == id)),
+        };
+        if let Some(si) = target {
+            self.shared
+                .call(self.shared.naming.deregister_instance(
+                    service.to_owned(),
+                    self.shared.group(),
+                    si,
+                ))
+                .await?;
+        }
+        registered.remove(&key);
+        Ok(())
+    }
+
+    async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
+        check_service(&instance.name)?;
+        let on_server = self.shared.query(&instance.name).await?;
+        // Nacos knows healthy or not; chi's Unknown counts as healthy.
+        let want_healthy = health != HealthStatus::Unhealthy;
+        let key = (instance.name.clone(), instance.id.clone());
+        let mut registered = self.shared.registered.lock().await;
+        let ours = registered.get(&key).cloned();
+        match on_server.iter().find(|i| i.id == instance.id) {
+            Some(found) if (found.health == HealthStatus::Healthy) == want_healthy => {
+                return Ok(Liveness::Alive);
+            }
+            Some(_) => {}
+            // Some servers (rnacos) never list unhealthy instances: one we marked unhealthy, or
+            // are about to, cannot be seen, so re-send it (an idempotent upsert) instead.
+            None if ours.as_ref().is_some_and(|si| !si.healthy) || !want_healthy => {}
+            None => return Ok(Liveness::Lost),
+        }
+        let mut si = match ours {
+            Some(si) => si,
+            None => convert::to_nacos(instance, &self.shared.config.cluster_name)?,
+        };
+        si.healthy = want_healthy;
+        self.shared.register_raw(&instance.name, si.clone()).await?;
+        registered.insert(key, si);
+        Ok(Liveness::Alive)
+    }
+
+    fn keep_alive_interval(&self) -> Duration {
+        self.shared.config.keep_alive_interval
+    }
+
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+        check_service(service)?;
+        let list = self.shared.query(service).await?;
+        self.shared.guard_empty(service, &list)?;
+        Ok(list)
+    }
+
+    async fn services(&self) -> Result<Vec<String>> {
+        const PAGE: i32 = 500;
+        let mut names = Vec::new();
+        let mut page = 1;
+        loop {
+            let (batch, total) = self
+                .shared
+                .call(
+                    self.shared
+                        .naming
+                        .get_service_list(page, PAGE, self.shared.group()),
+                )
+                .await?;
+            let got = batch.len();
+            names.extend(batch);
+            if got == 0 || names.len() >= usize::try_from(total).unwrap_or(0) {
+                break;
+            }
+            page += 1;
+        }
+        // Nacos keeps a service for a while after its last instance left; the trait promises
+        // only services with instances.
+        let checked: Vec<(String, Result<Vec<ServiceInstance>>)> =
+            futures_util::stream::iter(names)
+                .map(|name| async move {
+                    let r = self.shared.query_raw(&name).await;
+                    (name, r)
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+        let mut out = Vec::new();
+        for (name, r) in checked {
+            if !map_all(&name, &r?).is_empty() {
+                out.push(name);
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn watch(&self, service: &str) -> Result<WatchStream> {
+        check_service(service)?;
+        watch::start(self.shared.clone(), service.to_owned()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_requests_keep_code_and_message() {
+        let e = parse_err_result(
+            "handle register_instance failed: result_code=500, error_code=403, \
+             message=unknown user!",
+        );
+        assert_eq!(e.code, Some(403));
+        assert_eq!(e.message, "unknown user! (handle register_instance failed)");
+        assert_eq!(
+            e.to_string(),
+            "nacos error 403: unknown user! (handle register_instance failed)"
+        );
+        let odd = parse_err_result("something else");
+        assert_eq!(odd, NacosError::new(None, "something else"));
+    }
+
+    #[test]
+    fn service_names_cannot_hold_the_group_separator() {
+        assert!(check_service("a@@b").is_err());
+        assert!(check_service("a/b").is_err());
+        check_service("user-service").expect("valid");
+    }
+}
