@@ -26,6 +26,7 @@ const MEMORY_TTL: Duration = Duration::from_secs(10);
 type Labels = Vec<(String, String)>;
 
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let mut shutdown = Shutdown::install()?;
     let mut source = Source::resolve(&args.source)?;
     let Some(service) = source.config.registration.clone() else {
         return Err(Failure::bad_input(
@@ -111,7 +112,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         instance.authority()
     );
 
-    shutdown_signal().await?;
+    shutdown.wait().await;
     drop(own);
     eprintln!("chi agent: shutting down, deregistering {}", instance.id);
     let mut failed = false;
@@ -183,12 +184,28 @@ fn agent_metrics(manager: Arc<ServiceManager>) -> admin::MetricsFn {
     })
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM.
-pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment this is made (make it before telling
+/// anyone the process is ready, so an early signal is not the default "die at once").
+pub(crate) struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Installs the handlers.
+    pub(crate) fn install() -> anyhow::Result<Shutdown> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// Waits for either signal.
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -36,6 +36,10 @@ pub(crate) enum Command {
     Watch(WatchArgs),
     /// Run one health check now: exit 0 healthy, 1 unhealthy, 2 bad input.
     Check(CheckArgs),
+    /// Show which instances routing and the balancer pick over N picks.
+    Select(SelectArgs),
+    /// Load-balancing HTTP/1.1 and HTTP/2 reverse proxy.
+    Proxy(ProxyArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -167,4 +171,54 @@ fn humantime_like(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{s:?}: must be more than zero"));
     }
     Ok(d)
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  chi select user-service -c chi-config.yaml --registry chi://127.0.0.1:9901\n  \
+chi select user-service --strategy consistent_hash --key user-42 --count 1000 -o json --registry consul://127.0.0.1:8500"
+)]
+pub(crate) struct SelectArgs {
+    /// Service name.
+    pub(crate) name: String,
+    /// Balancer strategy (default: load_balancer.strategy of the config, else round_robin).
+    #[arg(long, value_name = "S")]
+    pub(crate) strategy: Option<String>,
+    /// Key of hashing strategies (every pick uses it).
+    #[arg(long, value_name = "K")]
+    pub(crate) key: Option<String>,
+    /// How many picks.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub(crate) count: u32,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub(crate) output: Format,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  chi proxy -c chi-config.yaml --registry chi://127.0.0.1:9901\n  \
+curl http://127.0.0.1:15001/user-service/api/users          # service from the first path segment\n  \
+curl -H 'Host: user-service' http://127.0.0.1:15001/api/users\n  \
+curl -H 'X-Hash-Key: user-42' http://127.0.0.1:15001/user-service/\n\n\
+X-Hash-Key is the key of hashing strategies.\n\
+Responses carry X-Chi-Upstream: the id of the instance that answered."
+)]
+pub(crate) struct ProxyArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    /// Address to serve HTTP/1.1 and HTTP/2 (h2c) on.
+    #[arg(long, default_value = "127.0.0.1:15001", value_name = "ADDR")]
+    pub(crate) listen: SocketAddr,
+    /// Admin HTTP address: /health, /metrics (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:9902", value_name = "ADDR")]
+    pub(crate) admin: SocketAddr,
+    /// Timeout of one upstream attempt (to the response head).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) timeout: std::time::Duration,
+    /// Retry non-idempotent methods (POST, PATCH) too.
+    #[arg(long)]
+    pub(crate) retry_all_methods: bool,
 }

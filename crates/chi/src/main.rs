@@ -12,7 +12,10 @@ mod config_check;
 mod discover;
 mod failure;
 mod output;
+mod pick;
+mod proxy;
 mod remote;
+mod select;
 mod source;
 mod watch;
 
@@ -39,6 +42,8 @@ fn main() -> ExitCode {
             Command::Discover(args) => discover::run(args).await,
             Command::Watch(args) => watch::run(args).await,
             Command::Check(args) => check::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
+            Command::Select(args) => select::run(args).await,
             Command::Config {
                 command: ConfigCommand::Check(args),
             } => config_check::run(args),

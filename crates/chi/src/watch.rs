@@ -5,12 +5,13 @@ use std::process::ExitCode;
 use chi_discovery::{Change, DiscoveryClient, Instance};
 use serde_json::json;
 
-use crate::agent::shutdown_signal;
+use crate::agent::Shutdown;
 use crate::cli::{Format, WatchArgs};
 use crate::failure::Failure;
 use crate::source::Source;
 
 pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let mut shutdown = Shutdown::install()?;
     let source = Source::resolve(&args.source)?;
     source.require_shared("watch")?;
     let registry = source.connect().await?;
@@ -21,11 +22,9 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         Failure::failed(format!("cannot watch `{}`: {e}", args.name))
             .hint("is the registry up? -v shows more")
     })?;
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            r = &mut stop => { r?; return Ok(ExitCode::SUCCESS); }
+            () = shutdown.wait() => return Ok(ExitCode::SUCCESS),
             item = watcher.next() => match item {
                 None => return Err(Failure::failed(format!("the watch of `{}` ended", args.name)).into()),
                 Some(Err(e)) => eprintln!("warning: {e} (the watch resumes with a reset)"),

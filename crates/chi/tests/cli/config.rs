@@ -72,6 +72,8 @@ fn every_command_has_an_example_in_its_help() {
         &["discover", "--help"],
         &["watch", "--help"],
         &["check", "--help"],
+        &["select", "--help"],
+        &["proxy", "--help"],
         &["config", "check", "--help"],
     ] {
         let out = run(cmd);

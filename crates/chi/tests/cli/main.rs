@@ -6,5 +6,7 @@
 mod agent;
 mod check;
 mod config;
+mod proxy;
 mod real;
+mod select;
 mod support;

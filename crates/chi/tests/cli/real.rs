@@ -17,9 +17,12 @@ fn binary(name: &str, env: &str) -> PathBuf {
     if let Ok(p) = std::env::var(env) {
         return PathBuf::from(p);
     }
-    let cache = std::env::var("CHI_CACHE").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/chi")
-    });
+    let cache = std::env::var("CHI_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/chi")
+        });
     let path = cache.join("bin").join(name);
     assert!(
         path.exists(),
@@ -33,7 +36,9 @@ fn free_ports(n: usize) -> Vec<u16> {
     let ls: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
         .collect();
-    ls.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
 }
 
 fn wait_port(port: u16) {
@@ -66,8 +71,18 @@ fn etcd() -> Server {
     let child = Command::new(binary("etcd", "CHI_ETCD_BIN"))
         .args(["--name", "cli", "--data-dir"])
         .arg(dir.path().join("data"))
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
         .args(["--initial-cluster", &format!("cli={peer}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -85,10 +100,27 @@ fn consul() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = free_ports(4);
     let child = Command::new(binary("consul", "CHI_CONSUL_BIN"))
-        .args(["agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1"])
+        .args([
+            "agent",
+            "-dev",
+            "-bind",
+            "127.0.0.1",
+            "-client",
+            "127.0.0.1",
+        ])
         .args(["-dns-port", "-1", "-grpc-port", "-1"])
-        .args(["-http-port", &p[0].to_string(), "-serf-lan-port", &p[1].to_string()])
-        .args(["-serf-wan-port", &p[2].to_string(), "-server-port", &p[3].to_string()])
+        .args([
+            "-http-port",
+            &p[0].to_string(),
+            "-serf-lan-port",
+            &p[1].to_string(),
+        ])
+        .args([
+            "-serf-wan-port",
+            &p[2].to_string(),
+            "-server-port",
+            &p[3].to_string(),
+        ])
         .arg("-data-dir")
         .arg(dir.path())
         .stdout(Stdio::null())
@@ -118,7 +150,10 @@ fn scenario(url: &str) {
         v.sort();
         v
     };
-    let mut a = Agent::start(&registration("cli-real", 19201, "v1", ""), &["--registry", url]);
+    let mut a = Agent::start(
+        &registration("cli-real", 19201, "v1", ""),
+        &["--registry", url],
+    );
     eventually("the first instance listed", || {
         ids(&discover_json(url, "cli-real", &[])) == ["cli-real-127.0.0.1-19201"]
     });
@@ -130,7 +165,10 @@ fn scenario(url: &str) {
         serde_json::from_str(&watch.wait_line("reset", |l| l.contains("\"reset\""))).expect("json");
     assert_eq!(reset["instances"][0]["id"], "cli-real-127.0.0.1-19201");
 
-    let mut b = Agent::start(&registration("cli-real", 19202, "v2", ""), &["--registry", url]);
+    let mut b = Agent::start(
+        &registration("cli-real", 19202, "v2", ""),
+        &["--registry", url],
+    );
     let added: Value = serde_json::from_str(&watch.wait_line("added b", |l| {
         l.contains("\"added\"") && l.contains("19202")
     }))
@@ -139,11 +177,15 @@ fn scenario(url: &str) {
 
     let (ok, _) = b.proc.terminate();
     assert!(ok, "{:?}", b.proc.seen);
-    watch.wait_line("removed b", |l| l.contains("\"removed\"") && l.contains("19202"));
+    watch.wait_line("removed b", |l| {
+        l.contains("\"removed\"") && l.contains("19202")
+    });
 
     let (ok, _) = a.proc.terminate();
     assert!(ok, "{:?}", a.proc.seen);
-    eventually("no instance left", || discover_json(url, "cli-real", &[]).is_empty());
+    eventually("no instance left", || {
+        discover_json(url, "cli-real", &[]).is_empty()
+    });
 }
 
 #[test]

@@ -1,0 +1,119 @@
+//! `chi select NAME`: what routing and the balancer pick over N picks, as a distribution.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use chi_discovery::DiscoveryClient;
+use serde_json::json;
+
+use crate::cli::{Format, SelectArgs};
+use crate::failure::Failure;
+use crate::output;
+use crate::pick::{Ask, Pickers};
+use crate::source::Source;
+
+pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
+    let source = Source::resolve(&args.source)?;
+    source.require_shared("select")?;
+    let config = &source.config;
+    let pickers = match &args.strategy {
+        Some(s) => Pickers::with_strategy(config, s)?,
+        None => Pickers::from_config(config)?,
+    };
+    if args.count == 0 {
+        return Err(Failure::bad_input("--count 0: nothing to pick")
+            .hint("e.g. --count 1000")
+            .into());
+    }
+    let registry = source.connect().await?;
+    let client = DiscoveryClient::builder()
+        .retry(source.config.retry)
+        .build(registry);
+    let snapshot = client.discover(&args.name).await.map_err(|e| {
+        Failure::failed(format!("cannot discover `{}`: {e}", args.name))
+            .hint("is the registry up? -v shows the retries")
+    })?;
+    if snapshot.is_empty() {
+        return Err(
+            Failure::failed(format!("service `{}` has no instances", args.name))
+                .hint(format!(
+                    "`chi discover {}` lists what the registry has",
+                    args.name
+                ))
+                .into(),
+        );
+    }
+    let picker = pickers.make();
+    let ask = Ask {
+        key: args.key.as_deref().map(str::as_bytes),
+    };
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut misses = 0u64;
+    for _ in 0..args.count {
+        match picker.pick(&snapshot, &ask, &[]) {
+            Some(p) => *counts.entry(p.instance.id).or_default() += 1,
+            None => misses += 1,
+        }
+    }
+    let total = f64::from(args.count);
+    let by_id = |id: &str| snapshot.instances().iter().find(|i| i.id == id);
+    match args.output {
+        Format::Json => {
+            let picks: Vec<_> = counts
+                .iter()
+                .map(|(id, n)| {
+                    let i = by_id(id);
+                    json!({
+                        "id": id,
+                        "address": i.map(|i| i.authority()),
+                        "version": i.map(|i| i.version.clone()),
+                        "weight": i.map(|i| i.weight),
+                        "picks": n,
+                        "share": *n as f64 / total,
+                    })
+                })
+                .collect();
+            let out = json!({
+                "service": args.name,
+                "strategy": picker.strategy(),
+                "count": args.count,
+                "unpicked": misses,
+                "picks": picks,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = counts
+                .iter()
+                .map(|(id, n)| {
+                    let i = by_id(id);
+                    vec![
+                        id.clone(),
+                        i.map(|i| i.authority()).unwrap_or_default(),
+                        i.map(|i| i.version.clone()).unwrap_or_default(),
+                        i.map(|i| i.weight.to_string()).unwrap_or_default(),
+                        n.to_string(),
+                        format!("{:.1}%", *n as f64 * 100.0 / total),
+                    ]
+                })
+                .collect();
+            println!(
+                "{} picks of `{}` with {}:",
+                args.count,
+                args.name,
+                picker.strategy()
+            );
+            print!(
+                "{}",
+                output::table(
+                    &["ID", "ADDRESS", "VERSION", "WEIGHT", "PICKS", "SHARE"],
+                    &rows
+                )
+            );
+            if misses > 0 {
+                println!("{misses} pick(s) found no usable instance");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
