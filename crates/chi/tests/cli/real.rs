@@ -140,6 +140,45 @@ fn consul() -> Server {
     }
 }
 
+fn nacos() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // nacos-sdk finds the gRPC port at the HTTP port + 1000.
+    let (http, held) = (0..200)
+        .find_map(|_| {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let p = l.local_addr().expect("addr").port();
+            let g = (p <= 64000)
+                .then(|| TcpListener::bind(("127.0.0.1", p + 1000)).ok())
+                .flatten()?;
+            Some((p, vec![l, g]))
+        })
+        .expect("a free port pair (p, p+1000)");
+    let console = free_ports(1)[0];
+    let env = format!(
+        "RNACOS_HTTP_PORT={http}\nRNACOS_GRPC_PORT={}\nRNACOS_HTTP_CONSOLE_PORT={console}\n\
+         RNACOS_CONFIG_DB_DIR={}\nRNACOS_ENABLE_METRICS=false\n",
+        http + 1000,
+        dir.path().join("db").display(),
+    );
+    let env_file = dir.path().join("env");
+    std::fs::write(&env_file, env).expect("write env");
+    drop(held);
+    let child = Command::new(binary("rnacos", "CHI_NACOS_BIN"))
+        .arg("-e")
+        .arg(&env_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rnacos");
+    wait_port(http);
+    wait_port(http + 1000);
+    Server {
+        child,
+        url: format!("nacos://127.0.0.1:{http}"),
+        _dir: dir,
+    }
+}
+
 /// Register, discover, watch a second instance come and go, deregister on SIGTERM.
 fn scenario(url: &str) {
     let ids = |list: &[Value]| -> Vec<String> {
@@ -197,5 +236,11 @@ fn cli_against_real_etcd() {
 #[test]
 fn cli_against_real_consul() {
     let server = consul();
+    scenario(&server.url);
+}
+
+#[test]
+fn cli_against_real_nacos() {
+    let server = nacos();
     scenario(&server.url);
 }
