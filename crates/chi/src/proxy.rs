@@ -60,6 +60,16 @@ struct ServiceState {
     revision: Mutex<u64>,
     /// Instances this proxy marked unhealthy in the discovery cache (ejected).
     marked: Mutex<Vec<String>>,
+    metrics: ServiceMetrics,
+}
+
+/// The metric handles of one service, made once (no label allocation per request).
+struct ServiceMetrics {
+    attempt_ok: Counter,
+    attempt_failed: Counter,
+    /// Requests by status class, 1xx to 5xx.
+    by_class: [Counter; 5],
+    latency: Histogram,
 }
 
 struct Proxy {
@@ -304,24 +314,51 @@ fn plain(status: StatusCode, text: impl Into<String>) -> Response<ProxyBody> {
     resp
 }
 
-fn class(s: StatusCode) -> String {
-    format!("{}xx", s.as_u16() / 100)
-}
-
 impl Proxy {
-    fn service(&self, name: &str) -> anyhow::Result<Arc<ServiceState>> {
+    fn service(&self, name: &str) -> Arc<ServiceState> {
         if let Some(s) = self
             .services
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
         {
-            return Ok(s.clone());
+            return s.clone();
         }
         let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = map.get(name) {
-            return Ok(s.clone());
+            return s.clone();
         }
+        let label = |k: &str, v: &str| {
+            vec![
+                ("service".to_owned(), name.to_owned()),
+                (k.to_owned(), v.to_owned()),
+            ]
+        };
+        // One statement per handle: a family's read guard must be gone before the next
+        // `get_or_create` of the same family may need its write lock.
+        let attempt_ok = self
+            .attempts
+            .get_or_create(&label("outcome", "success"))
+            .clone();
+        let attempt_failed = self
+            .attempts
+            .get_or_create(&label("outcome", "failure"))
+            .clone();
+        let mut by_class: [Counter; 5] = Default::default();
+        for (slot, c) in by_class.iter_mut().zip(["1xx", "2xx", "3xx", "4xx", "5xx"]) {
+            let counter = self.requests.get_or_create(&label("code", c)).clone();
+            *slot = counter;
+        }
+        let latency = self
+            .latency
+            .get_or_create(&vec![("service".to_owned(), name.to_owned())])
+            .clone();
+        let metrics = ServiceMetrics {
+            attempt_ok,
+            attempt_failed,
+            by_class,
+            latency,
+        };
         let state = Arc::new(ServiceState {
             picker: self.pickers.make(),
             outliers: OutlierDetector::new(OutlierConfig {
@@ -332,19 +369,18 @@ impl Proxy {
             }),
             revision: Mutex::new(u64::MAX),
             marked: Mutex::new(Vec::new()),
+            metrics,
         });
         map.insert(name.to_owned(), state.clone());
-        Ok(state)
+        state
     }
 
     fn record(&self, service: &str, state: &ServiceState, id: &str, success: bool) {
-        let outcome = if success { "success" } else { "failure" };
-        self.attempts
-            .get_or_create(&vec![
-                ("service".to_owned(), service.to_owned()),
-                ("outcome".to_owned(), outcome.to_owned()),
-            ])
-            .inc();
+        if success {
+            state.metrics.attempt_ok.inc();
+        } else {
+            state.metrics.attempt_failed.inc();
+        }
         if success {
             state.outliers.record_success(id);
         } else if state.outliers.record_failure(id) {
@@ -393,21 +429,14 @@ impl Proxy {
                 );
             }
         };
-        let response = match self.service(&service) {
-            Ok(state) => {
-                self.track(&state, &snapshot);
-                self.forward(&service, &state, req, path, peer).await
-            }
-            Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
-        let labels = vec![
-            ("service".to_owned(), service),
-            ("code".to_owned(), class(response.status())),
-        ];
-        self.requests.get_or_create(&labels).inc();
-        self.latency
-            .get_or_create(&labels[..1].to_vec())
-            .observe(start.elapsed().as_secs_f64());
+        let state = self.service(&service);
+        self.track(&state, &snapshot);
+        let response = self
+            .forward(&service, &state, snapshot, req, path, peer)
+            .await;
+        let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
+        state.metrics.by_class[class].inc();
+        state.metrics.latency.observe(start.elapsed().as_secs_f64());
         response
     }
 
@@ -426,6 +455,7 @@ impl Proxy {
         &self,
         service: &str,
         state: &ServiceState,
+        first: Snapshot,
         req: Request<Incoming>,
         path: String,
         peer: SocketAddr,
@@ -453,19 +483,21 @@ impl Proxy {
         let retry_any = self.retry_all_methods || idempotent(&parts.method);
         let mut tried: Vec<String> = Vec::new();
         let mut last_error = String::from("no instance could be picked");
+        let mut first = Some(first);
+        let ask = Ask::from_headers(&headers);
         for attempt in 1..=self.max_attempts {
-            // Each attempt sees the latest snapshot (ejections are laid over it).
-            let snapshot = match self.client.discover(service).await {
-                Ok(s) => s,
-                Err(e) => {
-                    last_error = e.to_string();
-                    break;
-                }
+            // A retry sees the latest snapshot (ejections are laid over it).
+            let snapshot = match first.take() {
+                Some(s) => s,
+                None => match self.client.discover(service).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last_error = e.to_string();
+                        break;
+                    }
+                },
             };
-            let Some(picked) = state
-                .picker
-                .pick(&snapshot, &Ask::from_headers(&headers), &tried)
-            else {
+            let Some(picked) = state.picker.pick(&snapshot, &ask, &tried) else {
                 break;
             };
             let id = picked.instance.id.clone();

@@ -253,6 +253,23 @@ async fn proxy_path_and_host_and_errors() {
     assert!(body.contains("nobody"), "{body}");
     let (status, _, _) = get(&c, &proxy.addr, "/", &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // HTTP/2 with prior knowledge (h2c) on the same port.
+    let h2: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let resp = h2
+        .request(
+            Request::get(format!("http://{}/web/h2", proxy.addr))
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("h2 answer");
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"b1 /h2");
     let (status, metrics) = http_get(&proxy.admin, "/metrics");
     assert_eq!(status, 200);
     assert!(
