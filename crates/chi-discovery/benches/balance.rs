@@ -149,6 +149,42 @@ fn strategies(c: &mut Criterion) {
     }
 }
 
+/// Load-aware strategies with every instance busy (one request held on each, two on every
+/// third): least connections must then scan the whole set, the worst case the idle bench hides.
+fn busy(c: &mut Criterion) {
+    for strategy in [
+        Strategy::LeastConnections,
+        Strategy::P2c,
+        Strategy::PeakEwma,
+    ] {
+        let mut g = c.benchmark_group(format!("select_busy/{}", strategy.as_str()));
+        for n in SIZES {
+            let list = instances(n);
+            let selector = BalancerConfig::new(strategy).build(&list, None);
+            let held: Vec<_> = selector
+                .loads()
+                .map(|loads| {
+                    (0..n)
+                        .flat_map(|i| std::iter::repeat_n(i, 1 + usize::from(i % 3 == 0)))
+                        .filter_map(|i| loads.get(i).map(|l| l.start()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            g.bench_function(BenchmarkId::new("1t", n), |b| {
+                b.iter_custom(|iters| {
+                    on_threads(1, iters, |i| {
+                        let k = key(i);
+                        let pick = selector.pick(&list, &Request::with_key(&k));
+                        black_box(pick.map(|p| p.0));
+                    })
+                })
+            });
+            drop(held);
+        }
+        g.finish();
+    }
+}
+
 fn rebuild(c: &mut Criterion) {
     let mut g = c.benchmark_group("rebuild");
     let list = instances(1_000);
@@ -166,5 +202,5 @@ fn rebuild(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, baselines, strategies, rebuild);
+criterion_group!(benches, baselines, strategies, busy, rebuild);
 criterion_main!(benches);

@@ -82,7 +82,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         names.insert(report.id.clone(), name);
         stops.insert(name, (report.id, stop));
     }
-    println!("registered {} instances (keep-alive every {:?})", stops.len(), registry_interval(&registry));
+    println!(
+        "registered {} instances (keep-alive every {:?})",
+        stops.len(),
+        registry_interval(&registry)
+    );
 
     // 2. Discovery with a cache, and active health checks laid over it.
     let client = DiscoveryClient::new(registry.clone());
@@ -95,14 +99,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await;
     let snapshot = client.discover(SERVICE).await?;
-    println!("\ndiscover(\"{SERVICE}\") -> {} instances (health checked in {:?}):", snapshot.len(), all_healthy);
+    println!(
+        "\ndiscover(\"{SERVICE}\") -> {} instances (health checked in {:?}):",
+        snapshot.len(),
+        all_healthy
+    );
     for i in snapshot.iter() {
         println!("{}", row(i));
     }
     let east_v1 = client
-        .discover_with_filter(SERVICE, &Filter::new().tag("v1").meta("region", "us-east-1").healthy_only())
+        .discover_with_filter(
+            SERVICE,
+            &Filter::new()
+                .tag("v1")
+                .meta("region", "us-east-1")
+                .healthy_only(),
+        )
         .await?;
-    println!("\nfilter tag=v1, region=us-east-1, healthy only -> {:?}", ids(&east_v1));
+    println!(
+        "\nfilter tag=v1, region=us-east-1, healthy only -> {:?}",
+        ids(&east_v1)
+    );
 
     // 3. Every balancer over the same snapshot.
     println!("\n600 picks per strategy (weights east-a=3, east-b=1, west-a=1):");
@@ -114,7 +131,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let pick = balancer
                 .pick(&snapshot, Some(key.as_bytes()))
                 .ok_or("no instance picked")?;
-            *counts.entry(names[&pick.instance().id].to_owned()).or_default() += 1;
+            *counts
+                .entry(names[&pick.instance().id].to_owned())
+                .or_default() += 1;
         }
         let dist: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("  {:<22} {}", strategy.as_str(), dist.join("  "));
@@ -122,7 +141,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 4. The watch so far: a Reset, then the health updates.
     let mut seen = Vec::new();
-    while let Ok(Some(Ok(change))) = tokio::time::timeout(Duration::from_millis(50), watcher.next()).await {
+    while let Ok(Some(Ok(change))) =
+        tokio::time::timeout(Duration::from_millis(50), watcher.next()).await
+    {
         seen.push(describe(&change));
     }
     println!("\nwatch events so far: {}", seen.join(", "));
@@ -150,14 +171,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("round robin now skips it: {}", picks.join(" "));
 
     manager.deregister(SERVICE, &west_id).await?;
-    let removed = wait_for(Duration::from_secs(2), || async {
-        matches!(
-            tokio::time::timeout(Duration::from_millis(100), watcher.next()).await,
-            Ok(Some(Ok(Change::Remove(ref i)))) if i.id == west_id
-        )
-    })
-    .await;
-    println!("deregistered: the watch saw Remove({west_id}) ({})", if removed.is_some() { "yes" } else { "no" });
+    let deregistered = Instant::now();
+    let mut removed = None;
+    while deregistered.elapsed() < Duration::from_secs(2) {
+        match tokio::time::timeout(Duration::from_millis(100), watcher.next()).await {
+            Ok(Some(Ok(Change::Remove(i)))) if i.id == west_id => {
+                removed = Some(deregistered.elapsed());
+                break;
+            }
+            _ => continue,
+        }
+    }
+    println!(
+        "deregistered: the watch saw Remove({west_id}) ({})",
+        if removed.is_some() { "yes" } else { "no" }
+    );
     let left = client.refresh(SERVICE).await?;
     println!("discover now -> {:?}", ids(&left));
 

@@ -34,9 +34,13 @@ pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod instance;
+pub mod integration;
 pub mod manager;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod registry;
 pub mod retry;
+pub mod routing;
 pub mod secret;
 
 pub use discovery::{DiscoveryClient, Snapshot, Watcher};

@@ -4,8 +4,8 @@
 //! Mirrokni, Thorup, Zadimoghaddam, *Consistent Hashing with Bounded Loads* (SODA 2018), in the
 //! partitioned form of `buraksezer/consistent`, the Go library the spec's sketch uses:
 //!
-//! 1. every instance is placed on a ring `replication_factor` times (hash of its id and replica
-//!    number);
+//! 1. every instance is placed on a ring `replication_factor` times (the hash of its id, mixed
+//!    with each replica number);
 //! 2. keys are grouped into `partition_count` partitions (hash of the key, reduced to the count);
 //! 3. each partition, in order, goes to the first instance clockwise from the hash of the partition
 //!    number that still has room, where room means owning fewer than `ceil(partitions / n * load)`
@@ -23,7 +23,6 @@
 
 use std::sync::Arc;
 
-use super::hash::hash_with_suffix;
 use super::{
     KeyHasher, RandomSource, Request, Select, ThreadRandom, accepts, bounded, default_hash,
     eligible, scan_from,
@@ -156,6 +155,15 @@ impl ConsistentHash {
     }
 }
 
+/// The ring point of replica `r` of an instance whose id hashes to `base` (splitmix64 finaliser).
+#[inline]
+fn replica_point(base: u64, r: u64) -> u64 {
+    let mut z = base.wrapping_add(r.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Assigns every partition to an instance, never exceeding the bound.
 fn distribute(
     instances: &[Instance],
@@ -169,14 +177,13 @@ fn distribute(
     }
     let rf = config.replication_factor;
     let mut ring: Vec<(u64, u32)> = Vec::with_capacity(n * rf);
-    let mut buf = Vec::with_capacity(64);
+    // One call of the (pluggable) hasher per instance; its replicas are derived from that hash by
+    // a splitmix64 finaliser of (hash + r * golden ratio): well spread, and 20x fewer hasher calls
+    // than hashing `id + r` for each replica, which dominated the rebuild.
     for (member, &idx) in candidates.iter().enumerate() {
-        let id = instances[idx as usize].id.as_bytes();
+        let base = hasher(instances[idx as usize].id.as_bytes());
         for r in 0..rf {
-            ring.push((
-                hash_with_suffix(hasher, &mut buf, id, r as u32),
-                member as u32,
-            ));
+            ring.push((replica_point(base, r as u64), member as u32));
         }
     }
     radix_sort(&mut ring);

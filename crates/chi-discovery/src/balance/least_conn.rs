@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::{
-    Loads, PeakEwmaConfig, RandomSource, Request, Select, ThreadRandom, bounded, eligible,
+    Loads, PeakEwmaConfig, RandomSource, Request, Select, ThreadRandom, accepts, bounded, eligible,
 };
 use crate::instance::Instance;
 
@@ -82,23 +82,21 @@ impl Select for LeastConnections {
                 start + k
             };
             let idx = self.candidates[j] as usize;
-            let Some(inst) = instances.get(idx) else {
-                continue;
-            };
-            if !(request.usable)(inst) {
-                continue;
-            }
             let load = self.loads.get(idx).map_or(0, |l| l.in_flight());
             let w = self.weights[j];
-            match best {
-                Some((_, bl, bw)) if !lighter(load, w, bl, bw) => {}
-                _ => {
-                    if load == 0 {
-                        return Some(idx);
-                    }
-                    best = Some((idx, load, w));
-                }
+            if let Some((_, bl, bw)) = best
+                && !lighter(load, w, bl, bw)
+            {
+                continue;
             }
+            // The predicate only for an instance that would win: most of a scan is loads.
+            if !accepts(instances, request, idx) {
+                continue;
+            }
+            if load == 0 {
+                return Some(idx);
+            }
+            best = Some((idx, load, w));
         }
         best.map(|(idx, _, _)| idx)
     }

@@ -79,10 +79,14 @@ impl Load {
         ewma * (-elapsed / decay_ns).exp()
     }
 
-    /// The peak-EWMA cost as of `now`: `estimate * (in_flight + 1)`.
+    /// The estimate as last written and when: `(ns, stamp)`. Two estimates decay by the same
+    /// clock, so comparing them needs no clock read (see `P2c`).
     #[inline]
-    pub(crate) fn cost_at(&self, now: u64, decay_ns: f64) -> f64 {
-        self.estimate_at(now, decay_ns) * (self.in_flight() + 1) as f64
+    pub(crate) fn raw_estimate(&self) -> (f64, u64) {
+        (
+            f64::from_bits(self.ewma.load(Ordering::Relaxed)),
+            self.stamp.load(Ordering::Relaxed),
+        )
     }
 
     /// The latency estimate now.
@@ -197,9 +201,5 @@ impl Loads {
     /// True when there is no cell.
     pub fn is_empty(&self) -> bool {
         self.cells.is_empty()
-    }
-
-    pub(crate) fn now_ns() -> u64 {
-        now_ns()
     }
 }

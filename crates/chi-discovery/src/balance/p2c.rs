@@ -81,7 +81,7 @@ impl P2c {
 
     /// True when candidate `a` is strictly heavier than candidate `b` (positions in `candidates`).
     #[inline]
-    fn heavier(&self, a: usize, b: usize, now: u64) -> bool {
+    fn heavier(&self, a: usize, b: usize) -> bool {
         let (ia, ib) = (self.candidates[a] as usize, self.candidates[b] as usize);
         let (Some(la), Some(lb)) = (self.loads.get(ia), self.loads.get(ib)) else {
             return false;
@@ -90,9 +90,14 @@ impl P2c {
         match self.cost {
             P2cCost::LeastRequest => lighter(lb.in_flight(), wb, la.in_flight(), wa),
             P2cCost::PeakEwma => {
-                let ca = la.cost_at(now, self.decay_ns) / f64::from(wa);
-                let cb = lb.cost_at(now, self.decay_ns) / f64::from(wb);
-                cb < ca
+                // cost_x = e_x * exp(-(now - s_x) / tau) * (in_flight_x + 1) / w_x. Both decay by
+                // the same clock, so cost_b < cost_a compares without reading it and with one exp.
+                let (ea, sa) = la.raw_estimate();
+                let (eb, sb) = lb.raw_estimate();
+                let ka = ea * (la.in_flight() + 1) as f64 / f64::from(wa);
+                let kb = eb * (lb.in_flight() + 1) as f64 / f64::from(wb);
+                let shift = ((sb as f64 - sa as f64) / self.decay_ns).clamp(-700.0, 700.0);
+                kb * shift.exp() < ka
             }
         }
     }
@@ -107,10 +112,6 @@ impl Select for P2c {
             1 => return scan_from(&self.candidates, instances, request, 0),
             _ => {}
         }
-        let now = match self.cost {
-            P2cCost::PeakEwma => Loads::now_ns(),
-            P2cCost::LeastRequest => 0,
-        };
         let mut a = 0;
         for _ in 0..REDRAWS {
             // Two distinct positions, uniformly (Floyd's sampling for k = 2).
@@ -123,7 +124,7 @@ impl Select for P2c {
             let ok_b = accepts(instances, request, self.candidates[b] as usize);
             let chosen = match (ok_a, ok_b) {
                 (true, true) => {
-                    if self.heavier(a, b, now) {
+                    if self.heavier(a, b) {
                         b
                     } else {
                         a

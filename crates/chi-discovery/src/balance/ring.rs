@@ -58,7 +58,7 @@ impl RingHash {
         let mut ring: Vec<(u64, u32)> = Vec::new();
         let mut buf = Vec::with_capacity(64);
         for (&idx, &w) in candidates.iter().zip(&weights) {
-            let points = ((target as f64 * w as f64 / total.max(1) as f64).round() as u64).max(1);
+            let points = ((target as f64 * w as f64 / total.max(1) as f64).ceil() as u64).max(1);
             let id = instances[idx as usize].id.as_bytes();
             for p in 0..points.min(u64::from(u32::MAX)) {
                 ring.push((hash_with_suffix(hasher, &mut buf, id, p as u32), idx));

@@ -638,13 +638,20 @@ fn concurrent_picks_while_the_set_is_swapped() {
                 })
             })
             .collect();
-        for rev in 2..200u64 {
+        // Swap at least 200 times, and until the pickers made picks (threads may start late on a
+        // loaded machine), within a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut rev = 2u64;
+        while rev < 200
+            || (picks.load(Ordering::Relaxed) < 1000 && std::time::Instant::now() < deadline)
+        {
             let n = (rev % 13) as usize;
             let list: Vec<Instance> = (0..n)
                 .map(|i| inst(&format!("i{}", (i as u64 + rev) % 17)).with_weight((i % 3) as u32))
                 .collect();
             current.store(Arc::new(Snapshot::new(list, rev)));
             std::thread::yield_now();
+            rev += 1;
         }
         stop.store(true, Ordering::Relaxed);
         for p in pickers {

@@ -52,7 +52,25 @@ impl NacosServer {
         Self::launch(Some((user.to_owned(), password.to_owned())), extra)
     }
 
+    /// rnacos 0.8.8 has a start-up race: a raft apply can arrive before its log manager is set,
+    /// and the apply thread panics (`raftapply.rs: unwrap on None`), leaving a server that never
+    /// creates its admin user. That is the server's bug, not chi's: start it again, fresh.
     fn launch(auth: Option<(String, String)>, extra: &[(&str, &str)]) -> NacosServer {
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let server = Self::launch_once(auth.clone(), extra);
+            std::thread::sleep(Duration::from_millis(500));
+            let log = server.proc.log();
+            if !log.contains("panicked") {
+                return server;
+            }
+            eprintln!("rnacos panicked while starting (its own start-up race); starting it again");
+            last_log = log;
+        }
+        panic!("rnacos failed to start three times:\n{last_log}");
+    }
+
+    fn launch_once(auth: Option<(String, String)>, extra: &[(&str, &str)]) -> NacosServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let (http_port, console, held) = reserve_ports();
         let mut env = format!(
@@ -124,7 +142,17 @@ impl NacosServer {
 
     /// Starts again on the same ports and data directory.
     pub fn restart(&mut self) {
-        self.proc.start();
-        self.wait_ready();
+        for _ in 0..3 {
+            let before = self.proc.log().matches("panicked").count();
+            self.proc.start();
+            self.wait_ready();
+            std::thread::sleep(Duration::from_millis(300));
+            if self.proc.log().matches("panicked").count() == before {
+                return;
+            }
+            eprintln!("rnacos panicked while restarting (its own start-up race); restarting it again");
+            self.proc.kill();
+        }
+        panic!("rnacos failed to restart three times:\n{}", self.proc.log());
     }
 }

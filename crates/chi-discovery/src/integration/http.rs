@@ -1,0 +1,205 @@
+//! An HTTP client that calls services by name: `http://user-service/users/42`.
+//!
+//! [`HttpRouter`] resolves the URL's host as a service name through discovery (the cache, so
+//! no registry round trip per request), the [`Smart`] router (version, region, balancer, from
+//! the request's `X-Service-Version` / `X-Client-Region` / `X-Client-Zone` headers), and rewrites
+//! the URL to the picked instance's `address:port`. The outcome of each call is reported to the
+//! service's [`OutlierDetector`] (a 5xx or a transport error is a failure), and ejected instances
+//! are skipped by the next picks: passive health without any code in the caller.
+//!
+//! It wraps a `reqwest::Client` rather than being a `tower::Layer` because the name-to-address
+//! step must happen per request *before* a connection is chosen, which is exactly what a URL
+//! rewrite in front of reqwest's own pool does; for tower/tonic stacks use
+//! [`Discover`](super::Discover) instead.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::balance::Balancer;
+use crate::discovery::DiscoveryClient;
+use crate::error::Error;
+use crate::health::{OutlierConfig, OutlierDetector};
+use crate::instance::Instance;
+use crate::routing::{Route, Routed, Smart, Stage};
+
+/// Why a call through [`HttpRouter`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The URL is not `http(s)://service-name/...`.
+    #[error("not a service URL: {0}")]
+    Url(String),
+    /// Discovery failed or found no instance.
+    #[error(transparent)]
+    Discovery(#[from] Error),
+    /// The call itself failed (connect, timeout...). Reported to outlier detection.
+    #[error("request to {instance} failed: {source}")]
+    Request {
+        /// The instance called.
+        instance: String,
+        /// The error.
+        source: reqwest::Error,
+    },
+}
+
+struct PerService<B: Stage> {
+    router: Smart<B>,
+    outliers: Arc<OutlierDetector>,
+    /// Snapshot revision the detector's host list was last set from.
+    revision: std::sync::atomic::AtomicU64,
+}
+
+/// Calls services by name; see the module docs.
+pub struct HttpRouter<B: Stage = Balancer> {
+    discovery: DiscoveryClient,
+    http: reqwest::Client,
+    make: Box<dyn Fn() -> Smart<B> + Send + Sync>,
+    outlier_config: OutlierConfig,
+    services: Mutex<HashMap<String, Arc<PerService<B>>>>,
+}
+
+impl<B: Stage> std::fmt::Debug for HttpRouter<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRouter")
+            .field("outliers", &self.outlier_config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A resolved call target: the rewritten URL and the routed pick.
+#[derive(Debug)]
+pub struct Resolved<B: Stage = Balancer> {
+    /// The URL with the instance's address in place of the service name.
+    pub url: reqwest::Url,
+    /// The pick (instance, decision, balancer guard).
+    pub routed: Routed<B>,
+    outliers: Arc<OutlierDetector>,
+}
+
+impl<B: Stage> Resolved<B> {
+    /// The instance to call.
+    pub fn instance(&self) -> &Instance {
+        self.routed.instance()
+    }
+
+    /// Reports the outcome to outlier detection.
+    pub fn report(&self, success: bool) {
+        self.outliers.record(&self.instance().id, success);
+    }
+}
+
+impl<B: Stage> HttpRouter<B> {
+    /// A router over `discovery`; `make` builds one [`Smart`] router per service (e.g.
+    /// `move || Smart::from_config(&routing, || Balancer::new(Strategy::P2c))`).
+    pub fn new(
+        discovery: DiscoveryClient,
+        http: reqwest::Client,
+        outliers: OutlierConfig,
+        make: impl Fn() -> Smart<B> + Send + Sync + 'static,
+    ) -> Self {
+        HttpRouter {
+            discovery,
+            http,
+            make: Box::new(make),
+            outlier_config: outliers,
+            services: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The outlier detector of `service`, once it was called.
+    pub fn outliers(&self, service: &str) -> Option<Arc<OutlierDetector>> {
+        self.lock().get(service).map(|s| s.outliers.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PerService<B>>>> {
+        self.services.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn per_service(&self, service: &str) -> Arc<PerService<B>> {
+        let mut map = self.lock();
+        if let Some(s) = map.get(service) {
+            return s.clone();
+        }
+        let s = Arc::new(PerService {
+            router: (self.make)(),
+            outliers: Arc::new(OutlierDetector::new(self.outlier_config.clone())),
+            revision: std::sync::atomic::AtomicU64::new(0),
+        });
+        map.insert(service.to_owned(), s.clone());
+        s
+    }
+
+    /// Resolves `url` (`http://service/path`) for a request described by `route`.
+    pub async fn resolve(&self, url: &str, route: &Route<'_>) -> Result<Resolved<B>, HttpError> {
+        let mut url =
+            reqwest::Url::parse(url).map_err(|e| HttpError::Url(format!("{url}: {e}")))?;
+        let service = url
+            .host_str()
+            .ok_or_else(|| HttpError::Url(format!("{url}: no host")))?
+            .to_owned();
+        let snapshot = self.discovery.discover(&service).await?;
+        let per = self.per_service(&service);
+        let revision = snapshot.revision();
+        if per
+            .revision
+            .swap(revision, std::sync::atomic::Ordering::Relaxed)
+            != revision
+        {
+            per.outliers
+                .set_hosts(snapshot.iter().map(|i| i.id.as_str()));
+        }
+        let outliers = per.outliers.clone();
+        let routed = per
+            .router
+            .pick_usable(&snapshot, route, &|i: &Instance| {
+                !outliers.is_ejected(&i.id)
+            })
+            .ok_or_else(|| Error::NoInstance {
+                service: service.clone(),
+            })?;
+        let instance = routed.instance();
+        let moved = url
+            .set_host(Some(&instance.address))
+            .map_err(|e| HttpError::Url(format!("instance address {}: {e}", instance.address)))
+            .and_then(|()| {
+                url.set_port(Some(instance.port))
+                    .map_err(|()| HttpError::Url(format!("{url}: cannot carry a port")))
+            });
+        moved?;
+        Ok(Resolved {
+            url,
+            routed,
+            outliers,
+        })
+    }
+
+    /// GETs `url` by service name, routing by the routing headers in `headers` (which are also
+    /// sent), and reports the outcome: a 5xx or a transport error counts as a failure.
+    pub async fn get(
+        &self,
+        url: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<reqwest::Response, HttpError> {
+        let route = Route::from_headers(headers);
+        let target = self.resolve(url, &route).await?;
+        let result = self
+            .http
+            .get(target.url.clone())
+            .headers(headers.clone())
+            .send()
+            .await;
+        match result {
+            Ok(response) => {
+                target.report(!response.status().is_server_error());
+                Ok(response)
+            }
+            Err(source) => {
+                target.report(false);
+                Err(HttpError::Request {
+                    instance: target.instance().id.clone(),
+                    source,
+                })
+            }
+        }
+    }
+}

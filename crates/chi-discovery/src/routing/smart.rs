@@ -1,0 +1,597 @@
+//! The smart router: version -> geo -> balancer, with subsets precomputed per snapshot revision.
+//!
+//! A [`Smart`] serves one service. On the first pick from a snapshot revision it has not seen, it
+//! builds a *plan*: the usable instances grouped by version (each version field and each tag),
+//! and within every version group (and the all-versions group) by zone and by region. Every
+//! non-empty group is a *leaf* with its own instance list and its own balancer, because a
+//! balancer keeps one table for one list (a leaf's balancer is carried over to the next plan by
+//! its key, so load counters survive membership changes). The plan is swapped in with `arc-swap`;
+//! a pick then only reads: a few hash lookups to find the leaf, and the leaf balancer's pick.
+//!
+//! Cost, measured by `cargo bench -p chi-discovery --bench routing` at 1,000 instances (2 shared
+//! cores, so read ratios, not absolutes): a full pick (version -> zone -> round robin) 55-62 ns
+//! beside 17-19 ns for the bare balancer pick over the whole list in the same run, about 3.2x
+//! (2.2x in a quieter run); with P2C 65 ns beside 34 ns (1.9x). Routing alone is ~30 ns: the plan
+//! load and two hash lookups.
+//!
+//! Fallbacks never return nothing while the service has a usable instance: each stage widens
+//! instead (see [`VersionStep`] and [`GeoStep`]). When *no* instance is usable, every instance is
+//! routed over ([`Decision::panic`]), as Envoy's panic mode does when all hosts are unhealthy:
+//! some requests may still succeed, none would without. The version and geo rules still apply
+//! within that set.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+use rustc_hash::FxHashMap;
+
+use super::geo::Target;
+use super::{Geo, GeoStep, Route, Version, VersionStep};
+use crate::balance::{Balancer, BalancerConfig, InFlight, Request};
+use crate::config::RoutingConfig;
+use crate::discovery::Snapshot;
+use crate::instance::Instance;
+
+/// A per-pick predicate: which instances of a leaf may be picked now.
+pub type Usable<'a> = dyn Fn(&Instance) -> bool + Sync + 'a;
+
+fn any_instance(_: &Instance) -> bool {
+    true
+}
+
+/// The last stage of [`Smart`]: picks one instance from a leaf's list.
+///
+/// Implemented for closures `Fn(&[Instance], Option<&[u8]>) -> Option<usize>` (strategy name
+/// `custom`; a pick that `usable` rejects is asked again, at most once per instance).
+pub trait Stage: Send + Sync + 'static {
+    /// What a pick holds while the request runs (an in-flight guard), `()` for none.
+    type Guard: Send + 'static;
+
+    /// The strategy name, for metrics.
+    fn strategy(&self) -> &'static str;
+
+    /// Picks an index into `instances` among those `usable` accepts (e.g. not ejected by an
+    /// [`OutlierDetector`](crate::health::OutlierDetector)). `revision` changes exactly when
+    /// `instances` does.
+    fn pick(
+        &self,
+        instances: &[Instance],
+        revision: u64,
+        key: Option<&[u8]>,
+        usable: &Usable<'_>,
+    ) -> Option<(usize, Self::Guard)>;
+}
+
+impl<F> Stage for F
+where
+    F: Fn(&[Instance], Option<&[u8]>) -> Option<usize> + Send + Sync + 'static,
+{
+    type Guard = ();
+
+    fn strategy(&self) -> &'static str {
+        "custom"
+    }
+
+    fn pick(
+        &self,
+        instances: &[Instance],
+        _revision: u64,
+        key: Option<&[u8]>,
+        usable: &Usable<'_>,
+    ) -> Option<(usize, ())> {
+        // Ask again (at most once per instance) while the pick is not usable.
+        (0..instances.len().max(1))
+            .map_while(|_| self(instances, key))
+            .find(|i| instances.get(*i).is_some_and(usable))
+            .map(|i| (i, ()))
+    }
+}
+
+/// The real balancers: the leaf's list is picked with the strategy's table for that leaf (built
+/// once per revision, as [`Balancer`] does for a whole service); the guard is the in-flight count
+/// of load-aware strategies.
+impl Stage for Balancer {
+    type Guard = Option<InFlight>;
+
+    fn strategy(&self) -> &'static str {
+        Balancer::strategy(self).as_str()
+    }
+
+    #[inline]
+    fn pick(
+        &self,
+        instances: &[Instance],
+        revision: u64,
+        key: Option<&[u8]>,
+        usable: &Usable<'_>,
+    ) -> Option<(usize, Option<InFlight>)> {
+        let request = Request { key, usable };
+        let mut pick = self.pick_in(instances, revision, &request)?;
+        Some((pick.index(), pick.take_in_flight()))
+    }
+}
+
+/// Builds a leaf's stage from the previous plan's stage of the same leaf.
+type MakeLeaf<B> = dyn Fn(Option<&Arc<B>>) -> Arc<B> + Send + Sync;
+
+/// Which rules decided a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Decision {
+    /// The version rule.
+    pub version: VersionStep,
+    /// The geo rule.
+    pub geo: GeoStep,
+    /// True when no instance was usable and every instance was routed over.
+    pub panic: bool,
+}
+
+impl Decision {
+    /// True if any stage fell back (or panicked).
+    pub fn fell_back(&self) -> bool {
+        self.panic || self.version.is_fallback() || self.geo.is_fallback()
+    }
+}
+
+/// One version's usable instances, by place.
+#[derive(Default)]
+struct Group {
+    all: usize,
+    zones: FxHashMap<Box<str>, usize>,
+    regions: FxHashMap<Box<str>, usize>,
+}
+
+struct Leaf<B> {
+    instances: Vec<Instance>,
+    balancer: Arc<B>,
+    version: Option<Box<str>>,
+    place: Option<Box<str>>,
+}
+
+struct Plan<B> {
+    /// False only for the placeholder a router starts with.
+    built: bool,
+    revision: u64,
+    panic: bool,
+    versions: FxHashMap<Box<str>, Group>,
+    any: Group,
+    leaves: Vec<Leaf<B>>,
+    /// Leaf key -> balancer, to carry balancers over to the next plan.
+    balancers: FxHashMap<String, Arc<B>>,
+}
+
+impl<B> Plan<B> {
+    fn placeholder() -> Self {
+        Plan {
+            built: false,
+            revision: 0,
+            panic: false,
+            versions: FxHashMap::default(),
+            any: Group::default(),
+            leaves: Vec::new(),
+            balancers: FxHashMap::default(),
+        }
+    }
+
+    fn build(
+        instances: &[Instance],
+        revision: u64,
+        version: &Version,
+        geo: &Geo,
+        previous: Option<&Plan<B>>,
+        make: &MakeLeaf<B>,
+    ) -> Self {
+        let usable: Vec<&Instance> = instances.iter().filter(|i| i.health.is_usable()).collect();
+        let panic = usable.is_empty() && !instances.is_empty();
+        let base: Vec<&Instance> = if panic {
+            instances.iter().collect()
+        } else {
+            usable
+        };
+        let mut plan = Plan {
+            built: true,
+            revision,
+            panic,
+            versions: FxHashMap::default(),
+            any: Group::default(),
+            leaves: Vec::new(),
+            balancers: FxHashMap::default(),
+        };
+        plan.any = plan.group(None, &base, geo, previous, make);
+        if version.is_enabled() {
+            let mut by_version: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+            for i in &base {
+                if !i.version.is_empty() {
+                    by_version.entry(i.version.as_str()).or_default().push(i);
+                }
+                for t in &i.tags {
+                    if *t != i.version {
+                        by_version.entry(t.as_str()).or_default().push(i);
+                    }
+                }
+            }
+            let mut names: Vec<&str> = by_version.keys().copied().collect();
+            names.sort_unstable();
+            for v in names {
+                let members = &by_version[v];
+                let g = plan.group(Some(v), members, geo, previous, make);
+                plan.versions.insert(v.into(), g);
+            }
+        }
+        plan
+    }
+
+    fn group(
+        &mut self,
+        version: Option<&str>,
+        members: &[&Instance],
+        geo: &Geo,
+        previous: Option<&Plan<B>>,
+        make: &MakeLeaf<B>,
+    ) -> Group {
+        let v = version.unwrap_or("*");
+        let mut g = Group {
+            all: self.leaf(format!("{v}|*"), version, None, members, previous, make),
+            ..Group::default()
+        };
+        if !geo.is_enabled() {
+            return g;
+        }
+        let mut zones: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+        let mut regions: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+        for i in members {
+            let p = geo.place_of(i);
+            if let Some(z) = p.zone {
+                zones.entry(z).or_default().push(i);
+            }
+            if let Some(r) = p.region {
+                regions.entry(r).or_default().push(i);
+            }
+        }
+        for (z, list) in zones {
+            let id = self.leaf(
+                format!("{v}|z={z}"),
+                version,
+                Some(z),
+                &list,
+                previous,
+                make,
+            );
+            g.zones.insert(z.into(), id);
+        }
+        for (r, list) in regions {
+            let id = self.leaf(
+                format!("{v}|r={r}"),
+                version,
+                Some(r),
+                &list,
+                previous,
+                make,
+            );
+            g.regions.insert(r.into(), id);
+        }
+        g
+    }
+
+    fn leaf(
+        &mut self,
+        key: String,
+        version: Option<&str>,
+        place: Option<&str>,
+        members: &[&Instance],
+        previous: Option<&Plan<B>>,
+        make: &MakeLeaf<B>,
+    ) -> usize {
+        let balancer = make(previous.and_then(|p| p.balancers.get(&key)));
+        self.balancers.insert(key, balancer.clone());
+        self.leaves.push(Leaf {
+            instances: members.iter().map(|i| (*i).clone()).collect(),
+            balancer,
+            version: version.map(Into::into),
+            place: place.map(Into::into),
+        });
+        self.leaves.len() - 1
+    }
+
+    #[inline]
+    fn route(&self, version: &Version, geo: &Geo, route: &Route<'_>) -> (usize, Decision) {
+        let (group, vstep) = version.choose(route.version, route.key, |v| self.versions.get(v));
+        let group = group.unwrap_or(&self.any);
+        let (target, gstep) = geo.choose(
+            route,
+            |z| group.zones.get(z).copied(),
+            |r| group.regions.get(r).copied(),
+        );
+        let leaf = match target {
+            Target::Place(id) => id,
+            Target::Any => group.all,
+        };
+        (
+            leaf,
+            Decision {
+                version: vstep,
+                geo: gstep,
+                panic: self.panic,
+            },
+        )
+    }
+}
+
+/// Version -> geo -> balancer for one service; see the module docs. `B` is the balancer of each
+/// leaf, chi's [`Balancer`] by default (measured faster as a leaf stage than a selector kept
+/// in the plan: see `benches/routing.rs`).
+pub struct Smart<B: Stage = Balancer> {
+    version: Version,
+    geo: Geo,
+    make: Box<MakeLeaf<B>>,
+    plan: ArcSwap<Plan<B>>,
+    rebuild: Mutex<()>,
+}
+
+impl<B: Stage> std::fmt::Debug for Smart<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plan = self.plan.load();
+        f.debug_struct("Smart")
+            .field("version", &self.version)
+            .field("geo", &self.geo)
+            .field("revision", &plan.built.then_some(plan.revision))
+            .field("leaves", &plan.leaves.len())
+            .finish()
+    }
+}
+
+/// The set a route selects, before the balancer picks.
+pub struct Subset<B: Stage = Balancer> {
+    /// An arc-swap guard: holding the plan costs no reference-count write on the fast path.
+    plan: Guard<Arc<Plan<B>>>,
+    leaf: usize,
+    decision: Decision,
+}
+
+impl<B: Stage> std::fmt::Debug for Subset<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subset")
+            .field("decision", &self.decision)
+            .field("len", &self.instances().len())
+            .finish()
+    }
+}
+
+impl<B: Stage> Subset<B> {
+    fn leaf(&self) -> &Leaf<B> {
+        &self.plan.leaves[self.leaf]
+    }
+
+    /// The instances the balancer picks from (never empty).
+    pub fn instances(&self) -> &[Instance] {
+        &self.leaf().instances
+    }
+
+    /// The rules that decided.
+    pub fn decision(&self) -> Decision {
+        self.decision
+    }
+
+    /// The version routed to (`None`: any version).
+    pub fn version(&self) -> Option<&str> {
+        self.leaf().version.as_deref()
+    }
+
+    /// The zone or region routed to (`None`: any place).
+    pub fn place(&self) -> Option<&str> {
+        self.leaf().place.as_deref()
+    }
+
+    /// The snapshot revision the subset was computed from.
+    pub fn revision(&self) -> u64 {
+        self.plan.revision
+    }
+}
+
+/// A picked instance with the route that led to it. Holds the balancer's in-flight guard (if
+/// any) until dropped.
+pub struct Routed<B: Stage = Balancer> {
+    subset: Subset<B>,
+    index: usize,
+    guard: B::Guard,
+}
+
+impl<B: Stage> std::fmt::Debug for Routed<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("instance", &self.instance().id)
+            .field("decision", &self.subset.decision)
+            .finish()
+    }
+}
+
+impl Routed<Balancer> {
+    /// Ends the request, feeding `latency` to the instance's peak-EWMA estimate (what
+    /// [`Pick::observe`](crate::balance::Pick::observe) does for a bare balancer pick). Dropping
+    /// a `Routed` ends the request without a sample.
+    pub fn observe(self, latency: std::time::Duration) {
+        if let Some(in_flight) = &self.guard {
+            let ewma = self.subset.leaf().balancer.config().peak_ewma;
+            in_flight.load().observe(latency, &ewma);
+        }
+    }
+}
+
+impl<B: Stage> Routed<B> {
+    /// The instance to call.
+    pub fn instance(&self) -> &Instance {
+        &self.subset.instances()[self.index]
+    }
+
+    /// The subset it was picked from, and the rules that decided.
+    pub fn subset(&self) -> &Subset<B> {
+        &self.subset
+    }
+
+    /// The rules that decided.
+    pub fn decision(&self) -> Decision {
+        self.subset.decision
+    }
+
+    /// The strategy of the balancer that picked.
+    pub fn strategy(&self) -> &'static str {
+        self.subset.leaf().balancer.strategy()
+    }
+
+    /// The balancer's guard (e.g. an in-flight count), kept alive by the `Routed`.
+    pub fn guard(&self) -> &B::Guard {
+        &self.guard
+    }
+
+    /// Takes the guard out, e.g. into a response future.
+    pub fn into_guard(self) -> B::Guard {
+        self.guard
+    }
+}
+
+impl Smart<Balancer> {
+    /// A router from the `routing` config block with a [`Balancer`] of `balancer`'s settings per
+    /// leaf (one table per leaf, e.g. one round-robin position per zone). The settings are
+    /// validated once, here.
+    pub fn with_balancer(
+        config: &RoutingConfig,
+        balancer: BalancerConfig,
+    ) -> std::result::Result<Self, String> {
+        balancer.validate()?;
+        Ok(Self::from_config(config, move || {
+            let strategy = balancer.strategy;
+            Balancer::with_config(balancer.clone()).unwrap_or_else(|_| Balancer::new(strategy))
+        }))
+    }
+}
+
+impl<B: Stage> Smart<B> {
+    /// A router with `version` and `geo` rules; `make` builds one balancer per leaf, kept for
+    /// that leaf across snapshot revisions (so it must follow list changes itself, by the
+    /// revision [`Stage::pick`] is given, as [`Balancer`] does, carrying load counters over).
+    pub fn new(version: Version, geo: Geo, make: impl Fn() -> B + Send + Sync + 'static) -> Self {
+        Self::with_leaves(version, geo, move |previous: Option<&Arc<B>>| {
+            previous.cloned().unwrap_or_else(|| Arc::new(make()))
+        })
+    }
+
+    fn with_leaves(
+        version: Version,
+        geo: Geo,
+        make: impl Fn(Option<&Arc<B>>) -> Arc<B> + Send + Sync + 'static,
+    ) -> Self {
+        Smart {
+            version,
+            geo,
+            make: Box::new(make),
+            plan: ArcSwap::from_pointee(Plan::placeholder()),
+            rebuild: Mutex::new(()),
+        }
+    }
+
+    /// A router from the `routing` config block.
+    pub fn from_config(
+        config: &RoutingConfig,
+        make: impl Fn() -> B + Send + Sync + 'static,
+    ) -> Self {
+        Self::new(Version::from_config(config), Geo::from_config(config), make)
+    }
+
+    /// The version rules.
+    pub fn version_rules(&self) -> &Version {
+        &self.version
+    }
+
+    /// The geo rules.
+    pub fn geo_rules(&self) -> &Geo {
+        &self.geo
+    }
+
+    #[inline]
+    fn plan(&self, snapshot: &Snapshot) -> Guard<Arc<Plan<B>>> {
+        let plan = self.plan.load();
+        if plan.built && plan.revision == snapshot.revision() {
+            return plan;
+        }
+        drop(plan);
+        Guard::from_inner(self.rebuild(snapshot))
+    }
+
+    #[cold]
+    fn rebuild(&self, snapshot: &Snapshot) -> Arc<Plan<B>> {
+        let _lock = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.plan.load_full();
+        if current.built && current.revision == snapshot.revision() {
+            return current;
+        }
+        let previous = current.built.then_some(&*current);
+        let plan = Arc::new(Plan::build(
+            snapshot.instances(),
+            snapshot.revision(),
+            &self.version,
+            &self.geo,
+            previous,
+            &*self.make,
+        ));
+        // An older snapshot than the current plan's (a race around a swap) gets its own plan
+        // without replacing the newer one.
+        if !current.built || current.revision < snapshot.revision() {
+            self.plan.store(plan.clone());
+        }
+        tracing::debug!(
+            revision = snapshot.revision(),
+            leaves = plan.leaves.len(),
+            "routing subsets rebuilt"
+        );
+        plan
+    }
+
+    /// The subset `route` selects from `snapshot`, and why. `None` only for an empty snapshot.
+    #[inline]
+    pub fn route(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Subset<B>> {
+        if snapshot.is_empty() {
+            return None;
+        }
+        let plan = self.plan(snapshot);
+        let (leaf, decision) = plan.route(&self.version, &self.geo, route);
+        Some(Subset {
+            plan,
+            leaf,
+            decision,
+        })
+    }
+
+    /// Routes and picks: the instance to call, with the decision. `None` for an empty snapshot
+    /// or when the balancer finds nothing to pick.
+    #[inline]
+    pub fn pick(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Routed<B>> {
+        self.pick_usable(snapshot, route, &any_instance)
+    }
+
+    /// [`pick`](Self::pick), skipping instances `usable` rejects (typically those an
+    /// [`OutlierDetector`](crate::health::OutlierDetector) ejected). When it rejects the whole
+    /// subset, the pick ignores it rather than fail (the detector's `max_ejection_percent` is
+    /// what bounds ejections; the router does not turn them into an empty answer).
+    #[inline]
+    pub fn pick_usable(
+        &self,
+        snapshot: &Snapshot,
+        route: &Route<'_>,
+        usable: &Usable<'_>,
+    ) -> Option<Routed<B>> {
+        let subset = self.route(snapshot, route)?;
+        let leaf = subset.leaf();
+        let revision = subset.plan.revision;
+        let (index, guard) = leaf
+            .balancer
+            .pick(&leaf.instances, revision, route.key, usable)
+            .or_else(|| {
+                leaf.balancer
+                    .pick(&leaf.instances, revision, route.key, &any_instance)
+            })?;
+        Some(Routed {
+            subset,
+            index,
+            guard,
+        })
+    }
+}
