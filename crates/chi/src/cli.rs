@@ -176,7 +176,8 @@ fn humantime_like(s: &str) -> Result<std::time::Duration, String> {
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  chi select user-service -c chi-config.yaml --registry chi://127.0.0.1:9901\n  \
-chi select user-service --strategy consistent_hash --key user-42 --count 1000 -o json --registry consul://127.0.0.1:8500"
+chi select user-service --strategy consistent_hash --key user-42 --count 1000 -o json --registry consul://127.0.0.1:8500\n  \
+chi select user-service --service-version v2 --region us-west-2 --registry chi://127.0.0.1:9901"
 )]
 pub(crate) struct SelectArgs {
     /// Service name.
@@ -190,6 +191,15 @@ pub(crate) struct SelectArgs {
     /// How many picks.
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub(crate) count: u32,
+    /// Route as a request with X-Service-Version: V (turns version routing on).
+    #[arg(long = "service-version", value_name = "V")]
+    pub(crate) route_version: Option<String>,
+    /// Route as a request with X-Client-Region: R (turns geo routing on).
+    #[arg(long, value_name = "R")]
+    pub(crate) region: Option<String>,
+    /// Route as a request with X-Client-Zone: Z (turns geo routing on).
+    #[arg(long, value_name = "Z")]
+    pub(crate) zone: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub(crate) output: Format,
@@ -202,7 +212,8 @@ pub(crate) struct SelectArgs {
     after_help = "Examples:\n  chi proxy -c chi-config.yaml --registry chi://127.0.0.1:9901\n  \
 curl http://127.0.0.1:15001/user-service/api/users          # service from the first path segment\n  \
 curl -H 'Host: user-service' http://127.0.0.1:15001/api/users\n  \
-curl -H 'X-Hash-Key: user-42' http://127.0.0.1:15001/user-service/\n\n\
+curl -H 'X-Service-Version: v2' -H 'X-Client-Region: us-west-2' http://127.0.0.1:15001/user-service/\n\n\
+Routing (the config's routing block): X-Service-Version, X-Client-Region, X-Client-Zone; \
 X-Hash-Key is the key of hashing strategies.\n\
 Responses carry X-Chi-Upstream: the id of the instance that answered."
 )]

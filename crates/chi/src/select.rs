@@ -15,10 +15,17 @@ use crate::source::Source;
 pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
     let source = Source::resolve(&args.source)?;
     source.require_shared("select")?;
-    let config = &source.config;
+    // Asking for a version or a place turns that routing stage on, whatever the config says.
+    let mut config = source.config.clone();
+    if args.route_version.is_some() {
+        config.routing.enable_version_routing = true;
+    }
+    if args.region.is_some() || args.zone.is_some() {
+        config.routing.enable_geo_routing = true;
+    }
     let pickers = match &args.strategy {
-        Some(s) => Pickers::with_strategy(config, s)?,
-        None => Pickers::from_config(config)?,
+        Some(s) => Pickers::with_strategy(&config, s)?,
+        None => Pickers::from_config(&config)?,
     };
     if args.count == 0 {
         return Err(Failure::bad_input("--count 0: nothing to pick")
@@ -45,6 +52,9 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
     }
     let picker = pickers.make();
     let ask = Ask {
+        version: args.route_version.as_deref(),
+        region: args.region.as_deref(),
+        zone: args.zone.as_deref(),
         key: args.key.as_deref().map(str::as_bytes),
     };
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();

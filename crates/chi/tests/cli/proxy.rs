@@ -386,3 +386,46 @@ async fn proxy_distribution_per_strategy() {
     let counts = spread(&c, &lc.addr, 90, &[]).await;
     assert_eq!(counts.values().sum::<usize>(), 90);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_routes_by_version_and_region() {
+    let f = fleet(&[
+        ("b1", "v1", "us-east-1", 1),
+        ("b2", "v2", "us-east-1", 1),
+        ("b3", "v1", "us-west-2", 1),
+    ])
+    .await;
+    let proxy = start_proxy("round_robin", &f.host.url());
+    let c = client();
+    // Wait until the proxy lists all three (v2 only answers when asked for).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let v1 = spread(&c, &proxy.addr, 6, &[]).await;
+        let v2 = spread(&c, &proxy.addr, 2, &[("x-service-version", "v2")]).await;
+        if v1.len() == 2 && v2.contains_key("b2") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v1:?} {v2:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let only = |name: &str, n: usize| -> BTreeMap<String, usize> { [(name.to_owned(), n)].into() };
+    assert_eq!(
+        spread(&c, &proxy.addr, 20, &[("x-service-version", "v2")]).await,
+        only("b2", 20)
+    );
+    assert_eq!(
+        spread(&c, &proxy.addr, 20, &[("x-client-region", "us-west-2")]).await,
+        only("b3", 20)
+    );
+    assert_eq!(
+        spread(&c, &proxy.addr, 20, &[("x-client-region", "us-east-1")]).await,
+        only("b1", 20)
+    );
+    // No headers: the default version (v1) in any region.
+    let default = spread(&c, &proxy.addr, 20, &[]).await;
+    assert_eq!(
+        default.keys().collect::<Vec<_>>(),
+        ["b1", "b3"],
+        "{default:?}"
+    );
+}

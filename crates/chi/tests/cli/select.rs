@@ -85,6 +85,24 @@ fn select_shows_the_distribution_of_each_strategy() {
         let all = select(&url, &["--strategy", strategy, "--count", "90"]);
         assert_eq!(all.iter().map(|(_, n)| n).sum::<u64>(), 90, "{strategy}");
     }
+    // Routing: a version, a region.
+    assert_eq!(
+        select(&url, &["--service-version", "v2", "--count", "10"]),
+        [(19103, 10)]
+    );
+    let east = select(
+        &url,
+        &[
+            "--region",
+            "us-east-1",
+            "--count",
+            "10",
+            "--service-version",
+            "v1",
+        ],
+    );
+    assert!(east.iter().all(|(p, _)| *p != 19103), "{east:?}");
+
     // The table.
     let out = run(&["select", "pay", "--registry", &url, "--count", "6"]);
     assert!(out.status.success());
