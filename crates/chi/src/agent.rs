@@ -153,6 +153,10 @@ fn agent_metrics(manager: Arc<ServiceManager>) -> admin::MetricsFn {
         "Own health: 1 healthy, 0 unhealthy, -1 unknown",
         health.clone(),
     );
+    // The library's registration metrics (`chi_registration_*`), read at scrape.
+    let library = chi_discovery::metrics::Metrics::register(&mut registry, Default::default());
+    let status_manager = manager.clone();
+    library.register_registrations(&mut registry, move || status_manager.status());
     let registry = Arc::new(registry);
     Arc::new(move || {
         for s in manager.status() {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chi_discovery::health::{OutlierConfig, OutlierDetector};
+use chi_discovery::metrics::{Metrics as LibraryMetrics, MetricsConfig};
 use chi_discovery::{DiscoveryClient, HealthStatus, Snapshot};
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody as BoxBody;
@@ -82,6 +83,7 @@ struct Proxy {
     attempt_timeout: Duration,
     requests: Family<Labels, Counter>,
     attempts: Family<Labels, Counter>,
+    library: LibraryMetrics,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
@@ -124,6 +126,9 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         "Time from request to response head, retries included",
         latency.clone(),
     );
+    // The library's metrics too: the spec's discovery and selection metrics, cache and instances.
+    let library = LibraryMetrics::register(&mut metrics, MetricsConfig::default());
+    library.instrument_client(&mut metrics, &client);
     let metrics = Arc::new(metrics);
 
     let proxy = Arc::new(Proxy {
@@ -137,6 +142,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         requests,
         attempts,
         latency,
+        library,
     });
     tokio::spawn(sweep_ejections(Arc::downgrade(&proxy)));
 
@@ -501,6 +507,8 @@ impl Proxy {
                 break;
             };
             let id = picked.instance.id.clone();
+            self.library
+                .record_selection(service, &id, state.picker.strategy());
             let uri = match Uri::try_from(format!("http://{}{path}", picked.instance.authority())) {
                 Ok(u) => u,
                 Err(e) => {

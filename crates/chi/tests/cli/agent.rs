@@ -210,6 +210,7 @@ fn agent_serves_health_and_metrics() {
         body.contains("chi_agent_registered{service=\"metered\",backend=\"memory\"} 1"),
         "{body}"
     );
+    assert!(body.contains("chi_registration_registered{"), "{body}");
 }
 
 #[test]
