@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Requests/s and p99 through `chi proxy` and through nginx (round robin, keepalive) to the same
+# three backends, in the same run, with wrk on loopback.
+#
+#   crates/chi/bench/proxy-vs-nginx.sh [path/to/chi]   # default: target/release/chi
+#
+# Needs nginx and wrk (Debian packages `nginx`, `wrk`). Backends are one nginx answering a short
+# body on three ports. Settings: WRK_THREADS (2), WRK_CONNS (50), WRK_SECS (10).
+set -euo pipefail
+
+CHI=${1:-${CARGO_TARGET_DIR:-target}/release/chi}
+THREADS=${WRK_THREADS:-2}
+CONNS=${WRK_CONNS:-50}
+SECS=${WRK_SECS:-10}
+command -v nginx >/dev/null || { echo "nginx missing: apt-get install nginx" >&2; exit 2; }
+command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 2; }
+[ -x "$CHI" ] || { echo "chi binary not found at $CHI: cargo build --release -p chi" >&2; exit 2; }
+
+DIR=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$DIR/backends.pid" ] && kill "$(cat "$DIR/backends.pid")" 2>/dev/null || true
+  [ -f "$DIR/lb.pid" ] && kill "$(cat "$DIR/lb.pid")" 2>/dev/null || true
+  sleep 0.3
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+B1=$(free_port); B2=$(free_port); B3=$(free_port); LB=$(free_port); HOST=$(free_port); PX=$(free_port); PXA=$(free_port)
+
+cat > "$DIR/backends.conf" <<CONF
+worker_processes 1;
+pid $DIR/backends.pid;
+error_log $DIR/backends.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $DIR; proxy_temp_path $DIR; fastcgi_temp_path $DIR; uwsgi_temp_path $DIR; scgi_temp_path $DIR;
+  server { listen 127.0.0.1:$B1; location / { return 200 "b1\n"; } }
+  server { listen 127.0.0.1:$B2; location / { return 200 "b2\n"; } }
+  server { listen 127.0.0.1:$B3; location / { return 200 "b3\n"; } }
+}
+CONF
+cat > "$DIR/lb.conf" <<CONF
+worker_processes auto;
+pid $DIR/lb.pid;
+error_log $DIR/lb.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $DIR; proxy_temp_path $DIR; fastcgi_temp_path $DIR; uwsgi_temp_path $DIR; scgi_temp_path $DIR;
+  upstream web { server 127.0.0.1:$B1; server 127.0.0.1:$B2; server 127.0.0.1:$B3; keepalive 64; }
+  server {
+    listen 127.0.0.1:$LB;
+    location /web/ { proxy_pass http://web/; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+nginx -p "$DIR" -c "$DIR/backends.conf"
+nginx -p "$DIR" -c "$DIR/lb.conf"
+wait_port "$B3"; wait_port "$LB"
+
+reg() {
+  printf 'service_discovery:\n  registration:\n    name: "%s"\n    address: "127.0.0.1"\n    port: %s\n' "$1" "$2" > "$DIR/$1-$2.yaml"
+}
+reg registry-host 1
+"$CHI" agent -c "$DIR/registry-host-1.yaml" --admin "127.0.0.1:$HOST" > "$DIR/host.log" 2>&1 & PIDS+=($!)
+wait_port "$HOST"
+for p in $B1 $B2 $B3; do
+  reg web "$p"
+  "$CHI" agent -c "$DIR/web-$p.yaml" --registry "chi://127.0.0.1:$HOST" --admin 127.0.0.1:0 > "$DIR/agent-$p.log" 2>&1 & PIDS+=($!)
+done
+printf 'service_discovery:\n  load_balancer:\n    strategy: "round_robin"\n' > "$DIR/proxy.yaml"
+"$CHI" proxy -c "$DIR/proxy.yaml" --registry "chi://127.0.0.1:$HOST" --listen "127.0.0.1:$PX" --admin "127.0.0.1:$PXA" > "$DIR/proxy.log" 2>&1 & PIDS+=($!)
+wait_port "$PX"
+for _ in $(seq 50); do
+  [ "$(curl -s "http://127.0.0.1:$HOST/v1/services/web" | grep -o '"id"' | wc -l)" = 3 ] && break
+  sleep 0.1
+done
+
+run() { # name url
+  wrk -t1 -c10 -d2s "$2" > /dev/null # warm-up
+  local out rps p99
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "$2")
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+  printf '%-10s %12s req/s   p99 %8s   %s\n' "$1" "$rps" "$p99" "$errs"
+}
+echo "wrk -t$THREADS -c$CONNS -d${SECS}s, 3 backends, round robin, loopback, $(nproc) cores"
+run nginx "http://127.0.0.1:$LB/web/"
+run chi "http://127.0.0.1:$PX/web/"
+run nginx "http://127.0.0.1:$LB/web/"
+run chi "http://127.0.0.1:$PX/web/"

@@ -1,0 +1,169 @@
+//! The admin HTTP port of `chi agent` and `chi proxy`: `/health`, `/metrics`, and the registry
+//! API under `/v1` that `chi://host:port` (see [`crate::remote`]) speaks.
+//!
+//! | method and path | what |
+//! | --- | --- |
+//! | `GET /health` | 200 when the process is healthy, else 503; a JSON body says why |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /v1/services` | names of services with instances |
+//! | `GET /v1/services/{name}` | its instances (JSON array) |
+//! | `PUT /v1/services/{name}/instances/{id}` | register (body: an instance) |
+//! | `DELETE /v1/services/{name}/instances/{id}` | deregister |
+//! | `POST /v1/services/{name}/instances/{id}/keepalive` | keep alive (body: instance and health) |
+//!
+//! It binds to loopback by default: whoever reaches it can register instances.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use chi_discovery::{Instance, Liveness, Registry};
+
+use crate::failure::Failure;
+use crate::remote::{Alive, KeepAlive};
+
+/// Answers `/health`: healthy or not, and a JSON body.
+pub(crate) type HealthFn = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
+/// Renders `/metrics`.
+pub(crate) type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Arc<dyn Registry>,
+    health: HealthFn,
+    metrics: MetricsFn,
+}
+
+/// Binds the admin port and serves it in the background; returns the bound address.
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    registry: Arc<dyn Registry>,
+    health: HealthFn,
+    metrics: MetricsFn,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::failed(format!("cannot listen on the admin address {addr}: {e}"))
+            .hint("pick another with --admin 127.0.0.1:PORT (port 0 picks a free one)")
+    })?;
+    let bound = listener.local_addr()?;
+    let state = AdminState {
+        registry,
+        health,
+        metrics,
+    };
+    let app = Router::new()
+        .route("/health", get(health_handler))
+        .route("/metrics", get(metrics_handler))
+        .route("/v1/services", get(services))
+        .route("/v1/services/{name}", get(instances))
+        .route(
+            "/v1/services/{name}/instances/{id}",
+            put(register).delete(deregister),
+        )
+        .route(
+            "/v1/services/{name}/instances/{id}/keepalive",
+            post(keep_alive),
+        )
+        .with_state(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("admin server stopped: {e}");
+        }
+    });
+    Ok(bound)
+}
+
+fn error(status: StatusCode, e: impl std::fmt::Display) -> Response {
+    (status, e.to_string()).into_response()
+}
+
+async fn health_handler(State(s): State<AdminState>) -> Response {
+    let (ok, body) = (s.health)();
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics_handler(State(s): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        (s.metrics)(),
+    )
+        .into_response()
+}
+
+async fn services(State(s): State<AdminState>) -> Response {
+    match s.registry.services().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e),
+    }
+}
+
+async fn instances(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    match s.registry.instances(&name).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e),
+    }
+}
+
+/// A refusal when the body's name and id differ from the path's.
+fn mismatch(name: &str, id: &str, instance: &Instance) -> Option<Response> {
+    (instance.name != name || instance.id != id).then(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "the body's name and id must match the path",
+        )
+    })
+}
+
+async fn register(
+    State(s): State<AdminState>,
+    Path((name, id)): Path<(String, String)>,
+    Json(instance): Json<Instance>,
+) -> Response {
+    if let Some(r) = mismatch(&name, &id, &instance) {
+        return r;
+    }
+    match s.registry.register(&instance).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn deregister(
+    State(s): State<AdminState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    match s.registry.deregister(&name, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e),
+    }
+}
+
+async fn keep_alive(
+    State(s): State<AdminState>,
+    Path((name, id)): Path<(String, String)>,
+    Json(body): Json<KeepAlive>,
+) -> Response {
+    if let Some(r) = mismatch(&name, &id, &body.instance) {
+        return r;
+    }
+    match s.registry.keep_alive(&body.instance, body.health).await {
+        Ok(l) => Json(Alive {
+            alive: l == Liveness::Alive,
+        })
+        .into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e),
+    }
+}

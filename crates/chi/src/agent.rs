@@ -1,0 +1,215 @@
+//! `chi agent`: the sidecar. Registers the configured service in every enabled registry, runs its
+//! health check, keeps the registration alive (re-registering after registry loss), serves
+//! `/health`, `/metrics` and the registry API on the admin port, and deregisters on SIGINT or
+//! SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chi_discovery::health::HealthChecker;
+use chi_discovery::{CheckTarget, DiscoveryClient, HealthStatus, ServiceManager};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry as Metrics;
+
+use crate::admin;
+use crate::cli::AgentArgs;
+use crate::failure::Failure;
+use crate::source::Source;
+
+/// Registrations in an agent's embedded registry expire this long after their last keep-alive,
+/// so an agent that died without deregistering (kill -9) leaves no ghost behind.
+const MEMORY_TTL: Duration = Duration::from_secs(10);
+
+type Labels = Vec<(String, String)>;
+
+pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let mut shutdown = Shutdown::install()?;
+    let mut source = Source::resolve(&args.source)?;
+    let Some(service) = source.config.registration.clone() else {
+        return Err(Failure::bad_input(
+            "nothing to register: the config has no service_discovery.registration",
+        )
+        .hint(
+            "run `chi agent -c chi-config.yaml` with a registration section (name, address, port)",
+        )
+        .into());
+    };
+    if source.remote.is_none()
+        && let Some(m) = &mut source.config.registries.memory
+        && m.ttl.is_none()
+    {
+        m.ttl = Some(MEMORY_TTL);
+    }
+    let registry = source.connect().await?;
+    let manager = Arc::new(ServiceManager::new(registry.clone()).with_retry(source.config.retry));
+    let instance = service.instance();
+    let backends = match &source.remote {
+        Some(base) => base.replace("http://", "chi://"),
+        None => source.config.registries.enabled().join(", "),
+    };
+    match manager.register_instance(instance.clone()).await {
+        Ok(report) => {
+            for (backend, result) in &report.results {
+                match result {
+                    Ok(()) => println!("registered {} in {backend}", instance.id),
+                    Err(e) => eprintln!(
+                        "warning: not registered in {backend} yet ({e}); retrying in the background"
+                    ),
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("warning: not registered anywhere yet ({e}); retrying in the background")
+        }
+    }
+
+    let checker = HealthChecker::new(DiscoveryClient::new(registry.clone()));
+    let own = match &service.health_check {
+        Some(check) if check.target != CheckTarget::Ttl => Some(
+            checker
+                .check_own(manager.clone(), instance.clone(), check.clone())
+                .map_err(|e| {
+                    Failure::bad_input(format!("health check: {e}"))
+                        .hint("see service_discovery.registration.health_check")
+                })?,
+        ),
+        _ => None,
+    };
+
+    let health_manager = manager.clone();
+    let health: admin::HealthFn = Arc::new(move || {
+        let status = health_manager.status();
+        let registered = status
+            .iter()
+            .any(|s| s.backends.iter().any(|b| b.registered));
+        let unhealthy = status.iter().any(|s| s.health == HealthStatus::Unhealthy);
+        let body = serde_json::json!({
+            "status": if registered && !unhealthy { "ok" } else { "degraded" },
+            "registrations": status.iter().map(|s| serde_json::json!({
+                "id": s.instance.id,
+                "name": s.instance.name,
+                "health": s.health,
+                "backends": s.backends.iter().map(|b| serde_json::json!({
+                    "backend": b.backend,
+                    "registered": b.registered,
+                    "failures": b.failures,
+                    "last_error": b.last_error,
+                    "reregistrations": b.reregistrations,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        (registered && !unhealthy, body)
+    });
+    let metrics = agent_metrics(manager.clone());
+    let bound = admin::serve(args.admin, registry.clone(), health, metrics).await?;
+    println!(
+        "chi agent: {} ({} at {}) in {backends}; admin on http://{bound}",
+        instance.id,
+        instance.name,
+        instance.authority()
+    );
+
+    shutdown.wait().await;
+    drop(own);
+    eprintln!("chi agent: shutting down, deregistering {}", instance.id);
+    let mut failed = false;
+    for (id, result) in manager.shutdown().await {
+        match result {
+            Ok(()) => println!("deregistered {id} from {backends}"),
+            Err(e) => {
+                failed = true;
+                eprintln!("error: deregistering {id}: {e}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `/metrics` of the agent: registration state per backend and own health, read at scrape time.
+fn agent_metrics(manager: Arc<ServiceManager>) -> admin::MetricsFn {
+    let mut registry = Metrics::default();
+    let registered = Family::<Labels, Gauge>::default();
+    let reregistrations = Family::<Labels, Gauge>::default();
+    let health = Family::<Labels, Gauge>::default();
+    registry.register(
+        "chi_agent_registered",
+        "1 when the backend holds the registration",
+        registered.clone(),
+    );
+    registry.register(
+        "chi_agent_reregistrations",
+        "Times the registration was restored after the backend lost it",
+        reregistrations.clone(),
+    );
+    registry.register(
+        "chi_agent_health",
+        "Own health: 1 healthy, 0 unhealthy, -1 unknown",
+        health.clone(),
+    );
+    // The library's registration metrics (`chi_registration_*`), read at scrape.
+    let library = chi_discovery::metrics::Metrics::register(&mut registry, Default::default());
+    let status_manager = manager.clone();
+    library.register_registrations(&mut registry, move || status_manager.status());
+    let registry = Arc::new(registry);
+    Arc::new(move || {
+        for s in manager.status() {
+            for b in &s.backends {
+                let labels = vec![
+                    ("service".to_owned(), s.instance.name.clone()),
+                    ("backend".to_owned(), b.backend.clone()),
+                ];
+                registered
+                    .get_or_create(&labels)
+                    .set(i64::from(b.registered));
+                reregistrations
+                    .get_or_create(&labels)
+                    .set(i64::try_from(b.reregistrations).unwrap_or(i64::MAX));
+            }
+            health
+                .get_or_create(&vec![("service".to_owned(), s.instance.name.clone())])
+                .set(match s.health {
+                    HealthStatus::Healthy => 1,
+                    HealthStatus::Unhealthy => 0,
+                    HealthStatus::Unknown => -1,
+                });
+        }
+        let mut out = String::new();
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    })
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment this is made (make it before telling
+/// anyone the process is ready, so an early signal is not the default "die at once").
+pub(crate) struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Installs the handlers.
+    pub(crate) fn install() -> anyhow::Result<Shutdown> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for either signal.
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}

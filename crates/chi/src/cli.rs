@@ -1,0 +1,235 @@
+//! The command line: every subcommand, flag and `--help` example in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Service discovery and client-side load balancing from the command line";
+
+const REGISTRY_HELP: &str = "Registry: memory (embedded, this process only), etcd://host:port[,host:port], \
+consul://host:port, nacos://host:port, or chi://host:port (the admin address of a running `chi agent`, \
+which serves its embedded registry). Credentials come from CHI_CONSUL_TOKEN, CHI_ETCD_USERNAME, \
+CHI_ETCD_PASSWORD, CHI_NACOS_USERNAME, CHI_NACOS_PASSWORD or the config file, never from a flag";
+
+/// `chi`: the command-line tool of chi-discovery.
+#[derive(Debug, Parser)]
+#[command(name = "chi", version, about = ABOUT, propagate_version = true)]
+#[command(
+    after_help = "Examples:\n  chi agent -c chi-config.yaml\n  chi discover user-service --registry chi://127.0.0.1:9901 -o json\n  chi check http://127.0.0.1:8080/health"
+)]
+pub(crate) struct Cli {
+    /// More logging on stderr (-v info, -vv debug); CHI_LOG=... overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Sidecar: register the configured service, check its health, keep it registered, deregister on exit.
+    Agent(AgentArgs),
+    /// List the instances of a service.
+    Discover(DiscoverArgs),
+    /// Print changes to the instances of a service until interrupted.
+    Watch(WatchArgs),
+    /// Run one health check now: exit 0 healthy, 1 unhealthy, 2 bad input.
+    Check(CheckArgs),
+    /// Show which instances routing and the balancer pick over N picks.
+    Select(SelectArgs),
+    /// Load-balancing HTTP/1.1 and HTTP/2 reverse proxy.
+    Proxy(ProxyArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate a config file and print the effective values (secrets redacted); exit 2 on errors.
+    #[command(after_help = "Example:\n  chi config check chi-config.yaml")]
+    Check(ConfigCheckArgs),
+}
+
+/// Where the registry comes from: `--registry URL`, else the config file, else the embedded one.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct SourceArgs {
+    #[arg(long, env = "CHI_REGISTRY", value_name = "URL", help = REGISTRY_HELP)]
+    pub(crate) registry: Option<String>,
+    /// Config file (chi-config.yaml); --registry overrides its registries.
+    #[arg(short = 'c', long = "config", env = "CHI_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// A readable table.
+    #[default]
+    Table,
+    /// JSON (discover: one array; watch: one object per line).
+    Json,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  chi agent -c chi-config.yaml\n  chi agent -c chi-config.yaml --admin 127.0.0.1:9901\n\n\
+With the embedded `memory` registry the agent serves it on the admin port, so other commands can use it:\n  \
+chi discover user-service --registry chi://127.0.0.1:9901"
+)]
+pub(crate) struct AgentArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    /// Admin HTTP address: /health, /metrics and the registry API under /v1 (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR")]
+    pub(crate) admin: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  chi discover user-service --registry consul://127.0.0.1:8500\n  \
+chi discover user-service --tag v1 --meta region=us-east-1 --healthy -o json --registry chi://127.0.0.1:9901\n\n\
+JSON output: an array of objects with id, name, version, address, port, tags, meta, weight, health"
+)]
+pub(crate) struct DiscoverArgs {
+    /// Service name.
+    pub(crate) name: String,
+    /// Only instances with this tag (repeatable: all must match).
+    #[arg(long = "tag", value_name = "T")]
+    pub(crate) tags: Vec<String>,
+    /// Only instances with this metadata (repeatable: all must match).
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub(crate) meta: Vec<String>,
+    /// Only instances not known to be unhealthy.
+    #[arg(long)]
+    pub(crate) healthy: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub(crate) output: Format,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  chi watch user-service --registry etcd://127.0.0.1:2379\n  \
+chi watch user-service -o json --registry chi://127.0.0.1:9901\n\n\
+JSON lines: {\"type\":\"reset\",\"instances\":[...]}, then {\"type\":\"added\"|\"removed\"|\"updated\",\"instance\":{...}}"
+)]
+pub(crate) struct WatchArgs {
+    /// Service name.
+    pub(crate) name: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub(crate) output: Format,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  chi check http://127.0.0.1:8080/health\n  chi check tcp://127.0.0.1:6379\n  \
+chi check grpc://127.0.0.1:50051/my.Service\n\nExit codes: 0 healthy, 1 unhealthy, 2 bad input"
+)]
+pub(crate) struct CheckArgs {
+    /// What to check: http(s)://host:port/path, tcp://host:port, grpc://host:port[/service].
+    pub(crate) url: String,
+    /// Give up after this long (e.g. 500ms, 3s).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub(crate) timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigCheckArgs {
+    /// The config file.
+    pub(crate) file: PathBuf,
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime_like(s)
+}
+
+/// `500ms`, `3s`, `1m`: the units chi-config.yaml uses.
+fn humantime_like(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?}: add a unit, e.g. 3s or 500ms"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 3s or 500ms"))?;
+    let d = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}, expected ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  chi select user-service -c chi-config.yaml --registry chi://127.0.0.1:9901\n  \
+chi select user-service --strategy consistent_hash --key user-42 --count 1000 -o json --registry consul://127.0.0.1:8500\n  \
+chi select user-service --service-version v2 --region us-west-2 --registry chi://127.0.0.1:9901"
+)]
+pub(crate) struct SelectArgs {
+    /// Service name.
+    pub(crate) name: String,
+    /// Balancer strategy (default: load_balancer.strategy of the config, else round_robin).
+    #[arg(long, value_name = "S")]
+    pub(crate) strategy: Option<String>,
+    /// Key of hashing strategies (every pick uses it).
+    #[arg(long, value_name = "K")]
+    pub(crate) key: Option<String>,
+    /// How many picks.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub(crate) count: u32,
+    /// Route as a request with X-Service-Version: V (turns version routing on).
+    #[arg(long = "service-version", value_name = "V")]
+    pub(crate) route_version: Option<String>,
+    /// Route as a request with X-Client-Region: R (turns geo routing on).
+    #[arg(long, value_name = "R")]
+    pub(crate) region: Option<String>,
+    /// Route as a request with X-Client-Zone: Z (turns geo routing on).
+    #[arg(long, value_name = "Z")]
+    pub(crate) zone: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub(crate) output: Format,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  chi proxy -c chi-config.yaml --registry chi://127.0.0.1:9901\n  \
+curl http://127.0.0.1:15001/user-service/api/users          # service from the first path segment\n  \
+curl -H 'Host: user-service' http://127.0.0.1:15001/api/users\n  \
+curl -H 'X-Service-Version: v2' -H 'X-Client-Region: us-west-2' http://127.0.0.1:15001/user-service/\n\n\
+Routing (the config's routing block): X-Service-Version, X-Client-Region, X-Client-Zone; \
+X-Hash-Key is the key of hashing strategies.\n\
+Responses carry X-Chi-Upstream: the id of the instance that answered."
+)]
+pub(crate) struct ProxyArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    /// Address to serve HTTP/1.1 and HTTP/2 (h2c) on.
+    #[arg(long, default_value = "127.0.0.1:15001", value_name = "ADDR")]
+    pub(crate) listen: SocketAddr,
+    /// Admin HTTP address: /health, /metrics (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:9902", value_name = "ADDR")]
+    pub(crate) admin: SocketAddr,
+    /// Timeout of one upstream attempt (to the response head).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) timeout: std::time::Duration,
+    /// Retry non-idempotent methods (POST, PATCH) too.
+    #[arg(long)]
+    pub(crate) retry_all_methods: bool,
+}

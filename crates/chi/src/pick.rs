@@ -1,0 +1,155 @@
+//! Picking an instance for one request: the configured routing (version, then zone / region) and
+//! balancer, as one [`Picker`] per service. `chi proxy` and `chi select` share it.
+
+use std::sync::Arc;
+
+use chi_discovery::balance::{
+    Balancer, BalancerConfig, ConsistentHashConfig, Strategy, usable_by_health,
+};
+use chi_discovery::config::{Config, RoutingConfig};
+use chi_discovery::routing::{Route, Smart};
+use chi_discovery::{Instance, Snapshot};
+use hyper::header::HeaderMap;
+
+use crate::failure::Failure;
+
+/// Whatever a pick holds while the request runs (the balancer's in-flight count).
+pub(crate) type Guard = Box<dyn Send>;
+
+/// One pick.
+pub(crate) struct Picked {
+    pub(crate) instance: Instance,
+    pub(crate) guard: Guard,
+}
+
+/// What a request asks of routing and the pick.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ask<'a> {
+    /// `X-Service-Version`.
+    pub(crate) version: Option<&'a str>,
+    /// `X-Client-Region`.
+    pub(crate) region: Option<&'a str>,
+    /// `X-Client-Zone`.
+    pub(crate) zone: Option<&'a str>,
+    /// The key of hashing strategies (`X-Hash-Key`).
+    pub(crate) key: Option<&'a [u8]>,
+}
+
+impl<'a> Ask<'a> {
+    /// From the routing headers and `X-Hash-Key`.
+    pub(crate) fn from_headers(headers: &'a HeaderMap) -> Self {
+        let route = Route::from_headers(headers);
+        Ask {
+            version: route.version,
+            region: route.region,
+            zone: route.zone,
+            key: headers.get("x-hash-key").map(|v| v.as_bytes()),
+        }
+    }
+
+    fn route(&self) -> Route<'a> {
+        Route {
+            version: self.version,
+            region: self.region,
+            zone: self.zone,
+            key: self.key,
+        }
+    }
+}
+
+/// Picks instances of one service.
+pub(crate) trait Picker: Send + Sync + 'static {
+    /// Picks for `ask`, avoiding the instances in `tried` (earlier attempts of the same request)
+    /// while another one is usable.
+    fn pick(&self, snapshot: &Snapshot, ask: &Ask<'_>, tried: &[String]) -> Option<Picked>;
+
+    /// The balancer's strategy name.
+    fn strategy(&self) -> &'static str;
+}
+
+/// Makes one [`Picker`] per service from the config.
+#[derive(Clone)]
+pub(crate) struct Pickers {
+    balancer: BalancerConfig,
+    routing: RoutingConfig,
+}
+
+impl Pickers {
+    /// From `load_balancer` and `routing` of the config.
+    pub(crate) fn from_config(config: &Config) -> anyhow::Result<Pickers> {
+        Self::with_strategy(config, &config.load_balancer.strategy)
+    }
+
+    /// With another strategy than the config's.
+    pub(crate) fn with_strategy(config: &Config, strategy: &str) -> anyhow::Result<Pickers> {
+        let parsed: Strategy = strategy.parse().map_err(|e: String| {
+            Failure::bad_input(format!("strategy {strategy:?}: {e}"))
+                .hint("e.g. --strategy round_robin, or load_balancer.strategy in the config")
+        })?;
+        let lb = &config.load_balancer;
+        let mut balancer = BalancerConfig::new(parsed);
+        balancer.health_check_enabled = lb.health_check_enabled;
+        balancer.consistent_hash = ConsistentHashConfig {
+            partition_count: lb.consistent_hash.partition_count,
+            replication_factor: lb.consistent_hash.replication_factor,
+            load: lb.consistent_hash.load,
+        };
+        balancer
+            .validate()
+            .map_err(|e| Failure::bad_input(format!("service_discovery.load_balancer.{e}")))?;
+        Ok(Pickers {
+            balancer,
+            routing: config.routing.clone(),
+        })
+    }
+
+    /// A picker for one service.
+    pub(crate) fn make(&self) -> Arc<dyn Picker> {
+        let config = self.balancer.clone();
+        let smart = Smart::from_config(&self.routing, move || {
+            Balancer::with_config(config.clone()).unwrap_or_else(|_| Balancer::new(config.strategy))
+        });
+        Arc::new(Routed {
+            smart,
+            strategy: self.balancer.strategy.as_str(),
+        })
+    }
+}
+
+/// Routing, then one balancer per routed subset: [`Smart`] over [`Balancer`].
+struct Routed {
+    smart: Smart<Balancer>,
+    strategy: &'static str,
+}
+
+impl Picker for Routed {
+    fn pick(&self, snapshot: &Snapshot, ask: &Ask<'_>, tried: &[String]) -> Option<Picked> {
+        let route = ask.route();
+        // A retry asks the balancer again (it moves on), then takes any other instance of the
+        // routed subset, then any other usable instance of the service.
+        let rounds = if tried.is_empty() { 1 } else { 3 };
+        for _ in 0..rounds {
+            let routed = self.smart.pick(snapshot, &route)?;
+            if !tried.contains(&routed.instance().id) {
+                let instance = routed.instance().clone();
+                let guard: Guard = Box::new(routed.into_guard());
+                return Some(Picked { instance, guard });
+            }
+        }
+        let untried = |i: &&Instance| !tried.contains(&i.id) && usable_by_health(i);
+        let subset = self.smart.route(snapshot, &route)?;
+        let other = subset
+            .instances()
+            .iter()
+            .find(untried)
+            .or_else(|| snapshot.instances().iter().find(untried))?;
+        Some(Picked {
+            instance: other.clone(),
+            guard: Box::new(()),
+        })
+    }
+
+    fn strategy(&self) -> &'static str {
+        self.strategy
+    }
+}

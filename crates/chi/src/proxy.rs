@@ -1,0 +1,644 @@
+//! `chi proxy`: an HTTP/1.1 and HTTP/2 (h2c) reverse proxy on hyper.
+//!
+//! Per request: the service comes from the `Host` header when it names one (`user-service` or
+//! `user-service.anything`, not an IP address or `localhost`), else from the first path segment
+//! (`/user-service/api/x` goes to `/api/x`). The routing headers (`X-Service-Version`,
+//! `X-Client-Region`, `X-Client-Zone`) and the configured balancer pick an instance
+//! ([`crate::pick`]); `X-Hash-Key` is the key of hashing strategies. A failed attempt (connect
+//! error, timeout, 502/503/504) is retried on another instance, up to `discovery.retry.max_attempts`
+//! attempts, for idempotent methods (all methods with `--retry-all-methods`; a refused connection
+//! is retried for every method, as nothing was sent). Every outcome feeds the service's
+//! [`OutlierDetector`]; an ejected instance is marked unhealthy in the discovery cache, so routing
+//! leaves it out until the ejection ends.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chi_discovery::health::{OutlierConfig, OutlierDetector};
+use chi_discovery::metrics::{Metrics as LibraryMetrics, MetricsConfig};
+use chi_discovery::{DiscoveryClient, HealthStatus, Snapshot};
+use http_body::{Body, Frame};
+use http_body_util::combinators::UnsyncBoxBody as BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry as Metrics;
+
+use crate::admin;
+use crate::agent::Shutdown;
+use crate::cli::ProxyArgs;
+use crate::failure::Failure;
+use crate::pick::{Ask, Guard, Picker, Pickers};
+use crate::source::Source;
+
+/// Largest request body the proxy buffers (bodies are kept to replay them on retries).
+const MAX_BODY: usize = 16 << 20;
+/// Header naming the instance that answered, on every proxied response.
+const UPSTREAM_HEADER: &str = "x-chi-upstream";
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type Labels = Vec<(String, String)>;
+
+/// Per-service state: the picker and the passive health of its instances.
+struct ServiceState {
+    picker: Arc<dyn Picker>,
+    outliers: OutlierDetector,
+    revision: Mutex<u64>,
+    /// Instances this proxy marked unhealthy in the discovery cache (ejected).
+    marked: Mutex<Vec<String>>,
+    metrics: ServiceMetrics,
+}
+
+/// The metric handles of one service, made once (no label allocation per request).
+struct ServiceMetrics {
+    attempt_ok: Counter,
+    attempt_failed: Counter,
+    /// Requests by status class, 1xx to 5xx.
+    by_class: [Counter; 5],
+    latency: Histogram,
+}
+
+struct Proxy {
+    client: DiscoveryClient,
+    http: Client<HttpConnector, Full<Bytes>>,
+    pickers: Pickers,
+    services: RwLock<HashMap<String, Arc<ServiceState>>>,
+    max_attempts: u32,
+    retry_all_methods: bool,
+    attempt_timeout: Duration,
+    requests: Family<Labels, Counter>,
+    attempts: Family<Labels, Counter>,
+    library: LibraryMetrics,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let mut shutdown = Shutdown::install()?;
+    let source = Source::resolve(&args.source)?;
+    source.require_shared("proxy")?;
+    let pickers = Pickers::from_config(&source.config)?;
+    let registry = source.connect().await?;
+    let client = DiscoveryClient::builder()
+        .cache(source.config.cache)
+        .retry(source.config.retry)
+        .build(registry.clone());
+
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    let http = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
+
+    let mut metrics = Metrics::default();
+    let requests = Family::<Labels, Counter>::default();
+    let attempts = Family::<Labels, Counter>::default();
+    let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+        (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
+    );
+    metrics.register(
+        "chi_proxy_requests",
+        "Requests by service and status class",
+        requests.clone(),
+    );
+    metrics.register(
+        "chi_proxy_attempts",
+        "Upstream attempts by service and outcome",
+        attempts.clone(),
+    );
+    metrics.register(
+        "chi_proxy_request_duration_seconds",
+        "Time from request to response head, retries included",
+        latency.clone(),
+    );
+    // The library's metrics too: the spec's discovery and selection metrics, cache and instances.
+    let library = LibraryMetrics::register(&mut metrics, MetricsConfig::default());
+    library.instrument_client(&mut metrics, &client);
+    let metrics = Arc::new(metrics);
+
+    let proxy = Arc::new(Proxy {
+        client,
+        http,
+        pickers,
+        services: RwLock::new(HashMap::new()),
+        max_attempts: source.config.retry.max_attempts.max(1),
+        retry_all_methods: args.retry_all_methods,
+        attempt_timeout: args.timeout,
+        requests,
+        attempts,
+        latency,
+        library,
+    });
+    tokio::spawn(sweep_ejections(Arc::downgrade(&proxy)));
+
+    let health: admin::HealthFn = Arc::new(|| (true, serde_json::json!({"status": "ok"})));
+    let render: admin::MetricsFn = Arc::new(move || {
+        let mut out = String::new();
+        if encode(&mut out, &metrics).is_err() {
+            out.clear();
+        }
+        out
+    });
+    let admin_addr = admin::serve(args.admin, registry, health, render).await?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| {
+            Failure::failed(format!("cannot listen on {}: {e}", args.listen))
+                .hint("pick another address with --listen 127.0.0.1:PORT")
+        })?;
+    let bound = listener.local_addr()?;
+    println!("chi proxy: listening on http://{bound}; admin on http://{admin_addr}");
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.wait() => return Ok(ExitCode::SUCCESS),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Ends ejections in the discovery overlay once the detector lets an instance back in.
+async fn sweep_ejections(proxy: std::sync::Weak<Proxy>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let Some(proxy) = proxy.upgrade() else { return };
+        let services: Vec<(String, Arc<ServiceState>)> = proxy
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, state) in services {
+            let mut marked = state.marked.lock().unwrap_or_else(|e| e.into_inner());
+            marked.retain(|id| {
+                let still = state.outliers.is_ejected(id);
+                if !still {
+                    tracing::info!(service = %name, %id, "ejection ended");
+                    proxy.client.set_health(&name, id, None);
+                }
+                still
+            });
+        }
+    }
+}
+
+/// Methods safe to send twice.
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Statuses that count as a failed attempt (and may be retried).
+fn failed_status(s: StatusCode) -> bool {
+    matches!(
+        s,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// Headers that belong to one hop only (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+}
+
+/// The service and the path to forward: from `Host` when it names a service, else from the
+/// first path segment.
+pub(crate) fn target(host: Option<&str>, path_and_query: &str) -> Option<(String, String)> {
+    if let Some(host) = host {
+        let name = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let first = name.split('.').next().unwrap_or_default();
+        let is_ip = name.parse::<std::net::IpAddr>().is_ok() || name.starts_with('[');
+        if !is_ip && !first.is_empty() && first != "localhost" && valid_name(first) {
+            return Some((first.to_owned(), path_and_query.to_owned()));
+        }
+    }
+    let rest = path_and_query.strip_prefix('/')?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (service, tail) = rest.split_at(end);
+    if service.is_empty() || !valid_name(service) {
+        return None;
+    }
+    let forwarded = if tail.starts_with('/') {
+        tail.to_owned()
+    } else {
+        format!("/{tail}")
+    };
+    Some((service.to_owned(), forwarded))
+}
+
+fn valid_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn plain(status: StatusCode, text: impl Into<String>) -> Response<ProxyBody> {
+    let mut text = text.into();
+    text.push('\n');
+    let mut resp = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+impl Proxy {
+    fn service(&self, name: &str) -> Arc<ServiceState> {
+        if let Some(s) = self
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return s.clone();
+        }
+        let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(name) {
+            return s.clone();
+        }
+        let label = |k: &str, v: &str| {
+            vec![
+                ("service".to_owned(), name.to_owned()),
+                (k.to_owned(), v.to_owned()),
+            ]
+        };
+        // One statement per handle: a family's read guard must be gone before the next
+        // `get_or_create` of the same family may need its write lock.
+        let attempt_ok = self
+            .attempts
+            .get_or_create(&label("outcome", "success"))
+            .clone();
+        let attempt_failed = self
+            .attempts
+            .get_or_create(&label("outcome", "failure"))
+            .clone();
+        let mut by_class: [Counter; 5] = Default::default();
+        for (slot, c) in by_class.iter_mut().zip(["1xx", "2xx", "3xx", "4xx", "5xx"]) {
+            let counter = self.requests.get_or_create(&label("code", c)).clone();
+            *slot = counter;
+        }
+        let latency = self
+            .latency
+            .get_or_create(&vec![("service".to_owned(), name.to_owned())])
+            .clone();
+        let metrics = ServiceMetrics {
+            attempt_ok,
+            attempt_failed,
+            by_class,
+            latency,
+        };
+        let state = Arc::new(ServiceState {
+            picker: self.pickers.make(),
+            outliers: OutlierDetector::new(OutlierConfig {
+                consecutive_failures: 3,
+                base_ejection_time: Duration::from_secs(10),
+                max_ejection_percent: 50,
+                ..OutlierConfig::default()
+            }),
+            revision: Mutex::new(u64::MAX),
+            marked: Mutex::new(Vec::new()),
+            metrics,
+        });
+        map.insert(name.to_owned(), state.clone());
+        state
+    }
+
+    fn record(&self, service: &str, state: &ServiceState, id: &str, success: bool) {
+        if success {
+            state.metrics.attempt_ok.inc();
+        } else {
+            state.metrics.attempt_failed.inc();
+        }
+        if success {
+            state.outliers.record_success(id);
+        } else if state.outliers.record_failure(id) {
+            tracing::warn!(service, id, "instance ejected after consecutive failures");
+            state
+                .marked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id.to_owned());
+            self.client
+                .set_health(service, id, Some(HealthStatus::Unhealthy));
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let Some((service, path)) = target(host.as_deref(), &pq) else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "chi proxy: name the service in the first path segment (/user-service/...) or the Host header",
+            );
+        };
+        let snapshot = match self.client.discover(&service).await {
+            Ok(s) if !s.is_empty() => s,
+            Ok(_) => {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("chi proxy: service `{service}` has no instances"),
+                );
+            }
+            Err(e) => {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("chi proxy: cannot discover `{service}`: {e}"),
+                );
+            }
+        };
+        let state = self.service(&service);
+        self.track(&state, &snapshot);
+        let response = self
+            .forward(&service, &state, snapshot, req, path, peer)
+            .await;
+        let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
+        state.metrics.by_class[class].inc();
+        state.metrics.latency.observe(start.elapsed().as_secs_f64());
+        response
+    }
+
+    /// Tells the outlier detector the current instance set when the snapshot changed.
+    fn track(&self, state: &ServiceState, snapshot: &Snapshot) {
+        let mut rev = state.revision.lock().unwrap_or_else(|e| e.into_inner());
+        if *rev != snapshot.revision() {
+            state
+                .outliers
+                .set_hosts(snapshot.instances().iter().map(|i| i.id.as_str()));
+            *rev = snapshot.revision();
+        }
+    }
+
+    async fn forward(
+        &self,
+        service: &str,
+        state: &ServiceState,
+        first: Snapshot,
+        req: Request<Incoming>,
+        path: String,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("chi proxy: cannot read the request body: {e}"),
+                );
+            }
+        };
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert("x-forwarded-for", v);
+        }
+        let retry_any = self.retry_all_methods || idempotent(&parts.method);
+        let mut tried: Vec<String> = Vec::new();
+        let mut last_error = String::from("no instance could be picked");
+        let mut first = Some(first);
+        let ask = Ask::from_headers(&headers);
+        for attempt in 1..=self.max_attempts {
+            // A retry sees the latest snapshot (ejections are laid over it).
+            let snapshot = match first.take() {
+                Some(s) => s,
+                None => match self.client.discover(service).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last_error = e.to_string();
+                        break;
+                    }
+                },
+            };
+            let Some(picked) = state.picker.pick(&snapshot, &ask, &tried) else {
+                break;
+            };
+            let id = picked.instance.id.clone();
+            self.library
+                .record_selection(service, &id, state.picker.strategy());
+            let uri = match Uri::try_from(format!("http://{}{path}", picked.instance.authority())) {
+                Ok(u) => u,
+                Err(e) => {
+                    last_error = format!("{id}: bad upstream URI: {e}");
+                    tried.push(id);
+                    continue;
+                }
+            };
+            let mut up = Request::new(Full::new(body.clone()));
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = uri;
+            *up.headers_mut() = headers.clone();
+            let last = attempt == self.max_attempts;
+            match tokio::time::timeout(self.attempt_timeout, self.http.request(up)).await {
+                Ok(Ok(resp)) if !failed_status(resp.status()) || last || !retry_any => {
+                    self.record(service, state, &id, !failed_status(resp.status()));
+                    return upstream_response(resp, &id, picked.guard);
+                }
+                Ok(Ok(resp)) => {
+                    self.record(service, state, &id, false);
+                    last_error = format!("{id} answered {}", resp.status());
+                }
+                Ok(Err(e)) => {
+                    self.record(service, state, &id, false);
+                    last_error = format!("{id}: {}", error_chain(&e));
+                    let nothing_sent = e.is_connect();
+                    if !(retry_any || nothing_sent) {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    self.record(service, state, &id, false);
+                    last_error = format!("{id}: no answer within {:?}", self.attempt_timeout);
+                    if !retry_any {
+                        break;
+                    }
+                }
+            }
+            tracing::debug!(service, attempt, "attempt failed: {last_error}");
+            tried.push(id);
+        }
+        plain(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "chi proxy: `{service}` failed after {} attempt(s): {last_error}",
+                tried.len()
+            ),
+        )
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+fn upstream_response(resp: Response<Incoming>, id: &str, guard: Guard) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Ok(v) = HeaderValue::from_str(id) {
+        parts.headers.insert(UPSTREAM_HEADER, v);
+    }
+    let body = Guarded {
+        inner: body,
+        _guard: guard,
+    };
+    Response::from_parts(parts, BoxBody::new(body))
+}
+
+/// A response body that holds the balancer's in-flight guard until the body is done.
+struct Guarded {
+    inner: Incoming,
+    _guard: Guard,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target;
+
+    #[test]
+    fn service_from_path_or_host() {
+        let t = |h: Option<&str>, p: &str| target(h, p);
+        assert_eq!(
+            t(Some("127.0.0.1:15001"), "/user-service/api/x?q=1"),
+            Some(("user-service".into(), "/api/x?q=1".into()))
+        );
+        assert_eq!(
+            t(Some("localhost:15001"), "/user-service"),
+            Some(("user-service".into(), "/".into()))
+        );
+        assert_eq!(
+            t(Some("127.0.0.1"), "/user-service?x=1"),
+            Some(("user-service".into(), "/?x=1".into()))
+        );
+        assert_eq!(
+            t(Some("user-service:15001"), "/api/x"),
+            Some(("user-service".into(), "/api/x".into()))
+        );
+        assert_eq!(
+            t(Some("user-service.internal"), "/"),
+            Some(("user-service".into(), "/".into()))
+        );
+        assert_eq!(t(Some("[::1]:15001"), "/"), None);
+        assert_eq!(t(None, "/"), None);
+        assert_eq!(t(None, "/bad name/x"), None);
+    }
+}

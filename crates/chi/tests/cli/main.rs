@@ -1,0 +1,12 @@
+//! Integration tests of the `chi` binary: each runs the real executable.
+//!
+//! The embedded registry is shared the way users share it: a `chi agent` serves it on its admin
+//! port and the other commands (and other agents) reach it with `--registry chi://host:port`.
+
+mod agent;
+mod check;
+mod config;
+mod proxy;
+mod real;
+mod select;
+mod support;

@@ -1,0 +1,118 @@
+//! `chi select`: the distribution of picks per strategy, and routing, without a proxy.
+
+use serde_json::Value;
+
+use crate::support::{Agent, registration, run, stderr};
+
+fn fleet() -> (Agent, Vec<Agent>) {
+    let host = Agent::start(&registration("registry-host", 1, "v1", ""), &[]);
+    let url = host.url();
+    let agents = [
+        (19101, "v1", "us-east-1", 1),
+        (19102, "v1", "us-east-1", 2),
+        (19103, "v2", "us-west-2", 3),
+    ]
+    .iter()
+    .map(|(port, version, region, weight)| {
+        Agent::start(
+            &registration(
+                "pay",
+                *port,
+                version,
+                &format!("    weight: {weight}\n    meta:\n      region: \"{region}\"\n"),
+            ),
+            &["--registry", &url],
+        )
+    })
+    .collect();
+    (host, agents)
+}
+
+/// `chi select pay ... -o json`: picks per port.
+fn select(url: &str, extra: &[&str]) -> Vec<(u16, u64)> {
+    let mut args = vec!["select", "pay", "-o", "json", "--registry", url];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut picks: Vec<(u16, u64)> = v["picks"]
+        .as_array()
+        .expect("picks")
+        .iter()
+        .map(|p| {
+            let port = p["address"]
+                .as_str()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .expect("port");
+            (port, p["picks"].as_u64().expect("count"))
+        })
+        .collect();
+    picks.sort_unstable();
+    picks
+}
+
+#[test]
+fn select_shows_the_distribution_of_each_strategy() {
+    let (host, _agents) = fleet();
+    let url = host.url();
+    // Without routing headers the default version is any version (no config given).
+    assert_eq!(
+        select(&url, &["--strategy", "round_robin", "--count", "300"]),
+        [(19101, 100), (19102, 100), (19103, 100)]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &["--strategy", "weighted_round_robin", "--count", "600"]
+        ),
+        [(19101, 100), (19102, 200), (19103, 300)]
+    );
+    let random = select(&url, &["--strategy", "random", "--count", "3000"]);
+    assert_eq!(random.len(), 3);
+    for (port, n) in &random {
+        assert!((700..=1300).contains(n), "{port}: {n} of 3000");
+    }
+    for strategy in ["consistent_hash", "ring_hash", "maglev"] {
+        let one = select(
+            &url,
+            &["--strategy", strategy, "--key", "user-42", "--count", "50"],
+        );
+        assert_eq!(one.len(), 1, "{strategy}: {one:?}");
+        assert_eq!(one[0].1, 50);
+    }
+    for strategy in ["least_connections", "p2c", "peak_ewma"] {
+        let all = select(&url, &["--strategy", strategy, "--count", "90"]);
+        assert_eq!(all.iter().map(|(_, n)| n).sum::<u64>(), 90, "{strategy}");
+    }
+    // Routing: a version, a region.
+    assert_eq!(
+        select(&url, &["--service-version", "v2", "--count", "10"]),
+        [(19103, 10)]
+    );
+    let east = select(
+        &url,
+        &[
+            "--region",
+            "us-east-1",
+            "--count",
+            "10",
+            "--service-version",
+            "v1",
+        ],
+    );
+    assert!(east.iter().all(|(p, _)| *p != 19103), "{east:?}");
+
+    // The table.
+    let out = run(&["select", "pay", "--registry", &url, "--count", "6"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("PICKS") && text.contains("SHARE"), "{text}");
+
+    // Bad input.
+    let out = run(&["select", "pay", "--registry", &url, "--strategy", "fastest"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("round_robin"), "{}", stderr(&out));
+    let out = run(&["select", "nobody", "--registry", &url]);
+    assert_eq!(out.status.code(), Some(1));
+}
