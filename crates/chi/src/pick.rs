@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use chi_discovery::balance::{
-    Balancer, BalancerConfig, ConsistentHashConfig, Strategy, usable_by_health,
-};
+use chi_discovery::balance::{Balancer, BalancerConfig, Strategy, usable_by_health};
 use chi_discovery::config::{Config, RoutingConfig};
 use chi_discovery::routing::{Route, Smart};
 use chi_discovery::{Instance, Snapshot};
@@ -77,7 +75,7 @@ pub(crate) struct Pickers {
 impl Pickers {
     /// From `load_balancer` and `routing` of the config.
     pub(crate) fn from_config(config: &Config) -> anyhow::Result<Pickers> {
-        Self::with_strategy(config, &config.load_balancer.strategy)
+        Self::build(config, config.load_balancer.strategy)
     }
 
     /// With another strategy than the config's.
@@ -86,14 +84,14 @@ impl Pickers {
             Failure::bad_input(format!("strategy {strategy:?}: {e}"))
                 .hint("e.g. --strategy round_robin, or load_balancer.strategy in the config")
         })?;
+        Self::build(config, parsed)
+    }
+
+    fn build(config: &Config, strategy: Strategy) -> anyhow::Result<Pickers> {
         let lb = &config.load_balancer;
-        let mut balancer = BalancerConfig::new(parsed);
+        let mut balancer = BalancerConfig::new(strategy);
         balancer.health_check_enabled = lb.health_check_enabled;
-        balancer.consistent_hash = ConsistentHashConfig {
-            partition_count: lb.consistent_hash.partition_count,
-            replication_factor: lb.consistent_hash.replication_factor,
-            load: lb.consistent_hash.load,
-        };
+        balancer.consistent_hash = lb.consistent_hash;
         balancer
             .validate()
             .map_err(|e| Failure::bad_input(format!("service_discovery.load_balancer.{e}")))?;
