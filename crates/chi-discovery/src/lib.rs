@@ -9,6 +9,15 @@
 //!   lost them, deregisters them on shutdown.
 //! - [`DiscoveryClient`]: discovery with filters, a cache of immutable snapshots that keeps serving
 //!   the last good list through registry outages, watches and retries.
+//! - [`balance`]: round robin, random, smooth weighted round robin, least connections, consistent
+//!   hashing with bounded loads, ring hash, Maglev, P2C and peak EWMA; built once per membership
+//!   change, picked without locks.
+//! - [`health`]: HTTP, TCP and gRPC probes with rise/fall thresholds, outlier detection and the
+//!   panic threshold.
+//! - [`routing`]: version and region/zone routing and the smart router that chains them before
+//!   the balancer.
+//! - `metrics` (feature `metrics`): Prometheus metrics into a registry the caller passes in.
+//! - [`integration`]: tower's `Discover` over a chi watch, and an HTTP helper.
 //! - [`config`]: the `chi-config.yaml` file, validated with errors that name the field.
 //!
 //! ```no_run
