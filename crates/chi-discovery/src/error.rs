@@ -88,6 +88,19 @@ pub enum Error {
     },
 }
 
+/// `error: cause: cause...`: transport errors (hyper, tonic, reqwest) hide the useful part in their
+/// sources, so messages shown to people walk the whole chain.
+pub fn display_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
 fn display_failures(failures: &[(String, Error)]) -> String {
     failures
         .iter()

@@ -533,7 +533,7 @@ impl Proxy {
                 }
                 Ok(Err(e)) => {
                     self.record(service, state, &id, false);
-                    last_error = format!("{id}: {}", error_chain(&e));
+                    last_error = format!("{id}: {}", chi_discovery::error::display_chain(&e));
                     let nothing_sent = e.is_connect();
                     if !(retry_any || nothing_sent) {
                         break;
@@ -558,17 +558,6 @@ impl Proxy {
             ),
         )
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 fn upstream_response(resp: Response<Incoming>, id: &str, guard: Guard) -> Response<ProxyBody> {

@@ -12,7 +12,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::{CheckError, Probe, source_chain};
+use super::{CheckError, Probe};
+use crate::error::display_chain;
 use crate::instance::Instance;
 
 /// `grpc.health.v1.Health/Check` probe of one service name.
@@ -51,7 +52,7 @@ impl GrpcCheck {
             .connect_timeout(self.timeout)
             .timeout(self.timeout);
         let channel = endpoint.connect().await.map_err(|e| CheckError::Connect {
-            message: format!("{uri}: {}", source_chain(&e)),
+            message: format!("{uri}: {}", display_chain(&e)),
         })?;
         let mut client = HealthClient::new(channel);
         let response = client

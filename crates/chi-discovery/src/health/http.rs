@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::Url;
 
-use super::{CheckError, Probe, is_own_host, source_chain};
+use super::{CheckError, Probe, is_own_host};
+use crate::error::display_chain;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
 
@@ -170,10 +171,10 @@ impl Probe for HttpCheck {
                 after: self.timeout,
             }),
             Ok(Err(e)) if e.is_connect() => Err(CheckError::Connect {
-                message: format!("{url}: {}", source_chain(&e)),
+                message: format!("{url}: {}", display_chain(&e)),
             }),
             Ok(Err(e)) => Err(CheckError::Protocol {
-                message: format!("{url}: {}", source_chain(&e)),
+                message: format!("{url}: {}", display_chain(&e)),
             }),
             Err(_) => Err(CheckError::Timeout {
                 after: self.timeout,

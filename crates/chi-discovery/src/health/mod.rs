@@ -184,15 +184,3 @@ fn bare_host(host: &str) -> String {
 fn is_own_host(instance: &Instance, host: &str) -> bool {
     bare_host(host) == bare_host(&instance.address)
 }
-
-/// `e: cause: cause...`: transport errors hide the useful part in their sources.
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
