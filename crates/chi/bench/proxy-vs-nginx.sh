@@ -4,7 +4,7 @@
 #
 #   crates/chi/bench/proxy-vs-nginx.sh [path/to/chi]   # default: target/release/chi
 #
-# Needs nginx and wrk (Debian packages `nginx`, `wrk`). Backends are one nginx answering a short
+# Installs nginx and wrk (Debian packages) and builds chi when missing. Backends are one nginx answering a short
 # body on three ports. Settings: WRK_THREADS (2), WRK_CONNS (50), WRK_SECS (10).
 set -euo pipefail
 
@@ -12,9 +12,17 @@ CHI=${1:-${CARGO_TARGET_DIR:-target}/release/chi}
 THREADS=${WRK_THREADS:-2}
 CONNS=${WRK_CONNS:-50}
 SECS=${WRK_SECS:-10}
-command -v nginx >/dev/null || { echo "nginx missing: apt-get install nginx" >&2; exit 2; }
-command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 2; }
-[ -x "$CHI" ] || { echo "chi binary not found at $CHI: cargo build --release -p chi" >&2; exit 2; }
+# Install what is missing, as on a new machine (Debian's packages; the nginx service is not used).
+for tool in nginx wrk; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "installing $tool (Debian package)" >&2
+    apt-get install -y -qq "$tool" >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq "$tool" >/dev/null; }
+  fi
+done
+if [ ! -x "$CHI" ]; then
+  echo "building chi (release)" >&2
+  cargo build --release -q -p chi
+fi
 
 DIR=$(mktemp -d)
 PIDS=()
