@@ -5,48 +5,19 @@
 //! binary fails the test with that hint.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::harness::{binary, free_ports, wait_for_port};
 use crate::support::{Agent, Proc, chi, discover_json, eventually, http_get, registration};
 
-fn binary(name: &str, env: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var("CHI_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/chi")
-        });
-    let path = cache.join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{name} not found at {} (nor ${env}); run `scripts/registry install`",
-        path.display()
-    );
-    path
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
-
 fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} did not open");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_for_port(port, Duration::from_secs(20)),
+        "port {port} did not open"
+    );
 }
 
 /// A registry process, killed on drop.
@@ -68,7 +39,7 @@ fn etcd() -> Server {
     let p = free_ports(2);
     let client = format!("http://127.0.0.1:{}", p[0]);
     let peer = format!("http://127.0.0.1:{}", p[1]);
-    let child = Command::new(binary("etcd", "CHI_ETCD_BIN"))
+    let child = Command::new(binary("etcd"))
         .args(["--name", "cli", "--data-dir"])
         .arg(dir.path().join("data"))
         .args([
@@ -99,7 +70,7 @@ fn etcd() -> Server {
 fn consul() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = free_ports(4);
-    let child = Command::new(binary("consul", "CHI_CONSUL_BIN"))
+    let child = Command::new(binary("consul"))
         .args([
             "agent",
             "-dev",
@@ -163,7 +134,7 @@ fn nacos() -> Server {
     let env_file = dir.path().join("env");
     std::fs::write(&env_file, env).expect("write env");
     drop(held);
-    let child = Command::new(binary("rnacos", "CHI_NACOS_BIN"))
+    let child = Command::new(binary("rnacos"))
         .arg("-e")
         .arg(&env_file)
         .stdout(Stdio::null())
