@@ -1,5 +1,8 @@
 //! Integration tests: one binary, one module per area. Registry tests run against real servers
 //! that the harness starts on loopback (see `harness`).
+//!
+//! The reliability suite (`faults`, `partition`, `churn`, `stub`, `names`, `secrets`) is part of
+//! this binary; `CHI_SOAK=1` (via `scripts/reliability --soak`) makes its long phases longer.
 
 mod harness;
 mod health;
@@ -10,3 +13,16 @@ mod consul;
 mod etcd;
 #[cfg(feature = "nacos")]
 mod nacos;
+
+#[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
+mod churn;
+#[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
+mod faults;
+#[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
+mod names;
+#[cfg(feature = "etcd")]
+mod partition;
+#[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
+mod secrets;
+#[cfg(feature = "consul")]
+mod stub;

@@ -180,3 +180,27 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// True when the reliability suite runs in soak mode (`CHI_SOAK=1`, set by `scripts/reliability
+/// --soak`): fault and churn tests then run longer (see [`scaled`]).
+pub fn soak() -> bool {
+    matches!(std::env::var("CHI_SOAK").as_deref(), Ok("1" | "true"))
+}
+
+/// `ci` in a normal run, `soak` in soak mode: how long a fault or churn phase lasts.
+pub fn scaled(ci: Duration, soak_for: Duration) -> Duration {
+    if soak() { soak_for } else { ci }
+}
+
+/// Resident set size of this process in KiB (from `/proc/self/status`), for memory-bound checks.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,1 @@
+//! (reliability suite: churn) — filled in by its own commit.

@@ -1,0 +1,1 @@
+//! (reliability suite: faults) — filled in by its own commit.

@@ -1,0 +1,1 @@
+//! (reliability suite: names) — filled in by its own commit.

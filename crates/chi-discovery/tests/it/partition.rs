@@ -1,0 +1,1 @@
+//! (reliability suite: partition) — filled in by its own commit.

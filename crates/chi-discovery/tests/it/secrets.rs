@@ -1,0 +1,1 @@
+//! (reliability suite: secrets) — filled in by its own commit.

@@ -1,0 +1,1 @@
+//! (reliability suite: stub) — filled in by its own commit.
