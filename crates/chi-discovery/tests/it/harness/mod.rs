@@ -204,3 +204,12 @@ pub fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Taken by the tests that load the machine (kills under load, churn, 1,000-change watches) so
+/// that two of them never run at once on a 2-core CI machine; timing-sensitive tests may take it
+/// too. Hold the guard for the whole test.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
+}
