@@ -18,11 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::secret::Secret;
 
-use super::BACKEND;
+use super::{BACKEND, MAX_BODY};
 
-/// Largest body chi reads from Consul: a health answer of a few thousand instances is a few
-/// megabytes; anything past this is not a Consul answer chi can use.
-pub(crate) const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Error bodies are plain text from Consul; keep at most this much of them.
 const MAX_ERROR_BODY: usize = 4 * 1024;
 
@@ -126,6 +123,28 @@ pub(crate) struct AgentService {
 pub(crate) struct CheckInfo {
     #[serde(rename = "Status", default)]
     pub(crate) status: String,
+}
+
+/// Parses the body of a `/v1/health/service/:name` answer (a JSON array of entries).
+pub(crate) fn parse_health(body: &[u8]) -> Result<Vec<ServiceEntry>, ApiErrorKind> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiErrorKind::Body(format!("not a health answer: {e}")))
+}
+
+/// A body that did not parse says what it claimed to be when that was not JSON (an HTML page
+/// from a proxy in front of the agent is the usual case).
+fn with_content_type(kind: ApiErrorKind, headers: &HeaderMap) -> ApiErrorKind {
+    let claimed = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.contains("json"));
+    match (kind, claimed) {
+        (ApiErrorKind::Body(m), Some(t)) => ApiErrorKind::Body(format!(
+            "{m} (the answer is `{}`, not JSON)",
+            t.escape_debug()
+        )),
+        (kind, _) => kind,
+    }
 }
 
 /// Consul sends `null` for empty lists and maps; treat it as empty.
@@ -380,9 +399,9 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        let entries: Vec<ServiceEntry> = serde_json::from_slice(&body).map_err(|e| ApiError {
-            call,
-            kind: ApiErrorKind::Body(format!("not a health answer: {e}")),
+        let entries = parse_health(&body).map_err(|kind| ApiError {
+            call: format!("GET {call}"),
+            kind: with_content_type(kind, &headers),
         })?;
         Ok((entries, index))
     }
@@ -399,7 +418,7 @@ impl Client {
             .await?;
         let map: HashMap<String, serde_json::Value> =
             serde_json::from_slice(&body).map_err(|e| ApiError {
-                call,
+                call: format!("GET {call}"),
                 kind: ApiErrorKind::Body(format!("not a service map: {e}")),
             })?;
         let mut names: Vec<String> = map.into_keys().collect();
@@ -453,7 +472,8 @@ impl Client {
         if status.is_success() {
             if truncated {
                 return Err(fail(ApiErrorKind::Body(format!(
-                    "answer larger than {MAX_BODY} bytes"
+                    "answer larger than the limit of {} MiB (consul::MAX_BODY); reading stopped there",
+                    MAX_BODY / (1024 * 1024)
                 ))));
             }
             return Ok((resp.headers().clone(), body));

@@ -62,6 +62,10 @@ use crate::secret::Secret;
 use api::{CheckDefinition, CheckUpdate, HealthQuery, ServiceEntry, ServiceRegistration, Weights};
 
 pub(crate) const BACKEND: &str = "consul";
+/// Largest answer body chi reads from Consul (32 MiB): a health answer of a few thousand
+/// instances is a few megabytes; past this the read stops and the call fails with an error
+/// naming the limit, so a broken or hostile endpoint cannot make chi buffer without bound.
+pub const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Meta key carrying `Instance::version`.
 pub const META_VERSION: &str = "chi_version";
 /// Meta key carrying a weight Consul's `Weights` cannot (0).
@@ -501,10 +505,38 @@ fn to_instance(entry: ServiceEntry) -> Instance {
 }
 
 /// Entries to instances, sorted by id (several nodes may answer; the order is stable).
+///
+/// An entry that is not a valid [`Instance`] (an id or name chi could not use in a key or URL,
+/// no address, port 0: services registered by other tools can be like that) is skipped with a
+/// warning, never served: what discovery hands out always passes [`Instance::validate`].
 fn to_instances(entries: Vec<ServiceEntry>) -> Vec<Instance> {
-    let mut list: Vec<Instance> = entries.into_iter().map(to_instance).collect();
+    let mut list: Vec<Instance> = entries
+        .into_iter()
+        .map(to_instance)
+        .filter(|i| match i.validate() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(service = %i.name.escape_debug(), id = %i.id.escape_debug(), error = %e, "consul entry is not a usable instance; skipped");
+                false
+            }
+        })
+        .collect();
     list.sort_by(|a, b| a.id.cmp(&b.id));
     list
+}
+
+/// Decodes the body of a `/v1/health/service/:name` answer into instances, exactly as
+/// discovery and watches do: entries that are not valid instances are skipped (see
+/// [`Instance::validate`]), and a body that is not a health answer is an
+/// [`Error::Registry`] naming the call. Public for fuzzing and for tools that read saved answers.
+pub fn decode_health(body: &[u8]) -> Result<Vec<Instance>> {
+    let entries = api::parse_health(body).map_err(|kind| {
+        Error::from(api::ApiError {
+            call: "GET /v1/health/service".into(),
+            kind,
+        })
+    })?;
+    Ok(to_instances(entries))
 }
 
 #[async_trait]
@@ -825,6 +857,22 @@ mod tests {
         let entries: Vec<ServiceEntry> = serde_json::from_value(json).expect("parse");
         let back = to_instances(entries);
         assert_eq!(back, vec![inst.with_health(HealthStatus::Healthy)]);
+    }
+
+    #[test]
+    fn health_answers_decode_into_valid_instances_only() {
+        let body = br#"[
+            {"Node":{"Address":"10.9.9.9"},"Service":{"ID":"ok","Service":"api","Port":80}},
+            {"Service":{"ID":"../escape","Service":"api","Address":"10.0.0.1","Port":80}},
+            {"Service":{"ID":"no-port","Service":"api","Address":"10.0.0.1","Port":0}},
+            {"Service":{"ID":"no-address","Service":"api","Port":80}}
+        ]"#;
+        let list = decode_health(body).expect("a health answer");
+        let ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["ok"]);
+        assert_eq!(list[0].address, "10.9.9.9");
+        let e = decode_health(b"{}").expect_err("not a list");
+        assert!(e.to_string().contains("not a health answer"), "{e}");
     }
 
     #[test]

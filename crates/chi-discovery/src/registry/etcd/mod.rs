@@ -600,20 +600,10 @@ impl Inner {
     /// Parses one stored value; `None` (with a warning) when it is not an instance of `service`
     /// with id `id`: foreign or corrupt data under the prefix is skipped, never trusted.
     fn parse(&self, service: &str, id: &str, value: &[u8]) -> Option<Instance> {
-        match serde_json::from_slice::<Instance>(value) {
-            Ok(i) if i.name == service && i.id == id => Some(i),
-            Ok(i) => {
-                tracing::warn!(
-                    service,
-                    id,
-                    stored_name = %i.name,
-                    stored_id = %i.id,
-                    "etcd value does not match its key; skipped"
-                );
-                None
-            }
+        match decode_value(service, id, value) {
+            Ok(i) => Some(i),
             Err(e) => {
-                tracing::warn!(service, id, error = %e, "etcd value is not an instance; skipped");
+                tracing::warn!(service = %service.escape_debug(), id = %id.escape_debug(), error = %e, "etcd value is not a usable instance; skipped");
                 None
             }
         }
@@ -648,6 +638,25 @@ impl Inner {
             .collect();
         Ok((list, revision, term))
     }
+}
+
+/// Decodes the value stored at `{prefix}/{service}/{id}`, exactly as discovery and watches do:
+/// the JSON of an [`Instance`] whose name and id match its key and which passes
+/// [`Instance::validate`]. Anything else is an [`Error::Registry`] saying why (discovery skips
+/// such values with a warning). Public for fuzzing and for tools that read raw keys.
+pub fn decode_value(service: &str, id: &str, value: &[u8]) -> Result<Instance> {
+    let bad = |m: String| Error::registry(BACKEND, format!("value of `{service}/{id}`: {m}"));
+    let i: Instance =
+        serde_json::from_slice(value).map_err(|e| bad(format!("not an instance: {e}")))?;
+    if i.name != service || i.id != id {
+        return Err(bad(format!(
+            "holds instance `{}/{}`, which does not match its key",
+            i.name.escape_debug(),
+            i.id.escape_debug()
+        )));
+    }
+    i.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(i)
 }
 
 #[async_trait]
@@ -934,5 +943,30 @@ mod tests {
             Inner::id_in("/p/s/", &[0x2f, 0x70, 0x2f, 0x73, 0x2f, 0xff]),
             None
         );
+    }
+
+    #[test]
+    fn stored_values_decode_only_into_valid_instances_of_their_key() {
+        let good = br#"{"id":"svc-1","name":"svc","address":"10.0.0.1","port":8080}"#;
+        let i = decode_value("svc", "svc-1", good).expect("a valid value");
+        assert_eq!((i.name.as_str(), i.port), ("svc", 8080));
+        for (value, says) in [
+            (&b"{"[..], "not an instance"),
+            (
+                br#"{"id":"svc-2","name":"svc","address":"a","port":1}"#,
+                "does not match its key",
+            ),
+            (
+                br#"{"id":"svc-1","name":"svc","address":" ","port":1}"#,
+                "address",
+            ),
+            (
+                br#"{"id":"svc-1","name":"svc","address":"a","port":0}"#,
+                "port",
+            ),
+        ] {
+            let e = decode_value("svc", "svc-1", value).expect_err("rejected");
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 }

@@ -80,9 +80,22 @@ pub(crate) fn to_nacos(instance: &Instance, cluster: &str) -> Result<ServiceInst
     })
 }
 
-/// The chi instance of a discovered Nacos instance of `service`; `None` for a disabled instance
-/// or one whose port is not a TCP port.
+/// The chi instance of a discovered Nacos instance of `service`; `None` for a disabled instance,
+/// one whose port is not a TCP port, or one that is not a valid [`Instance`] (a `chi.id` written
+/// by someone else with `/` or `..` in it, an empty ip): foreign data is skipped with a
+/// warning, never served.
 pub(crate) fn from_nacos(service: &str, si: &ServiceInstance) -> Option<Instance> {
+    let i = map_instance(service, si)?;
+    match i.validate() {
+        Ok(()) => Some(i),
+        Err(e) => {
+            tracing::warn!(service = %service.escape_debug(), id = %i.id.escape_debug(), error = %e, "nacos instance is not a usable instance; skipped");
+            None
+        }
+    }
+}
+
+fn map_instance(service: &str, si: &ServiceInstance) -> Option<Instance> {
     if !si.enabled {
         return None;
     }
@@ -206,6 +219,26 @@ mod tests {
             .is_none()
         );
         assert!(from_nacos("svc", &ServiceInstance { port: 70000, ..si }).is_none());
+    }
+
+    #[test]
+    fn foreign_ids_and_addresses_that_fail_validation_are_skipped() {
+        let si = |id: &str, ip: &str| ServiceInstance {
+            instance_id: None,
+            ip: ip.into(),
+            port: 80,
+            weight: 1.0,
+            healthy: true,
+            enabled: true,
+            ephemeral: true,
+            cluster_name: None,
+            service_name: None,
+            metadata: [(META_ID.to_owned(), id.to_owned())].into_iter().collect(),
+        };
+        assert!(from_nacos("svc", &si("ok-1", "10.0.0.1")).is_some());
+        assert!(from_nacos("svc", &si("../../etc", "10.0.0.1")).is_none());
+        assert!(from_nacos("svc", &si("a/b", "10.0.0.1")).is_none());
+        assert!(from_nacos("svc", &si("ok-1", "")).is_none());
     }
 
     #[test]

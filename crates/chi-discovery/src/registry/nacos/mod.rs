@@ -358,6 +358,18 @@ impl Shared {
     }
 }
 
+/// Decodes a JSON array of Nacos instances (nacos-sdk's `ServiceInstance`, as the Nacos open
+/// API and the SDK's serde form write them) of `service` into chi instances, exactly as
+/// discovery maps what the SDK hands it: disabled instances, ports that are not TCP ports and
+/// instances that fail [`Instance::validate`] are left out. A body that is not such an array is
+/// an [`Error::Registry`]. Public for fuzzing and for tools that read saved answers.
+pub fn decode_instances(service: &str, json: &[u8]) -> Result<Vec<Instance>> {
+    validate_name("service name", service)?;
+    let raw: Vec<ServiceInstance> = serde_json::from_slice(json)
+        .map_err(|e| Error::registry(BACKEND, format!("not a list of Nacos instances: {e}")))?;
+    Ok(map_all(service, &raw))
+}
+
 fn map_all(service: &str, raw: &[ServiceInstance]) -> Vec<Instance> {
     let mut list: Vec<Instance> = raw
         .iter()
