@@ -195,11 +195,11 @@ async fn run_all(
                 Outcome::RoundTrip => {
                     accepted.insert(inst.name.clone());
                 }
-                Outcome::Rejected(_) => {}
-            }
-            if let Outcome::Rejected(why) = &outcome {
-                if field == Field::MetaKey || field == Field::MetaValue || field == Field::Tag {
-                    eprintln!("{backend}: {} = {label}: {why:.200}", field.label());
+                Outcome::Rejected(why) => {
+                    eprintln!(
+                        "{backend}: {} = {label}: rejected: {why:.200}",
+                        field.label()
+                    );
                 }
             }
             cells.push(format!("{label}:{}", outcome.cell()));
