@@ -329,3 +329,83 @@ async fn nacos_password_never_prints() {
     exercise(reg, "sec", &mut ev).await;
     ev.check("nacos (wrong then right password)", &["nacos"]);
 }
+
+/// Agent-run checks stay on the instance's own address: a registration whose HTTP check points
+/// elsewhere is refused before Consul sees it, and the "elsewhere" (a listener of the test)
+/// gets no probe. With `allow_other_check_hosts` the same registration goes through and the
+/// agent does probe the listener, which shows that the listener would have seen it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_agent_checks_stay_on_the_instances_address() {
+    use chi_discovery::HealthCheck;
+    use chi_discovery::registry::consul::{Consul, ConsulConfig};
+    use std::sync::atomic::AtomicUsize;
+
+    let agent = ConsulAgent::start().await;
+    let foreign = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let foreign_port = foreign.local_addr().expect("addr").port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let listener = tokio::spawn(async move {
+        while let Ok((_sock, _)) = foreign.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let check = HealthCheck {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
+        ..HealthCheck::http(format!("http://127.0.0.1:{foreign_port}/latest/meta-data/"))
+    };
+    // The instance is on another port of the same host: only the port differs.
+    let inst = Instance::new("sec-checks", "127.0.0.1", 7340).with_id("sec-checks-1");
+
+    let strict = Consul::new(ConsulConfig {
+        address: agent.addr(),
+        ..ConsulConfig::default()
+    })
+    .expect("config");
+    let e = strict
+        .register_with_checks(&inst, vec![check.clone()])
+        .await
+        .expect_err("a check on another port must be refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("health check target") && text.contains("allow_other_check_hosts"),
+        "{text}"
+    );
+    assert!(
+        strict
+            .instances("sec-checks")
+            .await
+            .expect("list")
+            .is_empty(),
+        "nothing was registered"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused_hits = hits.load(Ordering::SeqCst);
+    assert_eq!(refused_hits, 0, "the agent probed the foreign address");
+
+    let lax = Consul::new(ConsulConfig {
+        address: agent.addr(),
+        allow_other_check_hosts: true,
+        ..ConsulConfig::default()
+    })
+    .expect("config");
+    lax.register_with_checks(&inst, vec![check])
+        .await
+        .expect("explicitly allowed");
+    let probed = eventually(Duration::from_secs(10), || async {
+        hits.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    listener.abort();
+    assert!(
+        probed.is_some(),
+        "with the opt-in the agent should probe the listener (the control of this test)"
+    );
+    println!(
+        "[reliability] consul check targets: foreign URL refused ({text:.120}...), 0 agent probes in 3 s; with allow_other_check_hosts the agent probed it after {:.1} s",
+        probed.map(|d| d.as_secs_f64()).unwrap_or_default()
+    );
+}

@@ -96,6 +96,11 @@ pub struct ConsulConfig {
     pub request_timeout: Duration,
     /// TLS settings; `Some` makes a scheme-less address `https`.
     pub tls: Option<TlsConfig>,
+    /// Let active checks of [`Consul::register_with_checks`] target another host or port than
+    /// the instance's own (an absolute HTTP URL, a TCP `host:port`). Off by default: the agent
+    /// runs those checks, so a registration could otherwise make it fetch any address its
+    /// network reaches (a cloud metadata endpoint, an internal admin page).
+    pub allow_other_check_hosts: bool,
 }
 
 impl Default for ConsulConfig {
@@ -110,6 +115,7 @@ impl Default for ConsulConfig {
             wait: Duration::from_secs(300),
             request_timeout: Duration::from_secs(5),
             tls: None,
+            allow_other_check_hosts: false,
         }
     }
 }
@@ -199,6 +205,11 @@ impl Consul {
         checks: Vec<HealthCheck>,
     ) -> Result<()> {
         instance.validate()?;
+        if !self.inner.config.allow_other_check_hosts {
+            for c in &checks {
+                check_target_is_own(instance, &c.target)?;
+            }
+        }
         self.inner.lock_checks().insert(instance.id.clone(), checks);
         self.register(instance).await
     }
@@ -408,6 +419,47 @@ fn registration(
             warning: weight,
         },
         checks: defs,
+    }
+}
+
+/// Refuses an agent-run check whose target is not the instance's own address and port (see
+/// [`ConsulConfig::allow_other_check_hosts`]).
+fn check_target_is_own(instance: &Instance, target: &CheckTarget) -> Result<()> {
+    let bare = |h: &str| {
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase()
+    };
+    let authority = instance.authority();
+    let (shown, own) = match target {
+        CheckTarget::Http(t) => {
+            let full = http_target(t, &authority);
+            let own = Url::parse(&full).is_ok_and(|u| {
+                u.host_str()
+                    .is_some_and(|h| bare(h) == bare(&instance.address))
+                    && u.port_or_known_default() == Some(instance.port)
+            });
+            (full, own)
+        }
+        CheckTarget::Tcp(t) if !t.is_empty() => {
+            let own = t.rsplit_once(':').is_some_and(|(h, p)| {
+                bare(h) == bare(&instance.address) && p.parse::<u16>() == Ok(instance.port)
+            });
+            (t.clone(), own)
+        }
+        CheckTarget::Tcp(_) | CheckTarget::Grpc(_) | CheckTarget::Ttl => return Ok(()),
+    };
+    if own {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "health check target",
+            shown,
+            format!(
+                "is not the instance's address {authority}, and the Consul agent would probe it; \
+                 set `allow_other_check_hosts` to allow other hosts"
+            ),
+        ))
     }
 }
 
@@ -873,6 +925,31 @@ mod tests {
         assert_eq!(list[0].address, "10.9.9.9");
         let e = decode_health(b"{}").expect_err("not a list");
         assert!(e.to_string().contains("not a health answer"), "{e}");
+    }
+
+    #[test]
+    fn agent_checks_are_limited_to_the_instances_own_address() {
+        let inst = Instance::new("api", "10.0.0.1", 8080);
+        for ok in [
+            CheckTarget::Http("/health".into()),
+            CheckTarget::Http("//169.254.169.254/x".into()),
+            CheckTarget::Http("http://10.0.0.1:8080/ready".into()),
+            CheckTarget::Tcp(String::new()),
+            CheckTarget::Tcp("10.0.0.1:8080".into()),
+            CheckTarget::Grpc("svc".into()),
+        ] {
+            assert!(check_target_is_own(&inst, &ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            CheckTarget::Http("http://169.254.169.254/latest/meta-data/".into()),
+            CheckTarget::Http("http://10.0.0.1:9999/admin".into()),
+            CheckTarget::Http("http://10.0.0.1@evil.example:8080/".into()),
+            CheckTarget::Tcp("10.0.0.2:8080".into()),
+            CheckTarget::Tcp("10.0.0.1:22".into()),
+        ] {
+            let e = check_target_is_own(&inst, &bad).expect_err("another host");
+            assert!(e.to_string().contains("allow_other_check_hosts"), "{e}");
+        }
     }
 
     #[test]
