@@ -186,6 +186,18 @@ impl Metrics {
         self.inner.selections.get_or_create(&labels).inc();
     }
 
+    /// The counter [`Metrics::record_selection`] increments for these labels, to keep and
+    /// increment on a hot path instead (`record_selection` builds and looks up the labels on
+    /// every call).
+    pub fn selection_counter(&self, service_name: &str, instance: &str, strategy: &str) -> Counter {
+        let mut labels = service(service_name);
+        if self.inner.config.per_instance_labels {
+            labels.push(("instance", instance.to_owned()));
+        }
+        labels.push(("strategy", strategy.to_owned()));
+        self.inner.selections.get_or_create(&labels).clone()
+    }
+
     /// Records which routing rules decided (see [`Decision`]).
     pub fn record_route(&self, service_name: &str, decision: &Decision) {
         let mut labels = service(service_name);

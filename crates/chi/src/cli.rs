@@ -232,4 +232,8 @@ pub(crate) struct ProxyArgs {
     /// Retry non-idempotent methods (POST, PATCH) too.
     #[arg(long)]
     pub(crate) retry_all_methods: bool,
+    /// Worker threads serving requests, each with its own event loop and upstream connection
+    /// pool (like nginx's worker_processes). Default: one per CPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) workers: Option<u16>,
 }

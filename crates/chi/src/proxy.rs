@@ -16,6 +16,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -43,22 +44,28 @@ use crate::admin;
 use crate::agent::Shutdown;
 use crate::cli::ProxyArgs;
 use crate::failure::Failure;
-use crate::pick::{Ask, Guard, Picker, Pickers};
+use crate::pick::{Ask, Picked, Picker, Pickers};
 use crate::source::Source;
 
 /// Largest request body the proxy buffers (bodies are kept to replay them on retries).
 const MAX_BODY: usize = 16 << 20;
 /// Header naming the instance that answered, on every proxied response.
-const UPSTREAM_HEADER: &str = "x-chi-upstream";
+const UPSTREAM_HEADER: HeaderName = HeaderName::from_static("x-chi-upstream");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 type Labels = Vec<(String, String)>;
+/// The upstream HTTP client of one worker (its own connection pool).
+type Upstream = Client<HttpConnector, Full<Bytes>>;
 
 /// Per-service state: the picker and the passive health of its instances.
 struct ServiceState {
     picker: Arc<dyn Picker>,
     outliers: OutlierDetector,
-    revision: Mutex<u64>,
+    /// The snapshot revision the outlier detector last saw.
+    revision: AtomicU64,
+    /// Selection counters by instance id (looked up once per instance, not per request).
+    selections: RwLock<Vec<(String, Counter)>>,
     /// Instances this proxy marked unhealthy in the discovery cache (ejected).
     marked: Mutex<Vec<String>>,
     metrics: ServiceMetrics,
@@ -75,7 +82,6 @@ struct ServiceMetrics {
 
 struct Proxy {
     client: DiscoveryClient,
-    http: Client<HttpConnector, Full<Bytes>>,
     pickers: Pickers,
     services: RwLock<HashMap<String, Arc<ServiceState>>>,
     max_attempts: u32,
@@ -97,13 +103,6 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .cache(source.config.cache)
         .retry(source.config.retry)
         .build(registry.clone());
-
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    let http = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
 
     let mut metrics = Metrics::default();
     let requests = Family::<Labels, Counter>::default();
@@ -133,7 +132,6 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 
     let proxy = Arc::new(Proxy {
         client,
-        http,
         pickers,
         services: RwLock::new(HashMap::new()),
         max_attempts: source.config.retry.max_attempts.max(1),
@@ -156,33 +154,78 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     });
     let admin_addr = admin::serve(args.admin, registry, health, render).await?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| {
-            Failure::failed(format!("cannot listen on {}: {e}", args.listen))
-                .hint("pick another address with --listen 127.0.0.1:PORT")
-        })?;
+    let listener = std::net::TcpListener::bind(args.listen).map_err(|e| {
+        Failure::failed(format!("cannot listen on {}: {e}", args.listen))
+            .hint("pick another address with --listen 127.0.0.1:PORT")
+    })?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    println!("chi proxy: listening on http://{bound}; admin on http://{admin_addr}");
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    // nginx's shape: every worker thread runs its own event loop and upstream pool and accepts
+    // on the same socket, so a request never hops threads (no work stealing, no cross-thread
+    // wake-ups) and an upstream connection is only used by the worker that opened it.
+    for n in 0..workers {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = listener.try_clone()?;
+        let proxy = proxy.clone();
+        std::thread::Builder::new()
+            .name(format!("chi-proxy-{n}"))
+            .spawn(move || runtime.block_on(serve(proxy, listener)))?;
+    }
+    println!(
+        "chi proxy: listening on http://{bound} ({workers} worker(s)); admin on http://{admin_addr}"
+    );
+    shutdown.wait().await;
+    Ok(ExitCode::SUCCESS)
+}
 
+/// The upstream client of one worker.
+fn upstream_client() -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// One worker: accepts connections and serves them on the current (single-threaded) runtime.
+async fn serve(proxy: Arc<Proxy>, listener: std::net::TcpListener) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("worker cannot use the listening socket: {e}");
+            return;
+        }
+    };
+    let http = upstream_client();
     loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.wait() => return Ok(ExitCode::SUCCESS),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let http = http.clone();
+        // X-Forwarded-For of this connection, made once for all its requests.
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                let http = http.clone();
+                let peer_ip = peer_ip.clone();
+                async move {
+                    Ok::<_, Infallible>(proxy.handle(&http, req, peer, peer_ip.as_ref()).await)
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
@@ -252,6 +295,10 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names, no lookups.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -373,7 +420,8 @@ impl Proxy {
                 max_ejection_percent: 50,
                 ..OutlierConfig::default()
             }),
-            revision: Mutex::new(u64::MAX),
+            revision: AtomicU64::new(u64::MAX),
+            selections: RwLock::new(Vec::new()),
             marked: Mutex::new(Vec::new()),
             metrics,
         });
@@ -401,7 +449,32 @@ impl Proxy {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    /// Counts a selection of `id` (the library's `load_balancer_selections` counter).
+    fn count_selection(&self, service: &str, state: &ServiceState, id: &str) {
+        let known = state.selections.read().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = known.iter().find(|(k, _)| k == id) {
+            c.inc();
+            return;
+        }
+        drop(known);
+        let counter = self
+            .library
+            .selection_counter(service, id, state.picker.strategy());
+        counter.inc();
+        state
+            .selections
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id.to_owned(), counter));
+    }
+
+    async fn handle(
+        &self,
+        http: &Upstream,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        peer_ip: Option<&HeaderValue>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let host = req
             .headers()
@@ -438,7 +511,7 @@ impl Proxy {
         let state = self.service(&service);
         self.track(&state, &snapshot);
         let response = self
-            .forward(&service, &state, snapshot, req, path, peer)
+            .forward(http, &service, &state, snapshot, req, path, (peer, peer_ip))
             .await;
         let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
         state.metrics.by_class[class].inc();
@@ -448,43 +521,59 @@ impl Proxy {
 
     /// Tells the outlier detector the current instance set when the snapshot changed.
     fn track(&self, state: &ServiceState, snapshot: &Snapshot) {
-        let mut rev = state.revision.lock().unwrap_or_else(|e| e.into_inner());
-        if *rev != snapshot.revision() {
+        let rev = snapshot.revision();
+        if state.revision.swap(rev, Ordering::AcqRel) != rev {
             state
                 .outliers
                 .set_hosts(snapshot.instances().iter().map(|i| i.id.as_str()));
-            *rev = snapshot.revision();
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
+        http: &Upstream,
         service: &str,
         state: &ServiceState,
         first: Snapshot,
         req: Request<Incoming>,
         path: String,
-        peer: SocketAddr,
+        (peer, peer_ip): (SocketAddr, Option<&HeaderValue>),
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                return plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("chi proxy: cannot read the request body: {e}"),
-                );
+        // A body is kept to replay it on a retry; most requests (GET) have none to read.
+        let body = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            match Limited::new(body, MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return plain(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("chi proxy: cannot read the request body: {e}"),
+                    );
+                }
             }
         };
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", peer.ip()),
-            None => peer.ip().to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert("x-forwarded-for", v);
+        match (
+            headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
+            peer_ip,
+        ) {
+            (None, Some(ip)) => {
+                headers.insert(X_FORWARDED_FOR, ip.clone());
+            }
+            (prev, _) => {
+                let value = match prev {
+                    Some(prev) => format!("{prev}, {}", peer.ip()),
+                    None => peer.ip().to_string(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(X_FORWARDED_FOR, v);
+                }
+            }
         }
         let retry_any = self.retry_all_methods || idempotent(&parts.method);
         let mut tried: Vec<String> = Vec::new();
@@ -506,33 +595,33 @@ impl Proxy {
             let Some(picked) = state.picker.pick(&snapshot, &ask, &tried) else {
                 break;
             };
-            let id = picked.instance.id.clone();
-            self.library
-                .record_selection(service, &id, state.picker.strategy());
-            let uri = match Uri::try_from(format!("http://{}{path}", picked.instance.authority())) {
+            let id = picked.instance().id.as_str();
+            self.count_selection(service, state, id);
+            let uri = match Uri::try_from(format!("http://{}{path}", picked.instance().authority()))
+            {
                 Ok(u) => u,
                 Err(e) => {
                     last_error = format!("{id}: bad upstream URI: {e}");
-                    tried.push(id);
+                    tried.push(id.to_owned());
                     continue;
                 }
             };
+            let last = attempt == self.max_attempts;
             let mut up = Request::new(Full::new(body.clone()));
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = uri;
             *up.headers_mut() = headers.clone();
-            let last = attempt == self.max_attempts;
-            match tokio::time::timeout(self.attempt_timeout, self.http.request(up)).await {
+            match tokio::time::timeout(self.attempt_timeout, http.request(up)).await {
                 Ok(Ok(resp)) if !failed_status(resp.status()) || last || !retry_any => {
-                    self.record(service, state, &id, !failed_status(resp.status()));
-                    return upstream_response(resp, &id, picked.guard);
+                    self.record(service, state, id, !failed_status(resp.status()));
+                    return upstream_response(resp, picked);
                 }
                 Ok(Ok(resp)) => {
-                    self.record(service, state, &id, false);
+                    self.record(service, state, id, false);
                     last_error = format!("{id} answered {}", resp.status());
                 }
                 Ok(Err(e)) => {
-                    self.record(service, state, &id, false);
+                    self.record(service, state, id, false);
                     last_error = format!("{id}: {}", chi_discovery::error::display_chain(&e));
                     let nothing_sent = e.is_connect();
                     if !(retry_any || nothing_sent) {
@@ -540,7 +629,7 @@ impl Proxy {
                     }
                 }
                 Err(_) => {
-                    self.record(service, state, &id, false);
+                    self.record(service, state, id, false);
                     last_error = format!("{id}: no answer within {:?}", self.attempt_timeout);
                     if !retry_any {
                         break;
@@ -548,7 +637,7 @@ impl Proxy {
                 }
             }
             tracing::debug!(service, attempt, "attempt failed: {last_error}");
-            tried.push(id);
+            tried.push(id.to_owned());
         }
         plain(
             StatusCode::BAD_GATEWAY,
@@ -560,23 +649,23 @@ impl Proxy {
     }
 }
 
-fn upstream_response(resp: Response<Incoming>, id: &str, guard: Guard) -> Response<ProxyBody> {
+fn upstream_response(resp: Response<Incoming>, picked: Picked) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(id) {
+    if let Ok(v) = HeaderValue::from_str(&picked.instance().id) {
         parts.headers.insert(UPSTREAM_HEADER, v);
     }
     let body = Guarded {
         inner: body,
-        _guard: guard,
+        _picked: picked,
     };
     Response::from_parts(parts, BoxBody::new(body))
 }
 
-/// A response body that holds the balancer's in-flight guard until the body is done.
+/// A response body that holds the pick (the balancer's in-flight guard) until the body is done.
 struct Guarded {
     inner: Incoming,
-    _guard: Guard,
+    _picked: Picked,
 }
 
 impl Body for Guarded {
