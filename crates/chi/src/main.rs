@@ -13,6 +13,7 @@ mod discover;
 mod failure;
 mod output;
 mod pick;
+mod progress;
 mod proxy;
 mod remote;
 mod select;

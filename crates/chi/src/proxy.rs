@@ -45,6 +45,7 @@ use crate::agent::Shutdown;
 use crate::cli::ProxyArgs;
 use crate::failure::Failure;
 use crate::pick::{Ask, Picked, Picker, Pickers};
+use crate::progress;
 use crate::source::Source;
 
 /// Largest request body the proxy buffers (bodies are kept to replay them on retries).
@@ -152,6 +153,9 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         }
         out
     });
+    // Load the named services before serving, so the first requests do not wait.
+    let warm = progress::services(&args.warm_up, registry.as_ref()).await?;
+    progress::warm_up(&proxy.client, &warm).await;
     let admin_addr = admin::serve(args.admin, registry, health, render).await?;
 
     let listener = std::net::TcpListener::bind(args.listen).map_err(|e| {

@@ -438,3 +438,71 @@ async fn proxy_routes_by_version_and_region() {
         "{default:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_warm_up_shows_progress_and_a_summary() {
+    let f = fleet(&[("b1", "v1", "us-east-1", 1)]).await;
+    let file = yaml(&proxy_config("round_robin"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("stderr.log");
+    let mut cmd = chi();
+    cmd.args(["proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg("-c")
+        .arg(&file.1)
+        .args(["--registry", &f.host.url(), "--workers", "1"])
+        // `all` lists `registry-host` and `web`; `nosuch` has no instances; `bad/name` fails.
+        .args(["--warm-up", "all,nosuch,bad/name"]);
+    let err = std::fs::File::create(&log).expect("log file");
+    let mut proc = Proc::spawn_with_stderr(cmd, err.into());
+    let line = proc.wait_line("listening", |l| l.contains("listening on http://"));
+    assert!(line.contains("(1 worker(s))"), "{line}");
+    // The warm-up ends before the proxy listens, so its summary is already written.
+    let text = std::fs::read_to_string(&log).expect("stderr");
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("warm-up: 4/4 services, 1 failed, 1 without instances in "))
+        .unwrap_or_else(|| panic!("no warm-up summary in stderr: {text}"));
+    assert!(summary.ends_with('s'), "{summary}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("warning: warm-up of bad/name: ")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("hint: ")), "{text}");
+    // The warmed service is served at once.
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("address");
+    let (status, _, body) = get(&client(), addr, "/web/x", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[test]
+fn proxy_warm_up_all_fails_with_a_hint_when_the_registry_is_down() {
+    let port = crate::support::closed_port();
+    let out = crate::support::run(&[
+        "proxy",
+        "--registry",
+        &format!("chi://127.0.0.1:{port}"),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--warm-up",
+        "all",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = crate::support::stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("error: --warm-up all: cannot list the registry's services: "),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("hint: name the services instead"),
+        "{err}"
+    );
+}
