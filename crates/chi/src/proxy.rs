@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chi_discovery::health::{OutlierConfig, OutlierDetector};
 use chi_discovery::metrics::{Metrics as LibraryMetrics, MetricsConfig};
-use chi_discovery::{DiscoveryClient, HealthStatus, Snapshot};
+use chi_discovery::{DiscoveryClient, HealthStatus, Instance, Snapshot};
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody as BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, Parts as UriParts, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -65,11 +66,23 @@ struct ServiceState {
     outliers: OutlierDetector,
     /// The snapshot revision the outlier detector last saw.
     revision: AtomicU64,
-    /// Selection counters by instance id (looked up once per instance, not per request).
-    selections: RwLock<Vec<(String, Counter)>>,
+    /// What the proxy keeps per instance, made on its first pick (see [`Target`]).
+    targets: RwLock<Vec<Arc<Target>>>,
     /// Instances this proxy marked unhealthy in the discovery cache (ejected).
     marked: Mutex<Vec<String>>,
     metrics: ServiceMetrics,
+}
+
+/// One instance as the proxy calls it, made once, not per request: its URI authority, its
+/// `Host` header and its selection counter.
+struct Target {
+    id: String,
+    address: String,
+    port: u16,
+    authority: Authority,
+    host: HeaderValue,
+    /// The library's `load_balancer_selections` counter of this instance.
+    selections: Counter,
 }
 
 /// The metric handles of one service, made once (no label allocation per request).
@@ -303,18 +316,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    // Remove only what is there (a backend's `Connection: keep-alive` is the usual case), by
+    // name, not by looking up every hop-by-hop name.
+    let mut named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
+    named.extend(
+        headers
+            .keys()
+            .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
+            .cloned(),
+    );
     for n in named {
         headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        headers.remove(*n);
     }
 }
 
@@ -425,7 +443,7 @@ impl Proxy {
                 ..OutlierConfig::default()
             }),
             revision: AtomicU64::new(u64::MAX),
-            selections: RwLock::new(Vec::new()),
+            targets: RwLock::new(Vec::new()),
             marked: Mutex::new(Vec::new()),
             metrics,
         });
@@ -453,23 +471,56 @@ impl Proxy {
         }
     }
 
-    /// Counts a selection of `id` (the library's `load_balancer_selections` counter).
-    fn count_selection(&self, service: &str, state: &ServiceState, id: &str) {
-        let known = state.selections.read().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, c)) = known.iter().find(|(k, _)| k == id) {
-            c.inc();
-            return;
-        }
-        drop(known);
-        let counter = self
-            .library
-            .selection_counter(service, id, state.picker.strategy());
-        counter.inc();
-        state
-            .selections
-            .write()
+    /// The [`Target`] of `instance`: found by id (and address, which an update may change), or
+    /// made on the first pick.
+    fn target_of(
+        &self,
+        service: &str,
+        state: &ServiceState,
+        instance: &Instance,
+    ) -> Result<Arc<Target>, String> {
+        let same = |t: &&Arc<Target>| {
+            t.id == instance.id && t.port == instance.port && t.address == instance.address
+        };
+        if let Some(t) = state
+            .targets
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .push((id.to_owned(), counter));
+            .iter()
+            .find(same)
+        {
+            return Ok(t.clone());
+        }
+        let text = instance.authority();
+        let authority = Authority::try_from(text.as_str())
+            .map_err(|e| format!("{}: bad upstream address {text:?}: {e}", instance.id))?;
+        let host = HeaderValue::from_str(&text)
+            .map_err(|e| format!("{}: bad upstream address {text:?}: {e}", instance.id))?;
+        let target = Arc::new(Target {
+            id: instance.id.clone(),
+            address: instance.address.clone(),
+            port: instance.port,
+            authority,
+            host,
+            selections: self.library.selection_counter(
+                service,
+                &instance.id,
+                state.picker.strategy(),
+            ),
+        });
+        let mut targets = state.targets.write().unwrap_or_else(|e| e.into_inner());
+        targets.retain(|t| t.id != instance.id);
+        targets.push(target.clone());
+        Ok(target)
+    }
+
+    /// The cached snapshot of `service`, else a discovery (which waits for the registry).
+    /// Requests that the cache answers are not counted as discovery requests.
+    async fn snapshot(&self, service: &str) -> chi_discovery::Result<Snapshot> {
+        match self.client.cached(service) {
+            Some(s) => Ok(s),
+            None => self.client.discover(service).await,
+        }
     }
 
     async fn handle(
@@ -497,7 +548,7 @@ impl Proxy {
                 "chi proxy: name the service in the first path segment (/user-service/...) or the Host header",
             );
         };
-        let snapshot = match self.client.discover(&service).await {
+        let snapshot = match self.snapshot(&service).await {
             Ok(s) if !s.is_empty() => s,
             Ok(_) => {
                 return plain(
@@ -530,6 +581,11 @@ impl Proxy {
             state
                 .outliers
                 .set_hosts(snapshot.instances().iter().map(|i| i.id.as_str()));
+            state
+                .targets
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|t| snapshot.instances().iter().any(|i| i.id == t.id));
         }
     }
 
@@ -544,6 +600,12 @@ impl Proxy {
         path: String,
         (peer, peer_ip): (SocketAddr, Option<&HeaderValue>),
     ) -> Response<ProxyBody> {
+        let Ok(path) = PathAndQuery::try_from(path) else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "chi proxy: the path to forward is not a valid URI path",
+            );
+        };
         let (parts, body) = req.into_parts();
         // A body is kept to replay it on a retry; most requests (GET) have none to read.
         let body = if body.is_end_stream() {
@@ -588,7 +650,7 @@ impl Proxy {
             // A retry sees the latest snapshot (ejections are laid over it).
             let snapshot = match first.take() {
                 Some(s) => s,
-                None => match self.client.discover(service).await {
+                None => match self.snapshot(service).await {
                     Ok(s) => s,
                     Err(e) => {
                         last_error = e.to_string();
@@ -600,9 +662,20 @@ impl Proxy {
                 break;
             };
             let id = picked.instance().id.as_str();
-            self.count_selection(service, state, id);
-            let uri = match Uri::try_from(format!("http://{}{path}", picked.instance().authority()))
-            {
+            let target = match self.target_of(service, state, picked.instance()) {
+                Ok(t) => t,
+                Err(e) => {
+                    last_error = e;
+                    tried.push(id.to_owned());
+                    continue;
+                }
+            };
+            target.selections.inc();
+            let mut uri = UriParts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(target.authority.clone());
+            uri.path_and_query = Some(path.clone());
+            let uri = match Uri::from_parts(uri) {
                 Ok(u) => u,
                 Err(e) => {
                     last_error = format!("{id}: bad upstream URI: {e}");
@@ -615,6 +688,7 @@ impl Proxy {
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = uri;
             *up.headers_mut() = headers.clone();
+            up.headers_mut().insert(header::HOST, target.host.clone());
             match tokio::time::timeout(self.attempt_timeout, http.request(up)).await {
                 Ok(Ok(resp)) if !failed_status(resp.status()) || last || !retry_any => {
                     self.record(service, state, id, !failed_status(resp.status()));
