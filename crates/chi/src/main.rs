@@ -18,6 +18,7 @@ mod proxy;
 mod remote;
 mod select;
 mod source;
+mod upstream;
 mod watch;
 
 use std::process::ExitCode;

@@ -30,10 +30,8 @@ use http_body_util::combinators::UnsyncBoxBody as BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::{Authority, Parts as UriParts, PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -48,6 +46,7 @@ use crate::failure::Failure;
 use crate::pick::{Ask, Picked, Picker, Pickers};
 use crate::progress;
 use crate::source::Source;
+use crate::upstream::{self, Idle, Lease};
 
 /// Largest request body the proxy buffers (bodies are kept to replay them on retries).
 const MAX_BODY: usize = 16 << 20;
@@ -57,8 +56,8 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 type Labels = Vec<(String, String)>;
-/// The upstream HTTP client of one worker (its own connection pool).
-type Upstream = Client<HttpConnector, Full<Bytes>>;
+/// How long connecting to an instance may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Per-service state: the picker and the passive health of its instances.
 struct ServiceState {
@@ -73,14 +72,15 @@ struct ServiceState {
     metrics: ServiceMetrics,
 }
 
-/// One instance as the proxy calls it, made once, not per request: its URI authority, its
-/// `Host` header and its selection counter.
+/// One instance as the proxy calls it, made once, not per request: its `Host` header, its
+/// kept-alive connections and its selection counter.
 struct Target {
     id: String,
     address: String,
     port: u16,
-    authority: Authority,
     host: HeaderValue,
+    /// Kept-alive connections to it, per worker.
+    idle: Arc<Idle>,
     /// The library's `load_balancer_selections` counter of this instance.
     selections: Counter,
 }
@@ -97,6 +97,8 @@ struct ServiceMetrics {
 struct Proxy {
     client: DiscoveryClient,
     pickers: Pickers,
+    /// Worker threads (each has an idle-connection list per instance).
+    workers: usize,
     services: RwLock<HashMap<String, Arc<ServiceState>>>,
     max_attempts: u32,
     retry_all_methods: bool,
@@ -144,9 +146,14 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     library.instrument_client(&mut metrics, &client);
     let metrics = Arc::new(metrics);
 
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
     let proxy = Arc::new(Proxy {
         client,
         pickers,
+        workers,
         services: RwLock::new(HashMap::new()),
         max_attempts: source.config.retry.max_attempts.max(1),
         retry_all_methods: args.retry_all_methods,
@@ -177,10 +184,6 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     })?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let workers = args.workers.map_or_else(
-        || std::thread::available_parallelism().map_or(1, usize::from),
-        usize::from,
-    );
     // nginx's shape: every worker thread runs its own event loop and upstream pool and accepts
     // on the same socket, so a request never hops threads (no work stealing, no cross-thread
     // wake-ups) and an upstream connection is only used by the worker that opened it.
@@ -192,7 +195,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         let proxy = proxy.clone();
         std::thread::Builder::new()
             .name(format!("chi-proxy-{n}"))
-            .spawn(move || runtime.block_on(serve(proxy, listener)))?;
+            .spawn(move || runtime.block_on(serve(proxy, n, listener)))?;
     }
     println!(
         "chi proxy: listening on http://{bound} ({workers} worker(s)); admin on http://{admin_addr}"
@@ -201,18 +204,8 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The upstream client of one worker.
-fn upstream_client() -> Upstream {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
-}
-
 /// One worker: accepts connections and serves them on the current (single-threaded) runtime.
-async fn serve(proxy: Arc<Proxy>, listener: std::net::TcpListener) {
+async fn serve(proxy: Arc<Proxy>, worker: usize, listener: std::net::TcpListener) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -220,7 +213,6 @@ async fn serve(proxy: Arc<Proxy>, listener: std::net::TcpListener) {
             return;
         }
     };
-    let http = upstream_client();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -232,16 +224,14 @@ async fn serve(proxy: Arc<Proxy>, listener: std::net::TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let http = http.clone();
         // X-Forwarded-For of this connection, made once for all its requests.
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
-                let http = http.clone();
                 let peer_ip = peer_ip.clone();
                 async move {
-                    Ok::<_, Infallible>(proxy.handle(&http, req, peer, peer_ip.as_ref()).await)
+                    Ok::<_, Infallible>(proxy.handle(worker, req, peer, peer_ip.as_ref()).await)
                 }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -492,16 +482,14 @@ impl Proxy {
             return Ok(t.clone());
         }
         let text = instance.authority();
-        let authority = Authority::try_from(text.as_str())
-            .map_err(|e| format!("{}: bad upstream address {text:?}: {e}", instance.id))?;
         let host = HeaderValue::from_str(&text)
             .map_err(|e| format!("{}: bad upstream address {text:?}: {e}", instance.id))?;
         let target = Arc::new(Target {
             id: instance.id.clone(),
             address: instance.address.clone(),
             port: instance.port,
-            authority,
             host,
+            idle: Arc::new(Idle::new(self.workers)),
             selections: self.library.selection_counter(
                 service,
                 &instance.id,
@@ -525,7 +513,7 @@ impl Proxy {
 
     async fn handle(
         &self,
-        http: &Upstream,
+        worker: usize,
         req: Request<Incoming>,
         peer: SocketAddr,
         peer_ip: Option<&HeaderValue>,
@@ -566,7 +554,15 @@ impl Proxy {
         let state = self.service(&service);
         self.track(&state, &snapshot);
         let response = self
-            .forward(http, &service, &state, snapshot, req, path, (peer, peer_ip))
+            .forward(
+                worker,
+                &service,
+                &state,
+                snapshot,
+                req,
+                path,
+                (peer, peer_ip),
+            )
             .await;
         let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
         state.metrics.by_class[class].inc();
@@ -592,7 +588,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        http: &Upstream,
+        worker: usize,
         service: &str,
         state: &ServiceState,
         first: Snapshot,
@@ -671,37 +667,30 @@ impl Proxy {
                 }
             };
             target.selections.inc();
-            let mut uri = UriParts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(target.authority.clone());
-            uri.path_and_query = Some(path.clone());
-            let uri = match Uri::from_parts(uri) {
-                Ok(u) => u,
-                Err(e) => {
-                    last_error = format!("{id}: bad upstream URI: {e}");
-                    tried.push(id.to_owned());
-                    continue;
-                }
-            };
+            // Origin form (`/path?query`): the connection is to the instance itself, and the
+            // Host header names it.
+            let uri = Uri::from(path.clone());
             let last = attempt == self.max_attempts;
             let mut up = Request::new(Full::new(body.clone()));
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = uri;
             *up.headers_mut() = headers.clone();
             up.headers_mut().insert(header::HOST, target.host.clone());
-            match tokio::time::timeout(self.attempt_timeout, http.request(up)).await {
-                Ok(Ok(resp)) if !failed_status(resp.status()) || last || !retry_any => {
+            let to = (picked.instance().address.as_str(), picked.instance().port);
+            let sent = upstream::send(target.idle.clone(), worker, to, CONNECT_TIMEOUT, up);
+            match tokio::time::timeout(self.attempt_timeout, sent).await {
+                Ok(Ok((resp, lease))) if !failed_status(resp.status()) || last || !retry_any => {
                     self.record(service, state, id, !failed_status(resp.status()));
-                    return upstream_response(resp, picked);
+                    return upstream_response(resp, picked, lease);
                 }
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, _))) => {
                     self.record(service, state, id, false);
                     last_error = format!("{id} answered {}", resp.status());
                 }
                 Ok(Err(e)) => {
                     self.record(service, state, id, false);
-                    last_error = format!("{id}: {}", chi_discovery::error::display_chain(&e));
-                    let nothing_sent = e.is_connect();
+                    last_error = format!("{id}: {e}");
+                    let nothing_sent = e.nothing_sent();
                     if !(retry_any || nothing_sent) {
                         break;
                     }
@@ -727,15 +716,27 @@ impl Proxy {
     }
 }
 
-fn upstream_response(resp: Response<Incoming>, picked: Picked) -> Response<ProxyBody> {
+fn upstream_response(
+    resp: Response<Incoming>,
+    picked: Picked,
+    lease: Lease,
+) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Ok(v) = HeaderValue::from_str(&picked.instance().id) {
         parts.headers.insert(UPSTREAM_HEADER, v);
     }
+    let lease = if body.is_end_stream() {
+        // Nothing more to read: the connection can serve the next request now.
+        lease.release();
+        None
+    } else {
+        Some(lease)
+    };
     let body = Guarded {
         inner: body,
         _picked: picked,
+        lease,
     };
     Response::from_parts(parts, BoxBody::new(body))
 }
@@ -744,6 +745,9 @@ fn upstream_response(resp: Response<Incoming>, picked: Picked) -> Response<Proxy
 struct Guarded {
     inner: Incoming,
     _picked: Picked,
+    /// The upstream connection, returned to its idle list once the body is read to the end
+    /// (dropped, so closed, if the client goes away first).
+    lease: Option<Lease>,
 }
 
 impl Body for Guarded {
@@ -754,7 +758,20 @@ impl Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        let done = match &frame {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                self.lease = None;
+                false
+            }
+            Poll::Pending => false,
+        };
+        if done && let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
