@@ -288,41 +288,50 @@ fn failed_status(s: StatusCode) -> bool {
     )
 }
 
+const HOPS: usize = 9;
 /// Headers that belong to one hop only (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+static HOP_BY_HOP: [HeaderName; HOPS] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one pass over the names, no lookups.
-    if !headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+    // One pass over the names marks the hop-by-hop ones present; most messages have none, and
+    // a backend's answer usually has only `Connection: keep-alive`. Nothing is allocated then.
+    let mut present = [false; HOPS];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    // Remove only what is there (a backend's `Connection: keep-alive` is the usual case), by
-    // name, not by looking up every hop-by-hop name.
-    let mut named: Vec<HeaderName> = headers
+    // Headers that `Connection` names, when the message has them (`keep-alive` and `close`
+    // usually name none).
+    let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && headers.contains_key(*n))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
-    named.extend(
-        headers
-            .keys()
-            .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
-            .cloned(),
-    );
-    for n in named {
+    for n in listed {
         headers.remove(n);
+    }
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
+            headers.remove(name);
+        }
     }
 }
 
@@ -785,7 +794,33 @@ impl Body for Guarded {
 
 #[cfg(test)]
 mod tests {
-    use super::target;
+    use hyper::header::{HeaderMap, HeaderValue};
+
+    use super::{strip_hop_by_hop, target};
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Trace"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace", "1"),
+            ("transfer-encoding", "chunked"),
+            ("x-keep", "yes"),
+            ("content-type", "text/plain"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-keep"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
+    }
 
     #[test]
     fn service_from_path_or_host() {
