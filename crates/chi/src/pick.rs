@@ -5,11 +5,16 @@ use std::sync::Arc;
 
 use chi_discovery::balance::{Balancer, BalancerConfig, Strategy, usable_by_health};
 use chi_discovery::config::{Config, RoutingConfig};
-use chi_discovery::routing::{Route, Routed as RoutedPick, Smart};
+use chi_discovery::routing::{
+    REGION_HEADER, Route, Routed as RoutedPick, Smart, VERSION_HEADER, ZONE_HEADER,
+};
 use chi_discovery::{Instance, Snapshot};
 use hyper::header::HeaderMap;
 
 use crate::failure::Failure;
+
+/// The key of hashing strategies.
+const HASH_KEY_HEADER: &str = "x-hash-key";
 
 /// One pick. It borrows the instance from the routed subset or the snapshot (no copy of the
 /// instance per request) and holds the balancer's in-flight count until it is dropped.
@@ -46,12 +51,22 @@ pub(crate) struct Ask<'a> {
 impl<'a> Ask<'a> {
     /// From the routing headers and `X-Hash-Key`.
     pub(crate) fn from_headers(headers: &'a HeaderMap) -> Self {
+        // Most requests carry none of them: one pass over the names instead of four lookups.
+        let asks = headers.keys().any(|k| {
+            matches!(
+                k.as_str(),
+                VERSION_HEADER | REGION_HEADER | ZONE_HEADER | HASH_KEY_HEADER
+            )
+        });
+        if !asks {
+            return Ask::default();
+        }
         let route = Route::from_headers(headers);
         Ask {
             version: route.version,
             region: route.region,
             zone: route.zone,
-            key: headers.get("x-hash-key").map(|v| v.as_bytes()),
+            key: headers.get(HASH_KEY_HEADER).map(|v| v.as_bytes()),
         }
     }
 

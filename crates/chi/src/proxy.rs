@@ -307,9 +307,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // a backend's answer usually has only `Connection: keep-alive`. Nothing is allocated then.
     let mut present = [false; HOPS];
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-        }
+        let i = match name.as_str() {
+            "connection" => 0,
+            "proxy-connection" => 1,
+            "keep-alive" => 2,
+            "te" => 3,
+            "trailer" => 4,
+            "transfer-encoding" => 5,
+            "upgrade" => 6,
+            "proxy-authenticate" => 7,
+            "proxy-authorization" => 8,
+            _ => continue,
+        };
+        present[i] = true;
     }
     if !present.contains(&true) {
         return;
@@ -322,7 +332,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|n| !n.is_empty() && headers.contains_key(*n))
+        .filter(|n| {
+            !(n.is_empty()
+                || n.eq_ignore_ascii_case("keep-alive")
+                || n.eq_ignore_ascii_case("close"))
+                && headers.contains_key(*n)
+        })
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in listed {
