@@ -178,51 +178,78 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     progress::warm_up(&proxy.client, &warm).await;
     let admin_addr = admin::serve(args.admin, registry, health, render).await?;
 
-    let listener = std::net::TcpListener::bind(args.listen).map_err(|e| {
-        Failure::failed(format!("cannot listen on {}: {e}", args.listen))
-            .hint("pick another address with --listen 127.0.0.1:PORT")
-    })?;
-    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| {
+            Failure::failed(format!("cannot listen on {}: {e}", args.listen))
+                .hint("pick another address with --listen 127.0.0.1:PORT")
+        })?;
     let bound = listener.local_addr()?;
-    // nginx's shape: every worker thread runs its own event loop and upstream pool and accepts
-    // on the same socket, so a request never hops threads (no work stealing, no cross-thread
-    // wake-ups) and an upstream connection is only used by the worker that opened it.
+    // nginx's shape: every worker thread runs its own event loop and upstream connections, so a
+    // request never changes thread (no work stealing, no cross-thread wake-ups). Connections
+    // are dealt to the workers in turn: workers racing to accept on one socket left one of two
+    // with most of them (about 130 vs 50 CPU ticks under wrk -c50).
+    let mut queues = Vec::with_capacity(workers);
     for n in 0..workers {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let listener = listener.try_clone()?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let proxy = proxy.clone();
         std::thread::Builder::new()
             .name(format!("chi-proxy-{n}"))
-            .spawn(move || runtime.block_on(serve(proxy, n, listener)))?;
+            .spawn(move || runtime.block_on(serve(proxy, n, rx)))?;
+        queues.push(tx);
     }
     println!(
         "chi proxy: listening on http://{bound} ({workers} worker(s)); admin on http://{admin_addr}"
     );
-    shutdown.wait().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// One worker: accepts connections and serves them on the current (single-threaded) runtime.
-async fn serve(proxy: Arc<Proxy>, worker: usize, listener: std::net::TcpListener) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("worker cannot use the listening socket: {e}");
-            return;
-        }
-    };
+    let mut next = 0;
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(a) => a,
+        let (stream, peer) = tokio::select! {
+            () = shutdown.wait() => return Ok(ExitCode::SUCCESS),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        // The worker registers the socket with its own event loop.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tracing::warn!(%peer, "cannot hand the connection to a worker: {e}");
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        if queues[next].send((stream, peer)).is_err() {
+            return Err(Failure::failed(format!("proxy worker {next} stopped")).into());
+        }
+        next = (next + 1) % queues.len();
+    }
+}
+
+/// A connection for a worker: the socket and the peer address.
+type Accepted = (std::net::TcpStream, SocketAddr);
+
+/// One worker: serves the connections dealt to it on its own (single-threaded) runtime.
+async fn serve(
+    proxy: Arc<Proxy>,
+    worker: usize,
+    mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+) {
+    while let Some((stream, peer)) = accepted.recv().await {
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, "worker cannot use the connection: {e}");
+                continue;
+            }
+        };
         let proxy = proxy.clone();
         // X-Forwarded-For of this connection, made once for all its requests.
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
