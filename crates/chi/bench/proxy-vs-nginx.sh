@@ -89,6 +89,7 @@ for p in $B1 $B2 $B3; do
 done
 printf 'service_discovery:\n  load_balancer:\n    strategy: "round_robin"\n' > "$DIR/proxy.yaml"
 "$CHI" proxy -c "$DIR/proxy.yaml" --registry "chi://127.0.0.1:$HOST" --listen "127.0.0.1:$PX" --admin "127.0.0.1:$PXA" --workers "$WORKERS" > "$DIR/proxy.log" 2>&1 & PIDS+=($!)
+CHI_PID=$!
 wait_port "$PX"
 for _ in $(seq 50); do
   [ "$(curl -s "http://127.0.0.1:$HOST/v1/services/web" | grep -o '"id"' | wc -l)" = 3 ] && break
@@ -96,16 +97,25 @@ for _ in $(seq 50); do
 done
 
 # One wrk run: prints "req/s p50 p99 errors" (latencies in ms).
-measure() { # url
-  local out
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "$1")
-  awk '
+# CPU time (clock ticks, all threads) of the given processes.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+# One wrk run: prints "req/s p50 p99 cpu-us-per-request errors" (latencies in ms); the CPU is
+# that of the proxy's own processes during the run, a figure other load moves less than req/s.
+measure() { # url pid...
+  local out url=$1 t0 t1 reqs cpu
+  shift
+  t0=$(ticks "$@")
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "$url")
+  t1=$(ticks "$@")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu=$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  awk -v cpu="$cpu" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /^Requests\/sec/ { rps = $2 }
     $1 == "50%" { p50 = ms($2) }
     $1 == "99%" { p99 = ms($2) }
     /Non-2xx|Socket errors/ { errs = errs $0 }
-    END { printf "%.0f %.2f %.2f %s\n", rps, p50, p99, (errs == "" ? "-" : errs) }
+    END { printf "%.0f %.2f %.2f %s %s\n", rps, p50, p99, cpu, (errs == "" ? "-" : errs) }
   ' <<<"$out"
 }
 NGINX_URL="http://127.0.0.1:$LB/web/"
@@ -116,20 +126,25 @@ wrk -t1 -c10 -d2s "$CHI_URL" > /dev/null
 echo "wrk -t$THREADS -c$CONNS -d${SECS}s, 3 backends (one nginx, 1 worker), round robin, loopback, $(nproc) cores"
 echo "workers: nginx worker_processes $WORKERS, chi proxy --workers $WORKERS"
 echo
-printf '%-5s %-9s %9s %8s %8s   %-17s %s\n' round proxy "req/s" "p50 ms" "p99 ms" "load (1/5/15 min)" errors
+NGINX_PIDS=$(cat "$DIR/lb.pid"; pgrep -P "$(cat "$DIR/lb.pid")")
+printf '%-5s %-9s %9s %8s %8s %9s   %-17s %s\n' round proxy "req/s" "p50 ms" "p99 ms" "CPU us/req" "load (1/5/15 min)" errors
 RATIOS=()
 for round in $(seq "$ROUNDS"); do
   if [ $((round % 2)) = 1 ]; then order="nginx chi"; else order="chi nginx"; fi
   for who in $order; do
     load=$(cut -d' ' -f1-3 /proc/loadavg)
-    if [ "$who" = nginx ]; then url=$NGINX_URL; else url=$CHI_URL; fi
-    read -r rps p50 p99 errs < <(measure "$url")
-    printf '%-5s %-9s %9s %8s %8s   %-17s %s\n' "$round" "$who" "$rps" "$p50" "$p99" "$load" "$errs"
-    eval "${who}_rps=$rps ${who}_p99=$p99"
+    if [ "$who" = nginx ]; then
+      read -r rps p50 p99 cpu errs < <(measure "$NGINX_URL" $NGINX_PIDS)
+    else
+      read -r rps p50 p99 cpu errs < <(measure "$CHI_URL" "$CHI_PID")
+    fi
+    printf '%-5s %-9s %9s %8s %8s %9s   %-17s %s\n' "$round" "$who" "$rps" "$p50" "$p99" "$cpu" "$load" "$errs"
+    eval "${who}_rps=$rps ${who}_p99=$p99 ${who}_cpu=$cpu"
   done
   RATIOS+=("$(awk -v a="$chi_rps" -v b="$nginx_rps" -v c="$chi_p99" -v d="$nginx_p99" \
-    'BEGIN { printf "round %d: chi/nginx req/s %.2f, p99 %.2f", '"$round"', a / b, c / d }')")
+    -v e="$chi_cpu" -v f="$nginx_cpu" \
+    'BEGIN { printf "round %d: chi/nginx req/s %.2f, p99 %.2f, CPU per request %.2f", '"$round"', a / b, c / d, e / f }')")
 done
 echo
 printf '%s\n' "${RATIOS[@]}"
-echo "(req/s ratio above 1 and p99 ratio below 1 favour chi)"
+echo "(req/s ratio above 1, p99 and CPU ratios below 1 favour chi)"
