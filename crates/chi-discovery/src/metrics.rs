@@ -582,9 +582,11 @@ mod tests {
                     per_instance_labels: per_instance,
                 },
             );
-            for id in ["a", "b", "b"] {
+            for id in ["a", "b"] {
                 m.record_selection("svc", id, "round_robin");
             }
+            // A kept counter is the same series as `record_selection`'s.
+            m.selection_counter("svc", "b", "round_robin").inc();
             let s = scrape(&registry);
             let rows: Vec<&Sample> = s
                 .iter()
