@@ -18,6 +18,8 @@ use crate::support::{Agent, Proc, chi, http_get, registration, yaml};
 pub(crate) struct Backend {
     pub(crate) port: u16,
     pub(crate) hits: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub(crate) conns: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -29,12 +31,15 @@ impl Backend {
         let port = listener.local_addr().expect("addr").port();
         let hits = Arc::new(AtomicU64::new(0));
         let counter = hits.clone();
+        let conns = Arc::new(AtomicU64::new(0));
+        let accepted = conns.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let counter = counter.clone();
                 conns.spawn(async move {
                     let svc =
@@ -53,7 +58,12 @@ impl Backend {
                 });
             }
         });
-        Backend { port, hits, task }
+        Backend {
+            port,
+            hits,
+            conns,
+            task,
+        }
     }
 
     /// Kills the server: the listener and all its connections go away at once.
@@ -102,12 +112,18 @@ pub(crate) struct ProxyProc {
 }
 
 pub(crate) fn start_proxy(strategy: &str, registry: &str) -> ProxyProc {
+    start_proxy_with(strategy, registry, &[])
+}
+
+/// [`start_proxy`] with more arguments.
+pub(crate) fn start_proxy_with(strategy: &str, registry: &str, extra: &[&str]) -> ProxyProc {
     let file = yaml(&proxy_config(strategy));
     let mut cmd = chi();
     cmd.args(["proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .arg("-c")
         .arg(&file.1)
-        .args(["--registry", registry]);
+        .args(["--registry", registry])
+        .args(extra);
     let mut proc = Proc::spawn(cmd);
     let line = proc.wait_line("listening", |l| l.contains("listening on http://"));
     let mut urls = line.split("http://").skip(1).map(|s| {
@@ -504,5 +520,26 @@ fn proxy_warm_up_all_fails_with_a_hint_when_the_registry_is_down() {
     assert!(
         lines[1].starts_with("hint: name the services instead"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_keeps_upstream_connections_alive() {
+    let f = fleet(&[("b1", "v1", "us-east-1", 1)]).await;
+    let proxy = start_proxy_with("round_robin", &f.host.url(), &["--workers", "1"]);
+    let c = client();
+    // Requests one after another through one worker: one upstream connection, handed back
+    // after each response body.
+    let n = 40;
+    for i in 0..n {
+        let (status, _, body) = get(&c, &proxy.addr, &format!("/web/{i}"), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, format!("b1 /{i}"));
+    }
+    assert_eq!(f.backends[0].hits.load(Ordering::Relaxed), n);
+    let conns = f.backends[0].conns.load(Ordering::Relaxed);
+    assert_eq!(
+        conns, 1,
+        "{n} sequential requests opened {conns} upstream connections"
     );
 }
