@@ -186,6 +186,18 @@ impl Metrics {
         self.inner.selections.get_or_create(&labels).inc();
     }
 
+    /// The counter [`Metrics::record_selection`] increments for these labels, to keep and
+    /// increment on a hot path instead (`record_selection` builds and looks up the labels on
+    /// every call).
+    pub fn selection_counter(&self, service_name: &str, instance: &str, strategy: &str) -> Counter {
+        let mut labels = service(service_name);
+        if self.inner.config.per_instance_labels {
+            labels.push(("instance", instance.to_owned()));
+        }
+        labels.push(("strategy", strategy.to_owned()));
+        self.inner.selections.get_or_create(&labels).clone()
+    }
+
     /// Records which routing rules decided (see [`Decision`]).
     pub fn record_route(&self, service_name: &str, decision: &Decision) {
         let mut labels = service(service_name);
@@ -570,9 +582,11 @@ mod tests {
                     per_instance_labels: per_instance,
                 },
             );
-            for id in ["a", "b", "b"] {
+            for id in ["a", "b"] {
                 m.record_selection("svc", id, "round_robin");
             }
+            // A kept counter is the same series as `record_selection`'s.
+            m.selection_counter("svc", "b", "round_robin").inc();
             let s = scrape(&registry);
             let rows: Vec<&Sample> = s
                 .iter()

@@ -5,10 +5,15 @@
 #   crates/chi/bench/proxy-vs-nginx.sh [path/to/chi]   # default: target/release/chi
 #
 # Installs nginx and wrk (Debian packages) and builds chi when missing. Backends are one nginx answering a short
-# body on three ports. Settings: WRK_THREADS (2), WRK_CONNS (50), WRK_SECS (10).
+# body on three ports. Both proxies get the same number of workers: nginx `worker_processes N`,
+# `chi proxy --workers N`. Rounds alternate which one goes first; each round prints the load
+# average, since other work on the machine moves both figures.
+# Settings: WORKERS (nproc), ROUNDS (3), WRK_THREADS (2), WRK_CONNS (50), WRK_SECS (10).
 set -euo pipefail
 
 CHI=${1:-${CARGO_TARGET_DIR:-target}/release/chi}
+WORKERS=${WORKERS:-$(nproc)}
+ROUNDS=${ROUNDS:-3}
 THREADS=${WRK_THREADS:-2}
 CONNS=${WRK_CONNS:-50}
 SECS=${WRK_SECS:-10}
@@ -54,7 +59,7 @@ http {
 }
 CONF
 cat > "$DIR/lb.conf" <<CONF
-worker_processes auto;
+worker_processes $WORKERS;
 pid $DIR/lb.pid;
 error_log $DIR/lb.err;
 events { worker_connections 4096; }
@@ -83,24 +88,63 @@ for p in $B1 $B2 $B3; do
   "$CHI" agent -c "$DIR/web-$p.yaml" --registry "chi://127.0.0.1:$HOST" --admin 127.0.0.1:0 > "$DIR/agent-$p.log" 2>&1 & PIDS+=($!)
 done
 printf 'service_discovery:\n  load_balancer:\n    strategy: "round_robin"\n' > "$DIR/proxy.yaml"
-"$CHI" proxy -c "$DIR/proxy.yaml" --registry "chi://127.0.0.1:$HOST" --listen "127.0.0.1:$PX" --admin "127.0.0.1:$PXA" > "$DIR/proxy.log" 2>&1 & PIDS+=($!)
+"$CHI" proxy -c "$DIR/proxy.yaml" --registry "chi://127.0.0.1:$HOST" --listen "127.0.0.1:$PX" --admin "127.0.0.1:$PXA" --workers "$WORKERS" > "$DIR/proxy.log" 2>&1 & PIDS+=($!)
+CHI_PID=$!
 wait_port "$PX"
 for _ in $(seq 50); do
   [ "$(curl -s "http://127.0.0.1:$HOST/v1/services/web" | grep -o '"id"' | wc -l)" = 3 ] && break
   sleep 0.1
 done
 
-run() { # name url
-  wrk -t1 -c10 -d2s "$2" > /dev/null # warm-up
-  local out rps p99
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "$2")
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
-  printf '%-10s %12s req/s   p99 %8s   %s\n' "$1" "$rps" "$p99" "$errs"
+# One wrk run: prints "req/s p50 p99 errors" (latencies in ms).
+# CPU time (clock ticks, all threads) of the given processes.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+# One wrk run: prints "req/s p50 p99 cpu-us-per-request errors" (latencies in ms); the CPU is
+# that of the proxy's own processes during the run, a figure other load moves less than req/s.
+measure() { # url pid...
+  local out url=$1 t0 t1 reqs cpu
+  shift
+  t0=$(ticks "$@")
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "$url")
+  t1=$(ticks "$@")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu=$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  awk -v cpu="$cpu" '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /^Requests\/sec/ { rps = $2 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /Non-2xx|Socket errors/ { errs = errs $0 }
+    END { printf "%.0f %.2f %.2f %s %s\n", rps, p50, p99, cpu, (errs == "" ? "-" : errs) }
+  ' <<<"$out"
 }
-echo "wrk -t$THREADS -c$CONNS -d${SECS}s, 3 backends, round robin, loopback, $(nproc) cores"
-run nginx "http://127.0.0.1:$LB/web/"
-run chi "http://127.0.0.1:$PX/web/"
-run nginx "http://127.0.0.1:$LB/web/"
-run chi "http://127.0.0.1:$PX/web/"
+NGINX_URL="http://127.0.0.1:$LB/web/"
+CHI_URL="http://127.0.0.1:$PX/web/"
+wrk -t1 -c10 -d2s "$NGINX_URL" > /dev/null # warm-up
+wrk -t1 -c10 -d2s "$CHI_URL" > /dev/null
+
+echo "wrk -t$THREADS -c$CONNS -d${SECS}s, 3 backends (one nginx, 1 worker), round robin, loopback, $(nproc) cores"
+echo "workers: nginx worker_processes $WORKERS, chi proxy --workers $WORKERS"
+echo
+NGINX_PIDS=$(cat "$DIR/lb.pid"; pgrep -P "$(cat "$DIR/lb.pid")")
+printf '%-5s %-9s %9s %8s %8s %9s   %-17s %s\n' round proxy "req/s" "p50 ms" "p99 ms" "CPU us/req" "load (1/5/15 min)" errors
+RATIOS=()
+for round in $(seq "$ROUNDS"); do
+  if [ $((round % 2)) = 1 ]; then order="nginx chi"; else order="chi nginx"; fi
+  for who in $order; do
+    load=$(cut -d' ' -f1-3 /proc/loadavg)
+    if [ "$who" = nginx ]; then
+      read -r rps p50 p99 cpu errs < <(measure "$NGINX_URL" $NGINX_PIDS)
+    else
+      read -r rps p50 p99 cpu errs < <(measure "$CHI_URL" "$CHI_PID")
+    fi
+    printf '%-5s %-9s %9s %8s %8s %9s   %-17s %s\n' "$round" "$who" "$rps" "$p50" "$p99" "$cpu" "$load" "$errs"
+    eval "${who}_rps=$rps ${who}_p99=$p99 ${who}_cpu=$cpu"
+  done
+  RATIOS+=("$(awk -v a="$chi_rps" -v b="$nginx_rps" -v c="$chi_p99" -v d="$nginx_p99" \
+    -v e="$chi_cpu" -v f="$nginx_cpu" \
+    'BEGIN { printf "round %d: chi/nginx req/s %.2f, p99 %.2f, CPU per request %.2f", '"$round"', a / b, c / d, e / f }')")
+done
+echo
+printf '%s\n' "${RATIOS[@]}"
+echo "(req/s ratio above 1, p99 and CPU ratios below 1 favour chi)"

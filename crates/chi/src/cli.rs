@@ -212,7 +212,8 @@ pub(crate) struct SelectArgs {
     after_help = "Examples:\n  chi proxy -c chi-config.yaml --registry chi://127.0.0.1:9901\n  \
 curl http://127.0.0.1:15001/user-service/api/users          # service from the first path segment\n  \
 curl -H 'Host: user-service' http://127.0.0.1:15001/api/users\n  \
-curl -H 'X-Service-Version: v2' -H 'X-Client-Region: us-west-2' http://127.0.0.1:15001/user-service/\n\n\
+curl -H 'X-Service-Version: v2' -H 'X-Client-Region: us-west-2' http://127.0.0.1:15001/user-service/\n  \
+chi proxy -c chi-config.yaml --warm-up all --workers 2   # load every service first, two workers\n\n\
 Routing (the config's routing block): X-Service-Version, X-Client-Region, X-Client-Zone; \
 X-Hash-Key is the key of hashing strategies.\n\
 Responses carry X-Chi-Upstream: the id of the instance that answered."
@@ -232,4 +233,12 @@ pub(crate) struct ProxyArgs {
     /// Retry non-idempotent methods (POST, PATCH) too.
     #[arg(long)]
     pub(crate) retry_all_methods: bool,
+    /// Worker threads serving requests, each with its own event loop and upstream connection
+    /// pool (like nginx's worker_processes). Default: one per CPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) workers: Option<u16>,
+    /// Services to load into the discovery cache before serving (comma-separated, or `all` for
+    /// every service the registry lists); progress goes to stderr.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub(crate) warm_up: Vec<String>,
 }

@@ -13,10 +13,12 @@ mod discover;
 mod failure;
 mod output;
 mod pick;
+mod progress;
 mod proxy;
 mod remote;
 mod select;
 mod source;
+mod upstream;
 mod watch;
 
 use std::process::ExitCode;

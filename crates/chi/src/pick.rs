@@ -5,19 +5,34 @@ use std::sync::Arc;
 
 use chi_discovery::balance::{Balancer, BalancerConfig, Strategy, usable_by_health};
 use chi_discovery::config::{Config, RoutingConfig};
-use chi_discovery::routing::{Route, Smart};
+use chi_discovery::routing::{
+    REGION_HEADER, Route, Routed as RoutedPick, Smart, VERSION_HEADER, ZONE_HEADER,
+};
 use chi_discovery::{Instance, Snapshot};
 use hyper::header::HeaderMap;
 
 use crate::failure::Failure;
 
-/// Whatever a pick holds while the request runs (the balancer's in-flight count).
-pub(crate) type Guard = Box<dyn Send>;
+/// The key of hashing strategies.
+const HASH_KEY_HEADER: &str = "x-hash-key";
 
-/// One pick.
-pub(crate) struct Picked {
-    pub(crate) instance: Instance,
-    pub(crate) guard: Guard,
+/// One pick. It borrows the instance from the routed subset or the snapshot (no copy of the
+/// instance per request) and holds the balancer's in-flight count until it is dropped.
+pub(crate) enum Picked {
+    /// The balancer's pick in the routed subset.
+    Routed(RoutedPick<Balancer>),
+    /// A fallback of a retry: another usable instance of the snapshot, by index.
+    Other(Snapshot, usize),
+}
+
+impl Picked {
+    /// The instance to call.
+    pub(crate) fn instance(&self) -> &Instance {
+        match self {
+            Picked::Routed(r) => r.instance(),
+            Picked::Other(s, i) => &s.instances()[*i],
+        }
+    }
 }
 
 /// What a request asks of routing and the pick.
@@ -36,12 +51,22 @@ pub(crate) struct Ask<'a> {
 impl<'a> Ask<'a> {
     /// From the routing headers and `X-Hash-Key`.
     pub(crate) fn from_headers(headers: &'a HeaderMap) -> Self {
+        // Most requests carry none of them: one pass over the names instead of four lookups.
+        let asks = headers.keys().any(|k| {
+            matches!(
+                k.as_str(),
+                VERSION_HEADER | REGION_HEADER | ZONE_HEADER | HASH_KEY_HEADER
+            )
+        });
+        if !asks {
+            return Ask::default();
+        }
         let route = Route::from_headers(headers);
         Ask {
             version: route.version,
             region: route.region,
             zone: route.zone,
-            key: headers.get("x-hash-key").map(|v| v.as_bytes()),
+            key: headers.get(HASH_KEY_HEADER).map(|v| v.as_bytes()),
         }
     }
 
@@ -129,22 +154,19 @@ impl Picker for Routed {
         for _ in 0..rounds {
             let routed = self.smart.pick(snapshot, &route)?;
             if !tried.contains(&routed.instance().id) {
-                let instance = routed.instance().clone();
-                let guard: Guard = Box::new(routed.into_guard());
-                return Some(Picked { instance, guard });
+                return Some(Picked::Routed(routed));
             }
         }
-        let untried = |i: &&Instance| !tried.contains(&i.id) && usable_by_health(i);
+        let untried = |i: &Instance| !tried.contains(&i.id) && usable_by_health(i);
         let subset = self.smart.route(snapshot, &route)?;
-        let other = subset
+        let all = snapshot.instances();
+        let index = subset
             .instances()
             .iter()
-            .find(untried)
-            .or_else(|| snapshot.instances().iter().find(untried))?;
-        Some(Picked {
-            instance: other.clone(),
-            guard: Box::new(()),
-        })
+            .find(|i| untried(i))
+            .and_then(|other| all.iter().position(|i| i.id == other.id))
+            .or_else(|| all.iter().position(untried))?;
+        Some(Picked::Other(snapshot.clone(), index))
     }
 
     fn strategy(&self) -> &'static str {

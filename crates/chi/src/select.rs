@@ -61,7 +61,7 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
     let mut misses = 0u64;
     for _ in 0..args.count {
         match picker.pick(&snapshot, &ask, &[]) {
-            Some(p) => *counts.entry(p.instance.id).or_default() += 1,
+            Some(p) => *counts.entry(p.instance().id.clone()).or_default() += 1,
             None => misses += 1,
         }
     }

@@ -18,6 +18,8 @@ use crate::support::{Agent, Proc, chi, http_get, registration, yaml};
 pub(crate) struct Backend {
     pub(crate) port: u16,
     pub(crate) hits: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub(crate) conns: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -29,12 +31,15 @@ impl Backend {
         let port = listener.local_addr().expect("addr").port();
         let hits = Arc::new(AtomicU64::new(0));
         let counter = hits.clone();
+        let conns = Arc::new(AtomicU64::new(0));
+        let accepted = conns.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let counter = counter.clone();
                 conns.spawn(async move {
                     let svc =
@@ -53,7 +58,12 @@ impl Backend {
                 });
             }
         });
-        Backend { port, hits, task }
+        Backend {
+            port,
+            hits,
+            conns,
+            task,
+        }
     }
 
     /// Kills the server: the listener and all its connections go away at once.
@@ -102,12 +112,18 @@ pub(crate) struct ProxyProc {
 }
 
 pub(crate) fn start_proxy(strategy: &str, registry: &str) -> ProxyProc {
+    start_proxy_with(strategy, registry, &[])
+}
+
+/// [`start_proxy`] with more arguments.
+pub(crate) fn start_proxy_with(strategy: &str, registry: &str, extra: &[&str]) -> ProxyProc {
     let file = yaml(&proxy_config(strategy));
     let mut cmd = chi();
     cmd.args(["proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .arg("-c")
         .arg(&file.1)
-        .args(["--registry", registry]);
+        .args(["--registry", registry])
+        .args(extra);
     let mut proc = Proc::spawn(cmd);
     let line = proc.wait_line("listening", |l| l.contains("listening on http://"));
     let mut urls = line.split("http://").skip(1).map(|s| {
@@ -436,5 +452,94 @@ async fn proxy_routes_by_version_and_region() {
         default.keys().collect::<Vec<_>>(),
         ["b1", "b3"],
         "{default:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_warm_up_shows_progress_and_a_summary() {
+    let f = fleet(&[("b1", "v1", "us-east-1", 1)]).await;
+    let file = yaml(&proxy_config("round_robin"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("stderr.log");
+    let mut cmd = chi();
+    cmd.args(["proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg("-c")
+        .arg(&file.1)
+        .args(["--registry", &f.host.url(), "--workers", "1"])
+        // `all` lists `registry-host` and `web`; `nosuch` has no instances; `bad/name` fails.
+        .args(["--warm-up", "all,nosuch,bad/name"]);
+    let err = std::fs::File::create(&log).expect("log file");
+    let mut proc = Proc::spawn_with_stderr(cmd, err.into());
+    let line = proc.wait_line("listening", |l| l.contains("listening on http://"));
+    assert!(line.contains("(1 worker(s))"), "{line}");
+    // The warm-up ends before the proxy listens, so its summary is already written.
+    let text = std::fs::read_to_string(&log).expect("stderr");
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("warm-up: 4/4 services, 1 failed, 1 without instances in "))
+        .unwrap_or_else(|| panic!("no warm-up summary in stderr: {text}"));
+    assert!(summary.ends_with('s'), "{summary}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("warning: warm-up of bad/name: ")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("hint: ")), "{text}");
+    // The warmed service is served at once.
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("address");
+    let (status, _, body) = get(&client(), addr, "/web/x", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[test]
+fn proxy_warm_up_all_fails_with_a_hint_when_the_registry_is_down() {
+    let port = crate::support::closed_port();
+    let out = crate::support::run(&[
+        "proxy",
+        "--registry",
+        &format!("chi://127.0.0.1:{port}"),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--warm-up",
+        "all",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = crate::support::stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("error: --warm-up all: cannot list the registry's services: "),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("hint: name the services instead"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_keeps_upstream_connections_alive() {
+    let f = fleet(&[("b1", "v1", "us-east-1", 1)]).await;
+    let proxy = start_proxy_with("round_robin", &f.host.url(), &["--workers", "1"]);
+    let c = client();
+    // Requests one after another through one worker: one upstream connection, handed back
+    // after each response body.
+    let n = 40;
+    for i in 0..n {
+        let (status, _, body) = get(&c, &proxy.addr, &format!("/web/{i}"), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, format!("b1 /{i}"));
+    }
+    assert_eq!(f.backends[0].hits.load(Ordering::Relaxed), n);
+    let conns = f.backends[0].conns.load(Ordering::Relaxed);
+    assert_eq!(
+        conns, 1,
+        "{n} sequential requests opened {conns} upstream connections"
     );
 }

@@ -52,10 +52,15 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    pub(crate) fn spawn(mut cmd: Command) -> Proc {
+    pub(crate) fn spawn(cmd: Command) -> Proc {
+        Self::spawn_with_stderr(cmd, Stdio::inherit())
+    }
+
+    /// [`Proc::spawn`] with stderr sent to `stderr` (e.g. a file the test reads).
+    pub(crate) fn spawn_with_stderr(mut cmd: Command, stderr: Stdio) -> Proc {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn chi");
         let out = child.stdout.take().expect("stdout");
