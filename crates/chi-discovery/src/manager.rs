@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -371,6 +372,12 @@ impl Drop for ServiceManager {
     }
 }
 
+/// How many keep-alive / registration calls one round runs at once. Unbounded, a process with
+/// 1,000 instances opened hundreds of HTTP connections to its Consul agent each round, and the
+/// agent closes connections beyond `limits.http_max_conns_per_client` (200): registrations
+/// failed with "connection closed before message completed" and kept failing on retry.
+const ROUND_CONCURRENCY: usize = 64;
+
 enum Work {
     KeepAlive,
     Register,
@@ -382,7 +389,8 @@ impl Inner {
     }
 
     /// One pass over every (instance, backend): keep alive what is registered, register what is
-    /// due. Calls run concurrently and without the lock held.
+    /// due. Calls run concurrently (at most [`ROUND_CONCURRENCY`] at once) and without the lock
+    /// held.
     async fn round(&self) {
         let now = Instant::now();
         let jobs: Vec<(String, u64, usize, Instance, HealthStatus, Work)> = {
@@ -404,7 +412,7 @@ impl Inner {
             }
             jobs
         };
-        let results = join_all(jobs.into_iter().map(|(id, generation, idx, inst, health, work)| async move {
+        let results: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(|(id, generation, idx, inst, health, work)| async move {
             let backend = &self.backends[idx];
             let outcome = match work {
                 Work::KeepAlive => match backend.keep_alive(&inst, health).await {
@@ -419,6 +427,8 @@ impl Inner {
             };
             (id, generation, idx, inst.name, outcome)
         }))
+        .buffer_unordered(ROUND_CONCURRENCY)
+        .collect()
         .await;
 
         let now = Instant::now();
