@@ -586,8 +586,10 @@ async fn one_member_cut_off_cluster_keeps_serving_and_member_rejoins() {
         },
         rejoin.map_or("never".into(), secs),
     );
+    // About half the 2 s request timeout by design; the bound leaves room for a loaded machine
+    // and still fails long before the lease (4 s) would be lost.
     assert!(
-        failover < ttl / 2,
+        failover < ttl * 3 / 4,
         "discovery took {failover:?} to fail over to a live member (lease TTL {ttl:?})"
     );
     assert_eq!(
@@ -595,13 +597,16 @@ async fn one_member_cut_off_cluster_keeps_serving_and_member_rejoins() {
         "discovery failed again after the failover"
     );
     assert!(
-        y_took < ttl / 2,
+        y_took < ttl * 3 / 4,
         "a registration during the cut took {y_took:?}"
     );
     // The watch moved to a live member and saw y during the cut.
     let watch_y =
         watch_y.unwrap_or_else(|| panic!("the watch never saw y during the cut: {final_view:?}"));
-    assert!(watch_y < ttl / 2, "the watch saw y only after {watch_y:?}");
+    assert!(
+        watch_y < ttl * 3 / 4,
+        "the watch saw y only after {watch_y:?}"
+    );
     assert_eq!(empty_served, 0, "an empty list was served");
     assert_eq!(lease_after, Some(lease), "the session lease was lost");
     assert_eq!(rereg, 0, "the manager had to re-register: {status:?}");
