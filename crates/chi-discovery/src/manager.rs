@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -58,10 +59,14 @@ struct Inner {
     retry: RetryPolicy,
     state: Mutex<HashMap<String, Managed>>,
     wake: Notify,
+    generations: std::sync::atomic::AtomicU64,
 }
 
 struct Managed {
     instance: Instance,
+    /// Changes with every registration of this id, so a keep-alive round can tell that the
+    /// instance was replaced (or deregistered) while its call ran.
+    generation: u64,
     health: HealthStatus,
     backends: Vec<BackendState>,
 }
@@ -156,6 +161,7 @@ impl ServiceManager {
                 retry: RetryPolicy::default(),
                 state: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                generations: std::sync::atomic::AtomicU64::new(0),
             }),
             task: Mutex::new(None),
         }
@@ -209,9 +215,14 @@ impl ServiceManager {
             report.push((backend.backend().to_owned(), result));
         }
         let id = instance.id.clone();
+        let generation = self
+            .inner
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.lock().insert(
             id.clone(),
             Managed {
+                generation,
                 health: instance.health,
                 instance,
                 backends: states,
@@ -361,6 +372,12 @@ impl Drop for ServiceManager {
     }
 }
 
+/// How many keep-alive / registration calls one round runs at once. Unbounded, a process with
+/// 1,000 instances opened hundreds of HTTP connections to its Consul agent each round, and the
+/// agent closes connections beyond `limits.http_max_conns_per_client` (200): registrations
+/// failed with "connection closed before message completed" and kept failing on retry.
+const ROUND_CONCURRENCY: usize = 64;
+
 enum Work {
     KeepAlive,
     Register,
@@ -372,10 +389,11 @@ impl Inner {
     }
 
     /// One pass over every (instance, backend): keep alive what is registered, register what is
-    /// due. Calls run concurrently and without the lock held.
+    /// due. Calls run concurrently (at most [`ROUND_CONCURRENCY`] at once) and without the lock
+    /// held.
     async fn round(&self) {
         let now = Instant::now();
-        let jobs: Vec<(String, usize, Instance, HealthStatus, Work)> = {
+        let jobs: Vec<(String, u64, usize, Instance, HealthStatus, Work)> = {
             let state = self.lock();
             let mut jobs = Vec::new();
             for (id, m) in state.iter() {
@@ -389,12 +407,12 @@ impl Inner {
                     };
                     let mut inst = m.instance.clone();
                     inst.health = m.health;
-                    jobs.push((id.clone(), idx, inst, m.health, work));
+                    jobs.push((id.clone(), m.generation, idx, inst, m.health, work));
                 }
             }
             jobs
         };
-        let results = join_all(jobs.into_iter().map(|(id, idx, inst, health, work)| async move {
+        let results: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(|(id, generation, idx, inst, health, work)| async move {
             let backend = &self.backends[idx];
             let outcome = match work {
                 Work::KeepAlive => match backend.keep_alive(&inst, health).await {
@@ -407,38 +425,63 @@ impl Inner {
                 },
                 Work::Register => backend.register(&inst).await.map(|()| true),
             };
-            (id, idx, outcome)
+            (id, generation, idx, inst.name, outcome)
         }))
+        .buffer_unordered(ROUND_CONCURRENCY)
+        .collect()
         .await;
 
         let now = Instant::now();
-        let mut state = self.lock();
-        for (id, idx, outcome) in results {
-            // Deregistered while the call ran: leave it alone.
-            let Some(m) = state.get_mut(&id) else {
-                continue;
-            };
-            let st = &mut m.backends[idx];
-            match outcome {
-                Ok(registered_again) => {
-                    if registered_again && st.registered {
-                        st.reregistrations += 1;
-                    }
-                    st.registered = true;
-                    st.failures = 0;
-                    st.last_error = None;
+        let mut orphans = Vec::new();
+        let mut again = false;
+        {
+            let mut state = self.lock();
+            for (id, generation, idx, service, outcome) in results {
+                // Deregistered while the call ran: the call may have written the instance back
+                // (a keep-alive that found it gone registers it again, a health change is a
+                // write), so delete it once more below.
+                let Some(m) = state.get_mut(&id) else {
+                    orphans.push((idx, service, id));
+                    continue;
+                };
+                let st = &mut m.backends[idx];
+                if m.generation != generation {
+                    // Registered anew (new metadata...) while the call ran: the call may have
+                    // written the old copy over the new one. Write the new one again.
+                    st.registered = false;
+                    st.next_attempt = now;
+                    again = true;
+                    continue;
                 }
-                Err(e) => {
-                    st.failures = st.failures.saturating_add(1);
-                    st.next_attempt = now + self.retry.delay(st.failures);
-                    st.last_error = Some(e.to_string());
-                    if !st.registered {
-                        tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "registration retry failed");
-                    } else {
-                        tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "keep-alive failed");
+                match outcome {
+                    Ok(registered_again) => {
+                        if registered_again && st.registered {
+                            st.reregistrations += 1;
+                        }
+                        st.registered = true;
+                        st.failures = 0;
+                        st.last_error = None;
+                    }
+                    Err(e) => {
+                        st.failures = st.failures.saturating_add(1);
+                        st.next_attempt = now + self.retry.delay(st.failures);
+                        st.last_error = Some(e.to_string());
+                        if !st.registered {
+                            tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "registration retry failed");
+                        } else {
+                            tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "keep-alive failed");
+                        }
                     }
                 }
             }
+        }
+        for (idx, service, id) in orphans {
+            if let Err(e) = self.backends[idx].deregister(&service, &id).await {
+                tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "could not remove an instance written back while it was deregistered");
+            }
+        }
+        if again {
+            self.wake.notify_one();
         }
     }
 }
@@ -542,5 +585,55 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Invalid { .. }), "{err}");
         assert!(m.status().is_empty());
+    }
+
+    /// A registry whose keep-alives take a second, so a test can deregister while one runs.
+    struct SlowKeepAlive(Memory);
+
+    #[async_trait::async_trait]
+    impl Registry for SlowKeepAlive {
+        fn backend(&self) -> &str {
+            "slow"
+        }
+        async fn register(&self, instance: &Instance) -> Result<()> {
+            self.0.register(instance).await
+        }
+        async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+            self.0.deregister(service, id).await
+        }
+        async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.0.keep_alive(instance, health).await
+        }
+        async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+            self.0.instances(service).await
+        }
+        async fn services(&self) -> Result<Vec<String>> {
+            self.0.services().await
+        }
+        async fn watch(&self, service: &str) -> Result<crate::registry::WatchStream> {
+            self.0.watch(service).await
+        }
+    }
+
+    /// Found in the churn test: a keep-alive that was running when the instance was deregistered
+    /// found it gone, answered `Lost`, and the manager wrote it back: a registration nobody
+    /// managed any more, never removed.
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_in_flight_does_not_bring_back_a_deregistered_instance() {
+        let reg = Memory::new();
+        let m = ServiceManager::new(Arc::new(SlowKeepAlive(reg.clone())))
+            .with_interval(Duration::from_secs(3600));
+        let id = m.register(cfg(1)).await.expect("register").id;
+        let deregister = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            m.deregister("svc", &id).await.expect("deregister");
+        };
+        futures_util::future::join(m.tick(), deregister).await;
+        assert!(m.status().is_empty());
+        assert!(
+            reg.instances("svc").await.expect("list").is_empty(),
+            "the deregistered instance is back in the registry"
+        );
     }
 }

@@ -252,6 +252,9 @@ struct Inner {
     clients: Vec<tokio::sync::OnceCell<Client>>,
     /// The member requests go to now.
     current: AtomicUsize,
+    /// Bumped each time requests move to another member: a watch stream on the old member may be
+    /// dead without knowing it (a silent partition), so watches reopen on the new one.
+    moved: tokio::sync::watch::Sender<u64>,
     endpoints: Vec<String>,
     /// Connect options, holding the credentials: never printed.
     options: ConnectOptions,
@@ -301,6 +304,7 @@ impl Etcd {
         let inner = Inner {
             clients,
             current: AtomicUsize::new(0),
+            moved: tokio::sync::watch::Sender::new(0),
             endpoints,
             options,
             settings,
@@ -460,45 +464,63 @@ impl Inner {
     }
 
     /// Runs one request under the request timeout, on the current member; when that member is
-    /// unreachable or has no leader, on the next one (every operation of this adapter is
-    /// idempotent, so a retry is safe), going round the members twice at most.
+    /// unreachable, has no leader or does not answer in time, on the next one (every operation
+    /// of this adapter is idempotent, so a retry is safe), going round the members twice at most.
+    ///
+    /// With several members, an attempt that is not the last gets half of what is left of the
+    /// request timeout: a member cut off by a partition drops packets silently, and without this
+    /// every request would wait for the whole timeout on it and never move on (the HTTP/2 ping
+    /// notices the dead connection only after its own interval).
     async fn call<T, F, Fut>(&self, mut op: F) -> std::result::Result<T, Failure>
     where
         F: FnMut(Client) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let n = self.clients.len();
-        let work = async {
-            let mut attempt = 0;
-            loop {
-                let i = self.current.load(Ordering::Relaxed) % n;
-                let result = match self.client(i).await {
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        let mut attempt = 0;
+        loop {
+            let i = self.current.load(Ordering::Relaxed) % n;
+            let last = n == 1 || attempt + 1 >= 2 * n;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Failure::Timeout);
+            }
+            let budget = if last { left } else { left / 2 };
+            let result = tokio::time::timeout(budget, async {
+                match self.client(i).await {
                     Ok(client) => op(client).await,
                     Err(e) => Err(e),
-                };
-                match result {
-                    Ok(v) => return Ok(v),
-                    Err(e) if retryable(&e) && attempt + 1 < 2 * n => {
-                        attempt += 1;
-                        // Move on, unless a concurrent call already did.
-                        let _ = self.current.compare_exchange(
-                            i,
-                            (i + 1) % n,
-                            Ordering::Relaxed,
-                            Ordering::Relaxed,
-                        );
-                        if attempt % n == 0 {
-                            // A full round failed: give an election a moment.
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                    Err(e) => return Err(Failure::Etcd(e)),
                 }
+            })
+            .await;
+            let failure = match result {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if retryable(&e) && !last => Failure::Etcd(e),
+                Ok(Err(e)) => return Err(Failure::Etcd(e)),
+                Err(_) if !last => Failure::Timeout,
+                Err(_) => return Err(Failure::Timeout),
+            };
+            if let Failure::Etcd(e) = &failure {
+                tracing::debug!(member = %self.endpoints[i], error = %describe(e), "etcd member failed; trying the next");
+            } else {
+                tracing::debug!(member = %self.endpoints[i], "etcd member did not answer in time; trying the next");
             }
-        };
-        tokio::time::timeout(self.settings.request_timeout, work)
-            .await
-            .unwrap_or(Err(Failure::Timeout))
+            attempt += 1;
+            // Move on, unless a concurrent call already did; tell the watches, whose streams on
+            // the old member may be dead without knowing it.
+            if self
+                .current
+                .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.moved.send_modify(|m| *m = m.wrapping_add(1));
+            }
+            if attempt % n == 0 {
+                // A full round failed: give an election a moment.
+                tokio::time::sleep(Duration::from_millis(100).min(left / 4)).await;
+            }
+        }
     }
 
     /// Turns a failure of `what` into chi's error, without the password.

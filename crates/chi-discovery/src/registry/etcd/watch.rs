@@ -38,6 +38,7 @@ pub(super) async fn start(inner: Arc<Inner>, service: String) -> Result<WatchStr
     let task = tokio::spawn(
         Task {
             dir: inner.service_dir(&service),
+            moved: inner.moved.subscribe(),
             inner,
             service,
             view,
@@ -91,6 +92,8 @@ struct Task {
     /// means etcd lost its data.
     term: u64,
     tx: mpsc::Sender<Result<Change>>,
+    /// Tells when requests moved to another member (see `Inner::moved`).
+    moved: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Task {
@@ -102,6 +105,8 @@ impl Task {
         loop {
             let stop = match self.open().await {
                 Ok(stream) => {
+                    // The stream is on the member requests go to now.
+                    self.moved.mark_unchanged();
                     if broken && !self.send(Ok(Change::Reset(self.snapshot()))).await {
                         return;
                     }
@@ -261,8 +266,17 @@ impl Task {
     async fn pump(&mut self, mut stream: etcd_client::WatchStream) -> Stop {
         loop {
             let msg = tokio::select! {
-                m = stream.message() => m,
+                m = stream.message() => Some(m),
                 _ = self.tx.closed() => return Stop::Closed,
+                Ok(()) = self.moved.changed() => None,
+            };
+            // Another request found this stream's member dead or leaderless and moved on. A
+            // partitioned member drops packets silently, so the stream would only notice at the
+            // next HTTP/2 ping; reopen it (from the last revision) on the member in use now.
+            let Some(msg) = msg else {
+                return Stop::Broken(
+                    self.unavailable("requests moved to another etcd member; reopening the watch"),
+                );
             };
             let resp = match msg {
                 Ok(Some(resp)) => resp,
