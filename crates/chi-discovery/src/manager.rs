@@ -407,37 +407,67 @@ impl Inner {
                 },
                 Work::Register => backend.register(&inst).await.map(|()| true),
             };
-            (id, idx, outcome)
+            (id, idx, inst, outcome)
         }))
         .await;
 
         let now = Instant::now();
-        let mut state = self.lock();
-        for (id, idx, outcome) in results {
-            // Deregistered while the call ran: leave it alone.
-            let Some(m) = state.get_mut(&id) else {
+        let mut orphans = Vec::new();
+        {
+            let mut state = self.lock();
+            for (id, idx, inst, outcome) in results {
+                let Some(m) = state.get_mut(&id) else {
+                    // Deregistered while the call ran. A call that wrote it (a registration,
+                    // or a keep-alive that refreshed the stored copy) may have landed after
+                    // the deregistration: take it back out below.
+                    if outcome.is_ok() {
+                        orphans.push((idx, inst));
+                    }
+                    continue;
+                };
+                let st = &mut m.backends[idx];
+                // Replaced (`register_instance` with new data) while the call ran: what the
+                // call wrote was the old copy, so the current one is registered again next
+                // round.
+                let mut current = m.instance.clone();
+                current.health = inst.health;
+                if outcome.is_ok() && current != inst {
+                    st.registered = false;
+                    st.next_attempt = now;
+                    self.wake.notify_one();
+                    continue;
+                }
+                match outcome {
+                    Ok(registered_again) => {
+                        if registered_again && st.registered {
+                            st.reregistrations += 1;
+                        }
+                        st.registered = true;
+                        st.failures = 0;
+                        st.last_error = None;
+                    }
+                    Err(e) => {
+                        st.failures = st.failures.saturating_add(1);
+                        st.next_attempt = now + self.retry.delay(st.failures);
+                        st.last_error = Some(e.to_string());
+                        if !st.registered {
+                            tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "registration retry failed");
+                        } else {
+                            tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "keep-alive failed");
+                        }
+                    }
+                }
+            }
+        }
+        for (idx, inst) in orphans {
+            // Registered again meanwhile: it is wanted after all (and if this check races a
+            // new registration, that one's next keep-alive finds it lost and writes it back).
+            if self.lock().contains_key(&inst.id) {
                 continue;
-            };
-            let st = &mut m.backends[idx];
-            match outcome {
-                Ok(registered_again) => {
-                    if registered_again && st.registered {
-                        st.reregistrations += 1;
-                    }
-                    st.registered = true;
-                    st.failures = 0;
-                    st.last_error = None;
-                }
-                Err(e) => {
-                    st.failures = st.failures.saturating_add(1);
-                    st.next_attempt = now + self.retry.delay(st.failures);
-                    st.last_error = Some(e.to_string());
-                    if !st.registered {
-                        tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "registration retry failed");
-                    } else {
-                        tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "keep-alive failed");
-                    }
-                }
+            }
+            tracing::info!(backend = self.backends[idx].backend(), id = %inst.id, "deregistered while a keep-alive registered it again; removing it");
+            if let Err(e) = self.backends[idx].deregister(&inst.name, &inst.id).await {
+                tracing::warn!(backend = self.backends[idx].backend(), id = %inst.id, error = %e, "removing a registration that outlived its deregistration failed");
             }
         }
     }
