@@ -58,6 +58,10 @@ struct Inner {
     retry: RetryPolicy,
     state: Mutex<HashMap<String, Managed>>,
     wake: Notify,
+    /// One lock per instance id, held across every backend write of that instance
+    /// (registration, keep-alive, deregistration), so that two writers never race and an older
+    /// copy never lands after a newer one or after a deregistration.
+    writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 struct Managed {
@@ -155,6 +159,7 @@ impl ServiceManager {
                 interval,
                 retry: RetryPolicy::default(),
                 state: Mutex::new(HashMap::new()),
+                writes: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
             }),
             task: Mutex::new(None),
@@ -190,6 +195,8 @@ impl ServiceManager {
     pub async fn register_instance(&self, instance: Instance) -> Result<RegistrationReport> {
         instance.validate()?;
         self.ensure_task();
+        let write = self.inner.write_lock(&instance.id);
+        let _write = write.lock().await;
         let results = join_all(self.inner.backends.iter().map(|b| b.register(&instance))).await;
         let now = Instant::now();
         let mut states = Vec::with_capacity(results.len());
@@ -237,6 +244,8 @@ impl ServiceManager {
 
     /// Deregisters an instance from every backend and stops managing it.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+        let write = self.inner.write_lock(id);
+        let _write = write.lock().await;
         self.inner.lock().remove(id);
         let results = join_all(
             self.inner
@@ -252,6 +261,13 @@ impl ServiceManager {
             .zip(results)
             .filter_map(|(b, r)| r.err().map(|e| (b.backend().to_owned(), e)))
             .collect();
+        {
+            // Forget the write lock unless another writer of this id waits on it.
+            let mut writes = self.inner.writes.lock().unwrap_or_else(|e| e.into_inner());
+            if writes.get(id).is_some_and(|w| Arc::strong_count(w) <= 2) {
+                writes.remove(id);
+            }
+        }
         if failures.is_empty() {
             Ok(())
         } else {
@@ -371,6 +387,16 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The write lock of instance `id`.
+    fn write_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
     /// One pass over every (instance, backend): keep alive what is registered, register what is
     /// due. Calls run concurrently and without the lock held.
     async fn round(&self) {
@@ -396,6 +422,18 @@ impl Inner {
         };
         let results = join_all(jobs.into_iter().map(|(id, idx, inst, health, work)| async move {
             let backend = &self.backends[idx];
+            let write = self.write_lock(&id);
+            let _write = write.lock().await;
+            // Under the lock, with what is managed now: deregistered or replaced meanwhile,
+            // this job is stale and the next round does what is due.
+            let unchanged = self.lock().get(&id).is_some_and(|m| {
+                let mut current = m.instance.clone();
+                current.health = inst.health;
+                current == inst && m.health == health
+            });
+            if !unchanged {
+                return (id, idx, inst, None);
+            }
             let outcome = match work {
                 Work::KeepAlive => match backend.keep_alive(&inst, health).await {
                     Ok(Liveness::Alive) => Ok(false),
@@ -407,7 +445,7 @@ impl Inner {
                 },
                 Work::Register => backend.register(&inst).await.map(|()| true),
             };
-            (id, idx, inst, outcome)
+            (id, idx, inst, Some(outcome))
         }))
         .await;
 
@@ -416,6 +454,9 @@ impl Inner {
         {
             let mut state = self.lock();
             for (id, idx, inst, outcome) in results {
+                let Some(outcome) = outcome else {
+                    continue;
+                };
                 let Some(m) = state.get_mut(&id) else {
                     // Deregistered while the call ran. A call that wrote it (a registration,
                     // or a keep-alive that refreshed the stored copy) may have landed after
