@@ -59,7 +59,12 @@ struct Inner {
     retry: RetryPolicy,
     state: Mutex<HashMap<String, Managed>>,
     wake: Notify,
+    /// Source of [`Managed::generation`].
     generations: std::sync::atomic::AtomicU64,
+    /// One lock per instance id, held across every backend write of that instance
+    /// (registration, keep-alive, deregistration), so that two writers never race and an older
+    /// copy never lands after a newer one or after a deregistration.
+    writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 struct Managed {
@@ -160,6 +165,7 @@ impl ServiceManager {
                 interval,
                 retry: RetryPolicy::default(),
                 state: Mutex::new(HashMap::new()),
+                writes: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 generations: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -196,6 +202,8 @@ impl ServiceManager {
     pub async fn register_instance(&self, instance: Instance) -> Result<RegistrationReport> {
         instance.validate()?;
         self.ensure_task();
+        let write = self.inner.write_lock(&instance.id);
+        let _write = write.lock().await;
         let results = join_all(self.inner.backends.iter().map(|b| b.register(&instance))).await;
         let now = Instant::now();
         let mut states = Vec::with_capacity(results.len());
@@ -248,6 +256,8 @@ impl ServiceManager {
 
     /// Deregisters an instance from every backend and stops managing it.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+        let write = self.inner.write_lock(id);
+        let _write = write.lock().await;
         self.inner.lock().remove(id);
         let results = join_all(
             self.inner
@@ -263,6 +273,13 @@ impl ServiceManager {
             .zip(results)
             .filter_map(|(b, r)| r.err().map(|e| (b.backend().to_owned(), e)))
             .collect();
+        {
+            // Forget the write lock unless another writer of this id waits on it.
+            let mut writes = self.inner.writes.lock().unwrap_or_else(|e| e.into_inner());
+            if writes.get(id).is_some_and(|w| Arc::strong_count(w) <= 2) {
+                writes.remove(id);
+            }
+        }
         if failures.is_empty() {
             Ok(())
         } else {
@@ -388,6 +405,16 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The write lock of instance `id`.
+    fn write_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
     /// One pass over every (instance, backend): keep alive what is registered, register what is
     /// due. Calls run concurrently (at most [`ROUND_CONCURRENCY`] at once) and without the lock
     /// held.
@@ -414,6 +441,17 @@ impl Inner {
         };
         let results: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(|(id, generation, idx, inst, health, work)| async move {
             let backend = &self.backends[idx];
+            let write = self.write_lock(&id);
+            let _write = write.lock().await;
+            // Under the lock, with what is managed now: deregistered or replaced meanwhile,
+            // this job is stale and the next round does what is due.
+            let unchanged = self
+                .lock()
+                .get(&id)
+                .is_some_and(|m| m.generation == generation && m.health == health);
+            if !unchanged {
+                return (id, generation, idx, None);
+            }
             let outcome = match work {
                 Work::KeepAlive => match backend.keep_alive(&inst, health).await {
                     Ok(Liveness::Alive) => Ok(false),
@@ -425,63 +463,45 @@ impl Inner {
                 },
                 Work::Register => backend.register(&inst).await.map(|()| true),
             };
-            (id, generation, idx, inst.name, outcome)
+            (id, generation, idx, Some(outcome))
         }))
         .buffer_unordered(ROUND_CONCURRENCY)
         .collect()
         .await;
 
+        // Every call ran under its instance's write lock, after checking that the instance was
+        // still the one the job was made for; a deregistration or a new registration waited for
+        // it. What changed since then made a new state: this outcome belongs to the old one.
         let now = Instant::now();
-        let mut orphans = Vec::new();
-        let mut again = false;
-        {
-            let mut state = self.lock();
-            for (id, generation, idx, service, outcome) in results {
-                // Deregistered while the call ran: the call may have written the instance back
-                // (a keep-alive that found it gone registers it again, a health change is a
-                // write), so delete it once more below.
-                let Some(m) = state.get_mut(&id) else {
-                    orphans.push((idx, service, id));
-                    continue;
-                };
-                let st = &mut m.backends[idx];
-                if m.generation != generation {
-                    // Registered anew (new metadata...) while the call ran: the call may have
-                    // written the old copy over the new one. Write the new one again.
-                    st.registered = false;
-                    st.next_attempt = now;
-                    again = true;
-                    continue;
-                }
-                match outcome {
-                    Ok(registered_again) => {
-                        if registered_again && st.registered {
-                            st.reregistrations += 1;
-                        }
-                        st.registered = true;
-                        st.failures = 0;
-                        st.last_error = None;
+        let mut state = self.lock();
+        for (id, generation, idx, outcome) in results {
+            let Some(outcome) = outcome else {
+                continue;
+            };
+            let Some(m) = state.get_mut(&id).filter(|m| m.generation == generation) else {
+                continue;
+            };
+            let st = &mut m.backends[idx];
+            match outcome {
+                Ok(registered_again) => {
+                    if registered_again && st.registered {
+                        st.reregistrations += 1;
                     }
-                    Err(e) => {
-                        st.failures = st.failures.saturating_add(1);
-                        st.next_attempt = now + self.retry.delay(st.failures);
-                        st.last_error = Some(e.to_string());
-                        if !st.registered {
-                            tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "registration retry failed");
-                        } else {
-                            tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "keep-alive failed");
-                        }
+                    st.registered = true;
+                    st.failures = 0;
+                    st.last_error = None;
+                }
+                Err(e) => {
+                    st.failures = st.failures.saturating_add(1);
+                    st.next_attempt = now + self.retry.delay(st.failures);
+                    st.last_error = Some(e.to_string());
+                    if !st.registered {
+                        tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "registration retry failed");
+                    } else {
+                        tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "keep-alive failed");
                     }
                 }
             }
-        }
-        for (idx, service, id) in orphans {
-            if let Err(e) = self.backends[idx].deregister(&service, &id).await {
-                tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "could not remove an instance written back while it was deregistered");
-            }
-        }
-        if again {
-            self.wake.notify_one();
         }
     }
 }

@@ -43,6 +43,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     {
         m.ttl = Some(MEMORY_TTL);
     }
+    // `--registry consul://...` replaced the config's registries: the TTL check still applies.
+    source.config.registries.apply_registration(Some(&service));
     let registry = source.connect().await?;
     let manager = Arc::new(ServiceManager::new(registry.clone()).with_retry(source.config.retry));
     let instance = service.instance();

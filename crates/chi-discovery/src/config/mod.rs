@@ -113,6 +113,7 @@ impl Registries {
                     address: rest.to_owned(),
                     token: env_secret(env, "CHI_CONSUL_TOKEN", None).unwrap_or_default(),
                     datacenter: None,
+                    check_ttl: None,
                 });
             }
             "etcd" => {
@@ -212,6 +213,7 @@ async fn connect_consul(c: &ConsulSettings) -> Result<Arc<dyn Registry>> {
         address: c.address.clone(),
         token: c.token.clone(),
         datacenter: c.datacenter.clone(),
+        check_ttl: c.check_ttl.unwrap_or(ConsulConfig::default().check_ttl),
         ..ConsulConfig::default()
     })?))
 }
@@ -274,6 +276,23 @@ pub struct ConsulSettings {
     pub token: Secret,
     /// Datacenter (`None`: the agent's).
     pub datacenter: Option<String>,
+    /// TTL of chi's keep-alive check: the registration's `health_check.ttl` when it has one
+    /// (`None`: the adapter's default, 15 s).
+    pub check_ttl: Option<Duration>,
+}
+
+impl Registries {
+    /// Gives Consul the TTL of `registration`'s TTL health check, if it has one: that is the
+    /// TTL of chi's keep-alive check there.
+    pub fn apply_registration(&mut self, registration: Option<&ServiceConfig>) {
+        if let (Some(c), Some(check)) = (
+            self.consul.as_mut(),
+            registration.and_then(|r| r.health_check.as_ref()),
+        ) && check.target == CheckTarget::Ttl
+        {
+            c.check_ttl = Some(check.interval);
+        }
+    }
 }
 
 /// `registries.etcd`.
@@ -406,11 +425,12 @@ impl Config {
             .registration
             .map(|r| registration(r, &p.join("registration")))
             .transpose()?;
-        let registries = registries(
+        let mut registries = registries(
             sd.registries.unwrap_or_default(),
             &p.join("registries"),
             env,
         )?;
+        registries.apply_registration(registration.as_ref());
         let disc = sd.discovery.unwrap_or_default();
         let dp = p.join("discovery");
         let cache = cache(disc.cache.unwrap_or_default(), &dp.join("cache"))?;
@@ -635,6 +655,7 @@ fn registries(
             address,
             token: env_secret(env, "CHI_CONSUL_TOKEN", c.token).unwrap_or_default(),
             datacenter: non_empty(c.datacenter),
+            check_ttl: None,
         });
     }
     if let Some(e) = r.etcd.filter(|e| e.enabled) {

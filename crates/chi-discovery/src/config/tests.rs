@@ -483,3 +483,15 @@ async fn connect_builds_the_embedded_registry_by_default() {
         .expect("memory");
     assert_eq!(reg.backend(), "memory");
 }
+
+#[test]
+fn a_ttl_health_check_sets_the_consul_check_ttl() {
+    let yaml = "service_discovery:\n  registration:\n    name: a\n    address: 127.0.0.1\n    port: 1\n    health_check:\n      ttl: 3s\n  registries:\n    consul:\n      enabled: true\n";
+    let c = load(yaml).expect("load");
+    let consul = c.registries.consul.expect("consul");
+    assert_eq!(consul.check_ttl, Some(std::time::Duration::from_secs(3)));
+    // Without a TTL check the adapter's default applies.
+    let http = yaml.replace("ttl: 3s", "http: /health");
+    let c = load(&http).expect("load");
+    assert_eq!(c.registries.consul.expect("consul").check_ttl, None);
+}

@@ -224,6 +224,8 @@ impl DiscoveryClient {
     /// kept, marked stale, and returned if there is one.
     pub async fn refresh(&self, service: &str) -> Result<Snapshot> {
         validate_name("service name", service)?;
+        // What this caches is kept fresh like every other entry.
+        self.ensure_refresher();
         self.inner.refresh(service).await
     }
 

@@ -145,6 +145,33 @@ async fn ttl_marks_unrefreshed_lists_stale() {
     assert_eq!(snap.len(), 1, "never emptied by an outage");
 }
 
+/// A service cached by an explicit `refresh` is kept fresh (and marked stale in an outage) by the
+/// background refresher like one cached by `discover`: the cache promises that for every entry.
+#[tokio::test(start_paused = true)]
+async fn a_list_cached_by_refresh_is_refreshed_in_the_background() {
+    let reg = Memory::new();
+    reg.register(&inst("a")).await.expect("register");
+    let c = DiscoveryClient::builder()
+        .cache(CacheConfig {
+            ttl: Duration::from_secs(3),
+            refresh_interval: Duration::from_secs(1),
+            ..CacheConfig::default()
+        })
+        .build(Arc::new(reg.clone()));
+    assert_eq!(c.refresh("svc").await.expect("refresh").len(), 1);
+    reg.register(&inst("b")).await.expect("register");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(ids(&c.discover("svc").await.expect("hit")), vec!["a", "b"]);
+    reg.set_outage(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let snap = c.discover("svc").await.expect("hit");
+    assert!(
+        snap.is_stale(),
+        "a failed background refresh marks the list stale"
+    );
+    assert_eq!(snap.len(), 2);
+}
+
 #[tokio::test]
 async fn watch_streams_changes_and_feeds_the_cache() {
     let reg = Memory::new();

@@ -11,6 +11,7 @@ mod harness;
 mod agent;
 mod check;
 mod config;
+mod crash;
 mod proxy;
 mod real;
 mod select;

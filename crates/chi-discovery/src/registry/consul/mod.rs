@@ -41,10 +41,20 @@
 //! wake-up and backs off exponentially with jitter, so a misbehaving server cannot drive a tight
 //! loop; failures back off with jitter too. Every answer is a whole list, turned into
 //! `Add / Remove / Update` with [`diff`]; after an error the next answer is sent as a `Reset`.
+//!
+//! # An agent that just came back
+//!
+//! A restarted agent (a dev agent, or one whose data was lost) answers "no instances" until the
+//! registrants' keep-alives notice and register again (within a keep-alive interval,
+//! `check_ttl / 3`). Believing it would empty every client's list meanwhile. So an empty answer
+//! for a service that had instances is believed only once the agent has answered without a
+//! transport failure for [`ConsulConfig::check_ttl`]: until then [`Registry::instances`] answers
+//! [`Error::Unavailable`] (a [`DiscoveryClient`](crate::DiscoveryClient) keeps its last list,
+//! stale) and a watch holds its list. A healthy agent's "zero instances" is honoured after that.
 
 pub(crate) mod api;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -152,6 +162,12 @@ struct Inner {
     config: ConsulConfig,
     /// Active checks per instance id, so that a re-registration carries them again.
     checks: Mutex<HashMap<String, Vec<HealthCheck>>>,
+    /// Whether the agent answers, and when it came back after its last transport failure
+    /// (`None`: it never failed).
+    reachable: Mutex<(bool, Option<Instant>)>,
+    /// Services last seen with instances, for the protection against a restarted agent's empty
+    /// answers (see the module docs).
+    had_instances: Mutex<HashSet<String>>,
 }
 
 impl Consul {
@@ -186,6 +202,8 @@ impl Consul {
                 client,
                 config,
                 checks: Mutex::new(HashMap::new()),
+                reachable: Mutex::new((true, None)),
+                had_instances: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -247,6 +265,46 @@ impl Consul {
 impl Inner {
     fn lock_checks(&self) -> MutexGuard<'_, HashMap<String, Vec<HealthCheck>>> {
         self.checks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes whether the agent answered (for [`Inner::guard_empty`]) and passes the answer on.
+    fn note<T>(&self, answer: std::result::Result<T, api::ApiError>) -> Result<T> {
+        let answer = answer.map_err(Error::from);
+        let mut r = self.reachable.lock().unwrap_or_else(|e| e.into_inner());
+        match &answer {
+            Ok(_) if !r.0 => *r = (true, Some(Instant::now())),
+            Ok(_) => {}
+            Err(Error::Unavailable { .. } | Error::Timeout { .. }) => r.0 = false,
+            Err(_) => {}
+        }
+        answer
+    }
+
+    /// An empty list for a service that had instances, from an agent that came back less than
+    /// `check_ttl` ago, is not believed yet: an error (the caller keeps its last list).
+    fn guard_empty(&self, service: &str, list: &[Instance]) -> Result<()> {
+        let mut had = self.had_instances.lock().unwrap_or_else(|e| e.into_inner());
+        if !list.is_empty() {
+            had.insert(service.to_owned());
+            return Ok(());
+        }
+        let trusted = match *self.reachable.lock().unwrap_or_else(|e| e.into_inner()) {
+            (false, _) => false,
+            (true, None) => true,
+            (true, Some(back)) => back.elapsed() >= self.config.check_ttl,
+        };
+        if had.contains(service) && !trusted {
+            return Err(Error::Unavailable {
+                backend: BACKEND.into(),
+                message: format!(
+                    "the agent came back less than {:?} ago and reports no instance of \
+                     `{service}`; not believed until its registrants had time to register again",
+                    self.config.check_ttl
+                ),
+            });
+        }
+        had.remove(service);
+        Ok(())
     }
 }
 
@@ -632,12 +690,15 @@ impl Registry for Consul {
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
         validate_name("service name", service)?;
-        let (entries, _) = self
-            .inner
-            .client
-            .health_service(service, &HealthQuery::default(), None)
-            .await?;
-        Ok(to_instances(entries))
+        let (entries, _) = self.inner.note(
+            self.inner
+                .client
+                .health_service(service, &HealthQuery::default(), None)
+                .await,
+        )?;
+        let list = to_instances(entries);
+        self.inner.guard_empty(service, &list)?;
+        Ok(list)
     }
 
     async fn services(&self) -> Result<Vec<String>> {
@@ -744,11 +805,12 @@ async fn next_change(mut st: WatchState) -> Option<(Result<Change>, WatchState)>
         // Without a list to diff against, ask without blocking: the consumer needs a Reset now.
         let block = (st.view.is_some() && st.index.0 > 0).then_some((st.index.0, wait));
         let started = Instant::now();
-        let answer = st
-            .inner
-            .client
-            .health_service(&st.service, &HealthQuery::default(), block)
-            .await;
+        let answer = st.inner.note(
+            st.inner
+                .client
+                .health_service(&st.service, &HealthQuery::default(), block)
+                .await,
+        );
         match answer {
             Ok((entries, index)) => {
                 st.failures = 0;
@@ -768,6 +830,12 @@ async fn next_change(mut st: WatchState) -> Option<(Result<Change>, WatchState)>
                     }
                 }
                 let list = to_instances(entries);
+                if st.inner.guard_empty(&st.service, &list).is_err() {
+                    // A restarted agent before its registrants are back: hold the list.
+                    tracing::info!(service = %st.service, "empty list from an agent that just came back; holding the last list until confirmed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
                 match st.view.as_mut() {
                     Some(view) => {
                         let changes = diff(view, &list);
@@ -786,7 +854,6 @@ async fn next_change(mut st: WatchState) -> Option<(Result<Change>, WatchState)>
                 st.failures = st.failures.saturating_add(1);
                 st.view = None;
                 st.index = BlockingIndex(0);
-                let e = Error::from(e);
                 // One warning per outage; the retries that follow are debug noise.
                 if st.failures == 1 {
                     tracing::warn!(service = %st.service, error = %e, "consul watch failed; retrying with backoff");
