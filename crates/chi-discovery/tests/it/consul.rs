@@ -534,43 +534,13 @@ async fn agent_restart_serves_stale_then_re_registers_and_resumes_the_watch() {
     );
 }
 
-/// A `MakeWriter` collecting every formatted log line.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-// One thread, so every task logs into the subscriber set below.
-#[tokio::test(flavor = "current_thread")]
+// The logs of a wrong and a right token are captured and searched by
+// `secrets::consul_token_never_prints_through_config_and_env` (one process-wide subscriber: a
+// thread-local one here made callsite interest depend on which test ran first).
+#[tokio::test]
 async fn acl_default_deny_needs_the_right_token_and_never_leaks_it() {
     const MASTER: &str = "4b1d5e7a-master-token-c0ffee";
     const WRONG: &str = "9f00d-wrong-token-bad";
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
     let agent = ConsulAgent::start_with_acl(MASTER).await;
     let svc = unique("chi-acl");
     let inst = Instance::new(&svc, "127.0.0.1", 9300).with_id("acl-1");
@@ -604,7 +574,7 @@ async fn acl_default_deny_needs_the_right_token_and_never_leaks_it() {
         errors.push(text);
         errors.push(format!("{err:?}"));
     }
-    // The manager and the discovery client log their failures: those lines are checked below.
+    // The manager and the discovery client fail with the same refusal.
     let manager = ServiceManager::new(Arc::new(wrong.clone()));
     assert!(manager.register_instance(inst.clone()).await.is_err());
     manager.shutdown().await;
@@ -642,17 +612,10 @@ async fn acl_default_deny_needs_the_right_token_and_never_leaks_it() {
     right.deregister(&svc, "acl-1").await.expect("deregister");
 
     errors.push(format!("{right:?} {wrong:?}"));
-    drop(_guard);
-    let captured = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
-    assert!(
-        captured.contains("ACL not found"),
-        "the failures should have been logged: {captured}"
-    );
     for token in [MASTER, WRONG] {
         for e in &errors {
             assert!(!e.contains(token), "token leaked into an error: {e}");
         }
-        assert!(!captured.contains(token), "token leaked into the logs");
     }
 }
 

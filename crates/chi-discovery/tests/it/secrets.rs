@@ -8,7 +8,7 @@
 //!
 //! Extends `config::tests::secrets_come_from_the_environment_and_never_print` (Debug of a parsed
 //! config) and `consul::acl_default_deny_needs_the_right_token_and_never_leaks_it` (Consul
-//! alone, one thread) to all three backends, their SDKs' own logs and the env → config →
+//! errors only) to all three backends, their SDKs' own logs and the env → config →
 //! connect path.
 
 use std::sync::atomic::{AtomicBool, Ordering};
