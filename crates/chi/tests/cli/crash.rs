@@ -11,31 +11,32 @@
 //! Observed with chi's own registry clients polling every 20 ms; figures on `[reliability] `
 //! lines.
 
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chi_discovery::registry::consul::{Consul, ConsulConfig};
 use chi_discovery::registry::etcd::{Etcd, EtcdConfig};
-use chi_discovery::registry::nacos::{Nacos, NacosConfig, NacosServerConfig};
+use chi_discovery::registry::nacos::{Nacos, NacosConfig};
 use chi_discovery::{Filter, Registry};
 
-use crate::harness::{self, Proc, binary, free_ports, wait_for_port};
+use crate::harness;
+use crate::registries;
 use crate::support::{Agent, registration};
 
 /// etcd lease TTL given to the agent.
 const LEASE_TTL: Duration = Duration::from_secs(2);
 /// Consul TTL check given to the agent (`registration.health_check.ttl`).
 const CHECK_TTL: Duration = Duration::from_secs(3);
-/// rnacos' `RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND` (and health timeout 2 s).
-const NACOS_INSTANCE_TIMEOUT: Duration = Duration::from_secs(3);
+/// rnacos' `RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND`, as the harness starts it.
+const NACOS_INSTANCE_TIMEOUT: Duration = registries::nacos::INSTANCE_TIMEOUT;
 /// Slack on every bound: the servers' expiry sweeps (etcd checks leases every 500 ms) and our
 /// polling, on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_millis(1500);
 
 /// A registry server for one test, killed on drop.
 struct Server {
-    _proc: Proc,
+    /// The harness's server (`Etcd`, `ConsulAgent`, `NacosServer`), killed when dropped.
+    _server: Box<dyn std::any::Any>,
     /// The agent's `registries:` section.
     yaml: String,
     /// The bound after a kill -9, from the config above.
@@ -43,7 +44,6 @@ struct Server {
     /// Where the bound comes from, for the report.
     why: &'static str,
     observer: Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Observer>>>>,
-    _dir: tempfile::TempDir,
 }
 
 /// Chi's client of the server plus the filter that defines "in discovery".
@@ -60,39 +60,12 @@ impl Observer {
     }
 }
 
-fn etcd() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = free_ports(2);
-    let client = format!("http://127.0.0.1:{}", p[0]);
-    let peer = format!("http://127.0.0.1:{}", p[1]);
-    let args: Vec<String> = [
-        "--name",
-        "crash",
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-        "--listen-peer-urls",
-        &peer,
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--initial-cluster",
-        &format!("crash={peer}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let proc = Proc::spawn("etcd", &binary("etcd"), &args, dir.path().join("log"));
-    assert!(
-        wait_for_port(p[0], Duration::from_secs(20)),
-        "etcd did not start"
-    );
-    let endpoint = format!("127.0.0.1:{}", p[0]);
+async fn etcd() -> Server {
+    let server = registries::etcd::Etcd::single().await;
+    let endpoint = server.endpoint();
     let ep = endpoint.clone();
     Server {
-        _proc: proc,
+        _server: Box::new(server),
         yaml: format!(
             "  registries:\n    etcd:\n      enabled: true\n      endpoints: [\"{endpoint}\"]\n      lease_ttl: \"{}s\"\n",
             LEASE_TTL.as_secs()
@@ -116,49 +89,16 @@ fn etcd() -> Server {
                 }
             })
         }),
-        _dir: dir,
     }
 }
 
-fn consul() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = free_ports(4);
-    let mut args: Vec<String> = [
-        "agent",
-        "-dev",
-        "-bind",
-        "127.0.0.1",
-        "-client",
-        "127.0.0.1",
-        "-dns-port",
-        "-1",
-        "-grpc-port",
-        "-1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for (flag, port) in [
-        "-http-port",
-        "-serf-lan-port",
-        "-serf-wan-port",
-        "-server-port",
-    ]
-    .iter()
-    .zip(&p)
-    {
-        args.push(flag.to_string());
-        args.push(port.to_string());
-    }
-    let proc = Proc::spawn("consul", &binary("consul"), &args, dir.path().join("log"));
-    assert!(
-        wait_for_port(p[0], Duration::from_secs(20)),
-        "consul did not start"
-    );
-    let addr = format!("127.0.0.1:{}", p[0]);
+/// A dev agent, ready (leader elected, node in the catalog).
+async fn consul() -> Server {
+    let server = registries::consul::ConsulAgent::start().await;
+    let addr = server.addr();
     let a = addr.clone();
     Server {
-        _proc: proc,
+        _server: Box::new(server),
         yaml: format!(
             "  registries:\n    consul:\n      enabled: true\n      address: \"{addr}\"\n"
         ),
@@ -180,72 +120,39 @@ fn consul() -> Server {
                 }
             })
         }),
-        _dir: dir,
     }
 }
 
 fn nacos() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // nacos-sdk finds the gRPC port at the HTTP port + 1000.
-    let (http, held) = (0..200)
-        .find_map(|_| {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-            let p = l.local_addr().expect("addr").port();
-            let g = (p <= 64000)
-                .then(|| TcpListener::bind(("127.0.0.1", p + 1000)).ok())
-                .flatten()?;
-            Some((p, vec![l, g]))
-        })
-        .expect("a free port pair (p, p+1000)");
-    let console = free_ports(1)[0];
-    let env = format!(
-        "RNACOS_HTTP_PORT={http}\nRNACOS_GRPC_PORT={}\nRNACOS_HTTP_CONSOLE_PORT={console}\n\
-         RNACOS_CONFIG_DB_DIR={}\nRNACOS_ENABLE_METRICS=false\n\
-         RNACOS_NAMING_HEALTH_TIMEOUT_SECOND=2\nRNACOS_NAMING_INSTANCE_TIMEOUT_SECOND={}\n",
-        http + 1000,
-        dir.path().join("db").display(),
-        NACOS_INSTANCE_TIMEOUT.as_secs()
-    );
-    let env_file = dir.path().join("env");
-    std::fs::write(&env_file, env).expect("write env");
-    drop(held);
-    let proc = Proc::spawn(
-        "rnacos",
-        &binary("rnacos"),
-        &["-e".to_owned(), env_file.display().to_string()],
-        dir.path().join("log"),
-    );
-    assert!(
-        wait_for_port(http, Duration::from_secs(20))
-            && wait_for_port(http + 1000, Duration::from_secs(20)),
-        "rnacos did not start"
-    );
+    let server = registries::nacos::NacosServer::start();
+    let config = NacosConfig {
+        timeout: Duration::from_secs(1),
+        // The observer wants the server's answer as it is.
+        push_empty_protection: false,
+        ..server.config()
+    };
+    let http = server
+        .addr()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     Server {
-        _proc: proc,
+        _server: Box::new(server),
         yaml: format!(
             "  registries:\n    nacos:\n      enabled: true\n      server_configs:\n        - ip: \"127.0.0.1\"\n          port: {http}\n"
         ),
         bound: NACOS_INSTANCE_TIMEOUT + SLACK,
         why: "RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND",
         observer: Box::new(move || {
+            let config = config.clone();
             Box::pin(async move {
                 Observer {
-                    registry: Box::new(
-                        Nacos::connect(NacosConfig {
-                            server_configs: vec![NacosServerConfig::new("127.0.0.1", http)],
-                            timeout: Duration::from_secs(1),
-                            // The observer wants the server's answer as it is.
-                            push_empty_protection: false,
-                            ..NacosConfig::default()
-                        })
-                        .await
-                        .expect("connect to rnacos"),
-                    ),
+                    registry: Box::new(Nacos::connect(config).await.expect("connect to rnacos")),
                     filter: Filter::new(),
                 }
             })
         }),
-        _dir: dir,
     }
 }
 
@@ -353,20 +260,12 @@ async fn crash_and_stop(backend: &str, server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_kill_9_and_sigterm_on_etcd() {
-    crash_and_stop("etcd", etcd()).await;
+    crash_and_stop("etcd", etcd().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_kill_9_and_sigterm_on_consul() {
-    let server = consul();
-    // A leader, before the agent registers.
-    let obs = (server.observer)().await;
-    let ready = harness::eventually(Duration::from_secs(20), || async {
-        obs.registry.services().await.is_ok()
-    })
-    .await;
-    assert!(ready.is_some(), "consul never answered");
-    crash_and_stop("consul", server).await;
+    crash_and_stop("consul", consul().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,8 @@
 #[path = "../../../chi-discovery/tests/it/harness/mod.rs"]
 mod harness;
 
+mod registries;
+
 mod agent;
 mod check;
 mod config;

@@ -1,152 +1,52 @@
-//! The CLI against real etcd and Consul on loopback: agent, discover, watch, deregistration.
+//! The CLI against real etcd, Consul and rnacos on loopback: agent, discover, watch,
+//! deregistration.
 //!
-//! Binaries as the library's harness finds them: `CHI_ETCD_BIN` / `CHI_CONSUL_BIN`, else
-//! `${CHI_CACHE:-$HOME/.cache/chi}/bin` (`scripts/registry install` puts them there). A missing
-//! binary fails the test with that hint.
-
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+//! The servers are the library's harness's (`registries`): binaries from `CHI_ETCD_BIN` /
+//! `CHI_CONSUL_BIN` / `CHI_NACOS_BIN`, else `${CHI_CACHE:-$HOME/.cache/chi}/bin`
+//! (`scripts/registry install` puts them there). A missing binary fails the test with that hint.
 
 use serde_json::Value;
 
-use crate::harness::{binary, free_ports, wait_for_port};
-use crate::support::{Agent, Proc, chi, discover_json, eventually, http_get, registration};
+use crate::registries;
+use crate::support::{Agent, Proc, chi, discover_json, eventually, registration};
 
-fn wait_port(port: u16) {
-    assert!(
-        wait_for_port(port, Duration::from_secs(20)),
-        "port {port} did not open"
-    );
-}
-
-/// A registry process, killed on drop.
+/// A registry server of the library's harness, killed on drop, and the `--registry` URL of it.
 struct Server {
-    child: Child,
+    _server: Box<dyn std::any::Any>,
     url: String,
-    _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Runs a harness start-up (async) from these synchronous tests.
+fn block_on<T>(start: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(start)
 }
 
 fn etcd() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = free_ports(2);
-    let client = format!("http://127.0.0.1:{}", p[0]);
-    let peer = format!("http://127.0.0.1:{}", p[1]);
-    let child = Command::new(binary("etcd"))
-        .args(["--name", "cli", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("cli={peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcd");
-    wait_port(p[0]);
+    let server = block_on(registries::etcd::Etcd::single());
     Server {
-        child,
-        url: format!("etcd://127.0.0.1:{}", p[0]),
-        _dir: dir,
+        url: format!("etcd://{}", server.endpoint()),
+        _server: Box::new(server),
     }
 }
 
+/// A dev agent, ready (leader elected, node in the catalog).
 fn consul() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = free_ports(4);
-    let child = Command::new(binary("consul"))
-        .args([
-            "agent",
-            "-dev",
-            "-bind",
-            "127.0.0.1",
-            "-client",
-            "127.0.0.1",
-        ])
-        .args(["-dns-port", "-1", "-grpc-port", "-1"])
-        .args([
-            "-http-port",
-            &p[0].to_string(),
-            "-serf-lan-port",
-            &p[1].to_string(),
-        ])
-        .args([
-            "-serf-wan-port",
-            &p[2].to_string(),
-            "-server-port",
-            &p[3].to_string(),
-        ])
-        .arg("-data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start consul");
-    wait_port(p[0]);
-    let addr = format!("127.0.0.1:{}", p[0]);
-    eventually("a consul leader", || {
-        let (status, body) = http_get(&addr, "/v1/status/leader");
-        status == 200 && body.contains("127.0.0.1")
-    });
+    let server = block_on(registries::consul::ConsulAgent::start());
     Server {
-        child,
-        url: format!("consul://{addr}"),
-        _dir: dir,
+        url: format!("consul://{}", server.addr()),
+        _server: Box::new(server),
     }
 }
 
 fn nacos() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // nacos-sdk finds the gRPC port at the HTTP port + 1000.
-    let (http, held) = (0..200)
-        .find_map(|_| {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-            let p = l.local_addr().expect("addr").port();
-            let g = (p <= 64000)
-                .then(|| TcpListener::bind(("127.0.0.1", p + 1000)).ok())
-                .flatten()?;
-            Some((p, vec![l, g]))
-        })
-        .expect("a free port pair (p, p+1000)");
-    let console = free_ports(1)[0];
-    let env = format!(
-        "RNACOS_HTTP_PORT={http}\nRNACOS_GRPC_PORT={}\nRNACOS_HTTP_CONSOLE_PORT={console}\n\
-         RNACOS_CONFIG_DB_DIR={}\nRNACOS_ENABLE_METRICS=false\n",
-        http + 1000,
-        dir.path().join("db").display(),
-    );
-    let env_file = dir.path().join("env");
-    std::fs::write(&env_file, env).expect("write env");
-    drop(held);
-    let child = Command::new(binary("rnacos"))
-        .arg("-e")
-        .arg(&env_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start rnacos");
-    wait_port(http);
-    wait_port(http + 1000);
+    let server = registries::nacos::NacosServer::start();
     Server {
-        child,
-        url: format!("nacos://127.0.0.1:{http}"),
-        _dir: dir,
+        url: format!("nacos://{}", server.addr()),
+        _server: Box::new(server),
     }
 }
 
