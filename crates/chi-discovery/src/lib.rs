@@ -44,6 +44,7 @@ pub mod error;
 pub mod health;
 pub mod instance;
 pub mod integration;
+mod keyed;
 pub mod manager;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::instance::{HealthStatus, Instance, ServiceConfig};
+use crate::keyed::KeyedLocks;
 use crate::registry::{Liveness, Registry};
 use crate::retry::RetryPolicy;
 
@@ -64,7 +65,7 @@ struct Inner {
     /// One lock per instance id, held across every backend write of that instance
     /// (registration, keep-alive, deregistration), so that two writers never race and an older
     /// copy never lands after a newer one or after a deregistration.
-    writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    writes: KeyedLocks<String>,
 }
 
 struct Managed {
@@ -165,7 +166,7 @@ impl ServiceManager {
                 interval,
                 retry: RetryPolicy::default(),
                 state: Mutex::new(HashMap::new()),
-                writes: Mutex::new(HashMap::new()),
+                writes: KeyedLocks::new(),
                 wake: Notify::new(),
                 generations: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -202,8 +203,7 @@ impl ServiceManager {
     pub async fn register_instance(&self, instance: Instance) -> Result<RegistrationReport> {
         instance.validate()?;
         self.ensure_task();
-        let write = self.inner.write_lock(&instance.id);
-        let _write = write.lock().await;
+        let _write = self.inner.writes.lock(&instance.id).await;
         let results = join_all(self.inner.backends.iter().map(|b| b.register(&instance))).await;
         let now = Instant::now();
         let mut states = Vec::with_capacity(results.len());
@@ -256,8 +256,7 @@ impl ServiceManager {
 
     /// Deregisters an instance from every backend and stops managing it.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<()> {
-        let write = self.inner.write_lock(id);
-        let _write = write.lock().await;
+        let _write = self.inner.writes.lock(&id.to_owned()).await;
         self.inner.lock().remove(id);
         let results = join_all(
             self.inner
@@ -273,13 +272,6 @@ impl ServiceManager {
             .zip(results)
             .filter_map(|(b, r)| r.err().map(|e| (b.backend().to_owned(), e)))
             .collect();
-        {
-            // Forget the write lock unless another writer of this id waits on it.
-            let mut writes = self.inner.writes.lock().unwrap_or_else(|e| e.into_inner());
-            if writes.get(id).is_some_and(|w| Arc::strong_count(w) <= 2) {
-                writes.remove(id);
-            }
-        }
         if failures.is_empty() {
             Ok(())
         } else {
@@ -405,16 +397,6 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The write lock of instance `id`.
-    fn write_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
-    }
-
     /// One pass over every (instance, backend): keep alive what is registered, register what is
     /// due. Calls run concurrently (at most [`ROUND_CONCURRENCY`] at once) and without the lock
     /// held.
@@ -441,8 +423,7 @@ impl Inner {
         };
         let results: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(|(id, generation, idx, inst, health, work)| async move {
             let backend = &self.backends[idx];
-            let write = self.write_lock(&id);
-            let _write = write.lock().await;
+            let _write = self.writes.lock(&id).await;
             // Under the lock, with what is managed now: deregistered or replaced meanwhile,
             // this job is stale and the next round does what is due.
             let unchanged = self

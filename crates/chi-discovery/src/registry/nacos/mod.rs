@@ -94,6 +94,7 @@ pub use config::{
 use super::{Liveness, Registry, WatchStream, diff};
 use crate::error::{Error, Result};
 use crate::instance::{HealthStatus, Instance, validate_name};
+use crate::keyed::KeyedLocks;
 
 const BACKEND: &str = "nacos";
 
@@ -146,7 +147,10 @@ pub(crate) struct Shared {
     config: NacosConfig,
     /// What this client registered, by `(service, id)`: deregistration needs the ip and port,
     /// and keep-alive the healthy flag last sent.
-    registered: tokio::sync::Mutex<HashMap<(String, String), ServiceInstance>>,
+    registered: std::sync::Mutex<HashMap<(String, String), ServiceInstance>>,
+    /// One lock per `(service, id)`, held across the calls that write it, so that writes of one
+    /// registration keep their order while different registrations go to the server at once.
+    writes: KeyedLocks<(String, String)>,
     /// Since when the server has answered without a transport failure (`None`: it does not).
     up_since: std::sync::Mutex<Option<Instant>>,
     /// Services last seen with instances, for push-empty protection of direct queries.
@@ -218,7 +222,8 @@ impl Nacos {
             shared: Arc::new(Shared {
                 naming,
                 config,
-                registered: tokio::sync::Mutex::new(HashMap::new()),
+                registered: std::sync::Mutex::new(HashMap::new()),
+                writes: KeyedLocks::new(),
                 up_since: std::sync::Mutex::new(Some(Instant::now())),
                 had_instances: std::sync::Mutex::new(HashSet::new()),
                 subscriptions: tokio::sync::Mutex::new(HashMap::new()),
@@ -261,6 +266,24 @@ fn check_service(service: &str) -> Result<()> {
 }
 
 impl Shared {
+    /// What this client last sent for `(service, id)`.
+    fn ours(&self, key: &(String, String)) -> Option<ServiceInstance> {
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Notes what this client sent for `(service, id)` (`None`: deregistered).
+    fn remember(&self, key: (String, String), sent: Option<ServiceInstance>) {
+        let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        match sent {
+            Some(si) => registered.insert(key, si),
+            None => registered.remove(&key),
+        };
+    }
+
     /// One SDK call with the configured deadline, its error mapped.
     async fn call<T>(
         &self,
@@ -434,32 +457,32 @@ impl Registry for Nacos {
         instance.validate()?;
         check_service(&instance.name)?;
         let si = convert::to_nacos(instance, &self.shared.config.cluster_name)?;
-        let mut registered = self.shared.registered.lock().await;
         let key = (instance.name.clone(), instance.id.clone());
+        let _write = self.shared.writes.lock(&key).await;
         // Same id at another address: the old one must go, or it would linger until this
         // connection closes.
-        if let Some(old) = registered.get(&key)
+        if let Some(old) = self.shared.ours(&key)
             && (old.ip != si.ip || old.port != si.port)
         {
             self.shared
                 .call(self.shared.naming.deregister_instance(
                     instance.name.clone(),
                     self.shared.group(),
-                    old.clone(),
+                    old,
                 ))
                 .await?;
         }
         self.shared.register_raw(&instance.name, si.clone()).await?;
-        registered.insert(key, si);
+        self.shared.remember(key, Some(si));
         Ok(())
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<()> {
         check_service(service)?;
-        let mut registered = self.shared.registered.lock().await;
         let key = (service.to_owned(), id.to_owned());
-        let target = match registered.get(&key) {
-            Some(si) => Some(si.clone()),
+        let _write = self.shared.writes.lock(&key).await;
+        let target = match self.shared.ours(&key) {
+            Some(si) => Some(si),
             // Not ours: find it on the server by chi's id.
             None => self
                 .shared
@@ -477,7 +500,7 @@ impl Registry for Nacos {
                 ))
                 .await?;
         }
-        registered.remove(&key);
+        self.shared.remember(key, None);
         Ok(())
     }
 
@@ -487,8 +510,8 @@ impl Registry for Nacos {
         // Nacos knows healthy or not; chi's Unknown counts as healthy.
         let want_healthy = health != HealthStatus::Unhealthy;
         let key = (instance.name.clone(), instance.id.clone());
-        let mut registered = self.shared.registered.lock().await;
-        let ours = registered.get(&key).cloned();
+        let _write = self.shared.writes.lock(&key).await;
+        let ours = self.shared.ours(&key);
         match on_server.iter().find(|i| i.id == instance.id) {
             Some(found) if (found.health == HealthStatus::Healthy) == want_healthy => {
                 return Ok(Liveness::Alive);
@@ -505,7 +528,7 @@ impl Registry for Nacos {
         };
         si.healthy = want_healthy;
         self.shared.register_raw(&instance.name, si.clone()).await?;
-        registered.insert(key, si);
+        self.shared.remember(key, Some(si));
         Ok(Liveness::Alive)
     }
 
