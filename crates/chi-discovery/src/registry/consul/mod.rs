@@ -54,7 +54,7 @@
 
 pub(crate) mod api;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -65,6 +65,7 @@ use rand::Rng;
 use reqwest::Url;
 use tokio::time::Instant;
 
+use super::empty::EmptyGuard;
 use super::{Change, Liveness, Registry, WatchStream, diff};
 use crate::error::{Error, Result};
 use crate::instance::{CheckTarget, Filter, HealthCheck, HealthStatus, Instance, validate_name};
@@ -162,12 +163,8 @@ struct Inner {
     config: ConsulConfig,
     /// Active checks per instance id, so that a re-registration carries them again.
     checks: Mutex<HashMap<String, Vec<HealthCheck>>>,
-    /// Whether the agent answers, and when it came back after its last transport failure
-    /// (`None`: it never failed).
-    reachable: Mutex<(bool, Option<Instant>)>,
-    /// Services last seen with instances, for the protection against a restarted agent's empty
-    /// answers (see the module docs).
-    had_instances: Mutex<HashSet<String>>,
+    /// The protection against a restarted agent's empty answers (see the module docs).
+    empty: EmptyGuard,
 }
 
 impl Consul {
@@ -202,8 +199,7 @@ impl Consul {
                 client,
                 config,
                 checks: Mutex::new(HashMap::new()),
-                reachable: Mutex::new((true, None)),
-                had_instances: Mutex::new(HashSet::new()),
+                empty: EmptyGuard::new(true),
             }),
         })
     }
@@ -270,41 +266,24 @@ impl Inner {
     /// Notes whether the agent answered (for [`Inner::guard_empty`]) and passes the answer on.
     fn note<T>(&self, answer: std::result::Result<T, api::ApiError>) -> Result<T> {
         let answer = answer.map_err(Error::from);
-        let mut r = self.reachable.lock().unwrap_or_else(|e| e.into_inner());
-        match &answer {
-            Ok(_) if !r.0 => *r = (true, Some(Instant::now())),
-            Ok(_) => {}
-            Err(Error::Unavailable { .. } | Error::Timeout { .. }) => r.0 = false,
-            Err(_) => {}
-        }
+        self.empty.note(&answer);
         answer
     }
 
     /// An empty list for a service that had instances, from an agent that came back less than
     /// `check_ttl` ago, is not believed yet: an error (the caller keeps its last list).
     fn guard_empty(&self, service: &str, list: &[Instance]) -> Result<()> {
-        let mut had = self.had_instances.lock().unwrap_or_else(|e| e.into_inner());
-        if !list.is_empty() {
-            had.insert(service.to_owned());
+        if self.empty.believe(service, list, self.config.check_ttl) {
             return Ok(());
         }
-        let trusted = match *self.reachable.lock().unwrap_or_else(|e| e.into_inner()) {
-            (false, _) => false,
-            (true, None) => true,
-            (true, Some(back)) => back.elapsed() >= self.config.check_ttl,
-        };
-        if had.contains(service) && !trusted {
-            return Err(Error::Unavailable {
-                backend: BACKEND.into(),
-                message: format!(
-                    "the agent came back less than {:?} ago and reports no instance of \
-                     `{service}`; not believed until its registrants had time to register again",
-                    self.config.check_ttl
-                ),
-            });
-        }
-        had.remove(service);
-        Ok(())
+        Err(Error::Unavailable {
+            backend: BACKEND.into(),
+            message: format!(
+                "the agent came back less than {:?} ago and reports no instance of \
+                 `{service}`; not believed until its registrants had time to register again",
+                self.config.check_ttl
+            ),
+        })
     }
 }
 

@@ -76,7 +76,7 @@ mod config;
 pub mod convert;
 mod watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,12 +85,12 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder, ServiceInstance};
 use nacos_sdk::api::props::ClientProps;
-use tokio::time::Instant;
 
 pub use config::{
     DEFAULT_CLUSTER, DEFAULT_GROUP, GRPC_PORT_OFFSET, NacosConfig, NacosServerConfig,
 };
 
+use super::empty::EmptyGuard;
 use super::{Liveness, Registry, WatchStream, diff};
 use crate::error::{Error, Result};
 use crate::instance::{HealthStatus, Instance, validate_name};
@@ -151,10 +151,8 @@ pub(crate) struct Shared {
     /// One lock per `(service, id)`, held across the calls that write it, so that writes of one
     /// registration keep their order while different registrations go to the server at once.
     writes: KeyedLocks<(String, String)>,
-    /// Since when the server has answered without a transport failure (`None`: it does not).
-    up_since: std::sync::Mutex<Option<Instant>>,
-    /// Services last seen with instances, for push-empty protection of direct queries.
-    had_instances: std::sync::Mutex<HashSet<String>>,
+    /// Push-empty protection of direct queries.
+    empty: EmptyGuard,
     /// One server subscription per watched service, shared by its watches.
     subscriptions: tokio::sync::Mutex<HashMap<String, watch::Subscription>>,
 }
@@ -224,8 +222,7 @@ impl Nacos {
                 config,
                 registered: std::sync::Mutex::new(HashMap::new()),
                 writes: KeyedLocks::new(),
-                up_since: std::sync::Mutex::new(Some(Instant::now())),
-                had_instances: std::sync::Mutex::new(HashSet::new()),
+                empty: EmptyGuard::new(false),
                 subscriptions: tokio::sync::Mutex::new(HashMap::new()),
             }),
         };
@@ -297,47 +294,27 @@ impl Shared {
                 after: self.config.timeout,
             }),
         };
-        let mut up = self.up_since.lock().unwrap_or_else(|e| e.into_inner());
-        match &result {
-            Ok(_) => {
-                up.get_or_insert_with(Instant::now);
-            }
-            Err(Error::Unavailable { .. } | Error::Timeout { .. }) => *up = None,
-            Err(_) => {}
-        }
+        self.empty.note(&result);
         result
-    }
-
-    /// True when the server has answered without interruption for the empty grace period, so
-    /// its "no instances" is believed.
-    fn trusted(&self) -> bool {
-        self.up_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| t.elapsed() >= self.config.empty_grace)
     }
 
     /// Push-empty protection for direct queries: an empty answer for a service that had
     /// instances, from a server that only just came back, is an error (the caller keeps its
     /// last list) rather than an empty list.
     fn guard_empty(&self, service: &str, list: &[Instance]) -> Result<()> {
-        let mut had = self.had_instances.lock().unwrap_or_else(|e| e.into_inner());
-        if !list.is_empty() {
-            had.insert(service.to_owned());
+        if !self.config.push_empty_protection
+            || self.empty.believe(service, list, self.config.empty_grace)
+        {
             return Ok(());
         }
-        if self.config.push_empty_protection && had.contains(service) && !self.trusted() {
-            return Err(Error::Unavailable {
-                backend: BACKEND.into(),
-                message: format!(
-                    "the server reconnected less than {:?} ago and reports no instance of \
-                     `{service}`; not believed yet (push-empty protection)",
-                    self.config.empty_grace
-                ),
-            });
-        }
-        had.remove(service);
-        Ok(())
+        Err(Error::Unavailable {
+            backend: BACKEND.into(),
+            message: format!(
+                "the server reconnected less than {:?} ago and reports no instance of \
+                 `{service}`; not believed yet (push-empty protection)",
+                self.config.empty_grace
+            ),
+        })
     }
 
     fn group(&self) -> Option<String> {
