@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /v1/services` | names of services with instances |
 //! | `GET /v1/services/{name}` | its instances (JSON array) |
+//! | `GET /v1/services/{name}/watch` | its changes as they happen: JSON lines, a `reset` first, a `heartbeat` while quiet |
 //! | `PUT /v1/services/{name}/instances/{id}` | register (body: an instance) |
 //! | `DELETE /v1/services/{name}/instances/{id}` | deregister |
 //! | `POST /v1/services/{name}/instances/{id}/keepalive` | keep alive (body: instance and health) |
@@ -23,9 +24,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use chi_discovery::{Instance, Liveness, Registry};
+use futures_util::StreamExt;
 
 use crate::failure::Failure;
-use crate::remote::{Alive, KeepAlive};
+use crate::remote::{Alive, Event, HEARTBEAT, KeepAlive};
 
 /// Answers `/health`: healthy or not, and a JSON body.
 pub(crate) type HealthFn = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
@@ -61,6 +63,7 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics_handler))
         .route("/v1/services", get(services))
         .route("/v1/services/{name}", get(instances))
+        .route("/v1/services/{name}/watch", get(watch))
         .route(
             "/v1/services/{name}/instances/{id}",
             put(register).delete(deregister),
@@ -115,6 +118,36 @@ async fn instances(State(s): State<AdminState>, Path(name): Path<String>) -> Res
         Ok(v) => Json(v).into_response(),
         Err(e) => error(StatusCode::BAD_GATEWAY, e),
     }
+}
+
+/// Streams the registry's watch of the service as JSON lines ([`Event`]), until the client goes.
+async fn watch(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let changes = match s.registry.watch(&name).await {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e),
+    };
+    let lines = futures_util::stream::unfold(changes, |mut changes| async move {
+        let event = tokio::select! {
+            item = changes.next() => match item? {
+                Ok(change) => Event::from(change),
+                Err(e) => Event::Error { message: e.to_string() },
+            },
+            () = tokio::time::sleep(HEARTBEAT) => Event::Heartbeat,
+        };
+        let mut line = serde_json::to_vec(&event).unwrap_or_else(|e| {
+            let message = format!("cannot encode a change: {e}");
+            serde_json::json!({"type": "error", "message": message})
+                .to_string()
+                .into_bytes()
+        });
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(line), changes))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 /// A refusal when the body's name and id differ from the path's.

@@ -3,20 +3,27 @@
 //! The embedded registry lives in one process; the agent serves it under `/v1` on its admin port
 //! (see [`crate::admin`]), and this client turns that API back into a [`Registry`], so `discover`,
 //! `watch`, `select`, `proxy` and other agents can share one embedded registry on one machine.
-//! Watches poll (every [`POLL`]) and diff; after an error they resync with a `Reset`.
+//! A watch is one long-lived response of JSON lines ([`Event`]), pushed by the agent as changes
+//! happen, with a heartbeat while nothing does; a connection that goes quiet or ends is opened
+//! again (with backoff) and resyncs with the `Reset` every watch starts with.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chi_discovery::error::{Error, Result};
-use chi_discovery::registry::{WatchStream, diff};
+use chi_discovery::registry::WatchStream;
 use chi_discovery::{Change, HealthStatus, Instance, Liveness, Registry};
 use serde::{Deserialize, Serialize};
 
 const BACKEND: &str = "chi";
-/// How often a watch asks the agent.
-const POLL: Duration = Duration::from_millis(200);
+/// How often the agent writes a heartbeat line on a quiet watch.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A watch with nothing, not even a heartbeat, for this long is taken as lost and opened again.
+const QUIET: Duration = Duration::from_secs(30);
+/// Waits between attempts to open a lost watch again: doubling from the first to the second.
+const REOPEN: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// Longest line a watch may send (a `Reset` of a large service is one line).
+const MAX_LINE: usize = 64 << 20;
 /// Keep-alive period asked of managers registering through an agent.
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
@@ -33,11 +40,49 @@ pub(crate) struct Alive {
     pub(crate) alive: bool,
 }
 
+/// One line of `GET /v1/services/{name}/watch`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub(crate) enum Event {
+    /// The whole list: the first line, and again after the agent's own watch recovered.
+    Reset {
+        instances: Vec<Instance>,
+    },
+    Added {
+        instance: Instance,
+    },
+    Removed {
+        instance: Instance,
+    },
+    Updated {
+        instance: Instance,
+    },
+    /// The agent's watch of its registry failed; a `Reset` follows once it recovers.
+    Error {
+        message: String,
+    },
+    /// Nothing happened; the connection is alive.
+    Heartbeat,
+}
+
+impl From<Change> for Event {
+    fn from(c: Change) -> Self {
+        match c {
+            Change::Reset(instances) => Event::Reset { instances },
+            Change::Add(instance) => Event::Added { instance },
+            Change::Remove(instance) => Event::Removed { instance },
+            Change::Update(instance) => Event::Updated { instance },
+        }
+    }
+}
+
 /// A [`Registry`] over a `chi agent`'s admin API.
 #[derive(Debug, Clone)]
 pub(crate) struct RemoteRegistry {
     base: String,
     http: reqwest::Client,
+    /// For watches: no limit on the whole response (it lasts), a limit on each read.
+    streams: reqwest::Client,
 }
 
 impl RemoteRegistry {
@@ -47,7 +92,26 @@ impl RemoteRegistry {
             .no_proxy()
             .timeout(Duration::from_secs(5))
             .build()?;
-        Ok(RemoteRegistry { base, http })
+        let streams = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(RemoteRegistry {
+            base,
+            http,
+            streams,
+        })
+    }
+
+    /// Opens the watch of `service` and reads its first line, which must be the `Reset`.
+    async fn open_watch(&self, service: &str) -> Result<(Lines, Vec<Instance>)> {
+        let url = self.url(&format!("/{service}/watch"));
+        let mut lines = Lines::new(self.send(self.streams.get(url)).await?);
+        match lines.next().await.map_err(|e| self.err(e))? {
+            Some(Event::Reset { instances }) => Ok((lines, instances)),
+            Some(other) => Err(self.err(format!("the watch began with {other:?}, not a reset"))),
+            None => Err(self.err("the watch ended before its first line")),
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -126,47 +190,102 @@ impl Registry for RemoteRegistry {
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream> {
-        // The first answer must come now, so a bad address fails the call, not the stream.
-        let first = self.instances(service).await?;
+        // The first line must come now, so a bad address fails the call, not the stream.
+        let (lines, first) = self.open_watch(service).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Change>>(64);
         let this = self.clone();
         let service = service.to_owned();
         tokio::spawn(async move {
-            let mut view: HashMap<String, Instance> = HashMap::new();
-            let mut next = Ok(first);
-            let mut resync = true;
+            let mut opened = Some((lines, first));
+            let mut wait = REOPEN.0;
             loop {
-                let items: Vec<Result<Change>> = match next {
-                    Ok(list) if resync => {
-                        resync = false;
-                        view = list.iter().map(|i| (i.id.clone(), i.clone())).collect();
-                        vec![Ok(Change::Reset(list))]
-                    }
-                    Ok(list) => {
-                        let changes = diff(&view, &list);
-                        view = list.into_iter().map(|i| (i.id.clone(), i)).collect();
-                        changes.into_iter().map(Ok).collect()
-                    }
-                    Err(e) => {
-                        let report = !resync;
-                        resync = true;
-                        if report { vec![Err(e)] } else { Vec::new() }
+                let (mut lines, first) = match opened.take() {
+                    Some(o) => o,
+                    None => {
+                        tokio::select! {
+                            () = tx.closed() => return,
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                        wait = (wait * 2).min(REOPEN.1);
+                        match this.open_watch(&service).await {
+                            Ok(o) => o,
+                            Err(e) => {
+                                tracing::debug!(%service, "watch not open again yet: {e}");
+                                continue;
+                            }
+                        }
                     }
                 };
-                for item in items {
+                if tx.send(Ok(Change::Reset(first))).await.is_err() {
+                    return;
+                }
+                wait = REOPEN.0;
+                // Lines until the connection ends; then one error, and the watch opens again.
+                let lost = loop {
+                    let line = tokio::select! {
+                        () = tx.closed() => return,
+                        line = tokio::time::timeout(QUIET, lines.next()) => line,
+                    };
+                    let item = match line {
+                        Err(_) => break format!("no line, not even a heartbeat, in {QUIET:?}"),
+                        Ok(Err(e)) => break e,
+                        Ok(Ok(None)) => break "the agent ended the watch".to_owned(),
+                        Ok(Ok(Some(event))) => match event {
+                            Event::Heartbeat => continue,
+                            Event::Reset { instances } => Ok(Change::Reset(instances)),
+                            Event::Added { instance } => Ok(Change::Add(instance)),
+                            Event::Removed { instance } => Ok(Change::Remove(instance)),
+                            Event::Updated { instance } => Ok(Change::Update(instance)),
+                            Event::Error { message } => Err(this.err(message)),
+                        },
+                    };
                     if tx.send(item).await.is_err() {
                         return;
                     }
+                };
+                if tx.send(Err(this.err(lost))).await.is_err() {
+                    return;
                 }
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(POLL) => {}
-                }
-                next = this.instances(&service).await;
             }
         });
         Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async {
             rx.recv().await.map(|item| (item, rx))
         })))
+    }
+}
+
+/// The JSON lines of a watch response.
+struct Lines {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn new(resp: reqwest::Response) -> Self {
+        Lines {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event; `None` when the response ended.
+    async fn next(&mut self) -> std::result::Result<Option<Event>, String> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return serde_json::from_slice(&line)
+                    .map(Some)
+                    .map_err(|e| format!("bad watch line: {e}"));
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(format!("a watch line is longer than {MAX_LINE} bytes"));
+            }
+            match self.resp.chunk().await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => return Err("the watch ended inside a line".to_owned()),
+                Err(e) => return Err(chi_discovery::error::display_chain(&e)),
+            }
+        }
     }
 }

@@ -198,6 +198,35 @@ fn watch_sees_a_change() {
     assert!(ok, "watch exits 0 on SIGTERM");
 }
 
+/// When the agent goes away the watch says so once, opens again when it is back, and resyncs
+/// with a reset of what the new agent holds.
+#[test]
+fn watch_follows_an_agent_restart() {
+    let mut host = Agent::start(&registration("payments", 19031, "v1", ""), &[]);
+    let admin = host.admin.clone();
+    let url = host.url();
+    let mut cmd = chi();
+    cmd.args(["watch", "payments", "-o", "json", "--registry", &url]);
+    let mut watch = Proc::spawn(cmd);
+    let reset: Value =
+        serde_json::from_str(&watch.wait_line("reset", |l| l.contains("\"reset\""))).expect("json");
+    assert_eq!(reset["instances"][0]["id"], "payments-127.0.0.1-19031");
+
+    // The agent deregisters and goes (the removal may or may not reach the watch first).
+    let (ok, _) = host.proc.terminate();
+    assert!(ok);
+
+    let _back = Agent::start_on(&admin, &registration("payments", 19032, "v2", ""), &[]);
+    let reset: Value = serde_json::from_str(&watch.wait_line("reset after the restart", |l| {
+        l.contains("\"reset\"") && l.contains("19032")
+    }))
+    .expect("json");
+    assert_eq!(reset["instances"][0]["id"], "payments-127.0.0.1-19032");
+    assert_eq!(reset["instances"].as_array().map(Vec::len), Some(1));
+    let (ok, _) = watch.terminate();
+    assert!(ok, "watch exits 0 on SIGTERM");
+}
+
 #[test]
 fn agent_serves_health_and_metrics() {
     let host = Agent::start(&registration("metered", 19021, "v1", ""), &[]);

@@ -135,12 +135,17 @@ pub(crate) struct Agent {
 impl Agent {
     /// Starts `chi agent -c <config> --admin 127.0.0.1:0 [extra...]` and waits until it serves.
     pub(crate) fn start(config: &str, extra: &[&str]) -> Agent {
+        Agent::start_on("127.0.0.1:0", config, extra)
+    }
+
+    /// As [`Agent::start`], with the admin port on `admin`.
+    pub(crate) fn start_on(admin: &str, config: &str, extra: &[&str]) -> Agent {
         let file = yaml(config);
         let mut cmd = chi();
         cmd.arg("agent")
             .arg("-c")
             .arg(&file.1)
-            .args(["--admin", "127.0.0.1:0"])
+            .args(["--admin", admin])
             .args(extra);
         let mut proc = Proc::spawn(cmd);
         let line = proc.wait_line("the admin address", |l| l.contains("admin on http://"));
