@@ -11,6 +11,7 @@
 //! [`OutlierDetector`]; an ejected instance is marked unhealthy in the discovery cache, so routing
 //! leaves it out until the ejection ends.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chi_discovery::health::{OutlierConfig, OutlierDetector};
 use chi_discovery::metrics::{Metrics as LibraryMetrics, MetricsConfig};
@@ -61,16 +63,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Per-service state: the picker and the passive health of its instances.
 struct ServiceState {
+    name: String,
     picker: Arc<dyn Picker>,
     outliers: OutlierDetector,
     /// The snapshot revision the outlier detector last saw.
     revision: AtomicU64,
-    /// What the proxy keeps per instance, made on its first pick (see [`Target`]).
-    targets: RwLock<Vec<Arc<Target>>>,
+    /// What the proxy keeps per instance (see [`Target`]), by id: remade when the snapshot
+    /// revision changes, so a request only reads it.
+    targets: ArcSwap<Targets>,
     /// Instances this proxy marked unhealthy in the discovery cache (ejected).
     marked: Mutex<Vec<String>>,
     metrics: ServiceMetrics,
 }
+
+type Targets = HashMap<String, Arc<Target>>;
 
 /// One instance as the proxy calls it, made once, not per request: its `Host` header, its
 /// kept-alive connections and its selection counter.
@@ -79,10 +85,19 @@ struct Target {
     address: String,
     port: u16,
     host: HeaderValue,
+    /// The `X-Chi-Upstream` header of its answers (none when the id is not a header value).
+    upstream: Option<HeaderValue>,
     /// Kept-alive connections to it, per worker.
     idle: Arc<Idle>,
     /// The library's `load_balancer_selections` counter of this instance.
     selections: Counter,
+}
+
+impl Target {
+    /// True when this target calls `instance` (same id, address and port).
+    fn serves(&self, instance: &Instance) -> bool {
+        self.id == instance.id && self.port == instance.port && self.address == instance.address
+    }
 }
 
 /// The metric handles of one service, made once (no label allocation per request).
@@ -377,21 +392,29 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The service and the path to forward: from `Host` when it names a service, else from the
-/// first path segment.
-pub(crate) fn target(host: Option<&str>, path_and_query: &str) -> Option<(String, String)> {
+/// The service and the path to forward: from `Host` when it names a service (the path goes as
+/// it is: `None`), else from the first path segment (the rest of the path goes). Borrowed from
+/// the request: nothing is copied when the path goes as it is.
+pub(crate) fn target<'a>(
+    host: Option<&'a str>,
+    path_and_query: &'a str,
+) -> Option<(&'a str, Option<Cow<'a, str>>)> {
     if let Some(host) = host {
         let name = host.rsplit_once(':').map_or(host, |(h, p)| {
-            if p.chars().all(|c| c.is_ascii_digit()) {
+            if p.bytes().all(|c| c.is_ascii_digit()) {
                 h
             } else {
                 host
             }
         });
         let first = name.split('.').next().unwrap_or_default();
-        let is_ip = name.parse::<std::net::IpAddr>().is_ok() || name.starts_with('[');
-        if !is_ip && !first.is_empty() && first != "localhost" && valid_name(first) {
-            return Some((first.to_owned(), path_and_query.to_owned()));
+        if !first.is_empty()
+            && first != "localhost"
+            && valid_name(first)
+            && !name.starts_with('[')
+            && name.parse::<std::net::IpAddr>().is_err()
+        {
+            return Some((first, None));
         }
     }
     let rest = path_and_query.strip_prefix('/')?;
@@ -401,11 +424,11 @@ pub(crate) fn target(host: Option<&str>, path_and_query: &str) -> Option<(String
         return None;
     }
     let forwarded = if tail.starts_with('/') {
-        tail.to_owned()
+        Cow::Borrowed(tail)
     } else {
-        format!("/{tail}")
+        Cow::Owned(format!("/{tail}"))
     };
-    Some((service.to_owned(), forwarded))
+    Some((service, Some(forwarded)))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -476,6 +499,7 @@ impl Proxy {
             latency,
         };
         let state = Arc::new(ServiceState {
+            name: name.to_owned(),
             picker: self.pickers.make(),
             outliers: OutlierDetector::new(OutlierConfig {
                 consecutive_failures: 3,
@@ -484,7 +508,7 @@ impl Proxy {
                 ..OutlierConfig::default()
             }),
             revision: AtomicU64::new(u64::MAX),
-            targets: RwLock::new(Vec::new()),
+            targets: ArcSwap::default(),
             marked: Mutex::new(Vec::new()),
             metrics,
         });
@@ -492,7 +516,8 @@ impl Proxy {
         state
     }
 
-    fn record(&self, service: &str, state: &ServiceState, id: &str, success: bool) {
+    fn record(&self, state: &ServiceState, id: &str, success: bool) {
+        let service = state.name.as_str();
         if success {
             state.metrics.attempt_ok.inc();
         } else {
@@ -513,44 +538,39 @@ impl Proxy {
     }
 
     /// The [`Target`] of `instance`: found by id (and address, which an update may change), or
-    /// made on the first pick.
-    fn target_of(
-        &self,
-        service: &str,
-        state: &ServiceState,
-        instance: &Instance,
-    ) -> Result<Arc<Target>, String> {
-        let same = |t: &&Arc<Target>| {
-            t.id == instance.id && t.port == instance.port && t.address == instance.address
-        };
-        if let Some(t) = state
-            .targets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(same)
+    /// made when the instance is newer than the targets (another worker is remaking them).
+    fn target_of(&self, state: &ServiceState, instance: &Instance) -> Result<Arc<Target>, String> {
+        if let Some(t) = state.targets.load().get(&instance.id)
+            && t.serves(instance)
         {
             return Ok(t.clone());
         }
+        let target = Arc::new(self.new_target(state, instance)?);
+        state.targets.rcu(|targets| {
+            let mut targets = Targets::clone(targets);
+            targets.insert(instance.id.clone(), target.clone());
+            targets
+        });
+        Ok(target)
+    }
+
+    fn new_target(&self, state: &ServiceState, instance: &Instance) -> Result<Target, String> {
         let text = instance.authority();
         let host = HeaderValue::from_str(&text)
             .map_err(|e| format!("{}: bad upstream address {text:?}: {e}", instance.id))?;
-        let target = Arc::new(Target {
+        Ok(Target {
             id: instance.id.clone(),
             address: instance.address.clone(),
             port: instance.port,
             host,
             idle: Arc::new(Idle::new(self.workers)),
+            upstream: HeaderValue::from_str(&instance.id).ok(),
             selections: self.library.selection_counter(
-                service,
+                &state.name,
                 &instance.id,
                 state.picker.strategy(),
             ),
-        });
-        let mut targets = state.targets.write().unwrap_or_else(|e| e.into_inner());
-        targets.retain(|t| t.id != instance.id);
-        targets.push(target.clone());
-        Ok(target)
+        })
     }
 
     /// The cached snapshot of `service`, else a discovery (which waits for the registry).
@@ -570,24 +590,21 @@ impl Proxy {
         peer_ip: Option<&HeaderValue>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let host = req
-            .headers()
+        let (parts, body) = req.into_parts();
+        // The service and the path, borrowed from the request until it is forwarded.
+        let host = parts
+            .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let Some((service, path)) = target(host.as_deref(), &pq) else {
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Some((service, path)) = target(host, pq) else {
             return plain(
                 StatusCode::BAD_REQUEST,
                 "chi proxy: name the service in the first path segment (/user-service/...) or the Host header",
             );
         };
-        let snapshot = match self.snapshot(&service).await {
+        let snapshot = match self.snapshot(service).await {
             Ok(s) if !s.is_empty() => s,
             Ok(_) => {
                 return plain(
@@ -602,15 +619,34 @@ impl Proxy {
                 );
             }
         };
-        let state = self.service(&service);
+        let state = self.service(service);
+        let path = match path {
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            Some(path) => {
+                let parsed = match path {
+                    Cow::Borrowed(p) => PathAndQuery::try_from(p),
+                    Cow::Owned(p) => PathAndQuery::try_from(p),
+                };
+                let Ok(path) = parsed else {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        "chi proxy: the path to forward is not a valid URI path",
+                    );
+                };
+                path
+            }
+        };
         self.track(&state, &snapshot);
         let response = self
             .forward(
                 worker,
-                &service,
                 &state,
                 snapshot,
-                req,
+                (parts, body),
                 path,
                 (peer, peer_ip),
             )
@@ -621,39 +657,46 @@ impl Proxy {
         response
     }
 
-    /// Tells the outlier detector the current instance set when the snapshot changed.
+    /// Tells the outlier detector the current instance set, and remakes the targets, when the
+    /// snapshot changed: a target whose instance kept its address keeps its connections.
     fn track(&self, state: &ServiceState, snapshot: &Snapshot) {
         let rev = snapshot.revision();
-        if state.revision.swap(rev, Ordering::AcqRel) != rev {
-            state
-                .outliers
-                .set_hosts(snapshot.instances().iter().map(|i| i.id.as_str()));
-            state
-                .targets
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|t| snapshot.instances().iter().any(|i| i.id == t.id));
+        // Read first: a write per request would bounce the line between the workers.
+        if state.revision.load(Ordering::Acquire) == rev
+            || state.revision.swap(rev, Ordering::AcqRel) == rev
+        {
+            return;
         }
+        state
+            .outliers
+            .set_hosts(snapshot.instances().iter().map(|i| i.id.as_str()));
+        let old = state.targets.load_full();
+        let targets: Targets = snapshot
+            .instances()
+            .iter()
+            .filter_map(|i| {
+                let target = match old.get(&i.id) {
+                    Some(t) if t.serves(i) => t.clone(),
+                    // A bad address is reported by the pick that meets it.
+                    _ => Arc::new(self.new_target(state, i).ok()?),
+                };
+                Some((i.id.clone(), target))
+            })
+            .collect();
+        state.targets.store(Arc::new(targets));
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         worker: usize,
-        service: &str,
         state: &ServiceState,
         first: Snapshot,
-        req: Request<Incoming>,
-        path: String,
+        (parts, body): (hyper::http::request::Parts, Incoming),
+        path: PathAndQuery,
         (peer, peer_ip): (SocketAddr, Option<&HeaderValue>),
     ) -> Response<ProxyBody> {
-        let Ok(path) = PathAndQuery::try_from(path) else {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "chi proxy: the path to forward is not a valid URI path",
-            );
-        };
-        let (parts, body) = req.into_parts();
+        let service = state.name.as_str();
         // A body is kept to replay it on a retry; most requests (GET) have none to read.
         let body = if body.is_end_stream() {
             Bytes::new()
@@ -670,7 +713,8 @@ impl Proxy {
         };
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
+        // `Host` stays: each attempt replaces its value in place with the instance's (a map
+        // cloned to its length would grow to take a new entry).
         match (
             headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
             peer_ip,
@@ -709,7 +753,7 @@ impl Proxy {
                 break;
             };
             let id = picked.instance().id.as_str();
-            let target = match self.target_of(service, state, picked.instance()) {
+            let target = match self.target_of(state, picked.instance()) {
                 Ok(t) => t,
                 Err(e) => {
                     last_error = e;
@@ -731,15 +775,15 @@ impl Proxy {
             let sent = upstream::send(target.idle.clone(), worker, to, CONNECT_TIMEOUT, up);
             match tokio::time::timeout(self.attempt_timeout, sent).await {
                 Ok(Ok((resp, lease))) if !failed_status(resp.status()) || last || !retry_any => {
-                    self.record(service, state, id, !failed_status(resp.status()));
-                    return upstream_response(resp, picked, lease);
+                    self.record(state, id, !failed_status(resp.status()));
+                    return upstream_response(resp, picked, &target, lease);
                 }
                 Ok(Ok((resp, _))) => {
-                    self.record(service, state, id, false);
+                    self.record(state, id, false);
                     last_error = format!("{id} answered {}", resp.status());
                 }
                 Ok(Err(e)) => {
-                    self.record(service, state, id, false);
+                    self.record(state, id, false);
                     last_error = format!("{id}: {e}");
                     let nothing_sent = e.nothing_sent();
                     if !(retry_any || nothing_sent) {
@@ -747,7 +791,7 @@ impl Proxy {
                     }
                 }
                 Err(_) => {
-                    self.record(service, state, id, false);
+                    self.record(state, id, false);
                     last_error = format!("{id}: no answer within {:?}", self.attempt_timeout);
                     if !retry_any {
                         break;
@@ -770,12 +814,13 @@ impl Proxy {
 fn upstream_response(
     resp: Response<Incoming>,
     picked: Picked,
+    target: &Target,
     lease: Lease,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(&picked.instance().id) {
-        parts.headers.insert(UPSTREAM_HEADER, v);
+    if let Some(v) = &target.upstream {
+        parts.headers.insert(UPSTREAM_HEADER, v.clone());
     }
     let lease = if body.is_end_stream() {
         // Nothing more to read: the connection can serve the next request now.
@@ -836,6 +881,8 @@ impl Body for Guarded {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use hyper::header::{HeaderMap, HeaderValue};
 
     use super::{strip_hop_by_hop, target};
@@ -866,7 +913,9 @@ mod tests {
 
     #[test]
     fn service_from_path_or_host() {
-        let t = |h: Option<&str>, p: &str| target(h, p);
+        let t = |h: Option<&str>, p: &str| {
+            target(h, p).map(|(s, path)| (s.to_owned(), path.map_or(p.to_owned(), Cow::into_owned)))
+        };
         assert_eq!(
             t(Some("127.0.0.1:15001"), "/user-service/api/x?q=1"),
             Some(("user-service".into(), "/api/x?q=1".into()))
