@@ -28,6 +28,11 @@ use clap::Parser;
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::failure::Failure;
 
+/// mimalloc: the proxy allocates per request inside hyper (header maps, buffers, boxed bodies);
+/// with glibc's malloc, allocation and free were about a tenth of its instructions.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
