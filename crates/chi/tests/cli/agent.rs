@@ -166,15 +166,21 @@ fn discover_json_parses_and_matches_filters() {
     assert!(stderr(&out).contains("KEY=VALUE"));
 }
 
+/// `chi watch NAME -o json` on `registry`, and its first line (the reset).
+fn watch_json(registry: &str, name: &str) -> (Proc, Value) {
+    let mut cmd = chi();
+    cmd.args(["watch", name, "-o", "json", "--registry", registry]);
+    let mut watch = Proc::spawn(cmd);
+    let reset =
+        serde_json::from_str(&watch.wait_line("reset", |l| l.contains("\"reset\""))).expect("json");
+    (watch, reset)
+}
+
 #[test]
 fn watch_sees_a_change() {
     let host = Agent::start(&registration("orders", 19011, "v1", ""), &[]);
     let url = host.url();
-    let mut cmd = chi();
-    cmd.args(["watch", "orders", "-o", "json", "--registry", &url]);
-    let mut watch = Proc::spawn(cmd);
-    let reset: Value =
-        serde_json::from_str(&watch.wait_line("reset", |l| l.contains("\"reset\""))).expect("json");
+    let (mut watch, reset) = watch_json(&url, "orders");
     assert_eq!(reset["type"], "reset");
     assert_eq!(reset["instances"][0]["id"], "orders-127.0.0.1-19011");
 
@@ -205,11 +211,7 @@ fn watch_follows_an_agent_restart() {
     let mut host = Agent::start(&registration("payments", 19031, "v1", ""), &[]);
     let admin = host.admin.clone();
     let url = host.url();
-    let mut cmd = chi();
-    cmd.args(["watch", "payments", "-o", "json", "--registry", &url]);
-    let mut watch = Proc::spawn(cmd);
-    let reset: Value =
-        serde_json::from_str(&watch.wait_line("reset", |l| l.contains("\"reset\""))).expect("json");
+    let (mut watch, reset) = watch_json(&url, "payments");
     assert_eq!(reset["instances"][0]["id"], "payments-127.0.0.1-19031");
 
     // The agent deregisters and goes (the removal may or may not reach the watch first).
