@@ -3,12 +3,15 @@
 //! The spec's sketch guarded its counter with a mutex *and* an atomic; one `fetch_add` is enough.
 //! The counter lives in the selector, so a membership change restarts the rotation on the new list
 //! (a rotation over a changed list has no meaningful "next" anyway). An unusable instance passes
-//! its turn to the next usable one. The counter is reduced modulo the count without a division
-//! ([`FastMod`](super::FastMod) over its low 32 bits: one uneven turn every 2^32 picks).
+//! its turn to the next usable one, and the rotation moves past that one too (the counter takes
+//! the skipped steps): with `a b c` and `b` down the picks go `a c a c`, an even share as Envoy
+//! and nginx give over the healthy hosts, not `a c c a c c`, which would double `b`'s neighbour.
+//! The counter is reduced modulo the count without a division ([`FastMod`](super::FastMod) over
+//! its low 32 bits: one uneven turn every 2^32 picks).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{FastMod, Request, Select, eligible, scan_from};
+use super::{FastMod, Request, Select, accepts, eligible};
 use crate::instance::Instance;
 
 /// Round robin over the instances of non-zero weight.
@@ -42,9 +45,16 @@ impl Select for RoundRobin {
             .modulo
             .reduce(self.next.fetch_add(1, Ordering::Relaxed));
         let idx = self.candidates[turn] as usize;
-        match instances.get(idx) {
-            Some(i) if (request.usable)(i) => Some(idx),
-            _ => scan_from(&self.candidates, instances, request, turn + 1),
+        if accepts(instances, request, idx) {
+            return Some(idx);
         }
+        (1..n).find_map(|step| {
+            let j = turn + step;
+            let idx = self.candidates[if j >= n { j - n } else { j }] as usize;
+            accepts(instances, request, idx).then(|| {
+                self.next.fetch_add(step, Ordering::Relaxed);
+                idx
+            })
+        })
     }
 }

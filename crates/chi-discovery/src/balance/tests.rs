@@ -225,7 +225,8 @@ fn round_robin_exact_sequence() {
         (0..7).map(|_| rr.select(&list, &Request::new()).expect("3")),
     );
     assert_eq!(seq, ["i0", "i1", "i2", "i0", "i1", "i2", "i0"]);
-    // An unhealthy instance passes its turn to the next one.
+    // An unhealthy instance passes its turn to the next one, and the rotation moves past that
+    // one too: the two left share evenly.
     let mut list = list;
     list[1].health = HealthStatus::Unhealthy;
     let rr = RoundRobin::new(&list);
@@ -233,7 +234,32 @@ fn round_robin_exact_sequence() {
         &list,
         (0..6).map(|_| rr.select(&list, &Request::new()).expect("2")),
     );
-    assert_eq!(seq, ["i0", "i2", "i2", "i0", "i2", "i2"]);
+    assert_eq!(seq, ["i0", "i2", "i0", "i2", "i0", "i2"]);
+}
+
+/// Round robin and smooth weighted round robin with some instances down: the others keep their
+/// shares among themselves (even, or by weight), whoever sits next to a down one.
+#[test]
+fn rotations_keep_shares_even_with_instances_down() {
+    let mut list = set(6);
+    for i in [1, 2, 4] {
+        list[i].health = HealthStatus::Unhealthy;
+    }
+    let rr = RoundRobin::new(&list);
+    let mut seen = [0u32; 6];
+    for _ in 0..3000 {
+        seen[rr.select(&list, &Request::new()).expect("3 up")] += 1;
+    }
+    assert_eq!(seen, [1000, 0, 0, 1000, 0, 1000]);
+
+    let mut list = weighted(&[5, 1, 1]);
+    list[1].health = HealthStatus::Unhealthy;
+    let wrr = WeightedRoundRobin::new(&list);
+    let mut seen = [0u32; 3];
+    for _ in 0..600 {
+        seen[wrr.select(&list, &Request::new()).expect("2 up")] += 1;
+    }
+    assert_eq!(seen, [500, 0, 100]);
 }
 
 #[test]

@@ -18,7 +18,9 @@
 //!
 //! Weights come from [`Instance::effective_weight`] (the `weight` meta key, else the field);
 //! instances of weight 0 are not scheduled. An unusable instance passes its slot to the next
-//! usable slot of the schedule.
+//! usable slot of the schedule, and the schedule moves past that slot too (the counter takes the
+//! skipped steps), so the others keep their shares: weights 5, 1, 1 with `b` down give `a` five
+//! picks and `c` one per period, not six and one.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -151,6 +153,7 @@ impl Select for WeightedRoundRobin {
             let j = (turn + step) % len;
             let idx = self.schedule[j] as usize;
             if accepts(instances, request, idx) {
+                self.next.fetch_add(step, Ordering::Relaxed);
                 return Some(idx);
             }
         }
