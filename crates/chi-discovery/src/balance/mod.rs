@@ -137,6 +137,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::instance::Instance;
 
@@ -297,6 +298,28 @@ pub(crate) fn scan_from(
             candidates[if j >= n { j - n } else { j }] as usize
         })
         .find(|&idx| instances.get(idx).is_some_and(|i| (request.usable)(i)))
+}
+
+/// A rotation's turn `turn` of `slots` fell on an instance the request does not accept: the
+/// first accepted one within `limit` slots after it takes the turn, and the rotation's counter
+/// `next` moves past it too (by the steps walked), so the skipped instance's share spreads over
+/// the others instead of doubling its neighbour's. `None` when none within `limit`.
+pub(crate) fn pass_turn(
+    next: &AtomicUsize,
+    slots: &[u32],
+    instances: &[Instance],
+    request: &Request<'_>,
+    turn: usize,
+    limit: usize,
+) -> Option<usize> {
+    let n = slots.len();
+    (1..limit.min(n)).find_map(|step| {
+        let idx = slots[(turn + step) % n] as usize;
+        accepts(instances, request, idx).then(|| {
+            next.fetch_add(step, Ordering::Relaxed);
+            idx
+        })
+    })
 }
 
 /// True when `idx` names an instance of `instances` that the request accepts.

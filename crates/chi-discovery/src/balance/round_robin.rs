@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{FastMod, Request, Select, accepts, eligible};
+use super::{FastMod, Request, Select, accepts, eligible, pass_turn};
 use crate::instance::Instance;
 
 /// Round robin over the instances of non-zero weight.
@@ -48,13 +48,6 @@ impl Select for RoundRobin {
         if accepts(instances, request, idx) {
             return Some(idx);
         }
-        (1..n).find_map(|step| {
-            let j = turn + step;
-            let idx = self.candidates[if j >= n { j - n } else { j }] as usize;
-            accepts(instances, request, idx).then(|| {
-                self.next.fetch_add(step, Ordering::Relaxed);
-                idx
-            })
-        })
+        pass_turn(&self.next, &self.candidates, instances, request, turn, n)
     }
 }

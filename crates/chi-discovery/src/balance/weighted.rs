@@ -26,7 +26,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{FastMod, Request, Select, accepts, eligible, scan_from};
+use super::{FastMod, Request, Select, accepts, eligible, pass_turn, scan_from};
 use crate::instance::Instance;
 
 /// Largest `period * n` computed with nginx's exact O(n)-per-step algorithm.
@@ -149,14 +149,7 @@ impl Select for WeightedRoundRobin {
         if accepts(instances, request, idx) {
             return Some(idx);
         }
-        for step in 1..WALK.min(len) {
-            let j = (turn + step) % len;
-            let idx = self.schedule[j] as usize;
-            if accepts(instances, request, idx) {
-                self.next.fetch_add(step, Ordering::Relaxed);
-                return Some(idx);
-            }
-        }
-        scan_from(&self.candidates, instances, request, turn)
+        pass_turn(&self.next, &self.schedule, instances, request, turn, WALK)
+            .or_else(|| scan_from(&self.candidates, instances, request, turn))
     }
 }
