@@ -258,6 +258,9 @@ impl Registry for RemoteRegistry {
 struct Lines {
     resp: reqwest::Response,
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no newline (a long line comes in many chunks; each is
+    /// searched once).
+    searched: usize,
 }
 
 impl Lines {
@@ -265,18 +268,23 @@ impl Lines {
         Lines {
             resp,
             buf: Vec::new(),
+            searched: 0,
         }
     }
 
     /// The next event; `None` when the response ended.
     async fn next(&mut self) -> std::result::Result<Option<Event>, String> {
         loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                return serde_json::from_slice(&line)
+            if let Some(at) = self.buf[self.searched..].iter().position(|&b| b == b'\n') {
+                let end = self.searched + at;
+                let event = serde_json::from_slice(&self.buf[..end])
                     .map(Some)
                     .map_err(|e| format!("bad watch line: {e}"));
+                self.buf.drain(..=end);
+                self.searched = 0;
+                return event;
             }
+            self.searched = self.buf.len();
             if self.buf.len() > MAX_LINE {
                 return Err(format!("a watch line is longer than {MAX_LINE} bytes"));
             }
