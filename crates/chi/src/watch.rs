@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::agent::Shutdown;
 use crate::cli::{Format, WatchArgs};
 use crate::failure::Failure;
+use crate::remote::Event;
 use crate::source::Source;
 
 pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
@@ -28,32 +29,29 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             item = watcher.next() => match item {
                 None => return Err(Failure::failed(format!("the watch of `{}` ended", args.name)).into()),
                 Some(Err(e)) => eprintln!("warning: {e} (the watch resumes with a reset)"),
-                Some(Ok(change)) => println!("{}", line(&change, args.output)),
+                Some(Ok(change)) => println!("{}", line(change, args.output)),
             }
         }
     }
 }
 
-fn line(change: &Change, format: Format) -> String {
-    let (kind, one) = match change {
+fn line(change: Change, format: Format) -> String {
+    if let Format::Json = format {
+        // The same JSON lines the agent streams to `chi://` watches.
+        return serde_json::to_string(&Event::from(change))
+            .unwrap_or_else(|e| json!({"type": "error", "message": e.to_string()}).to_string());
+    }
+    let (kind, one) = match &change {
         Change::Reset(all) => {
-            return match format {
-                Format::Json => json!({"type": "reset", "instances": all}).to_string(),
-                Format::Table => {
-                    let mut ids: Vec<&str> = all.iter().map(|i| i.id.as_str()).collect();
-                    ids.sort_unstable();
-                    format!("reset    {} instance(s): {}", all.len(), ids.join(" "))
-                }
-            };
+            let mut ids: Vec<&str> = all.iter().map(|i| i.id.as_str()).collect();
+            ids.sort_unstable();
+            return format!("reset    {} instance(s): {}", all.len(), ids.join(" "));
         }
         Change::Add(i) => ("added", i),
         Change::Remove(i) => ("removed", i),
         Change::Update(i) => ("updated", i),
     };
-    match format {
-        Format::Json => json!({"type": kind, "instance": one}).to_string(),
-        Format::Table => format!("{kind:<8} {}", describe(one)),
-    }
+    format!("{kind:<8} {}", describe(one))
 }
 
 fn describe(i: &Instance) -> String {
