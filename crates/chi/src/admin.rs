@@ -23,6 +23,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use chi_discovery::instance::validate_name;
 use chi_discovery::{Instance, Liveness, Registry};
 use futures_util::StreamExt;
 
@@ -113,7 +114,19 @@ async fn services(State(s): State<AdminState>) -> Response {
     }
 }
 
+/// A refusal when the path's service name or instance id is not one chi accepts (the same rule
+/// every registry applies), so a bad name is a clear 400 here, never a different instance.
+fn invalid(name: &str, id: Option<&str>) -> Option<Response> {
+    validate_name("service name", name)
+        .and_then(|()| id.map_or(Ok(()), |id| validate_name("instance id", id)))
+        .err()
+        .map(|e| error(StatusCode::BAD_REQUEST, e))
+}
+
 async fn instances(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    if let Some(r) = invalid(&name, None) {
+        return r;
+    }
     match s.registry.instances(&name).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => error(StatusCode::BAD_GATEWAY, e),
@@ -122,6 +135,9 @@ async fn instances(State(s): State<AdminState>, Path(name): Path<String>) -> Res
 
 /// Streams the registry's watch of the service as JSON lines ([`Event`]), until the client goes.
 async fn watch(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    if let Some(r) = invalid(&name, None) {
+        return r;
+    }
     let changes = match s.registry.watch(&name).await {
         Ok(w) => w,
         Err(e) => return error(StatusCode::BAD_GATEWAY, e),
@@ -152,6 +168,9 @@ async fn watch(State(s): State<AdminState>, Path(name): Path<String>) -> Respons
 
 /// A refusal when the body's name and id differ from the path's.
 fn mismatch(name: &str, id: &str, instance: &Instance) -> Option<Response> {
+    if let Some(r) = invalid(name, Some(id)) {
+        return Some(r);
+    }
     (instance.name != name || instance.id != id).then(|| {
         error(
             StatusCode::BAD_REQUEST,
@@ -178,6 +197,9 @@ async fn deregister(
     State(s): State<AdminState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Response {
+    if let Some(r) = invalid(&name, Some(&id)) {
+        return r;
+    }
     match s.registry.deregister(&name, &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => error(StatusCode::BAD_GATEWAY, e),

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chi_discovery::error::{Error, Result};
+use chi_discovery::instance::validate_name;
 use chi_discovery::registry::WatchStream;
 use chi_discovery::{Change, HealthStatus, Instance, Liveness, Registry};
 use serde::{Deserialize, Serialize};
@@ -79,7 +80,10 @@ impl From<Change> for Event {
 /// A [`Registry`] over a `chi agent`'s admin API.
 #[derive(Debug, Clone)]
 pub(crate) struct RemoteRegistry {
+    /// `http://host:port`, as given (for messages).
     base: String,
+    /// `{base}/v1/services`, to which each call appends its percent-encoded path segments.
+    services: reqwest::Url,
     http: reqwest::Client,
     /// For watches: no limit on the whole response (it lasts), a limit on each read.
     streams: reqwest::Client,
@@ -96,8 +100,18 @@ impl RemoteRegistry {
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
             .build()?;
+        let mut services = reqwest::Url::parse(&base)?;
+        if services.cannot_be_a_base() {
+            anyhow::bail!("{base} cannot hold a path");
+        }
+        services
+            .path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("{base} cannot hold a path"))?
+            .pop_if_empty()
+            .extend(["v1", "services"]);
         Ok(RemoteRegistry {
             base,
+            services,
             http,
             streams,
         })
@@ -105,7 +119,7 @@ impl RemoteRegistry {
 
     /// Opens the watch of `service` and reads its first line, which must be the `Reset`.
     async fn open_watch(&self, service: &str) -> Result<(Lines, Vec<Instance>)> {
-        let url = self.url(&format!("/{service}/watch"));
+        let url = self.url(service, None, Some("watch"))?;
         let mut lines = Lines::new(self.send(self.streams.get(url)).await?);
         match lines.next().await.map_err(|e| self.err(e))? {
             Some(Event::Reset { instances }) => Ok((lines, instances)),
@@ -114,8 +128,24 @@ impl RemoteRegistry {
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/v1/services{path}", self.base)
+    /// `{base}/v1/services/{service}[/instances/{id}][/{tail}]`, each segment percent-encoded: a
+    /// name or id may hold `?`, `#`, `%` or spaces, and must reach the agent as one segment,
+    /// unchanged. Names every registry refuses (`..`, `/`, empty) are refused here, before a
+    /// request is built.
+    fn url(&self, service: &str, id: Option<&str>, tail: Option<&str>) -> Result<reqwest::Url> {
+        validate_name("service name", service)?;
+        let mut url = self.services.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.push(service);
+            if let Some(id) = id {
+                validate_name("instance id", id)?;
+                path.extend(["instances", id]);
+            }
+            if let Some(tail) = tail {
+                path.push(tail);
+            }
+        }
+        Ok(url)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> Error {
@@ -144,22 +174,19 @@ impl Registry for RemoteRegistry {
     }
 
     async fn register(&self, instance: &Instance) -> Result<()> {
-        let url = self.url(&format!("/{}/instances/{}", instance.name, instance.id));
+        let url = self.url(&instance.name, Some(&instance.id), None)?;
         self.send(self.http.put(url).json(instance)).await?;
         Ok(())
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<()> {
-        let url = self.url(&format!("/{service}/instances/{id}"));
+        let url = self.url(service, Some(id), None)?;
         self.send(self.http.delete(url)).await?;
         Ok(())
     }
 
     async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
-        let url = self.url(&format!(
-            "/{}/instances/{}/keepalive",
-            instance.name, instance.id
-        ));
+        let url = self.url(&instance.name, Some(&instance.id), Some("keepalive"))?;
         let body = KeepAlive {
             instance: instance.clone(),
             health,
@@ -179,13 +206,13 @@ impl Registry for RemoteRegistry {
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
         let resp = self
-            .send(self.http.get(self.url(&format!("/{service}"))))
+            .send(self.http.get(self.url(service, None, None)?))
             .await?;
         resp.json().await.map_err(|e| self.err(e))
     }
 
     async fn services(&self) -> Result<Vec<String>> {
-        let resp = self.send(self.http.get(self.url(""))).await?;
+        let resp = self.send(self.http.get(self.services.clone())).await?;
         resp.json().await.map_err(|e| self.err(e))
     }
 
@@ -294,6 +321,127 @@ impl Lines {
                 Ok(None) => return Err("the watch ended inside a line".to_owned()),
                 Err(e) => return Err(chi_discovery::error::display_chain(&e)),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chi_discovery::registry::Memory;
+
+    use super::*;
+
+    /// An agent's admin API over an embedded registry, and a client of it.
+    async fn agent() -> (Arc<Memory>, RemoteRegistry) {
+        let memory = Arc::new(Memory::new());
+        let addr = crate::admin::serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            memory.clone(),
+            Arc::new(|| (true, serde_json::Value::Null)),
+            Arc::new(String::new),
+        )
+        .await
+        .expect("admin");
+        let remote = RemoteRegistry::new(format!("http://{addr}")).expect("client");
+        (memory, remote)
+    }
+
+    fn ids(list: &[Instance]) -> Vec<&str> {
+        let mut ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test]
+    async fn ids_with_url_characters_reach_the_agent_unchanged() {
+        let (memory, remote) = agent().await;
+        let hostile = [
+            "web?x",
+            "web#x",
+            "web%2Fx",
+            "web%x",
+            "with space",
+            "ünï-名前-🚀",
+            "a;b=c",
+        ];
+        let plain = Instance::new("web", "127.0.0.1", 8080).with_id("web");
+        remote.register(&plain).await.expect("register web");
+        for (n, id) in hostile.iter().enumerate() {
+            let i = Instance::new("web", "127.0.0.1", 9000 + n as u16).with_id(*id);
+            remote.register(&i).await.expect(id);
+            assert_eq!(
+                remote
+                    .keep_alive(&i, HealthStatus::Healthy)
+                    .await
+                    .expect(id),
+                Liveness::Alive,
+                "{id}"
+            );
+        }
+        let mut want: Vec<&str> = hostile.to_vec();
+        want.push("web");
+        want.sort_unstable();
+        assert_eq!(ids(&memory.instances("web").await.expect("list")), want);
+        assert_eq!(ids(&remote.instances("web").await.expect("list")), want);
+
+        // Removing `web?x` removes it alone (it was once read as `web`).
+        remote.deregister("web", "web?x").await.expect("deregister");
+        want.retain(|id| *id != "web?x");
+        assert_eq!(ids(&memory.instances("web").await.expect("list")), want);
+    }
+
+    #[tokio::test]
+    async fn service_names_with_url_characters_watch_and_list() {
+        let (_memory, remote) = agent().await;
+        let name = "svc?a=1#frag %";
+        let i = Instance::new(name, "127.0.0.1", 8080).with_id("i-1");
+        remote.register(&i).await.expect("register");
+        assert_eq!(remote.services().await.expect("services"), [name]);
+        let mut watch = remote.watch(name).await.expect("watch");
+        match futures_util::StreamExt::next(&mut watch).await {
+            Some(Ok(Change::Reset(list))) => assert_eq!(ids(&list), ["i-1"]),
+            other => panic!("expected a reset, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn names_every_registry_refuses_are_refused_before_a_request() {
+        let (_memory, remote) = agent().await;
+        for (name, id, field) in [
+            ("..", "i", "service name"),
+            ("web", "..", "instance id"),
+            ("web", "a/b", "instance id"),
+            ("web", " ", "instance id"),
+        ] {
+            let e = remote.deregister(name, id).await.expect_err("refused");
+            assert!(matches!(e, Error::Invalid { .. }), "{name:?} {id:?}: {e}");
+            assert!(e.to_string().contains(field), "{name:?} {id:?}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_agent_refuses_names_the_registries_refuse() {
+        let (_memory, remote) = agent().await;
+        let http = reqwest::Client::new();
+        for (path, field) in [
+            ("/v1/services/a%2Fb", "service name"),
+            ("/v1/services/a..b/watch", "service name"),
+            ("/v1/services/web/instances/a%2Fb", "instance id"),
+            ("/v1/services/web/instances/%20", "instance id"),
+        ] {
+            let url = format!("{}{path}", remote.base);
+            let get = http.get(&url).send().await.expect("get");
+            let delete = http.delete(&url).send().await.expect("delete");
+            let resp = if path.contains("instances") {
+                delete
+            } else {
+                get
+            };
+            assert_eq!(resp.status(), 400, "{path}");
+            let body = resp.text().await.expect("body");
+            assert!(body.contains(field), "{path}: {body}");
         }
     }
 }

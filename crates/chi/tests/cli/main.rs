@@ -14,6 +14,7 @@ mod agent;
 mod check;
 mod config;
 mod crash;
+mod names;
 mod proxy;
 mod real;
 mod select;
