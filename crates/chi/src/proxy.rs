@@ -1,8 +1,9 @@
 //! `chi proxy`: an HTTP/1.1 and HTTP/2 (h2c) reverse proxy on hyper.
 //!
-//! Per request: the service comes from the `Host` header when it names one (`user-service` or
-//! `user-service.anything`, not an IP address or `localhost`), else from the first path segment
-//! (`/user-service/api/x` goes to `/api/x`). The routing headers (`X-Service-Version`,
+//! Per request: the first path segment names the service (`/user-service/api/x` goes to
+//! `/api/x`), whatever the `Host` header says: a client may reach the proxy by any name. With
+//! `--route-by host` the `Host` header names it when it holds a name (`user-service` or
+//! `user-service.anything`, not an IP address or `localhost`), the path going as it is. The routing headers (`X-Service-Version`,
 //! `X-Client-Region`, `X-Client-Zone`) and the configured balancer pick an instance
 //! ([`crate::pick`]); `X-Hash-Key` is the key of hashing strategies. A failed attempt (connect
 //! error, timeout, 502/503/504) is retried on another instance, up to `discovery.retry.max_attempts`
@@ -43,7 +44,7 @@ use prometheus_client::registry::Registry as Metrics;
 
 use crate::admin;
 use crate::agent::Shutdown;
-use crate::cli::ProxyArgs;
+use crate::cli::{ProxyArgs, RouteBy};
 use crate::failure::Failure;
 use crate::pick::{Ask, Picked, Picker, Pickers};
 use crate::progress;
@@ -118,6 +119,8 @@ struct Proxy {
     max_attempts: u32,
     retry_all_methods: bool,
     attempt_timeout: Duration,
+    /// What names the service of a request.
+    route_by: RouteBy,
     requests: Family<Labels, Counter>,
     attempts: Family<Labels, Counter>,
     library: LibraryMetrics,
@@ -173,6 +176,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         max_attempts: source.config.retry.max_attempts.max(1),
         retry_all_methods: args.retry_all_methods,
         attempt_timeout: args.timeout,
+        route_by: args.route_by,
         requests,
         attempts,
         latency,
@@ -392,30 +396,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The service and the path to forward: from `Host` when it names a service (the path goes as
-/// it is: `None`), else from the first path segment (the rest of the path goes). Borrowed from
-/// the request: nothing is copied when the path goes as it is.
+/// The service and the path to forward. By path (the default): the first path segment names
+/// the service and the rest of the path goes, whatever the Host header says, so a client that
+/// reaches the proxy by its own DNS name (`chi-proxy.internal/user-service/x`) gets
+/// `user-service`. By host: the Host header's first DNS label, the path going as it is (`None`);
+/// a Host that is an IP address or `localhost` names no service, and the path does. Borrowed
+/// from the request: nothing is copied when the path goes as it is.
 pub(crate) fn target<'a>(
+    by: RouteBy,
     host: Option<&'a str>,
     path_and_query: &'a str,
 ) -> Option<(&'a str, Option<Cow<'a, str>>)> {
-    if let Some(host) = host {
-        let name = host.rsplit_once(':').map_or(host, |(h, p)| {
-            if p.bytes().all(|c| c.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        });
-        let first = name.split('.').next().unwrap_or_default();
-        if !first.is_empty()
-            && first != "localhost"
-            && valid_name(first)
-            && !name.starts_with('[')
-            && name.parse::<std::net::IpAddr>().is_err()
-        {
-            return Some((first, None));
-        }
+    if by == RouteBy::Host
+        && let Some(service) = host.and_then(service_of_host)
+    {
+        return Some((service, None));
     }
     let rest = path_and_query.strip_prefix('/')?;
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -429,6 +424,39 @@ pub(crate) fn target<'a>(
         Cow::Owned(format!("/{tail}"))
     };
     Some((service, Some(forwarded)))
+}
+
+/// The service a Host header names: its first DNS label, unless it is an IP address or
+/// `localhost`.
+fn service_of_host(host: &str) -> Option<&str> {
+    let name = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let first = name.split('.').next().unwrap_or_default();
+    (!first.is_empty()
+        && first != "localhost"
+        && valid_name(first)
+        && !name.starts_with('[')
+        && name.parse::<std::net::IpAddr>().is_err())
+    .then_some(first)
+}
+
+impl RouteBy {
+    /// The answer to a request that names no service.
+    fn hint(self) -> &'static str {
+        match self {
+            RouteBy::Path => {
+                "chi proxy: name the service in the first path segment (/user-service/...)"
+            }
+            RouteBy::Host => {
+                "chi proxy: name the service in the Host header (user-service.internal) or the first path segment (/user-service/...)"
+            }
+        }
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -591,18 +619,19 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let (parts, body) = req.into_parts();
-        // The service and the path, borrowed from the request until it is forwarded.
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        // The service and the path, borrowed from the request until it is forwarded. Routing
+        // by path reads no Host header.
+        let host = match self.route_by {
+            RouteBy::Path => None,
+            RouteBy::Host => parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| parts.uri.authority().map(|a| a.as_str())),
+        };
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let Some((service, path)) = target(host, pq) else {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "chi proxy: name the service in the first path segment (/user-service/...) or the Host header",
-            );
+        let Some((service, path)) = target(self.route_by, host, pq) else {
+            return plain(StatusCode::BAD_REQUEST, self.route_by.hint());
         };
         let snapshot = match self.snapshot(service).await {
             Ok(s) if !s.is_empty() => s,
@@ -886,6 +915,7 @@ mod tests {
     use hyper::header::{HeaderMap, HeaderValue};
 
     use super::{strip_hop_by_hop, target};
+    use crate::cli::RouteBy;
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_go() {
@@ -913,31 +943,51 @@ mod tests {
 
     #[test]
     fn service_from_path_or_host() {
-        let t = |h: Option<&str>, p: &str| {
-            target(h, p).map(|(s, path)| (s.to_owned(), path.map_or(p.to_owned(), Cow::into_owned)))
+        let t = |by: RouteBy, h: Option<&str>, p: &str| {
+            target(by, h, p)
+                .map(|(s, path)| (s.to_owned(), path.map_or(p.to_owned(), Cow::into_owned)))
         };
+        let path = |h, p| t(RouteBy::Path, h, p);
+        let host = |h, p| t(RouteBy::Host, h, p);
         assert_eq!(
-            t(Some("127.0.0.1:15001"), "/user-service/api/x?q=1"),
+            path(Some("127.0.0.1:15001"), "/user-service/api/x?q=1"),
             Some(("user-service".into(), "/api/x?q=1".into()))
         );
         assert_eq!(
-            t(Some("localhost:15001"), "/user-service"),
+            path(Some("localhost:15001"), "/user-service"),
             Some(("user-service".into(), "/".into()))
         );
         assert_eq!(
-            t(Some("127.0.0.1"), "/user-service?x=1"),
+            path(Some("127.0.0.1"), "/user-service?x=1"),
             Some(("user-service".into(), "/?x=1".into()))
         );
+        // Reached by its own DNS name, the proxy still routes by path.
         assert_eq!(
-            t(Some("user-service:15001"), "/api/x"),
+            path(Some("chi-proxy.internal"), "/user-service/x"),
+            Some(("user-service".into(), "/x".into()))
+        );
+        assert_eq!(path(Some("user-service"), "/"), None);
+        assert_eq!(path(None, "/"), None);
+        assert_eq!(path(None, "/bad name/x"), None);
+
+        assert_eq!(
+            host(Some("user-service:15001"), "/api/x"),
             Some(("user-service".into(), "/api/x".into()))
         );
         assert_eq!(
-            t(Some("user-service.internal"), "/"),
+            host(Some("user-service.internal"), "/"),
             Some(("user-service".into(), "/".into()))
         );
-        assert_eq!(t(Some("[::1]:15001"), "/"), None);
-        assert_eq!(t(None, "/"), None);
-        assert_eq!(t(None, "/bad name/x"), None);
+        // An address names no service: the path does.
+        assert_eq!(
+            host(Some("127.0.0.1:15001"), "/user-service/api"),
+            Some(("user-service".into(), "/api".into()))
+        );
+        assert_eq!(
+            host(Some("localhost"), "/user-service"),
+            Some(("user-service".into(), "/".into()))
+        );
+        assert_eq!(host(Some("[::1]:15001"), "/"), None);
+        assert_eq!(host(None, "/"), None);
     }
 }
