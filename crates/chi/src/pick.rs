@@ -38,10 +38,7 @@ impl Picked {
 pub(crate) fn route_of(headers: &HeaderMap) -> Route<'_> {
     // Most requests carry none of them: one pass over the names instead of four lookups.
     let asks = headers.keys().any(|k| {
-        matches!(
-            k.as_str(),
-            VERSION_HEADER | REGION_HEADER | ZONE_HEADER | "x-hash-key"
-        )
+        matches!(k.as_str(), VERSION_HEADER | REGION_HEADER | ZONE_HEADER) || *k == HASH_KEY_HEADER
     });
     if !asks {
         return Route::default();
