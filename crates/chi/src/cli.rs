@@ -241,4 +241,19 @@ pub(crate) struct ProxyArgs {
     /// every service the registry lists); progress goes to stderr.
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub(crate) warm_up: Vec<String>,
+    /// What names the service of a request: `path` (the first path segment, whatever the Host
+    /// header says) or `host` (the Host header's first DNS label, the path as it is; a Host that
+    /// is an IP address or `localhost` falls back to the path).
+    #[arg(long, value_enum, default_value_t = RouteBy::Path, value_name = "RULE")]
+    pub(crate) route_by: RouteBy,
+}
+
+/// What names the service of a proxied request (`chi proxy --route-by`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RouteBy {
+    /// The first path segment: `/user-service/api/x` goes to `user-service` as `/api/x`.
+    #[default]
+    Path,
+    /// The Host header: `user-service.internal:15001` goes to `user-service`, path unchanged.
+    Host,
 }

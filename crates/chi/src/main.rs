@@ -18,7 +18,6 @@ mod proxy;
 mod remote;
 mod select;
 mod source;
-mod upstream;
 mod watch;
 
 use std::process::ExitCode;

@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use chi_discovery::DiscoveryClient;
+use chi_discovery::routing::Route;
 use serde_json::json;
 
 use crate::cli::{Format, SelectArgs};
 use crate::failure::Failure;
 use crate::output;
-use crate::pick::{Ask, Pickers};
+use crate::pick::{self, Routers};
 use crate::source::Source;
 
 pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
@@ -23,9 +24,9 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
     if args.region.is_some() || args.zone.is_some() {
         config.routing.enable_geo_routing = true;
     }
-    let pickers = match &args.strategy {
-        Some(s) => Pickers::with_strategy(&config, s)?,
-        None => Pickers::from_config(&config)?,
+    let routers = match &args.strategy {
+        Some(s) => Routers::with_strategy(&config, s)?,
+        None => Routers::from_config(&config)?,
     };
     if args.count == 0 {
         return Err(Failure::bad_input("--count 0: nothing to pick")
@@ -50,8 +51,8 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
                 .into(),
         );
     }
-    let picker = pickers.make();
-    let ask = Ask {
+    let router = routers.router();
+    let route = Route {
         version: args.route_version.as_deref(),
         region: args.region.as_deref(),
         zone: args.zone.as_deref(),
@@ -60,7 +61,7 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut misses = 0u64;
     for _ in 0..args.count {
-        match picker.pick(&snapshot, &ask, &[]) {
+        match pick::pick(&router, &snapshot, &route, &[]) {
             Some(p) => *counts.entry(p.instance().id.clone()).or_default() += 1,
             None => misses += 1,
         }
@@ -85,7 +86,7 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             let out = json!({
                 "service": args.name,
-                "strategy": picker.strategy(),
+                "strategy": routers.strategy(),
                 "count": args.count,
                 "unpicked": misses,
                 "picks": picks,
@@ -111,7 +112,7 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
                 "{} picks of `{}` with {}:",
                 args.count,
                 args.name,
-                picker.strategy()
+                routers.strategy()
             );
             print!(
                 "{}",

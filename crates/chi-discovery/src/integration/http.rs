@@ -5,7 +5,8 @@
 //! the request's `X-Service-Version` / `X-Client-Region` / `X-Client-Zone` headers), and rewrites
 //! the URL to the picked instance's `address:port`. The outcome of each call is reported to the
 //! service's [`OutlierDetector`] (a 5xx or a transport error is a failure), and ejected instances
-//! are skipped by the next picks: passive health without any code in the caller.
+//! are skipped by the next picks: passive health without any code in the caller. The router and
+//! the detector of a service are one [`ServiceState`], as in `chi proxy`.
 //!
 //! It wraps a `reqwest::Client` rather than being a `tower::Layer` because the name-to-address
 //! step must happen per request *before* a connection is chosen, which is exactly what a URL
@@ -20,7 +21,7 @@ use crate::discovery::DiscoveryClient;
 use crate::error::Error;
 use crate::health::{OutlierConfig, OutlierDetector};
 use crate::instance::Instance;
-use crate::routing::{Route, Routed, Smart, Stage};
+use crate::routing::{Route, Routed, ServiceState, ServiceStateConfig, Smart, Stage};
 
 /// Why a call through [`HttpRouter`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,26 +43,19 @@ pub enum HttpError {
     },
 }
 
-struct PerService<B: Stage> {
-    router: Smart<B>,
-    outliers: Arc<OutlierDetector>,
-    /// Snapshot revision the detector's host list was last set from.
-    revision: std::sync::atomic::AtomicU64,
-}
-
 /// Calls services by name; see the module docs.
 pub struct HttpRouter<B: Stage = Balancer> {
     discovery: DiscoveryClient,
     http: reqwest::Client,
     make: Box<dyn Fn() -> Smart<B> + Send + Sync>,
-    outlier_config: OutlierConfig,
-    services: Mutex<HashMap<String, Arc<PerService<B>>>>,
+    config: ServiceStateConfig,
+    services: Mutex<HashMap<String, Arc<ServiceState<B>>>>,
 }
 
 impl<B: Stage> std::fmt::Debug for HttpRouter<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpRouter")
-            .field("outliers", &self.outlier_config)
+            .field("outliers", &self.config.outliers)
             .finish_non_exhaustive()
     }
 }
@@ -101,30 +95,26 @@ impl<B: Stage> HttpRouter<B> {
             discovery,
             http,
             make: Box::new(make),
-            outlier_config: outliers,
+            config: ServiceStateConfig { outliers },
             services: Mutex::new(HashMap::new()),
         }
     }
 
     /// The outlier detector of `service`, once it was called.
     pub fn outliers(&self, service: &str) -> Option<Arc<OutlierDetector>> {
-        self.lock().get(service).map(|s| s.outliers.clone())
+        self.lock().get(service).map(|s| s.outliers().clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PerService<B>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ServiceState<B>>>> {
         self.services.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn per_service(&self, service: &str) -> Arc<PerService<B>> {
+    fn per_service(&self, service: &str) -> Arc<ServiceState<B>> {
         let mut map = self.lock();
         if let Some(s) = map.get(service) {
             return s.clone();
         }
-        let s = Arc::new(PerService {
-            router: (self.make)(),
-            outliers: Arc::new(OutlierDetector::new(self.outlier_config.clone())),
-            revision: std::sync::atomic::AtomicU64::new(0),
-        });
+        let s = Arc::new(ServiceState::new((self.make)(), &self.config));
         map.insert(service.to_owned(), s.clone());
         s
     }
@@ -139,24 +129,12 @@ impl<B: Stage> HttpRouter<B> {
             .to_owned();
         let snapshot = self.discovery.discover(&service).await?;
         let per = self.per_service(&service);
-        let revision = snapshot.revision();
-        if per
-            .revision
-            .swap(revision, std::sync::atomic::Ordering::Relaxed)
-            != revision
-        {
-            per.outliers
-                .set_hosts(snapshot.iter().map(|i| i.id.as_str()));
-        }
-        let outliers = per.outliers.clone();
         let routed = per
-            .router
-            .pick_usable(&snapshot, route, &|i: &Instance| {
-                !outliers.is_ejected(&i.id)
-            })
+            .pick(&snapshot, route)
             .ok_or_else(|| Error::NoInstance {
                 service: service.clone(),
             })?;
+        let outliers = per.outliers().clone();
         let instance = routed.instance();
         let moved = url
             .set_host(Some(&instance.address))

@@ -21,12 +21,17 @@
 //!
 //! A request is described by a [`Route`]; it can be read from anything exposing headers
 //! ([`http::HeaderMap`], [`http::Request`], see [`Headers`]) or built from plain values.
+//!
+//! A caller that also learns from outcomes keeps one [`ServiceState`] per service: the router
+//! with the service's outlier detector.
 
 mod geo;
+mod service;
 mod smart;
 mod version;
 
 pub use geo::{Geo, GeoStep, Place};
+pub use service::{ServiceState, ServiceStateConfig};
 pub use smart::{Decision, Routed, Smart, Stage, Subset, Usable};
 pub use version::{Version, VersionStep};
 

@@ -261,9 +261,19 @@ async fn proxy_path_and_host_and_errors() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, "b1 /api/x");
     assert_eq!(upstream, format!("web-127.0.0.1-{}", f.backends[0].port));
-    let (status, _, body) = get(&c, &proxy.addr, "/api/y", &[("host", "web")]).await;
-    assert_eq!(status, StatusCode::OK);
+    // Reached by its own DNS name, the proxy routes by path: the Host header names no service.
+    let (status, _, body) = get(
+        &c,
+        &proxy.addr,
+        "/web/api/y",
+        &[("host", "chi-proxy.internal:15001")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, "b1 /api/y");
+    let (status, _, body) = get(&c, &proxy.addr, "/api/y", &[("host", "web")]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("`api`"), "{body}");
     let (status, _, body) = get(&c, &proxy.addr, "/nobody/x", &[]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("nobody"), "{body}");
@@ -301,6 +311,38 @@ async fn proxy_path_and_host_and_errors() {
         metrics.contains("service_discovery_requests_total{"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_routes_by_host_when_asked() {
+    let f = fleet(&[("b1", "v1", "us-east-1", 1)]).await;
+    let proxy = start_proxy_with("round_robin", &f.host.url(), &["--route-by", "host"]);
+    let c = client();
+    // The Host header's first label names the service; the path goes as it is.
+    for host in [
+        "web",
+        "web:15001",
+        "web.internal",
+        "web.svc.cluster.local:80",
+    ] {
+        let (status, _, body) = get(&c, &proxy.addr, "/api/y", &[("host", host)]).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {body}");
+        assert_eq!(body, "b1 /api/y", "{host}");
+    }
+    // A Host that is an address names no service: the path does.
+    let (status, _, body) = get(&c, &proxy.addr, "/web/api/z", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "b1 /api/z");
+    // Host routing was asked for: a name that is no service is not routed by path.
+    let (status, _, body) = get(
+        &c,
+        &proxy.addr,
+        "/web/api/z",
+        &[("host", "chi-proxy.internal")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("`chi-proxy`"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
