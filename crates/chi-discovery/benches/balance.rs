@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chi_discovery::Instance;
 use chi_discovery::balance::{
-    Balancer, BalancerConfig, ConsistentHash, ConsistentHashConfig, Request, Strategy,
+    Balancer, BalancerConfig, ConsistentHash, ConsistentHashConfig, Request, RingHash, Strategy,
     ThreadRandom, default_hash,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -198,6 +198,9 @@ fn rebuild(c: &mut Criterion) {
                 Arc::new(ThreadRandom),
             )
         })
+    });
+    g.bench_function("ring_hash/1000", |b| {
+        b.iter(|| RingHash::build(black_box(&list), default_hash, Arc::new(ThreadRandom)))
     });
     g.finish();
 }

@@ -71,15 +71,6 @@ pub fn default_hash(bytes: &[u8]) -> u64 {
     mum(P1 ^ len as u64, mum(a ^ P1, b ^ seed) ^ P2)
 }
 
-/// Hashes `id` followed by the little-endian `n`, through `hasher`, with a stack buffer for short
-/// ids (virtual-node and permutation keys are built this way at table-build time).
-pub(crate) fn hash_with_suffix(hasher: KeyHasher, buf: &mut Vec<u8>, id: &[u8], n: u32) -> u64 {
-    buf.clear();
-    buf.extend_from_slice(id);
-    buf.extend_from_slice(&n.to_le_bytes());
-    hasher(buf)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

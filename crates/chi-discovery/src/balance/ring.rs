@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use super::hash::hash_with_suffix;
 use super::{
     KeyHasher, RandomSource, Request, Select, ThreadRandom, accepts, default_hash, eligible,
     scan_from,
@@ -25,6 +24,22 @@ const POINTS_PER_INSTANCE: u64 = 160;
 const MIN_RING: u64 = 1024;
 const MAX_RING: u64 = 1 << 20;
 const WALK: usize = 64;
+
+/// The `k`-th point of an instance whose id hashes to `base`: the `k`-th output of SplitMix64
+/// (Steele, Lea and Flood, *Fast Splittable Pseudorandom Number Generators*, 2014) seeded with
+/// `base`. One key hash per instance and a few multiplies per point, where hashing `id + k` for
+/// each of the 160 points cost most of a rebuild.
+#[inline]
+fn point(base: u64, k: u32) -> u64 {
+    let mut z = base.wrapping_add(
+        u64::from(k)
+            .wrapping_add(1)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// Ketama-style weighted ring hash.
 #[derive(Debug)]
@@ -55,29 +70,63 @@ impl RingHash {
         let total: u64 = weights.iter().sum();
         let n = candidates.len() as u64;
         let target = (POINTS_PER_INSTANCE * n).clamp(MIN_RING, MAX_RING);
-        let mut ring: Vec<(u64, u32)> = Vec::new();
-        let mut buf = Vec::with_capacity(64);
-        for (&idx, &w) in candidates.iter().zip(&weights) {
-            let points = ((target as f64 * w as f64 / total.max(1) as f64).ceil() as u64).max(1);
-            let id = instances[idx as usize].id.as_bytes();
-            for p in 0..points.min(u64::from(u32::MAX)) {
-                ring.push((hash_with_suffix(hasher, &mut buf, id, p as u32), idx));
-            }
-        }
-        ring.sort_unstable();
-        let (hashes, owners) = ring.into_iter().unzip::<_, _, Vec<_>, Vec<_>>();
-        let bits = (hashes.len().max(2).next_power_of_two().trailing_zeros()).clamp(1, 24);
+        let points: Vec<u32> = weights
+            .iter()
+            .map(|&w| {
+                let p = (target as f64 * w as f64 / total.max(1) as f64).ceil() as u64;
+                p.clamp(1, u64::from(u32::MAX)) as u32
+            })
+            .collect();
+        let len: usize = points.iter().map(|&p| p as usize).sum();
+        // The points are uniform 64-bit hashes, so they are sorted by a counting sort on their top
+        // `bits` (about one point per bucket) and an insertion sort within each bucket: O(n),
+        // where a comparison sort of 160,000 points cost several milliseconds. The bucket
+        // starts are the lookup index.
+        let bits = (len.max(2).next_power_of_two().trailing_zeros()).clamp(1, 24);
+        let bucket = |h: u64| (h >> (64 - bits)) as usize;
         let buckets = 1usize << bits;
-        let mut index = Vec::with_capacity(buckets + 1);
-        let mut at = 0usize;
-        for b in 0..buckets {
-            let start = (b as u64) << (64 - bits);
-            while at < hashes.len() && hashes[at] < start {
-                at += 1;
+        let bases: Vec<u64> = candidates
+            .iter()
+            .map(|&idx| hasher(instances[idx as usize].id.as_bytes()))
+            .collect();
+        // Two passes over the points (they are cheaper to compute again than to store): count
+        // per bucket, then place each point at its bucket's next free slot.
+        let mut index = vec![0u32; buckets + 1];
+        for (&base, &p) in bases.iter().zip(&points) {
+            for k in 0..p {
+                index[bucket(point(base, k)) + 1] += 1;
             }
-            index.push(at as u32);
         }
-        index.push(hashes.len() as u32);
+        for b in 0..buckets {
+            index[b + 1] += index[b];
+        }
+        let mut next: Vec<u32> = index[..buckets].to_vec();
+        let mut hashes = vec![0u64; len];
+        let mut owners = vec![0u32; len];
+        for ((&base, &p), &idx) in bases.iter().zip(&points).zip(&candidates) {
+            for k in 0..p {
+                let h = point(base, k);
+                let at = &mut next[bucket(h)];
+                hashes[*at as usize] = h;
+                owners[*at as usize] = idx;
+                *at += 1;
+            }
+        }
+        // Within a bucket (about one point each), by hash then owner.
+        for w in index.windows(2) {
+            let (lo, hi) = (w[0] as usize, w[1] as usize);
+            if hi - lo < 2 {
+                continue;
+            }
+            for i in lo + 1..hi {
+                let mut j = i;
+                while j > lo && (hashes[j - 1], owners[j - 1]) > (hashes[j], owners[j]) {
+                    hashes.swap(j - 1, j);
+                    owners.swap(j - 1, j);
+                    j -= 1;
+                }
+            }
+        }
         RingHash {
             hashes: hashes.into(),
             owners: owners.into(),
@@ -130,5 +179,51 @@ impl Select for RingHash {
             }
         }
         scan_from(&self.candidates, instances, request, at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ring's points sorted by a comparison sort: what the counting sort must have built.
+    fn reference(instances: &[Instance]) -> Vec<(u64, u32)> {
+        let ring = RingHash::new(instances);
+        let mut points: Vec<(u64, u32)> = ring
+            .hashes
+            .iter()
+            .copied()
+            .zip(ring.owners.iter().copied())
+            .collect();
+        points.sort_unstable();
+        points
+    }
+
+    #[test]
+    fn the_counting_sort_builds_the_sorted_ring_and_its_index() {
+        for n in [0usize, 1, 2, 3, 10, 100, 1_000] {
+            let list: Vec<Instance> = (0..n)
+                .map(|i| {
+                    Instance::new("s", format!("10.0.{}.{}", i / 250, i % 250), 80)
+                        .with_weight(1 + (i % 7) as u32)
+                })
+                .collect();
+            let ring = RingHash::new(&list);
+            let built: Vec<(u64, u32)> = ring
+                .hashes
+                .iter()
+                .copied()
+                .zip(ring.owners.iter().copied())
+                .collect();
+            assert_eq!(built, reference(&list), "n = {n}");
+            let buckets = 1usize << ring.bits;
+            assert_eq!(ring.index.len(), buckets + 1);
+            for b in 0..buckets {
+                let start = (b as u64) << (64 - ring.bits);
+                let first = ring.hashes.partition_point(|&h| h < start);
+                assert_eq!(ring.index[b] as usize, first, "n = {n}, bucket {b}");
+            }
+            assert_eq!(ring.index[buckets] as usize, ring.hashes.len());
+        }
     }
 }
