@@ -23,9 +23,11 @@ use futures_util::stream::BoxStream;
 use crate::error::Result;
 use crate::instance::{HealthStatus, Instance};
 
+#[cfg(any(feature = "consul", feature = "nacos"))]
 mod empty;
 pub mod memory;
 pub mod multi;
+pub mod watch_task;
 
 #[cfg(feature = "consul")]
 pub mod consul;
