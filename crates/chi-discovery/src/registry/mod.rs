@@ -23,20 +23,21 @@ use futures_util::stream::BoxStream;
 use crate::error::Result;
 use crate::instance::{HealthStatus, Instance};
 
+mod connect;
 #[cfg(any(feature = "consul", feature = "nacos"))]
 mod empty;
 pub mod memory;
 pub mod multi;
 pub mod watch_task;
 
-#[cfg(feature = "consul")]
+// Each adapter's config type is always there (the config file is parsed the same way in every
+// build); the adapter itself comes with its cargo feature.
 pub mod consul;
-#[cfg(feature = "etcd")]
 pub mod etcd;
-#[cfg(feature = "nacos")]
 pub mod nacos;
 
-pub use memory::Memory;
+pub use connect::{Registries, connect};
+pub use memory::{Memory, MemoryConfig};
 pub use multi::MultiRegistry;
 
 /// One change to the instance set of a watched service.

@@ -84,8 +84,13 @@ pub struct TlsConfig {
 }
 
 impl ConsulConfig {
+    /// Checks the values, as [`Consul::new`](super::Consul) does; errors name the YAML path.
+    pub fn validate(&self) -> Result<()> {
+        self.checked().map(|_| ())
+    }
+
     /// Checks the values; answers the agent's base URL.
-    pub(crate) fn validate(&self) -> Result<Url> {
+    pub(crate) fn checked(&self) -> Result<Url> {
         let config = self;
         let base = base_url(&config.address, config.tls.is_some())?;
         if config.check_ttl < Duration::from_millis(100) {

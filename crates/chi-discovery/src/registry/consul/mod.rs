@@ -1,4 +1,4 @@
-//! Consul registry adapter (feature `consul`).
+//! Consul registry adapter (feature `consul`; [`ConsulConfig`] is there in every build).
 //!
 //! [`Consul`] registers instances on the **local agent** (`/v1/agent/service/register`, the way
 //! Consul wants services registered: the agent runs their checks and syncs them to the catalog),
@@ -59,48 +59,61 @@
 //! from Consul's bodies), `watch` (the watch task), and this module, the [`Registry`]; then the
 //! Consul-specific `api` (the HTTP client), `wire` (the JSON bodies) and `tls`.
 
+#[cfg(feature = "consul")]
 pub(crate) mod api;
 mod config;
+#[cfg(feature = "consul")]
 mod convert;
+#[cfg(feature = "consul")]
 mod tls;
+#[cfg(feature = "consul")]
 mod watch;
+#[cfg(feature = "consul")]
 mod wire;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-
-use async_trait::async_trait;
-
-use super::empty::EmptyGuard;
-use super::{Liveness, Registry, WatchStream};
-use crate::error::{Error, Result};
-use crate::instance::{Filter, HealthCheck, HealthStatus, Instance, validate_name};
-use api::{CheckUpdate, HealthQuery};
-use convert::{
-    check_target_is_own, health_query, registration, to_instances, ttl_check_id, ttl_status,
+#[cfg(feature = "consul")]
+use {
+    super::empty::EmptyGuard,
+    super::{Liveness, Registry, WatchStream},
+    crate::error::{Error, Result},
+    crate::instance::{Filter, HealthCheck, HealthStatus, Instance, validate_name},
+    api::{CheckUpdate, HealthQuery},
+    async_trait::async_trait,
+    convert::{
+        check_target_is_own, health_query, registration, to_instances, ttl_check_id, ttl_status,
+    },
+    std::collections::HashMap,
+    std::sync::{Arc, Mutex, MutexGuard},
+    std::time::Duration,
+    wire::ServiceRegistration,
 };
-use wire::ServiceRegistration;
 
 pub use config::{ConsulConfig, DEFAULT_ADDRESS, ENV_TOKEN, FIELD, TlsConfig};
+#[cfg(feature = "consul")]
 pub use convert::decode_health;
 
+#[cfg(feature = "consul")]
 pub(crate) const BACKEND: &str = "consul";
 /// Largest answer body chi reads from Consul (32 MiB): a health answer of a few thousand
 /// instances is a few megabytes; past this the read stops and the call fails with an error
 /// naming the limit, so a broken or hostile endpoint cannot make chi buffer without bound.
+#[cfg(feature = "consul")]
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Meta key carrying `Instance::version`.
+#[cfg(feature = "consul")]
 pub const META_VERSION: &str = "chi_version";
 /// Meta key carrying a weight Consul's `Weights` cannot (0).
+#[cfg(feature = "consul")]
 pub const META_WEIGHT: &str = "chi_weight";
 
 /// The Consul registry. Cheap to clone; clones share the connection pool.
 #[derive(Clone)]
+#[cfg(feature = "consul")]
 pub struct Consul {
     inner: Arc<Inner>,
 }
 
+#[cfg(feature = "consul")]
 impl std::fmt::Debug for Consul {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consul")
@@ -109,6 +122,7 @@ impl std::fmt::Debug for Consul {
     }
 }
 
+#[cfg(feature = "consul")]
 struct Inner {
     client: api::Client,
     config: ConsulConfig,
@@ -118,10 +132,11 @@ struct Inner {
     empty: EmptyGuard,
 }
 
+#[cfg(feature = "consul")]
 impl Consul {
     /// A registry on the agent `config.address`. Checks the config; does not connect.
     pub fn new(config: ConsulConfig) -> Result<Consul> {
-        let base = config.validate()?;
+        let base = config.checked()?;
         let builder = tls::builder(config.tls.as_ref())?;
         let client = api::Client::new(
             base,
@@ -194,6 +209,7 @@ impl Consul {
     }
 }
 
+#[cfg(feature = "consul")]
 impl Inner {
     fn lock_checks(&self) -> MutexGuard<'_, HashMap<String, Vec<HealthCheck>>> {
         self.checks.lock().unwrap_or_else(|e| e.into_inner())
@@ -224,6 +240,7 @@ impl Inner {
 }
 
 #[async_trait]
+#[cfg(feature = "consul")]
 impl Registry for Consul {
     fn backend(&self) -> &str {
         BACKEND
@@ -286,4 +303,5 @@ impl Registry for Consul {
 }
 
 #[cfg(test)]
+#[cfg(feature = "consul")]
 mod tests;

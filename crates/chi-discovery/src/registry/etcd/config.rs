@@ -102,6 +102,12 @@ impl EtcdConfig {
         self
     }
 
+    /// Checks the values, as [`Etcd::connect`](super::Etcd) does before connecting; errors name
+    /// the YAML path.
+    pub fn validate(&self) -> Result<()> {
+        self.validated().map(|_| ())
+    }
+
     /// Checks the values and normalises the prefix (leading `/`, no trailing `/`).
     pub(super) fn validated(&self) -> Result<Settings> {
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
@@ -166,6 +172,7 @@ impl EtcdConfig {
 
 /// The validated settings an [`Etcd`] runs with.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub(super) struct Settings {
     pub(super) prefix: String,
     pub(super) ttl_secs: i64,

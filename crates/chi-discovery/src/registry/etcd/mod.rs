@@ -1,4 +1,4 @@
-//! etcd v3 registry adapter (feature `etcd`).
+//! etcd v3 registry adapter (feature `etcd`; [`EtcdConfig`] is there in every build).
 //!
 //! # Key layout
 //!
@@ -56,40 +56,49 @@
 //! stored values), `watch` (the watch task), and this module, the [`Registry`] with the session
 //! lease; then the etcd-specific `client` (failover across members, error mapping) and `tls`.
 
+#[cfg(feature = "etcd")]
 mod client;
 mod config;
+#[cfg(feature = "etcd")]
 mod convert;
+#[cfg(feature = "etcd")]
 mod tls;
+#[cfg(feature = "etcd")]
 mod watch;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-use async_trait::async_trait;
-use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions,
+#[cfg(feature = "etcd")]
+use {
+    super::{Liveness, Registry, WatchStream},
+    crate::error::{Error, Result},
+    crate::instance::{HealthStatus, Instance, validate_name},
+    async_trait::async_trait,
+    client::{Failure, connect_error, is_lease_gone, retryable},
+    config::Settings,
+    etcd_client::{
+        Client, ConnectOptions, DeleteOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions,
+    },
+    std::sync::Arc,
+    std::sync::atomic::{AtomicUsize, Ordering},
+    std::time::Duration,
 };
-
-use super::{Liveness, Registry, WatchStream};
-use crate::error::{Error, Result};
-use crate::instance::{HealthStatus, Instance, validate_name};
-use client::{Failure, connect_error, is_lease_gone, retryable};
-use config::Settings;
 
 pub use config::{
     DEFAULT_ENDPOINT, DEFAULT_PREFIX, ENV_PASSWORD, ENV_USERNAME, EtcdConfig, EtcdTls, FIELD,
 };
+#[cfg(feature = "etcd")]
 pub use convert::decode_value;
 
+#[cfg(feature = "etcd")]
 const BACKEND: &str = "etcd";
 
 /// The etcd v3 registry. Cheap to clone; clones share the connection and the session lease.
 #[derive(Clone)]
+#[cfg(feature = "etcd")]
 pub struct Etcd {
     inner: Arc<Inner>,
 }
 
+#[cfg(feature = "etcd")]
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Etcd")
@@ -101,6 +110,7 @@ impl std::fmt::Debug for Etcd {
     }
 }
 
+#[cfg(feature = "etcd")]
 struct Inner {
     /// One client per member, connected on first use. Requests go to one member at a time and
     /// move to the next when it is unreachable or has no leader (etcd's own client pins an
@@ -121,6 +131,7 @@ struct Inner {
     lease: tokio::sync::Mutex<Option<i64>>,
 }
 
+#[cfg(feature = "etcd")]
 impl Etcd {
     /// Connects to the cluster.
     ///
@@ -217,6 +228,7 @@ impl Etcd {
     }
 }
 
+#[cfg(feature = "etcd")]
 impl Inner {
     /// The session lease, granting one if there is none.
     async fn session_lease(&self) -> Result<i64> {
@@ -297,6 +309,7 @@ impl Inner {
 }
 
 #[async_trait]
+#[cfg(feature = "etcd")]
 impl Registry for Etcd {
     fn backend(&self) -> &str {
         BACKEND
@@ -441,4 +454,5 @@ impl Registry for Etcd {
 }
 
 #[cfg(test)]
+#[cfg(feature = "etcd")]
 mod tests;
