@@ -72,7 +72,7 @@ impl EmptyGuard {
     }
 
     /// Marks the server down whatever the error was (a watch whose check failed): the grace
-    /// period starts again at its next answer.
+    /// period starts again at the next answer.
     #[cfg(feature = "nacos")]
     pub(crate) fn down(&self) {
         self.state().up = Up::Down;

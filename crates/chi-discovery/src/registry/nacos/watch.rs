@@ -8,7 +8,8 @@
 //! The task runs under [`watch_task`]: dropping the stream stops it, and the subscription's
 //! [`Release`] (owned by the task) ends the server subscription when the task goes, however it
 //! goes. Whether an empty list is believed is `EmptyGuard`'s
-//! rule, shared with direct queries.
+//! rule, as for direct queries; each watch keeps its own guard, fed with what the watch itself
+//! saw, so the grace period runs from the watch's own reconnection.
 //!
 //! A [`Nacos`](super::Nacos) subscribes to a service once, however many watches it has on it:
 //! nacos-sdk's `unsubscribe` ends the server subscription for the whole client, so the
@@ -24,6 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::{Shared, diff};
 use crate::error::Result;
 use crate::instance::Instance;
+use crate::registry::empty::EmptyGuard;
 use crate::registry::watch_task::{self, Sender};
 use crate::registry::{Change, WatchStream};
 
@@ -57,8 +59,12 @@ struct Task {
     service: String,
     tx: Sender<Result<Change>>,
     view: HashMap<String, Instance>,
-    /// The last check failed: the next good list goes out as a `Reset`.
-    failing: bool,
+    /// The last check failed (until the next answer).
+    down: bool,
+    /// The empty-answer rule, over this watch's own checks.
+    empty: EmptyGuard,
+    /// The next good list goes out as a `Reset` (after an outage).
+    resync: bool,
 }
 
 /// A watch's hold on the shared subscription: dropping it (the task ended, or was aborted with
@@ -97,10 +103,9 @@ pub(super) async fn start(shared: Arc<Shared>, service: String) -> Result<WatchS
         }
     };
     let view = first.iter().map(|i| (i.id.clone(), i.clone())).collect();
-    // Taken before the task runs: an empty first list is no reason to hold a later one.
-    shared
-        .empty
-        .believe(&service, &first, shared.config.empty_grace);
+    // The grace period runs from the start of the watch, as after a reconnection.
+    let empty = EmptyGuard::new(false);
+    empty.believe(&service, &first, shared.config.empty_grace);
     let release = Release {
         shared: shared.clone(),
         service: service.clone(),
@@ -116,7 +121,9 @@ pub(super) async fn start(shared: Arc<Shared>, service: String) -> Result<WatchS
             service,
             tx,
             view,
-            failing: false,
+            down: false,
+            empty,
+            resync: false,
         };
         task.run(release).await;
     }))
@@ -212,25 +219,28 @@ impl Task {
         }
     }
 
-    /// After a failure, the next good list goes out as a `Reset`.
+    /// After a failure, the next good list goes out as a `Reset`, and the grace period starts.
     fn recovered(&mut self) {
-        if self.failing {
+        self.empty.note::<()>(&Ok(()));
+        if self.down {
             tracing::info!(service = %self.service, "nacos answers again; resyncing the watch");
+            self.down = false;
+            self.resync = true;
         }
     }
 
     async fn failed(&mut self, e: crate::Error) -> bool {
         tracing::warn!(service = %self.service, error = %e, "nacos watch check failed");
         // Any failed check (not only a transport error) restarts the grace period.
-        self.shared.empty.down();
-        self.failing = true;
+        self.empty.down();
+        self.down = true;
         self.tx.send(Err(e)).await
     }
 
     /// Takes a new full list in, under push-empty protection.
     async fn apply(&mut self, mut list: Vec<Instance>, source: Source) -> bool {
         let grace = self.shared.config.empty_grace;
-        let believed = self.shared.empty.believe(&self.service, &list, grace);
+        let believed = self.empty.believe(&self.service, &list, grace);
         if list.is_empty() && !self.view.is_empty() && self.shared.config.push_empty_protection {
             if !believed {
                 tracing::info!(service = %self.service, ?source,
@@ -241,15 +251,15 @@ impl Task {
                 // Confirm with the server itself before emptying anything.
                 match self.shared.query(&self.service).await {
                     Ok(confirmed) => {
-                        self.shared.empty.believe(&self.service, &confirmed, grace);
+                        self.empty.believe(&self.service, &confirmed, grace);
                         list = confirmed;
                     }
                     Err(e) => return self.failed(e).await,
                 }
             }
         }
-        let changes = if self.failing {
-            self.failing = false;
+        let changes = if self.resync {
+            self.resync = false;
             vec![Change::Reset(list.clone())]
         } else {
             diff(&self.view, &list)
