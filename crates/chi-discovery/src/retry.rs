@@ -32,7 +32,7 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// The spec's values: 3 attempts, 1 s, at most 10 s, doubling.
+    /// 3 attempts, 1 s, at most 10 s, doubling.
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 3,

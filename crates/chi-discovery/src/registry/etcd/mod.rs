@@ -46,7 +46,7 @@
 //!
 //! Every call runs under [`EtcdConfig::request_timeout`] ([`Error::Timeout`]); an unreachable
 //! cluster is [`Error::Unavailable`], a failed login is [`Error::Config`] naming the user. The
-//! password is a [`Secret`]: it is redacted in `Debug`, and any text coming back from etcd is
+//! password is a [`Secret`](crate::Secret): it is redacted in `Debug`, and any text coming back from etcd is
 //! scrubbed of it before it reaches an error or a log line.
 
 //!

@@ -1,4 +1,4 @@
-//! [`NacosConfig`]: the spec's `NacosConfig` (server list, namespace, credentials, group and
+//! [`NacosConfig`]: where the Nacos servers are (server list, namespace, credentials, group and
 //! cluster), plus the timings chi needs, validated before anything is sent.
 //!
 //! Names follow Nacos' own rules so a bad value fails here, with the field named, instead of as
@@ -32,7 +32,7 @@ pub const DEFAULT_CLUSTER: &str = "DEFAULT";
 /// The offset Nacos 2.x puts between a server's HTTP port and its gRPC port.
 pub const GRPC_PORT_OFFSET: u16 = 1000;
 
-/// One Nacos server, as the spec's `NacosServerConfig`.
+/// One Nacos server (`server_configs[i]` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NacosServerConfig {
     /// Host name or IP address.

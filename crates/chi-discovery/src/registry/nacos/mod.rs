@@ -35,7 +35,7 @@
 //! its own: an empty list for a service that had instances is believed only when the server
 //! has been reachable for [`NacosConfig::empty_grace`] without interruption *and* a direct
 //! query confirms it. Until then the watch holds the last list. A healthy server's confirmed
-//! "zero instances" is honoured (DESIGN.md §3.3).
+//! "zero instances" is honoured.
 //!
 //! Direct queries ([`Registry::instances`]) get the same protection: while the server has not
 //! been reachable for the grace period, "no instances" of a service that had some is answered
@@ -78,6 +78,8 @@ mod config;
 #[cfg(feature = "nacos")]
 pub mod convert;
 #[cfg(feature = "nacos")]
+pub use convert::decode_instances;
+#[cfg(feature = "nacos")]
 mod watch;
 
 #[cfg(feature = "nacos")]
@@ -88,6 +90,7 @@ use {
     crate::instance::{HealthStatus, Instance, validate_name},
     crate::keyed::KeyedLocks,
     async_trait::async_trait,
+    convert::map_all,
     futures_util::StreamExt,
     nacos_sdk::api::naming::{NamingService, NamingServiceBuilder, ServiceInstance},
     nacos_sdk::api::props::ClientProps,
@@ -373,29 +376,6 @@ impl Shared {
         )
         .await
     }
-}
-
-/// Decodes a JSON array of Nacos instances (nacos-sdk's `ServiceInstance`, as the Nacos open
-/// API and the SDK's serde form write them) of `service` into chi instances, exactly as
-/// discovery maps what the SDK hands it: disabled instances, ports that are not TCP ports and
-/// instances that fail [`Instance::validate`] are left out. A body that is not such an array is
-/// an [`Error::Registry`]. Public for fuzzing and for tools that read saved answers.
-#[cfg(feature = "nacos")]
-pub fn decode_instances(service: &str, json: &[u8]) -> Result<Vec<Instance>> {
-    validate_name("service name", service)?;
-    let raw: Vec<ServiceInstance> = serde_json::from_slice(json)
-        .map_err(|e| Error::registry(BACKEND, format!("not a list of Nacos instances: {e}")))?;
-    Ok(map_all(service, &raw))
-}
-
-#[cfg(feature = "nacos")]
-fn map_all(service: &str, raw: &[ServiceInstance]) -> Vec<Instance> {
-    let mut list: Vec<Instance> = raw
-        .iter()
-        .filter_map(|si| convert::from_nacos(service, si))
-        .collect();
-    list.sort_by(|a, b| a.id.cmp(&b.id));
-    list
 }
 
 /// nacos-sdk's errors, sorted into chi's: transport trouble is `Unavailable`; a server's refusal
