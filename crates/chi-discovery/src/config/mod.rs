@@ -17,7 +17,7 @@
 //! registries). With no registry enabled the embedded one is used.
 //!
 //! The registries come out as each adapter's own config type in a [`Registries`]; connecting
-//! them is the registry side's job ([`Registries::connect`], [`crate::registry::connect`]), so
+//! them is the registry side's job ([`Registries::connect`], [`crate::registry::connect()`]), so
 //! this module parses and checks only. `raw` mirrors the file, `validate` checks the general
 //! sections, `registries` the registry blocks.
 

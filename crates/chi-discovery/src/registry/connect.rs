@@ -61,7 +61,7 @@ impl Registries {
         }
     }
 
-    /// Connects to the enabled backends: see [`connect`].
+    /// Connects to the enabled backends: see [`connect()`].
     pub async fn connect(&self) -> Result<Arc<dyn Registry>> {
         connect(self).await
     }
