@@ -157,7 +157,7 @@ impl Client {
         if !token.is_empty() {
             let mut value = HeaderValue::from_str(token.expose()).map_err(|_| {
                 Error::config(
-                    "consul.token",
+                    format!("{}.token", super::FIELD),
                     "contains characters that cannot be sent in an HTTP header",
                 )
             })?;
@@ -371,9 +371,11 @@ impl Client {
         }
         let hint = if status == StatusCode::FORBIDDEN {
             Some(if self.has_token {
-                "the ACL token was refused or lacks the permission; check `consul.token`"
+                "the ACL token was refused or lacks the permission; check \
+                 `service_discovery.registries.consul.token` (or CHI_CONSUL_TOKEN)"
             } else {
-                "no ACL token was sent; set `consul.token`"
+                "no ACL token was sent; set `service_discovery.registries.consul.token` \
+                 (or CHI_CONSUL_TOKEN)"
             })
         } else {
             None
