@@ -1,13 +1,20 @@
-//! Retries with exponential backoff, per the config's `retry` block.
+//! Retries and backoff: the one place chi computes how long to wait before trying again.
 //!
-//! The delays are `initial_interval * multiplier^(n-1)`, capped at `max_interval`, with jitter so
-//! that many clients recovering from the same outage do not retry in lockstep. Retries run through
-//! the `backon` crate; only transient errors ([`Error::is_transient`]) are retried.
+//! [`RetryPolicy`] is the config's `retry` block for one registry call: the delays are
+//! `initial_interval * multiplier^(n-1)`, capped at `max_interval`, with jitter so that many
+//! clients recovering from the same outage do not retry in lockstep. Retries run through the
+//! `backon` crate; only transient errors ([`Error::is_transient`]) are retried.
+//!
+//! [`Backoff`] is the same curve for loops that never give up (a watch reopening its stream, a
+//! blocking query after an error): it counts consecutive failures, answers the next jittered
+//! delay, and starts over after a success. Every adapter's watch uses it, so a fix to the curve
+//! (or the jitter) lands everywhere at once.
 
 use std::future::Future;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use rand::Rng;
 
 use crate::error::{Error, Result};
 
@@ -25,7 +32,7 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// The spec's values: 3 attempts, 1 s, at most 10 s, doubling.
+    /// 3 attempts, 1 s, at most 10 s, doubling.
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 3,
@@ -47,10 +54,13 @@ impl RetryPolicy {
 
     /// The delay after the `failures`-th consecutive failure (1-based), without jitter.
     pub fn delay(&self, failures: u32) -> Duration {
-        let exp = failures.saturating_sub(1).min(64) as i32;
-        let secs = self.initial_interval.as_secs_f64() * self.multiplier.powi(exp);
-        let capped = secs.min(self.max_interval.as_secs_f64());
-        Duration::try_from_secs_f64(capped).unwrap_or(self.max_interval)
+        self.backoff().nominal(failures)
+    }
+
+    /// A [`Backoff`] on this policy's curve (its `max_attempts` does not apply: a backoff never
+    /// gives up).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.initial_interval, self.max_interval).multiplier(self.multiplier)
     }
 
     fn builder(&self) -> ExponentialBuilder {
@@ -78,6 +88,87 @@ impl RetryPolicy {
     }
 }
 
+/// Delays for a loop that retries until it succeeds: `initial * multiplier^(n-1)` after the
+/// `n`-th consecutive failure, capped at `max`, each one jittered by ±25 %.
+///
+/// ```
+/// # use std::time::Duration;
+/// use chi_discovery::retry::Backoff;
+///
+/// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+/// let first = backoff.next_delay();
+/// assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125));
+/// backoff.reset(); // after a success
+/// assert_eq!(backoff.failures(), 0);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    multiplier: f64,
+    failures: u32,
+}
+
+impl Backoff {
+    /// Doubling from `initial` up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            multiplier: 2.0,
+            failures: 0,
+        }
+    }
+
+    /// Another growth factor (values below 1 are taken as 1).
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = if multiplier.is_finite() {
+            multiplier.max(1.0)
+        } else {
+            2.0
+        };
+        self
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Starts over: the next delay is the initial one again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// The delay after the `failures`-th consecutive failure (1-based), without jitter.
+    pub fn nominal(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(64) as i32;
+        let secs = self.initial.as_secs_f64() * self.multiplier.powi(exp);
+        let capped = secs.min(self.max.as_secs_f64());
+        Duration::try_from_secs_f64(capped).unwrap_or(self.max)
+    }
+
+    /// Counts one more failure and answers how long to wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        jitter(self.nominal(self.failures))
+    }
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    /// Never ends: see [`Backoff::next_delay`].
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.next_delay())
+    }
+}
+
+/// `d` ± 25 %, so that many clients do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.75..1.25))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +182,29 @@ mod tests {
         assert_eq!(p.delay(4), Duration::from_secs(8));
         assert_eq!(p.delay(5), Duration::from_secs(10));
         assert_eq!(p.delay(500), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_jittered_and_resets() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(2);
+        let mut backoff = Backoff::new(base, cap);
+        for n in 1..40u32 {
+            let d = backoff.next_delay();
+            assert_eq!(backoff.failures(), n);
+            let nominal = base.saturating_mul(1 << (n - 1).min(16)).min(cap);
+            assert_eq!(backoff.nominal(n), nominal);
+            assert!(
+                d >= nominal.mul_f64(0.75) && d <= nominal.mul_f64(1.25),
+                "{n}: {d:?}"
+            );
+        }
+        backoff.reset();
+        assert!(backoff.next().is_some_and(|d| d <= base.mul_f64(1.25)));
+        assert_eq!(
+            RetryPolicy::default().backoff().nominal(3),
+            RetryPolicy::default().delay(3)
+        );
     }
 
     #[tokio::test(start_paused = true)]

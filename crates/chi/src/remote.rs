@@ -12,7 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chi_discovery::error::{Error, Result};
 use chi_discovery::instance::validate_name;
-use chi_discovery::registry::WatchStream;
+use chi_discovery::registry::{WatchStream, watch_task};
+use chi_discovery::retry::Backoff;
 use chi_discovery::{Change, HealthStatus, Instance, Liveness, Registry};
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +22,8 @@ const BACKEND: &str = "chi";
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(10);
 /// A watch with nothing, not even a heartbeat, for this long is taken as lost and opened again.
 const QUIET: Duration = Duration::from_secs(30);
-/// Waits between attempts to open a lost watch again: doubling from the first to the second.
+/// Waits between attempts to open a lost watch again: doubling (with jitter) from the first to
+/// the second.
 const REOPEN: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// Longest line a watch may send (a `Reset` of a large service is one line).
 const MAX_LINE: usize = 64 << 20;
@@ -219,21 +221,18 @@ impl Registry for RemoteRegistry {
     async fn watch(&self, service: &str) -> Result<WatchStream> {
         // The first line must come now, so a bad address fails the call, not the stream.
         let (lines, first) = self.open_watch(service).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Change>>(64);
         let this = self.clone();
         let service = service.to_owned();
-        tokio::spawn(async move {
+        Ok(watch_task::spawn_watch(move |tx| async move {
             let mut opened = Some((lines, first));
-            let mut wait = REOPEN.0;
+            let mut backoff = Backoff::new(REOPEN.0, REOPEN.1);
             loop {
                 let (mut lines, first) = match opened.take() {
                     Some(o) => o,
                     None => {
-                        tokio::select! {
-                            () = tx.closed() => return,
-                            () = tokio::time::sleep(wait) => {}
+                        if !tx.sleep(backoff.next_delay()).await {
+                            return;
                         }
-                        wait = (wait * 2).min(REOPEN.1);
                         match this.open_watch(&service).await {
                             Ok(o) => o,
                             Err(e) => {
@@ -243,10 +242,10 @@ impl Registry for RemoteRegistry {
                         }
                     }
                 };
-                if tx.send(Ok(Change::Reset(first))).await.is_err() {
+                if !tx.send(Ok(Change::Reset(first))).await {
                     return;
                 }
-                wait = REOPEN.0;
+                backoff.reset();
                 // Lines until the connection ends; then one error, and the watch opens again.
                 let lost = loop {
                     let line = tokio::select! {
@@ -266,18 +265,15 @@ impl Registry for RemoteRegistry {
                             Event::Error { message } => Err(this.err(message)),
                         },
                     };
-                    if tx.send(item).await.is_err() {
+                    if !tx.send(item).await {
                         return;
                     }
                 };
-                if tx.send(Err(this.err(lost))).await.is_err() {
+                if !tx.send(Err(this.err(lost))).await {
                     return;
                 }
             }
-        });
-        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async {
-            rx.recv().await.map(|item| (item, rx))
-        })))
+        }))
     }
 }
 

@@ -1,4 +1,6 @@
 use super::*;
+use crate::instance::CheckTarget;
+use crate::registry::consul::ConsulConfig;
 
 const SPEC: &str = include_str!("../../../../examples/chi-config.yaml");
 
@@ -116,7 +118,7 @@ fn secrets_come_from_the_environment_and_never_print() {
             .expose(),
         "etcd-secret"
     );
-    let shown = format!("{c:?} {:?}", describe(&c));
+    let shown = format!("{c:?}");
     assert!(
         !shown.contains("consul-secret") && !shown.contains("etcd-secret"),
         "{shown}"
@@ -457,7 +459,7 @@ fn registry_urls() {
         .nacos
         .expect("n");
     assert_eq!(
-        (n.servers[0].ip.as_str(), n.servers[0].port),
+        (n.server_configs[0].ip.as_str(), n.server_configs[0].port),
         ("10.0.0.1", 8848)
     );
     for (bad, part) in [
@@ -489,9 +491,16 @@ fn a_ttl_health_check_sets_the_consul_check_ttl() {
     let yaml = "service_discovery:\n  registration:\n    name: a\n    address: 127.0.0.1\n    port: 1\n    health_check:\n      ttl: 3s\n  registries:\n    consul:\n      enabled: true\n";
     let c = load(yaml).expect("load");
     let consul = c.registries.consul.expect("consul");
-    assert_eq!(consul.check_ttl, Some(std::time::Duration::from_secs(3)));
+    assert_eq!(consul.check_ttl, Duration::from_secs(3));
     // Without a TTL check the adapter's default applies.
     let http = yaml.replace("ttl: 3s", "http: /health");
     let c = load(&http).expect("load");
-    assert_eq!(c.registries.consul.expect("consul").check_ttl, None);
+    assert_eq!(
+        c.registries.consul.expect("consul").check_ttl,
+        ConsulConfig::default().check_ttl
+    );
+    // A TTL the adapter refuses is reported where the user wrote it.
+    let (field, message) = err_of(&yaml.replace("ttl: 3s", "ttl: 50ms"));
+    assert_eq!(field, "service_discovery.registration.health_check.ttl");
+    assert!(message.contains("at least 100ms"), "{message}");
 }

@@ -71,6 +71,13 @@ impl EmptyGuard {
         }
     }
 
+    /// Marks the server down whatever the error was (a watch whose check failed): the grace
+    /// period starts again at the next answer.
+    #[cfg(feature = "nacos")]
+    pub(crate) fn down(&self) {
+        self.state().up = Up::Down;
+    }
+
     /// True when `list` may be believed: it has instances, or the service had none, or the
     /// server has answered for `grace` without interruption.
     pub(crate) fn believe(&self, service: &str, list: &[Instance], grace: Duration) -> bool {

@@ -28,6 +28,13 @@ use crate::instance::{HealthStatus, Instance, validate_name};
 const BACKEND: &str = "memory";
 const WATCH_BUFFER: usize = 1024;
 
+/// Settings of the embedded registry (`registries.memory`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemoryConfig {
+    /// Registrations expire this long after their last keep-alive (`None`: never).
+    pub ttl: Option<Duration>,
+}
+
 /// The embedded registry. Cheap to clone; clones share state.
 #[derive(Clone)]
 pub struct Memory {
@@ -87,6 +94,11 @@ impl Memory {
     /// A registry whose registrations expire `ttl` after their last register / keep-alive.
     pub fn with_ttl(ttl: Duration) -> Self {
         Self::build(Some(ttl))
+    }
+
+    /// A registry with `config`'s settings.
+    pub fn from_config(config: &MemoryConfig) -> Self {
+        Self::build(config.ttl)
     }
 
     fn build(ttl: Option<Duration>) -> Self {

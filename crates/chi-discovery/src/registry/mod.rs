@@ -4,7 +4,8 @@
 //! zero-setup default), Consul, etcd v3 and Nacos behind cargo features, and [`MultiRegistry`],
 //! which writes to several at once.
 //!
-//! The trait is small and object-safe (`Arc<dyn Registry>` is what the config builds). Keep-alive
+//! The trait is small and object-safe (`Arc<dyn Registry>` is what [`connect()`] builds from the
+//! config's [`Registries`]). Keep-alive
 //! is one uniform hook, [`Registry::keep_alive`]: each backend maps it onto its own mechanism (an
 //! etcd lease keep-alive, a Consul TTL check pass/fail, a Nacos heartbeat, a deadline in `Memory`)
 //! and answers [`Liveness::Lost`] when the backend no longer holds the registration, so the
@@ -13,6 +14,12 @@
 //! Watches are streams of [`Change`] in linkerd's resolve shape: the first item is always a
 //! [`Change::Reset`] with the full list, and after any reconnect or lost events the stream sends a
 //! `Reset` again, so a consumer never misses a change and never applies one twice.
+//!
+//! The three adapters share one layout: `mod.rs` is the [`Registry`], `config.rs` its settings
+//! (always compiled, so the config file parses the same way in every build), `convert.rs` the
+//! mapping to and from the backend's data, `watch.rs` the watch task, plus what only that backend
+//! needs (`api`/`wire`/`tls` for Consul, `client`/`tls` for etcd, `auth` for Nacos). Every watch
+//! task runs under [`watch_task`] and backs off with [`Backoff`](crate::retry::Backoff).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,19 +30,21 @@ use futures_util::stream::BoxStream;
 use crate::error::Result;
 use crate::instance::{HealthStatus, Instance};
 
+mod connect;
 #[cfg(any(feature = "consul", feature = "nacos"))]
 mod empty;
 pub mod memory;
 pub mod multi;
+pub mod watch_task;
 
-#[cfg(feature = "consul")]
+// Each adapter's config type is always there (the config file is parsed the same way in every
+// build); the adapter itself comes with its cargo feature.
 pub mod consul;
-#[cfg(feature = "etcd")]
 pub mod etcd;
-#[cfg(feature = "nacos")]
 pub mod nacos;
 
-pub use memory::Memory;
+pub use connect::{Registries, connect};
+pub use memory::{Memory, MemoryConfig};
 pub use multi::MultiRegistry;
 
 /// One change to the instance set of a watched service.

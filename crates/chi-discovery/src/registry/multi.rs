@@ -1,6 +1,6 @@
 //! Several registries behind one: writes go to all of them, reads merge them.
 //!
-//! This is the spec's `NewMultiRegistry(consul, etcd, nacos)`. Writes fan out concurrently and
+//! One registry over several (consul, etcd, nacos). Writes fan out concurrently and
 //! one failing backend never stops the others: the call reports every failure
 //! ([`Error::Backends`]), and the [`ServiceManager`](crate::ServiceManager), which sees the
 //! members through [`Registry::members`], keeps retrying only the backends that failed.

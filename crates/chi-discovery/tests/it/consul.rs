@@ -783,5 +783,8 @@ async fn tls_with_the_agents_ca_and_a_client_certificate() {
     })
     .unwrap_err()
     .to_string();
-    assert!(err.starts_with("consul.tls"), "{err}");
+    assert!(
+        err.starts_with("service_discovery.registries.consul.tls"),
+        "{err}"
+    );
 }

@@ -148,7 +148,11 @@ async fn round_trip_with_metadata_filters_and_namespaces() {
     })
     .await
     .unwrap_err();
-    assert!(err.to_string().starts_with("nacos.group_name"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("service_discovery.registries.nacos.client_config.group_name"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! etcd v3 registry adapter (feature `etcd`).
+//! etcd v3 registry adapter (feature `etcd`; [`EtcdConfig`] is there in every build).
 //!
 //! # Key layout
 //!
@@ -46,193 +46,59 @@
 //!
 //! Every call runs under [`EtcdConfig::request_timeout`] ([`Error::Timeout`]); an unreachable
 //! cluster is [`Error::Unavailable`], a failed login is [`Error::Config`] naming the user. The
-//! password is a [`Secret`]: it is redacted in `Debug`, and any text coming back from etcd is
+//! password is a [`Secret`](crate::Secret): it is redacted in `Debug`, and any text coming back from etcd is
 //! scrubbed of it before it reaches an error or a log line.
 
+//!
+//! # Layout
+//!
+//! As in every adapter: `config` (the settings and their checks), `convert` (the key layout and
+//! stored values), `watch` (the watch task), and this module, the [`Registry`] with the session
+//! lease; then the etcd-specific `client` (failover across members, error mapping) and `tls`.
+
+#[cfg(feature = "etcd")]
+mod client;
+mod config;
+#[cfg(feature = "etcd")]
+mod convert;
+#[cfg(feature = "etcd")]
+mod tls;
+#[cfg(feature = "etcd")]
 mod watch;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-use async_trait::async_trait;
-use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions,
+#[cfg(feature = "etcd")]
+use {
+    super::{Liveness, Registry, WatchStream},
+    crate::error::{Error, Result},
+    crate::instance::{HealthStatus, Instance, validate_name},
+    async_trait::async_trait,
+    client::{Failure, connect_error, is_lease_gone, retryable},
+    config::Settings,
+    etcd_client::{
+        Client, ConnectOptions, DeleteOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions,
+    },
+    std::sync::Arc,
+    std::sync::atomic::{AtomicUsize, Ordering},
+    std::time::Duration,
 };
 
-use super::{Liveness, Registry, WatchStream};
-use crate::error::{Error, Result};
-use crate::instance::{HealthStatus, Instance, validate_name};
-use crate::secret::Secret;
+pub use config::{
+    DEFAULT_ENDPOINT, DEFAULT_PREFIX, ENV_PASSWORD, ENV_USERNAME, EtcdConfig, EtcdTls, FIELD,
+};
+#[cfg(feature = "etcd")]
+pub use convert::decode_value;
 
+#[cfg(feature = "etcd")]
 const BACKEND: &str = "etcd";
-/// YAML path of the etcd block, for config errors.
-const FIELD: &str = "service_discovery.registries.etcd";
-
-/// Environment variable read by [`EtcdConfig::with_env_credentials`] for the user name.
-pub const ENV_USERNAME: &str = "CHI_ETCD_USERNAME";
-/// Environment variable read by [`EtcdConfig::with_env_credentials`] for the password.
-pub const ENV_PASSWORD: &str = "CHI_ETCD_PASSWORD";
-
-/// How to reach etcd and how to lay out the keys.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EtcdConfig {
-    /// Client URLs of the cluster members (`127.0.0.1:2379`, `http://10.0.0.1:2379`,
-    /// `https://...`). Requests go to one member and move to the next when it is unreachable or
-    /// has no leader.
-    pub endpoints: Vec<String>,
-    /// User name when etcd has auth enabled.
-    pub username: Option<String>,
-    /// Password of `username` (never printed).
-    pub password: Option<Secret>,
-    /// Key prefix of the registry; instances live at `{prefix}/{service}/{id}`.
-    pub prefix: String,
-    /// TTL of the session lease: how long after its last keep-alive a crashed registrant
-    /// disappears. Whole seconds (rounded up); etcd raises very small TTLs to its minimum (2 s
-    /// with default settings).
-    pub lease_ttl: Duration,
-    /// Deadline for establishing a connection to a member.
-    pub connect_timeout: Duration,
-    /// Deadline of every request.
-    pub request_timeout: Duration,
-    /// TLS settings, for `https://` endpoints.
-    pub tls: Option<EtcdTls>,
-}
-
-impl Default for EtcdConfig {
-    /// `127.0.0.1:2379`, no auth, prefix `/chi/services`, lease TTL 10 s, timeouts 5 s.
-    fn default() -> Self {
-        EtcdConfig {
-            endpoints: vec!["127.0.0.1:2379".into()],
-            username: None,
-            password: None,
-            prefix: "/chi/services".into(),
-            lease_ttl: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-            tls: None,
-        }
-    }
-}
-
-/// TLS files for `https://` endpoints (PEM).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EtcdTls {
-    /// CA certificate that signed the members' certificates.
-    pub ca: Option<PathBuf>,
-    /// Client certificate, for etcd's `--client-cert-auth`.
-    pub cert: Option<PathBuf>,
-    /// Key of the client certificate.
-    pub key: Option<PathBuf>,
-    /// Name to verify the members' certificates against (default: the endpoint's host).
-    pub domain: Option<String>,
-}
-
-impl EtcdConfig {
-    /// A config for `endpoints`, everything else default.
-    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
-        EtcdConfig {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
-            ..Self::default()
-        }
-    }
-
-    /// Fills `username` and `password` from `CHI_ETCD_USERNAME` / `CHI_ETCD_PASSWORD` when the
-    /// config leaves them empty, so the password need not sit in a file.
-    pub fn with_env_credentials(mut self) -> Self {
-        if self.username.as_deref().is_none_or(str::is_empty)
-            && let Ok(user) = std::env::var(ENV_USERNAME)
-        {
-            self.username = Some(user);
-        }
-        if self.password.as_ref().is_none_or(Secret::is_empty)
-            && let Ok(pass) = std::env::var(ENV_PASSWORD)
-        {
-            self.password = Some(Secret::new(pass));
-        }
-        self
-    }
-
-    /// Checks the values and normalises the prefix (leading `/`, no trailing `/`).
-    fn validated(&self) -> Result<Settings> {
-        if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
-            return Err(Error::config(
-                format!("{FIELD}.endpoints"),
-                "must list at least one endpoint, none of them empty",
-            ));
-        }
-        let trimmed = self.prefix.trim_end_matches('/');
-        if trimmed.is_empty() {
-            return Err(Error::config(
-                format!("{FIELD}.prefix"),
-                "must not be empty or `/`: chi's keys would mix with everything else in etcd",
-            ));
-        }
-        for part in trimmed.trim_start_matches('/').split('/') {
-            if part.is_empty() || part == "." || part == ".." {
-                return Err(Error::config(
-                    format!("{FIELD}.prefix"),
-                    format!("`{}` has an empty, `.` or `..` segment", self.prefix),
-                ));
-            }
-        }
-        let prefix = if trimmed.starts_with('/') {
-            trimmed.to_owned()
-        } else {
-            format!("/{trimmed}")
-        };
-        if self.lease_ttl < Duration::from_secs(1) {
-            return Err(Error::config(
-                format!("{FIELD}.lease_ttl"),
-                format!("must be at least 1s, got {:?}", self.lease_ttl),
-            ));
-        }
-        for (name, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("request_timeout", self.request_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(Error::config(format!("{FIELD}.{name}"), "must be > 0"));
-            }
-        }
-        let username = self.username.clone().filter(|u| !u.is_empty());
-        let password = self.password.clone().filter(|p| !p.is_empty());
-        if password.is_some() && username.is_none() {
-            return Err(Error::config(
-                format!("{FIELD}.username"),
-                "a password is set but no username",
-            ));
-        }
-        Ok(Settings {
-            prefix,
-            ttl_secs: self.lease_ttl.as_secs() as i64
-                + i64::from(self.lease_ttl.subsec_nanos() > 0),
-            lease_ttl: self.lease_ttl,
-            request_timeout: self.request_timeout,
-            username,
-            password,
-        })
-    }
-}
-
-/// The validated settings an [`Etcd`] runs with.
-#[derive(Debug)]
-struct Settings {
-    prefix: String,
-    ttl_secs: i64,
-    lease_ttl: Duration,
-    request_timeout: Duration,
-    username: Option<String>,
-    password: Option<Secret>,
-}
 
 /// The etcd v3 registry. Cheap to clone; clones share the connection and the session lease.
 #[derive(Clone)]
+#[cfg(feature = "etcd")]
 pub struct Etcd {
     inner: Arc<Inner>,
 }
 
+#[cfg(feature = "etcd")]
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Etcd")
@@ -244,6 +110,7 @@ impl std::fmt::Debug for Etcd {
     }
 }
 
+#[cfg(feature = "etcd")]
 struct Inner {
     /// One client per member, connected on first use. Requests go to one member at a time and
     /// move to the next when it is unreachable or has no leader (etcd's own client pins an
@@ -264,6 +131,7 @@ struct Inner {
     lease: tokio::sync::Mutex<Option<i64>>,
 }
 
+#[cfg(feature = "etcd")]
 impl Etcd {
     /// Connects to the cluster.
     ///
@@ -360,211 +228,8 @@ impl Etcd {
     }
 }
 
-fn connect_error(settings: &Settings, e: etcd_client::Error) -> Error {
-    let message = scrub(settings, &describe(&e));
-    if let (Some(user), true) = (&settings.username, is_auth_error(&e)) {
-        return Error::config(
-            format!("{FIELD}.password"),
-            format!(
-                "etcd refused the login of user `{user}` ({message}); check the username and password"
-            ),
-        );
-    }
-    match e {
-        etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => {
-            Error::config(format!("{FIELD}.endpoints"), message)
-        }
-        _ => Error::Unavailable {
-            backend: BACKEND.into(),
-            message: format!("cannot connect: {message}"),
-        },
-    }
-}
-
-fn is_auth_error(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            matches!(
-                s.code(),
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-            ) || s.message().contains("authentication failed")
-                || s.message().contains("invalid auth token")
-                || s.message().contains("user name is empty")
-        }
-        _ => false,
-    }
-}
-
-/// The short text of an etcd-client error (the gRPC message, not the whole `Status` dump).
-fn describe(e: &etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            if s.message().is_empty() {
-                format!("{:?}", s.code())
-            } else {
-                format!("{:?}: {}", s.code(), s.message())
-            }
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Removes the password from text that came back from the server or the transport.
-fn scrub(settings: &Settings, text: &str) -> String {
-    match &settings.password {
-        Some(p) if !p.is_empty() => text.replace(p.expose(), "***"),
-        _ => text.to_owned(),
-    }
-}
-
-/// True when etcd answered that the lease does not exist (expired, revoked, or lost in a
-/// restart without its data).
-fn is_lease_gone(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
-        _ => false,
-    }
-}
-
-/// True for failures another member may not have: unreachable, or no leader.
-fn retryable(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
-        _ => false,
-    }
-}
-
-/// Why a call failed: etcd said no, or the deadline passed.
-enum Failure {
-    Etcd(etcd_client::Error),
-    Timeout,
-}
-
+#[cfg(feature = "etcd")]
 impl Inner {
-    fn key(&self, service: &str, id: &str) -> String {
-        format!("{}/{service}/{id}", self.settings.prefix)
-    }
-
-    /// `{prefix}/{service}/`: the directory of one service, with the slash that keeps `svc` from
-    /// matching `svc2`.
-    fn service_dir(&self, service: &str) -> String {
-        format!("{}/{service}/", self.settings.prefix)
-    }
-
-    /// The client of member `i`, connecting it on first use.
-    async fn client(&self, i: usize) -> std::result::Result<Client, etcd_client::Error> {
-        self.clients[i]
-            .get_or_try_init(|| {
-                Client::connect([self.endpoints[i].as_str()], Some(self.options.clone()))
-            })
-            .await
-            .cloned()
-    }
-
-    /// Runs one request under the request timeout, on the current member; when that member is
-    /// unreachable, has no leader or does not answer in time, on the next one (every operation
-    /// of this adapter is idempotent, so a retry is safe), going round the members twice at most.
-    ///
-    /// With several members, an attempt that is not the last gets half of what is left of the
-    /// request timeout: a member cut off by a partition drops packets silently, and without this
-    /// every request would wait for the whole timeout on it and never move on (the HTTP/2 ping
-    /// notices the dead connection only after its own interval).
-    async fn call<T, F, Fut>(&self, mut op: F) -> std::result::Result<T, Failure>
-    where
-        F: FnMut(Client) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
-        let n = self.clients.len();
-        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
-        let mut attempt = 0;
-        loop {
-            let i = self.current.load(Ordering::Relaxed) % n;
-            let last = n == 1 || attempt + 1 >= 2 * n;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(Failure::Timeout);
-            }
-            let budget = if last { left } else { left / 2 };
-            let result = tokio::time::timeout(budget, async {
-                match self.client(i).await {
-                    Ok(client) => op(client).await,
-                    Err(e) => Err(e),
-                }
-            })
-            .await;
-            let failure = match result {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if retryable(&e) && !last => Failure::Etcd(e),
-                Ok(Err(e)) => return Err(Failure::Etcd(e)),
-                Err(_) if !last => Failure::Timeout,
-                Err(_) => return Err(Failure::Timeout),
-            };
-            if let Failure::Etcd(e) = &failure {
-                tracing::debug!(member = %self.endpoints[i], error = %describe(e), "etcd member failed; trying the next");
-            } else {
-                tracing::debug!(member = %self.endpoints[i], "etcd member did not answer in time; trying the next");
-            }
-            attempt += 1;
-            // Move on, unless a concurrent call already did; tell the watches, whose streams on
-            // the old member may be dead without knowing it.
-            if self
-                .current
-                .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-            {
-                self.moved.send_modify(|m| *m = m.wrapping_add(1));
-            }
-            if attempt % n == 0 {
-                // A full round failed: give an election a moment.
-                tokio::time::sleep(Duration::from_millis(100).min(left / 4)).await;
-            }
-        }
-    }
-
-    /// Turns a failure of `what` into chi's error, without the password.
-    fn error(&self, what: &str, failure: Failure) -> Error {
-        let e = match failure {
-            Failure::Timeout => {
-                return Error::Timeout {
-                    backend: BACKEND.into(),
-                    after: self.settings.request_timeout,
-                };
-            }
-            Failure::Etcd(e) => e,
-        };
-        let message = scrub(&self.settings, &format!("{what}: {}", describe(&e)));
-        if is_auth_error(&e) {
-            let user = self.settings.username.as_deref().unwrap_or("(none)");
-            return Error::registry(
-                BACKEND,
-                format!(
-                    "{message} (user `{user}`; is auth enabled and are the credentials right?)"
-                ),
-            );
-        }
-        let unavailable = match &e {
-            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-            etcd_client::Error::GRpcStatus(s) => matches!(
-                s.code(),
-                tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Unknown
-            ),
-            _ => false,
-        };
-        if unavailable {
-            Error::Unavailable {
-                backend: BACKEND.into(),
-                message,
-            }
-        } else {
-            Error::registry(BACKEND, message)
-        }
-    }
-
     /// The session lease, granting one if there is none.
     async fn session_lease(&self) -> Result<i64> {
         let mut slot = self.lease.lock().await;
@@ -619,25 +284,6 @@ impl Inner {
         }
     }
 
-    /// Parses one stored value; `None` (with a warning) when it is not an instance of `service`
-    /// with id `id`: foreign or corrupt data under the prefix is skipped, never trusted.
-    fn parse(&self, service: &str, id: &str, value: &[u8]) -> Option<Instance> {
-        match decode_value(service, id, value) {
-            Ok(i) => Some(i),
-            Err(e) => {
-                tracing::warn!(service = %service.escape_debug(), id = %id.escape_debug(), error = %e, "etcd value is not a usable instance; skipped");
-                None
-            }
-        }
-    }
-
-    /// The id of a key inside `dir`, if the key is directly in it.
-    fn id_in<'k>(dir: &str, key: &'k [u8]) -> Option<&'k str> {
-        let key = std::str::from_utf8(key).ok()?;
-        let id = key.strip_prefix(dir)?;
-        (!id.is_empty() && !id.contains('/')).then_some(id)
-    }
-
     /// The instances of `service`, the revision they are as of, and the raft term that answered.
     async fn list(&self, service: &str) -> Result<(Vec<Instance>, i64, u64)> {
         let dir = self.service_dir(service);
@@ -662,26 +308,8 @@ impl Inner {
     }
 }
 
-/// Decodes the value stored at `{prefix}/{service}/{id}`, exactly as discovery and watches do:
-/// the JSON of an [`Instance`] whose name and id match its key and which passes
-/// [`Instance::validate`]. Anything else is an [`Error::Registry`] saying why (discovery skips
-/// such values with a warning). Public for fuzzing and for tools that read raw keys.
-pub fn decode_value(service: &str, id: &str, value: &[u8]) -> Result<Instance> {
-    let bad = |m: String| Error::registry(BACKEND, format!("value of `{service}/{id}`: {m}"));
-    let i: Instance =
-        serde_json::from_slice(value).map_err(|e| bad(format!("not an instance: {e}")))?;
-    if i.name != service || i.id != id {
-        return Err(bad(format!(
-            "holds instance `{}/{}`, which does not match its key",
-            i.name.escape_debug(),
-            i.id.escape_debug()
-        )));
-    }
-    i.validate().map_err(|e| bad(e.to_string()))?;
-    Ok(i)
-}
-
 #[async_trait]
+#[cfg(feature = "etcd")]
 impl Registry for Etcd {
     fn backend(&self) -> &str {
         BACKEND
@@ -825,170 +453,6 @@ impl Registry for Etcd {
     }
 }
 
-/// TLS for `https://` endpoints: rustls with the configured CA (etcd clusters sign their
-/// members with a private CA, so there is no fallback to system roots), and a client certificate
-/// for `--client-cert-auth` clusters.
-mod tls {
-    use std::path::Path;
-
-    use super::{EtcdTls, FIELD};
-    use crate::error::{Error, Result};
-    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
-
-    fn read(path: &Path, field: &str) -> Result<Vec<u8>> {
-        std::fs::read(path).map_err(|e| {
-            Error::config(
-                format!("{FIELD}.tls.{field}"),
-                format!("cannot read `{}`: {e}", path.display()),
-            )
-        })
-    }
-
-    pub(super) fn apply(options: ConnectOptions, tls: &EtcdTls) -> Result<ConnectOptions> {
-        let Some(ca) = &tls.ca else {
-            return Err(Error::config(
-                format!("{FIELD}.tls.ca"),
-                "the CA certificate that signed the etcd members is required",
-            ));
-        };
-        let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca, "ca")?));
-        match (&tls.cert, &tls.key) {
-            (Some(cert), Some(key)) => {
-                config =
-                    config.identity(Identity::from_pem(read(cert, "cert")?, read(key, "key")?));
-            }
-            (None, None) => {}
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(Error::config(
-                    format!("{FIELD}.tls"),
-                    "`cert` and `key` go together: give both or neither",
-                ));
-            }
-        }
-        if let Some(domain) = &tls.domain {
-            config = config.domain_name(domain.clone());
-        }
-        Ok(options.with_tls(config))
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_defaults_and_prefix_normalisation() {
-        let s = EtcdConfig::default().validated().expect("default is valid");
-        assert_eq!(s.prefix, "/chi/services");
-        assert_eq!(s.ttl_secs, 10);
-        let s = EtcdConfig {
-            prefix: "app/reg/".into(),
-            lease_ttl: Duration::from_millis(2500),
-            ..EtcdConfig::default()
-        }
-        .validated()
-        .expect("valid");
-        assert_eq!(s.prefix, "/app/reg");
-        assert_eq!(s.ttl_secs, 3, "TTL rounds up to whole seconds");
-    }
-
-    #[test]
-    fn config_rejects_bad_values() {
-        for (cfg, field) in [
-            (
-                EtcdConfig {
-                    prefix: "/".into(),
-                    ..EtcdConfig::default()
-                },
-                "prefix",
-            ),
-            (
-                EtcdConfig {
-                    prefix: "/a/../b".into(),
-                    ..EtcdConfig::default()
-                },
-                "prefix",
-            ),
-            (
-                EtcdConfig {
-                    endpoints: vec![],
-                    ..EtcdConfig::default()
-                },
-                "endpoints",
-            ),
-            (
-                EtcdConfig {
-                    lease_ttl: Duration::from_millis(500),
-                    ..EtcdConfig::default()
-                },
-                "lease_ttl",
-            ),
-            (
-                EtcdConfig {
-                    password: Some("pw".into()),
-                    ..EtcdConfig::default()
-                },
-                "username",
-            ),
-        ] {
-            let err = cfg.validated().expect_err("must be rejected");
-            assert!(
-                err.to_string()
-                    .starts_with(&format!("service_discovery.registries.etcd.{field}")),
-                "{err}"
-            );
-        }
-    }
-
-    #[test]
-    fn debug_never_shows_the_password() {
-        let cfg = EtcdConfig {
-            username: Some("root".into()),
-            password: Some("hunter2".into()),
-            ..EtcdConfig::default()
-        };
-        assert!(!format!("{cfg:?}").contains("hunter2"));
-        let s = cfg.validated().expect("valid");
-        assert_eq!(
-            scrub(&s, "bad password hunter2 given"),
-            "bad password *** given"
-        );
-    }
-
-    #[test]
-    fn ids_are_taken_only_from_direct_children() {
-        assert_eq!(Inner::id_in("/p/s/", b"/p/s/a"), Some("a"));
-        assert_eq!(Inner::id_in("/p/s/", b"/p/s/a/b"), None);
-        assert_eq!(Inner::id_in("/p/s/", b"/p/s/"), None);
-        assert_eq!(Inner::id_in("/p/s/", b"/p/s2/a"), None);
-        assert_eq!(
-            Inner::id_in("/p/s/", &[0x2f, 0x70, 0x2f, 0x73, 0x2f, 0xff]),
-            None
-        );
-    }
-
-    #[test]
-    fn stored_values_decode_only_into_valid_instances_of_their_key() {
-        let good = br#"{"id":"svc-1","name":"svc","address":"10.0.0.1","port":8080}"#;
-        let i = decode_value("svc", "svc-1", good).expect("a valid value");
-        assert_eq!((i.name.as_str(), i.port), ("svc", 8080));
-        for (value, says) in [
-            (&b"{"[..], "not an instance"),
-            (
-                br#"{"id":"svc-2","name":"svc","address":"a","port":1}"#,
-                "does not match its key",
-            ),
-            (
-                br#"{"id":"svc-1","name":"svc","address":" ","port":1}"#,
-                "address",
-            ),
-            (
-                br#"{"id":"svc-1","name":"svc","address":"a","port":0}"#,
-                "port",
-            ),
-        ] {
-            let e = decode_value("svc", "svc-1", value).expect_err("rejected");
-            assert!(e.to_string().contains(says), "{e}");
-        }
-    }
-}
+#[cfg(feature = "etcd")]
+mod tests;

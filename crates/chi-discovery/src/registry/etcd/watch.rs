@@ -3,39 +3,37 @@
 //! after a compaction (see the module docs of `registry::etcd`).
 //!
 //! The task owns the view (id -> last known instance), so a `Remove` carries the last copy and a
-//! re-put of an unchanged value (a re-registration) is no event at all. It ends when the consumer
-//! drops the stream: the stream aborts the task, and every wait also watches for the consumer
-//! leaving.
+//! re-put of an unchanged value (a re-registration) is no event at all. It runs under
+//! [`watch_task`], so it ends when the consumer drops the stream; every wait also watches for the
+//! consumer leaving. Reopening backs off with [`Backoff`].
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse};
-use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-use super::{BACKEND, Failure, Inner};
+use super::client::{Failure, scrub};
+use super::{BACKEND, Inner};
 use crate::error::{Error, Result};
 use crate::instance::Instance;
+use crate::registry::watch_task::{self, Sender};
 use crate::registry::{Change, WatchStream};
+use crate::retry::Backoff;
 
-const BUFFER: usize = 256;
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// First wait before reopening a broken watch, doubling up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Does the initial `get` here (so a dead cluster fails the `watch` call itself), then hands the
 /// rest to a task.
 pub(super) async fn start(inner: Arc<Inner>, service: String) -> Result<WatchStream> {
     let (list, revision, term) = inner.list(&service).await?;
-    let (tx, rx) = mpsc::channel(BUFFER);
-    // Cannot fail: the channel is new and empty.
-    let _ = tx.try_send(Ok(Change::Reset(list.clone())));
-    let view = list.into_iter().map(|i| (i.id.clone(), i)).collect();
-    let task = tokio::spawn(
+    let view = list.iter().map(|i| (i.id.clone(), i.clone())).collect();
+    Ok(watch_task::spawn_watch(move |tx| async move {
+        if !tx.send(Ok(Change::Reset(list))).await {
+            return;
+        }
         Task {
             dir: inner.service_dir(&service),
             moved: inner.moved.subscribe(),
@@ -46,28 +44,9 @@ pub(super) async fn start(inner: Arc<Inner>, service: String) -> Result<WatchStr
             term,
             tx,
         }
-        .run(),
-    );
-    Ok(TaskStream { rx, task }.boxed())
-}
-
-/// The receiving end; dropping it stops the task.
-struct TaskStream {
-    rx: mpsc::Receiver<Result<Change>>,
-    task: JoinHandle<()>,
-}
-
-impl Stream for TaskStream {
-    type Item = Result<Change>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for TaskStream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+        .run()
+        .await;
+    }))
 }
 
 /// Why a watch stream stopped.
@@ -91,14 +70,14 @@ struct Task {
     /// The highest raft term seen. Terms never go back in one cluster's life, so a lower one
     /// means etcd lost its data.
     term: u64,
-    tx: mpsc::Sender<Result<Change>>,
+    tx: Sender<Result<Change>>,
     /// Tells when requests moved to another member (see `Inner::moved`).
     moved: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Task {
     async fn run(mut self) {
-        let mut failures: u32 = 0;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         // After a break the consumer was told about the error; once the watch is back, a `Reset`
         // tells it the view is whole again.
         let mut broken = false;
@@ -111,7 +90,7 @@ impl Task {
                         return;
                     }
                     broken = false;
-                    failures = 0;
+                    backoff.reset();
                     self.pump(stream).await
                 }
                 Err(stop) => stop,
@@ -125,7 +104,7 @@ impl Task {
                         self.revision = revision;
                         self.term = term;
                         broken = false;
-                        failures = 0;
+                        backoff.reset();
                         if !self.send(Ok(Change::Reset(list))).await {
                             return;
                         }
@@ -147,13 +126,8 @@ impl Task {
                     broken = true;
                 }
             }
-            failures = failures.saturating_add(1);
-            let delay = BACKOFF_MIN
-                .saturating_mul(1 << failures.min(8))
-                .min(BACKOFF_MAX);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.tx.closed() => return,
+            if !self.tx.sleep(backoff.next_delay()).await {
+                return;
             }
         }
     }
@@ -165,7 +139,7 @@ impl Task {
     }
 
     async fn send(&self, item: Result<Change>) -> bool {
-        self.tx.send(item).await.is_ok()
+        self.tx.send(item).await
     }
 
     /// Opens a prefix watch from `revision + 1` and waits for etcd to confirm it.
@@ -257,7 +231,7 @@ impl Task {
         } else {
             Stop::Broken(self.unavailable(&format!(
                 "cancelled by etcd: {}",
-                super::scrub(&self.inner.settings, resp.cancel_reason())
+                scrub(&self.inner.settings, resp.cancel_reason())
             )))
         }
     }

@@ -1,4 +1,4 @@
-//! [`NacosConfig`]: the spec's `NacosConfig` (server list, namespace, credentials, group and
+//! [`NacosConfig`]: where the Nacos servers are (server list, namespace, credentials, group and
 //! cluster), plus the timings chi needs, validated before anything is sent.
 //!
 //! Names follow Nacos' own rules so a bad value fails here, with the field named, instead of as
@@ -12,6 +12,19 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
+/// YAML path of the Nacos block, the prefix of every config error of this adapter.
+pub const FIELD: &str = "service_discovery.registries.nacos";
+/// Environment variable that overrides [`NacosConfig::username`] in the config file and the CLI.
+pub const ENV_USERNAME: &str = "CHI_NACOS_USERNAME";
+/// Environment variable that overrides [`NacosConfig::password`] in the config file and the CLI.
+pub const ENV_PASSWORD: &str = "CHI_NACOS_PASSWORD";
+/// The namespace the config file gives when it names none (Nacos' public namespace).
+pub const DEFAULT_NAMESPACE: &str = "public";
+/// The HTTP context path of a server when none is given.
+pub const DEFAULT_CONTEXT_PATH: &str = "/nacos";
+/// The HTTP port of a server when none is given.
+pub const DEFAULT_PORT: u16 = 8848;
+
 /// Nacos' default group.
 pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
 /// Nacos' default cluster.
@@ -19,7 +32,7 @@ pub const DEFAULT_CLUSTER: &str = "DEFAULT";
 /// The offset Nacos 2.x puts between a server's HTTP port and its gRPC port.
 pub const GRPC_PORT_OFFSET: u16 = 1000;
 
-/// One Nacos server, as the spec's `NacosServerConfig`.
+/// One Nacos server (`server_configs[i]` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NacosServerConfig {
     /// Host name or IP address.
@@ -36,11 +49,12 @@ impl NacosServerConfig {
         NacosServerConfig {
             ip: ip.into(),
             port,
-            context_path: "/nacos".into(),
+            context_path: DEFAULT_CONTEXT_PATH.into(),
         }
     }
 
     /// `ip:port`, IPv6 in brackets.
+    #[cfg_attr(not(feature = "nacos"), allow(dead_code))]
     pub(crate) fn authority(&self) -> String {
         if self.ip.contains(':') && !self.ip.starts_with('[') {
             format!("[{}]:{}", self.ip, self.port)
@@ -50,6 +64,7 @@ impl NacosServerConfig {
     }
 
     /// The context path with one leading `/` and no trailing one (`""` for none).
+    #[cfg_attr(not(feature = "nacos"), allow(dead_code))]
     pub(crate) fn context_path(&self) -> String {
         let p = self.context_path.trim().trim_matches('/');
         if p.is_empty() {
@@ -105,7 +120,7 @@ pub struct NacosConfig {
 impl Default for NacosConfig {
     fn default() -> Self {
         NacosConfig {
-            server_configs: vec![NacosServerConfig::new("127.0.0.1", 8848)],
+            server_configs: vec![NacosServerConfig::new("127.0.0.1", DEFAULT_PORT)],
             namespace_id: String::new(),
             username: None,
             password: None,
@@ -133,30 +148,31 @@ impl NacosConfig {
         }
     }
 
-    /// Checks every field; errors name the field (`nacos.group_name`).
+    /// Checks every field; errors name the field by its YAML path
+    /// (`service_discovery.registries.nacos.client_config.group_name`).
     pub fn validate(&self) -> Result<()> {
         if self.server_configs.is_empty() {
             return Err(Error::config(
-                "nacos.server_configs",
+                format!("{FIELD}.server_configs"),
                 "needs at least one server",
             ));
         }
         for (i, s) in self.server_configs.iter().enumerate() {
             if s.ip.trim().is_empty() {
                 return Err(Error::config(
-                    format!("nacos.server_configs[{i}].ip"),
+                    format!("{FIELD}.server_configs[{i}].ip"),
                     "must not be empty",
                 ));
             }
             if s.port == 0 {
                 return Err(Error::config(
-                    format!("nacos.server_configs[{i}].port"),
+                    format!("{FIELD}.server_configs[{i}].port"),
                     "must be between 1 and 65535",
                 ));
             }
             if self.grpc_port.is_none() && s.port > u16::MAX - GRPC_PORT_OFFSET {
                 return Err(Error::config(
-                    format!("nacos.server_configs[{i}].port"),
+                    format!("{FIELD}.server_configs[{i}].port"),
                     format!(
                         "the gRPC port is the HTTP port + {GRPC_PORT_OFFSET}, so the HTTP port \
                          must be at most {}; or set grpc_port",
@@ -166,30 +182,43 @@ impl NacosConfig {
             }
         }
         if !self.namespace_id.is_empty() {
-            check_nacos_name("nacos.namespace_id", &self.namespace_id)?;
+            check_nacos_name(
+                &format!("{FIELD}.client_config.namespace_id"),
+                &self.namespace_id,
+            )?;
         }
-        check_nacos_name("nacos.group_name", &self.group_name)?;
-        check_nacos_name("nacos.cluster_name", &self.cluster_name)?;
+        check_nacos_name(
+            &format!("{FIELD}.client_config.group_name"),
+            &self.group_name,
+        )?;
+        check_nacos_name(
+            &format!("{FIELD}.client_config.cluster_name"),
+            &self.cluster_name,
+        )?;
         if self.password.is_some() && self.username.as_deref().unwrap_or("").is_empty() {
             return Err(Error::config(
-                "nacos.username",
+                format!("{FIELD}.client_config.username"),
                 "a password is set but no username",
             ));
         }
         for (field, d) in [
-            ("nacos.timeout", self.timeout),
-            ("nacos.connect_timeout", self.connect_timeout),
-            ("nacos.keep_alive_interval", self.keep_alive_interval),
-            ("nacos.watch_check_interval", self.watch_check_interval),
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("keep_alive_interval", self.keep_alive_interval),
+            ("watch_check_interval", self.watch_check_interval),
         ] {
             if d.is_zero() {
-                return Err(Error::config(field, "must be greater than zero"));
+                return Err(Error::config(
+                    format!("{FIELD}.{field}"),
+                    "must be greater than zero",
+                ));
             }
         }
         Ok(())
     }
 
     /// The namespace as nacos-sdk wants it (`public` is the empty string).
+    #[cfg_attr(not(feature = "nacos"), allow(dead_code))]
     pub(crate) fn namespace(&self) -> &str {
         if self.namespace_id == "public" {
             ""
@@ -254,40 +283,43 @@ mod tests {
                     group_name: "a@@b".into(),
                     ..NacosConfig::default()
                 },
-                "nacos.group_name",
+                "client_config.group_name",
             ),
             (
                 NacosConfig {
                     namespace_id: "ns/1".into(),
                     ..NacosConfig::default()
                 },
-                "nacos.namespace_id",
+                "client_config.namespace_id",
             ),
             (
                 NacosConfig {
                     cluster_name: String::new(),
                     ..NacosConfig::default()
                 },
-                "nacos.cluster_name",
+                "client_config.cluster_name",
             ),
             (
                 NacosConfig {
                     server_configs: vec![],
                     ..NacosConfig::default()
                 },
-                "nacos.server_configs",
+                "server_configs",
             ),
             (
                 NacosConfig {
                     password: Some(Secret::new("pw")),
                     ..NacosConfig::default()
                 },
-                "nacos.username",
+                "client_config.username",
             ),
-            (NacosConfig::new("h", 65000), "nacos.server_configs[0].port"),
+            (NacosConfig::new("h", 65000), "server_configs[0].port"),
         ] {
             let err = cfg.validate().unwrap_err().to_string();
-            assert!(err.starts_with(field), "{field}: {err}");
+            assert!(
+                err.starts_with(&format!("{FIELD}.{field}")),
+                "{field}: {err}"
+            );
             assert!(!err.contains("pw"), "{err}");
         }
         NacosConfig {

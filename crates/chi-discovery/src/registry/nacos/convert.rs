@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use nacos_sdk::api::naming::ServiceInstance;
 
 use crate::error::{Error, Result};
-use crate::instance::{HealthStatus, Instance, default_id};
+use crate::instance::{HealthStatus, Instance, default_id, validate_name};
 
 /// Metadata key of the instance id.
 pub const META_ID: &str = "chi.id";
@@ -162,6 +162,31 @@ fn weight(w: f64) -> u32 {
         // In range and positive: the cast cannot truncate.
         (w.round() as u32).max(1)
     }
+}
+
+/// Decodes a JSON array of Nacos instances (nacos-sdk's `ServiceInstance`, as the Nacos open
+/// API and the SDK's serde form write them) of `service` into chi instances, exactly as
+/// discovery maps what the SDK hands it: disabled instances, ports that are not TCP ports and
+/// instances that fail [`Instance::validate`] are left out. A body that is not such an array is
+/// an [`Error::Registry`]. Public for fuzzing and for tools that read saved answers.
+pub fn decode_instances(service: &str, json: &[u8]) -> Result<Vec<Instance>> {
+    validate_name("service name", service)?;
+    let raw: Vec<ServiceInstance> = serde_json::from_slice(json).map_err(|e| {
+        Error::registry(
+            super::BACKEND,
+            format!("not a list of Nacos instances: {e}"),
+        )
+    })?;
+    Ok(map_all(service, &raw))
+}
+
+pub(super) fn map_all(service: &str, raw: &[ServiceInstance]) -> Vec<Instance> {
+    let mut list: Vec<Instance> = raw
+        .iter()
+        .filter_map(|si| from_nacos(service, si))
+        .collect();
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    list
 }
 
 #[cfg(test)]

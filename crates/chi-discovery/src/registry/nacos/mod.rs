@@ -1,4 +1,5 @@
-//! Nacos registry adapter (feature `nacos`), for Nacos 2.x servers over gRPC.
+//! Nacos registry adapter (feature `nacos`; [`NacosConfig`] is there in every build), for Nacos
+//! 2.x servers over gRPC.
 //!
 //! Built on the official `nacos-sdk` crate (naming, gRPC v2). It sits on tonic 0.14 and prost
 //! 0.14, as `etcd-client` 0.21 and `tonic-health` 0.14 do, so the workspace builds a single
@@ -34,7 +35,7 @@
 //! its own: an empty list for a service that had instances is believed only when the server
 //! has been reachable for [`NacosConfig::empty_grace`] without interruption *and* a direct
 //! query confirms it. Until then the watch holds the last list. A healthy server's confirmed
-//! "zero instances" is honoured (DESIGN.md §3.3).
+//! "zero instances" is honoured.
 //!
 //! Direct queries ([`Registry::instances`]) get the same protection: while the server has not
 //! been reachable for the grace period, "no instances" of a service that had some is answered
@@ -71,36 +72,46 @@
 //! level and hard-codes the context path), first in [`Nacos::connect`], so a wrong password
 //! fails there with the server's answer, then at half the token's lifetime.
 
+#[cfg(feature = "nacos")]
 mod auth;
 mod config;
+#[cfg(feature = "nacos")]
 pub mod convert;
+#[cfg(feature = "nacos")]
+pub use convert::decode_instances;
+#[cfg(feature = "nacos")]
 mod watch;
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-
-use async_trait::async_trait;
-use futures_util::StreamExt;
-use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder, ServiceInstance};
-use nacos_sdk::api::props::ClientProps;
-
-pub use config::{
-    DEFAULT_CLUSTER, DEFAULT_GROUP, GRPC_PORT_OFFSET, NacosConfig, NacosServerConfig,
+#[cfg(feature = "nacos")]
+use {
+    super::empty::EmptyGuard,
+    super::{Liveness, Registry, WatchStream, diff},
+    crate::error::{Error, Result},
+    crate::instance::{HealthStatus, Instance, validate_name},
+    crate::keyed::KeyedLocks,
+    async_trait::async_trait,
+    convert::map_all,
+    futures_util::StreamExt,
+    nacos_sdk::api::naming::{NamingService, NamingServiceBuilder, ServiceInstance},
+    nacos_sdk::api::props::ClientProps,
+    std::collections::HashMap,
+    std::future::Future,
+    std::sync::Arc,
+    std::time::Duration,
 };
 
-use super::empty::EmptyGuard;
-use super::{Liveness, Registry, WatchStream, diff};
-use crate::error::{Error, Result};
-use crate::instance::{HealthStatus, Instance, validate_name};
-use crate::keyed::KeyedLocks;
+pub use config::{
+    DEFAULT_CLUSTER, DEFAULT_CONTEXT_PATH, DEFAULT_GROUP, DEFAULT_NAMESPACE, DEFAULT_PORT,
+    ENV_PASSWORD, ENV_USERNAME, FIELD, GRPC_PORT_OFFSET, NacosConfig, NacosServerConfig,
+};
 
+#[cfg(feature = "nacos")]
 const BACKEND: &str = "nacos";
 
 /// An error answered by a Nacos server (or by nacos-sdk on its behalf): the server's error
 /// code when there is one, and its message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg(feature = "nacos")]
 pub struct NacosError {
     /// Nacos' error code (`403` unknown user, `400` bad parameter...), or an HTTP status.
     pub code: Option<i32>,
@@ -108,6 +119,7 @@ pub struct NacosError {
     pub message: String,
 }
 
+#[cfg(feature = "nacos")]
 impl NacosError {
     fn new(code: Option<i32>, message: impl Into<String>) -> Self {
         NacosError {
@@ -117,6 +129,7 @@ impl NacosError {
     }
 }
 
+#[cfg(feature = "nacos")]
 impl std::fmt::Display for NacosError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.code {
@@ -126,14 +139,17 @@ impl std::fmt::Display for NacosError {
     }
 }
 
+#[cfg(feature = "nacos")]
 impl std::error::Error for NacosError {}
 
 /// A Nacos 2.x registry. Cheap to clone; clones share one connection.
 #[derive(Clone)]
+#[cfg(feature = "nacos")]
 pub struct Nacos {
     shared: Arc<Shared>,
 }
 
+#[cfg(feature = "nacos")]
 impl std::fmt::Debug for Nacos {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Nacos")
@@ -142,6 +158,7 @@ impl std::fmt::Debug for Nacos {
     }
 }
 
+#[cfg(feature = "nacos")]
 pub(crate) struct Shared {
     naming: NamingService,
     config: NacosConfig,
@@ -157,6 +174,7 @@ pub(crate) struct Shared {
     subscriptions: tokio::sync::Mutex<HashMap<String, watch::Subscription>>,
 }
 
+#[cfg(feature = "nacos")]
 impl Nacos {
     /// Validates `config`, logs in when credentials are set (a wrong password fails here), and
     /// connects to the servers.
@@ -250,6 +268,7 @@ impl Nacos {
 }
 
 /// Service names become part of Nacos keys (`group@@service`): chi's rules plus no `@@`.
+#[cfg(feature = "nacos")]
 fn check_service(service: &str) -> Result<()> {
     validate_name("service name", service)?;
     if service.contains("@@") {
@@ -262,6 +281,7 @@ fn check_service(service: &str) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "nacos")]
 impl Shared {
     /// What this client last sent for `(service, id)`.
     fn ours(&self, key: &(String, String)) -> Option<ServiceInstance> {
@@ -358,29 +378,9 @@ impl Shared {
     }
 }
 
-/// Decodes a JSON array of Nacos instances (nacos-sdk's `ServiceInstance`, as the Nacos open
-/// API and the SDK's serde form write them) of `service` into chi instances, exactly as
-/// discovery maps what the SDK hands it: disabled instances, ports that are not TCP ports and
-/// instances that fail [`Instance::validate`] are left out. A body that is not such an array is
-/// an [`Error::Registry`]. Public for fuzzing and for tools that read saved answers.
-pub fn decode_instances(service: &str, json: &[u8]) -> Result<Vec<Instance>> {
-    validate_name("service name", service)?;
-    let raw: Vec<ServiceInstance> = serde_json::from_slice(json)
-        .map_err(|e| Error::registry(BACKEND, format!("not a list of Nacos instances: {e}")))?;
-    Ok(map_all(service, &raw))
-}
-
-fn map_all(service: &str, raw: &[ServiceInstance]) -> Vec<Instance> {
-    let mut list: Vec<Instance> = raw
-        .iter()
-        .filter_map(|si| convert::from_nacos(service, si))
-        .collect();
-    list.sort_by(|a, b| a.id.cmp(&b.id));
-    list
-}
-
 /// nacos-sdk's errors, sorted into chi's: transport trouble is `Unavailable`; a server's refusal
 /// is a `Registry` error carrying Nacos' code and message.
+#[cfg(feature = "nacos")]
 fn sdk_error(e: nacos_sdk::api::error::Error) -> Error {
     use nacos_sdk::api::error::Error as E;
     match e {
@@ -404,6 +404,7 @@ fn sdk_error(e: nacos_sdk::api::error::Error) -> Error {
 
 /// nacos-sdk reports a refused request as the text `handle OP failed: result_code=R,
 /// error_code=C, message=M`; pull the code and message back out.
+#[cfg(feature = "nacos")]
 fn parse_err_result(text: &str) -> NacosError {
     let code = text
         .split("error_code=")
@@ -425,6 +426,7 @@ fn parse_err_result(text: &str) -> NacosError {
 }
 
 #[async_trait]
+#[cfg(feature = "nacos")]
 impl Registry for Nacos {
     fn backend(&self) -> &str {
         BACKEND
@@ -569,29 +571,5 @@ impl Registry for Nacos {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refused_requests_keep_code_and_message() {
-        let e = parse_err_result(
-            "handle register_instance failed: result_code=500, error_code=403, \
-             message=unknown user!",
-        );
-        assert_eq!(e.code, Some(403));
-        assert_eq!(e.message, "unknown user! (handle register_instance failed)");
-        assert_eq!(
-            e.to_string(),
-            "nacos error 403: unknown user! (handle register_instance failed)"
-        );
-        let odd = parse_err_result("something else");
-        assert_eq!(odd, NacosError::new(None, "something else"));
-    }
-
-    #[test]
-    fn service_names_cannot_hold_the_group_separator() {
-        assert!(check_service("a@@b").is_err());
-        assert!(check_service("a/b").is_err());
-        check_service("user-service").expect("valid");
-    }
-}
+#[cfg(feature = "nacos")]
+mod tests;

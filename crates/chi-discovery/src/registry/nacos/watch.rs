@@ -5,6 +5,12 @@
 //! pushes may arrive out of order; the listener therefore only says "something changed" and the
 //! task reads the SDK's subscribed copy, which is always the latest.
 //!
+//! The task runs under [`watch_task`]: dropping the stream stops it, and the subscription's
+//! [`Release`] (owned by the task) ends the server subscription when the task goes, however it
+//! goes. Whether an empty list is believed is `EmptyGuard`'s
+//! rule, as for direct queries; each watch keeps its own guard, fed with what the watch itself
+//! saw, so the grace period runs from the watch's own reconnection.
+//!
 //! A [`Nacos`](super::Nacos) subscribes to a service once, however many watches it has on it:
 //! nacos-sdk's `unsubscribe` ends the server subscription for the whole client, so the
 //! subscription is shared and ended only when its last watch is dropped.
@@ -12,17 +18,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use nacos_sdk::api::naming::{NamingChangeEvent, NamingEventListener};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Shared, diff};
 use crate::error::Result;
 use crate::instance::Instance;
+use crate::registry::empty::EmptyGuard;
+use crate::registry::watch_task::{self, Sender};
 use crate::registry::{Change, WatchStream};
-
-const BUFFER: usize = 256;
 
 /// Tells the watch tasks of a service that a push arrived.
 struct Nudge(broadcast::Sender<()>);
@@ -52,12 +57,39 @@ enum Source {
 struct Task {
     shared: Arc<Shared>,
     service: String,
-    tx: mpsc::Sender<Result<Change>>,
+    tx: Sender<Result<Change>>,
     view: HashMap<String, Instance>,
-    /// The server has answered continuously since then; `None` while it does not answer.
-    up_since: Option<Instant>,
+    /// The last check failed (until the next answer).
+    down: bool,
+    /// The empty-answer rule, over this watch's own checks.
+    empty: EmptyGuard,
     /// The next good list goes out as a `Reset` (after an outage).
     resync: bool,
+}
+
+/// A watch's hold on the shared subscription: dropping it (the task ended, or was aborted with
+/// its stream) ends the server subscription if no other watch of the service is left.
+struct Release {
+    shared: Arc<Shared>,
+    service: String,
+    nudges: Option<broadcast::Receiver<()>>,
+}
+
+impl Release {
+    fn nudges(&mut self) -> Option<&mut broadcast::Receiver<()>> {
+        self.nudges.as_mut()
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // The receiver goes first, so `release` counts the watches left without this one.
+        drop(self.nudges.take());
+        let (shared, service) = (self.shared.clone(), std::mem::take(&mut self.service));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { release(&shared, &service).await });
+        }
+    }
 }
 
 pub(super) async fn start(shared: Arc<Shared>, service: String) -> Result<WatchStream> {
@@ -70,20 +102,31 @@ pub(super) async fn start(shared: Arc<Shared>, service: String) -> Result<WatchS
             return Err(e);
         }
     };
-    let (tx, rx) = mpsc::channel(BUFFER);
     let view = first.iter().map(|i| (i.id.clone(), i.clone())).collect();
-    // The first item is always the full list.
-    let _ = tx.try_send(Ok(Change::Reset(first)));
-    let task = Task {
-        shared,
-        service,
-        tx,
-        view,
-        up_since: Some(Instant::now()),
-        resync: false,
+    // The grace period runs from the start of the watch, as after a reconnection.
+    let empty = EmptyGuard::new(false);
+    empty.believe(&service, &first, shared.config.empty_grace);
+    let release = Release {
+        shared: shared.clone(),
+        service: service.clone(),
+        nudges: Some(nudges),
     };
-    tokio::spawn(task.run(nudges));
-    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    Ok(watch_task::spawn_watch(move |tx| async move {
+        // The first item is always the full list.
+        if !tx.send(Ok(Change::Reset(first))).await {
+            return;
+        }
+        let task = Task {
+            shared,
+            service,
+            tx,
+            view,
+            down: false,
+            empty,
+            resync: false,
+        };
+        task.run(release).await;
+    }))
 }
 
 /// A receiver of the service's pushes, subscribing on the server for the first watch.
@@ -131,10 +174,13 @@ async fn release(shared: &Shared, service: &str) {
 }
 
 impl Task {
-    async fn run(mut self, mut nudges: broadcast::Receiver<()>) {
+    async fn run(mut self, mut release: Release) {
         let period = self.shared.config.watch_check_interval;
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let Some(nudges) = release.nudges() else {
+            return;
+        };
         loop {
             let open = tokio::select! {
                 _ = self.tx.closed() => false,
@@ -148,17 +194,14 @@ impl Task {
                 break;
             }
         }
-        drop(nudges);
-        release(&self.shared, &self.service).await;
+        // `release` drops here and ends the subscription if this was its last watch.
     }
 
     /// A push arrived: the connection is up, the SDK's copy is the latest list.
     async fn on_push(&mut self) -> bool {
         match self.shared.cached(&self.service).await {
             Ok(list) => {
-                if self.up_since.is_none() {
-                    self.recovered();
-                }
+                self.recovered();
                 self.apply(list, Source::Push).await
             }
             Err(e) => self.failed(e).await,
@@ -169,34 +212,37 @@ impl Task {
     async fn on_tick(&mut self) -> bool {
         match self.shared.query(&self.service).await {
             Ok(list) => {
-                if self.up_since.is_none() {
-                    self.recovered();
-                }
+                self.recovered();
                 self.apply(list, Source::Query).await
             }
             Err(e) => self.failed(e).await,
         }
     }
 
+    /// After a failure, the next good list goes out as a `Reset`, and the grace period starts.
     fn recovered(&mut self) {
-        tracing::info!(service = %self.service, "nacos answers again; resyncing the watch");
-        self.up_since = Some(Instant::now());
-        self.resync = true;
+        self.empty.note::<()>(&Ok(()));
+        if self.down {
+            tracing::info!(service = %self.service, "nacos answers again; resyncing the watch");
+            self.down = false;
+            self.resync = true;
+        }
     }
 
     async fn failed(&mut self, e: crate::Error) -> bool {
         tracing::warn!(service = %self.service, error = %e, "nacos watch check failed");
-        self.up_since = None;
-        self.tx.send(Err(e)).await.is_ok()
+        // Any failed check (not only a transport error) restarts the grace period.
+        self.empty.down();
+        self.down = true;
+        self.tx.send(Err(e)).await
     }
 
     /// Takes a new full list in, under push-empty protection.
     async fn apply(&mut self, mut list: Vec<Instance>, source: Source) -> bool {
+        let grace = self.shared.config.empty_grace;
+        let believed = self.empty.believe(&self.service, &list, grace);
         if list.is_empty() && !self.view.is_empty() && self.shared.config.push_empty_protection {
-            let trusted = self
-                .up_since
-                .is_some_and(|t| t.elapsed() >= self.shared.config.empty_grace);
-            if !trusted {
+            if !believed {
                 tracing::info!(service = %self.service, ?source,
                     "empty list right after (re)connecting; holding the last list until confirmed");
                 return true;
@@ -204,7 +250,10 @@ impl Task {
             if source == Source::Push {
                 // Confirm with the server itself before emptying anything.
                 match self.shared.query(&self.service).await {
-                    Ok(confirmed) => list = confirmed,
+                    Ok(confirmed) => {
+                        self.empty.believe(&self.service, &confirmed, grace);
+                        list = confirmed;
+                    }
                     Err(e) => return self.failed(e).await,
                 }
             }
@@ -217,7 +266,7 @@ impl Task {
         };
         self.view = list.into_iter().map(|i| (i.id.clone(), i)).collect();
         for c in changes {
-            if self.tx.send(Ok(c)).await.is_err() {
+            if !self.tx.send(Ok(c)).await {
                 return false;
             }
         }

@@ -1,0 +1,244 @@
+//! The checks of the general sections (`registration`, `discovery.cache`, `discovery.retry`,
+//! `load_balancer`, `routing`): raw values in, typed values out, errors at the YAML path.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{
+    Field, LoadBalancerConfig, RoutingConfig, name_field, opt_duration, positive_duration, raw,
+};
+use crate::balance::{ConsistentHashConfig, Strategy};
+use crate::discovery::CacheConfig;
+use crate::error::Result;
+use crate::instance::{CheckTarget, HealthCheck, ServiceConfig};
+use crate::retry::RetryPolicy;
+
+pub(super) fn registration(r: raw::Registration, at: &Field) -> Result<ServiceConfig> {
+    let name = r.name.ok_or_else(|| at.join("name").err("is required"))?;
+    name_field("service name", &name, &at.join("name"))?;
+    let address = r.address.filter(|a| !a.trim().is_empty()).ok_or_else(|| {
+        at.join("address")
+            .err("is required (the address other services use to reach this one)")
+    })?;
+    let port = r.port.ok_or_else(|| at.join("port").err("is required"))?;
+    if port == 0 {
+        return Err(at.join("port").err("must be between 1 and 65535, got 0"));
+    }
+    if let Some(id) = &r.id {
+        name_field("instance id", id, &at.join("id"))?;
+    }
+    for (i, tag) in r.tags.iter().enumerate() {
+        if tag.trim().is_empty() {
+            return Err(at.join("tags").index(i).err("must not be empty"));
+        }
+    }
+    let health_check = r
+        .health_check
+        .map(|h| health_check(h, &at.join("health_check")))
+        .transpose()?;
+    Ok(ServiceConfig {
+        id: r.id,
+        name,
+        version: r.version.unwrap_or_default(),
+        address,
+        port,
+        tags: r.tags,
+        meta: r.meta,
+        weight: r.weight.unwrap_or(crate::instance::DEFAULT_WEIGHT),
+        health_check,
+    })
+}
+
+pub(super) fn health_check(h: raw::HealthCheck, at: &Field) -> Result<HealthCheck> {
+    let mut targets = Vec::new();
+    if let Some(v) = h.http {
+        if v.trim().is_empty() {
+            return Err(at
+                .join("http")
+                .err("must be a path such as \"/health\" or a URL, got \"\""));
+        }
+        if !v.starts_with('/') && !v.starts_with("http://") && !v.starts_with("https://") {
+            return Err(at.join("http").err(format!(
+                "must be a path starting with \"/\" or an http(s) URL, got {v:?}"
+            )));
+        }
+        targets.push(CheckTarget::Http(v));
+    }
+    if let Some(v) = h.tcp {
+        targets.push(CheckTarget::Tcp(v));
+    }
+    if let Some(v) = h.grpc {
+        targets.push(CheckTarget::Grpc(v));
+    }
+    let mut ttl = None;
+    if let Some(v) = &h.ttl {
+        ttl = Some(positive_duration(v, &at.join("ttl"))?);
+        targets.push(CheckTarget::Ttl);
+    }
+    let target = match targets.len() {
+        1 => targets.remove(0),
+        0 => return Err(at.err("needs one of http, tcp, grpc or ttl")),
+        _ => return Err(at.err("takes only one of http, tcp, grpc or ttl, got several")),
+    };
+    let interval = match ttl {
+        Some(t) => t,
+        None => opt_duration(
+            h.interval.as_deref(),
+            &at.join("interval"),
+            Duration::from_secs(10),
+        )?,
+    };
+    let timeout = opt_duration(
+        h.timeout.as_deref(),
+        &at.join("timeout"),
+        Duration::from_secs(3),
+    )?;
+    if target != CheckTarget::Ttl && timeout >= interval {
+        return Err(at.join("timeout").err(format!(
+            "must be shorter than the interval ({}), got {}",
+            humantime::format_duration(interval),
+            humantime::format_duration(timeout)
+        )));
+    }
+    let deregister_critical_service_after = h
+        .deregister_critical_service_after
+        .as_deref()
+        .map(|v| positive_duration(v, &at.join("deregister_critical_service_after")))
+        .transpose()?;
+    Ok(HealthCheck {
+        target,
+        interval,
+        timeout,
+        deregister_critical_service_after,
+    })
+}
+
+pub(super) fn cache(c: raw::Cache, at: &Field) -> Result<CacheConfig> {
+    let d = CacheConfig::default();
+    let ttl = opt_duration(c.ttl.as_deref(), &at.join("ttl"), d.ttl)?;
+    let refresh_interval = opt_duration(
+        c.refresh_interval.as_deref(),
+        &at.join("refresh_interval"),
+        d.refresh_interval,
+    )?;
+    if refresh_interval >= ttl {
+        return Err(at.join("refresh_interval").err(format!(
+            "must be shorter than cache.ttl ({}), got {}; otherwise every list goes stale between refreshes",
+            humantime::format_duration(ttl),
+            humantime::format_duration(refresh_interval)
+        )));
+    }
+    let max_size = c.max_size.unwrap_or(d.max_size);
+    if max_size == 0 {
+        return Err(at.join("max_size").err("must be at least 1, got 0"));
+    }
+    Ok(CacheConfig {
+        ttl,
+        refresh_interval,
+        max_size,
+        enable_metrics: c.enable_metrics.unwrap_or(d.enable_metrics),
+    })
+}
+
+pub(super) fn retry(r: raw::Retry, at: &Field) -> Result<RetryPolicy> {
+    let d = RetryPolicy::default();
+    let max_attempts = r.max_attempts.unwrap_or(d.max_attempts);
+    if max_attempts == 0 {
+        return Err(at
+            .join("max_attempts")
+            .err("must be at least 1 (1 = no retry), got 0"));
+    }
+    let initial_interval = opt_duration(
+        r.initial_interval.as_deref(),
+        &at.join("initial_interval"),
+        d.initial_interval,
+    )?;
+    let max_interval = opt_duration(
+        r.max_interval.as_deref(),
+        &at.join("max_interval"),
+        d.max_interval,
+    )?;
+    if max_interval < initial_interval {
+        return Err(at.join("max_interval").err(format!(
+            "must not be shorter than initial_interval ({}), got {}",
+            humantime::format_duration(initial_interval),
+            humantime::format_duration(max_interval)
+        )));
+    }
+    let multiplier = r.multiplier.unwrap_or(d.multiplier);
+    if !(multiplier.is_finite() && multiplier >= 1.0) {
+        return Err(at
+            .join("multiplier")
+            .err(format!("must be a number >= 1.0, got {multiplier}")));
+    }
+    Ok(RetryPolicy {
+        max_attempts,
+        initial_interval,
+        max_interval,
+        multiplier,
+    })
+}
+
+pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBalancerConfig> {
+    let strategy = match l.strategy {
+        None => Strategy::default(),
+        Some(name) => name.parse::<Strategy>().map_err(|expected| {
+            at.join("strategy")
+                .err(format!("unknown strategy {name:?}: {expected}"))
+        })?,
+    };
+    let ch = l.consistent_hash.unwrap_or_default();
+    let cp = at.join("consistent_hash");
+    let d = ConsistentHashConfig::default();
+    let consistent_hash = ConsistentHashConfig {
+        partition_count: ch.partition_count.unwrap_or(d.partition_count),
+        replication_factor: ch.replication_factor.unwrap_or(d.replication_factor),
+        load: ch.load.unwrap_or(d.load),
+    };
+    // One set of rules, the balancer's: its messages start with the field's name.
+    consistent_hash
+        .validate()
+        .map_err(|m| match m.split_once(": ") {
+            Some((field, message)) => cp.join(field).err(message),
+            None => cp.err(m),
+        })?;
+    Ok(LoadBalancerConfig {
+        strategy,
+        health_check_enabled: l.health_check_enabled.unwrap_or(true),
+        consistent_hash,
+    })
+}
+
+pub(super) fn routing(r: raw::Routing, at: &Field) -> Result<RoutingConfig> {
+    let enable_version_routing = r.enable_version_routing.unwrap_or(false);
+    let default_version = r.default_version.unwrap_or_default();
+    if enable_version_routing && default_version.trim().is_empty() {
+        return Err(at.join("default_version").err(
+            "is required when enable_version_routing is true (the version of requests that name none)",
+        ));
+    }
+    let mut zone_owner: HashMap<&str, &str> = HashMap::new();
+    for (region, zones) in &r.regions {
+        let rp = at.join("regions").join(region);
+        if region.trim().is_empty() {
+            return Err(at.join("regions").err("region names must not be empty"));
+        }
+        for (i, zone) in zones.iter().enumerate() {
+            if zone.trim().is_empty() {
+                return Err(rp.index(i).err("zone names must not be empty"));
+            }
+            if let Some(other) = zone_owner.insert(zone, region) {
+                return Err(rp.index(i).err(format!(
+                    "zone {zone:?} is already listed under region {other:?}; a zone belongs to one region"
+                )));
+            }
+        }
+    }
+    let enable_geo_routing = r.enable_geo_routing.unwrap_or(false);
+    Ok(RoutingConfig {
+        enable_version_routing,
+        enable_geo_routing,
+        default_version,
+        regions: r.regions,
+    })
+}

@@ -1,0 +1,131 @@
+//! From the validated settings of every enabled backend to one [`Registry`].
+//!
+//! This is the registry side of the config file: [`crate::config`] parses and checks, and hands
+//! over a [`Registries`] holding each adapter's own config type ([`ConsulConfig`],
+//! [`EtcdConfig`], [`NacosConfig`], [`MemoryConfig`]); connecting them is done here, next to
+//! the adapters, so the parser needs none of the backends' clients. A backend whose cargo
+//! feature is off is a config error naming its YAML path when it is connected.
+
+use std::sync::Arc;
+
+use super::Registry;
+use super::consul::ConsulConfig;
+use super::etcd::EtcdConfig;
+use super::memory::{Memory, MemoryConfig};
+use super::multi::MultiRegistry;
+use super::nacos::NacosConfig;
+use crate::error::Result;
+use crate::instance::{CheckTarget, ServiceConfig};
+
+/// The enabled registry backends. Several enabled: chi writes to all (a multi-registry).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Registries {
+    /// The embedded registry: used when enabled, or when nothing else is.
+    pub memory: Option<MemoryConfig>,
+    /// Consul, when enabled.
+    pub consul: Option<ConsulConfig>,
+    /// etcd, when enabled.
+    pub etcd: Option<EtcdConfig>,
+    /// Nacos, when enabled.
+    pub nacos: Option<NacosConfig>,
+}
+
+impl Registries {
+    /// Names of the enabled backends, in write order (`consul`, `etcd`, `nacos`, `memory`).
+    pub fn enabled(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.consul.is_some() {
+            v.push("consul");
+        }
+        if self.etcd.is_some() {
+            v.push("etcd");
+        }
+        if self.nacos.is_some() {
+            v.push("nacos");
+        }
+        if self.memory.is_some() {
+            v.push("memory");
+        }
+        v
+    }
+
+    /// Gives Consul the TTL of `registration`'s TTL health check, if it has one: that is the
+    /// TTL of chi's keep-alive check there.
+    pub fn apply_registration(&mut self, registration: Option<&ServiceConfig>) {
+        if let (Some(c), Some(check)) = (
+            self.consul.as_mut(),
+            registration.and_then(|r| r.health_check.as_ref()),
+        ) && check.target == CheckTarget::Ttl
+        {
+            c.check_ttl = check.interval;
+        }
+    }
+
+    /// Connects to the enabled backends: see [`connect()`].
+    pub async fn connect(&self) -> Result<Arc<dyn Registry>> {
+        connect(self).await
+    }
+}
+
+/// Connects to the enabled backends: one registry, or a [`MultiRegistry`] over several (in
+/// write order); the embedded registry when none is enabled.
+pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
+    let mut members: Vec<Arc<dyn Registry>> = Vec::new();
+    if let Some(c) = &registries.consul {
+        members.push(consul(c).await?);
+    }
+    if let Some(e) = &registries.etcd {
+        members.push(etcd(e).await?);
+    }
+    if let Some(n) = &registries.nacos {
+        members.push(nacos(n).await?);
+    }
+    if let Some(m) = &registries.memory {
+        members.push(Arc::new(Memory::from_config(m)));
+    }
+    match members.len() {
+        0 => Ok(Arc::new(Memory::new())),
+        1 => Ok(members.remove(0)),
+        _ => Ok(Arc::new(MultiRegistry::new(members))),
+    }
+}
+
+#[cfg(not(all(feature = "consul", feature = "etcd", feature = "nacos")))]
+fn feature_missing(field: &str, backend: &str) -> crate::error::Error {
+    crate::error::Error::config(
+        field,
+        format!(
+            "chi was built without the `{backend}` feature; rebuild with `--features {backend}`"
+        ),
+    )
+}
+
+#[cfg(feature = "consul")]
+async fn consul(c: &ConsulConfig) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(super::consul::Consul::new(c.clone())?))
+}
+
+#[cfg(not(feature = "consul"))]
+async fn consul(_: &ConsulConfig) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing(super::consul::FIELD, "consul"))
+}
+
+#[cfg(feature = "etcd")]
+async fn etcd(e: &EtcdConfig) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(super::etcd::Etcd::connect(e.clone()).await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn etcd(_: &EtcdConfig) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing(super::etcd::FIELD, "etcd"))
+}
+
+#[cfg(feature = "nacos")]
+async fn nacos(n: &NacosConfig) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(super::nacos::Nacos::connect(n.clone()).await?))
+}
+
+#[cfg(not(feature = "nacos"))]
+async fn nacos(_: &NacosConfig) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing(super::nacos::FIELD, "nacos"))
+}
