@@ -490,7 +490,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Memory, MultiRegistry};
+    use crate::registry::Memory;
 
     fn cfg(port: u16) -> ServiceConfig {
         ServiceConfig::new("svc", "127.0.0.1", port)
@@ -518,49 +518,6 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(reg.instances("svc").await.expect("list").len(), 1);
         assert_eq!(m.status()[0].backends[0].reregistrations, 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_failing_backend_is_retried_alone() {
-        let up = Memory::new();
-        let down = Memory::new();
-        down.set_outage(true);
-        let multi = Arc::new(MultiRegistry::new(vec![
-            Arc::new(up.clone()),
-            Arc::new(down.clone()),
-        ]));
-        let m = ServiceManager::new(multi).with_interval(Duration::from_millis(500));
-        let report = m.register(cfg(1)).await.expect("one backend holds it");
-        assert!(!report.is_complete());
-        assert_eq!(report.failures().count(), 1);
-        assert_eq!(up.instances("svc").await.expect("list").len(), 1);
-
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let st = &m.status()[0].backends;
-        assert!(
-            st[0].registered && !st[1].registered && st[1].failures >= 2,
-            "{st:?}"
-        );
-
-        down.set_outage(false);
-        tokio::time::sleep(Duration::from_secs(15)).await;
-        assert_eq!(down.instances("svc").await.expect("list").len(), 1);
-        assert!(m.status()[0].backends[1].registered);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn all_backends_failing_is_an_error_but_still_retried() {
-        let reg = Memory::new();
-        reg.set_outage(true);
-        let m =
-            ServiceManager::new(Arc::new(reg.clone())).with_interval(Duration::from_millis(200));
-        assert!(matches!(
-            m.register(cfg(1)).await,
-            Err(Error::Backends { .. })
-        ));
-        reg.set_outage(false);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(reg.instances("svc").await.expect("list").len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,13 +18,17 @@ use chi_discovery::registry::Memory;
 use chi_discovery::{
     DiscoveryClient, Filter, HealthCheck, HealthStatus, Instance, Registry, ServiceConfig,
 };
+use chi_test_support::grpc::HealthServer;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic_health::ServingStatus;
 
-/// Slack for scheduling on a shared 2-core machine, added to the documented bounds.
-const SLACK: Duration = Duration::from_millis(150);
+/// Slack for scheduling, added to the documented bounds. These tests probe real servers, so time
+/// cannot be paused; on a loaded 2-core machine a task waits for a core well beyond 150 ms, so the
+/// slack is wide. The bounds still catch a check that never runs or waits a timeout per interval,
+/// and the lower bounds (not before `fall` checks) are exact.
+const SLACK: Duration = Duration::from_secs(1);
 
 const OK: u8 = 0;
 const FAIL: u8 = 1;
@@ -104,45 +108,6 @@ impl HttpServer {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A tonic gRPC server with the standard health service.
-struct GrpcServer {
-    port: u16,
-    reporter: tonic_health::server::HealthReporter,
-    task: JoinHandle<()>,
-}
-
-impl GrpcServer {
-    async fn start(service: &str) -> Self {
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status(service, ServingStatus::Serving)
-            .await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(health)
-                .serve_with_incoming(incoming)
-                .await
-                .expect("serve");
-        });
-        GrpcServer {
-            port,
-            reporter,
-            task,
-        }
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -383,7 +348,7 @@ async fn tcp_check_sees_the_listener_come_and_go() {
 #[tokio::test]
 async fn grpc_check_follows_serving_status() {
     let service = "chi.test.Echo";
-    let server = GrpcServer::start(service).await;
+    let server = HealthServer::start(&[(service, ServingStatus::Serving)]).await;
     let inst = ServiceConfig::new("echo", "127.0.0.1", server.port).instance();
     let timeout = Duration::from_millis(500);
     GrpcCheck::new(service)
@@ -423,10 +388,7 @@ async fn grpc_check_follows_serving_status() {
     .await;
 
     let start = Instant::now();
-    server
-        .reporter
-        .set_service_status(service, ServingStatus::NotServing)
-        .await;
+    server.set(service, ServingStatus::NotServing).await;
     let bound = interval * t.fall + timeout;
     let down = transition(&mut rx, &inst.id, HealthStatus::Unhealthy, bound + SLACK).await;
     println!(
@@ -441,10 +403,7 @@ async fn grpc_check_follows_serving_status() {
     );
 
     let start = Instant::now();
-    server
-        .reporter
-        .set_service_status(service, ServingStatus::Serving)
-        .await;
+    server.set(service, ServingStatus::Serving).await;
     let bound = interval * t.rise + timeout;
     let up = transition(&mut rx, &inst.id, HealthStatus::Healthy, bound + SLACK).await;
     println!(
