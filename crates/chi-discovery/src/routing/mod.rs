@@ -22,10 +22,12 @@
 //! A request is described by a [`Route`]; it can be read from anything exposing headers
 //! ([`http::HeaderMap`], [`http::Request`], see [`Headers`]) or built from plain values.
 
+mod config;
 mod geo;
 mod smart;
 mod version;
 
+pub use config::RoutingConfig;
 pub use geo::{Geo, GeoStep, Place};
 pub use smart::{Decision, Routed, Smart, Stage, Subset, Usable};
 pub use version::{Version, VersionStep};

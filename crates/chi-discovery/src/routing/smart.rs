@@ -25,12 +25,12 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap;
 
+use super::RoutingConfig;
 use super::geo::Target;
 use super::{Geo, GeoStep, Route, Version, VersionStep};
 use crate::balance::{Balancer, BalancerConfig, InFlight, Request};
-use crate::config::RoutingConfig;
-use crate::discovery::Snapshot;
 use crate::instance::Instance;
+use crate::snapshot::Snapshot;
 
 /// A per-pick predicate: which instances of a leaf may be picked now.
 pub type Usable<'a> = dyn Fn(&Instance) -> bool + Sync + 'a;

@@ -3,11 +3,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use indexmap::IndexMap;
 use proptest::prelude::*;
 
+use super::RoutingConfig;
 use super::*;
 use crate::balance::{Balancer, BalancerConfig, Strategy as Algo};
-use crate::config::RoutingConfig;
-use crate::discovery::Snapshot;
 use crate::instance::HealthStatus::{self, Healthy, Unhealthy, Unknown};
+use crate::snapshot::Snapshot;
 
 fn inst(
     id: &str,
