@@ -52,6 +52,7 @@ pub mod registry;
 pub mod retry;
 pub mod routing;
 pub mod secret;
+mod snapshot;
 
 pub use discovery::{DiscoveryClient, Snapshot, Watcher};
 pub use error::{Error, Result};

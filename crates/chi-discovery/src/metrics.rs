@@ -675,7 +675,7 @@ mod tests {
     #[test]
     fn a_routed_pick_records_decision_and_selection() {
         use crate::routing::{Geo, Route, Smart, Version};
-        let snap = crate::discovery::Snapshot::new(
+        let snap = crate::snapshot::Snapshot::new(
             vec![
                 Instance::new("svc", "h", 1)
                     .with_id("only")

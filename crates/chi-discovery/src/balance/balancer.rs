@@ -18,9 +18,9 @@ use super::{
     Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash, RoundRobin,
     Select, Strategy, ThreadRandom, WeightedRoundRobin, accept_all, default_hash, usable_by_health,
 };
-use crate::discovery::Snapshot;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
+use crate::snapshot::Snapshot;
 
 /// Everything a [`Balancer`] needs to build its selectors.
 #[derive(Debug, Clone)]

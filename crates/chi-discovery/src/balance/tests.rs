@@ -9,9 +9,9 @@ use proptest::prelude::{
 };
 
 use super::*;
-use crate::discovery::Snapshot;
 use crate::error::Error;
 use crate::instance::{HealthStatus, Instance};
+use crate::snapshot::Snapshot;
 
 fn inst(id: &str) -> Instance {
     Instance::new("svc", "10.0.0.1", 80).with_id(id)

@@ -10,7 +10,6 @@
 //! swaps it in. A failed refresh never replaces a list: the old one is kept and marked stale.
 
 use std::collections::HashMap;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use crate::instance::{HealthStatus, Instance};
+use crate::snapshot::{Snapshot, SnapshotData};
 
 /// Cache settings: the spec's `CacheConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,67 +43,6 @@ impl Default for CacheConfig {
             max_size: 1000,
             enable_metrics: true,
         }
-    }
-}
-
-/// An immutable list of a service's instances, as of one moment. Cloning is one `Arc` clone.
-#[derive(Debug, Clone)]
-pub struct Snapshot(Arc<SnapshotData>);
-
-#[derive(Debug)]
-pub(crate) struct SnapshotData {
-    instances: Arc<[Instance]>,
-    stale: bool,
-    revision: u64,
-    fetched_at: Instant,
-}
-
-impl Snapshot {
-    pub(crate) fn new(instances: Vec<Instance>, revision: u64) -> Self {
-        Snapshot(Arc::new(SnapshotData {
-            instances: instances.into(),
-            stale: false,
-            revision,
-            fetched_at: Instant::now(),
-        }))
-    }
-
-    fn with_stale(&self, stale: bool) -> Self {
-        Snapshot(Arc::new(SnapshotData {
-            instances: self.0.instances.clone(),
-            stale,
-            revision: self.0.revision,
-            fetched_at: self.0.fetched_at,
-        }))
-    }
-
-    /// The instances.
-    pub fn instances(&self) -> &[Instance] {
-        &self.0.instances
-    }
-
-    /// True when the registry could not be reached at the last refresh (or watch), so this list
-    /// may be out of date. It is still the last list the registry gave.
-    pub fn is_stale(&self) -> bool {
-        self.0.stale
-    }
-
-    /// Changes every time the instance list changes; equal revisions mean equal lists. Balancers
-    /// rebuild their tables only when it moves.
-    pub fn revision(&self) -> u64 {
-        self.0.revision
-    }
-
-    /// When the registry last confirmed this list.
-    pub fn fetched_at(&self) -> Instant {
-        self.0.fetched_at
-    }
-}
-
-impl Deref for Snapshot {
-    type Target = [Instance];
-    fn deref(&self) -> &[Instance] {
-        &self.0.instances
     }
 }
 

@@ -22,7 +22,8 @@ use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use tokio::task::JoinHandle;
 
-pub use cache::{CacheConfig, CacheStats, Snapshot};
+pub use crate::snapshot::Snapshot;
+pub use cache::{CacheConfig, CacheStats};
 pub use watch::Watcher;
 
 use crate::error::{Error, Result};
