@@ -11,6 +11,7 @@
 //!   scale to zero), so clients stop calling instances that are gone.
 
 pub mod cache;
+mod health;
 mod watch;
 
 use std::future::Future;

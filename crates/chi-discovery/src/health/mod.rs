@@ -68,6 +68,7 @@ mod http;
 mod outlier;
 mod panic;
 mod scheduler;
+mod sink;
 mod state;
 mod tcp;
 
@@ -84,6 +85,7 @@ pub use scheduler::{
     Builder, DEFAULT_JITTER, DEFAULT_MAX_CONCURRENCY, HealthChecker, InstanceHealth, OwnCheck,
     Transition,
 };
+pub use sink::{HealthSink, Membership};
 pub use state::{HealthState, Thresholds};
 pub use tcp::TcpCheck;
 
