@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::instance::{HealthStatus, Instance};
 use crate::snapshot::{Snapshot, SnapshotData};
+use crate::util::lock;
 
 /// Cache settings: the spec's `CacheConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +167,7 @@ impl Cache {
     pub(crate) fn store(&self, service: &str, mut instances: Vec<Instance>) -> Snapshot {
         self.apply_overlay(service, &mut instances);
         if let Some(entry) = self.entry(service) {
-            *entry.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            *lock(&entry.last_ok) = Instant::now();
             let current = entry.load();
             if same_list(current.instances(), &instances) {
                 if current.is_stale() {
@@ -186,7 +187,7 @@ impl Cache {
     }
 
     fn apply_overlay(&self, service: &str, instances: &mut [Instance]) {
-        let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        let overlay = lock(&self.overlay);
         if let Some(health) = overlay.get(service) {
             for i in instances.iter_mut() {
                 if let Some(h) = health.get(&i.id) {
@@ -200,7 +201,7 @@ impl Cache {
     /// registry's value returns with the next refresh). The new health is served at once.
     pub(crate) fn set_health(&self, service: &str, id: &str, health: Option<HealthStatus>) {
         {
-            let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            let mut overlay = lock(&self.overlay);
             match health {
                 Some(h) => {
                     overlay
@@ -240,7 +241,7 @@ impl Cache {
     /// Marks stale every entry whose last successful refresh is older than the TTL.
     pub(crate) fn expire(&self, now: Instant) {
         for (name, entry) in self.map.load().iter() {
-            let last_ok = *entry.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+            let last_ok = *lock(&entry.last_ok);
             if now.saturating_duration_since(last_ok) > self.config.ttl {
                 self.mark_stale(name);
             }
@@ -266,7 +267,7 @@ impl Cache {
     }
 
     fn insert(&self, service: &str, snap: Snapshot) {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = lock(&self.write);
         let mut map: Map = (**self.map.load()).clone();
         map.insert(
             Arc::from(service),
@@ -296,7 +297,7 @@ impl Cache {
 
     /// Drops `service` from the cache.
     pub(crate) fn remove(&self, service: &str) {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = lock(&self.write);
         let mut map: Map = (**self.map.load()).clone();
         if map.remove(service).is_some() {
             self.map.store(Arc::new(map));

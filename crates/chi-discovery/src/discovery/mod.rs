@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::instance::{Filter, HealthStatus, Instance, validate_name};
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
+use crate::util::lock;
 use cache::Cache;
 
 /// A callback told about every discovery request: service, duration, and the outcome.
@@ -66,12 +67,7 @@ pub(crate) struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self
-            .refresher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(task) = lock(&self.refresher).take() {
             task.abort();
         }
     }
@@ -283,11 +279,7 @@ impl DiscoveryClient {
     }
 
     fn ensure_refresher(&self) {
-        let mut slot = self
-            .inner
-            .refresher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&self.inner.refresher);
         if slot.is_some() {
             return;
         }

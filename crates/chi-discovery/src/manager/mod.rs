@@ -31,6 +31,7 @@ use crate::instance::{HealthStatus, Instance, ServiceConfig};
 use crate::keyed::KeyedLocks;
 use crate::registry::{Liveness, Registry};
 use crate::retry::RetryPolicy;
+use crate::util::lock;
 
 /// Registers instances and keeps them registered.
 pub struct ServiceManager {
@@ -349,7 +350,7 @@ impl ServiceManager {
     }
 
     fn task_slot(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
-        self.task.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.task)
     }
 
     fn ensure_task(&self) {
@@ -408,7 +409,7 @@ enum Work {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Managed>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// One pass over every (instance, backend): keep alive what is registered, register what is

@@ -25,7 +25,7 @@
 mod task;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinHandle;
@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use super::{CheckError, HealthSink, Membership, Probe, Thresholds, probe_for};
 use crate::error::Result;
 use crate::instance::{HealthCheck, HealthStatus, Instance};
+use crate::util::lock;
 use task::{follow, run_instance};
 
 /// Default bound on probes in flight.
@@ -194,10 +195,6 @@ impl Drop for Task {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl HealthChecker {
