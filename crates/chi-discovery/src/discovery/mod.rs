@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
-use tokio::task::JoinHandle;
 
 pub use crate::snapshot::Snapshot;
 pub use cache::{CacheConfig, CacheStats};
@@ -31,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::instance::{Filter, HealthStatus, Instance, validate_name};
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
-use crate::util::lock;
+use crate::util::{AbortOnDrop, lock};
 use cache::Cache;
 
 /// A callback told about every discovery request: service, duration, and the outcome.
@@ -60,17 +59,10 @@ pub(crate) struct Inner {
     request_timeout: Duration,
     hooks: ArcSwap<Vec<RequestHook>>,
     has_hooks: AtomicBool,
-    refresher: Mutex<Option<JoinHandle<()>>>,
+    /// The background refresher, stopped when the last clone of the client goes.
+    refresher: Mutex<Option<AbortOnDrop>>,
     /// Serialises cold misses so one service is fetched once, not once per waiting caller.
     miss: tokio::sync::Mutex<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(task) = lock(&self.refresher).take() {
-            task.abort();
-        }
-    }
 }
 
 /// Outcome of [`DiscoveryClient::warm_up`] for one service.
@@ -290,7 +282,7 @@ impl DiscoveryClient {
             .config
             .refresh_interval
             .max(Duration::from_millis(10));
-        *slot = Some(tokio::spawn(async move {
+        *slot = Some(AbortOnDrop::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;

@@ -22,7 +22,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -31,12 +30,13 @@ use crate::instance::{HealthStatus, Instance, ServiceConfig};
 use crate::keyed::KeyedLocks;
 use crate::registry::{Liveness, Registry};
 use crate::retry::RetryPolicy;
-use crate::util::lock;
+use crate::util::{AbortOnDrop, lock};
 
 /// Registers instances and keeps them registered.
 pub struct ServiceManager {
     inner: Arc<Inner>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The keep-alive rounds, stopped on shutdown or when the manager is dropped.
+    task: Mutex<Option<AbortOnDrop>>,
 }
 
 impl std::fmt::Debug for ServiceManager {
@@ -329,9 +329,7 @@ impl ServiceManager {
 
     /// Stops keeping instances alive and deregisters all of them from every backend.
     pub async fn shutdown(&self) -> Vec<(String, Result<()>)> {
-        if let Some(task) = self.task_slot().take() {
-            task.abort();
-        }
+        drop(self.task_slot().take());
         let all: Vec<(String, String)> = self
             .inner
             .lock()
@@ -349,7 +347,7 @@ impl ServiceManager {
         out
     }
 
-    fn task_slot(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
+    fn task_slot(&self) -> MutexGuard<'_, Option<AbortOnDrop>> {
         lock(&self.task)
     }
 
@@ -360,7 +358,7 @@ impl ServiceManager {
         }
         let weak = Arc::downgrade(&self.inner);
         let interval = self.inner.interval;
-        *slot = Some(tokio::spawn(async move {
+        *slot = Some(AbortOnDrop::spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let wake = inner.wake.notified();
@@ -372,14 +370,6 @@ impl ServiceManager {
                 inner.round().await;
             }
         }));
-    }
-}
-
-impl Drop for ServiceManager {
-    fn drop(&mut self) {
-        if let Some(task) = self.task_slot().take() {
-            task.abort();
-        }
     }
 }
 

@@ -28,13 +28,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, broadcast};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{CheckError, HealthSink, Membership, Probe, Thresholds, probe_for};
 use crate::error::Result;
 use crate::instance::{HealthCheck, HealthStatus, Instance};
-use crate::util::lock;
+use crate::util::{AbortOnDrop, lock};
 use task::{follow, run_instance};
 
 /// Default bound on probes in flight.
@@ -150,7 +149,7 @@ struct Inner {
     permits: Arc<Semaphore>,
     events: broadcast::Sender<Transition>,
     states: Mutex<States>,
-    services: Mutex<HashMap<String, Task>>,
+    services: Mutex<HashMap<String, AbortOnDrop>>,
 }
 
 type Key = (String, String);
@@ -184,16 +183,6 @@ impl States {
 
     fn may_publish(&self, key: &Key, generation: Option<u64>) -> bool {
         generation.is_none_or(|g| self.live.get(key) == Some(&g))
-    }
-}
-
-/// A task aborted when dropped.
-#[derive(Debug)]
-struct Task(JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -234,14 +223,14 @@ impl HealthChecker {
             drop(previous);
             self.clear(service);
         }
-        let task = tokio::spawn(follow(
+        let task = AbortOnDrop::spawn(follow(
             self.inner.clone(),
             service.to_owned(),
             check,
             probe,
             watcher,
         ));
-        lock(&self.inner.services).insert(service.to_owned(), Task(task));
+        lock(&self.inner.services).insert(service.to_owned(), task);
         Ok(())
     }
 
@@ -301,7 +290,7 @@ impl HealthChecker {
         probe: Arc<dyn Probe>,
     ) -> OwnCheck {
         let key = (instance.name.clone(), instance.id.clone());
-        let task = tokio::spawn(run_instance(
+        let task = AbortOnDrop::spawn(run_instance(
             self.inner.clone(),
             instance,
             check,
@@ -310,7 +299,7 @@ impl HealthChecker {
             None,
         ));
         OwnCheck {
-            task: Task(task),
+            task,
             key,
             inner: self.inner.clone(),
         }
@@ -356,7 +345,7 @@ impl Drop for HealthChecker {
 /// The check of this process's own registration; dropping it stops the check.
 #[derive(Debug)]
 pub struct OwnCheck {
-    task: Task,
+    task: AbortOnDrop,
     key: (String, String),
     inner: Arc<Inner>,
 }
@@ -375,7 +364,7 @@ impl OwnCheck {
 
     /// True once the check has ended (after deregistering a critical instance).
     pub fn is_finished(&self) -> bool {
-        self.task.0.is_finished()
+        self.task.is_finished()
     }
 
     /// Stops the check.

@@ -11,10 +11,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use super::{Inner, InstanceHealth, Task, Transition, lock};
+use super::{Inner, InstanceHealth, Transition, lock};
 use crate::health::{CheckError, HealthSink, HealthState, Probe};
 use crate::instance::{HealthCheck, HealthStatus, Instance};
 use crate::registry::{Change, WatchStream};
+use crate::util::AbortOnDrop;
 
 /// Follows one service's membership, with one checking task per instance.
 pub(super) async fn follow(
@@ -24,7 +25,7 @@ pub(super) async fn follow(
     probe: Arc<dyn Probe>,
     mut watcher: WatchStream,
 ) {
-    let mut running: HashMap<String, (Instance, Task)> = HashMap::new();
+    let mut running: HashMap<String, (Instance, AbortOnDrop)> = HashMap::new();
     let sink: Arc<dyn HealthSink> = inner.client.clone();
     let forget = |id: &str| {
         let mut states = lock(&inner.states);
@@ -35,14 +36,14 @@ pub(super) async fn follow(
         // The key is the watched name, whatever the registry put in the instance.
         i.name = service.clone();
         let generation = lock(&inner.states).start((service.clone(), i.id.clone()));
-        Task(tokio::spawn(run_instance(
+        AbortOnDrop::spawn(run_instance(
             inner.clone(),
             i,
             check.clone(),
             probe.clone(),
             sink.clone(),
             Some(generation),
-        )))
+        ))
     };
     while let Some(event) = watcher.next().await {
         let upserts = match event {
