@@ -3,7 +3,7 @@
 //!
 //! [`DiscoveryClient::discover`] answers from the cache ([`cache`]) when it can; a miss asks the
 //! registry (with retries per [`RetryPolicy`]) and caches the answer. A background task refreshes
-//! every cached service each `refresh_interval`. The rules of stale-on-error (DESIGN.md §3.3):
+//! every cached service each `refresh_interval`. The rules of stale-on-error:
 //!
 //! - a registry error, a timeout or a lost watch never replaces a list; the last good list keeps
 //!   being served, marked [`Snapshot::is_stale`];
