@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use chi_discovery::health::{
-    CheckError, GrpcCheck, HealthChecker, HttpCheck, Probe, TcpCheck, Thresholds, Transition,
+    CheckError, GrpcProbe, HealthChecker, HttpProbe, Probe, TcpProbe, Thresholds, Transition,
 };
 use chi_discovery::registry::Memory;
 use chi_discovery::{
@@ -160,7 +160,7 @@ async fn healthy_ids(client: &DiscoveryClient, service: &str) -> Vec<String> {
 async fn http_probe_answers_by_status_host_timeout_and_target() {
     let server = HttpServer::start().await;
     let inst = server.instance("web");
-    let probe = HttpCheck::new("/health")
+    let probe = HttpProbe::new("/health")
         .expect("check")
         .timeout(Duration::from_millis(300))
         .host("web.internal");
@@ -177,7 +177,7 @@ async fn http_probe_answers_by_status_host_timeout_and_target() {
         matches!(err, CheckError::HttpStatus { status: 503, .. }),
         "{err}"
     );
-    let lenient = HttpCheck::new("/health")
+    let lenient = HttpProbe::new("/health")
         .expect("check")
         .expect_status(200..=503);
     lenient.check(&inst).await.expect("503 expected");
@@ -194,13 +194,13 @@ async fn http_probe_answers_by_status_host_timeout_and_target() {
     server.set(OK);
     let elsewhere = Instance::new("web", "127.0.0.1", 1);
     let url = format!("http://127.0.0.1:{}/health", server.port);
-    let err = HttpCheck::new(url.clone())
+    let err = HttpProbe::new(url.clone())
         .expect("check")
         .check(&elsewhere)
         .await
         .unwrap_err();
     assert!(matches!(err, CheckError::Target { .. }), "{err}");
-    HttpCheck::new(url)
+    HttpProbe::new(url)
         .expect("check")
         .allow_other_hosts(true)
         .check(&elsewhere)
@@ -304,7 +304,7 @@ async fn tcp_check_sees_the_listener_come_and_go() {
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let inst = ServiceConfig::new("tcp", "127.0.0.1", port).instance();
-    let probe = TcpCheck::own().timeout(Duration::from_millis(300));
+    let probe = TcpProbe::own().timeout(Duration::from_millis(300));
     probe.check(&inst).await.expect("listening");
     let t = Thresholds::new(2, 3);
     let (_reg, _client, checker) = checker_over(std::slice::from_ref(&inst), t).await;
@@ -351,17 +351,17 @@ async fn grpc_check_follows_serving_status() {
     let server = HealthServer::start(&[(service, ServingStatus::Serving)]).await;
     let inst = ServiceConfig::new("echo", "127.0.0.1", server.port).instance();
     let timeout = Duration::from_millis(500);
-    GrpcCheck::new(service)
+    GrpcProbe::new(service)
         .timeout(timeout)
         .check(&inst)
         .await
         .expect("SERVING");
-    GrpcCheck::new("")
+    GrpcProbe::new("")
         .timeout(timeout)
         .check(&inst)
         .await
         .expect("the server as a whole");
-    let err = GrpcCheck::new("no.Such")
+    let err = GrpcProbe::new("no.Such")
         .timeout(timeout)
         .check(&inst)
         .await
@@ -412,7 +412,7 @@ async fn grpc_check_follows_serving_status() {
     );
 
     drop(server);
-    let err = GrpcCheck::new(service)
+    let err = GrpcProbe::new(service)
         .timeout(timeout)
         .check(&inst)
         .await
