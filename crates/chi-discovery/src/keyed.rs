@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedMutexGuard;
 
+use crate::util::lock;
+
 /// Async locks by key.
 pub(crate) struct KeyedLocks<K> {
     locks: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
@@ -23,7 +25,7 @@ impl<K: Eq + Hash + Clone> KeyedLocks<K> {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<K, Arc<tokio::sync::Mutex<()>>>> {
-        self.locks.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.locks)
     }
 
     /// Waits for the lock of `key`; held until the guard is dropped.

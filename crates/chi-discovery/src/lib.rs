@@ -52,6 +52,8 @@ pub mod registry;
 pub mod retry;
 pub mod routing;
 pub mod secret;
+mod snapshot;
+mod util;
 
 pub use discovery::{DiscoveryClient, Snapshot, Watcher};
 pub use error::{Error, Result};

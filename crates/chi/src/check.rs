@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chi_discovery::Instance;
-use chi_discovery::health::{GrpcCheck, HttpCheck, Probe, TcpCheck};
+use chi_discovery::health::{GrpcProbe, HttpProbe, Probe, TcpProbe};
 use reqwest::Url;
 
 use crate::cli::CheckArgs;
@@ -74,7 +74,7 @@ fn parse(args: &CheckArgs) -> anyhow::Result<(Instance, Arc<dyn Probe>)> {
                 path.push_str(q);
             }
             Arc::new(
-                HttpCheck::new(path)
+                HttpProbe::new(path)
                     .map_err(|e| bad(raw, e))?
                     .https(scheme == "https")
                     .timeout(args.timeout),
@@ -84,11 +84,11 @@ fn parse(args: &CheckArgs) -> anyhow::Result<(Instance, Arc<dyn Probe>)> {
             if !matches!(url.path(), "" | "/") {
                 return Err(bad(raw, "a tcp:// check takes no path"));
             }
-            Arc::new(TcpCheck::own().timeout(args.timeout))
+            Arc::new(TcpProbe::own().timeout(args.timeout))
         }
         "grpc" => {
             let service = url.path().trim_start_matches('/');
-            Arc::new(GrpcCheck::new(service).timeout(args.timeout))
+            Arc::new(GrpcProbe::new(service).timeout(args.timeout))
         }
         other => {
             return Err(bad(

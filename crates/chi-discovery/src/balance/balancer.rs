@@ -18,9 +18,10 @@ use super::{
     Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash, RoundRobin,
     Select, Strategy, ThreadRandom, WeightedRoundRobin, accept_all, default_hash, usable_by_health,
 };
-use crate::discovery::Snapshot;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
+use crate::snapshot::Snapshot;
+use crate::util::lock;
 
 /// Everything a [`Balancer`] needs to build its selectors.
 #[derive(Debug, Clone)]
@@ -282,7 +283,7 @@ impl Balancer {
         revision: u64,
         request: &Request<'_>,
     ) -> Option<Pick<'a>> {
-        let _lock = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let _lock = lock(&self.rebuild);
         let current = self.state.load_full();
         match current.as_deref() {
             Some(state) if state.revision == revision => {

@@ -1,6 +1,6 @@
 //! Per-instance load: requests in flight and a peak-EWMA latency estimate.
 //!
-//! In-flight counting is RAII (DESIGN §3.4, tower's `PendingRequests`): a pick of a load-aware
+//! In-flight counting is RAII (as tower's `PendingRequests`): a pick of a load-aware
 //! strategy takes an [`InFlight`] guard that incremented the count and decrements it when dropped,
 //! so an error, a panic or a cancelled future can't leak a count.
 //!

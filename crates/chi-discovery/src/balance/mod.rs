@@ -4,7 +4,7 @@
 //!
 //! Every algorithm is a *selector*: a small immutable table built once per membership change from
 //! the instance list, then asked for one instance per request through the [`Select`] trait.
-//! Picking only reads: no lock, no allocation, at most a few atomics (DESIGN §3.1). This is the
+//! Picking only reads: no lock, no allocation, at most a few atomics. This is the
 //! shape of pingora's `selection` module (build per backend set, select per key) and of tower's
 //! balancers (a tiny trait, load tracked by an RAII handle, an injectable RNG).
 //!

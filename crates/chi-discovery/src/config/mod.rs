@@ -28,8 +28,6 @@ mod validate;
 use std::path::Path;
 use std::time::Duration;
 
-use indexmap::IndexMap;
-
 use crate::balance::{ConsistentHashConfig, Strategy};
 use crate::discovery::CacheConfig;
 use crate::error::{Error, Result};
@@ -37,6 +35,9 @@ use crate::instance::{ServiceConfig, validate_name};
 use crate::retry::RetryPolicy;
 
 pub use crate::registry::{MemoryConfig, Registries};
+
+/// Routing's settings live with the routers; named here too, beside the other sections.
+pub use crate::routing::RoutingConfig;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,30 +65,6 @@ pub struct LoadBalancerConfig {
     pub health_check_enabled: bool,
     /// Consistent-hash settings.
     pub consistent_hash: ConsistentHashConfig,
-}
-
-/// `routing`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoutingConfig {
-    /// Route by `X-Service-Version`.
-    pub enable_version_routing: bool,
-    /// Route by region / zone.
-    pub enable_geo_routing: bool,
-    /// Version used when a request names none.
-    pub default_version: String,
-    /// Regions and their zones, in the order written (the order is the fallback order).
-    pub regions: IndexMap<String, Vec<String>>,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        RoutingConfig {
-            enable_version_routing: false,
-            enable_geo_routing: false,
-            default_version: String::new(),
-            regions: IndexMap::new(),
-        }
-    }
 }
 
 impl Default for Config {

@@ -10,7 +10,6 @@
 //! swaps it in. A failed refresh never replaces a list: the old one is kept and marked stale.
 
 use std::collections::HashMap;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,6 +18,8 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use crate::instance::{HealthStatus, Instance};
+use crate::snapshot::{Snapshot, SnapshotData};
+use crate::util::lock;
 
 /// Cache settings: the spec's `CacheConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,67 +44,6 @@ impl Default for CacheConfig {
             max_size: 1000,
             enable_metrics: true,
         }
-    }
-}
-
-/// An immutable list of a service's instances, as of one moment. Cloning is one `Arc` clone.
-#[derive(Debug, Clone)]
-pub struct Snapshot(Arc<SnapshotData>);
-
-#[derive(Debug)]
-pub(crate) struct SnapshotData {
-    instances: Arc<[Instance]>,
-    stale: bool,
-    revision: u64,
-    fetched_at: Instant,
-}
-
-impl Snapshot {
-    pub(crate) fn new(instances: Vec<Instance>, revision: u64) -> Self {
-        Snapshot(Arc::new(SnapshotData {
-            instances: instances.into(),
-            stale: false,
-            revision,
-            fetched_at: Instant::now(),
-        }))
-    }
-
-    fn with_stale(&self, stale: bool) -> Self {
-        Snapshot(Arc::new(SnapshotData {
-            instances: self.0.instances.clone(),
-            stale,
-            revision: self.0.revision,
-            fetched_at: self.0.fetched_at,
-        }))
-    }
-
-    /// The instances.
-    pub fn instances(&self) -> &[Instance] {
-        &self.0.instances
-    }
-
-    /// True when the registry could not be reached at the last refresh (or watch), so this list
-    /// may be out of date. It is still the last list the registry gave.
-    pub fn is_stale(&self) -> bool {
-        self.0.stale
-    }
-
-    /// Changes every time the instance list changes; equal revisions mean equal lists. Balancers
-    /// rebuild their tables only when it moves.
-    pub fn revision(&self) -> u64 {
-        self.0.revision
-    }
-
-    /// When the registry last confirmed this list.
-    pub fn fetched_at(&self) -> Instant {
-        self.0.fetched_at
-    }
-}
-
-impl Deref for Snapshot {
-    type Target = [Instance];
-    fn deref(&self) -> &[Instance] {
-        &self.0.instances
     }
 }
 
@@ -227,7 +167,7 @@ impl Cache {
     pub(crate) fn store(&self, service: &str, mut instances: Vec<Instance>) -> Snapshot {
         self.apply_overlay(service, &mut instances);
         if let Some(entry) = self.entry(service) {
-            *entry.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            *lock(&entry.last_ok) = Instant::now();
             let current = entry.load();
             if same_list(current.instances(), &instances) {
                 if current.is_stale() {
@@ -247,7 +187,7 @@ impl Cache {
     }
 
     fn apply_overlay(&self, service: &str, instances: &mut [Instance]) {
-        let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        let overlay = lock(&self.overlay);
         if let Some(health) = overlay.get(service) {
             for i in instances.iter_mut() {
                 if let Some(h) = health.get(&i.id) {
@@ -261,7 +201,7 @@ impl Cache {
     /// registry's value returns with the next refresh). The new health is served at once.
     pub(crate) fn set_health(&self, service: &str, id: &str, health: Option<HealthStatus>) {
         {
-            let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            let mut overlay = lock(&self.overlay);
             match health {
                 Some(h) => {
                     overlay
@@ -301,7 +241,7 @@ impl Cache {
     /// Marks stale every entry whose last successful refresh is older than the TTL.
     pub(crate) fn expire(&self, now: Instant) {
         for (name, entry) in self.map.load().iter() {
-            let last_ok = *entry.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+            let last_ok = *lock(&entry.last_ok);
             if now.saturating_duration_since(last_ok) > self.config.ttl {
                 self.mark_stale(name);
             }
@@ -327,7 +267,7 @@ impl Cache {
     }
 
     fn insert(&self, service: &str, snap: Snapshot) {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = lock(&self.write);
         let mut map: Map = (**self.map.load()).clone();
         map.insert(
             Arc::from(service),
@@ -357,7 +297,7 @@ impl Cache {
 
     /// Drops `service` from the cache.
     pub(crate) fn remove(&self, service: &str) {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = lock(&self.write);
         let mut map: Map = (**self.map.load()).clone();
         if map.remove(service).is_some() {
             self.map.store(Arc::new(map));

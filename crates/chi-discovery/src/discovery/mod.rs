@@ -3,7 +3,7 @@
 //!
 //! [`DiscoveryClient::discover`] answers from the cache ([`cache`]) when it can; a miss asks the
 //! registry (with retries per [`RetryPolicy`]) and caches the answer. A background task refreshes
-//! every cached service each `refresh_interval`. The rules of stale-on-error (DESIGN.md §3.3):
+//! every cached service each `refresh_interval`. The rules of stale-on-error:
 //!
 //! - a registry error, a timeout or a lost watch never replaces a list; the last good list keeps
 //!   being served, marked [`Snapshot::is_stale`];
@@ -11,6 +11,7 @@
 //!   scale to zero), so clients stop calling instances that are gone.
 
 pub mod cache;
+mod health;
 mod watch;
 
 use std::future::Future;
@@ -20,15 +21,16 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
-use tokio::task::JoinHandle;
 
-pub use cache::{CacheConfig, CacheStats, Snapshot};
+pub use crate::snapshot::Snapshot;
+pub use cache::{CacheConfig, CacheStats};
 pub use watch::Watcher;
 
 use crate::error::{Error, Result};
 use crate::instance::{Filter, HealthStatus, Instance, validate_name};
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
+use crate::util::{AbortOnDrop, lock};
 use cache::Cache;
 
 /// A callback told about every discovery request: service, duration, and the outcome.
@@ -57,22 +59,10 @@ pub(crate) struct Inner {
     request_timeout: Duration,
     hooks: ArcSwap<Vec<RequestHook>>,
     has_hooks: AtomicBool,
-    refresher: Mutex<Option<JoinHandle<()>>>,
+    /// The background refresher, stopped when the last clone of the client goes.
+    refresher: Mutex<Option<AbortOnDrop>>,
     /// Serialises cold misses so one service is fetched once, not once per waiting caller.
     miss: tokio::sync::Mutex<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(task) = self
-            .refresher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            task.abort();
-        }
-    }
 }
 
 /// Outcome of [`DiscoveryClient::warm_up`] for one service.
@@ -281,11 +271,7 @@ impl DiscoveryClient {
     }
 
     fn ensure_refresher(&self) {
-        let mut slot = self
-            .inner
-            .refresher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&self.inner.refresher);
         if slot.is_some() {
             return;
         }
@@ -296,7 +282,7 @@ impl DiscoveryClient {
             .config
             .refresh_interval
             .max(Duration::from_millis(10));
-        *slot = Some(tokio::spawn(async move {
+        *slot = Some(AbortOnDrop::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;

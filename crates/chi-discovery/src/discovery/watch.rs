@@ -11,11 +11,11 @@ use std::task::{Context, Poll};
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::registry::Change;
+use crate::util::AbortOnDrop;
 
 const BUFFER: usize = 256;
 
@@ -25,7 +25,7 @@ const BUFFER: usize = 256;
 pub struct Watcher {
     service: String,
     rx: mpsc::Receiver<Result<Change>>,
-    task: JoinHandle<()>,
+    _task: AbortOnDrop,
 }
 
 impl Watcher {
@@ -43,12 +43,6 @@ impl Watcher {
     pub fn close(self) {}
 }
 
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl Stream for Watcher {
     type Item = Result<Change>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -58,8 +52,8 @@ impl Stream for Watcher {
 
 pub(super) fn spawn(inner: Arc<Inner>, service: String) -> Watcher {
     let (tx, rx) = mpsc::channel(BUFFER);
-    let task = tokio::spawn(run(inner, service.clone(), tx));
-    Watcher { service, rx, task }
+    let _task = AbortOnDrop::spawn(run(inner, service.clone(), tx));
+    Watcher { service, rx, _task }
 }
 
 async fn run(inner: Arc<Inner>, service: String, tx: mpsc::Sender<Result<Change>>) {

@@ -18,15 +18,15 @@ use crate::instance::Instance;
 
 /// `grpc.health.v1.Health/Check` probe of one service name.
 #[derive(Debug, Clone)]
-pub struct GrpcCheck {
+pub struct GrpcProbe {
     service: String,
     timeout: Duration,
 }
 
-impl GrpcCheck {
+impl GrpcProbe {
     /// A check of `service` (empty: the server as a whole, per the protocol). Timeout 3 s.
     pub fn new(service: impl Into<String>) -> Self {
-        GrpcCheck {
+        GrpcProbe {
             service: service.into(),
             timeout: Duration::from_secs(3),
         }
@@ -91,7 +91,7 @@ impl GrpcCheck {
 }
 
 #[async_trait]
-impl Probe for GrpcCheck {
+impl Probe for GrpcProbe {
     async fn check(&self, instance: &Instance) -> Result<(), CheckError> {
         match tokio::time::timeout(self.timeout, self.call(instance)).await {
             Ok(result) => result,

@@ -26,7 +26,7 @@ enum Target {
 
 /// `GET` health probe.
 #[derive(Debug, Clone)]
-pub struct HttpCheck {
+pub struct HttpProbe {
     client: reqwest::Client,
     target: Target,
     https: bool,
@@ -36,10 +36,10 @@ pub struct HttpCheck {
     allow_other_hosts: bool,
 }
 
-impl HttpCheck {
+impl HttpProbe {
     /// A check of `path_or_url`: a path (`/health`; empty means `/`) on the instance's own
     /// `address:port`, or an absolute `http(s)://` URL (which must point at the instance unless
-    /// [`HttpCheck::allow_other_hosts`]). Defaults: plain HTTP, 3 s timeout, healthy on 2xx.
+    /// [`HttpProbe::allow_other_hosts`]). Defaults: plain HTTP, 3 s timeout, healthy on 2xx.
     pub fn new(path_or_url: impl Into<String>) -> Result<Self> {
         let raw = path_or_url.into();
         let trimmed = raw.trim();
@@ -67,7 +67,7 @@ impl HttpCheck {
             .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| Error::invalid("http check", raw.clone(), e.to_string()))?;
-        Ok(HttpCheck {
+        Ok(HttpProbe {
             client,
             target,
             https: false,
@@ -150,7 +150,7 @@ impl HttpCheck {
 }
 
 #[async_trait]
-impl Probe for HttpCheck {
+impl Probe for HttpProbe {
     async fn check(&self, instance: &Instance) -> Result<(), CheckError> {
         let url = self.url_for(instance)?;
         let mut req = self.client.get(url.clone()).timeout(self.timeout);
@@ -197,17 +197,17 @@ mod tests {
 
     #[test]
     fn paths_resolve_against_the_instance() {
-        let c = HttpCheck::new("/health").expect("path");
+        let c = HttpProbe::new("/health").expect("path");
         assert_eq!(
             c.url_for(&inst()).expect("url").as_str(),
             "http://127.0.0.1:8080/health"
         );
-        let c = HttpCheck::new("").expect("empty");
+        let c = HttpProbe::new("").expect("empty");
         assert_eq!(
             c.url_for(&inst()).expect("url").as_str(),
             "http://127.0.0.1:8080/"
         );
-        let c = HttpCheck::new("/h").expect("path").https(true);
+        let c = HttpProbe::new("/h").expect("path").https(true);
         assert_eq!(
             c.url_for(&Instance::new("s", "::1", 8443))
                 .expect("url")
@@ -218,13 +218,13 @@ mod tests {
 
     #[test]
     fn urls_elsewhere_need_opt_in() {
-        let own = HttpCheck::new("http://127.0.0.1:8080/status").expect("url");
+        let own = HttpProbe::new("http://127.0.0.1:8080/status").expect("url");
         assert!(own.url_for(&inst()).is_ok());
         for other in [
             "http://127.0.0.1:9090/status",
             "http://169.254.169.254/latest/meta-data",
         ] {
-            let c = HttpCheck::new(other).expect("url");
+            let c = HttpProbe::new(other).expect("url");
             assert!(
                 matches!(c.url_for(&inst()), Err(CheckError::Target { .. })),
                 "{other}"
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn registered_addresses_cannot_smuggle_a_host() {
-        let c = HttpCheck::new("/health").expect("path");
+        let c = HttpProbe::new("/health").expect("path");
         let evil = Instance::new("s", "evil.example@127.0.0.1", 8080);
         assert!(c.url_for(&evil).is_err());
         let evil = Instance::new("s", "127.0.0.1:1/x#", 8080);
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn bad_targets_are_rejected() {
         for bad in ["health", "ftp://h/x", "http://"] {
-            assert!(HttpCheck::new(bad).is_err(), "{bad}");
+            assert!(HttpProbe::new(bad).is_err(), "{bad}");
         }
     }
 }

@@ -4,19 +4,20 @@
 //! The pieces are small and apart, as in pingora's `health_check.rs`, where the probe knows
 //! nothing of thresholds:
 //!
+//! - a [`HealthCheck`] is a check's settings (what to probe, how often, how
+//!   long to wait); [`probe_for`] turns it into the probe that runs it;
 //! - a [`Probe`] answers one question, "does this instance answer right now?":
-//!   [`HttpCheck`] (GET, 2xx or a configured status range), [`TcpCheck`] (connect) and
-//!   [`GrpcCheck`] (`grpc.health.v1.Health/Check`, `SERVING`);
+//!   [`HttpProbe`] (GET, 2xx or a configured status range), [`TcpProbe`] (connect) and
+//!   [`GrpcProbe`] (`grpc.health.v1.Health/Check`, `SERVING`);
 //! - [`HealthState`] turns a run of probe results into a status with HAProxy's `rise` / `fall`
 //!   thresholds ([`Thresholds`], default rise 2 / fall 3), so one lost packet does not take an
 //!   instance out and one lucky answer does not put it back;
 //! - [`HealthChecker`] runs the probes: each instance at its interval (jittered, never two checks
 //!   of one instance at once, at most `max_concurrency` checks in flight), follows a service through
-//!   [`DiscoveryClient::watch`](crate::DiscoveryClient::watch) and lays every transition over the
-//!   discovery snapshot with [`DiscoveryClient::set_health`](crate::DiscoveryClient::set_health), so
-//!   `healthy_only` filters and balancers see it; [`HealthChecker::check_own`] does the same for
-//!   the service's own registration through
-//!   [`ServiceManager::set_health`](crate::ServiceManager::set_health) (Consul TTL pass/fail, Nacos
+//!   a [`Membership`] (the [`DiscoveryClient`](crate::DiscoveryClient) is one) and lays every
+//!   transition over the discovery snapshot, so `healthy_only` filters and balancers see it;
+//!   [`HealthChecker::check_own`] does the same for the service's own registration through a
+//!   [`HealthSink`] (the [`ServiceManager`](crate::ServiceManager): Consul TTL pass/fail, Nacos
 //!   healthy flag) and deregisters it after `deregister_critical_service_after`;
 //! - [`OutlierDetector`] is the passive side, Envoy's consecutive-failure outlier detection: the
 //!   caller reports request outcomes, an instance with too many failures in a row is ejected for a
@@ -68,6 +69,7 @@ mod http;
 mod outlier;
 mod panic;
 mod scheduler;
+mod sink;
 mod state;
 mod tcp;
 
@@ -76,16 +78,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use grpc::GrpcCheck;
-pub use http::HttpCheck;
+pub use grpc::GrpcProbe;
+pub use http::HttpProbe;
 pub use outlier::{OutlierConfig, OutlierDetector};
 pub use panic::{Balanced, DEFAULT_PANIC_THRESHOLD, PanicThreshold};
 pub use scheduler::{
     Builder, DEFAULT_JITTER, DEFAULT_MAX_CONCURRENCY, HealthChecker, InstanceHealth, OwnCheck,
     Transition,
 };
+pub use sink::{HealthSink, Membership};
 pub use state::{HealthState, Thresholds};
-pub use tcp::TcpCheck;
+pub use tcp::TcpProbe;
 
 use crate::error::{Error, Result};
 use crate::instance::{CheckTarget, HealthCheck, Instance};
@@ -157,11 +160,11 @@ pub trait Probe: Send + Sync + 'static {
 pub fn probe_for(check: &HealthCheck) -> Result<Arc<dyn Probe>> {
     Ok(match &check.target {
         CheckTarget::Http(target) => {
-            Arc::new(HttpCheck::new(target.clone())?.timeout(check.timeout))
+            Arc::new(HttpProbe::new(target.clone())?.timeout(check.timeout))
         }
-        CheckTarget::Tcp(target) => Arc::new(TcpCheck::new(target.clone())?.timeout(check.timeout)),
+        CheckTarget::Tcp(target) => Arc::new(TcpProbe::new(target.clone())?.timeout(check.timeout)),
         CheckTarget::Grpc(service) => {
-            Arc::new(GrpcCheck::new(service.clone()).timeout(check.timeout))
+            Arc::new(GrpcProbe::new(service.clone()).timeout(check.timeout))
         }
         CheckTarget::Ttl => {
             return Err(Error::invalid(

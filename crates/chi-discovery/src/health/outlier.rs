@@ -29,6 +29,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
+use crate::util::lock;
+
 /// Settings of an [`OutlierDetector`]; the defaults are Envoy's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutlierConfig {
@@ -104,7 +106,7 @@ impl OutlierDetector {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.write.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.write)
     }
 
     /// Sets the known instances (the base of `max_ejection_percent`). Instances that stay keep

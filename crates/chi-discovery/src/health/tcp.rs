@@ -10,13 +10,13 @@ use crate::instance::Instance;
 
 /// Connects to the instance (or a configured `host:port`) and closes the connection at once.
 #[derive(Debug, Clone)]
-pub struct TcpCheck {
+pub struct TcpProbe {
     target: Option<(String, u16)>,
     timeout: Duration,
     allow_other_hosts: bool,
 }
 
-impl TcpCheck {
+impl TcpProbe {
     /// A TCP check of `target`: empty for the instance's own `address:port`, else `host:port`
     /// (`[v6]:port` for IPv6). The timeout defaults to 3 s.
     pub fn new(target: impl Into<String>) -> Result<Self> {
@@ -38,7 +38,7 @@ impl TcpCheck {
             }
             Some((host.to_owned(), port))
         };
-        Ok(TcpCheck {
+        Ok(TcpProbe {
             target: parsed,
             timeout: Duration::from_secs(3),
             allow_other_hosts: false,
@@ -47,7 +47,7 @@ impl TcpCheck {
 
     /// A check of the instance's own `address:port`.
     pub fn own() -> Self {
-        TcpCheck {
+        TcpProbe {
             target: None,
             timeout: Duration::from_secs(3),
             allow_other_hosts: false,
@@ -94,7 +94,7 @@ impl TcpCheck {
 }
 
 #[async_trait]
-impl Probe for TcpCheck {
+impl Probe for TcpProbe {
     async fn check(&self, instance: &Instance) -> Result<(), CheckError> {
         let authority = self.authority(instance)?;
         match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(&authority)).await {
@@ -119,33 +119,33 @@ mod tests {
 
     #[test]
     fn parses_targets() {
-        assert!(TcpCheck::new("").expect("own").target.is_none());
+        assert!(TcpProbe::new("").expect("own").target.is_none());
         assert_eq!(
-            TcpCheck::new("10.0.0.1:80").expect("v4").target,
+            TcpProbe::new("10.0.0.1:80").expect("v4").target,
             Some(("10.0.0.1".into(), 80))
         );
         assert_eq!(
-            TcpCheck::new("[::1]:80").expect("v6").target,
+            TcpProbe::new("[::1]:80").expect("v6").target,
             Some(("[::1]".into(), 80))
         );
         for bad in ["host", "host:", "host:0", ":80", "h:99999"] {
-            assert!(TcpCheck::new(bad).is_err(), "{bad}");
+            assert!(TcpProbe::new(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn other_hosts_need_opt_in() {
         let inst = Instance::new("s", "10.0.0.1", 80);
-        let own = TcpCheck::new("10.0.0.1:81").expect("parse");
+        let own = TcpProbe::new("10.0.0.1:81").expect("parse");
         assert_eq!(own.authority(&inst).expect("own host"), "10.0.0.1:81");
-        let other = TcpCheck::new("10.0.0.2:80").expect("parse");
+        let other = TcpProbe::new("10.0.0.2:80").expect("parse");
         assert!(matches!(
             other.authority(&inst),
             Err(CheckError::Target { .. })
         ));
         let other = other.allow_other_hosts(true);
         assert_eq!(other.authority(&inst).expect("allowed"), "10.0.0.2:80");
-        let v6 = TcpCheck::new("[::1]:9").expect("parse");
+        let v6 = TcpProbe::new("[::1]:9").expect("parse");
         assert_eq!(
             v6.authority(&Instance::new("s", "::1", 80))
                 .expect("own v6"),

@@ -5,11 +5,6 @@
 //! `Reset / Add / Remove / Update`, and a lagging watcher is resynced with a `Reset` rather than
 //! silently missing changes. Clones share one registry, so several clients in one process (or a
 //! test) see the same state.
-//!
-//! [`Memory::set_outage`] makes every call fail as an unreachable server would, and heals it again;
-//! it exists to rehearse outages in demos and tests of the layers above (the discovery cache must
-//! keep serving its last good list). During an outage leases are frozen, and they are extended by
-//! one TTL on recovery, as etcd does after a leader change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +17,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{Change, Liveness, Registry, WatchStream};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::instance::{HealthStatus, Instance, validate_name};
 
 const BACKEND: &str = "memory";
@@ -45,7 +40,6 @@ impl std::fmt::Debug for Memory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Memory")
             .field("ttl", &self.inner.ttl)
-            .field("outage", &self.inner.outage.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -53,7 +47,6 @@ impl std::fmt::Debug for Memory {
 struct Inner {
     state: Mutex<State>,
     ttl: Option<Duration>,
-    outage: AtomicBool,
     reaper_started: AtomicBool,
 }
 
@@ -64,19 +57,12 @@ struct State {
 
 struct Service {
     instances: BTreeMap<String, Entry>,
-    events: broadcast::Sender<Msg>,
+    events: broadcast::Sender<Change>,
 }
 
 struct Entry {
     instance: Instance,
     deadline: Option<Instant>,
-}
-
-#[derive(Clone, Debug)]
-enum Msg {
-    Change(Change),
-    Outage,
-    Recovered,
 }
 
 impl Default for Memory {
@@ -106,49 +92,8 @@ impl Memory {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 ttl,
-                outage: AtomicBool::new(false),
                 reaper_started: AtomicBool::new(false),
             }),
-        }
-    }
-
-    /// Simulates an outage (`true`: every call fails with [`Error::Unavailable`], watchers get an
-    /// error item) or heals it (`false`: watchers resync with a `Reset`).
-    pub fn set_outage(&self, down: bool) {
-        let was = self.inner.outage.swap(down, Ordering::SeqCst);
-        if was == down {
-            return;
-        }
-        let mut state = self.inner.lock();
-        let now = Instant::now();
-        for svc in state.services.values_mut() {
-            if !down {
-                // Leases survive the outage: extend them by one TTL, as etcd does.
-                if let Some(ttl) = self.inner.ttl {
-                    for e in svc.instances.values_mut() {
-                        e.deadline = Some(now + ttl);
-                    }
-                }
-            }
-            let _ = svc
-                .events
-                .send(if down { Msg::Outage } else { Msg::Recovered });
-        }
-    }
-
-    /// True while [`Memory::set_outage`] holds the registry down.
-    pub fn is_down(&self) -> bool {
-        self.inner.outage.load(Ordering::SeqCst)
-    }
-
-    fn check_up(&self) -> Result<()> {
-        if self.is_down() {
-            Err(Error::Unavailable {
-                backend: BACKEND.into(),
-                message: "the embedded registry is in a simulated outage".into(),
-            })
-        } else {
-            Ok(())
         }
     }
 
@@ -179,9 +124,6 @@ impl Inner {
     }
 
     fn expire(&self, now: Instant) {
-        if self.outage.load(Ordering::SeqCst) {
-            return;
-        }
         let mut state = self.lock();
         for svc in state.services.values_mut() {
             let expired: Vec<String> = svc
@@ -193,7 +135,7 @@ impl Inner {
             for id in expired {
                 if let Some(e) = svc.instances.remove(&id) {
                     tracing::debug!(service = %e.instance.name, id = %id, "registration expired");
-                    let _ = svc.events.send(Msg::Change(Change::Remove(e.instance)));
+                    let _ = svc.events.send(Change::Remove(e.instance));
                 }
             }
         }
@@ -226,7 +168,6 @@ impl Registry for Memory {
 
     async fn register(&self, instance: &Instance) -> Result<()> {
         instance.validate()?;
-        self.check_up()?;
         self.start_reaper();
         let deadline = self.inner.ttl.map(|ttl| Instant::now() + ttl);
         let mut state = self.inner.lock();
@@ -247,25 +188,23 @@ impl Registry for Memory {
             },
         );
         if let Some(change) = change {
-            let _ = svc.events.send(Msg::Change(change));
+            let _ = svc.events.send(change);
         }
         Ok(())
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<()> {
         validate_name("service name", service)?;
-        self.check_up()?;
         let mut state = self.inner.lock();
         if let Some(svc) = state.services.get_mut(service)
             && let Some(e) = svc.instances.remove(id)
         {
-            let _ = svc.events.send(Msg::Change(Change::Remove(e.instance)));
+            let _ = svc.events.send(Change::Remove(e.instance));
         }
         Ok(())
     }
 
     async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
-        self.check_up()?;
         let deadline = self.inner.ttl.map(|ttl| Instant::now() + ttl);
         let mut state = self.inner.lock();
         let Some(svc) = state.services.get_mut(&instance.name) else {
@@ -277,9 +216,7 @@ impl Registry for Memory {
         entry.deadline = deadline;
         if entry.instance.health != health {
             entry.instance.health = health;
-            let _ = svc
-                .events
-                .send(Msg::Change(Change::Update(entry.instance.clone())));
+            let _ = svc.events.send(Change::Update(entry.instance.clone()));
         }
         Ok(Liveness::Alive)
     }
@@ -293,12 +230,10 @@ impl Registry for Memory {
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
         validate_name("service name", service)?;
-        self.check_up()?;
         Ok(self.inner.list(service))
     }
 
     async fn services(&self) -> Result<Vec<String>> {
-        self.check_up()?;
         let state = self.inner.lock();
         let mut names: Vec<String> = state
             .services
@@ -312,7 +247,6 @@ impl Registry for Memory {
 
     async fn watch(&self, service: &str) -> Result<WatchStream> {
         validate_name("service name", service)?;
-        self.check_up()?;
         let (rx, first) = {
             let mut state = self.inner.lock();
             let svc = state
@@ -333,7 +267,7 @@ impl Registry for Memory {
 }
 
 struct WatchState {
-    rx: broadcast::Receiver<Msg>,
+    rx: broadcast::Receiver<Change>,
     inner: Arc<Inner>,
     service: String,
     first: Option<Vec<Instance>>,
@@ -344,13 +278,9 @@ async fn next_change(mut st: WatchState) -> Option<(Result<Change>, WatchState)>
         return Some((Ok(Change::Reset(list)), st));
     }
     let item = match st.rx.recv().await {
-        Ok(Msg::Change(c)) => Ok(c),
-        Ok(Msg::Outage) => Err(Error::Unavailable {
-            backend: BACKEND.into(),
-            message: "the embedded registry is in a simulated outage".into(),
-        }),
-        // After an outage or a gap, the only honest thing is the whole list again.
-        Ok(Msg::Recovered) | Err(broadcast::error::RecvError::Lagged(_)) => {
+        Ok(c) => Ok(c),
+        // After a gap, the only honest thing is the whole list again.
+        Err(broadcast::error::RecvError::Lagged(_)) => {
             Ok(Change::Reset(st.inner.list(&st.service)))
         }
         Err(broadcast::error::RecvError::Closed) => return None,
@@ -461,22 +391,6 @@ mod tests {
         assert_eq!(
             w.next().await.expect("item").expect("ok"),
             Change::Remove(inst("a"))
-        );
-    }
-
-    #[tokio::test]
-    async fn outage_fails_calls_and_watch_resyncs_after() {
-        let m = Memory::new();
-        m.register(&inst("a")).await.expect("register");
-        let mut w = m.watch("svc").await.expect("watch");
-        let _ = w.next().await;
-        m.set_outage(true);
-        assert!(m.instances("svc").await.unwrap_err().is_transient());
-        assert!(w.next().await.expect("item").is_err());
-        m.set_outage(false);
-        assert_eq!(
-            w.next().await.expect("item").expect("ok"),
-            Change::Reset(vec![inst("a")])
         );
     }
 

@@ -273,44 +273,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_to_all_and_reports_each_failure() {
-        let (a, b, multi) = pair();
-        multi.register(&inst("x")).await.expect("both up");
-        assert_eq!(a.instances("svc").await.expect("a").len(), 1);
-        assert_eq!(b.instances("svc").await.expect("b").len(), 1);
-
-        b.set_outage(true);
-        let err = multi.register(&inst("y")).await.unwrap_err();
-        match &err {
-            Error::Backends { failures } => {
-                assert_eq!(failures.len(), 1);
-                assert_eq!(failures[0].0, "memory");
-            }
-            other => panic!("expected Backends, got {other:?}"),
-        }
-        // The healthy member still got it.
-        assert_eq!(a.instances("svc").await.expect("a").len(), 2);
-    }
-
-    #[tokio::test]
-    async fn reads_merge_by_id_and_survive_one_outage() {
-        let (a, b, multi) = pair();
-        a.register(&inst("x")).await.expect("a");
-        b.register(&inst("x").with_weight(9)).await.expect("b");
-        b.register(&inst("y")).await.expect("b");
-        let list = multi.instances("svc").await.expect("union");
-        assert_eq!(list.len(), 2);
-        let x = list.iter().find(|i| i.id == "x").expect("x");
-        assert_eq!(x.weight, 1, "first member wins a duplicate");
-
-        b.set_outage(true);
-        let list = multi.instances("svc").await.expect("a still answers");
-        assert_eq!(list.len(), 2, "b's last good list is kept: {list:?}");
-        a.set_outage(true);
-        assert!(multi.instances("svc").await.is_err());
-    }
-
-    #[tokio::test]
     async fn watch_merges_members() {
         let (a, b, multi) = pair();
         a.register(&inst("x")).await.expect("a");

@@ -25,11 +25,13 @@
 //! A caller that also learns from outcomes keeps one [`ServiceState`] per service: the router
 //! with the service's outlier detector.
 
+mod config;
 mod geo;
 mod service;
 mod smart;
 mod version;
 
+pub use config::RoutingConfig;
 pub use geo::{Geo, GeoStep, Place};
 pub use service::{ServiceState, ServiceStateConfig};
 pub use smart::{Decision, Routed, Smart, Stage, Subset, Usable};

@@ -25,12 +25,13 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap;
 
+use super::RoutingConfig;
 use super::geo::Target;
 use super::{Geo, GeoStep, Route, Version, VersionStep};
 use crate::balance::{Balancer, BalancerConfig, InFlight, Request};
-use crate::config::RoutingConfig;
-use crate::discovery::Snapshot;
 use crate::instance::Instance;
+use crate::snapshot::Snapshot;
+use crate::util::lock;
 
 /// A per-pick predicate: which instances of a leaf may be picked now.
 pub type Usable<'a> = dyn Fn(&Instance) -> bool + Sync + 'a;
@@ -518,7 +519,7 @@ impl<B: Stage> Smart<B> {
 
     #[cold]
     fn rebuild(&self, snapshot: &Snapshot) -> Arc<Plan<B>> {
-        let _lock = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let _lock = lock(&self.rebuild);
         let current = self.plan.load_full();
         if current.built && current.revision == snapshot.revision() {
             return current;

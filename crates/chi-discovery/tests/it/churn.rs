@@ -42,7 +42,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 use tokio::runtime::Handle;
 
-use crate::harness::{self, eventually, rss_kib, scaled};
+use chi_test_support::{self as harness, eventually, rss_kib, scaled};
 
 const SERVICES: usize = 50;
 const INSTANCES: usize = 1000;

@@ -13,8 +13,8 @@ use chi_discovery::{
 };
 use futures_util::StreamExt;
 
-use crate::harness::consul::ConsulAgent;
-use crate::harness::{eventually, free_port};
+use chi_test_support::consul::ConsulAgent;
+use chi_test_support::{eventually, free_port};
 
 /// A service name no other test uses.
 fn unique(prefix: &str) -> String {

@@ -12,8 +12,8 @@ use chi_discovery::registry::{Change, Liveness, Registry, WatchStream};
 use chi_discovery::{DiscoveryClient, Error, Filter, HealthStatus, Instance, ServiceManager};
 use futures_util::StreamExt;
 
-use crate::harness::etcd::{Etcd as Server, Proxy};
-use crate::harness::eventually;
+use chi_test_support::etcd::{Etcd as Server, Proxy};
+use chi_test_support::eventually;
 
 fn config(endpoints: Vec<String>, ttl: Duration) -> EtcdConfig {
     EtcdConfig {

@@ -16,10 +16,10 @@ use chi_discovery::registry::etcd::{Etcd, EtcdConfig};
 use chi_discovery::registry::nacos::Nacos;
 use chi_discovery::{Change, DiscoveryClient, Instance, Registry, RetryPolicy, ServiceManager};
 
-use crate::harness::consul::ConsulAgent;
-use crate::harness::etcd::Etcd as EtcdServer;
-use crate::harness::nacos::NacosServer;
-use crate::harness::{self, eventually, scaled};
+use chi_test_support::consul::ConsulAgent;
+use chi_test_support::etcd::Etcd as EtcdServer;
+use chi_test_support::nacos::NacosServer;
+use chi_test_support::{self as harness, eventually, scaled};
 
 /// One real registry server of any backend, killable and restartable.
 enum Server {

@@ -1,11 +1,11 @@
 //! Integration tests: one binary, one module per area. Registry tests run against real servers
-//! that the harness starts on loopback (see `harness`).
+//! that `chi_test_support` starts on loopback.
 //!
 //! The reliability suite (`faults`, `partition`, `churn`, `stub`, `names`, `secrets`) is part of
 //! this binary; `CHI_SOAK=1` (via `scripts/reliability --soak`) makes its long phases longer.
 
-mod harness;
 mod health;
+mod outage;
 
 #[cfg(feature = "consul")]
 mod consul;

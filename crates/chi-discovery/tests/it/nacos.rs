@@ -14,8 +14,8 @@ use chi_discovery::{
 };
 use futures_util::StreamExt;
 
-use crate::harness::eventually;
-use crate::harness::nacos::{INSTANCE_TIMEOUT, NacosServer};
+use chi_test_support::eventually;
+use chi_test_support::nacos::{INSTANCE_TIMEOUT, NacosServer};
 
 /// A service name no other test uses.
 fn unique(prefix: &str) -> String {
@@ -494,7 +494,7 @@ async fn auth_wrong_password_is_a_clear_error_right_one_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_a_dead_server_is_a_transient_error() {
-    let port = crate::harness::free_port();
+    let port = chi_test_support::free_port();
     let start = Instant::now();
     let err = Nacos::connect(NacosConfig {
         connect_timeout: Duration::from_secs(5),

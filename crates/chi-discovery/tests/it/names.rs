@@ -16,9 +16,9 @@ use chi_discovery::registry::nacos::Nacos;
 use chi_discovery::registry::{Memory, Registry};
 use chi_discovery::{Error, Instance};
 
-use crate::harness::consul::ConsulAgent;
-use crate::harness::etcd::Etcd as EtcdServer;
-use crate::harness::nacos::NacosServer;
+use chi_test_support::consul::ConsulAgent;
+use chi_test_support::etcd::Etcd as EtcdServer;
+use chi_test_support::nacos::NacosServer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {

@@ -55,7 +55,7 @@ use chi_discovery::registry::etcd::{Etcd, EtcdConfig};
 use chi_discovery::{Change, DiscoveryClient, Instance, ServiceManager};
 use etcd_client::{Client, GetOptions};
 
-use crate::harness::{self, Proc, eventually, scaled};
+use chi_test_support::{self as harness, Proc, eventually, scaled};
 
 const IP: &str = "/usr/sbin/ip";
 const PREFIX: &str = "chi-p";

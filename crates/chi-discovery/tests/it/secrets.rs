@@ -21,10 +21,10 @@ use chi_discovery::{DiscoveryClient, Instance, RetryPolicy, ServiceManager};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::harness::consul::ConsulAgent;
-use crate::harness::etcd::Etcd as EtcdServer;
-use crate::harness::eventually;
-use crate::harness::nacos::NacosServer;
+use chi_test_support::consul::ConsulAgent;
+use chi_test_support::etcd::Etcd as EtcdServer;
+use chi_test_support::eventually;
+use chi_test_support::nacos::NacosServer;
 
 /// Everything logged while a secrets test captures.
 static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness;
+use chi_test_support as harness;
 
 /// The adapter's per-request deadline in these tests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);

@@ -2,6 +2,7 @@
 
 use std::process::Output;
 
+use chi_test_support::grpc::HealthServer;
 use tokio::process::Command;
 use tonic_health::ServingStatus;
 
@@ -39,28 +40,14 @@ async fn axum_server() -> u16 {
     port
 }
 
-async fn grpc_server() -> u16 {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("up.Service", ServingStatus::Serving)
-        .await;
-    reporter
-        .set_service_status("down.Service", ServingStatus::NotServing)
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(async move {
-        let _reporter = reporter;
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(incoming)
-            .await
-            .expect("serve");
-    });
-    port
+/// A gRPC health server where `up.Service` is serving and `down.Service` is not; it serves until
+/// the test ends.
+async fn grpc_server() -> HealthServer {
+    HealthServer::start(&[
+        ("up.Service", ServingStatus::Serving),
+        ("down.Service", ServingStatus::NotServing),
+    ])
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +85,8 @@ async fn check_exit_codes_tcp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_exit_codes_grpc() {
-    let port = grpc_server().await;
+    let server = grpc_server().await;
+    let port = server.port;
     let ok = check(&format!("grpc://127.0.0.1:{port}/up.Service")).await;
     assert_eq!(ok.status.code(), Some(0), "{}", line(&ok));
     let whole = check(&format!("grpc://127.0.0.1:{port}")).await;

@@ -19,8 +19,6 @@ use chi_discovery::registry::etcd::{Etcd, EtcdConfig};
 use chi_discovery::registry::nacos::{Nacos, NacosConfig};
 use chi_discovery::{Filter, Registry};
 
-use crate::harness;
-use crate::registries;
 use crate::support::{Agent, registration};
 
 /// etcd lease TTL given to the agent.
@@ -28,7 +26,7 @@ const LEASE_TTL: Duration = Duration::from_secs(2);
 /// Consul TTL check given to the agent (`registration.health_check.ttl`).
 const CHECK_TTL: Duration = Duration::from_secs(3);
 /// rnacos' `RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND`, as the harness starts it.
-const NACOS_INSTANCE_TIMEOUT: Duration = registries::nacos::INSTANCE_TIMEOUT;
+const NACOS_INSTANCE_TIMEOUT: Duration = chi_test_support::nacos::INSTANCE_TIMEOUT;
 /// Slack on every bound: the servers' expiry sweeps (etcd checks leases every 500 ms) and our
 /// polling, on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_millis(1500);
@@ -61,7 +59,7 @@ impl Observer {
 }
 
 async fn etcd() -> Server {
-    let server = registries::etcd::Etcd::single().await;
+    let server = chi_test_support::etcd::Etcd::single().await;
     let endpoint = server.endpoint();
     let ep = endpoint.clone();
     Server {
@@ -94,7 +92,7 @@ async fn etcd() -> Server {
 
 /// A dev agent, ready (leader elected, node in the catalog).
 async fn consul() -> Server {
-    let server = registries::consul::ConsulAgent::start().await;
+    let server = chi_test_support::consul::ConsulAgent::start().await;
     let addr = server.addr();
     let a = addr.clone();
     Server {
@@ -124,7 +122,7 @@ async fn consul() -> Server {
 }
 
 fn nacos() -> Server {
-    let server = registries::nacos::NacosServer::start();
+    let server = chi_test_support::nacos::NacosServer::start();
     let config = NacosConfig {
         timeout: Duration::from_secs(1),
         // The observer wants the server's answer as it is.
@@ -188,7 +186,7 @@ fn signal(agent: &Agent, sig: &str) {
 
 /// kill -9 of one agent, SIGTERM of another, against `server`.
 async fn crash_and_stop(backend: &str, server: Server) {
-    let _g = harness::heavy().await;
+    let _g = chi_test_support::heavy().await;
     let test_start = Instant::now();
     let obs = (server.observer)().await;
     let svc = format!("crash-{backend}");

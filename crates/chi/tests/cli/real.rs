@@ -1,16 +1,15 @@
 //! The CLI against real etcd, Consul and rnacos on loopback: agent, discover, watch,
 //! deregistration.
 //!
-//! The servers are the library's harness's (`registries`): binaries from `CHI_ETCD_BIN` /
+//! The servers are `chi_test_support`'s: binaries from `CHI_ETCD_BIN` /
 //! `CHI_CONSUL_BIN` / `CHI_NACOS_BIN`, else `${CHI_CACHE:-$HOME/.cache/chi}/bin`
 //! (`scripts/registry install` puts them there). A missing binary fails the test with that hint.
 
 use serde_json::Value;
 
-use crate::registries;
 use crate::support::{Agent, Proc, chi, discover_json, eventually, registration};
 
-/// A registry server of the library's harness, killed on drop, and the `--registry` URL of it.
+/// A registry server of `chi_test_support`, killed on drop, and the `--registry` URL of it.
 struct Server {
     _server: Box<dyn std::any::Any>,
     url: String,
@@ -26,7 +25,7 @@ fn block_on<T>(start: impl std::future::Future<Output = T>) -> T {
 }
 
 fn etcd() -> Server {
-    let server = block_on(registries::etcd::Etcd::single());
+    let server = block_on(chi_test_support::etcd::Etcd::single());
     Server {
         url: format!("etcd://{}", server.endpoint()),
         _server: Box::new(server),
@@ -35,7 +34,7 @@ fn etcd() -> Server {
 
 /// A dev agent, ready (leader elected, node in the catalog).
 fn consul() -> Server {
-    let server = block_on(registries::consul::ConsulAgent::start());
+    let server = block_on(chi_test_support::consul::ConsulAgent::start());
     Server {
         url: format!("consul://{}", server.addr()),
         _server: Box::new(server),
@@ -43,7 +42,7 @@ fn consul() -> Server {
 }
 
 fn nacos() -> Server {
-    let server = registries::nacos::NacosServer::start();
+    let server = chi_test_support::nacos::NacosServer::start();
     Server {
         url: format!("nacos://{}", server.addr()),
         _server: Box::new(server),

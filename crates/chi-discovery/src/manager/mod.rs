@@ -22,19 +22,21 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::health::HealthSink;
 use crate::instance::{HealthStatus, Instance, ServiceConfig};
 use crate::keyed::KeyedLocks;
 use crate::registry::{Liveness, Registry};
 use crate::retry::RetryPolicy;
+use crate::util::{AbortOnDrop, lock};
 
 /// Registers instances and keeps them registered.
 pub struct ServiceManager {
     inner: Arc<Inner>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The keep-alive rounds, stopped on shutdown or when the manager is dropped.
+    task: Mutex<Option<AbortOnDrop>>,
 }
 
 impl std::fmt::Debug for ServiceManager {
@@ -327,9 +329,7 @@ impl ServiceManager {
 
     /// Stops keeping instances alive and deregisters all of them from every backend.
     pub async fn shutdown(&self) -> Vec<(String, Result<()>)> {
-        if let Some(task) = self.task_slot().take() {
-            task.abort();
-        }
+        drop(self.task_slot().take());
         let all: Vec<(String, String)> = self
             .inner
             .lock()
@@ -347,8 +347,8 @@ impl ServiceManager {
         out
     }
 
-    fn task_slot(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
-        self.task.lock().unwrap_or_else(|e| e.into_inner())
+    fn task_slot(&self) -> MutexGuard<'_, Option<AbortOnDrop>> {
+        lock(&self.task)
     }
 
     fn ensure_task(&self) {
@@ -358,7 +358,7 @@ impl ServiceManager {
         }
         let weak = Arc::downgrade(&self.inner);
         let interval = self.inner.interval;
-        *slot = Some(tokio::spawn(async move {
+        *slot = Some(AbortOnDrop::spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let wake = inner.wake.notified();
@@ -373,11 +373,16 @@ impl ServiceManager {
     }
 }
 
-impl Drop for ServiceManager {
-    fn drop(&mut self) {
-        if let Some(task) = self.task_slot().take() {
-            task.abort();
-        }
+/// Verdicts on this process's own registration are reported with its keep-alives (Consul TTL
+/// pass/fail, Nacos healthy flag), and a registration critical for too long is deregistered.
+#[async_trait::async_trait]
+impl HealthSink for ServiceManager {
+    fn set_health(&self, _service: &str, id: &str, health: HealthStatus) {
+        ServiceManager::set_health(self, id, health);
+    }
+
+    async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+        ServiceManager::deregister(self, service, id).await
     }
 }
 
@@ -394,7 +399,7 @@ enum Work {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Managed>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// One pass over every (instance, backend): keep alive what is registered, register what is
@@ -488,153 +493,4 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::registry::{Memory, MultiRegistry};
-
-    fn cfg(port: u16) -> ServiceConfig {
-        ServiceConfig::new("svc", "127.0.0.1", port)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn keeps_registrations_alive_past_the_ttl() {
-        let reg = Memory::with_ttl(Duration::from_secs(3));
-        let m = ServiceManager::new(Arc::new(reg.clone()));
-        m.register(cfg(1)).await.expect("register");
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(reg.instances("svc").await.expect("list").len(), 1);
-        m.shutdown().await;
-        assert!(reg.instances("svc").await.expect("list").is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn re_registers_what_the_registry_lost() {
-        let reg = Memory::new();
-        let m = ServiceManager::new(Arc::new(reg.clone())).with_interval(Duration::from_secs(1));
-        let report = m.register(cfg(1)).await.expect("register");
-        assert!(report.is_complete());
-        // The registry forgets us (as after a restart with an empty data dir).
-        reg.deregister("svc", &report.id).await.expect("wipe");
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(reg.instances("svc").await.expect("list").len(), 1);
-        assert_eq!(m.status()[0].backends[0].reregistrations, 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_failing_backend_is_retried_alone() {
-        let up = Memory::new();
-        let down = Memory::new();
-        down.set_outage(true);
-        let multi = Arc::new(MultiRegistry::new(vec![
-            Arc::new(up.clone()),
-            Arc::new(down.clone()),
-        ]));
-        let m = ServiceManager::new(multi).with_interval(Duration::from_millis(500));
-        let report = m.register(cfg(1)).await.expect("one backend holds it");
-        assert!(!report.is_complete());
-        assert_eq!(report.failures().count(), 1);
-        assert_eq!(up.instances("svc").await.expect("list").len(), 1);
-
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let st = &m.status()[0].backends;
-        assert!(
-            st[0].registered && !st[1].registered && st[1].failures >= 2,
-            "{st:?}"
-        );
-
-        down.set_outage(false);
-        tokio::time::sleep(Duration::from_secs(15)).await;
-        assert_eq!(down.instances("svc").await.expect("list").len(), 1);
-        assert!(m.status()[0].backends[1].registered);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn all_backends_failing_is_an_error_but_still_retried() {
-        let reg = Memory::new();
-        reg.set_outage(true);
-        let m =
-            ServiceManager::new(Arc::new(reg.clone())).with_interval(Duration::from_millis(200));
-        assert!(matches!(
-            m.register(cfg(1)).await,
-            Err(Error::Backends { .. })
-        ));
-        reg.set_outage(false);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(reg.instances("svc").await.expect("list").len(), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn health_is_reported_with_keep_alives() {
-        let reg = Memory::new();
-        let m = ServiceManager::new(Arc::new(reg.clone())).with_interval(Duration::from_secs(1));
-        let report = m.register(cfg(1)).await.expect("register");
-        m.set_health(&report.id, HealthStatus::Unhealthy);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            reg.instances("svc").await.expect("list")[0].health,
-            HealthStatus::Unhealthy
-        );
-    }
-
-    #[tokio::test]
-    async fn invalid_config_is_rejected_before_any_backend() {
-        let reg = Memory::new();
-        let m = ServiceManager::new(Arc::new(reg.clone()));
-        let err = m
-            .register(ServiceConfig::new("a/b", "h", 1))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Invalid { .. }), "{err}");
-        assert!(m.status().is_empty());
-    }
-
-    /// A registry whose keep-alives take a second, so a test can deregister while one runs.
-    struct SlowKeepAlive(Memory);
-
-    #[async_trait::async_trait]
-    impl Registry for SlowKeepAlive {
-        fn backend(&self) -> &str {
-            "slow"
-        }
-        async fn register(&self, instance: &Instance) -> Result<()> {
-            self.0.register(instance).await
-        }
-        async fn deregister(&self, service: &str, id: &str) -> Result<()> {
-            self.0.deregister(service, id).await
-        }
-        async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            self.0.keep_alive(instance, health).await
-        }
-        async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
-            self.0.instances(service).await
-        }
-        async fn services(&self) -> Result<Vec<String>> {
-            self.0.services().await
-        }
-        async fn watch(&self, service: &str) -> Result<crate::registry::WatchStream> {
-            self.0.watch(service).await
-        }
-    }
-
-    /// Found in the churn test: a keep-alive that was running when the instance was deregistered
-    /// found it gone, answered `Lost`, and the manager wrote it back: a registration nobody
-    /// managed any more, never removed.
-    #[tokio::test(start_paused = true)]
-    async fn a_keep_alive_in_flight_does_not_bring_back_a_deregistered_instance() {
-        let reg = Memory::new();
-        let m = ServiceManager::new(Arc::new(SlowKeepAlive(reg.clone())))
-            .with_interval(Duration::from_secs(3600));
-        let id = m.register(cfg(1)).await.expect("register").id;
-        let deregister = async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            m.deregister("svc", &id).await.expect("deregister");
-        };
-        futures_util::future::join(m.tick(), deregister).await;
-        assert!(m.status().is_empty());
-        assert!(
-            reg.instances("svc").await.expect("list").is_empty(),
-            "the deregistered instance is back in the registry"
-        );
-    }
-}
+mod tests;

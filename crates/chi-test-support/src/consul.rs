@@ -7,11 +7,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Proc, binary, eventually, free_ports};
+use crate::{Proc, binary, eventually, free_ports};
 
 /// A running dev agent.
 pub struct ConsulAgent {
+    /// The agent process.
     pub proc: Proc,
+    /// HTTP API port on 127.0.0.1.
     pub http_port: u16,
     /// The HTTPS port when TLS is on.
     pub https_port: Option<u16>,

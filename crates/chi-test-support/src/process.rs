@@ -1,20 +1,6 @@
-//! Starts real registries on loopback for the tests.
-//!
-//! Binaries come from `scripts/registry install` (cached in `${CHI_CACHE:-$HOME/.cache/chi}/bin`),
-//! or from `CHI_ETCD_BIN`, `CHI_CONSUL_BIN`, `CHI_NACOS_BIN`. A missing binary is a test failure,
-//! never a skip: the README's test command installs them first.
+//! Registry binaries and the processes started from them: a test needs to kill -9 a registry,
+//! restart it on the same ports and data, and read its log when an assertion fails.
 
-#![allow(dead_code, unreachable_pub)]
-
-#[cfg(feature = "consul")]
-pub mod consul;
-#[cfg(feature = "etcd")]
-pub mod etcd;
-#[cfg(feature = "nacos")]
-pub mod nacos;
-
-use std::future::Future;
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,57 +27,9 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
-}
-
-/// `n` distinct free ports.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
-
-/// Waits until something accepts TCP connections on `127.0.0.1:port`.
-pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
-}
-
-/// Polls `check` until it returns true or `timeout` passes; returns the time it took.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A child process killed when dropped.
 pub struct Proc {
+    /// A name for messages.
     pub name: String,
     cmd: Vec<String>,
     log: PathBuf,
@@ -179,37 +117,4 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// True when the reliability suite runs in soak mode (`CHI_SOAK=1`, set by `scripts/reliability
-/// --soak`): fault and churn tests then run longer (see [`scaled`]).
-pub fn soak() -> bool {
-    matches!(std::env::var("CHI_SOAK").as_deref(), Ok("1" | "true"))
-}
-
-/// `ci` in a normal run, `soak` in soak mode: how long a fault or churn phase lasts.
-pub fn scaled(ci: Duration, soak_for: Duration) -> Duration {
-    if soak() { soak_for } else { ci }
-}
-
-/// Resident set size of this process in KiB (from `/proc/self/status`), for memory-bound checks.
-pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Taken by the tests that load the machine (kills under load, churn, 1,000-change watches) so
-/// that two of them never run at once on a 2-core CI machine; timing-sensitive tests may take it
-/// too. Hold the guard for the whole test.
-pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().await
 }

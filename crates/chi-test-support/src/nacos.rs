@@ -7,17 +7,18 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use chi_discovery::Secret;
-use chi_discovery::registry::nacos::{NacosConfig, NacosServerConfig};
-
-use super::{Proc, binary, wait_for_port};
+use crate::{Proc, binary, wait_for_port};
 
 /// rnacos' instance expiry in these tests (`RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND`).
 pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// A running rnacos; killed (and its data directory removed) on drop.
 pub struct NacosServer {
+    /// HTTP port on 127.0.0.1 (the gRPC port is this + 1000).
     pub http_port: u16,
+    /// The process.
     pub proc: Proc,
+    /// The admin user and password, when auth is on.
     pub auth: Option<(String, String)>,
     _dir: tempfile::TempDir,
 }
@@ -121,7 +122,10 @@ impl NacosServer {
     }
 
     /// A client config with short timings (and the admin credentials when auth is on).
-    pub fn config(&self) -> NacosConfig {
+    #[cfg(feature = "nacos")]
+    pub fn config(&self) -> chi_discovery::registry::nacos::NacosConfig {
+        use chi_discovery::Secret;
+        use chi_discovery::registry::nacos::{NacosConfig, NacosServerConfig};
         NacosConfig {
             server_configs: vec![NacosServerConfig::new("127.0.0.1", self.http_port)],
             username: self.auth.as_ref().map(|(u, _)| u.clone()),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 use tempfile::TempDir;
 
-use super::{Proc, binary, free_ports, wait_for_port};
+use crate::{Proc, binary, free_ports, wait_for_port};
 
 /// One etcd member.
 pub struct Member {
