@@ -1,7 +1,7 @@
 //! Load-balancing benchmarks: every strategy at 10 / 100 / 1,000 / 10,000 instances, on one thread
 //! and on two threads picking from the same balancer, beside two baselines measured in the same
 //! run (an `AtomicUsize::fetch_add` and hashing a 16-byte key), so that the figures read as ratios
-//! that hold on a noisy machine (DESIGN §6). Plus the rebuild of a consistent-hash table.
+//! that hold on a noisy machine (docs/DESIGN.md §11). Plus the rebuild of a consistent-hash table.
 //!
 //! `select/*` measures the algorithm alone (a selector's `pick`, guard included); `pick/*` the whole
 //! [`Balancer`] path, which adds an `ArcSwap` load and a revision check.

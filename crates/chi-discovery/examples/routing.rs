@@ -3,7 +3,7 @@
 //! Run: `cargo run -p chi-discovery --example routing`
 //!
 //! The fleet: `user-service` v1 in us-east-1 (zones a and b) and us-west-2, a v2 canary in
-//! us-east-1a, and the routing block of the spec's `chi-config.yaml`. Each line shows a request's
+//! us-east-1a, and the routing block of `examples/chi-config.yaml`. Each line shows a request's
 //! headers, which rules decided (fallbacks included) and which instances it could go to; then an
 //! instance turns unhealthy and the same requests are routed again.
 
@@ -113,7 +113,7 @@ async fn main() -> chi_discovery::Result<()> {
         registry.register(&i).await?;
     }
     let client = DiscoveryClient::new(registry.clone());
-    // The spec's default strategy, one table per routing subset.
+    // The Go sketch's default strategy, one table per routing subset.
     let router = Smart::with_balancer(&config(), BalancerConfig::new(Strategy::WeightedRoundRobin))
         .map_err(|message| chi_discovery::Error::Config {
             field: "load_balancer".into(),

@@ -2,7 +2,7 @@
 //!
 //! [`Instance`] is what discovery returns and balancers pick from; [`ServiceConfig`] is what a
 //! service registers (it becomes an `Instance` with [`ServiceConfig::instance`]); [`Filter`] is the
-//! spec's tag / meta / health filter. All of them are plain data with serde, so every backend can
+//! Go sketch's tag / meta / health filter. All of them are plain data with serde, so every backend can
 //! store them as JSON and the CLI can print them.
 
 use std::collections::BTreeMap;
@@ -306,7 +306,7 @@ impl HealthCheck {
     }
 }
 
-/// What a service registers: the spec's `ServiceConfig`.
+/// What a service registers: the Go sketch's `ServiceConfig`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceConfig {
     /// Instance id; derived as `name-address-port` when `None`.
@@ -374,7 +374,7 @@ impl ServiceConfig {
     }
 }
 
-/// The spec's `Filter`: every listed tag present, every meta pair equal, and, with
+/// The Go sketch's `Filter`: every listed tag present, every meta pair equal, and, with
 /// `healthy_only`, no instance known to be unhealthy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Filter {

@@ -1,8 +1,8 @@
-//! Consistent hashing with bounded loads, configured like the spec (`partition_count` 271,
+//! Consistent hashing with bounded loads, configured like the Go sketch (`partition_count` 271,
 //! `replication_factor` 20, `load` 1.25).
 //!
 //! Mirrokni, Thorup, Zadimoghaddam, *Consistent Hashing with Bounded Loads* (SODA 2018), in the
-//! partitioned form of `buraksezer/consistent`, the Go library the spec's sketch uses:
+//! partitioned form of `buraksezer/consistent`, the Go library the Go sketch (docs/DESIGN.md §12) used:
 //!
 //! 1. every instance is placed on a ring `replication_factor` times (the hash of its id, mixed
 //!    with each replica number);
@@ -11,7 +11,7 @@
 //!    number that still has room, where room means owning fewer than `ceil(partitions / n * load)`
 //!    partitions. No instance ever owns more than that bound: the "bounded load".
 //!
-//! The table is built once per membership change (the spec's sketch rebuilt the ring on every pick
+//! The table is built once per membership change (the Go sketch (docs/DESIGN.md §12) rebuilt the ring on every pick
 //! under a mutex); a lookup hashes the key and reads one slot. Removing one of n instances moves its
 //! partitions and, through the changed bound, a few more: the tests print the fraction and bound it
 //! by a small multiple of 1/n. If the owner of a key's partition is unusable, the key goes to the
@@ -23,13 +23,14 @@
 
 use std::sync::Arc;
 
+use super::hash::splitmix;
 use super::{
     KeyHasher, RandomSource, Request, Select, ThreadRandom, accepts, bounded, default_hash,
     eligible, scan_from,
 };
 use crate::instance::Instance;
 
-/// The spec's `consistent_hash` settings.
+/// The Go sketch's `consistent_hash` settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConsistentHashConfig {
     /// Number of partitions the key space is cut into (a prime spreads better).
@@ -41,7 +42,7 @@ pub struct ConsistentHashConfig {
 }
 
 impl Default for ConsistentHashConfig {
-    /// The spec's values: 271 partitions, 20 replicas, load 1.25.
+    /// The Go sketch's values: 271 partitions, 20 replicas, load 1.25.
     fn default() -> Self {
         ConsistentHashConfig {
             partition_count: 271,
@@ -102,7 +103,7 @@ pub struct ConsistentHash {
 const WALK: usize = 64;
 
 impl ConsistentHash {
-    /// The table for `instances` with the spec's settings and the default hasher.
+    /// The table for `instances` with the Go sketch's settings and the default hasher.
     pub fn new(instances: &[Instance]) -> Self {
         Self::build(
             instances,
@@ -155,15 +156,6 @@ impl ConsistentHash {
     }
 }
 
-/// The ring point of replica `r` of an instance whose id hashes to `base` (splitmix64 finaliser).
-#[inline]
-fn replica_point(base: u64, r: u64) -> u64 {
-    let mut z = base.wrapping_add(r.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Assigns every partition to an instance, never exceeding the bound.
 fn distribute(
     instances: &[Instance],
@@ -183,7 +175,7 @@ fn distribute(
     for (member, &idx) in candidates.iter().enumerate() {
         let base = hasher(instances[idx as usize].id.as_bytes());
         for r in 0..rf {
-            ring.push((replica_point(base, r as u64), member as u32));
+            ring.push((splitmix(base, r as u64), member as u32));
         }
     }
     radix_sort(&mut ring);

@@ -71,6 +71,18 @@ pub fn default_hash(bytes: &[u8]) -> u64 {
     mum(P1 ^ len as u64, mum(a ^ P1, b ^ seed) ^ P2)
 }
 
+/// The `k`-th output of SplitMix64 (Steele, Lea and Flood, *Fast Splittable Pseudorandom Number
+/// Generators*, 2014) seeded with `base`: the ring points of an instance whose id hashes to
+/// `base`. One key hash per instance and a few multiplies per point, where hashing `id + k` for
+/// every point cost most of a table rebuild.
+#[inline]
+pub(crate) fn splitmix(base: u64, k: u64) -> u64 {
+    let mut z = base.wrapping_add(k.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! (nginx `least_conn`: compare `in_flight / weight`).
 //!
 //! Counts are held by [`InFlight`](super::InFlight) guards taken with the pick; the
-//! spec's sketch changed its map under a read lock and leaked counts on errors. Finding the minimum
+//! Go sketch (docs/DESIGN.md §12) changed its map under a read lock and leaked counts on errors. Finding the minimum
 //! is an exact scan of the candidates, O(n) atomic loads per pick: right for the tens of instances a
 //! service usually has. For large sets, [`P2c`](super::P2c) approximates it in O(1) with provably
 //! small imbalance. Ties are broken by starting the scan at a random candidate, so an idle set does

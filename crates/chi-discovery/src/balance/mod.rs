@@ -15,7 +15,7 @@
 //! - [`LeastConnections`]: fewest in-flight requests (weighted, like nginx `least_conn`); the count
 //!   is held by an [`InFlight`] guard that decrements on drop.
 //! - [`ConsistentHash`]: consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam,
-//!   *Consistent Hashing with Bounded Loads*, 2017), configured like the spec (271 partitions,
+//!   *Consistent Hashing with Bounded Loads*, 2017), configured like the Go sketch (271 partitions,
 //!   replication factor 20, load 1.25): a partition table, one slot read per lookup.
 //! - [`RingHash`]: plain ketama-style ring hash (Karger et al. 1997), weighted by virtual nodes.
 //! - [`Maglev`]: Maglev hashing (Eisenbud et al., *Maglev: A Fast and Reliable Software Network

@@ -14,6 +14,8 @@
 
 use std::sync::Arc;
 
+use super::hash::splitmix;
+
 use super::{
     KeyHasher, RandomSource, Request, Select, ThreadRandom, accepts, default_hash, eligible,
     scan_from,
@@ -24,22 +26,6 @@ const POINTS_PER_INSTANCE: u64 = 160;
 const MIN_RING: u64 = 1024;
 const MAX_RING: u64 = 1 << 20;
 const WALK: usize = 64;
-
-/// The `k`-th point of an instance whose id hashes to `base`: the `k`-th output of SplitMix64
-/// (Steele, Lea and Flood, *Fast Splittable Pseudorandom Number Generators*, 2014) seeded with
-/// `base`. One key hash per instance and a few multiplies per point, where hashing `id + k` for
-/// each of the 160 points cost most of a rebuild.
-#[inline]
-fn point(base: u64, k: u32) -> u64 {
-    let mut z = base.wrapping_add(
-        u64::from(k)
-            .wrapping_add(1)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    );
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// Ketama-style weighted ring hash.
 #[derive(Debug)]
@@ -94,7 +80,7 @@ impl RingHash {
         let mut index = vec![0u32; buckets + 1];
         for (&base, &p) in bases.iter().zip(&points) {
             for k in 0..p {
-                index[bucket(point(base, k)) + 1] += 1;
+                index[bucket(splitmix(base, u64::from(k))) + 1] += 1;
             }
         }
         for b in 0..buckets {
@@ -105,7 +91,7 @@ impl RingHash {
         let mut owners = vec![0u32; len];
         for ((&base, &p), &idx) in bases.iter().zip(&points).zip(&candidates) {
             for k in 0..p {
-                let h = point(base, k);
+                let h = splitmix(base, u64::from(k));
                 let at = &mut next[bucket(h)];
                 hashes[*at as usize] = h;
                 owners[*at as usize] = idx;

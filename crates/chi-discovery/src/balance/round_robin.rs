@@ -1,6 +1,6 @@
 //! Round robin: one atomic counter over the instances of non-zero weight.
 //!
-//! The spec's sketch guarded its counter with a mutex *and* an atomic; one `fetch_add` is enough.
+//! The Go sketch (docs/DESIGN.md §12) guarded its counter with a mutex *and* an atomic; one `fetch_add` is enough.
 //! The counter lives in the selector, so a membership change restarts the rotation on the new list
 //! (a rotation over a changed list has no meaningful "next" anyway). An unusable instance passes
 //! its turn to the next usable one, and the rotation moves past that one too (the counter takes

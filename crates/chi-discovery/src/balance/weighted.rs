@@ -2,7 +2,7 @@
 //!
 //! nginx's smooth WRR adds every peer's weight to its current weight, picks the largest current
 //! weight and subtracts the total from the winner: weights 5, 1, 1 give `a a b a c a a`, spreading
-//! the light peers through the period instead of bunching them. Done per pick, as in the spec's
+//! the light peers through the period instead of bunching them. Done per pick, as in the Go sketch's
 //! sketch, that is a mutex and an O(n) scan per request. Here the sequence is computed once per
 //! membership change into a schedule, and a pick is one `fetch_add` and one slot read, whatever the
 //! instance count.

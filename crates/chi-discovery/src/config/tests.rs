@@ -12,9 +12,9 @@ fn load(yaml: &str) -> Result<Config> {
     Config::from_yaml_with_env(yaml, no_env)
 }
 
-/// The spec's file with one line replaced.
+/// The example file with one line replaced.
 fn spec_with(from: &str, to: &str) -> String {
-    assert!(SPEC.contains(from), "the spec file has no {from:?}");
+    assert!(SPEC.contains(from), "the example file has no {from:?}");
     SPEC.replacen(from, to, 1)
 }
 
@@ -37,7 +37,7 @@ fn assert_err(yaml: &str, field: &str, message_parts: &[&str]) {
 
 #[test]
 fn spec_file_loads_as_written() {
-    let c = load(SPEC).expect("the spec's config must load");
+    let c = load(SPEC).expect("the example config must load");
     let r = c.registration.as_ref().expect("registration");
     assert_eq!(r.name, "user-service");
     assert_eq!(r.version, "v1.0.0");

@@ -21,7 +21,7 @@ use crate::instance::{HealthStatus, Instance};
 use crate::snapshot::{Snapshot, SnapshotData};
 use crate::util::lock;
 
-/// Cache settings: the spec's `CacheConfig`.
+/// Cache settings: the Go sketch's `CacheConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheConfig {
     /// How long a list counts as fresh without a successful refresh; past it the list is still
@@ -36,7 +36,7 @@ pub struct CacheConfig {
 }
 
 impl Default for CacheConfig {
-    /// The spec's values: TTL 30 s, refresh every 10 s, 1,000 services, metrics on.
+    /// The Go sketch's values: TTL 30 s, refresh every 10 s, 1,000 services, metrics on.
     fn default() -> Self {
         CacheConfig {
             ttl: Duration::from_secs(30),

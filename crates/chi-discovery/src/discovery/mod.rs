@@ -119,7 +119,7 @@ impl Builder {
 }
 
 impl DiscoveryClient {
-    /// A client with the spec's default cache and retry settings.
+    /// A client with the Go sketch's default cache and retry settings.
     pub fn new(registry: Arc<dyn Registry>) -> Self {
         Self::builder().build(registry)
     }
@@ -237,7 +237,7 @@ impl DiscoveryClient {
         Ok(watch::spawn(self.inner.clone(), service.to_owned()))
     }
 
-    /// Registers a callback for every discovery request (the spec's `OnRequest`).
+    /// Registers a callback for every discovery request (the Go sketch's `OnRequest`).
     pub fn on_request<F>(&self, hook: F)
     where
         F: Fn(&str, Duration, Result<(), &Error>) + Send + Sync + 'static,

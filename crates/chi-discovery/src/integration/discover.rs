@@ -15,7 +15,7 @@
 //! - **A moved instance is replaced.** An update that changes `address:port` is a `Remove` then an
 //!   `Insert` (tower caches ready services by key); other updates (weight, tags) change nothing.
 //! - **Errors don't end the stream.** A watch error means the registry is unreachable: chi keeps
-//!   the last list and reconnects with a `Reset` (DESIGN.md §3.3). tower ends a balancer on a
+//!   the last list and reconnects with a `Reset` (docs/DESIGN.md §4). tower ends a balancer on a
 //!   discovery error, so the adapter logs the error and keeps the services it has; its error type
 //!   is [`Infallible`].
 

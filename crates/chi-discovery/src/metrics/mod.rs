@@ -20,11 +20,11 @@
 //! | `chi_registration_failures` | gauge | `service`, `instance`, `backend` | same |
 //! | `chi_registration_reregistrations_total` | counter | `service`, `instance`, `backend` | same |
 //!
-//! The first three keep the spec's names and labels. Values that already live in chi (cache
+//! The first three keep the Go sketch's names and labels. Values that already live in chi (cache
 //! counters, the instance lists, registration state) are read when Prometheus scrapes, through
 //! collectors, rather than copied into metrics on every change: nothing to keep in sync.
 //!
-//! **Cardinality.** The spec's `instance` label is on by default. For large fleets
+//! **Cardinality.** The Go sketch's `instance` label is on by default. For large fleets
 //! [`MetricsConfig::per_instance_labels`] `= false` drops the label (selections, registration
 //! state are then summed per service), so the series count no longer grows with instances.
 //!
@@ -60,7 +60,7 @@ type Labels = Vec<(&'static str, String)>;
 /// Settings of [`Metrics`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricsConfig {
-    /// Label selections and registration state by instance id (the spec's `instance` label).
+    /// Label selections and registration state by instance id (the Go sketch's `instance` label).
     /// Default `true`; turn it off for large fleets.
     pub per_instance_labels: bool,
 }
@@ -244,7 +244,7 @@ impl Metrics {
         self.inner.transitions.get_or_create(&labels).inc();
     }
 
-    /// Wires `client`: its requests feed the spec's request counter and histogram (through
+    /// Wires `client`: its requests feed the Go sketch's request counter and histogram (through
     /// [`DiscoveryClient::on_request`]), and a collector registered into `registry` reports its
     /// cache counters and the health of its cached instances at every scrape. Call once per
     /// client and registry (the collector's names would repeat).

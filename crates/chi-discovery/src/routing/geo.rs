@@ -13,7 +13,7 @@
 //!    neighbours are the other regions of the `regions` block in the order the file lists them
 //!    (an `IndexMap` keeps it), so the operator controls the order by writing it;
 //!    [`Geo::with_neighbours`] sets another order per region;
-//! 4. any region at all, including instances with no region ([`GeoStep::ToAnyRegion`]). The spec
+//! 4. any region at all, including instances with no region ([`GeoStep::ToAnyRegion`]). The Go sketch
 //!    falls back to "all other regions" at once; chi keeps that only as the last resort.
 
 use rustc_hash::FxHashMap;

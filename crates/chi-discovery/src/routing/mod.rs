@@ -4,12 +4,12 @@
 //!
 //! - [`Version`]: the version a request asks for (`X-Service-Version`, else the configured
 //!   `default_version`, or a weighted canary split such as v1 90 / v2 10); an instance matches by
-//!   its `version` field or by a tag equal to the version, as the spec's `VersionRouter` filters
+//!   its `version` field or by a tag equal to the version, as the Go sketch's `VersionRouter` filters
 //!   by tag.
 //! - [`Geo`]: the client's zone and region (`X-Client-Zone`, `X-Client-Region`, or given);
 //!   instances in the same zone first, then the same region, then the neighbour regions in the
 //!   order the config's `regions` topology lists them, and only then any region at all (the
-//!   spec's "all other regions", kept as the last resort instead of the first).
+//!   Go sketch's "all other regions", kept as the last resort instead of the first).
 //! - [`Smart`]: version -> geo -> balancer. A stage whose narrower set is empty falls back to a
 //!   wider one instead of failing the request, and the [`Decision`] says which fallback was taken
 //!   ([`VersionStep`], [`GeoStep`]), so logs and metrics can count them.

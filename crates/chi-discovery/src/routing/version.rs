@@ -1,6 +1,6 @@
 //! Version routing: which version a request goes to.
 //!
-//! The rules, in order (the spec's `VersionRouter`, plus canary splits and fallbacks):
+//! The rules, in order (the Go sketch's `VersionRouter`, plus canary splits and fallbacks):
 //!
 //! 1. the request names a version (`X-Service-Version`) and a usable instance serves it:
 //!    [`VersionStep::Requested`];
@@ -12,7 +12,7 @@
 //! 5. the default has none either: any version ([`VersionStep::ToAnyVersion`]).
 //!
 //! An instance serves a version when its `version` field equals it or it carries a tag equal to
-//! it (the spec filters by tag; chi's `Instance` also has a version field).
+//! it (the Go sketch filters by tag; chi's `Instance` also has a version field).
 
 use std::hash::{Hash, Hasher};
 

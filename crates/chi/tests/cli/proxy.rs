@@ -302,7 +302,7 @@ async fn proxy_path_and_host_and_errors() {
         metrics.contains("chi_proxy_requests_total{service=\"web\",code=\"2xx\"}"),
         "{metrics}"
     );
-    // The spec's metric names, from the library.
+    // The Go sketch's metric names, from the library.
     assert!(
         metrics.contains("load_balancer_selections_total{"),
         "{metrics}"

@@ -67,8 +67,28 @@ proptest! {
                 .count() as f64 / config.partition_count as f64;
             let ideal = 1.0 / n as f64;
             // With 271 partitions a partition is 1/271 of the keys: the bound allows for that
-            // granularity and the cascade through the changed load bound.
-            prop_assert!(moved <= 2.5 * ideal + 0.05, "n={} moved {} ideal {}", n, moved, ideal);
+            // granularity. While the load bound stays the same, few partitions move beyond the
+            // leaving instance's own.
+            if config.max_load(n) == config.max_load(n - 1) {
+                prop_assert!(moved <= 2.5 * ideal + 0.05, "n={} moved {} ideal {}", n, moved, ideal);
+            }
+            // Whatever the bound does (n = 85 -> 84 raises it from 4 to 5 partitions per instance,
+            // and partitions that overflowed their first choice go back to it, a cascade bounded
+            // loads allow), a partition moves only if it was off its first choice (the owner
+            // without a bound) before or after, or its first choice left.
+            let free = ConsistentHashConfig { load: 1e9, ..config };
+            let first = ConsistentHash::build(&list, &free, default_hash, Arc::new(ThreadRandom));
+            let first2 = ConsistentHash::build(&less, &free, default_hash, Arc::new(ThreadRandom));
+            let gone_id = &list[gone % n].id;
+            let may_move = (0..config.partition_count)
+                .filter(|&p| {
+                    ch.owners()[p] != first.owners()[p]
+                        || ch2.owners()[p] != first2.owners()[p]
+                        || &list[first.owners()[p] as usize].id == gone_id
+                })
+                .count() as f64 / config.partition_count as f64;
+            let bound = may_move;
+            prop_assert!(moved <= bound, "n={} moved {} ideal {} bound {}", n, moved, ideal, bound);
         }
     }
 

@@ -231,7 +231,7 @@ fn the_spec_config_file_drives_the_router() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/chi-config.yaml"
     ));
-    let config = crate::config::Config::from_yaml(text).expect("the spec's config parses");
+    let config = crate::config::Config::from_yaml(text).expect("the example config parses");
     let router = smart(&config.routing);
     assert_eq!(router.version_rules().default_version(), "v1");
     assert_eq!(router.geo_rules().neighbours("us-west-2"), ["us-east-1"]);
