@@ -68,72 +68,10 @@
 //!
 //! # Performance
 //!
-//! Measured with `cargo bench -p chi-discovery --bench balance -- --warm-up-time 0.5
-//! --measurement-time 1 --noplot` (release, 2 shared cores, load average ~3.5 during the run, so
-//! read ratios rather than nanoseconds; two-thread figures are per thread while both pick, and
-//! suffer when the two threads don't get a core each). `select` is the algorithm alone
-//! ([`Select::pick`], in-flight guard included), `Balancer::pick_in` the whole hot path (an
-//! `ArcSwap` load and a revision check more). Instances have weights 1..=5.
-//!
-//! Baselines: `AtomicUsize::fetch_add` 2.6 ns (1 thread), 5.6 ns (2 threads); hash of a 16-byte key 8.2 ns / 16.4 ns.
-//! Ratios are to the atomic, or to the key hash for the hashing strategies (marked #).
-//!
-//! | strategy | n | select, 1 thread | ratio | select, 2 threads | ratio | `Balancer::pick_in`, 1 thread | ratio |
-//! |---|---:|---:|---:|---:|---:|---:|---:|
-//! | round_robin | 10 | 7.8 ns | 3.1x | 18.4 ns | 3.3x | 18.7 ns | 7.3x |
-//! |  | 100 | 7.0 ns | 2.7x | 13.9 ns | 2.5x | 21.1 ns | 8.2x |
-//! |  | 1,000 | 8.4 ns | 3.3x | 13.4 ns | 2.4x | 26.5 ns | 10.3x |
-//! |  | 10,000 | 9.1 ns | 3.6x | 21.5 ns | 3.8x | 31.3 ns | 12.2x |
-//! | random | 10 | 11.8 ns | 4.6x | 17.9 ns | 3.2x | 30.3 ns | 11.8x |
-//! |  | 100 | 9.7 ns | 3.8x | 15.5 ns | 2.7x | 24.3 ns | 9.5x |
-//! |  | 1,000 | 12.3 ns | 4.8x | 20.8 ns | 3.7x | 29.5 ns | 11.5x |
-//! |  | 10,000 | 17.8 ns | 7.0x | 34.5 ns | 6.1x | 35.0 ns | 13.6x |
-//! | weighted_round_robin | 10 | 8.4 ns | 3.3x | 21.6 ns | 3.8x | 31.4 ns | 12.2x |
-//! |  | 100 | 17.1 ns | 6.7x | 22.9 ns | 4.1x | 18.6 ns | 7.3x |
-//! |  | 1,000 | 7.5 ns | 2.9x | 17.5 ns | 3.1x | 21.9 ns | 8.5x |
-//! |  | 10,000 | 9.7 ns | 3.8x | 17.5 ns | 3.1x | 20.9 ns | 8.1x |
-//! | least_connections | 10 | 20.4 ns | 7.9x | 39.1 ns | 6.9x | 43.0 ns | 16.8x |
-//! |  | 100 | 20.4 ns | 7.9x | 46.9 ns | 8.3x | 35.6 ns | 13.9x |
-//! |  | 1,000 | 21.3 ns | 8.3x | 39.1 ns | 6.9x | 43.2 ns | 16.8x |
-//! |  | 10,000 | 31.9 ns | 12.4x | 98.3 ns | 17.4x | 59.1 ns | 23.0x |
-//! | consistent_hash | 10 | 17.9 ns | 2.2x # | 36.1 ns | 2.2x # | 40.2 ns | 4.9x # |
-//! |  | 100 | 15.1 ns | 1.8x # | 36.3 ns | 2.2x # | 39.4 ns | 4.8x # |
-//! |  | 1,000 | 19.9 ns | 2.4x # | 39.6 ns | 2.4x # | 28.2 ns | 3.4x # |
-//! |  | 10,000 | 16.9 ns | 2.0x # | 33.6 ns | 2.1x # | 29.5 ns | 3.6x # |
-//! | ring_hash | 10 | 38.9 ns | 4.7x # | 62.2 ns | 3.8x # | 35.6 ns | 4.3x # |
-//! |  | 100 | 48.0 ns | 5.8x # | 41.8 ns | 2.6x # | 51.2 ns | 6.2x # |
-//! |  | 1,000 | 64.1 ns | 7.8x # | 69.8 ns | 4.3x # | 75.3 ns | 9.1x # |
-//! |  | 10,000 | 181.9 ns | 22.1x # | 273.6 ns | 16.7x # | 443.7 ns | 53.9x # |
-//! | maglev | 10 | 14.2 ns | 1.7x # | 18.5 ns | 1.1x # | 23.9 ns | 2.9x # |
-//! |  | 100 | 14.2 ns | 1.7x # | 16.4 ns | 1.0x # | 24.5 ns | 3.0x # |
-//! |  | 1,000 | 17.5 ns | 2.1x # | 17.2 ns | 1.1x # | 31.6 ns | 3.8x # |
-//! |  | 10,000 | 30.7 ns | 3.7x # | 35.2 ns | 2.1x # | 270.7 ns | 32.9x # |
-//! | p2c | 10 | 23.3 ns | 9.1x | 45.8 ns | 8.1x | 48.6 ns | 18.9x |
-//! |  | 100 | 25.7 ns | 10.0x | 51.6 ns | 9.2x | 54.6 ns | 21.3x |
-//! |  | 1,000 | 26.2 ns | 10.2x | 89.1 ns | 15.8x | 45.7 ns | 17.8x |
-//! |  | 10,000 | 62.0 ns | 24.2x | 133.7 ns | 23.7x | 103.3 ns | 40.3x |
-//! | peak_ewma | 10 | 89.2 ns | 34.8x | 288.4 ns | 51.1x | 173.3 ns | 67.6x |
-//! |  | 100 | 101.4 ns | 39.5x | 284.4 ns | 50.4x | 129.2 ns | 50.4x |
-//! |  | 1,000 | 81.7 ns | 31.8x | 200.6 ns | 35.6x | 117.3 ns | 45.7x |
-//! |  | 10,000 | 193.6 ns | 75.5x | 521.7 ns | 92.5x | 238.3 ns | 92.9x |
-//!
-//! Rebuilding a consistent-hash table of 1,000 instances (20,000 ring points, 271 partitions):
-//! 523 µs in this run; 326 µs after deriving replica points from one hash per instance (separate
-//! run, atomic baseline 2.7 ns).
-//!
-//! With every instance busy (group `select_busy`, separate run, atomic 2.7 ns): least connections
-//! 89 ns / 492 ns / 5.1 µs / 65 µs at 10 / 100 / 1,000 / 10,000 instances (a full scan, about 5 ns
-//! an instance); P2C 35 / 33 / 32 / 49 ns; peak EWMA 59 / 52 / 67 / 81 ns.
-//!
-//! Reading it: round robin, random and weighted round robin cost 3-7x the bare atomic (a slot read,
-//! the health predicate and the instance's health field besides the counter); the goal was 2x.
-//! Consistent hash and Maglev lookups are about 2x the key hash (one slot read past the hash) up to
-//! 1,000 instances; Maglev's table outgrows the caches at 10,000. Least connections stops its scan
-//! at the first idle instance, and nothing stays in flight in this bench, so its figure is the
-//! idle case: with every instance busy the scan is O(n) (use `p2c` for large sets). Peak EWMA paid
-//! a clock read and two `exp` per pick in this run; it now compares two costs with one `exp` and
-//! no clock read: 54 / 54 / 61 / 84 ns idle in the separate run. The `Balancer` path adds a clock
-//! read for [`Pick::finish`] under peak EWMA.
+//! A pick costs a few nanoseconds beside a bare atomic `fetch_add`, a hashing pick about twice
+//! the key hash; least connections scans every instance when all are busy (use `p2c` for large
+//! sets). The figures, measured beside their baselines in the same run, are in the README's
+//! performance section (`cargo bench -p chi-discovery --bench balance`).
 
 use std::fmt;
 use std::str::FromStr;

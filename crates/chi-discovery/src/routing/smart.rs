@@ -8,11 +8,8 @@
 //! its key, so load counters survive membership changes). The plan is swapped in with `arc-swap`;
 //! a pick then only reads: a few hash lookups to find the leaf, and the leaf balancer's pick.
 //!
-//! Cost, measured by `cargo bench -p chi-discovery --bench routing` at 1,000 instances (2 shared
-//! cores, so read ratios, not absolutes): a full pick (version -> zone -> round robin) 55-62 ns
-//! beside 17-19 ns for the bare balancer pick over the whole list in the same run, about 3.2x
-//! (2.2x in a quieter run); with P2C 65 ns beside 34 ns (1.9x). Routing alone is ~30 ns: the plan
-//! load and two hash lookups.
+//! A routed pick costs a few times the bare balancer pick: the plan load and two hash lookups
+//! (figures in the README's performance section, `cargo bench -p chi-discovery --bench routing`).
 //!
 //! Fallbacks never return nothing while the service has a usable instance: each stage widens
 //! instead (see [`VersionStep`] and [`GeoStep`]). When *no* instance is usable, every instance is
