@@ -76,13 +76,13 @@ pub struct WarmUp {
 
 /// Builds a [`DiscoveryClient`].
 #[derive(Debug, Clone)]
-pub struct Builder {
+pub struct ClientBuilder {
     cache: CacheConfig,
     retry: RetryPolicy,
     request_timeout: Duration,
 }
 
-impl Builder {
+impl ClientBuilder {
     /// Cache settings.
     pub fn cache(mut self, cache: CacheConfig) -> Self {
         self.cache = cache;
@@ -125,8 +125,8 @@ impl DiscoveryClient {
     }
 
     /// A builder for other settings.
-    pub fn builder() -> Builder {
-        Builder {
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder {
             cache: CacheConfig::default(),
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(5),

@@ -83,8 +83,8 @@ pub use http::HttpProbe;
 pub use outlier::{OutlierConfig, OutlierDetector};
 pub use panic::{Balanced, DEFAULT_PANIC_THRESHOLD, PanicThreshold};
 pub use scheduler::{
-    Builder, DEFAULT_JITTER, DEFAULT_MAX_CONCURRENCY, HealthChecker, InstanceHealth, OwnCheck,
-    Transition,
+    CheckerBuilder, DEFAULT_JITTER, DEFAULT_MAX_CONCURRENCY, HealthChecker, InstanceHealth,
+    OwnCheck, Transition,
 };
 pub use sink::{HealthSink, Membership};
 pub use state::{HealthState, Thresholds};

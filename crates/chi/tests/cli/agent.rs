@@ -3,18 +3,9 @@
 use serde_json::Value;
 
 use crate::support::{
-    Agent, Proc, chi, closed_port, discover_json, eventually, http_get, http_server, registration,
-    run, stderr,
+    Agent, Proc, chi, closed_port, discover_json, eventually, http_get, http_server, ids,
+    registration, run, stderr,
 };
-
-fn ids(list: &[Value]) -> Vec<String> {
-    let mut v: Vec<String> = list
-        .iter()
-        .map(|i| i["id"].as_str().expect("id").to_owned())
-        .collect();
-    v.sort();
-    v
-}
 
 fn health_check(kind: &str, target: &str) -> String {
     format!(

@@ -2,18 +2,7 @@
 //! as `web?x` through another agent's admin API is registered under that id, and when it stops
 //! it removes `web?x` alone (the id was once cut at the `?` and removed `web`).
 
-use serde_json::Value;
-
-use crate::support::{Agent, discover_json, registration};
-
-fn ids(list: &[Value]) -> Vec<String> {
-    let mut v: Vec<String> = list
-        .iter()
-        .map(|i| i["id"].as_str().expect("id").to_owned())
-        .collect();
-    v.sort();
-    v
-}
+use crate::support::{Agent, discover_json, ids, registration};
 
 #[test]
 fn an_agent_registered_as_web_query_x_removes_only_itself() {

@@ -168,6 +168,16 @@ impl Agent {
     }
 }
 
+/// The sorted `id`s of a JSON instance list.
+pub(crate) fn ids(list: &[serde_json::Value]) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// `chi discover NAME -o json --registry URL [extra...]`, parsed.
 pub(crate) fn discover_json(registry: &str, name: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let mut args = vec!["discover", name, "-o", "json", "--registry", registry];

@@ -77,13 +77,13 @@ pub struct InstanceHealth {
 
 /// Builds a [`HealthChecker`].
 #[derive(Debug, Clone)]
-pub struct Builder {
+pub struct CheckerBuilder {
     thresholds: Thresholds,
     max_concurrency: usize,
     jitter: f64,
 }
 
-impl Builder {
+impl CheckerBuilder {
     /// Rise / fall thresholds (default rise 2, fall 3).
     pub fn thresholds(mut self, thresholds: Thresholds) -> Self {
         self.thresholds = thresholds;
@@ -193,8 +193,8 @@ impl HealthChecker {
     }
 
     /// A builder for other settings.
-    pub fn builder() -> Builder {
-        Builder {
+    pub fn builder() -> CheckerBuilder {
+        CheckerBuilder {
             thresholds: Thresholds::default(),
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             jitter: DEFAULT_JITTER,
