@@ -236,7 +236,7 @@ pub enum CheckTarget {
 }
 
 /// A check's settings: what to probe, how often, how long one probe may take. The probe that
-/// runs it is a [`health::HttpProbe`](crate::health::HttpProbe), `TcpProbe` or `GrpcProbe`
+/// runs it is a `health::HttpProbe`, `TcpProbe` or `GrpcProbe`
 /// ([`health::probe_for`](crate::health::probe_for) picks it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {

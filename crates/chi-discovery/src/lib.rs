@@ -12,12 +12,13 @@
 //! - [`balance`]: round robin, random, smooth weighted round robin, least connections, consistent
 //!   hashing with bounded loads, ring hash, Maglev, P2C and peak EWMA; built once per membership
 //!   change, picked without locks.
-//! - [`health`]: HTTP, TCP and gRPC probes with rise/fall thresholds, outlier detection and the
-//!   panic threshold.
+//! - [`health`]: HTTP, TCP and gRPC probes (HTTP and gRPC behind the default features `http` and
+//!   `grpc`) with rise/fall thresholds, outlier detection and the panic threshold.
 //! - [`routing`]: version and region/zone routing and the smart router that chains them before
 //!   the balancer.
 //! - `metrics` (feature `metrics`): Prometheus metrics into a registry the caller passes in.
-//! - [`integration`]: tower's `Discover` over a chi watch, and an HTTP helper.
+//! - [`integration`]: tower's `Discover` over a chi watch (feature `tower`), and an HTTP helper
+//!   (feature `http`), both on by default.
 //! - [`config`]: the `chi-config.yaml` file, validated with errors that name the field.
 //!
 //! ```no_run

@@ -7,8 +7,8 @@
 //! - a [`HealthCheck`] is a check's settings (what to probe, how often, how
 //!   long to wait); [`probe_for`] turns it into the probe that runs it;
 //! - a [`Probe`] answers one question, "does this instance answer right now?":
-//!   [`HttpProbe`] (GET, 2xx or a configured status range), [`TcpProbe`] (connect) and
-//!   [`GrpcProbe`] (`grpc.health.v1.Health/Check`, `SERVING`);
+//!   `HttpProbe` (GET, 2xx or a configured status range; feature `http`), [`TcpProbe`] (connect)
+//!   and `GrpcProbe` (`grpc.health.v1.Health/Check`, `SERVING`; feature `grpc`);
 //! - [`HealthState`] turns a run of probe results into a status with HAProxy's `rise` / `fall`
 //!   thresholds ([`Thresholds`], default rise 2 / fall 3), so one lost packet does not take an
 //!   instance out and one lucky answer does not put it back;
@@ -64,7 +64,9 @@
 //! [`CheckError::Target`] unless the probe was built with `allow_other_hosts(true)`. HTTP checks do
 //! not follow redirects and ignore proxy environment variables for the same reason.
 
+#[cfg(feature = "grpc")]
 mod grpc;
+#[cfg(feature = "http")]
 mod http;
 mod outlier;
 mod panic;
@@ -78,7 +80,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "grpc")]
 pub use grpc::GrpcProbe;
+#[cfg(feature = "http")]
 pub use http::HttpProbe;
 pub use outlier::{OutlierConfig, OutlierDetector};
 pub use panic::{Balanced, DEFAULT_PANIC_THRESHOLD, PanicThreshold};
@@ -159,13 +163,19 @@ pub trait Probe: Send + Sync + 'static {
 /// `allow_other_hosts(true)` and pass it to [`HealthChecker::watch_with`].
 pub fn probe_for(check: &HealthCheck) -> Result<Arc<dyn Probe>> {
     Ok(match &check.target {
+        #[cfg(feature = "http")]
         CheckTarget::Http(target) => {
             Arc::new(HttpProbe::new(target.clone())?.timeout(check.timeout))
         }
+        #[cfg(not(feature = "http"))]
+        CheckTarget::Http(_) => return Err(not_built("http", "http")),
         CheckTarget::Tcp(target) => Arc::new(TcpProbe::new(target.clone())?.timeout(check.timeout)),
+        #[cfg(feature = "grpc")]
         CheckTarget::Grpc(service) => {
             Arc::new(GrpcProbe::new(service.clone()).timeout(check.timeout))
         }
+        #[cfg(not(feature = "grpc"))]
+        CheckTarget::Grpc(_) => return Err(not_built("grpc", "grpc")),
         CheckTarget::Ttl => {
             return Err(Error::invalid(
                 "health check",
@@ -174,6 +184,16 @@ pub fn probe_for(check: &HealthCheck) -> Result<Arc<dyn Probe>> {
             ));
         }
     })
+}
+
+/// The refusal of a check whose probe this build left out (a cargo feature off).
+#[cfg(any(not(feature = "http"), not(feature = "grpc")))]
+fn not_built(kind: &'static str, feature: &str) -> Error {
+    Error::invalid(
+        "health check",
+        kind,
+        format!("this build has no {kind} probe: enable chi-discovery's `{feature}` feature"),
+    )
 }
 
 /// The host part of an instance address, without IPv6 brackets, lowercased.

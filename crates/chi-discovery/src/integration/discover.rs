@@ -148,7 +148,8 @@ where
         }
     }
 
-    /// Feeds tonic's `Channel::balance_channel` (tonic has its own `Change` type).
+    /// Feeds tonic's `Channel::balance_channel` (tonic has its own `Change` type; feature `grpc`).
+    #[cfg(feature = "grpc")]
     pub async fn forward_to_tonic(
         self,
         tx: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<String, S>>,
