@@ -106,7 +106,7 @@ impl<B: Stage> HttpRouter<B> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ServiceState<B>>>> {
-        self.services.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.services)
     }
 
     fn per_service(&self, service: &str) -> Arc<ServiceState<B>> {

@@ -56,7 +56,7 @@ impl EmptyGuard {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.state)
     }
 
     /// Notes the outcome of a call to the server: a transport failure marks it down, an answer

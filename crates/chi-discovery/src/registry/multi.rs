@@ -130,7 +130,7 @@ impl Registry for MultiRegistry {
         if ok.is_empty() {
             return Err(Error::Backends { failures });
         }
-        let mut last_good = self.last_good.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last_good = crate::util::lock(&self.last_good);
         let mut lists: Vec<Vec<Instance>> = vec![Vec::new(); self.members.len()];
         for (idx, list) in ok {
             last_good.insert((idx, service.to_owned()), list.clone());

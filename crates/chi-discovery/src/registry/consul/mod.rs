@@ -212,7 +212,7 @@ impl Consul {
 #[cfg(feature = "consul")]
 impl Inner {
     fn lock_checks(&self) -> MutexGuard<'_, HashMap<String, Vec<HealthCheck>>> {
-        self.checks.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.checks)
     }
 
     /// Notes whether the agent answered (for [`Inner::guard_empty`]) and passes the answer on.

@@ -285,16 +285,12 @@ fn check_service(service: &str) -> Result<()> {
 impl Shared {
     /// What this client last sent for `(service, id)`.
     fn ours(&self, key: &(String, String)) -> Option<ServiceInstance> {
-        self.registered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
+        crate::util::lock(&self.registered).get(key).cloned()
     }
 
     /// Notes what this client sent for `(service, id)` (`None`: deregistered).
     fn remember(&self, key: (String, String), sent: Option<ServiceInstance>) {
-        let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        let mut registered = crate::util::lock(&self.registered);
         match sent {
             Some(si) => registered.insert(key, si),
             None => registered.remove(&key),
