@@ -20,6 +20,7 @@ mod select;
 mod source;
 mod upstream;
 mod watch;
+mod xds;
 
 use std::process::ExitCode;
 
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
             Command::Check(args) => check::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Select(args) => select::run(args).await,
+            Command::Xds(args) => xds::run(args).await,
             Command::Config {
                 command: ConfigCommand::Check(args),
             } => config_check::run(args),

@@ -1,0 +1,409 @@
+//! `chi xds`: an xDS control plane that serves chi's view of any registry to gRPC's own xDS
+//! clients (`xds:///NAME` targets) and to Envoy.
+//!
+//! The server speaks the Aggregated Discovery Service (ADS), state-of-the-world variant, as the
+//! xDS protocol describes it (envoyproxy/envoy `api/xds_protocol.rst`):
+//!
+//! - one gRPC stream carries Listener, RouteConfiguration, Cluster and ClusterLoadAssignment
+//!   requests; each type has its own version and nonce per stream;
+//! - a request that echoes the nonce of the last response of its type is an ACK, or a NACK when it
+//!   carries `error_detail`: the NACK is logged with its detail, the client keeps its last accepted
+//!   version, and the rejected content is not sent again (only a later change is);
+//! - a request echoing an older nonce is stale and gets no answer;
+//! - every name a stream asked for is remembered, and pushed when the service appears;
+//! - a response goes out only when what the stream would receive changed; LDS and CDS responses
+//!   hold every resource of the type the stream has (full state), a first LDS or CDS request
+//!   without names (Envoy's wildcard) means every service;
+//! - within one push the types go out CDS, EDS, then LDS and RDS, so a client never holds a
+//!   listener whose cluster it does not know.
+//!
+//! Resources are shaped as gRPC proposal A27 ("xDS-Based Global Load Balancing") expects them;
+//! see [`resources`]. Delta (incremental) ADS is refused with `UNIMPLEMENTED`.
+
+mod resources;
+mod state;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chi_discovery::DiscoveryClient;
+use chi_discovery::instance::validate_name;
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures_util::Stream;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tokio_stream::{StreamExt, StreamMap};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::agent::Shutdown;
+use crate::cli::XdsArgs;
+use crate::failure::Failure;
+use crate::source::Source;
+
+use resources::{Kind, Shape};
+use state::{Hub, ServiceView, TypeState};
+
+/// Most names one request may carry; more is refused as a malformed request.
+const MAX_NAMES: usize = 10_000;
+/// Responses queued per stream before the stream task waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+/// `chi xds`: serves ADS until interrupted.
+pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
+    let mut shutdown = Shutdown::install()?;
+    let source = Source::resolve(&args.source)?;
+    source.require_shared("xds")?;
+    let registry = source.connect().await?;
+    let client = DiscoveryClient::builder()
+        .retry(source.config.retry)
+        .build(registry.clone());
+    let shape = Shape {
+        strategy: source.config.load_balancer.strategy,
+        rds: args.rds,
+    };
+    let server = XdsServer::new(Hub::new(client, registry), shape, args.max_streams);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| {
+            Failure::failed(format!("cannot listen on {}: {e}", args.listen))
+                .hint("pick another --listen address (port 0 picks a free one)")
+        })?;
+    let bound: SocketAddr = listener.local_addr()?;
+    println!("xds on grpc://{bound}");
+    tracing::info!(%bound, strategy = shape.strategy.as_str(), rds = shape.rds, max_streams = args.max_streams, "serving ADS");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(server.into_service())
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
+        .await
+        .map_err(|e| Failure::failed(format!("the xDS server stopped: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The ADS service: shared services plus a bound on concurrent streams.
+#[derive(Debug, Clone)]
+pub(crate) struct XdsServer {
+    hub: Arc<Hub>,
+    shape: Shape,
+    streams: Arc<Semaphore>,
+    max_streams: u32,
+}
+
+impl XdsServer {
+    pub(crate) fn new(hub: Arc<Hub>, shape: Shape, max_streams: u32) -> XdsServer {
+        XdsServer {
+            hub,
+            shape,
+            streams: Arc::new(Semaphore::new(max_streams as usize)),
+            max_streams,
+        }
+    }
+
+    pub(crate) fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this chi xds serves at most {} ADS streams (--max-streams); try another server or later",
+                self.max_streams
+            ))
+        })?;
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let stream = AdsStream::new(self.hub.clone(), self.shape, tx);
+        let requests = request.into_inner();
+        tokio::spawn(async move {
+            tracing::debug!(?peer, "ADS stream opened");
+            stream.run(requests).await;
+            tracing::debug!(?peer, "ADS stream closed");
+            drop(permit);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Err(Status::unimplemented(
+            "chi xds serves state-of-the-world ADS only (StreamAggregatedResources); incremental xDS is not served yet",
+        ))
+    }
+}
+
+/// Why a stream ends early.
+#[derive(Debug)]
+enum StreamEnd {
+    /// The client is gone (its request stream ended, or it dropped the responses).
+    Gone,
+    /// A request the server refuses; the stream ends with this status.
+    Refused(Status),
+}
+
+/// One ADS stream: what the client asked for, what it was sent, and the services it follows.
+struct AdsStream {
+    hub: Arc<Hub>,
+    shape: Shape,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    types: BTreeMap<Kind, TypeState>,
+    views: HashMap<String, ServiceView>,
+    changes: StreamMap<String, WatchStream<ServiceView>>,
+    catalog: Option<watch::Receiver<Arc<BTreeSet<String>>>>,
+    nonces: u64,
+}
+
+impl AdsStream {
+    fn new(
+        hub: Arc<Hub>,
+        shape: Shape,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> AdsStream {
+        AdsStream {
+            hub,
+            shape,
+            tx,
+            types: Kind::PUSH_ORDER
+                .into_iter()
+                .map(|k| (k, TypeState::default()))
+                .collect(),
+            views: HashMap::new(),
+            changes: StreamMap::new(),
+            catalog: None,
+            nonces: 0,
+        }
+    }
+
+    async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) {
+        let end = loop {
+            let catalog_changed = async {
+                match &mut self.catalog {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let step = tokio::select! {
+                request = requests.next() => match request {
+                    Some(Ok(request)) => self.on_request(request).await,
+                    Some(Err(status)) => {
+                        tracing::debug!("ADS stream error from the client: {status}");
+                        Err(StreamEnd::Gone)
+                    }
+                    None => Err(StreamEnd::Gone),
+                },
+                Some((name, view)) = self.changes.next() => {
+                    self.views.insert(name, view);
+                    self.push().await
+                }
+                true = catalog_changed => {
+                    self.follow_wanted();
+                    self.push().await
+                }
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        if let StreamEnd::Refused(status) = end {
+            tracing::warn!("refused an ADS request: {}", status.message());
+            let _ = self.tx.send(Err(status)).await;
+        }
+    }
+
+    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamEnd> {
+        let Some(kind) = Kind::from_type_url(&request.type_url) else {
+            tracing::warn!(type_url = %request.type_url, "ignoring a request for a type chi xds does not serve");
+            return Ok(());
+        };
+        if request.resource_names.len() > MAX_NAMES {
+            return Err(StreamEnd::Refused(Status::invalid_argument(format!(
+                "{} names in one {} request; at most {MAX_NAMES}",
+                request.resource_names.len(),
+                kind.short()
+            ))));
+        }
+        let node = request.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
+        let ts = self.types.entry(kind).or_default();
+        if !request.response_nonce.is_empty() && request.response_nonce != ts.nonce {
+            tracing::debug!(
+                kind = kind.short(),
+                nonce = %request.response_nonce,
+                current = %ts.nonce,
+                "stale nonce: request ignored"
+            );
+            return Ok(());
+        }
+        if let Some(error) = &request.error_detail {
+            tracing::warn!(
+                node,
+                kind = kind.short(),
+                rejected = ts.version,
+                accepted = ts.accepted.as_deref().unwrap_or("none"),
+                code = error.code,
+                "NACK: {}",
+                error.message
+            );
+        } else if !request.response_nonce.is_empty() {
+            tracing::debug!(node, kind = kind.short(), version = %request.version_info, "ACK");
+            ts.accepted = Some(request.version_info.clone());
+        }
+        let first = !ts.subscribed;
+        ts.subscribed = true;
+        let mut names = BTreeSet::new();
+        let mut star = false;
+        for name in request.resource_names {
+            if name == "*" {
+                star = true;
+            } else if validate_name("service name", &name).is_ok() {
+                names.insert(name);
+            } else {
+                tracing::debug!(
+                    kind = kind.short(),
+                    ?name,
+                    "ignoring a name that is no service name"
+                );
+            }
+        }
+        ts.wildcard =
+            kind.is_full_state() && (star || (names.is_empty() && (first || ts.wildcard)));
+        ts.names = names;
+        self.follow_wanted();
+        self.push().await
+    }
+
+    /// The services some type of this stream wants: named ones, plus the catalogue for wildcards.
+    fn wanted(&self) -> BTreeSet<String> {
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        let catalog = self.catalog.as_ref().map(|c| c.borrow().clone());
+        for ts in self.types.values() {
+            wanted.extend(ts.names.iter().cloned());
+            if ts.wildcard
+                && let Some(all) = &catalog
+            {
+                wanted.extend(all.iter().cloned());
+            }
+        }
+        wanted
+    }
+
+    /// Follows exactly the services [`AdsStream::wanted`] names.
+    fn follow_wanted(&mut self) {
+        if self.catalog.is_none() && self.types.values().any(|t| t.wildcard) {
+            self.catalog = Some(self.hub.catalog());
+        }
+        let wanted = self.wanted();
+        let stale: Vec<String> = self
+            .views
+            .keys()
+            .filter(|n| !wanted.contains(*n))
+            .cloned()
+            .collect();
+        for name in stale {
+            self.views.remove(&name);
+            self.changes.remove(&name);
+        }
+        for name in wanted {
+            if self.views.contains_key(&name) {
+                continue;
+            }
+            let rx = self.hub.subscribe(&name);
+            self.views.insert(name.clone(), rx.borrow().clone());
+            self.changes.insert(name, WatchStream::from_changes(rx));
+        }
+    }
+
+    /// Sends, type by type in push order, every response whose content changed.
+    async fn push(&mut self) -> Result<(), StreamEnd> {
+        let catalog = self.catalog.as_ref().map(|c| c.borrow().clone());
+        for kind in Kind::PUSH_ORDER {
+            let Some(ts) = self.types.get(&kind) else {
+                continue;
+            };
+            if !ts.subscribed {
+                continue;
+            }
+            let mut names: BTreeSet<&String> = ts.names.iter().collect();
+            if ts.wildcard
+                && let Some(all) = &catalog
+            {
+                names.extend(all.iter());
+            }
+            let content: BTreeMap<String, u64> = names
+                .into_iter()
+                .filter_map(|name| {
+                    let view = self.views.get(name)?;
+                    view.instances.as_ref()?;
+                    let revision = if kind == Kind::Endpoints {
+                        view.revision
+                    } else {
+                        0
+                    };
+                    Some((name.clone(), revision))
+                })
+                .collect();
+            let unchanged = match &ts.sent {
+                Some(sent) => *sent == content,
+                // Nothing sent yet: answer a wildcard at once (possibly empty, so Envoy can
+                // finish starting); named resources when one of them exists.
+                None => content.is_empty() && !ts.wildcard,
+            };
+            if unchanged {
+                continue;
+            }
+            let resources = content
+                .keys()
+                .filter_map(|name| {
+                    let list = self.views.get(name)?.instances.clone()?;
+                    Some(self.shape.build(kind, name, &list))
+                })
+                .collect();
+            self.nonces += 1;
+            let nonce = self.nonces.to_string();
+            let Some(ts) = self.types.get_mut(&kind) else {
+                continue;
+            };
+            ts.version += 1;
+            ts.nonce = nonce.clone();
+            let version = ts.version.to_string();
+            tracing::debug!(kind = kind.short(), %version, names = ?content.keys().collect::<Vec<_>>(), "push");
+            ts.sent = Some(content);
+            let response = DiscoveryResponse {
+                version_info: version,
+                resources,
+                type_url: kind.type_url().to_owned(),
+                nonce,
+                control_plane: Some(ControlPlane {
+                    identifier: format!("chi {}", env!("CARGO_PKG_VERSION")),
+                }),
+                ..Default::default()
+            };
+            self.tx
+                .send(Ok(response))
+                .await
+                .map_err(|_| StreamEnd::Gone)?;
+        }
+        Ok(())
+    }
+}

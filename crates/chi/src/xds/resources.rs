@@ -1,0 +1,316 @@
+//! chi's view of a service as the four xDS resources a gRPC client needs for `xds:///NAME`.
+//!
+//! gRPC's xDS client (gRPC proposal A27, "xDS-Based Global Load Balancing") resolves a target in
+//! four steps, each a resource named after the service here:
+//!
+//! 1. **Listener** `NAME` whose `api_listener` is an `HttpConnectionManager`; its HTTP filters must
+//!    end with the Router filter, and its routes are either inline (`route_config`) or fetched over
+//!    ADS (`rds`).
+//! 2. **RouteConfiguration** `NAME`: one virtual host whose `domains` match the target's authority
+//!    and whose default route (prefix `""`) sends everything to cluster `NAME`.
+//! 3. **Cluster** `NAME` of type EDS with `eds_config` = ADS, and the `lb_policy` mapped from chi's
+//!    configured strategy where xDS has one.
+//! 4. **ClusterLoadAssignment** `NAME`: one locality per (region, zone) of the instances' metadata,
+//!    each with `load_balancing_weight` and `priority` set (A27 ignores localities without a
+//!    weight), endpoints with an IP socket address, their weight and their health.
+//!
+//! Envoy reads the same Cluster and ClusterLoadAssignment over ADS (CDS + EDS), with its own
+//! static listeners.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chi_discovery::balance::Strategy;
+use chi_discovery::routing::{REGION_META, ZONE_META};
+use chi_discovery::{HealthStatus, Instance};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::{PortSpecifier, Protocol};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus as XdsHealth, Locality,
+    SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
+    Header, PolicySpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, HashPolicy};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::util::pack_any;
+
+/// The header whose value ring-hash clusters hash (chi's `X-Hash-Key`).
+pub(crate) const HASH_HEADER: &str = "x-hash-key";
+
+/// The four resource types this server answers, by their `type_url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    /// `envoy.config.cluster.v3.Cluster` (CDS).
+    Cluster,
+    /// `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
+    Endpoints,
+    /// `envoy.config.listener.v3.Listener` (LDS).
+    Listener,
+    /// `envoy.config.route.v3.RouteConfiguration` (RDS).
+    Route,
+}
+
+impl Kind {
+    /// Every kind, in the order that drops no traffic when a service appears: CDS, EDS, then
+    /// LDS and RDS (a listener never names a cluster the client does not know yet).
+    pub(crate) const PUSH_ORDER: [Kind; 4] =
+        [Kind::Cluster, Kind::Endpoints, Kind::Listener, Kind::Route];
+
+    pub(crate) const fn type_url(self) -> &'static str {
+        match self {
+            Kind::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Kind::Endpoints => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    pub(crate) fn from_type_url(url: &str) -> Option<Kind> {
+        Kind::PUSH_ORDER.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// LDS and CDS are "full state" in state-of-the-world: every response lists every resource
+    /// the client has, and a missing one is deleted. A wildcard subscription (no names) means
+    /// every service.
+    pub(crate) const fn is_full_state(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::Listener)
+    }
+
+    /// Short name for logs (`CDS`, `EDS`, `LDS`, `RDS`).
+    pub(crate) const fn short(self) -> &'static str {
+        match self {
+            Kind::Cluster => "CDS",
+            Kind::Endpoints => "EDS",
+            Kind::Listener => "LDS",
+            Kind::Route => "RDS",
+        }
+    }
+}
+
+/// How the resources are shaped; the same for every service of one server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// The balancer strategy, mapped onto the Cluster's `lb_policy`.
+    pub(crate) strategy: Strategy,
+    /// Routes over RDS (ADS) instead of inline in the Listener.
+    pub(crate) rds: bool,
+}
+
+impl Shape {
+    /// The resource `kind` named `name`, packed.
+    pub(crate) fn build(&self, kind: Kind, name: &str, instances: &[Instance]) -> Any {
+        match kind {
+            Kind::Listener => pack_any(self.listener(name)),
+            Kind::Route => pack_any(self.route_config(name)),
+            Kind::Cluster => pack_any(self.cluster(name)),
+            Kind::Endpoints => pack_any(load_assignment(name, instances)),
+        }
+    }
+
+    /// Listener `name` for gRPC's `xds:///name`: an API listener whose HttpConnectionManager ends
+    /// with the Router filter.
+    pub(crate) fn listener(&self, name: &str) -> Listener {
+        let route_specifier = if self.rds {
+            RouteSpecifier::Rds(Rds {
+                config_source: Some(ads()),
+                route_config_name: name.to_owned(),
+            })
+        } else {
+            RouteSpecifier::RouteConfig(self.route_config(name))
+        };
+        let hcm = HttpConnectionManager {
+            stat_prefix: name.to_owned(),
+            route_specifier: Some(route_specifier),
+            http_filters: vec![HttpFilter {
+                name: "envoy.filters.http.router".to_owned(),
+                config_type: Some(ConfigType::TypedConfig(pack_any(Router::default()))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Listener {
+            name: name.to_owned(),
+            api_listener: Some(ApiListener {
+                api_listener: Some(pack_any(hcm)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// RouteConfiguration `name`: a virtual host for `name` (and `name:PORT`) whose default route
+    /// goes to cluster `name`.
+    pub(crate) fn route_config(&self, name: &str) -> RouteConfiguration {
+        let hash_policy = if matches!(lb_policy(self.strategy), LbPolicy::RingHash) {
+            vec![HashPolicy {
+                policy_specifier: Some(PolicySpecifier::Header(Header {
+                    header_name: HASH_HEADER.to_owned(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        };
+        RouteConfiguration {
+            name: name.to_owned(),
+            virtual_hosts: vec![VirtualHost {
+                name: name.to_owned(),
+                domains: vec![name.to_owned(), format!("{name}:*")],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                        ..Default::default()
+                    }),
+                    action: Some(Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster(name.to_owned())),
+                        hash_policy,
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Cluster `name`: type EDS, endpoints over ADS, the strategy as `lb_policy`.
+    pub(crate) fn cluster(&self, name: &str) -> Cluster {
+        Cluster {
+            name: name.to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: name.to_owned(),
+            }),
+            connect_timeout: Some(Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
+            lb_policy: lb_policy(self.strategy) as i32,
+            ..Default::default()
+        }
+    }
+}
+
+/// A ConfigSource that says "over the same ADS stream", in API v3.
+fn ads() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// chi's strategy as the Cluster's `lb_policy`. Only the policies gRPC's clients accept are used
+/// (gRPC rejects a Cluster with RANDOM or MAGLEV): round robin and random become `ROUND_ROBIN`
+/// (which weighs endpoints), the hashing strategies `RING_HASH`, and the load-aware ones
+/// `LEAST_REQUEST`.
+pub(crate) fn lb_policy(strategy: Strategy) -> LbPolicy {
+    match strategy {
+        Strategy::ConsistentHash | Strategy::RingHash | Strategy::Maglev => LbPolicy::RingHash,
+        Strategy::LeastConnections | Strategy::P2c | Strategy::PeakEwma => LbPolicy::LeastRequest,
+        _ => LbPolicy::RoundRobin,
+    }
+}
+
+/// chi's health as xDS health: only HEALTHY and UNKNOWN endpoints are used by clients.
+pub(crate) fn health(h: HealthStatus) -> XdsHealth {
+    match h {
+        HealthStatus::Healthy => XdsHealth::Healthy,
+        HealthStatus::Unhealthy => XdsHealth::Unhealthy,
+        HealthStatus::Unknown => XdsHealth::Unknown,
+    }
+}
+
+/// ClusterLoadAssignment `name`: one locality per (region, zone), sorted, all at priority 0; an
+/// instance with weight 0 (out of rotation) or an address that is not an IP is left out (xDS
+/// endpoints need an IP socket address and a weight of at least 1).
+pub(crate) fn load_assignment(name: &str, instances: &[Instance]) -> ClusterLoadAssignment {
+    let mut localities: BTreeMap<(&str, &str), Vec<&Instance>> = BTreeMap::new();
+    for i in instances {
+        let region = i.meta(REGION_META).unwrap_or("");
+        let zone = i.meta(ZONE_META).unwrap_or("");
+        localities.entry((region, zone)).or_default().push(i);
+    }
+    let endpoints = localities
+        .into_iter()
+        .filter_map(|((region, zone), mut members)| {
+            members.sort_by(|a, b| a.id.cmp(&b.id));
+            let lb_endpoints: Vec<LbEndpoint> = members.into_iter().filter_map(endpoint).collect();
+            if lb_endpoints.is_empty() {
+                return None;
+            }
+            let weight = lb_endpoints
+                .iter()
+                .filter(|e| e.health_status != XdsHealth::Unhealthy as i32)
+                .filter_map(|e| e.load_balancing_weight.map(|w| w.value))
+                .fold(0u32, u32::saturating_add)
+                .max(1);
+            Some(LocalityLbEndpoints {
+                locality: Some(Locality {
+                    region: region.to_owned(),
+                    zone: zone.to_owned(),
+                    sub_zone: String::new(),
+                }),
+                lb_endpoints,
+                load_balancing_weight: Some(UInt32Value { value: weight }),
+                priority: 0,
+                ..Default::default()
+            })
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints,
+        ..Default::default()
+    }
+}
+
+fn endpoint(i: &Instance) -> Option<LbEndpoint> {
+    let weight = i.effective_weight();
+    let address = i.address.trim_start_matches('[').trim_end_matches(']');
+    if weight == 0 || address.parse::<IpAddr>().is_err() {
+        tracing::debug!(id = %i.id, address = %i.address, weight, "left out of EDS: weight 0 or not an IP address");
+        return None;
+    }
+    Some(LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+            address: Some(Address {
+                address: Some(AddressKind::SocketAddress(SocketAddress {
+                    protocol: Protocol::Tcp as i32,
+                    address: address.to_owned(),
+                    port_specifier: Some(PortSpecifier::PortValue(u32::from(i.port))),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        })),
+        health_status: health(i.health) as i32,
+        load_balancing_weight: Some(UInt32Value { value: weight }),
+        ..Default::default()
+    })
+}
