@@ -175,6 +175,8 @@ struct AdsStream {
     changes: StreamMap<String, WatchStream<ServiceView>>,
     catalog: Option<watch::Receiver<Arc<BTreeSet<String>>>>,
     nonces: u64,
+    /// The client's node id (sent on the first request of a stream), for the logs.
+    node: String,
 }
 
 impl AdsStream {
@@ -195,6 +197,7 @@ impl AdsStream {
             changes: StreamMap::new(),
             catalog: None,
             nonces: 0,
+            node: String::new(),
         }
     }
 
@@ -246,7 +249,10 @@ impl AdsStream {
                 kind.short()
             ))));
         }
-        let node = request.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
+        if let Some(node) = &request.node {
+            node.id.clone_into(&mut self.node);
+        }
+        let node = self.node.as_str();
         let ts = self.types.entry(kind).or_default();
         if !request.response_nonce.is_empty() && request.response_nonce != ts.nonce {
             tracing::debug!(
