@@ -19,3 +19,4 @@ mod proxy;
 mod real;
 mod select;
 mod support;
+mod xds;

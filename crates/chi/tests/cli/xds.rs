@@ -1,0 +1,209 @@
+//! `chi xds` with a real xDS client: Python `grpcio` (gRPC's C-core) resolving
+//! `xds:///order-service` through `chi xds`, calling real gRPC backends registered with chi agents.
+//!
+//! The venv comes from `scripts/xds-clients` (cached in `${CHI_CACHE:-$HOME/.cache/chi}/venv`);
+//! the test calls that script itself, so a missing client is installed or is a failure, never a
+//! skip.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Agent, Proc, chi, registration};
+
+const SERVICE: &str = "order-service";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The venv's python with grpcio, from `scripts/xds-clients python` (installs when missing).
+fn python() -> PathBuf {
+    let out = Command::new(repo_root().join("scripts/xds-clients"))
+        .arg("python")
+        .output()
+        .expect("run scripts/xds-clients");
+    assert!(
+        out.status.success(),
+        "scripts/xds-clients could not provide grpcio (the chi xds test needs it; CI={}): {}",
+        std::env::var("CI").unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(path.is_file(), "no python at {}", path.display());
+    path
+}
+
+fn peer_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/xds/grpc_peer.py")
+}
+
+/// The grpcio client, driven over stdin.
+struct Client {
+    proc: Proc,
+}
+
+impl Client {
+    fn start(python: &Path, bootstrap: &Path) -> Client {
+        let mut cmd = Command::new(python);
+        cmd.arg(peer_script())
+            .args(["client", &format!("xds:///{SERVICE}")])
+            .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+            .stdin(Stdio::piped());
+        let mut proc = Proc::spawn(cmd);
+        proc.wait_line("the client's ready line", |l| l == "ready");
+        Client { proc }
+    }
+
+    /// Makes `n` calls; the answers per backend name, and the failures.
+    fn call(&mut self, n: u32) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let stdin = self.proc.child.stdin.as_mut().expect("client stdin");
+        writeln!(stdin, "call {n}").expect("write to the client");
+        stdin.flush().expect("flush");
+        let line = self.proc.wait_line("a result line", |l| l.starts_with('{'));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON result");
+        let map = |key: &str| -> BTreeMap<String, u64> {
+            v[key]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        (map("counts"), map("errors"))
+    }
+
+    /// Calls in batches of `n` until `done` holds for a batch (within 30 s); that batch.
+    fn until(
+        &mut self,
+        what: &str,
+        n: u32,
+        done: impl Fn(&BTreeMap<String, u64>) -> bool,
+    ) -> BTreeMap<String, u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (counts, errors) = self.call(n);
+            if done(&counts) {
+                return counts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last batch {counts:?}, errors {errors:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// An agent registering backend `name` at 127.0.0.1:`port` into the host's registry.
+fn backend_agent(registry: &str, name: &str, port: u16, zone: &str) -> Agent {
+    Agent::start(
+        &registration(
+            SERVICE,
+            port,
+            "v1",
+            &format!(
+                "    id: \"{name}\"\n    meta:\n      region: \"eu-west-1\"\n      zone: \"{zone}\"\n"
+            ),
+        ),
+        &["--registry", registry],
+    )
+}
+
+#[test]
+fn grpcio_balances_over_what_chi_xds_serves_and_follows_changes() {
+    let python = python();
+    let host = Agent::start(&registration("registry-host", 1, "v1", ""), &[]);
+    let url = host.url();
+
+    // Four gRPC servers in one Python process; three are registered now, the fourth later.
+    let mut cmd = Command::new(&python);
+    cmd.arg(peer_script())
+        .args(["serve", "b1", "b2", "b3", "b4"])
+        .stdin(Stdio::piped());
+    let mut servers = Proc::spawn(cmd);
+    let mut ports = BTreeMap::new();
+    for _ in 0..4 {
+        let line = servers.wait_line("a backend line", |l| l.starts_with("backend "));
+        let mut words = line.split_whitespace().skip(1);
+        let (Some(name), Some(port)) = (words.next(), words.next()) else {
+            panic!("bad backend line {line:?}");
+        };
+        ports.insert(name.to_owned(), port.parse::<u16>().expect("port"));
+    }
+    let mut agents: BTreeMap<&str, Agent> = BTreeMap::new();
+    for (name, zone) in [
+        ("b1", "eu-west-1a"),
+        ("b2", "eu-west-1a"),
+        ("b3", "eu-west-1b"),
+    ] {
+        agents.insert(name, backend_agent(&url, name, ports[name], zone));
+    }
+
+    let mut xds_cmd = chi();
+    xds_cmd.args(["xds", "--registry", &url, "--listen", "127.0.0.1:0"]);
+    let mut xds = Proc::spawn(xds_cmd);
+    let line = xds.wait_line("the xds address", |l| l.starts_with("xds on grpc://"));
+    let xds_addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bootstrap = dir.path().join("bootstrap.json");
+    let json = serde_json::json!({
+        "xds_servers": [{
+            "server_uri": xds_addr,
+            "channel_creds": [{"type": "insecure"}],
+            "server_features": ["xds_v3"],
+        }],
+        "node": {"id": "chi-test-client", "locality": {"region": "eu-west-1", "zone": "eu-west-1a"}},
+    });
+    std::fs::write(&bootstrap, json.to_string()).expect("write the bootstrap");
+    let mut client = Client::start(&python, &bootstrap);
+
+    // Calls spread over every registered backend.
+    let (counts, errors) = client.call(300);
+    eprintln!("three backends, 300 calls: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "failed calls: {errors:?}");
+    assert_eq!(counts.values().sum::<u64>(), 300);
+    for name in ["b1", "b2", "b3"] {
+        let n = counts.get(name).copied().unwrap_or(0);
+        assert!((60..=140).contains(&n), "{name} got {n} of 300: {counts:?}");
+    }
+    assert!(!counts.contains_key("b4"), "b4 is not registered yet");
+
+    // A newly registered backend gets calls.
+    agents.insert("b4", backend_agent(&url, "b4", ports["b4"], "eu-west-1b"));
+    client.until("b4 to get calls", 40, |c| c.contains_key("b4"));
+    let (counts, errors) = client.call(400);
+    eprintln!("after b4 registered, 400 calls: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "failed calls: {errors:?}");
+    for name in ["b1", "b2", "b3", "b4"] {
+        let n = counts.get(name).copied().unwrap_or(0);
+        assert!((70..=130).contains(&n), "{name} got {n} of 400: {counts:?}");
+    }
+
+    // A deregistered backend stops getting calls (its agent deregisters on SIGTERM).
+    let mut b1 = agents.remove("b1").expect("b1's agent");
+    let (ok, _) = b1.proc.terminate();
+    assert!(ok, "b1's agent exits cleanly");
+    client.until("b1 to get no calls", 40, |c| !c.contains_key("b1"));
+    let (counts, errors) = client.call(300);
+    eprintln!("after b1 deregistered, 300 calls: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "failed calls: {errors:?}");
+    assert!(
+        !counts.contains_key("b1"),
+        "b1 still gets calls: {counts:?}"
+    );
+    for name in ["b2", "b3", "b4"] {
+        let n = counts.get(name).copied().unwrap_or(0);
+        assert!((60..=140).contains(&n), "{name} got {n} of 300: {counts:?}");
+    }
+
+    drop(client);
+    let (ok, _) = xds.terminate();
+    assert!(ok, "chi xds exits cleanly on SIGTERM");
+    drop(servers);
+}
