@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chi_discovery::DiscoveryClient;
 use chi_discovery::instance::validate_name;
@@ -98,6 +99,7 @@ pub(crate) struct XdsServer {
     shape: Shape,
     streams: Arc<Semaphore>,
     max_streams: u32,
+    versions: Arc<AtomicU64>,
 }
 
 impl XdsServer {
@@ -107,12 +109,21 @@ impl XdsServer {
             shape,
             streams: Arc::new(Semaphore::new(max_streams as usize)),
             max_streams,
+            versions: Arc::new(AtomicU64::new(first_version())),
         }
     }
 
     pub(crate) fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
         AggregatedDiscoveryServiceServer::new(self)
     }
+}
+
+/// Where the version counter starts: the Unix time in milliseconds, so the versions of a
+/// restarted server never repeat one a reconnecting client still holds from the previous run.
+fn first_version() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2))
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
@@ -135,7 +146,7 @@ impl AggregatedDiscoveryService for XdsServer {
         })?;
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = AdsStream::new(self.hub.clone(), self.shape, tx);
+        let stream = AdsStream::new(self.hub.clone(), self.shape, self.versions.clone(), tx);
         let requests = request.into_inner();
         tokio::spawn(async move {
             tracing::debug!(?peer, "ADS stream opened");
@@ -175,6 +186,9 @@ struct AdsStream {
     changes: StreamMap<String, WatchStream<ServiceView>>,
     catalog: Option<watch::Receiver<Arc<BTreeSet<String>>>>,
     nonces: u64,
+    /// The server's version counter: every response takes the next value, so a version is never
+    /// reused on any stream.
+    versions: Arc<AtomicU64>,
     /// The client's node id (sent on the first request of a stream), for the logs.
     node: String,
 }
@@ -183,6 +197,7 @@ impl AdsStream {
     fn new(
         hub: Arc<Hub>,
         shape: Shape,
+        versions: Arc<AtomicU64>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> AdsStream {
         AdsStream {
@@ -197,6 +212,7 @@ impl AdsStream {
             changes: StreamMap::new(),
             catalog: None,
             nonces: 0,
+            versions,
             node: String::new(),
         }
     }
@@ -254,7 +270,11 @@ impl AdsStream {
         }
         let node = self.node.as_str();
         let ts = self.types.entry(kind).or_default();
-        if !request.response_nonce.is_empty() && request.response_nonce != ts.nonce {
+        // Before the first response of this type on this stream, any nonce is one a reconnecting
+        // client kept from an earlier stream: the request is an initial one, not a stale one.
+        let answered = !ts.nonce.is_empty();
+        let echoes = answered && request.response_nonce == ts.nonce;
+        if answered && !request.response_nonce.is_empty() && !echoes {
             tracing::debug!(
                 kind = kind.short(),
                 nonce = %request.response_nonce,
@@ -273,7 +293,7 @@ impl AdsStream {
                 "NACK: {}",
                 error.message
             );
-        } else if !request.response_nonce.is_empty() {
+        } else if echoes {
             tracing::debug!(node, kind = kind.short(), version = %request.version_info, "ACK");
             ts.accepted = Some(request.version_info.clone());
         }
@@ -392,7 +412,7 @@ impl AdsStream {
             let Some(ts) = self.types.get_mut(&kind) else {
                 continue;
             };
-            ts.version += 1;
+            ts.version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
             ts.nonce = nonce.clone();
             let version = ts.version.to_string();
             tracing::debug!(kind = kind.short(), %version, names = ?content.keys().collect::<Vec<_>>(), "push");

@@ -190,7 +190,7 @@ pub(crate) struct TypeState {
     pub(crate) wildcard: bool,
     /// The names asked for.
     pub(crate) names: BTreeSet<String>,
-    /// Version of the last response (a counter per type and stream).
+    /// Version of the last response of this type (drawn from the server's counter).
     pub(crate) version: u64,
     /// Nonce of the last response; a request echoing another one is stale.
     pub(crate) nonce: String,

@@ -292,7 +292,7 @@ async fn initial_responses_carry_what_grpc_needs() {
     ads.send(Kind::Listener, &[SERVICE], "", "").await;
     let lds = ads.recv().await;
     assert_eq!(lds.type_url, Kind::Listener.type_url());
-    assert_eq!(lds.version_info, "1");
+    assert!(lds.version_info.parse::<u64>().is_ok(), "{lds:?}");
     let listeners: Vec<Listener> = decode(&lds);
     assert_eq!(listeners.len(), 1);
     assert_eq!(listeners[0].name, SERVICE);
@@ -498,6 +498,31 @@ async fn a_stale_nonce_is_ignored() {
     .await;
     let e3 = ads.recv().await;
     assert_eq!(ports(&e3), vec![7001, 7002, 7100]);
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_fresh_versions_even_with_its_old_nonce() {
+    let memory = Arc::new(Memory::new());
+    memory
+        .register(&inst("a", 7001, "z1"))
+        .await
+        .expect("register");
+    let f = serve(memory.clone(), round_robin(), 8).await;
+    let mut before = Ads::open(&f).await;
+    before.send(Kind::Endpoints, &[SERVICE], "", "").await;
+    let old = before.recv().await;
+    before.ack(&old, &[SERVICE]).await;
+    drop(before);
+    // A new stream whose first request carries what the client held: it is answered.
+    let mut after = Ads::open(&f).await;
+    after
+        .send(Kind::Endpoints, &[SERVICE], &old.version_info, &old.nonce)
+        .await;
+    let new = after.recv().await;
+    assert_eq!(ports(&new), vec![7001]);
+    assert_ne!(new.version_info, old.version_info, "versions never repeat");
+    after.ack(&new, &[SERVICE]).await;
+    after.quiet().await;
 }
 
 #[tokio::test]
