@@ -74,6 +74,7 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         rds: args.rds,
     };
     let server = XdsServer::new(Hub::new(client, registry), shape, args.max_streams);
+    let closing = server.closing.clone();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| {
@@ -86,7 +87,11 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(server.into_service())
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.wait().await;
+            // ADS streams never end by themselves: end them, so the graceful shutdown completes.
+            closing.close();
+        })
         .await
         .map_err(|e| Failure::failed(format!("the xDS server stopped: {e}")))?;
     Ok(ExitCode::SUCCESS)
@@ -100,6 +105,19 @@ pub(crate) struct XdsServer {
     streams: Arc<Semaphore>,
     max_streams: u32,
     versions: Arc<AtomicU64>,
+    closing: Closing,
+}
+
+/// Tells every stream that the server is going away.
+#[derive(Debug, Clone)]
+pub(crate) struct Closing(Arc<watch::Sender<bool>>);
+
+impl Closing {
+    /// Ends every stream with `UNAVAILABLE`; clients reconnect (to this server once restarted,
+    /// or to another one) and keep their resources meanwhile.
+    pub(crate) fn close(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl XdsServer {
@@ -110,6 +128,7 @@ impl XdsServer {
             streams: Arc::new(Semaphore::new(max_streams as usize)),
             max_streams,
             versions: Arc::new(AtomicU64::new(first_version())),
+            closing: Closing(Arc::new(watch::Sender::new(false))),
         }
     }
 
@@ -148,9 +167,10 @@ impl AggregatedDiscoveryService for XdsServer {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = AdsStream::new(self.hub.clone(), self.shape, self.versions.clone(), tx);
         let requests = request.into_inner();
+        let closing = self.closing.0.subscribe();
         tokio::spawn(async move {
             tracing::debug!(?peer, "ADS stream opened");
-            stream.run(requests).await;
+            stream.run(requests, closing).await;
             tracing::debug!(?peer, "ADS stream closed");
             drop(permit);
         });
@@ -174,6 +194,8 @@ enum StreamEnd {
     Gone,
     /// A request the server refuses; the stream ends with this status.
     Refused(Status),
+    /// The server shuts down.
+    Closing,
 }
 
 /// One ADS stream: what the client asked for, what it was sent, and the services it follows.
@@ -217,7 +239,11 @@ impl AdsStream {
         }
     }
 
-    async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) {
+    async fn run(
+        mut self,
+        mut requests: Streaming<DiscoveryRequest>,
+        mut closing: watch::Receiver<bool>,
+    ) {
         let end = loop {
             let catalog_changed = async {
                 match &mut self.catalog {
@@ -226,6 +252,7 @@ impl AdsStream {
                 }
             };
             let step = tokio::select! {
+                () = async { drop(closing.wait_for(|c| *c).await) } => Err(StreamEnd::Closing),
                 request = requests.next() => match request {
                     Some(Ok(request)) => self.on_request(request).await,
                     Some(Err(status)) => {
@@ -247,9 +274,16 @@ impl AdsStream {
                 break end;
             }
         };
-        if let StreamEnd::Refused(status) = end {
-            tracing::warn!("refused an ADS request: {}", status.message());
-            let _ = self.tx.send(Err(status)).await;
+        match end {
+            StreamEnd::Gone => {}
+            StreamEnd::Refused(status) => {
+                tracing::warn!("refused an ADS request: {}", status.message());
+                let _ = self.tx.send(Err(status)).await;
+            }
+            StreamEnd::Closing => {
+                let status = Status::unavailable("chi xds is shutting down");
+                let _ = self.tx.send(Err(status)).await;
+            }
         }
     }
 

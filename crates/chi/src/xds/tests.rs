@@ -35,9 +35,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::XdsServer;
 use super::resources::{Kind, Shape};
 use super::state::Hub;
+use super::{Closing, XdsServer};
 
 const SERVICE: &str = "order-service";
 const QUIET: Duration = Duration::from_millis(400);
@@ -130,6 +130,7 @@ impl Registry for Flaky {
 struct Fixture {
     addr: std::net::SocketAddr,
     hub: Arc<Hub>,
+    closing: Closing,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -149,7 +150,9 @@ async fn serve(registry: Arc<dyn Registry>, shape: Shape, max_streams: u32) -> F
         .retry(retry)
         .build(registry.clone());
     let hub = Hub::new(client, registry);
-    let service = XdsServer::new(hub.clone(), shape, max_streams).into_service();
+    let server = XdsServer::new(hub.clone(), shape, max_streams);
+    let closing = server.closing.clone();
+    let service = server.into_service();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -161,7 +164,12 @@ async fn serve(registry: Arc<dyn Registry>, shape: Shape, max_streams: u32) -> F
             .serve_with_incoming(incoming)
             .await;
     });
-    Fixture { addr, hub, server }
+    Fixture {
+        addr,
+        hub,
+        closing,
+        server,
+    }
 }
 
 fn round_robin() -> Shape {
@@ -758,4 +766,20 @@ fn strategies_map_to_policies_grpc_accepts() {
     assert_eq!(map["maglev"], LbPolicy::RingHash);
     assert_eq!(map["least_connections"], LbPolicy::LeastRequest);
     assert_eq!(map["p2c"], LbPolicy::LeastRequest);
+}
+
+#[tokio::test]
+async fn shutting_down_ends_every_stream_with_unavailable() {
+    let memory = Arc::new(Memory::new());
+    memory
+        .register(&inst("a", 7001, "z1"))
+        .await
+        .expect("register");
+    let f = serve(memory, round_robin(), 8).await;
+    let mut ads = Ads::open(&f).await;
+    ads.send(Kind::Cluster, &[SERVICE], "", "").await;
+    ads.recv().await;
+    f.closing.close();
+    let status = ads.recv_status().await;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
