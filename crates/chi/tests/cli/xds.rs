@@ -1,5 +1,6 @@
 //! `chi xds` with a real xDS client: Python `grpcio` (gRPC's C-core) resolving
-//! `xds:///order-service` through `chi xds`, calling real gRPC backends registered with chi agents.
+//! `xds:///order-service` through `chi xds`, calling real gRPC backends registered with chi agents:
+//! calls spread, follow registrations and deregistrations, and survive a restart of `chi xds`.
 //!
 //! The venv comes from `scripts/xds-clients` (cached in `${CHI_CACHE:-$HOME/.cache/chi}/venv`);
 //! the test calls that script itself, so a missing client is installed or is a failure, never a
@@ -200,6 +201,41 @@ fn grpcio_balances_over_what_chi_xds_serves_and_follows_changes() {
     for name in ["b2", "b3", "b4"] {
         let n = counts.get(name).copied().unwrap_or(0);
         assert!((60..=140).contains(&n), "{name} got {n} of 300: {counts:?}");
+    }
+
+    // A restart of chi xds loses no endpoint on the client: calls go on while it is down...
+    let (ok, _) = xds.terminate();
+    assert!(
+        ok,
+        "chi xds exits cleanly on SIGTERM, with the client's stream open"
+    );
+    let (counts, errors) = client.call(300);
+    eprintln!("chi xds stopped, 300 calls: {counts:?}, errors {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "failed calls while chi xds is down: {errors:?}"
+    );
+    for name in ["b2", "b3", "b4"] {
+        assert!(
+            counts.get(name).copied().unwrap_or(0) > 0,
+            "{name}: {counts:?}"
+        );
+    }
+    // ...and once it is back on the same address the client follows changes again.
+    let mut xds_cmd = chi();
+    xds_cmd.args(["xds", "--registry", &url, "--listen", &xds_addr]);
+    let mut xds = Proc::spawn(xds_cmd);
+    xds.wait_line("the xds address", |l| l.starts_with("xds on grpc://"));
+    agents.insert("b1", backend_agent(&url, "b1", ports["b1"], "eu-west-1a"));
+    client.until("b1 to get calls again after the restart", 40, |c| {
+        c.contains_key("b1")
+    });
+    let (counts, errors) = client.call(400);
+    eprintln!("chi xds restarted, b1 registered again, 400 calls: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "failed calls: {errors:?}");
+    for name in ["b1", "b2", "b3", "b4"] {
+        let n = counts.get(name).copied().unwrap_or(0);
+        assert!((70..=130).contains(&n), "{name} got {n} of 400: {counts:?}");
     }
 
     drop(client);
