@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chi_discovery::DiscoveryClient;
 use chi_discovery::instance::validate_name;
+use chi_discovery::routing::Geo;
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -52,7 +53,7 @@ use crate::cli::XdsArgs;
 use crate::failure::Failure;
 use crate::source::Source;
 
-use resources::{Kind, Shape};
+use resources::{ClientPlace, Kind, Shape};
 use state::{Hub, ServiceView, TypeState};
 
 /// Most names one request may carry; more is refused as a malformed request.
@@ -72,8 +73,9 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     let shape = Shape {
         strategy: source.config.load_balancer.strategy,
         rds: args.rds,
+        geo: Arc::new(Geo::from_config(&source.config.routing)),
     };
-    let server = XdsServer::new(Hub::new(client, registry), shape, args.max_streams);
+    let server = XdsServer::new(Hub::new(client, registry), shape.clone(), args.max_streams);
     let closing = server.closing.clone();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -83,7 +85,7 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         })?;
     let bound: SocketAddr = listener.local_addr()?;
     println!("xds on grpc://{bound}");
-    tracing::info!(%bound, strategy = shape.strategy.as_str(), rds = shape.rds, max_streams = args.max_streams, "serving ADS");
+    tracing::info!(%bound, strategy = shape.strategy.as_str(), rds = shape.rds, geo = shape.geo.is_enabled(), max_streams = args.max_streams, "serving ADS");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(server.into_service())
@@ -165,7 +167,12 @@ impl AggregatedDiscoveryService for XdsServer {
         })?;
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = AdsStream::new(self.hub.clone(), self.shape, self.versions.clone(), tx);
+        let stream = AdsStream::new(
+            self.hub.clone(),
+            self.shape.clone(),
+            self.versions.clone(),
+            tx,
+        );
         let requests = request.into_inner();
         let closing = self.closing.0.subscribe();
         tokio::spawn(async move {
@@ -213,6 +220,8 @@ struct AdsStream {
     versions: Arc<AtomicU64>,
     /// The client's node id (sent on the first request of a stream), for the logs.
     node: String,
+    /// The client's locality (from the same node), for the priorities of its localities.
+    place: ClientPlace,
 }
 
 impl AdsStream {
@@ -236,6 +245,7 @@ impl AdsStream {
             nonces: 0,
             versions,
             node: String::new(),
+            place: ClientPlace::default(),
         }
     }
 
@@ -301,6 +311,12 @@ impl AdsStream {
         }
         if let Some(node) = &request.node {
             node.id.clone_into(&mut self.node);
+            if let Some(l) = &node.locality {
+                self.place = ClientPlace {
+                    region: Some(l.region.clone()).filter(|r| !r.is_empty()),
+                    zone: Some(l.zone.clone()).filter(|z| !z.is_empty()),
+                };
+            }
         }
         let node = self.node.as_str();
         let ts = self.types.entry(kind).or_default();
@@ -438,7 +454,7 @@ impl AdsStream {
                 .keys()
                 .filter_map(|name| {
                     let list = self.views.get(name)?.instances.clone()?;
-                    Some(self.shape.build(kind, name, &list))
+                    Some(self.shape.build(kind, name, &list, &self.place))
                 })
                 .collect();
             self.nonces += 1;

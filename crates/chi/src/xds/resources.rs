@@ -12,16 +12,21 @@
 //!    configured strategy where xDS has one.
 //! 4. **ClusterLoadAssignment** `NAME`: one locality per (region, zone) of the instances' metadata,
 //!    each with `load_balancing_weight` and `priority` set (A27 ignores localities without a
-//!    weight), endpoints with an IP socket address, their weight and their health.
+//!    weight), endpoints with an IP socket address, their weight and their health. With geo
+//!    routing on, the priorities follow the client's own locality (its bootstrap's `node`): its
+//!    zone first, then its region, then the neighbour regions, then the rest; gRPC fails over to
+//!    the next priority when one has no usable endpoint (A27's priority policy), which wants the
+//!    priorities contiguous from 0.
 //!
 //! Envoy reads the same Cluster and ClusterLoadAssignment over ADS (CDS + EDS), with its own
 //! static listeners.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chi_discovery::balance::Strategy;
-use chi_discovery::routing::{REGION_META, ZONE_META};
+use chi_discovery::routing::{Geo, Route as ChiRoute};
 use chi_discovery::{HealthStatus, Instance};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -111,22 +116,38 @@ impl Kind {
 }
 
 /// How the resources are shaped; the same for every service of one server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Shape {
     /// The balancer strategy, mapped onto the Cluster's `lb_policy`.
     pub(crate) strategy: Strategy,
     /// Routes over RDS (ADS) instead of inline in the Listener.
     pub(crate) rds: bool,
+    /// The config's geo routing: where instances are, and (when on) locality priorities per
+    /// client.
+    pub(crate) geo: Arc<Geo>,
+}
+
+/// Where a client is: the `locality` of the `node` in its bootstrap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ClientPlace {
+    pub(crate) region: Option<String>,
+    pub(crate) zone: Option<String>,
 }
 
 impl Shape {
-    /// The resource `kind` named `name`, packed.
-    pub(crate) fn build(&self, kind: Kind, name: &str, instances: &[Instance]) -> Any {
+    /// The resource `kind` named `name`, packed, for a client at `client`.
+    pub(crate) fn build(
+        &self,
+        kind: Kind,
+        name: &str,
+        instances: &[Instance],
+        client: &ClientPlace,
+    ) -> Any {
         match kind {
             Kind::Listener => pack_any(self.listener(name)),
             Kind::Route => pack_any(self.route_config(name)),
             Kind::Cluster => pack_any(self.cluster(name)),
-            Kind::Endpoints => pack_any(load_assignment(name, instances)),
+            Kind::Endpoints => pack_any(load_assignment(name, instances, &self.geo, client)),
         }
     }
 
@@ -246,17 +267,22 @@ pub(crate) fn health(h: HealthStatus) -> XdsHealth {
     }
 }
 
-/// ClusterLoadAssignment `name`: one locality per (region, zone), sorted, all at priority 0; an
-/// instance with weight 0 (out of rotation) or an address that is not an IP is left out (xDS
-/// endpoints need an IP socket address and a weight of at least 1).
-pub(crate) fn load_assignment(name: &str, instances: &[Instance]) -> ClusterLoadAssignment {
+/// ClusterLoadAssignment `name`: one locality per (region, zone), sorted, with the priorities of
+/// [`priorities`]; an instance with weight 0 (out of rotation) or an address that is not an IP
+/// is left out (xDS endpoints need an IP socket address and a weight of at least 1).
+pub(crate) fn load_assignment(
+    name: &str,
+    instances: &[Instance],
+    geo: &Geo,
+    client: &ClientPlace,
+) -> ClusterLoadAssignment {
     let mut localities: BTreeMap<(&str, &str), Vec<&Instance>> = BTreeMap::new();
     for i in instances {
-        let region = i.meta(REGION_META).unwrap_or("");
-        let zone = i.meta(ZONE_META).unwrap_or("");
-        localities.entry((region, zone)).or_default().push(i);
+        let place = geo.place_of(i);
+        let key = (place.region.unwrap_or(""), place.zone.unwrap_or(""));
+        localities.entry(key).or_default().push(i);
     }
-    let endpoints = localities
+    let mut endpoints: Vec<LocalityLbEndpoints> = localities
         .into_iter()
         .filter_map(|((region, zone), mut members)| {
             members.sort_by(|a, b| a.id.cmp(&b.id));
@@ -283,11 +309,64 @@ pub(crate) fn load_assignment(name: &str, instances: &[Instance]) -> ClusterLoad
             })
         })
         .collect();
+    let places: Vec<(&str, &str)> = endpoints
+        .iter()
+        .map(|l| {
+            l.locality
+                .as_ref()
+                .map_or(("", ""), |l| (l.region.as_str(), l.zone.as_str()))
+        })
+        .collect();
+    let ranks = priorities(geo, client, &places);
+    for (l, p) in endpoints.iter_mut().zip(ranks) {
+        l.priority = p;
+    }
     ClusterLoadAssignment {
         cluster_name: name.to_owned(),
         endpoints,
         ..Default::default()
     }
+}
+
+/// The priority of each locality (region, zone) for a client at `client`: 0 for everything when
+/// geo routing is off or the client says nowhere; else the client's zone, its region, the
+/// neighbour regions in order, then the rest, numbered from 0 without gaps.
+pub(crate) fn priorities(geo: &Geo, client: &ClientPlace, places: &[(&str, &str)]) -> Vec<u32> {
+    let route = ChiRoute {
+        region: client.region.as_deref().filter(|r| !r.is_empty()),
+        zone: client.zone.as_deref().filter(|z| !z.is_empty()),
+        ..ChiRoute::default()
+    };
+    let at = geo.client(&route);
+    if !geo.is_enabled() || (at.region.is_none() && at.zone.is_none()) {
+        return vec![0; places.len()];
+    }
+    let neighbours = at.region.map_or(&[][..], |r| geo.neighbours(r));
+    let class = |(region, zone): (&str, &str)| -> usize {
+        if at.zone.is_some_and(|z| !zone.is_empty() && z == zone) {
+            0
+        } else if at.region.is_some_and(|r| !region.is_empty() && r == region) {
+            1
+        } else if let Some(i) = neighbours
+            .iter()
+            .position(|n| !region.is_empty() && n == region)
+        {
+            2 + i
+        } else {
+            2 + neighbours.len()
+        }
+    };
+    let classes: Vec<usize> = places.iter().map(|p| class(*p)).collect();
+    let mut distinct = classes.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    classes
+        .iter()
+        .map(|c| {
+            let rank = distinct.partition_point(|d| d < c);
+            u32::try_from(rank).unwrap_or(u32::MAX)
+        })
+        .collect()
 }
 
 fn endpoint(i: &Instance) -> Option<LbEndpoint> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chi_discovery::balance::Strategy;
+use chi_discovery::routing::Geo;
 use chi_discovery::registry::{Memory, WatchStream};
 use chi_discovery::{DiscoveryClient, Error, HealthStatus, Instance, Liveness, Registry, RetryPolicy};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -35,7 +36,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::resources::{Kind, Shape};
+use super::resources::{ClientPlace, Kind, Shape, priorities};
 use super::state::Hub;
 use super::{Closing, XdsServer};
 
@@ -176,6 +177,22 @@ fn round_robin() -> Shape {
     Shape {
         strategy: Strategy::RoundRobin,
         rds: false,
+        geo: Arc::new(Geo::disabled()),
+    }
+}
+
+fn topology() -> Geo {
+    Geo::new([
+        ("eu-west-1", vec!["eu-west-1a", "eu-west-1b"]),
+        ("us-east-1", vec!["us-east-1a"]),
+        ("ap-south-1", vec!["ap-south-1a"]),
+    ])
+}
+
+fn at(region: Option<&str>, zone: Option<&str>) -> ClientPlace {
+    ClientPlace {
+        region: region.map(str::to_owned),
+        zone: zone.map(str::to_owned),
     }
 }
 
@@ -711,6 +728,7 @@ async fn wildcard_cds_lists_every_service_and_rds_can_go_over_ads() {
     let shape = Shape {
         strategy: Strategy::RingHash,
         rds: true,
+        geo: Arc::new(Geo::disabled()),
     };
     let f = serve(memory, shape, 8).await;
     let mut ads = Ads::open(&f).await;
@@ -782,4 +800,78 @@ async fn shutting_down_ends_every_stream_with_unavailable() {
     f.closing.close();
     let status = ads.recv_status().await;
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+#[test]
+fn priorities_follow_the_client_zone_region_and_neighbours_without_gaps() {
+    let geo = topology();
+    let places = [
+        ("eu-west-1", "eu-west-1a"),
+        ("eu-west-1", "eu-west-1b"),
+        ("us-east-1", "us-east-1a"),
+        ("", ""),
+    ];
+    let zone_a = at(Some("eu-west-1"), Some("eu-west-1a"));
+    assert_eq!(priorities(&geo, &zone_a, &places), vec![0, 1, 2, 3]);
+    // A zone alone names its region through the topology.
+    let zone_only = at(None, Some("eu-west-1b"));
+    assert_eq!(priorities(&geo, &zone_only, &places), vec![1, 0, 2, 3]);
+    // A region alone: its zones together first; no gap where the zone class would be.
+    let us = at(Some("us-east-1"), None);
+    assert_eq!(priorities(&geo, &us, &places), vec![1, 1, 0, 2]);
+    // Geo routing off, or a client that says nowhere: one priority.
+    assert_eq!(priorities(&geo, &at(None, None), &places), vec![0; 4]);
+    assert_eq!(priorities(&Geo::disabled(), &zone_a, &places), vec![0; 4]);
+}
+
+#[tokio::test]
+async fn each_client_gets_its_own_zone_first_when_geo_routing_is_on() {
+    let memory = Arc::new(Memory::new());
+    memory
+        .register(&inst("a", 7001, "eu-west-1a"))
+        .await
+        .expect("register");
+    memory
+        .register(&inst("b", 7002, "eu-west-1b"))
+        .await
+        .expect("register");
+    let shape = Shape {
+        strategy: Strategy::RoundRobin,
+        rds: false,
+        geo: Arc::new(topology()),
+    };
+    let f = serve(memory, shape, 8).await;
+    let mut by_zone = Vec::new();
+    for zone in ["eu-west-1a", "eu-west-1b"] {
+        let mut ads = Ads::open(&f).await;
+        ads.send_raw(DiscoveryRequest {
+            node: Some(Node {
+                id: format!("client-in-{zone}"),
+                locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
+                    region: "eu-west-1".to_owned(),
+                    zone: zone.to_owned(),
+                    sub_zone: String::new(),
+                }),
+                ..Default::default()
+            }),
+            resource_names: vec![SERVICE.to_owned()],
+            type_url: Kind::Endpoints.type_url().to_owned(),
+            ..Default::default()
+        })
+        .await;
+        let cla: Vec<ClusterLoadAssignment> = decode(&ads.recv().await);
+        let prio: Vec<(String, u32)> = cla[0]
+            .endpoints
+            .iter()
+            .map(|l| (l.locality.clone().unwrap_or_default().zone, l.priority))
+            .collect();
+        by_zone.push(prio);
+    }
+    assert_eq!(
+        by_zone,
+        vec![
+            vec![("eu-west-1a".to_owned(), 0), ("eu-west-1b".to_owned(), 1)],
+            vec![("eu-west-1a".to_owned(), 1), ("eu-west-1b".to_owned(), 0)],
+        ]
+    );
 }
