@@ -152,16 +152,7 @@ fn grpcio_balances_over_what_chi_xds_serves_and_follows_changes() {
     let xds_addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let bootstrap = dir.path().join("bootstrap.json");
-    let json = serde_json::json!({
-        "xds_servers": [{
-            "server_uri": xds_addr,
-            "channel_creds": [{"type": "insecure"}],
-            "server_features": ["xds_v3"],
-        }],
-        "node": {"id": "chi-test-client", "locality": {"region": "eu-west-1", "zone": "eu-west-1a"}},
-    });
-    std::fs::write(&bootstrap, json.to_string()).expect("write the bootstrap");
+    let bootstrap = write_bootstrap(dir.path(), &xds_addr, "eu-west-1a");
     let mut client = Client::start(&python, &bootstrap);
 
     // Calls spread over every registered backend.
@@ -238,8 +229,80 @@ fn grpcio_balances_over_what_chi_xds_serves_and_follows_changes() {
         assert!((70..=130).contains(&n), "{name} got {n} of 400: {counts:?}");
     }
 
-    drop(client);
+    // With geo routing on, a client gets its own zone first and fails over to the next.
+    let (_config_dir, config) = crate::support::yaml(
+        "service_discovery:\n  routing:\n    enable_geo_routing: true\n    regions:\n      eu-west-1: [\"eu-west-1a\", \"eu-west-1b\"]\n",
+    );
+    let mut geo_cmd = chi();
+    geo_cmd
+        .args(["xds", "--registry", &url, "--listen", "127.0.0.1:0", "-c"])
+        .arg(&config);
+    let mut geo_xds = Proc::spawn(geo_cmd);
+    let line = geo_xds.wait_line("the xds address", |l| l.starts_with("xds on grpc://"));
+    let geo_addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
+    let geo_dir = tempfile::tempdir().expect("tempdir");
+    let mut zone_b = Client::start(
+        &python,
+        &write_bootstrap(geo_dir.path(), &geo_addr, "eu-west-1b"),
+    );
+    let (counts, errors) = zone_b.call(300);
+    eprintln!("geo routing, a client in eu-west-1b, 300 calls: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "failed calls: {errors:?}");
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["b3", "b4"],
+        "zone b only: {counts:?}"
+    );
+    for name in ["b3", "b4"] {
+        let n = counts.get(name).copied().unwrap_or(0);
+        assert!(
+            (100..=200).contains(&n),
+            "{name} got {n} of 300: {counts:?}"
+        );
+    }
+    for name in ["b3", "b4"] {
+        let mut agent = agents.remove(name).expect("agent");
+        let (ok, _) = agent.proc.terminate();
+        assert!(ok, "{name}'s agent exits cleanly");
+    }
+    client_failover(&mut zone_b);
+
+    drop((client, zone_b));
+    let (ok, _) = geo_xds.terminate();
+    assert!(ok, "chi xds (geo) exits cleanly on SIGTERM");
     let (ok, _) = xds.terminate();
     assert!(ok, "chi xds exits cleanly on SIGTERM");
     drop(servers);
+}
+
+/// Once zone b is empty, the zone-b client's calls go to zone a (priority 1).
+fn client_failover(client: &mut Client) {
+    client.until("zone b's client to fail over to zone a", 40, |c| {
+        c.keys().all(|k| k == "b1" || k == "b2") && !c.is_empty()
+    });
+    let (counts, errors) = client.call(300);
+    eprintln!("zone b emptied, 300 calls: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "failed calls: {errors:?}");
+    for name in ["b1", "b2"] {
+        let n = counts.get(name).copied().unwrap_or(0);
+        assert!(
+            (100..=200).contains(&n),
+            "{name} got {n} of 300: {counts:?}"
+        );
+    }
+}
+
+/// A gRPC bootstrap file for a client in `zone` of eu-west-1, talking to `chi xds` at `server`.
+fn write_bootstrap(dir: &Path, server: &str, zone: &str) -> PathBuf {
+    let path = dir.join("bootstrap.json");
+    let json = serde_json::json!({
+        "xds_servers": [{
+            "server_uri": server,
+            "channel_creds": [{"type": "insecure"}],
+            "server_features": ["xds_v3"],
+        }],
+        "node": {"id": format!("chi-test-client-{zone}"), "locality": {"region": "eu-west-1", "zone": zone}},
+    });
+    std::fs::write(&path, json.to_string()).expect("write the bootstrap");
+    path
 }
