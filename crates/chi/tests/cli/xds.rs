@@ -1,9 +1,10 @@
-//! `chi xds` with a real xDS client: Python `grpcio` (gRPC's C-core) resolving
-//! `xds:///order-service` through `chi xds`, calling real gRPC backends registered with chi agents:
-//! calls spread, follow registrations and deregistrations, and survive a restart of `chi xds`.
+//! `chi xds` with real xDS clients: Python `grpcio` (gRPC's C-core) and Node `@grpc/grpc-js` with
+//! `@grpc/grpc-js-xds`, each resolving `xds:///order-service` through `chi xds` and calling real gRPC
+//! backends (Python) registered with chi agents: calls spread, follow registrations and
+//! deregistrations, survive a restart of `chi xds`, and follow the client's zone with geo routing.
 //!
-//! The venv comes from `scripts/xds-clients` (cached in `${CHI_CACHE:-$HOME/.cache/chi}/venv`);
-//! the test calls that script itself, so a missing client is installed or is a failure, never a
+//! The clients come from `scripts/xds-clients` (cached in `${CHI_CACHE:-$HOME/.cache/chi}`); the
+//! tests call that script themselves, so a missing client is installed or is a failure, never a
 //! skip.
 
 use std::collections::BTreeMap;
@@ -20,37 +21,71 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The venv's python with grpcio, from `scripts/xds-clients python` (installs when missing).
-fn python() -> PathBuf {
+/// `scripts/xds-clients WHAT`: a path it prints (installing the client when missing).
+fn xds_clients(what: &str) -> PathBuf {
     let out = Command::new(repo_root().join("scripts/xds-clients"))
-        .arg("python")
+        .arg(what)
         .output()
         .expect("run scripts/xds-clients");
     assert!(
         out.status.success(),
-        "scripts/xds-clients could not provide grpcio (the chi xds test needs it; CI={}): {}",
+        "scripts/xds-clients {what} failed (the chi xds tests need it; CI={}): {}",
         std::env::var("CI").unwrap_or_default(),
         String::from_utf8_lossy(&out.stderr)
     );
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(path.is_file(), "no python at {}", path.display());
+    assert!(
+        path.exists(),
+        "scripts/xds-clients {what}: no {}",
+        path.display()
+    );
     path
+}
+
+/// The venv's python with grpcio.
+fn python() -> PathBuf {
+    xds_clients("python")
+}
+
+/// Which gRPC implementation the client is.
+enum Lang {
+    /// Python grpcio (the C core), run by this python.
+    Grpcio(PathBuf),
+    /// Node @grpc/grpc-js + @grpc/grpc-js-xds, from this node_modules.
+    GrpcJs(PathBuf),
+}
+
+impl Lang {
+    fn command(&self) -> Command {
+        match self {
+            Lang::Grpcio(python) => {
+                let mut cmd = Command::new(python);
+                cmd.arg(peer_script()).arg("client");
+                cmd
+            }
+            Lang::GrpcJs(modules) => {
+                let mut cmd = Command::new("node");
+                cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/xds/grpc_xds_client.js"))
+                    .env("NODE_PATH", modules);
+                cmd
+            }
+        }
+    }
 }
 
 fn peer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/xds/grpc_peer.py")
 }
 
-/// The grpcio client, driven over stdin.
+/// An xDS gRPC client, driven over stdin.
 struct Client {
     proc: Proc,
 }
 
 impl Client {
-    fn start(python: &Path, bootstrap: &Path) -> Client {
-        let mut cmd = Command::new(python);
-        cmd.arg(peer_script())
-            .args(["client", &format!("xds:///{SERVICE}")])
+    fn start(lang: &Lang, bootstrap: &Path) -> Client {
+        let mut cmd = lang.command();
+        cmd.arg(format!("xds:///{SERVICE}"))
             .env("GRPC_XDS_BOOTSTRAP", bootstrap)
             .stdin(Stdio::piped());
         let mut proc = Proc::spawn(cmd);
@@ -117,6 +152,16 @@ fn backend_agent(registry: &str, name: &str, port: u16, zone: &str) -> Agent {
 
 #[test]
 fn grpcio_balances_over_what_chi_xds_serves_and_follows_changes() {
+    scenario(&Lang::Grpcio(python()));
+}
+
+#[test]
+fn grpc_js_xds_balances_over_what_chi_xds_serves_and_follows_changes() {
+    scenario(&Lang::GrpcJs(xds_clients("node-path")));
+}
+
+/// The whole story with one client implementation; the backends are Python gRPC servers.
+fn scenario(lang: &Lang) {
     let python = python();
     let host = Agent::start(&registration("registry-host", 1, "v1", ""), &[]);
     let url = host.url();
@@ -153,7 +198,7 @@ fn grpcio_balances_over_what_chi_xds_serves_and_follows_changes() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bootstrap = write_bootstrap(dir.path(), &xds_addr, "eu-west-1a");
-    let mut client = Client::start(&python, &bootstrap);
+    let mut client = Client::start(lang, &bootstrap);
 
     // Calls spread over every registered backend.
     let (counts, errors) = client.call(300);
@@ -242,7 +287,7 @@ fn grpcio_balances_over_what_chi_xds_serves_and_follows_changes() {
     let geo_addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
     let geo_dir = tempfile::tempdir().expect("tempdir");
     let mut zone_b = Client::start(
-        &python,
+        lang,
         &write_bootstrap(geo_dir.path(), &geo_addr, "eu-west-1b"),
     );
     let (counts, errors) = zone_b.call(300);
