@@ -74,6 +74,11 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         strategy: source.config.load_balancer.strategy,
         rds: args.rds,
         geo: Arc::new(Geo::from_config(&source.config.routing)),
+        versions: source
+            .config
+            .routing
+            .enable_version_routing
+            .then(|| Arc::from(source.config.routing.default_version.as_str())),
     };
     let server = XdsServer::new(Hub::new(client, registry), shape.clone(), args.max_streams);
     let closing = server.closing.clone();
@@ -376,7 +381,7 @@ impl AdsStream {
         let mut wanted: BTreeSet<String> = BTreeSet::new();
         let catalog = self.catalog.as_ref().map(|c| c.borrow().clone());
         for ts in self.types.values() {
-            wanted.extend(ts.names.iter().cloned());
+            wanted.extend(ts.names.iter().map(|n| self.shape.split(n).0.to_owned()));
             if ts.wildcard
                 && let Some(all) = &catalog
             {
@@ -422,23 +427,22 @@ impl AdsStream {
             if !ts.subscribed {
                 continue;
             }
-            let mut names: BTreeSet<&String> = ts.names.iter().collect();
+            let mut names: BTreeSet<String> = ts.names.clone();
             if ts.wildcard
                 && let Some(all) = &catalog
             {
-                names.extend(all.iter());
+                for service in all.iter() {
+                    if let Some(view) = self.views.get(service) {
+                        names.extend(self.shape.all_names(kind, service, view));
+                    }
+                }
             }
             let content: BTreeMap<String, u64> = names
                 .into_iter()
                 .filter_map(|name| {
-                    let view = self.views.get(name)?;
-                    view.instances.as_ref()?;
-                    let revision = if kind == Kind::Endpoints {
-                        view.revision
-                    } else {
-                        0
-                    };
-                    Some((name.clone(), revision))
+                    let view = self.views.get(self.shape.split(&name).0)?;
+                    let revision = self.shape.revision(kind, &name, view)?;
+                    Some((name, revision))
                 })
                 .collect();
             let unchanged = match &ts.sent {
@@ -453,7 +457,8 @@ impl AdsStream {
             let resources = content
                 .keys()
                 .filter_map(|name| {
-                    let list = self.views.get(name)?.instances.clone()?;
+                    let service = self.shape.split(name).0;
+                    let list = self.views.get(service)?.instances.clone()?;
                     Some(self.shape.build(kind, name, &list, &self.place))
                 })
                 .collect();

@@ -18,15 +18,21 @@
 //!    the next priority when one has no usable endpoint (A27's priority policy), which wants the
 //!    priorities contiguous from 0.
 //!
+//! With version routing on, the route configuration also sends a request whose
+//! `x-service-version` header names a version some instance has to the cluster `NAME@VERSION`
+//! (an EDS cluster of only that version's instances), and everything else to `NAME@DEFAULT` when
+//! the config names a default version that has instances, else to `NAME`.
+//!
 //! Envoy reads the same Cluster and ClusterLoadAssignment over ADS (CDS + EDS), with its own
 //! static listeners.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use chi_discovery::balance::Strategy;
-use chi_discovery::routing::{Geo, Route as ChiRoute};
+use chi_discovery::routing::{Geo, Route as ChiRoute, VERSION_HEADER, serves_version};
 use chi_discovery::{HealthStatus, Instance};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -49,11 +55,14 @@ use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
     Header, PolicySpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, HashPolicy};
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -62,8 +71,13 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
+use super::state::ServiceView;
+
 /// The header whose value ring-hash clusters hash (chi's `X-Hash-Key`).
 pub(crate) const HASH_HEADER: &str = "x-hash-key";
+
+/// Between a service and a version in the name of a per-version cluster (`order-service@v2`).
+pub(crate) const VERSION_SEP: char = '@';
 
 /// The four resource types this server answers, by their `type_url`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,6 +139,17 @@ pub(crate) struct Shape {
     /// The config's geo routing: where instances are, and (when on) locality priorities per
     /// client.
     pub(crate) geo: Arc<Geo>,
+    /// Version routing: `None` when off, else the default version (may be empty).
+    pub(crate) versions: Option<Arc<str>>,
+}
+
+/// The versions the instances have (their `version` field, when not empty), sorted.
+pub(crate) fn versions_of(instances: &[Instance]) -> BTreeSet<&str> {
+    instances
+        .iter()
+        .map(|i| i.version.as_str())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 /// Where a client is: the `locality` of the `node` in its bootstrap.
@@ -135,7 +160,56 @@ pub(crate) struct ClientPlace {
 }
 
 impl Shape {
-    /// The resource `kind` named `name`, packed, for a client at `client`.
+    /// The service and version a resource name means: `NAME@VERSION` is a per-version cluster
+    /// when version routing is on; every other name is a service.
+    pub(crate) fn split<'n>(&self, name: &'n str) -> (&'n str, Option<&'n str>) {
+        if self.versions.is_some()
+            && let Some((service, version)) = name.rsplit_once(VERSION_SEP)
+            && !service.is_empty()
+            && !version.is_empty()
+        {
+            return (service, Some(version));
+        }
+        (name, None)
+    }
+
+    /// The revision of resource `name` of `kind`, given its service's view; `None` when the
+    /// resource does not exist. A service's resources exist once it had instances; a
+    /// per-version cluster (CDS, EDS) while an instance has that version. The number changes
+    /// when the content does: the endpoints for EDS, the set of versions for routes (with
+    /// version routing).
+    pub(crate) fn revision(&self, kind: Kind, name: &str, view: &ServiceView) -> Option<u64> {
+        view.instances.as_ref()?;
+        match (self.split(name).1, kind) {
+            (Some(v), Kind::Endpoints) => view.by_version.get(v).copied(),
+            (Some(v), Kind::Cluster) => view.by_version.contains_key(v).then_some(0),
+            (Some(_), _) => None,
+            (None, Kind::Endpoints) => Some(view.revision),
+            (None, Kind::Listener | Kind::Route) if self.versions.is_some() => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                view.by_version.keys().for_each(|v| v.hash(&mut h));
+                Some(h.finish())
+            }
+            (None, _) => Some(0),
+        }
+    }
+
+    /// The names of every resource of `kind` for `service` (a wildcard subscription): the
+    /// service, plus its per-version clusters for CDS.
+    pub(crate) fn all_names(&self, kind: Kind, service: &str, view: &ServiceView) -> Vec<String> {
+        let mut names = vec![service.to_owned()];
+        if kind == Kind::Cluster && self.versions.is_some() {
+            names.extend(
+                view.by_version
+                    .keys()
+                    .map(|v| format!("{service}{VERSION_SEP}{v}")),
+            );
+        }
+        names
+    }
+
+    /// The resource `kind` named `name`, packed, for a client at `client`; `instances` are the
+    /// service's.
     pub(crate) fn build(
         &self,
         kind: Kind,
@@ -144,23 +218,37 @@ impl Shape {
         client: &ClientPlace,
     ) -> Any {
         match kind {
-            Kind::Listener => pack_any(self.listener(name)),
-            Kind::Route => pack_any(self.route_config(name)),
+            Kind::Listener => pack_any(self.listener(name, instances)),
+            Kind::Route => pack_any(self.route_config(name, instances)),
             Kind::Cluster => pack_any(self.cluster(name)),
-            Kind::Endpoints => pack_any(load_assignment(name, instances, &self.geo, client)),
+            Kind::Endpoints => {
+                let subset: Vec<Instance>;
+                let instances = match self.split(name).1 {
+                    Some(v) => {
+                        subset = instances
+                            .iter()
+                            .filter(|i| serves_version(i, v))
+                            .cloned()
+                            .collect();
+                        &subset[..]
+                    }
+                    None => instances,
+                };
+                pack_any(load_assignment(name, instances, &self.geo, client))
+            }
         }
     }
 
     /// Listener `name` for gRPC's `xds:///name`: an API listener whose HttpConnectionManager ends
     /// with the Router filter.
-    pub(crate) fn listener(&self, name: &str) -> Listener {
+    pub(crate) fn listener(&self, name: &str, instances: &[Instance]) -> Listener {
         let route_specifier = if self.rds {
             RouteSpecifier::Rds(Rds {
                 config_source: Some(ads()),
                 route_config_name: name.to_owned(),
             })
         } else {
-            RouteSpecifier::RouteConfig(self.route_config(name))
+            RouteSpecifier::RouteConfig(self.route_config(name, instances))
         };
         let hcm = HttpConnectionManager {
             stat_prefix: name.to_owned(),
@@ -182,8 +270,9 @@ impl Shape {
     }
 
     /// RouteConfiguration `name`: a virtual host for `name` (and `name:PORT`) whose default route
-    /// goes to cluster `name`.
-    pub(crate) fn route_config(&self, name: &str) -> RouteConfiguration {
+    /// goes to cluster `name`; with version routing, first one route per version on the
+    /// `x-service-version` header, and the default route to the default version's cluster.
+    pub(crate) fn route_config(&self, name: &str, instances: &[Instance]) -> RouteConfiguration {
         let hash_policy = if matches!(lb_policy(self.strategy), LbPolicy::RingHash) {
             vec![HashPolicy {
                 policy_specifier: Some(PolicySpecifier::Header(Header {
@@ -195,23 +284,49 @@ impl Shape {
         } else {
             Vec::new()
         };
+        let route = |header: Option<&str>, cluster: String| Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                headers: header
+                    .map(|v| HeaderMatcher {
+                        name: VERSION_HEADER.to_owned(),
+                        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
+                            StringMatcher {
+                                match_pattern: Some(MatchPattern::Exact(v.to_owned())),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    })
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+            action: Some(Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
+                hash_policy: hash_policy.clone(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let mut routes = Vec::new();
+        let mut default_cluster = name.to_owned();
+        if let Some(default) = &self.versions {
+            let versions = versions_of(instances);
+            for v in &versions {
+                routes.push(route(Some(v), format!("{name}{VERSION_SEP}{v}")));
+            }
+            if versions.contains(&**default) {
+                default_cluster = format!("{name}{VERSION_SEP}{default}");
+            }
+        }
+        routes.push(route(None, default_cluster));
         RouteConfiguration {
             name: name.to_owned(),
             virtual_hosts: vec![VirtualHost {
                 name: name.to_owned(),
                 domains: vec![name.to_owned(), format!("{name}:*")],
-                routes: vec![Route {
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(PathSpecifier::Prefix(String::new())),
-                        ..Default::default()
-                    }),
-                    action: Some(Action::Route(RouteAction {
-                        cluster_specifier: Some(ClusterSpecifier::Cluster(name.to_owned())),
-                        hash_policy,
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
+                routes,
                 ..Default::default()
             }],
             ..Default::default()

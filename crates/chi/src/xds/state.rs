@@ -12,11 +12,15 @@
 //! accepted, and what the last response held, so a push happens only on change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use chi_discovery::routing::serves_version;
 use chi_discovery::{DiscoveryClient, Instance, Registry};
+
+use super::resources::versions_of;
 use tokio::sync::watch;
 
 /// How often the service catalogue is read for wildcard (all-services) subscriptions.
@@ -30,6 +34,9 @@ pub(crate) struct ServiceView {
     pub(crate) instances: Option<Arc<Vec<Instance>>>,
     /// Bumped on every change of `instances`.
     pub(crate) revision: u64,
+    /// Each version some instance has (its `version` field) -> a fingerprint of the instances
+    /// serving it, so a per-version cluster's endpoints are pushed only when they change.
+    pub(crate) by_version: Arc<BTreeMap<String, u64>>,
 }
 
 /// The services followed for the streams of one server.
@@ -152,10 +159,27 @@ fn publish(tx: &watch::Sender<ServiceView>, view: &HashMap<String, Instance>) {
         if same {
             return false;
         }
+        current.by_version = Arc::new(fingerprints(&list));
         current.instances = Some(Arc::new(list));
         current.revision += 1;
         true
     });
+}
+
+/// Per version (of the `version` fields), a hash of what the endpoints of the instances serving
+/// it depend on.
+fn fingerprints(list: &[Instance]) -> BTreeMap<String, u64> {
+    versions_of(list)
+        .into_iter()
+        .map(|v| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for i in list.iter().filter(|i| serves_version(i, v)) {
+                (&i.id, &i.address, i.port, i.effective_weight()).hash(&mut h);
+                (i.health.as_str(), &i.meta, &i.version, &i.tags).hash(&mut h);
+            }
+            (v.to_owned(), h.finish())
+        })
+        .collect()
 }
 
 /// Reads the registry's service names every [`CATALOG_PERIOD`] while the hub lives; an error

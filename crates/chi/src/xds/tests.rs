@@ -178,6 +178,7 @@ fn round_robin() -> Shape {
         strategy: Strategy::RoundRobin,
         rds: false,
         geo: Arc::new(Geo::disabled()),
+        versions: None,
     }
 }
 
@@ -729,6 +730,7 @@ async fn wildcard_cds_lists_every_service_and_rds_can_go_over_ads() {
         strategy: Strategy::RingHash,
         rds: true,
         geo: Arc::new(Geo::disabled()),
+        versions: None,
     };
     let f = serve(memory, shape, 8).await;
     let mut ads = Ads::open(&f).await;
@@ -839,6 +841,7 @@ async fn each_client_gets_its_own_zone_first_when_geo_routing_is_on() {
         strategy: Strategy::RoundRobin,
         rds: false,
         geo: Arc::new(topology()),
+        versions: None,
     };
     let f = serve(memory, shape, 8).await;
     let mut by_zone = Vec::new();
@@ -874,4 +877,157 @@ async fn each_client_gets_its_own_zone_first_when_geo_routing_is_on() {
             vec![("eu-west-1a".to_owned(), 1), ("eu-west-1b".to_owned(), 0)],
         ]
     );
+}
+
+/// The (header value, cluster) of each route of the first virtual host; `None` for no header.
+fn route_rules(routes: &RouteConfiguration) -> Vec<(Option<String>, String)> {
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    routes.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| {
+            let header = r.r#match.as_ref().and_then(|m| m.headers.first()).map(|h| {
+                assert_eq!(h.name, "x-service-version");
+                match &h.header_match_specifier {
+                    Some(HeaderMatchSpecifier::StringMatch(m)) => match &m.match_pattern {
+                        Some(MatchPattern::Exact(v)) => v.clone(),
+                        other => panic!("{other:?}"),
+                    },
+                    other => panic!("{other:?}"),
+                }
+            });
+            let cluster = match r.action.as_ref() {
+                Some(Action::Route(a)) => match &a.cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(c)) => c.clone(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            };
+            (header, cluster)
+        })
+        .collect()
+}
+
+fn inline_routes(r: &DiscoveryResponse) -> RouteConfiguration {
+    let listener: Vec<Listener> = decode(r);
+    let api = listener[0]
+        .api_listener
+        .as_ref()
+        .and_then(|a| a.api_listener.as_ref())
+        .expect("api_listener");
+    let hcm = HttpConnectionManager::decode(api.value.as_slice()).expect("hcm");
+    match hcm.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => rc,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn version_routing_routes_the_header_to_per_version_clusters() {
+    let memory = Arc::new(Memory::new());
+    memory
+        .register(&inst("a", 7001, "z1").with_version("v1"))
+        .await
+        .expect("register");
+    memory
+        .register(&inst("b", 7002, "z1").with_version("v2"))
+        .await
+        .expect("register");
+    let shape = Shape {
+        strategy: Strategy::RoundRobin,
+        rds: false,
+        geo: Arc::new(Geo::disabled()),
+        versions: Some(Arc::from("v1")),
+    };
+    let f = serve(memory.clone(), shape, 8).await;
+    let mut ads = Ads::open(&f).await;
+    ads.send(Kind::Listener, &[SERVICE], "", "").await;
+    let lds = ads.recv().await;
+    let v = |s: &str| Some(s.to_owned());
+    let c = |s: &str| format!("{SERVICE}{s}");
+    assert_eq!(
+        route_rules(&inline_routes(&lds)),
+        vec![(v("v1"), c("@v1")), (v("v2"), c("@v2")), (None, c("@v1"))]
+    );
+    ads.ack(&lds, &[SERVICE]).await;
+
+    let names = [
+        SERVICE,
+        "order-service@v1",
+        "order-service@v2",
+        "order-service@v9",
+    ];
+    ads.send(Kind::Cluster, &names, "", "").await;
+    let cds = ads.recv().await;
+    let clusters: Vec<String> = decode::<Cluster>(&cds)
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(
+        clusters,
+        vec![c(""), c("@v1"), c("@v2")],
+        "no cluster for a version nobody has"
+    );
+    ads.ack(&cds, &names).await;
+    ads.send(Kind::Endpoints, &["order-service@v2"], "", "")
+        .await;
+    let eds = ads.recv().await;
+    assert_eq!(ports(&eds), vec![7002]);
+    ads.ack(&eds, &["order-service@v2"]).await;
+    ads.quiet().await;
+
+    // A new version: new routes (LDS); v2's endpoints are unchanged, so no EDS; the client
+    // learns the new cluster's name from the routes and asks for it.
+    memory
+        .register(&inst("c", 7003, "z1").with_version("v3"))
+        .await
+        .expect("register");
+    let lds = ads.recv().await;
+    assert_eq!(lds.type_url, Kind::Listener.type_url());
+    assert_eq!(route_rules(&inline_routes(&lds)).len(), 4);
+    ads.ack(&lds, &[SERVICE]).await;
+    ads.quiet().await;
+    let names = [
+        SERVICE,
+        "order-service@v1",
+        "order-service@v2",
+        "order-service@v3",
+    ];
+    ads.send(Kind::Cluster, &names, &cds.version_info, &cds.nonce)
+        .await;
+    let cds = ads.recv().await;
+    assert_eq!(decode::<Cluster>(&cds).len(), 4);
+}
+
+#[tokio::test]
+async fn wildcard_cds_lists_per_version_clusters_with_version_routing() {
+    let memory = Arc::new(Memory::new());
+    memory
+        .register(&inst("a", 7001, "z1").with_version("v1"))
+        .await
+        .expect("register");
+    memory
+        .register(&inst("b", 7002, "z1").with_version("v2"))
+        .await
+        .expect("register");
+    let shape = Shape {
+        strategy: Strategy::RoundRobin,
+        rds: false,
+        geo: Arc::new(Geo::disabled()),
+        versions: Some(Arc::from("")),
+    };
+    let f = serve(memory, shape, 8).await;
+    let mut ads = Ads::open(&f).await;
+    ads.send(Kind::Cluster, &[], "", "").await;
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let r = ads.recv().await;
+        names = decode::<Cluster>(&r).into_iter().map(|c| c.name).collect();
+        ads.ack(&r, &[]).await;
+        if !names.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(names, vec![SERVICE, "order-service@v1", "order-service@v2"]);
 }
