@@ -95,8 +95,17 @@ impl Client {
 
     /// Makes `n` calls; the answers per backend name, and the failures.
     fn call(&mut self, n: u32) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        self.call_version(n, None)
+    }
+
+    /// Makes `n` calls, with `x-service-version: version` when given.
+    fn call_version(
+        &mut self,
+        n: u32,
+        version: Option<&str>,
+    ) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
         let stdin = self.proc.child.stdin.as_mut().expect("client stdin");
-        writeln!(stdin, "call {n}").expect("write to the client");
+        writeln!(stdin, "call {n} {}", version.unwrap_or("")).expect("write to the client");
         stdin.flush().expect("flush");
         let line = self.proc.wait_line("a result line", |l| l.starts_with('{'));
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON result");
@@ -120,9 +129,20 @@ impl Client {
         n: u32,
         done: impl Fn(&BTreeMap<String, u64>) -> bool,
     ) -> BTreeMap<String, u64> {
+        self.until_version(what, n, None, done)
+    }
+
+    /// [`Client::until`] with `x-service-version: version` on the calls.
+    fn until_version(
+        &mut self,
+        what: &str,
+        n: u32,
+        version: Option<&str>,
+        done: impl Fn(&BTreeMap<String, u64>) -> bool,
+    ) -> BTreeMap<String, u64> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (counts, errors) = self.call(n);
+            let (counts, errors) = self.call_version(n, version);
             if done(&counts) {
                 return counts;
             }
@@ -135,13 +155,18 @@ impl Client {
     }
 }
 
-/// An agent registering backend `name` at 127.0.0.1:`port` into the host's registry.
+/// An agent registering backend `name` (version v1) at 127.0.0.1:`port` into the host's registry.
 fn backend_agent(registry: &str, name: &str, port: u16, zone: &str) -> Agent {
+    versioned_agent(registry, name, port, zone, "v1")
+}
+
+/// [`backend_agent`] with another version.
+fn versioned_agent(registry: &str, name: &str, port: u16, zone: &str, version: &str) -> Agent {
     Agent::start(
         &registration(
             SERVICE,
             port,
-            "v1",
+            version,
             &format!(
                 "    id: \"{name}\"\n    meta:\n      region: \"eu-west-1\"\n      zone: \"{zone}\"\n"
             ),
@@ -166,14 +191,14 @@ fn scenario(lang: &Lang) {
     let host = Agent::start(&registration("registry-host", 1, "v1", ""), &[]);
     let url = host.url();
 
-    // Four gRPC servers in one Python process; three are registered now, the fourth later.
+    // Five gRPC servers in one Python process; three are registered now, the others later.
     let mut cmd = Command::new(&python);
     cmd.arg(peer_script())
-        .args(["serve", "b1", "b2", "b3", "b4"])
+        .args(["serve", "b1", "b2", "b3", "b4", "b5"])
         .stdin(Stdio::piped());
     let mut servers = Proc::spawn(cmd);
     let mut ports = BTreeMap::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let line = servers.wait_line("a backend line", |l| l.starts_with("backend "));
         let mut words = line.split_whitespace().skip(1);
         let (Some(name), Some(port)) = (words.next(), words.next()) else {
@@ -273,6 +298,56 @@ fn scenario(lang: &Lang) {
         let n = counts.get(name).copied().unwrap_or(0);
         assert!((70..=130).contains(&n), "{name} got {n} of 400: {counts:?}");
     }
+
+    // With version routing on, x-service-version: v2 reaches the v2 backend only; no header (or a
+    // version nobody has) the default version v1.
+    agents.insert(
+        "b5",
+        versioned_agent(&url, "b5", ports["b5"], "eu-west-1a", "v2"),
+    );
+    let (_version_dir, version_config) = crate::support::yaml(
+        "service_discovery:\n  routing:\n    enable_version_routing: true\n    default_version: \"v1\"\n",
+    );
+    let mut version_cmd = chi();
+    version_cmd
+        .args(["xds", "--registry", &url, "--listen", "127.0.0.1:0", "-c"])
+        .arg(&version_config);
+    let mut version_xds = Proc::spawn(version_cmd);
+    let line = version_xds.wait_line("the xds address", |l| l.starts_with("xds on grpc://"));
+    let version_addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
+    let version_dir = tempfile::tempdir().expect("tempdir");
+    let mut versioned = Client::start(
+        lang,
+        &write_bootstrap(version_dir.path(), &version_addr, "eu-west-1a"),
+    );
+    versioned.until_version("v2 calls to reach b5", 20, Some("v2"), |c| {
+        c.keys().all(|k| k == "b5") && !c.is_empty()
+    });
+    let (counts, errors) = versioned.call_version(100, Some("v2"));
+    eprintln!("version routing, x-service-version v2, 100 calls: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "failed calls: {errors:?}");
+    assert_eq!(counts.get("b5"), Some(&100), "{counts:?}");
+    let (counts, errors) = versioned.call(400);
+    eprintln!("version routing, no header, 400 calls: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "failed calls: {errors:?}");
+    assert!(!counts.contains_key("b5"), "the default is v1: {counts:?}");
+    for name in ["b1", "b2", "b3", "b4"] {
+        let n = counts.get(name).copied().unwrap_or(0);
+        assert!((70..=130).contains(&n), "{name} got {n} of 400: {counts:?}");
+    }
+    let (counts, errors) = versioned.call_version(100, Some("v9"));
+    eprintln!("version routing, x-service-version v9, 100 calls: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "failed calls: {errors:?}");
+    assert!(
+        !counts.contains_key("b5"),
+        "an unknown version goes to v1: {counts:?}"
+    );
+    drop(versioned);
+    let (ok, _) = version_xds.terminate();
+    assert!(ok, "chi xds (versions) exits cleanly on SIGTERM");
+    let mut b5 = agents.remove("b5").expect("b5's agent");
+    let (ok, _) = b5.proc.terminate();
+    assert!(ok, "b5's agent exits cleanly");
 
     // With geo routing on, a client gets its own zone first and fails over to the next.
     let (_config_dir, config) = crate::support::yaml(

@@ -6,8 +6,9 @@
                                  The unary method /chi.test.Echo/Who answers the server's NAME.
     grpc_peer.py client TARGET   a channel to TARGET (e.g. xds:///order-service, with
                                  GRPC_XDS_BOOTSTRAP set); reads commands on stdin:
-                                 "call N" makes N calls and prints one JSON line
-                                 {"counts": {NAME: calls}, "errors": {CODE: calls}}.
+                                 "call N [VERSION]" makes N calls (with the header
+                                 x-service-version: VERSION when given) and prints one JSON
+                                 line {"counts": {NAME: calls}, "errors": {CODE: calls}}.
 
 No generated code: the messages are raw bytes.
 """
@@ -47,13 +48,14 @@ def client(target):
     print("ready", flush=True)
     for line in sys.stdin:
         words = line.split()
-        if len(words) != 2 or words[0] != "call":
+        if len(words) not in (2, 3) or words[0] != "call":
             print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
             continue
+        metadata = (("x-service-version", words[2]),) if len(words) == 3 else None
         counts, errors = {}, {}
         for _ in range(int(words[1])):
             try:
-                name = who(b"", timeout=5).decode()
+                name = who(b"", timeout=5, metadata=metadata).decode()
                 counts[name] = counts.get(name, 0) + 1
             except grpc.RpcError as e:
                 code = str(e.code())

@@ -2,8 +2,9 @@
 //
 //   node grpc_xds_client.js TARGET    a channel to TARGET (e.g. xds:///order-service, with
 //                                     GRPC_XDS_BOOTSTRAP set); reads commands on stdin:
-//                                     "call N" makes N calls of /chi.test.Echo/Who and prints one
-//                                     JSON line {"counts": {NAME: calls}, "errors": {CODE: calls}}.
+//                                     "call N [VERSION]" makes N calls of /chi.test.Echo/Who (with
+//                                     x-service-version: VERSION when given) and prints one JSON
+//                                     line {"counts": {NAME: calls}, "errors": {CODE: calls}}.
 //
 // The modules come from NODE_PATH (scripts/xds-clients installs them outside the clone).
 'use strict';
@@ -22,20 +23,22 @@ if (!target) {
 const client = new grpc.Client(target, grpc.credentials.createInsecure());
 const identity = (b) => b;
 
-function call() {
+function call(version) {
   return new Promise((resolve) => {
     const deadline = new Date(Date.now() + 5000);
-    client.makeUnaryRequest(METHOD, identity, identity, Buffer.alloc(0), { deadline }, (err, reply) => {
+    const metadata = new grpc.Metadata();
+    if (version) metadata.set('x-service-version', version);
+    client.makeUnaryRequest(METHOD, identity, identity, Buffer.alloc(0), metadata, { deadline }, (err, reply) => {
       resolve(err ? { error: grpc.status[err.code] || String(err.code), details: err.details } : { name: reply.toString() });
     });
   });
 }
 
-async function batch(n) {
+async function batch(n, version) {
   const counts = {};
   const errors = {};
   for (let i = 0; i < n; i++) {
-    const r = await call();
+    const r = await call(version);
     if (r.error) {
       if (!errors[r.error]) process.stderr.write(`rpc error: ${r.error} ${r.details}\n`);
       errors[r.error] = (errors[r.error] || 0) + 1;
@@ -51,11 +54,11 @@ let queue = Promise.resolve();
 lines.on('line', (line) => {
   queue = queue.then(async () => {
     const words = line.trim().split(/\s+/);
-    if (words.length !== 2 || words[0] !== 'call') {
+    if (words.length < 2 || words.length > 3 || words[0] !== 'call') {
       console.log(JSON.stringify({ error: `unknown command ${JSON.stringify(line)}` }));
       return;
     }
-    console.log(JSON.stringify(await batch(parseInt(words[1], 10))));
+    console.log(JSON.stringify(await batch(parseInt(words[1], 10), words[2])));
   });
 });
 lines.on('close', () => {
