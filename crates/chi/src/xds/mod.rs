@@ -304,7 +304,7 @@ impl AdsStream {
 
     async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamEnd> {
         let Some(kind) = Kind::from_type_url(&request.type_url) else {
-            tracing::warn!(type_url = %request.type_url, "ignoring a request for a type chi xds does not serve");
+            tracing::debug!(type_url = %request.type_url, "ignoring a request for a type chi xds does not serve");
             return Ok(());
         };
         if request.resource_names.len() > MAX_NAMES {
