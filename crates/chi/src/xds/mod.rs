@@ -54,7 +54,7 @@ use crate::failure::Failure;
 use crate::source::Source;
 
 use resources::{ClientPlace, Kind, Shape};
-use state::{Hub, ServiceView, TypeState};
+use state::{Encoded, Hub, ServiceView, TypeState};
 
 /// Most names one request may carry; more is refused as a malformed request.
 const MAX_NAMES: usize = 10_000;
@@ -113,6 +113,7 @@ pub(crate) struct XdsServer {
     max_streams: u32,
     versions: Arc<AtomicU64>,
     closing: Closing,
+    encoded: Arc<Encoded>,
 }
 
 /// Tells every stream that the server is going away.
@@ -129,6 +130,7 @@ impl Closing {
 
 impl XdsServer {
     pub(crate) fn new(hub: Arc<Hub>, shape: Shape, max_streams: u32) -> XdsServer {
+        let shape_uses_place = shape.geo.is_enabled();
         XdsServer {
             hub,
             shape,
@@ -136,6 +138,7 @@ impl XdsServer {
             max_streams,
             versions: Arc::new(AtomicU64::new(first_version())),
             closing: Closing(Arc::new(watch::Sender::new(false))),
+            encoded: Arc::new(Encoded::new(shape_uses_place)),
         }
     }
 
@@ -176,6 +179,7 @@ impl AggregatedDiscoveryService for XdsServer {
             self.hub.clone(),
             self.shape.clone(),
             self.versions.clone(),
+            self.encoded.clone(),
             tx,
         );
         let requests = request.into_inner();
@@ -227,6 +231,8 @@ struct AdsStream {
     node: String,
     /// The client's locality (from the same node), for the priorities of its localities.
     place: ClientPlace,
+    /// Resources already encoded for other streams.
+    encoded: Arc<Encoded>,
 }
 
 impl AdsStream {
@@ -234,6 +240,7 @@ impl AdsStream {
         hub: Arc<Hub>,
         shape: Shape,
         versions: Arc<AtomicU64>,
+        encoded: Arc<Encoded>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> AdsStream {
         AdsStream {
@@ -251,6 +258,7 @@ impl AdsStream {
             versions,
             node: String::new(),
             place: ClientPlace::default(),
+            encoded,
         }
     }
 
@@ -445,21 +453,37 @@ impl AdsStream {
                     Some((name, revision))
                 })
                 .collect();
-            let unchanged = match &ts.sent {
-                Some(sent) => *sent == content,
+            // Listeners and clusters go out whole; endpoints and routes only where they changed
+            // (or were newly asked for): the client keeps the others.
+            let send: Vec<String> = match &ts.sent {
+                Some(sent) if *sent == content => continue,
+                Some(sent) if !kind.is_full_state() => content
+                    .iter()
+                    .filter(|(name, revision)| sent.get(*name) != Some(*revision))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
                 // Nothing sent yet: answer a wildcard at once (possibly empty, so Envoy can
                 // finish starting); named resources when one of them exists.
-                None => content.is_empty() && !ts.wildcard,
+                None if content.is_empty() && !ts.wildcard => continue,
+                _ => content.keys().cloned().collect(),
             };
-            if unchanged {
+            if send.is_empty() && !kind.is_full_state() {
+                // Only names the client dropped: nothing to tell it.
+                if let Some(ts) = self.types.get_mut(&kind) {
+                    ts.sent = Some(content);
+                }
                 continue;
             }
-            let resources = content
-                .keys()
+            let resources = send
+                .iter()
                 .filter_map(|name| {
                     let service = self.shape.split(name).0;
-                    let list = self.views.get(service)?.instances.clone()?;
-                    Some(self.shape.build(kind, name, &list, &self.place))
+                    let view = self.views.get(service)?;
+                    let list = view.instances.as_ref()?;
+                    let revision = content.get(name).copied().unwrap_or(0);
+                    Some(self.encoded.get(kind, name, revision, &self.place, || {
+                        self.shape.build(kind, name, list, &self.place)
+                    }))
                 })
                 .collect();
             self.nonces += 1;
@@ -470,7 +494,7 @@ impl AdsStream {
             ts.version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
             ts.nonce = nonce.clone();
             let version = ts.version.to_string();
-            tracing::debug!(kind = kind.short(), %version, names = ?content.keys().collect::<Vec<_>>(), "push");
+            tracing::debug!(kind = kind.short(), %version, names = ?send, "push");
             ts.sent = Some(content);
             let response = DiscoveryResponse {
                 version_info: version,

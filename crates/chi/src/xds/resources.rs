@@ -153,7 +153,7 @@ pub(crate) fn versions_of(instances: &[Instance]) -> BTreeSet<&str> {
 }
 
 /// Where a client is: the `locality` of the `node` in its bootstrap.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub(crate) struct ClientPlace {
     pub(crate) region: Option<String>,
     pub(crate) zone: Option<String>,

@@ -20,7 +20,9 @@ use std::time::Duration;
 use chi_discovery::routing::serves_version;
 use chi_discovery::{DiscoveryClient, Instance, Registry};
 
-use super::resources::versions_of;
+use envoy_types::pb::google::protobuf::Any;
+
+use super::resources::{ClientPlace, Kind, versions_of};
 use tokio::sync::watch;
 
 /// How often the service catalogue is read for wildcard (all-services) subscriptions.
@@ -202,6 +204,69 @@ async fn poll_catalog(hub: std::sync::Weak<Hub>) {
         }
         drop(h);
         tokio::time::sleep(CATALOG_PERIOD).await;
+    }
+}
+
+/// Resources encoded once and shared by every stream that sends the same content: a change to a
+/// service followed by a thousand streams is encoded once, not a thousand times.
+pub(crate) struct Encoded {
+    /// The encoding depends on the client's locality (geo priorities).
+    by_place: bool,
+    map: Mutex<HashMap<EncodedKey, Any>>,
+}
+
+/// Kind, resource name, revision, and the client's place when it matters.
+type EncodedKey = (Kind, String, u64, Option<ClientPlace>);
+
+/// Entries kept before the cache starts over (old revisions are never asked for again).
+const ENCODED_MAX: usize = 8192;
+
+impl Encoded {
+    pub(crate) fn new(by_place: bool) -> Encoded {
+        Encoded {
+            by_place,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The resource `kind` `name` at `revision` for a client at `place`, built by `build` the
+    /// first time.
+    pub(crate) fn get(
+        &self,
+        kind: Kind,
+        name: &str,
+        revision: u64,
+        place: &ClientPlace,
+        build: impl FnOnce() -> Any,
+    ) -> Any {
+        let place = (self.by_place && kind == Kind::Endpoints).then(|| place.clone());
+        let key = (kind, name.to_owned(), revision, place);
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(any) = map.get(&key) {
+            return any.clone();
+        }
+        drop(map);
+        let any = build();
+        map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= ENCODED_MAX {
+            map.clear();
+        }
+        map.insert(key, any.clone());
+        any
+    }
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoded")
+            .field("by_place", &self.by_place)
+            .finish()
     }
 }
 

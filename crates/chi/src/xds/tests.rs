@@ -523,7 +523,54 @@ async fn a_stale_nonce_is_ignored() {
     )
     .await;
     let e3 = ads.recv().await;
-    assert_eq!(ports(&e3), vec![7001, 7002, 7100]);
+    // Endpoints go out where they changed or were newly asked for: only `other` here.
+    assert_eq!(ports(&e3), vec![7100]);
+}
+
+#[tokio::test]
+async fn eds_sends_only_the_changed_assignments_and_cds_stays_whole() {
+    let memory = Arc::new(Memory::new());
+    memory
+        .register(&inst("a", 7001, "z1"))
+        .await
+        .expect("register");
+    memory
+        .register(&Instance::new("other", "127.0.0.1", 7100).with_id("o"))
+        .await
+        .expect("register");
+    let f = serve(memory.clone(), round_robin(), 8).await;
+    let mut ads = Ads::open(&f).await;
+    let names = [SERVICE, "other"];
+    ads.send(Kind::Cluster, &names, "", "").await;
+    // The two services become known one after the other: CDS (full state) grows to both.
+    loop {
+        let cds = ads.recv().await;
+        ads.ack(&cds, &names).await;
+        if cds.resources.len() == 2 {
+            break;
+        }
+    }
+    ads.send(Kind::Endpoints, &names, "", "").await;
+    let eds = ads.recv().await;
+    assert_eq!(eds.resources.len(), 2, "both known by now: one response");
+    ads.ack(&eds, &names).await;
+
+    memory
+        .register(&inst("b", 7002, "z1"))
+        .await
+        .expect("register");
+    let eds = ads.recv().await;
+    assert_eq!(
+        eds.type_url,
+        Kind::Endpoints.type_url(),
+        "clusters did not change"
+    );
+    let cla: Vec<ClusterLoadAssignment> = decode(&eds);
+    assert_eq!(cla.len(), 1);
+    assert_eq!(cla[0].cluster_name, SERVICE);
+    assert_eq!(ports(&eds), vec![7001, 7002]);
+    ads.ack(&eds, &names).await;
+    ads.quiet().await;
 }
 
 #[tokio::test]
