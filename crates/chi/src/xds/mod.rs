@@ -377,8 +377,14 @@ impl AdsStream {
                 );
             }
         }
-        ts.wildcard =
+        let wildcard =
             kind.is_full_state() && (star || (names.is_empty() && (first || ts.wildcard)));
+        if !first && wildcard == ts.wildcard && names == ts.names {
+            // An ACK or NACK of the same subscription: nothing new to send (changes are pushed
+            // when they happen). The common case, answered without touching the services.
+            return Ok(());
+        }
+        ts.wildcard = wildcard;
         ts.names = names;
         self.follow_wanted();
         self.push().await
