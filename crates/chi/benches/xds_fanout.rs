@@ -342,5 +342,13 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
     summary("registry floor (chi:// watch line)", floor);
     summary("EDS response, every stream", fanout);
     summary("last stream of each change", last_all);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "chi xds RSS 2 s after the last change: {} KiB; load average: {}",
+        rss_kib(pid),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
