@@ -1078,3 +1078,43 @@ async fn wildcard_cds_lists_per_version_clusters_with_version_routing() {
     }
     assert_eq!(names, vec![SERVICE, "order-service@v1", "order-service@v2"]);
 }
+
+#[tokio::test]
+async fn thousands_of_names_on_one_stream() {
+    let memory = Arc::new(Memory::new());
+    memory
+        .register(&inst("a", 7001, "z1"))
+        .await
+        .expect("register");
+    let f = serve(memory.clone(), round_robin(), 8).await;
+    let mut ads = Ads::open(&f).await;
+    let mut names: Vec<String> = (0..3000).map(|i| format!("svc-{i}")).collect();
+    names.push(SERVICE.to_owned());
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    ads.send(Kind::Endpoints, &refs, "", "").await;
+    let first = ads.recv().await;
+    assert_eq!(ports(&first), vec![7001], "only the one that exists");
+    ads.ack(&first, &refs).await;
+    assert_eq!(f.hub.followed(), 3001);
+    // One of the thousands appears: it alone is pushed.
+    memory
+        .register(&Instance::new("svc-2999", "127.0.0.1", 7999).with_id("late"))
+        .await
+        .expect("register");
+    let late = ads.recv().await;
+    assert_eq!(ports(&late), vec![7999]);
+    ads.ack(&late, &refs).await;
+    ads.quiet().await;
+    // Dropping the names lets go of their watches.
+    ads.send(Kind::Endpoints, &[SERVICE], &late.version_info, &late.nonce)
+        .await;
+    let mut followed = usize::MAX;
+    for _ in 0..100 {
+        followed = f.hub.followed();
+        if followed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(followed, 1);
+}
