@@ -40,6 +40,8 @@ pub(crate) enum Command {
     Select(SelectArgs),
     /// Load-balancing HTTP/1.1 and HTTP/2 reverse proxy.
     Proxy(ProxyArgs),
+    /// xDS control plane (ADS, state-of-the-world) for gRPC's `xds:///NAME` clients and Envoy.
+    Xds(XdsArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -256,4 +258,25 @@ pub(crate) enum RouteBy {
     Path,
     /// The Host header: `user-service.internal:15001` goes to `user-service`, path unchanged.
     Host,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  chi xds --listen 127.0.0.1:18000 --registry consul://127.0.0.1:8500\n  \
+chi xds -c chi-config.yaml --listen 0.0.0.0:18000 --max-streams 4096\n\n\
+gRPC clients: GRPC_XDS_BOOTSTRAP=bootstrap.json, target xds:///SERVICE (see the README's `chi xds` section).\n\
+The config's load_balancer.strategy becomes the clusters' lb_policy."
+)]
+pub(crate) struct XdsArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    /// Address to serve ADS (gRPC) on; port 0 picks a free one. Printed as `xds on grpc://ADDR`.
+    #[arg(long, default_value = "127.0.0.1:18000", value_name = "ADDR")]
+    pub(crate) listen: SocketAddr,
+    /// Most concurrent ADS streams; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_streams: u32,
+    /// Send routes over RDS (ADS) instead of inline in the listeners.
+    #[arg(long)]
+    pub(crate) rds: bool,
 }

@@ -19,6 +19,7 @@ mod remote;
 mod select;
 mod source;
 mod watch;
+mod xds;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
             Command::Check(args) => check::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Select(args) => select::run(args).await,
+            Command::Xds(args) => xds::run(args).await,
             Command::Config {
                 command: ConfigCommand::Check(args),
             } => config_check::run(args),

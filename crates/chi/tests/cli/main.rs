@@ -12,3 +12,4 @@ mod proxy;
 mod real;
 mod select;
 mod support;
+mod xds;

@@ -1,0 +1,354 @@
+//! `chi xds` fan-out: how long a registry change takes to reach every ADS stream.
+//!
+//! A black-box bench of the release binary: a `chi agent` holds the embedded registry with
+//! SERVICES x ENDPOINTS instances, `chi xds` serves it, and STREAMS ADS streams (spread over a few
+//! HTTP/2 connections, like many clients) each subscribe to the ClusterLoadAssignment of every
+//! service and ACK every response. Then, CHANGES times, one instance is registered and the time
+//! from the registration to the EDS response is taken on every stream. Beside it, in the same
+//! run, the registry's own floor: the same registration seen by a plain `chi://` watch (the
+//! agent's JSON-lines watch), which `chi xds` itself reads through.
+//!
+//! Also printed: the resident memory of `chi xds` per stream (RSS with the streams open and
+//! served, minus RSS before any stream, divided by the streams).
+//!
+//! `cargo bench -p chi --bench xds_fanout [-- STREAMS SERVICES ENDPOINTS CHANGES]`
+//! (default 1000 50 100 20).
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use futures_util::StreamExt;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const STREAMS_PER_CONNECTION: usize = 100;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `chi ARGS` and returns it with the first stdout line containing `marker`.
+fn start(args: &[&str], marker: &str) -> (Killed, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chi"))
+        .args(args)
+        .env_remove("CHI_REGISTRY")
+        .env_remove("CHI_CONFIG")
+        .env_remove("CHI_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chi");
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(out).lines();
+    let line = loop {
+        let line = lines.next().expect("a line").expect("read");
+        if line.contains(marker) {
+            break line;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Killed(child), line)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn instance(service: &str, id: &str, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "name": service, "address": "127.0.0.1", "port": port,
+        "meta": {"region": "eu-west-1", "zone": format!("eu-west-1{}", if port.is_multiple_of(2) { 'a' } else { 'b' })},
+    })
+}
+
+async fn register(http: &reqwest::Client, admin: &str, service: &str, id: &str, port: u16) {
+    let url = format!("http://{admin}/v1/services/{service}/instances/{id}");
+    let r = http
+        .put(url)
+        .json(&instance(service, id, port))
+        .send()
+        .await
+        .expect("PUT");
+    assert!(r.status().is_success(), "register: {}", r.status());
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) {
+    samples.sort_unstable();
+    println!(
+        "{name:<34} n={:<6} p50={:>8.2?} p90={:>8.2?} p99={:>8.2?} max={:>8.2?}",
+        samples.len(),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.90),
+        percentile(&samples, 0.99),
+        samples.last().copied().unwrap_or_default()
+    );
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let streams = args.first().copied().unwrap_or(1000);
+    let services = args.get(1).copied().unwrap_or(50);
+    let endpoints = args.get(2).copied().unwrap_or(100);
+    let changes = args.get(3).copied().unwrap_or(20);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(streams, services, endpoints, changes));
+}
+
+async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) {
+    let dir = std::env::temp_dir().join(format!("chi-xds-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("host.yaml");
+    std::fs::write(
+        &config,
+        "service_discovery:\n  registration:\n    name: \"bench-host\"\n    address: \"127.0.0.1\"\n    port: 1\n",
+    )
+    .expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let (_agent, line) = start(
+        &["agent", "-c", &config, "--admin", "127.0.0.1:0"],
+        "admin on http://",
+    );
+    let admin = line
+        .rsplit("http://")
+        .next()
+        .expect("admin")
+        .trim()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let names: Vec<String> = (0..services).map(|s| format!("svc-{s:03}")).collect();
+    let t = Instant::now();
+    let mut jobs = Vec::new();
+    for (s, name) in names.iter().enumerate() {
+        for e in 0..endpoints {
+            let (http, admin, name) = (http.clone(), admin.clone(), name.clone());
+            let port = u16::try_from(10_000 + s * 100 + e).unwrap_or(u16::MAX);
+            jobs.push(async move { register(&http, &admin, &name, &format!("i{e}"), port).await });
+            if jobs.len() == 64 {
+                futures_util::future::join_all(std::mem::take(&mut jobs)).await;
+            }
+        }
+    }
+    futures_util::future::join_all(jobs).await;
+    println!(
+        "registered {services} services x {endpoints} endpoints in {:.2?}",
+        t.elapsed()
+    );
+
+    let registry = format!("chi://{admin}");
+    let max = (streams + 10).to_string();
+    let (xds, line) = start(
+        &[
+            "xds",
+            "--registry",
+            &registry,
+            "--listen",
+            "127.0.0.1:0",
+            "--max-streams",
+            &max,
+        ],
+        "xds on grpc://",
+    );
+    let xds_addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
+    let pid = xds.0.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = rss_kib(pid);
+
+    // The streams: each subscribes to every service's endpoints and ACKs every response; it
+    // reports the arrival time of every response after the initial state.
+    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<(usize, Instant)>();
+    let (ready_tx, mut ready) = mpsc::unbounded_channel::<()>();
+    let mut channels = Vec::new();
+    for _ in 0..streams.div_ceil(STREAMS_PER_CONNECTION) {
+        let channel = Channel::from_shared(format!("http://{xds_addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to chi xds");
+        channels.push(channel);
+    }
+    let names = Arc::new(names);
+    for s in 0..streams {
+        let channel = channels[s / STREAMS_PER_CONNECTION].clone();
+        let (names, arrivals_tx, ready_tx) = (names.clone(), arrivals_tx.clone(), ready_tx.clone());
+        tokio::spawn(async move {
+            let mut client = AggregatedDiscoveryServiceClient::new(channel);
+            let (tx, rx) = mpsc::channel(8);
+            let request = |version: String, nonce: String| DiscoveryRequest {
+                version_info: version,
+                node: Some(Node {
+                    id: format!("bench-{s}"),
+                    ..Default::default()
+                }),
+                resource_names: names.to_vec(),
+                type_url: EDS.to_owned(),
+                response_nonce: nonce,
+                ..Default::default()
+            };
+            tx.send(request(String::new(), String::new()))
+                .await
+                .expect("send");
+            let mut responses = client
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await
+                .expect("stream")
+                .into_inner();
+            // The initial state may come in several responses (services become known one by
+            // one); every response after it is a change.
+            let mut known = std::collections::HashSet::new();
+            let mut ready = false;
+            while let Some(Ok(r)) = responses.next().await {
+                let now = Instant::now();
+                if ready {
+                    let _ = arrivals_tx.send((s, now));
+                } else {
+                    for any in &r.resources {
+                        if let Ok(cla) = ClusterLoadAssignment::decode(any.value.as_slice()) {
+                            known.insert(cla.cluster_name);
+                        }
+                    }
+                    if known.len() == names.len() {
+                        ready = true;
+                        let _ = ready_tx.send(());
+                    }
+                }
+                if tx.send(request(r.version_info, r.nonce)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop((arrivals_tx, ready_tx));
+    let t = Instant::now();
+    for i in 0..streams {
+        let got = tokio::time::timeout(Duration::from_secs(120), ready.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(()))),
+            "only {i} of {streams} streams got the initial state"
+        );
+    }
+    println!(
+        "{streams} streams over {} connections got the initial state ({} resources each) in {:.2?}",
+        channels.len(),
+        services,
+        t.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss_kib(pid);
+    println!(
+        "chi xds RSS: {rss_before} KiB before the streams, {rss_after} KiB with them: {:.1} KiB per stream",
+        (rss_after.saturating_sub(rss_before)) as f64 / streams as f64
+    );
+
+    // The registry's floor: a plain chi:// watch of the changed service.
+    let mut fanout = Vec::new();
+    let mut floor = Vec::new();
+    let mut last_all = Vec::new();
+    for c in 0..changes {
+        let service = &names[c % names.len()];
+        let mut watch = http
+            .get(format!("http://{admin}/v1/services/{service}/watch"))
+            .send()
+            .await
+            .expect("watch");
+        // The first line is the reset with the current list.
+        let mut buf = Vec::new();
+        while !buf.contains(&b'\n') {
+            let chunk = watch.chunk().await.expect("bytes").expect("the reset line");
+            buf.extend_from_slice(&chunk);
+        }
+        let t0 = Instant::now();
+        register(
+            &http,
+            &admin,
+            service,
+            &format!("new-{c}"),
+            9_000 + c as u16,
+        )
+        .await;
+        let floor_task = tokio::spawn(async move {
+            let mut buf = buf;
+            loop {
+                let lines = buf.iter().filter(|b| **b == b'\n').count();
+                if lines >= 2 {
+                    return t0.elapsed();
+                }
+                match watch.chunk().await {
+                    Ok(Some(b)) => buf.extend_from_slice(&b),
+                    _ => return t0.elapsed(),
+                }
+            }
+        });
+        let mut got = vec![false; streams];
+        let mut n = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while n < streams {
+            match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+                Ok(Some((s, at))) => {
+                    if !got[s] {
+                        got[s] = true;
+                        n += 1;
+                        fanout.push(at.duration_since(t0));
+                    }
+                }
+                _ => break,
+            }
+        }
+        last_all.push(t0.elapsed());
+        assert_eq!(
+            n, streams,
+            "change {c}: only {n} of {streams} streams got it"
+        );
+        floor.push(floor_task.await.expect("floor"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{changes} changes, each registering one instance; times from the registration request:"
+    );
+    summary("registry floor (chi:// watch line)", floor);
+    summary("EDS response, every stream", fanout);
+    summary("last stream of each change", last_all);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "chi xds RSS 2 s after the last change: {} KiB; load average: {}",
+        rss_kib(pid),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

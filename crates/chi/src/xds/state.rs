@@ -1,0 +1,290 @@
+//! What the ADS streams share and what each one remembers.
+//!
+//! [`Hub`] follows every service some stream asked for with **one** registry watch (chi's
+//! [`DiscoveryClient::watch`], which reconnects by itself and resyncs with a `Reset`) and
+//! publishes the service's instances on a `tokio::sync::watch` channel that every interested
+//! stream reads. The watch ends when the last stream lets go of the service. A watch error never
+//! changes the published list: clients keep the last endpoints they had (stale on error).
+//!
+//! [`TypeState`] is one stream's bookkeeping for one resource type, as the xDS protocol wants it
+//! (envoyproxy/envoy `api/xds_protocol.rst`, "ACK/NACK and resource type instance version"):
+//! the names asked for, the version and nonce of the last response, the last version the client
+//! accepted, and what the last response held, so a push happens only on change.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chi_discovery::routing::serves_version;
+use chi_discovery::{DiscoveryClient, Instance, Registry};
+
+use envoy_types::pb::google::protobuf::Any;
+
+use super::resources::{ClientPlace, Kind, versions_of};
+use tokio::sync::watch;
+
+/// How often the service catalogue is read for wildcard (all-services) subscriptions.
+const CATALOG_PERIOD: Duration = Duration::from_secs(5);
+
+/// One service as the streams see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ServiceView {
+    /// `None` until the service has had an instance: a name nobody registered yet is not
+    /// served (its resources "do not exist"), and is pushed once it appears.
+    pub(crate) instances: Option<Arc<Vec<Instance>>>,
+    /// Bumped on every change of `instances`.
+    pub(crate) revision: u64,
+    /// Each version some instance has (its `version` field) -> a fingerprint of the instances
+    /// serving it, so a per-version cluster's endpoints are pushed only when they change.
+    pub(crate) by_version: Arc<BTreeMap<String, u64>>,
+}
+
+/// The services followed for the streams of one server.
+pub(crate) struct Hub {
+    client: DiscoveryClient,
+    registry: Arc<dyn Registry>,
+    services: Mutex<HashMap<String, watch::Sender<ServiceView>>>,
+    catalog: watch::Sender<Arc<BTreeSet<String>>>,
+    catalog_started: AtomicBool,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("registry", &self.registry.backend())
+            .field("services", &self.lock().len())
+            .finish()
+    }
+}
+
+impl Hub {
+    pub(crate) fn new(client: DiscoveryClient, registry: Arc<dyn Registry>) -> Arc<Hub> {
+        Arc::new(Hub {
+            client,
+            registry,
+            services: Mutex::new(HashMap::new()),
+            catalog: watch::Sender::new(Arc::new(BTreeSet::new())),
+            catalog_started: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<ServiceView>>> {
+        // A panic while holding the lock leaves a map that is still consistent (every
+        // operation on it is a single insert or remove).
+        self.services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The channel of `service`, starting its registry watch if no stream follows it yet.
+    /// `service` must be a valid chi name.
+    pub(crate) fn subscribe(self: &Arc<Self>, service: &str) -> watch::Receiver<ServiceView> {
+        let mut services = self.lock();
+        if let Some(tx) = services.get(service) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(ServiceView::default());
+        services.insert(service.to_owned(), tx.clone());
+        drop(services);
+        tokio::spawn(follow(self.clone(), service.to_owned(), tx));
+        rx
+    }
+
+    /// How many services are followed now.
+    #[cfg(test)]
+    pub(crate) fn followed(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Every service name the registry lists, refreshed every few seconds once asked for.
+    pub(crate) fn catalog(self: &Arc<Self>) -> watch::Receiver<Arc<BTreeSet<String>>> {
+        if !self.catalog_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(poll_catalog(Arc::downgrade(self)));
+        }
+        self.catalog.subscribe()
+    }
+}
+
+/// Follows `service` until no stream wants it: applies the registry's changes and publishes
+/// the list when it changed. Errors are logged and leave the list as it was.
+async fn follow(hub: Arc<Hub>, service: String, tx: watch::Sender<ServiceView>) {
+    let mut watcher = match hub.client.watch(&service).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(%service, "cannot watch: {e}");
+            hub.lock().remove(&service);
+            return;
+        }
+    };
+    let mut view: HashMap<String, Instance> = HashMap::new();
+    loop {
+        tokio::select! {
+            item = watcher.next() => match item {
+                None => {
+                    tracing::warn!(%service, "the registry watch ended; keeping the last endpoints");
+                    hub.lock().remove(&service);
+                    return;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%service, "registry watch error, serving the last endpoints: {e}");
+                }
+                Some(Ok(change)) => {
+                    change.apply(&mut view);
+                    publish(&tx, &view);
+                }
+            },
+            () = tx.closed() => {
+                let mut services = hub.lock();
+                if tx.receiver_count() == 0 {
+                    services.remove(&service);
+                    tracing::debug!(%service, "no stream follows the service any more");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Publishes `view` (sorted by id) when it differs from what the channel holds. An empty list
+/// is published only for a service that had instances (all of them left); a service never seen
+/// stays unknown.
+fn publish(tx: &watch::Sender<ServiceView>, view: &HashMap<String, Instance>) {
+    let mut list: Vec<Instance> = view.values().cloned().collect();
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    tx.send_if_modified(|current| {
+        let same = match &current.instances {
+            Some(old) => **old == list,
+            None => list.is_empty(),
+        };
+        if same {
+            return false;
+        }
+        current.by_version = Arc::new(fingerprints(&list));
+        current.instances = Some(Arc::new(list));
+        current.revision += 1;
+        true
+    });
+}
+
+/// Per version (of the `version` fields), a hash of what the endpoints of the instances serving
+/// it depend on.
+fn fingerprints(list: &[Instance]) -> BTreeMap<String, u64> {
+    versions_of(list)
+        .into_iter()
+        .map(|v| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for i in list.iter().filter(|i| serves_version(i, v)) {
+                (&i.id, &i.address, i.port, i.effective_weight()).hash(&mut h);
+                (i.health.as_str(), &i.meta, &i.version, &i.tags).hash(&mut h);
+            }
+            (v.to_owned(), h.finish())
+        })
+        .collect()
+}
+
+/// Reads the registry's service names every [`CATALOG_PERIOD`] while the hub lives; an error
+/// keeps the last list.
+async fn poll_catalog(hub: std::sync::Weak<Hub>) {
+    loop {
+        let Some(h) = hub.upgrade() else { return };
+        match h.registry.services().await {
+            Ok(names) => {
+                let names: BTreeSet<String> = names.into_iter().collect();
+                h.catalog.send_if_modified(|current| {
+                    if **current == names {
+                        return false;
+                    }
+                    *current = Arc::new(names);
+                    true
+                });
+            }
+            Err(e) => tracing::warn!("cannot list the services, keeping the last list: {e}"),
+        }
+        drop(h);
+        tokio::time::sleep(CATALOG_PERIOD).await;
+    }
+}
+
+/// Resources encoded once and shared by every stream that sends the same content: a change to a
+/// service followed by a thousand streams is encoded once, not a thousand times.
+pub(crate) struct Encoded {
+    /// The encoding depends on the client's locality (geo priorities).
+    by_place: bool,
+    map: Mutex<HashMap<EncodedKey, Any>>,
+}
+
+/// Kind, resource name, revision, and the client's place when it matters.
+type EncodedKey = (Kind, String, u64, Option<ClientPlace>);
+
+/// Entries kept before the cache starts over (old revisions are never asked for again).
+const ENCODED_MAX: usize = 8192;
+
+impl Encoded {
+    pub(crate) fn new(by_place: bool) -> Encoded {
+        Encoded {
+            by_place,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The resource `kind` `name` at `revision` for a client at `place`, built by `build` the
+    /// first time.
+    pub(crate) fn get(
+        &self,
+        kind: Kind,
+        name: &str,
+        revision: u64,
+        place: &ClientPlace,
+        build: impl FnOnce() -> Any,
+    ) -> Any {
+        let place = (self.by_place && kind == Kind::Endpoints).then(|| place.clone());
+        let key = (kind, name.to_owned(), revision, place);
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(any) = map.get(&key) {
+            return any.clone();
+        }
+        drop(map);
+        let any = build();
+        map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= ENCODED_MAX {
+            map.clear();
+        }
+        map.insert(key, any.clone());
+        any
+    }
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoded")
+            .field("by_place", &self.by_place)
+            .finish()
+    }
+}
+
+/// One stream's state for one resource type.
+#[derive(Debug, Default)]
+pub(crate) struct TypeState {
+    /// A request of this type came (the client wants this type at all).
+    pub(crate) subscribed: bool,
+    /// Every service (LDS, CDS); set by a first request without names, or by `*`.
+    pub(crate) wildcard: bool,
+    /// The names asked for.
+    pub(crate) names: BTreeSet<String>,
+    /// Version of the last response of this type (drawn from the server's counter).
+    pub(crate) version: u64,
+    /// Nonce of the last response; a request echoing another one is stale.
+    pub(crate) nonce: String,
+    /// The last version the client accepted.
+    pub(crate) accepted: Option<String>,
+    /// The last response: name -> revision of what was sent; `None` before any response.
+    pub(crate) sent: Option<BTreeMap<String, u64>>,
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""gRPC peers for chi's `chi xds` test, on Python grpcio (gRPC's C-core, with its xDS client).
+
+    grpc_peer.py serve NAME...   one gRPC server per NAME on 127.0.0.1, a free port each; prints
+                                 "backend NAME PORT" per server, serves until stdin closes.
+                                 The unary method /chi.test.Echo/Who answers the server's NAME.
+    grpc_peer.py client TARGET   a channel to TARGET (e.g. xds:///order-service, with
+                                 GRPC_XDS_BOOTSTRAP set); reads commands on stdin:
+                                 "call N [VERSION]" makes N calls (with the header
+                                 x-service-version: VERSION when given) and prints one JSON
+                                 line {"counts": {NAME: calls}, "errors": {CODE: calls}}.
+
+No generated code: the messages are raw bytes.
+"""
+
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+SERVICE = "chi.test.Echo"
+METHOD = f"/{SERVICE}/Who"
+
+
+def serve(names):
+    servers = []
+    for name in names:
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        answer = name.encode()
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {"Who": grpc.unary_unary_rpc_method_handler(lambda _req, _ctx, a=answer: a)},
+        )
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        print(f"backend {name} {port}", flush=True)
+    sys.stdin.read()
+    for server in servers:
+        server.stop(0)
+
+
+def client(target):
+    channel = grpc.insecure_channel(target)
+    who = channel.unary_unary(METHOD)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if len(words) not in (2, 3) or words[0] != "call":
+            print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
+            continue
+        metadata = (("x-service-version", words[2]),) if len(words) == 3 else None
+        counts, errors = {}, {}
+        for _ in range(int(words[1])):
+            try:
+                name = who(b"", timeout=5, metadata=metadata).decode()
+                counts[name] = counts.get(name, 0) + 1
+            except grpc.RpcError as e:
+                code = str(e.code())
+                errors[code] = errors.get(code, 0) + 1
+                if errors[code] == 1:
+                    print(f"rpc error: {code} {e.details()}", file=sys.stderr, flush=True)
+        print(json.dumps({"counts": counts, "errors": errors}), flush=True)
+    channel.close()
+
+
+def main():
+    if len(sys.argv) >= 3 and sys.argv[1] == "serve":
+        serve(sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "client":
+        client(sys.argv[2])
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
