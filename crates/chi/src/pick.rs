@@ -88,9 +88,11 @@ impl Routers {
     /// A router for one service: routing, then one balancer per routed subset.
     pub(crate) fn router(&self) -> Smart<Balancer> {
         let config = self.balancer.clone();
+        let skip_unhealthy = config.health_check_enabled;
         Smart::from_config(&self.routing, move || {
             Balancer::with_config(config.clone()).unwrap_or_else(|_| Balancer::new(config.strategy))
         })
+        .skip_unhealthy(skip_unhealthy)
     }
 
     /// The balancer's strategy name.
@@ -116,7 +118,8 @@ pub(crate) fn pick(
             return Some(Picked::Routed(routed));
         }
     }
-    let untried = |i: &Instance| !tried.contains(&i.id) && usable_by_health(i);
+    let healthy = |i: &Instance| !router.skips_unhealthy() || usable_by_health(i);
+    let untried = |i: &Instance| !tried.contains(&i.id) && healthy(i);
     let subset = router.route(snapshot, route)?;
     let all = snapshot.instances();
     let index = subset

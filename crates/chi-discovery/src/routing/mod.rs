@@ -29,12 +29,14 @@ mod config;
 mod geo;
 mod service;
 mod smart;
+mod stage;
 mod version;
 
 pub use config::RoutingConfig;
 pub use geo::{Geo, GeoStep, Place};
 pub use service::{ServiceState, ServiceStateConfig};
-pub use smart::{Decision, Routed, Smart, Stage, Subset, Usable};
+pub use smart::{Decision, Routed, Smart, Subset};
+pub use stage::{Stage, Usable};
 pub use version::{Version, VersionStep};
 
 use crate::instance::Instance;

@@ -24,90 +24,12 @@ use rustc_hash::FxHashMap;
 
 use super::RoutingConfig;
 use super::geo::Target;
-use super::{Geo, GeoStep, Route, Version, VersionStep};
-use crate::balance::{Balancer, BalancerConfig, InFlight, Request};
+use super::stage::any_instance;
+use super::{Geo, GeoStep, Route, Stage, Usable, Version, VersionStep};
+use crate::balance::{Balancer, BalancerConfig};
 use crate::instance::Instance;
 use crate::snapshot::Snapshot;
 use crate::util::lock;
-
-/// A per-pick predicate: which instances of a leaf may be picked now.
-pub type Usable<'a> = dyn Fn(&Instance) -> bool + Sync + 'a;
-
-fn any_instance(_: &Instance) -> bool {
-    true
-}
-
-/// The last stage of [`Smart`]: picks one instance from a leaf's list.
-///
-/// Implemented for closures `Fn(&[Instance], Option<&[u8]>) -> Option<usize>` (strategy name
-/// `custom`; a pick that `usable` rejects is asked again, at most once per instance).
-pub trait Stage: Send + Sync + 'static {
-    /// What a pick holds while the request runs (an in-flight guard), `()` for none.
-    type Guard: Send + 'static;
-
-    /// The strategy name, for metrics.
-    fn strategy(&self) -> &'static str;
-
-    /// Picks an index into `instances` among those `usable` accepts (e.g. not ejected by an
-    /// [`OutlierDetector`](crate::health::OutlierDetector)). `revision` changes exactly when
-    /// `instances` does.
-    fn pick(
-        &self,
-        instances: &[Instance],
-        revision: u64,
-        key: Option<&[u8]>,
-        usable: &Usable<'_>,
-    ) -> Option<(usize, Self::Guard)>;
-}
-
-impl<F> Stage for F
-where
-    F: Fn(&[Instance], Option<&[u8]>) -> Option<usize> + Send + Sync + 'static,
-{
-    type Guard = ();
-
-    fn strategy(&self) -> &'static str {
-        "custom"
-    }
-
-    fn pick(
-        &self,
-        instances: &[Instance],
-        _revision: u64,
-        key: Option<&[u8]>,
-        usable: &Usable<'_>,
-    ) -> Option<(usize, ())> {
-        // Ask again (at most once per instance) while the pick is not usable.
-        (0..instances.len().max(1))
-            .map_while(|_| self(instances, key))
-            .find(|i| instances.get(*i).is_some_and(usable))
-            .map(|i| (i, ()))
-    }
-}
-
-/// The real balancers: the leaf's list is picked with the strategy's table for that leaf (built
-/// once per revision, as [`Balancer`] does for a whole service); the guard is the in-flight count
-/// of load-aware strategies.
-impl Stage for Balancer {
-    type Guard = Option<InFlight>;
-
-    fn strategy(&self) -> &'static str {
-        Balancer::strategy(self).as_str()
-    }
-
-    #[inline]
-    fn pick(
-        &self,
-        instances: &[Instance],
-        revision: u64,
-        key: Option<&[u8]>,
-        usable: &Usable<'_>,
-    ) -> Option<(usize, Option<InFlight>)> {
-        let request = Request { key, usable };
-        let mut pick = self.pick_in(instances, revision, &request)?;
-        Some((pick.index(), pick.take_in_flight()))
-    }
-}
 
 /// Builds a leaf's stage from the previous plan's stage of the same leaf.
 type MakeLeaf<B> = dyn Fn(Option<&Arc<B>>) -> Arc<B> + Send + Sync;
@@ -177,8 +99,12 @@ impl<B> Plan<B> {
         geo: &Geo,
         previous: Option<&Plan<B>>,
         make: &MakeLeaf<B>,
+        skip_unhealthy: bool,
     ) -> Self {
-        let usable: Vec<&Instance> = instances.iter().filter(|i| i.health.is_usable()).collect();
+        let usable: Vec<&Instance> = instances
+            .iter()
+            .filter(|i| !skip_unhealthy || i.health.is_usable())
+            .collect();
         let panic = usable.is_empty() && !instances.is_empty();
         let base: Vec<&Instance> = if panic {
             instances.iter().collect()
@@ -321,6 +247,8 @@ pub struct Smart<B: Stage = Balancer> {
     version: Version,
     geo: Geo,
     make: Box<MakeLeaf<B>>,
+    /// Route over healthy instances only (the default), or over all of them.
+    skip_unhealthy: bool,
     plan: ArcSwap<Plan<B>>,
     rebuild: Mutex<()>,
 }
@@ -481,6 +409,7 @@ impl<B: Stage> Smart<B> {
             version,
             geo,
             make: Box::new(make),
+            skip_unhealthy: true,
             plan: ArcSwap::from_pointee(Plan::placeholder()),
             rebuild: Mutex::new(()),
         }
@@ -492,6 +421,23 @@ impl<B: Stage> Smart<B> {
         make: impl Fn() -> B + Send + Sync + 'static,
     ) -> Self {
         Self::new(Version::from_config(config), Geo::from_config(config), make)
+    }
+
+    /// Whether routing leaves out instances known to be unhealthy (`true`, the default) or routes
+    /// over every instance whatever its health (`false`: the config's
+    /// `load_balancer.health_check_enabled: false`, for a fleet whose health the registry does not
+    /// know well; build the leaf balancers with the same setting, so they do not skip them either).
+    /// With `true`, a service whose every instance is unhealthy is still routed over, in panic
+    /// mode ([`Decision::panic`]).
+    pub fn skip_unhealthy(mut self, on: bool) -> Self {
+        self.skip_unhealthy = on;
+        self
+    }
+
+    /// True when routing leaves out instances known to be unhealthy (see
+    /// [`skip_unhealthy`](Self::skip_unhealthy)).
+    pub fn skips_unhealthy(&self) -> bool {
+        self.skip_unhealthy
     }
 
     /// The version rules.
@@ -529,6 +475,7 @@ impl<B: Stage> Smart<B> {
             &self.geo,
             previous,
             &*self.make,
+            self.skip_unhealthy,
         ));
         // An older snapshot than the current plan's (a race around a swap) gets its own plan
         // without replacing the newer one.

@@ -2,7 +2,9 @@
 
 use serde_json::Value;
 
-use crate::support::{Agent, registration, run, stderr};
+use crate::support::{
+    Agent, closed_port, discover_json, eventually, http_server, registration, run, stderr, yaml,
+};
 
 fn fleet() -> (Agent, Vec<Agent>) {
     let host = Agent::start(&registration("registry-host", 1, "v1", ""), &[]);
@@ -115,4 +117,43 @@ fn select_shows_the_distribution_of_each_strategy() {
     assert!(stderr(&out).contains("round_robin"), "{}", stderr(&out));
     let out = run(&["select", "nobody", "--registry", &url]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn health_check_enabled_false_picks_unhealthy_instances_too() {
+    let host = Agent::start(&registration("registry-host", 1, "v1", ""), &[]);
+    let url = host.url();
+    let good = http_server(200);
+    let dead = closed_port();
+    let check = |port: u16| {
+        format!(
+            "    health_check:\n      tcp: \"127.0.0.1:{port}\"\n      interval: \"100ms\"\n      timeout: \"50ms\"\n"
+        )
+    };
+    let _agents: Vec<Agent> = [good, dead]
+        .iter()
+        .map(|&port| {
+            Agent::start(
+                &registration("pay", port, "v1", &check(port)),
+                &["--registry", &url],
+            )
+        })
+        .collect();
+    eventually("the dead instance to be unhealthy", || {
+        discover_json(&url, "pay", &[])
+            .iter()
+            .any(|i| i["health"] == "unhealthy")
+    });
+    let args = ["--strategy", "round_robin", "--count", "100"];
+    // By default the unhealthy instance is skipped.
+    assert_eq!(select(&url, &args), [(good, 100)]);
+    // With health checks off in the config, it is picked like the other.
+    let (_dir, path) =
+        yaml("service_discovery:\n  load_balancer:\n    health_check_enabled: false\n");
+    let mut off = args.to_vec();
+    let path = path.display().to_string();
+    off.extend_from_slice(&["-c", &path]);
+    let mut want = vec![(good, 50), (dead, 50)];
+    want.sort_unstable();
+    assert_eq!(select(&url, &off), want);
 }

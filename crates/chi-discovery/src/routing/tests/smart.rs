@@ -145,6 +145,55 @@ fn smart_panics_over_all_when_none_is_usable() {
 }
 
 #[test]
+fn with_health_checks_off_routing_keeps_unhealthy_instances() {
+    // Half the fleet unhealthy: skipped by default, routed over like the rest when health checks
+    // are off (`load_balancer.health_check_enabled: false`), and no panic either way.
+    let half: Vec<Instance> = fleet()
+        .into_iter()
+        .enumerate()
+        .map(|(n, i)| {
+            if n % 2 == 0 {
+                i.with_health(Unhealthy)
+            } else {
+                i
+            }
+        })
+        .collect();
+    let snap = Snapshot::new(half.clone(), 3);
+    let on = smart(&RoutingConfig::default());
+    let off = smart(&RoutingConfig::default()).skip_unhealthy(false);
+    assert!(on.skips_unhealthy() && !off.skips_unhealthy());
+    let healthy = ids_of(
+        &half
+            .iter()
+            .filter(|i| i.health.is_usable())
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let routed_on = on.route(&snap, &Route::new()).expect("routed");
+    assert!(!routed_on.decision().panic);
+    assert_eq!(ids_of(routed_on.instances()), healthy);
+    let routed_off = off.route(&snap, &Route::new()).expect("routed");
+    assert!(!routed_off.decision().panic);
+    assert_eq!(routed_off.instances().len(), half.len());
+    let mut picked = std::collections::BTreeSet::new();
+    for _ in 0..half.len() * 2 {
+        picked.insert(
+            off.pick(&snap, &Route::new())
+                .expect("pick")
+                .instance()
+                .id
+                .clone(),
+        );
+    }
+    assert_eq!(
+        picked.len(),
+        half.len(),
+        "every instance, unhealthy ones too"
+    );
+}
+
+#[test]
 fn smart_rebuilds_only_when_the_revision_moves_and_keeps_balancers() {
     let builds = std::sync::Arc::new(AtomicUsize::new(0));
     let b = builds.clone();
