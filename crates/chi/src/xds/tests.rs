@@ -50,6 +50,11 @@ fn inst(id: &str, port: u16, zone: &str) -> Instance {
         .with_meta("zone", zone)
 }
 
+/// Registers `instance` in the embedded registry behind a test server.
+async fn register(memory: &Memory, instance: Instance) {
+    memory.register(&instance).await.expect("register");
+}
+
 /// Memory with a switch: "down" ends every open watch with an error and fails new ones.
 struct Flaky {
     inner: Memory,
@@ -300,18 +305,13 @@ fn ports(r: &DiscoveryResponse) -> Vec<u32> {
 #[tokio::test]
 async fn initial_responses_carry_what_grpc_needs() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "eu-west-1a"))
-        .await
-        .expect("register");
-    memory
-        .register(&inst("b", 7002, "eu-west-1b").with_weight(3))
-        .await
-        .expect("register");
-    memory
-        .register(&inst("c", 7003, "eu-west-1b").with_health(HealthStatus::Unhealthy))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "eu-west-1a")).await;
+    register(&memory, inst("b", 7002, "eu-west-1b").with_weight(3)).await;
+    register(
+        &memory,
+        inst("c", 7003, "eu-west-1b").with_health(HealthStatus::Unhealthy),
+    )
+    .await;
     let f = serve(memory, round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
 
@@ -403,10 +403,7 @@ async fn initial_responses_carry_what_grpc_needs() {
 #[tokio::test]
 async fn an_ack_gets_no_resend_and_a_change_gets_a_new_version() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
@@ -414,10 +411,7 @@ async fn an_ack_gets_no_resend_and_a_change_gets_a_new_version() {
     ads.ack(&first, &[SERVICE]).await;
     ads.quiet().await;
 
-    memory
-        .register(&inst("b", 7002, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("b", 7002, "z1")).await;
     let second = ads.recv().await;
     assert_eq!(ports(&second), vec![7001, 7002]);
     assert_ne!(second.version_info, first.version_info);
@@ -434,10 +428,7 @@ async fn an_ack_gets_no_resend_and_a_change_gets_a_new_version() {
 #[tokio::test]
 async fn a_nack_is_not_answered_with_the_same_content() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Cluster, &[SERVICE], "", "").await;
@@ -446,10 +437,7 @@ async fn a_nack_is_not_answered_with_the_same_content() {
     ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
     let e1 = ads.recv().await;
     ads.ack(&e1, &[SERVICE]).await;
-    memory
-        .register(&inst("b", 7002, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("b", 7002, "z1")).await;
     let e2 = ads.recv().await;
 
     // NACK: the client keeps e1's version and says why.
@@ -469,10 +457,7 @@ async fn a_nack_is_not_answered_with_the_same_content() {
     ads.quiet().await;
 
     // The next change is sent, as a newer version.
-    memory
-        .register(&inst("c", 7003, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("c", 7003, "z1")).await;
     let e3 = ads.recv().await;
     assert_eq!(ports(&e3), vec![7001, 7002, 7003]);
     let (v2, v3): (u64, u64) = (
@@ -485,23 +470,18 @@ async fn a_nack_is_not_answered_with_the_same_content() {
 #[tokio::test]
 async fn a_stale_nonce_is_ignored() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
-    memory
-        .register(&Instance::new("other", "127.0.0.1", 7100).with_id("o"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
+    register(
+        &memory,
+        Instance::new("other", "127.0.0.1", 7100).with_id("o"),
+    )
+    .await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
     let e1 = ads.recv().await;
     ads.ack(&e1, &[SERVICE]).await;
-    memory
-        .register(&inst("b", 7002, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("b", 7002, "z1")).await;
     let e2 = ads.recv().await;
 
     // A request echoing e1's nonce crossed e2 on the wire: stale, no answer, names unchanged.
@@ -530,14 +510,12 @@ async fn a_stale_nonce_is_ignored() {
 #[tokio::test]
 async fn eds_sends_only_the_changed_assignments_and_cds_stays_whole() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
-    memory
-        .register(&Instance::new("other", "127.0.0.1", 7100).with_id("o"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
+    register(
+        &memory,
+        Instance::new("other", "127.0.0.1", 7100).with_id("o"),
+    )
+    .await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     let names = [SERVICE, "other"];
@@ -555,10 +533,7 @@ async fn eds_sends_only_the_changed_assignments_and_cds_stays_whole() {
     assert_eq!(eds.resources.len(), 2, "both known by now: one response");
     ads.ack(&eds, &names).await;
 
-    memory
-        .register(&inst("b", 7002, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("b", 7002, "z1")).await;
     let eds = ads.recv().await;
     assert_eq!(
         eds.type_url,
@@ -576,10 +551,7 @@ async fn eds_sends_only_the_changed_assignments_and_cds_stays_whole() {
 #[tokio::test]
 async fn a_reconnecting_client_gets_fresh_versions_even_with_its_old_nonce() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut before = Ads::open(&f).await;
     before.send(Kind::Endpoints, &[SERVICE], "", "").await;
@@ -608,10 +580,7 @@ async fn a_name_unknown_at_first_is_pushed_when_it_appears_cds_eds_first() {
     ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
     ads.quiet().await;
 
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
     let order = [ads.recv().await, ads.recv().await, ads.recv().await];
     let kinds: Vec<Kind> = order
         .iter()
@@ -658,10 +627,7 @@ async fn a_registry_outage_keeps_the_endpoints() {
 #[tokio::test]
 async fn streams_past_the_bound_are_refused() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
     let f = serve(memory, round_robin(), 1).await;
     let mut first = Ads::open(&f).await;
     first.send(Kind::Cluster, &[SERVICE], "", "").await;
@@ -691,10 +657,7 @@ async fn streams_past_the_bound_are_refused() {
 #[tokio::test]
 async fn malformed_requests_are_ignored_or_refused() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
     let f = serve(memory, round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     // An unknown type and garbage names: ignored.
@@ -731,10 +694,7 @@ async fn malformed_requests_are_ignored_or_refused() {
 #[tokio::test]
 async fn streams_share_one_registry_watch_per_service() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut one = Ads::open(&f).await;
     let mut two = Ads::open(&f).await;
@@ -744,10 +704,7 @@ async fn streams_share_one_registry_watch_per_service() {
     assert_eq!(f.hub.followed(), 1);
     one.ack(&r1, &[SERVICE]).await;
     two.ack(&r2, &[SERVICE]).await;
-    memory
-        .register(&inst("b", 7002, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("b", 7002, "z1")).await;
     assert_eq!(ports(&one.recv().await), vec![7001, 7002]);
     assert_eq!(ports(&two.recv().await), vec![7001, 7002]);
     drop((one, two));
@@ -765,14 +722,12 @@ async fn streams_share_one_registry_watch_per_service() {
 #[tokio::test]
 async fn wildcard_cds_lists_every_service_and_rds_can_go_over_ads() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
-    memory
-        .register(&Instance::new("other", "127.0.0.1", 7100).with_id("o"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
+    register(
+        &memory,
+        Instance::new("other", "127.0.0.1", 7100).with_id("o"),
+    )
+    .await;
     let shape = Shape {
         strategy: Strategy::RingHash,
         rds: true,
@@ -838,10 +793,7 @@ fn strategies_map_to_policies_grpc_accepts() {
 #[tokio::test]
 async fn shutting_down_ends_every_stream_with_unavailable() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
     let f = serve(memory, round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Cluster, &[SERVICE], "", "").await;
@@ -876,14 +828,8 @@ fn priorities_follow_the_client_zone_region_and_neighbours_without_gaps() {
 #[tokio::test]
 async fn each_client_gets_its_own_zone_first_when_geo_routing_is_on() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "eu-west-1a"))
-        .await
-        .expect("register");
-    memory
-        .register(&inst("b", 7002, "eu-west-1b"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "eu-west-1a")).await;
+    register(&memory, inst("b", 7002, "eu-west-1b")).await;
     let shape = Shape {
         strategy: Strategy::RoundRobin,
         rds: false,
@@ -973,14 +919,8 @@ fn inline_routes(r: &DiscoveryResponse) -> RouteConfiguration {
 #[tokio::test]
 async fn version_routing_routes_the_header_to_per_version_clusters() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1").with_version("v1"))
-        .await
-        .expect("register");
-    memory
-        .register(&inst("b", 7002, "z1").with_version("v2"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1").with_version("v1")).await;
+    register(&memory, inst("b", 7002, "z1").with_version("v2")).await;
     let shape = Shape {
         strategy: Strategy::RoundRobin,
         rds: false,
@@ -1026,10 +966,7 @@ async fn version_routing_routes_the_header_to_per_version_clusters() {
 
     // A new version: new routes (LDS); v2's endpoints are unchanged, so no EDS; the client
     // learns the new cluster's name from the routes and asks for it.
-    memory
-        .register(&inst("c", 7003, "z1").with_version("v3"))
-        .await
-        .expect("register");
+    register(&memory, inst("c", 7003, "z1").with_version("v3")).await;
     let lds = ads.recv().await;
     assert_eq!(lds.type_url, Kind::Listener.type_url());
     assert_eq!(route_rules(&inline_routes(&lds)).len(), 4);
@@ -1050,14 +987,8 @@ async fn version_routing_routes_the_header_to_per_version_clusters() {
 #[tokio::test]
 async fn wildcard_cds_lists_per_version_clusters_with_version_routing() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1").with_version("v1"))
-        .await
-        .expect("register");
-    memory
-        .register(&inst("b", 7002, "z1").with_version("v2"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1").with_version("v1")).await;
+    register(&memory, inst("b", 7002, "z1").with_version("v2")).await;
     let shape = Shape {
         strategy: Strategy::RoundRobin,
         rds: false,
@@ -1082,10 +1013,7 @@ async fn wildcard_cds_lists_per_version_clusters_with_version_routing() {
 #[tokio::test]
 async fn thousands_of_names_on_one_stream() {
     let memory = Arc::new(Memory::new());
-    memory
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
+    register(&memory, inst("a", 7001, "z1")).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     let mut names: Vec<String> = (0..3000).map(|i| format!("svc-{i}")).collect();
@@ -1097,10 +1025,11 @@ async fn thousands_of_names_on_one_stream() {
     ads.ack(&first, &refs).await;
     assert_eq!(f.hub.followed(), 3001);
     // One of the thousands appears: it alone is pushed.
-    memory
-        .register(&Instance::new("svc-2999", "127.0.0.1", 7999).with_id("late"))
-        .await
-        .expect("register");
+    register(
+        &memory,
+        Instance::new("svc-2999", "127.0.0.1", 7999).with_id("late"),
+    )
+    .await;
     let late = ads.recv().await;
     assert_eq!(ports(&late), vec![7999]);
     ads.ack(&late, &refs).await;
