@@ -235,8 +235,50 @@ pub enum CheckTarget {
     Ttl,
 }
 
-/// A check's settings: what to probe, how often, how long one probe may take. The probe that
-/// runs it is a `health::HttpProbe`, `TcpProbe` or `GrpcProbe`
+/// Who runs a registration's check: the registry itself, or chi in the registering process.
+///
+/// Consul's agent can run HTTP, TCP and gRPC checks itself; etcd, Nacos and the embedded
+/// registry cannot, so there chi probes and gates the lease or heartbeat on the verdict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckedBy {
+    /// The registry where it can (Consul: HTTP, TCP, gRPC), chi everywhere else.
+    #[default]
+    Auto,
+    /// The registry only; registering on one that cannot run the check is an error.
+    Registry,
+    /// chi only: it probes in this process and reports the verdict (to Consul as a TTL check, for
+    /// an address the Consul agent cannot reach).
+    Chi,
+}
+
+impl CheckedBy {
+    /// The name as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckedBy::Auto => "auto",
+            CheckedBy::Registry => "registry",
+            CheckedBy::Chi => "chi",
+        }
+    }
+}
+
+impl CheckTarget {
+    /// The target as a config file writes it: `http /health`, `tcp :8080`, `grpc`, `ttl`.
+    pub fn describe(&self) -> String {
+        match self {
+            CheckTarget::Http(t) => format!("http {t}"),
+            CheckTarget::Tcp(t) if t.is_empty() => "tcp".to_owned(),
+            CheckTarget::Tcp(t) => format!("tcp {t}"),
+            CheckTarget::Grpc(s) if s.is_empty() => "grpc".to_owned(),
+            CheckTarget::Grpc(s) => format!("grpc {s}"),
+            CheckTarget::Ttl => "ttl".to_owned(),
+        }
+    }
+}
+
+/// A check's settings: what to probe, how often, how long one probe may take, who probes. The
+/// probe that runs it in-process is a `health::HttpProbe`, `TcpProbe` or `GrpcProbe`
 /// ([`health::probe_for`](crate::health::probe_for) picks it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
@@ -252,6 +294,17 @@ pub struct HealthCheck {
     /// `DeregisterCriticalServiceAfter`). `None`: never.
     #[serde(default, with = "humantime_serde")]
     pub deregister_critical_service_after: Option<Duration>,
+    /// Who runs the check (default [`CheckedBy::Auto`]).
+    #[serde(default)]
+    pub checked_by: CheckedBy,
+    /// Successes in a row that make an unhealthy instance healthy when chi probes (`None`: the
+    /// checker's default, 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    /// Failures in a row that make a healthy instance unhealthy when chi probes (`None`: the
+    /// checker's default, 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
 }
 
 impl HealthCheck {
@@ -284,6 +337,9 @@ impl HealthCheck {
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(3),
             deregister_critical_service_after: None,
+            checked_by: CheckedBy::Auto,
+            rise: None,
+            fall: None,
         }
     }
 
@@ -303,6 +359,25 @@ impl HealthCheck {
     pub fn deregister_after(mut self, after: Duration) -> Self {
         self.deregister_critical_service_after = Some(after);
         self
+    }
+
+    /// Sets who runs the check.
+    pub fn checked_by(mut self, by: CheckedBy) -> Self {
+        self.checked_by = by;
+        self
+    }
+
+    /// Sets the rise / fall thresholds of chi's probe.
+    pub fn thresholds(mut self, rise: u32, fall: u32) -> Self {
+        self.rise = Some(rise.max(1));
+        self.fall = Some(fall.max(1));
+        self
+    }
+
+    /// True for the checks a registry's agent can run (HTTP, TCP, gRPC); a TTL check is fed by
+    /// the service.
+    pub fn is_active(&self) -> bool {
+        self.target != CheckTarget::Ttl
     }
 }
 

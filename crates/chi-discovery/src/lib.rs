@@ -58,7 +58,9 @@ mod util;
 
 pub use discovery::{DiscoveryClient, Snapshot, Watcher};
 pub use error::{Error, Result};
-pub use instance::{CheckTarget, Filter, HealthCheck, HealthStatus, Instance, ServiceConfig};
+pub use instance::{
+    CheckTarget, CheckedBy, Filter, HealthCheck, HealthStatus, Instance, ServiceConfig,
+};
 pub use manager::ServiceManager;
 pub use registry::{Change, Liveness, Registry};
 pub use retry::RetryPolicy;

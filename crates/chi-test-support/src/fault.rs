@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chi_discovery::registry::WatchStream;
-use chi_discovery::{Change, Error, HealthStatus, Instance, Liveness, Registry, Result};
+use chi_discovery::{
+    Change, Error, HealthCheck, HealthStatus, Instance, Liveness, Registry, Result,
+};
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
@@ -102,6 +104,19 @@ impl<R: Registry> Registry for Faulty<R> {
     async fn register(&self, instance: &Instance) -> Result<()> {
         self.check_up()?;
         self.inner.register(instance).await
+    }
+
+    fn runs_check(&self, check: &HealthCheck) -> bool {
+        self.inner.runs_check(check)
+    }
+
+    async fn register_with_checks(
+        &self,
+        instance: &Instance,
+        checks: &[HealthCheck],
+    ) -> Result<()> {
+        self.check_up()?;
+        self.inner.register_with_checks(instance, checks).await
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<()> {

@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chi_discovery::health::HealthChecker;
-use chi_discovery::{CheckTarget, DiscoveryClient, HealthStatus, ServiceManager};
+use chi_discovery::{HealthStatus, ServiceManager};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -52,7 +51,15 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         Some(base) => base.replace("http://", "chi://"),
         None => source.config.registries.enabled().join(", "),
     };
-    match manager.register_instance(instance.clone()).await {
+    // The check runs where each registry expects it: Consul's agent runs it, for the others the
+    // manager probes here and reports the verdict with its keep-alives.
+    let registered = manager.register(service.clone()).await;
+    if let Err(e @ chi_discovery::Error::Invalid { .. }) = &registered {
+        return Err(Failure::bad_input(format!("cannot register: {e}"))
+            .hint("see service_discovery.registration and its health_check")
+            .into());
+    }
+    match registered {
         Ok(report) => {
             for (backend, result) in &report.results {
                 match result {
@@ -67,19 +74,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             eprintln!("warning: not registered anywhere yet ({e}); retrying in the background")
         }
     }
-
-    let checker = HealthChecker::new(DiscoveryClient::new(registry.clone()));
-    let own = match &service.health_check {
-        Some(check) if check.target != CheckTarget::Ttl => Some(
-            checker
-                .check_own(manager.clone(), instance.clone(), check.clone())
-                .map_err(|e| {
-                    Failure::bad_input(format!("health check: {e}"))
-                        .hint("see service_discovery.registration.health_check")
-                })?,
-        ),
-        _ => None,
-    };
 
     let health_manager = manager.clone();
     let health: admin::HealthFn = Arc::new(move || {
@@ -115,7 +109,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     );
 
     shutdown.wait().await;
-    drop(own);
     eprintln!("chi agent: shutting down, deregistering {}", instance.id);
     let mut failed = false;
     for (id, result) in manager.shutdown().await {

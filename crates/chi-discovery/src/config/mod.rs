@@ -126,6 +126,7 @@ impl Config {
         )?;
         registries.apply_registration(registration.as_ref());
         registries::validate_consul(&registries, registration.as_ref(), &p)?;
+        registries::validate_checked_by(&registries, registration.as_ref(), &p)?;
         let disc = sd.discovery.unwrap_or_default();
         let dp = p.join("discovery");
         let cache = validate::cache(disc.cache.unwrap_or_default(), &dp.join("cache"))?;

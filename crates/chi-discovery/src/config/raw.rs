@@ -55,6 +55,9 @@ pub struct HealthCheck {
     pub interval: Option<String>,
     pub timeout: Option<String>,
     pub deregister_critical_service_after: Option<String>,
+    pub checked_by: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

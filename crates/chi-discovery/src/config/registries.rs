@@ -4,7 +4,7 @@
 
 use super::{Field, name_field, non_empty, positive_duration, raw};
 use crate::error::{Error, Result};
-use crate::instance::{CheckTarget, ServiceConfig};
+use crate::instance::{CheckTarget, CheckedBy, ServiceConfig};
 use crate::registry::consul::{self, ConsulConfig};
 use crate::registry::etcd::{self, EtcdConfig};
 use crate::registry::nacos::{self, NacosConfig, NacosServerConfig};
@@ -105,6 +105,37 @@ pub(super) fn validate_consul(
             .err(message),
         other => other,
     })
+}
+
+/// `checked_by: registry` needs every enabled registry to run the check itself, and only Consul
+/// does: refused here, at the field, rather than when the service registers.
+pub(super) fn validate_checked_by(
+    registries: &Registries,
+    registration: Option<&ServiceConfig>,
+    sd: &Field,
+) -> Result<()> {
+    let Some(check) = registration.and_then(|r| r.health_check.as_ref()) else {
+        return Ok(());
+    };
+    if check.checked_by != CheckedBy::Registry || !check.is_active() {
+        return Ok(());
+    }
+    let mut enabled = registries.enabled();
+    if enabled.is_empty() {
+        enabled.push("memory");
+    }
+    match enabled.iter().find(|b| **b != "consul") {
+        None => Ok(()),
+        Some(backend) => Err(sd
+            .join("registration")
+            .join("health_check")
+            .join("checked_by")
+            .err(format!(
+                "\"registry\" needs a registry that runs health checks, but {backend} cannot \
+                 (only Consul runs them); expected \"auto\" or \"chi\" (chi probes and gates \
+                 the {backend} registration on the result)"
+            ))),
+    }
 }
 
 fn host_port(value: &str, at: &Field) -> Result<()> {

@@ -307,6 +307,50 @@ fn health_check_http_not_a_path() {
 }
 
 #[test]
+fn checked_by_unknown_value() {
+    assert_err(
+        &spec_with("timeout: \"3s\"", "timeout: \"3s\"\n      checked_by: \"agent\""),
+        "service_discovery.registration.health_check.checked_by",
+        &["\"auto\", \"registry\" or \"chi\"", "\"agent\""],
+    );
+}
+
+#[test]
+fn checked_by_registry_on_etcd_is_refused_at_the_field() {
+    let yaml = spec_with("timeout: \"3s\"", "timeout: \"3s\"\n      checked_by: registry")
+        .replacen("enabled: false", "enabled: true", 1);
+    assert_err(
+        &yaml,
+        "service_discovery.registration.health_check.checked_by",
+        &["etcd cannot", "only Consul runs them", "\"auto\" or \"chi\""],
+    );
+    // Consul alone runs it: accepted.
+    let c = load(&spec_with(
+        "timeout: \"3s\"",
+        "timeout: \"3s\"\n      checked_by: registry",
+    ))
+    .expect("consul runs checks");
+    let check = c.registration.and_then(|r| r.health_check).expect("check");
+    assert_eq!(check.checked_by, crate::CheckedBy::Registry);
+}
+
+#[test]
+fn rise_and_fall_are_read_and_zero_is_refused() {
+    let c = load(&spec_with(
+        "timeout: \"3s\"",
+        "timeout: \"3s\"\n      rise: 1\n      fall: 5",
+    ))
+    .expect("loads");
+    let check = c.registration.and_then(|r| r.health_check).expect("check");
+    assert_eq!((check.rise, check.fall), (Some(1), Some(5)));
+    assert_err(
+        &spec_with("timeout: \"3s\"", "timeout: \"3s\"\n      fall: 0"),
+        "service_discovery.registration.health_check.fall",
+        &["at least 1, got 0"],
+    );
+}
+
+#[test]
 fn timeout_not_shorter_than_interval() {
     assert_err(
         &spec_with("timeout: \"3s\"", "timeout: \"15s\""),

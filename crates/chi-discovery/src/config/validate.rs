@@ -10,7 +10,7 @@ use super::{
 use crate::balance::{ConsistentHashConfig, Strategy};
 use crate::discovery::CacheConfig;
 use crate::error::Result;
-use crate::instance::{CheckTarget, HealthCheck, ServiceConfig};
+use crate::instance::{CheckTarget, CheckedBy, HealthCheck, ServiceConfig};
 use crate::retry::RetryPolicy;
 
 pub(super) fn registration(r: raw::Registration, at: &Field) -> Result<ServiceConfig> {
@@ -105,11 +105,29 @@ pub(super) fn health_check(h: raw::HealthCheck, at: &Field) -> Result<HealthChec
         .as_deref()
         .map(|v| positive_duration(v, &at.join("deregister_critical_service_after")))
         .transpose()?;
+    let checked_by = match h.checked_by.as_deref().map(str::trim) {
+        None | Some("auto") => CheckedBy::Auto,
+        Some("registry") => CheckedBy::Registry,
+        Some("chi") => CheckedBy::Chi,
+        Some(other) => {
+            return Err(at.join("checked_by").err(format!(
+                "expected \"auto\", \"registry\" or \"chi\", got {other:?}"
+            )));
+        }
+    };
+    for (key, value) in [("rise", h.rise), ("fall", h.fall)] {
+        if value == Some(0) {
+            return Err(at.join(key).err("must be at least 1, got 0"));
+        }
+    }
     Ok(HealthCheck {
         target,
         interval,
         timeout,
         deregister_critical_service_after,
+        checked_by,
+        rise: h.rise,
+        fall: h.fall,
     })
 }
 

@@ -12,8 +12,11 @@
 //! With a [`MultiRegistry`](crate::registry::MultiRegistry) the manager tracks every member apart
 //! (through [`Registry::members`]), so one dead backend is retried alone.
 //!
-//! The health the manager reports with each keep-alive (Consul TTL pass/fail, Nacos healthy flag)
-//! is set with [`ServiceManager::set_health`], by chi's health checker or by the service itself.
+//! A registration's [`HealthCheck`] runs where its registry expects it (the `checks` module): Consul's agent
+//! runs it itself (and reaps the instance after `deregister_critical_service_after`); for etcd,
+//! Nacos and the embedded registry the manager probes in this process and reports the verdict
+//! with each keep-alive (the instance's health in etcd, Nacos' healthy flag). The service itself
+//! can report too, with [`ServiceManager::set_health`] (a TTL check).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,8 +28,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::health::HealthSink;
-use crate::instance::{HealthStatus, Instance, ServiceConfig};
+use crate::health::{HealthChecker, HealthSink, InstanceHealth, OwnCheck, probe_for};
+use crate::instance::{HealthCheck, HealthStatus, Instance, ServiceConfig};
 use crate::keyed::KeyedLocks;
 use crate::registry::{Liveness, Registry};
 use crate::retry::RetryPolicy;
@@ -56,8 +59,10 @@ impl std::fmt::Debug for ServiceManager {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     backends: Vec<Arc<dyn Registry>>,
+    /// Runs the probes of registrations whose check no backend runs itself.
+    checker: HealthChecker,
     interval: Duration,
     retry: RetryPolicy,
     state: Mutex<HashMap<String, Managed>>,
@@ -77,10 +82,15 @@ struct Managed {
     generation: u64,
     health: HealthStatus,
     backends: Vec<BackendState>,
+    /// chi's own probe of this registration, when a backend needs it; dropped (and stopped) with
+    /// the registration.
+    probe: Option<OwnCheck>,
 }
 
 #[derive(Debug, Clone)]
 struct BackendState {
+    /// The checks this backend runs itself, sent with every registration.
+    checks: Vec<HealthCheck>,
     registered: bool,
     failures: u32,
     next_attempt: Instant,
@@ -89,8 +99,9 @@ struct BackendState {
 }
 
 impl BackendState {
-    fn new() -> Self {
+    fn new(checks: Vec<HealthCheck>) -> Self {
         BackendState {
+            checks,
             registered: false,
             failures: 0,
             next_attempt: Instant::now(),
@@ -145,6 +156,10 @@ pub struct RegistrationStatus {
     pub instance: Instance,
     /// Health reported with keep-alives.
     pub health: HealthStatus,
+    /// True when chi probes the registration in this process (no backend runs its check).
+    pub probed_here: bool,
+    /// What that probe knows (`None` before its first verdict, or with no probe).
+    pub probe: Option<InstanceHealth>,
     /// One entry per backend.
     pub backends: Vec<BackendStatus>,
 }
@@ -164,6 +179,7 @@ impl ServiceManager {
             .unwrap_or(Duration::from_secs(5));
         ServiceManager {
             inner: Arc::new(Inner {
+                checker: HealthChecker::builder().build_for_own(),
                 backends,
                 interval,
                 retry: RetryPolicy::default(),
@@ -192,26 +208,55 @@ impl ServiceManager {
         self
     }
 
-    /// Registers the instance described by `config` on every backend.
+    /// Registers the instance described by `config` on every backend, with its health check
+    /// where each backend runs it.
     ///
     /// Returns the per-backend report when at least one backend holds the registration, and
     /// [`Error::Backends`] when none does; either way the instance stays managed, and failed
-    /// backends are retried in the background until [`ServiceManager::deregister`].
+    /// backends are retried in the background until [`ServiceManager::deregister`]. A check
+    /// that cannot run (`checked_by: registry` on etcd, an HTTP check without the `http`
+    /// feature) is an error before anything is registered.
     pub async fn register(&self, config: ServiceConfig) -> Result<RegistrationReport> {
-        self.register_instance(config.instance()).await
+        self.register_checked(config.instance(), config.health_check.as_ref())
+            .await
     }
 
-    /// Registers an already built [`Instance`]; see [`ServiceManager::register`].
+    /// Registers an already built [`Instance`], without a check; see
+    /// [`ServiceManager::register`].
     pub async fn register_instance(&self, instance: Instance) -> Result<RegistrationReport> {
+        self.register_checked(instance, None).await
+    }
+
+    /// Registers `instance` with `check`; see [`ServiceManager::register`].
+    pub async fn register_checked(
+        &self,
+        instance: Instance,
+        check: Option<&HealthCheck>,
+    ) -> Result<RegistrationReport> {
         instance.validate()?;
+        let plan = checks::plan(&self.inner.backends, check)?;
+        let probe = plan.local.as_ref().map(probe_for).transpose()?;
         self.ensure_task();
         let _write = self.inner.writes.lock(&instance.id).await;
-        let results = join_all(self.inner.backends.iter().map(|b| b.register(&instance))).await;
+        let results = join_all(
+            self.inner
+                .backends
+                .iter()
+                .zip(&plan.registry_checks)
+                .map(|(b, checks)| b.register_with_checks(&instance, checks)),
+        )
+        .await;
         let now = Instant::now();
         let mut states = Vec::with_capacity(results.len());
         let mut report = Vec::with_capacity(results.len());
-        for (backend, result) in self.inner.backends.iter().zip(results) {
-            let mut st = BackendState::new();
+        for ((backend, result), checks) in self
+            .inner
+            .backends
+            .iter()
+            .zip(results)
+            .zip(plan.registry_checks)
+        {
+            let mut st = BackendState::new(checks);
             match &result {
                 Ok(()) => st.registered = true,
                 Err(e) => {
@@ -229,15 +274,33 @@ impl ServiceManager {
             .inner
             .generations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.lock().insert(
-            id.clone(),
-            Managed {
-                generation,
-                health: instance.health,
-                instance,
-                backends: states,
-            },
-        );
+        {
+            // The probe starts under the lock, so its first verdict cannot arrive before the
+            // registration it is about.
+            let mut state = self.inner.lock();
+            let probe = match (plan.local, probe) {
+                (Some(check), Some(probe)) => Some(self.inner.checker.check_own_with(
+                    Arc::new(checks::OwnSink {
+                        inner: Arc::downgrade(&self.inner),
+                        generation,
+                    }),
+                    instance.clone(),
+                    check,
+                    probe,
+                )),
+                _ => None,
+            };
+            state.insert(
+                id.clone(),
+                Managed {
+                    generation,
+                    health: instance.health,
+                    instance,
+                    backends: states,
+                    probe,
+                },
+            );
+        }
         self.inner.wake.notify_one();
         let report = RegistrationReport {
             id,
@@ -258,41 +321,12 @@ impl ServiceManager {
 
     /// Deregisters an instance from every backend and stops managing it.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<()> {
-        let _write = self.inner.writes.lock(&id.to_owned()).await;
-        self.inner.lock().remove(id);
-        let results = join_all(
-            self.inner
-                .backends
-                .iter()
-                .map(|b| b.deregister(service, id)),
-        )
-        .await;
-        let failures: Vec<(String, Error)> = self
-            .inner
-            .backends
-            .iter()
-            .zip(results)
-            .filter_map(|(b, r)| r.err().map(|e| (b.backend().to_owned(), e)))
-            .collect();
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Backends { failures })
-        }
+        self.inner.deregister(service, id).await
     }
 
     /// Sets the health reported with the instance's keep-alives, and reports it at once.
     pub fn set_health(&self, id: &str, health: HealthStatus) {
-        let changed = match self.inner.lock().get_mut(id) {
-            Some(m) if m.health != health => {
-                m.health = health;
-                true
-            }
-            _ => false,
-        };
-        if changed {
-            self.inner.wake.notify_one();
-        }
+        self.inner.set_health(id, None, health);
     }
 
     /// Every managed registration and where it stands on each backend.
@@ -303,6 +337,8 @@ impl ServiceManager {
             .map(|m| RegistrationStatus {
                 instance: m.instance.clone(),
                 health: m.health,
+                probed_here: m.probe.is_some(),
+                probe: m.probe.as_ref().and_then(OwnCheck::health),
                 backends: self
                     .inner
                     .backends
@@ -397,9 +433,55 @@ enum Work {
     Register,
 }
 
+/// One call of a round: keep alive or register one instance on one backend.
+struct Job {
+    id: String,
+    generation: u64,
+    idx: usize,
+    instance: Instance,
+    health: HealthStatus,
+    checks: Vec<HealthCheck>,
+    work: Work,
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Managed>> {
         lock(&self.state)
+    }
+
+    /// Sets the health of `id` (of registration `generation` only, when given: a probe of a
+    /// replaced registration does not speak for the new one) and wakes the keep-alives.
+    fn set_health(&self, id: &str, generation: Option<u64>, health: HealthStatus) {
+        let changed = match self.lock().get_mut(id) {
+            Some(m) if m.health != health && generation.is_none_or(|g| g == m.generation) => {
+                m.health = health;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.wake.notify_one();
+        }
+    }
+
+    async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+        let _write = self.writes.lock(&id.to_owned()).await;
+        // Kept until the end: when chi's own probe deregisters a critical instance, it runs
+        // inside the probe's task, which dropping the registration aborts.
+        let removed = self.lock().remove(id);
+        let results = join_all(self.backends.iter().map(|b| b.deregister(service, id))).await;
+        drop(removed);
+        let failures: Vec<(String, Error)> = self
+            .backends
+            .iter()
+            .zip(results)
+            .filter_map(|(b, r)| r.err().map(|e| (b.backend().to_owned(), e)))
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Backends { failures })
+        }
     }
 
     /// One pass over every (instance, backend): keep alive what is registered, register what is
@@ -407,7 +489,7 @@ impl Inner {
     /// held.
     async fn round(&self) {
         let now = Instant::now();
-        let jobs: Vec<(String, u64, usize, Instance, HealthStatus, Work)> = {
+        let jobs: Vec<Job> = {
             let state = self.lock();
             let mut jobs = Vec::new();
             for (id, m) in state.iter() {
@@ -419,14 +501,22 @@ impl Inner {
                     } else {
                         continue;
                     };
-                    let mut inst = m.instance.clone();
-                    inst.health = m.health;
-                    jobs.push((id.clone(), m.generation, idx, inst, m.health, work));
+                    let mut instance = m.instance.clone();
+                    instance.health = m.health;
+                    jobs.push(Job {
+                        id: id.clone(),
+                        generation: m.generation,
+                        idx,
+                        instance,
+                        health: m.health,
+                        checks: st.checks.clone(),
+                        work,
+                    });
                 }
             }
             jobs
         };
-        let results: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(|(id, generation, idx, inst, health, work)| async move {
+        let results: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(|Job { id, generation, idx, instance: inst, health, checks, work }| async move {
             let backend = &self.backends[idx];
             let _write = self.writes.lock(&id).await;
             // Under the lock, with what is managed now: deregistered or replaced meanwhile,
@@ -443,11 +533,11 @@ impl Inner {
                     Ok(Liveness::Alive) => Ok(false),
                     Ok(Liveness::Lost) => {
                         tracing::info!(backend = backend.backend(), %id, "registration lost; registering again");
-                        backend.register(&inst).await.map(|()| true)
+                        backend.register_with_checks(&inst, &checks).await.map(|()| true)
                     }
                     Err(e) => Err(e),
                 },
-                Work::Register => backend.register(&inst).await.map(|()| true),
+                Work::Register => backend.register_with_checks(&inst, &checks).await.map(|()| true),
             };
             (id, generation, idx, Some(outcome))
         }))
@@ -492,5 +582,6 @@ impl Inner {
     }
 }
 
+mod checks;
 #[cfg(test)]
 mod tests;

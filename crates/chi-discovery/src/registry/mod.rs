@@ -27,8 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
-use crate::error::Result;
-use crate::instance::{HealthStatus, Instance};
+use crate::error::{Error, Result};
+use crate::instance::{HealthCheck, HealthStatus, Instance};
 
 mod connect;
 #[cfg(any(feature = "consul", feature = "nacos"))]
@@ -123,6 +123,32 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Watches `service`: first a [`Change::Reset`], then changes as they happen.
     async fn watch(&self, service: &str) -> Result<WatchStream>;
+
+    /// True when this registry runs `check` itself: Consul's agent runs HTTP, TCP and gRPC checks
+    /// and holds TTL checks. etcd, Nacos and the embedded registry run none; there chi probes in
+    /// the registering process and reports the verdict with its keep-alives.
+    fn runs_check(&self, check: &HealthCheck) -> bool {
+        let _ = check;
+        false
+    }
+
+    /// Registers `instance` with `checks` the registry runs itself ([`Registry::runs_check`]);
+    /// later registrations of the same id carry them too. With no checks this is
+    /// [`Registry::register`]; a check the registry cannot run is an error, never dropped.
+    async fn register_with_checks(
+        &self,
+        instance: &Instance,
+        checks: &[HealthCheck],
+    ) -> Result<()> {
+        if let Some(c) = checks.iter().find(|c| !self.runs_check(c)) {
+            return Err(Error::invalid(
+                "health check",
+                c.target.describe(),
+                format!("registry `{}` cannot run health checks", self.backend()),
+            ));
+        }
+        self.register(instance).await
+    }
 
     /// The backends behind this registry, for per-backend bookkeeping (a [`MultiRegistry`]
     /// answers its members; a plain backend `None`).

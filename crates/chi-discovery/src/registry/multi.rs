@@ -20,7 +20,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::{Change, Liveness, Registry, WatchStream, diff};
 use crate::error::{Error, Result};
-use crate::instance::{HealthStatus, Instance};
+use crate::instance::{HealthCheck, HealthStatus, Instance};
 
 /// A registry that writes to all its members and reads their union.
 pub struct MultiRegistry {
@@ -95,6 +95,26 @@ impl Registry for MultiRegistry {
     async fn register(&self, instance: &Instance) -> Result<()> {
         instance.validate()?;
         let results = join_all(self.members.iter().map(|m| m.register(instance))).await;
+        self.all_or_report(results)
+    }
+
+    /// Only when every member runs it.
+    fn runs_check(&self, check: &HealthCheck) -> bool {
+        self.members.iter().all(|m| m.runs_check(check))
+    }
+
+    async fn register_with_checks(
+        &self,
+        instance: &Instance,
+        checks: &[HealthCheck],
+    ) -> Result<()> {
+        instance.validate()?;
+        let results = join_all(
+            self.members
+                .iter()
+                .map(|m| m.register_with_checks(instance, checks)),
+        )
+        .await;
         self.all_or_report(results)
     }
 

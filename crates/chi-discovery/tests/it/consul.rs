@@ -240,13 +240,13 @@ async fn active_checks_run_on_the_agent_and_survive_re_registration() {
     let tcp = Instance::new(&svc, "127.0.0.1", open).with_id("tcp");
     let http = Instance::new(&svc, "127.0.0.1", closed).with_id("http");
     let grpc = Instance::new(&svc, "127.0.0.1", closed).with_id("grpc");
-    c.register_with_checks(&tcp, vec![every(HealthCheck::tcp())])
+    c.register_with_checks(&tcp, &[every(HealthCheck::tcp())])
         .await
         .expect("register tcp");
-    c.register_with_checks(&http, vec![every(HealthCheck::http("/health"))])
+    c.register_with_checks(&http, &[every(HealthCheck::http("/health"))])
         .await
         .expect("register http");
-    c.register_with_checks(&grpc, vec![every(HealthCheck::grpc("pkg.Health"))])
+    c.register_with_checks(&grpc, &[every(HealthCheck::grpc("pkg.Health"))])
         .await
         .expect("register grpc");
 

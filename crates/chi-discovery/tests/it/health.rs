@@ -42,8 +42,8 @@ struct HttpState {
 
 /// An axum server on 127.0.0.1 whose `/health` answers 200, 503 or slowly; it can be stopped
 /// (the listener closes, as when the process dies) and started again on the same port.
-struct HttpServer {
-    port: u16,
+pub(crate) struct HttpServer {
+    pub(crate) port: u16,
     state: HttpState,
     task: Option<JoinHandle<()>>,
 }
@@ -64,7 +64,7 @@ async fn health(State(s): State<HttpState>, headers: HeaderMap) -> StatusCode {
 }
 
 impl HttpServer {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let mut s = HttpServer {
             port: 0,
             state: HttpState {
@@ -77,7 +77,7 @@ impl HttpServer {
         s
     }
 
-    async fn listen(&mut self) {
+    pub(crate) async fn listen(&mut self) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
             .await
             .expect("bind");
@@ -90,7 +90,7 @@ impl HttpServer {
         }));
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
         }

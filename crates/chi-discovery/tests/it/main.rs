@@ -15,6 +15,8 @@ mod etcd;
 mod nacos;
 
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
+mod checks;
+#[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod churn;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod faults;

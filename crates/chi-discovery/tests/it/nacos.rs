@@ -191,8 +191,9 @@ async fn subscribe_sees_add_remove_update() {
     writer.register(&a5).await.expect("update a");
     expect_change(&mut w, t, Change::Update(healthy(&a5))).await;
 
-    // The healthy flag travels with keep-alives. rnacos never lists unhealthy instances (real
-    // Nacos would send an Update with healthy = false), so it leaves, and comes back healthy.
+    // Health travels with keep-alives: an unhealthy instance is withdrawn from the server (Nacos
+    // 2.x does not take a client's healthy flag for ephemeral instances), so it leaves, and comes
+    // back healthy.
     for (health, expected) in [
         (HealthStatus::Unhealthy, Change::Remove(healthy(&a5))),
         (HealthStatus::Healthy, Change::Add(healthy(&a5))),

@@ -366,7 +366,7 @@ async fn consul_agent_checks_stay_on_the_instances_address() {
     })
     .expect("config");
     let e = strict
-        .register_with_checks(&inst, vec![check.clone()])
+        .register_with_checks(&inst, std::slice::from_ref(&check))
         .await
         .expect_err("a check on another port must be refused");
     let text = e.to_string();
@@ -392,7 +392,7 @@ async fn consul_agent_checks_stay_on_the_instances_address() {
         ..ConsulConfig::default()
     })
     .expect("config");
-    lax.register_with_checks(&inst, vec![check])
+    lax.register_with_checks(&inst, &[check])
         .await
         .expect("explicitly allowed");
     let probed = eventually(Duration::from_secs(10), || async {

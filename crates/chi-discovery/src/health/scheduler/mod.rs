@@ -106,6 +106,13 @@ impl CheckerBuilder {
         self
     }
 
+    /// A checker of this process's own registrations only ([`HealthChecker::check_own`]): it
+    /// follows no membership, and [`HealthChecker::watch`] answers an error. The
+    /// [`ServiceManager`](crate::ServiceManager) runs its registrations' checks on one.
+    pub fn build_for_own(self) -> HealthChecker {
+        self.build(NoMembership)
+    }
+
     /// The checker.
     pub fn build(self, client: impl Membership) -> HealthChecker {
         let (events, _) = broadcast::channel(1024);
@@ -120,6 +127,35 @@ impl CheckerBuilder {
                 services: Mutex::new(HashMap::new()),
             }),
         }
+    }
+}
+
+/// The membership of a checker built for own registrations: there is none to follow.
+struct NoMembership;
+
+#[async_trait::async_trait]
+impl HealthSink for NoMembership {
+    fn set_health(&self, _service: &str, _id: &str, _health: HealthStatus) {}
+
+    async fn deregister(&self, _service: &str, _id: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Membership for NoMembership {
+    async fn watch(&self, service: &str) -> Result<crate::registry::WatchStream> {
+        Err(crate::error::Error::invalid(
+            "health checker",
+            service,
+            "was built for own registrations only (CheckerBuilder::build_for_own) and follows no service",
+        ))
+    }
+
+    fn clear_health(&self, _service: &str, _id: &str) {}
+
+    async fn reload(&self, _service: &str) -> Result<()> {
+        Ok(())
     }
 }
 

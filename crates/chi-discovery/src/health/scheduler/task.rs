@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::{Inner, InstanceHealth, Transition, lock};
-use crate::health::{CheckError, HealthSink, HealthState, Probe};
+use crate::health::{CheckError, HealthSink, HealthState, Probe, Thresholds};
 use crate::instance::{HealthCheck, HealthStatus, Instance};
 use crate::registry::{Change, WatchStream};
 use crate::util::AbortOnDrop;
@@ -108,7 +108,12 @@ pub(super) async fn run_instance(
     let interval = check.interval.max(Duration::from_millis(1));
     let timeout = check.timeout.max(Duration::from_millis(1));
     let key = (instance.name.clone(), instance.id.clone());
-    let mut state = HealthState::new(inner.thresholds);
+    // A check's own rise / fall win over the checker's.
+    let thresholds = Thresholds::new(
+        check.rise.unwrap_or(inner.thresholds.rise),
+        check.fall.unwrap_or(inner.thresholds.fall),
+    );
+    let mut state = HealthState::new(thresholds);
     let mut checks: u64 = 0;
     if inner.jitter > 0.0 {
         tokio::time::sleep(interval.mul_f64(rand::random::<f64>() * inner.jitter)).await;

@@ -46,7 +46,7 @@ pub struct ConsulConfig {
     pub request_timeout: Duration,
     /// TLS settings; `Some` makes a scheme-less address `https`.
     pub tls: Option<TlsConfig>,
-    /// Let active checks of [`Consul::register_with_checks`](super::Consul::register_with_checks)
+    /// Let active checks of [`Registry::register_with_checks`](crate::Registry::register_with_checks)
     /// target another host or port than the instance's own (an absolute HTTP URL, a TCP
     /// `host:port`). Off by default: the agent runs those checks, so a registration could
     /// otherwise make it fetch any address its network reaches (a cloud metadata endpoint, an

@@ -25,7 +25,7 @@
 //!   "unknown check" (agent restarted, service deregistered) is [`Liveness::Lost`], and the
 //!   [`ServiceManager`](crate::ServiceManager) registers the instance again.
 //! - Active checks (HTTP, TCP, gRPC) from a [`HealthCheck`] are added with
-//!   [`Consul::register_with_checks`]; the agent runs them itself. A `Ttl` target maps onto chi's
+//!   [`Registry::register_with_checks`]; the agent runs them itself. A `Ttl` target maps onto chi's
 //!   TTL check. `deregister_critical_service_after` becomes Consul's
 //!   `DeregisterCriticalServiceAfter` (Consul 1.8 clamps it to at least one minute and its reaper
 //!   runs every 30 s, so a critical instance goes 60–90 s after it turned critical).
@@ -160,25 +160,6 @@ impl Consul {
         &self.inner.config
     }
 
-    /// Registers `instance` with active checks the agent runs (HTTP, TCP, gRPC; a `Ttl` target
-    /// sets the deregister-after of chi's TTL check). The checks are remembered, so later
-    /// re-registrations of the same id (by the [`ServiceManager`](crate::ServiceManager)) carry
-    /// them too.
-    pub async fn register_with_checks(
-        &self,
-        instance: &Instance,
-        checks: Vec<HealthCheck>,
-    ) -> Result<()> {
-        instance.validate()?;
-        if !self.inner.config.allow_other_check_hosts {
-            for c in &checks {
-                check_target_is_own(instance, &c.target)?;
-            }
-        }
-        self.inner.lock_checks().insert(instance.id.clone(), checks);
-        self.register(instance).await
-    }
-
     /// The instances of `service` that pass `filter`, filtered by Consul where it can: tags with
     /// `tag=`, meta with a `filter` expression, `healthy_only` with `passing` (Consul's notion:
     /// an instance in `warning` is left out too). The filter is applied again here, so the answer
@@ -244,6 +225,32 @@ impl Inner {
 impl Registry for Consul {
     fn backend(&self) -> &str {
         BACKEND
+    }
+
+    /// HTTP, TCP and gRPC checks run by the agent; a TTL check is chi's own, with the check's
+    /// `deregister_critical_service_after`.
+    fn runs_check(&self, _check: &HealthCheck) -> bool {
+        true
+    }
+
+    /// Registers `instance` with active checks the agent runs (HTTP, TCP, gRPC; a `Ttl` target
+    /// sets the deregister-after of chi's TTL check). The checks are remembered, so later
+    /// re-registrations of the same id carry them too.
+    async fn register_with_checks(
+        &self,
+        instance: &Instance,
+        checks: &[HealthCheck],
+    ) -> Result<()> {
+        instance.validate()?;
+        if !self.inner.config.allow_other_check_hosts {
+            for c in checks {
+                check_target_is_own(instance, &c.target)?;
+            }
+        }
+        self.inner
+            .lock_checks()
+            .insert(instance.id.clone(), checks.to_vec());
+        self.register(instance).await
     }
 
     async fn register(&self, instance: &Instance) -> Result<()> {

@@ -13,8 +13,13 @@
 //!   process dies, the connection closes and the instance leaves. nacos-sdk re-sends
 //!   registrations after a reconnect; [`Registry::keep_alive`] checks on top of that that the
 //!   server still holds the instance (answering [`Liveness::Lost`] otherwise, so the
-//!   [`ServiceManager`](crate::ServiceManager) registers it again) and pushes a changed healthy
-//!   flag by registering again.
+//!   [`ServiceManager`](crate::ServiceManager) registers it again).
+//! - **Health**: a Nacos 2.x server ties an ephemeral instance's health to the gRPC connection
+//!   that registered it and does not take the `healthy` flag a client sends (rnacos keeps
+//!   listing such an instance healthy). So an instance chi finds unhealthy (its probe failed,
+//!   or the service said so) is *withdrawn*: deregistered from the server and held back, then
+//!   registered again once healthy. Consumers see it leave and come back. An instance the
+//!   server itself lists unhealthy maps to `Unhealthy`.
 //! - **Id, version and tags** travel in metadata (`chi.id`, `chi.version`, `chi.tags` as a
 //!   JSON array): see [`convert`] for the exact rules and for instances registered by other
 //!   clients.
@@ -282,6 +287,33 @@ fn check_service(service: &str) -> Result<()> {
 }
 
 #[cfg(feature = "nacos")]
+impl Nacos {
+    /// Takes an unhealthy instance off the server and remembers it as ours, unhealthy, so that
+    /// keep-alives hold it back until it is healthy again (the caller holds its write lock).
+    async fn withdraw(
+        &self,
+        key: &(String, String),
+        instance: &Instance,
+        ours: Option<ServiceInstance>,
+    ) -> Result<()> {
+        let mut si = match ours {
+            Some(si) => si,
+            None => convert::to_nacos(instance, &self.shared.config.cluster_name)?,
+        };
+        self.shared
+            .call(self.shared.naming.deregister_instance(
+                instance.name.clone(),
+                self.shared.group(),
+                si.clone(),
+            ))
+            .await?;
+        si.healthy = false;
+        self.shared.remember(key.clone(), Some(si));
+        Ok(())
+    }
+}
+
+#[cfg(feature = "nacos")]
 impl Shared {
     /// What this client last sent for `(service, id)`.
     fn ours(&self, key: &(String, String)) -> Option<ServiceInstance> {
@@ -447,6 +479,10 @@ impl Registry for Nacos {
                 ))
                 .await?;
         }
+        if !si.healthy {
+            // Registered while unhealthy: held back until healthy (see "Health" above).
+            return self.withdraw(&key, instance, Some(si)).await;
+        }
         self.shared.register_raw(&instance.name, si.clone()).await?;
         self.shared.remember(key, Some(si));
         Ok(())
@@ -487,24 +523,28 @@ impl Registry for Nacos {
         let key = (instance.name.clone(), instance.id.clone());
         let _write = self.shared.writes.lock(&key).await;
         let ours = self.shared.ours(&key);
-        match on_server.iter().find(|i| i.id == instance.id) {
-            Some(found) if (found.health == HealthStatus::Healthy) == want_healthy => {
-                return Ok(Liveness::Alive);
+        let withdrawn = ours.as_ref().is_some_and(|si| !si.healthy);
+        match (on_server.iter().find(|i| i.id == instance.id), want_healthy) {
+            (Some(found), true) if found.health == HealthStatus::Healthy => Ok(Liveness::Alive),
+            (Some(_), false) => {
+                self.withdraw(&key, instance, ours).await?;
+                Ok(Liveness::Alive)
             }
-            Some(_) => {}
-            // Some servers (rnacos) never list unhealthy instances: one we marked unhealthy, or
-            // are about to, cannot be seen, so re-send it (an idempotent upsert) instead.
-            None if ours.as_ref().is_some_and(|si| !si.healthy) || !want_healthy => {}
-            None => return Ok(Liveness::Lost),
+            (None, false) if withdrawn => Ok(Liveness::Alive),
+            (None, true) if !withdrawn => Ok(Liveness::Lost),
+            // Healthy again after a withdrawal, or listed unhealthy by the server: register.
+            (_, true) => {
+                let mut si = match ours {
+                    Some(si) => si,
+                    None => convert::to_nacos(instance, &self.shared.config.cluster_name)?,
+                };
+                si.healthy = true;
+                self.shared.register_raw(&instance.name, si.clone()).await?;
+                self.shared.remember(key, Some(si));
+                Ok(Liveness::Alive)
+            }
+            (None, false) => Ok(Liveness::Lost),
         }
-        let mut si = match ours {
-            Some(si) => si,
-            None => convert::to_nacos(instance, &self.shared.config.cluster_name)?,
-        };
-        si.healthy = want_healthy;
-        self.shared.register_raw(&instance.name, si.clone()).await?;
-        self.shared.remember(key, Some(si));
-        Ok(Liveness::Alive)
     }
 
     fn keep_alive_interval(&self) -> Duration {
