@@ -1,9 +1,11 @@
 //! `chi xds`: an xDS control plane that serves chi's view of any registry to gRPC's own xDS
 //! clients (`xds:///NAME` targets) and to Envoy.
 //!
-//! The server speaks the Aggregated Discovery Service (ADS), state-of-the-world variant
-//! (`StreamAggregatedResources`, [`sotw`]), as the xDS protocol describes it
-//! (envoyproxy/envoy `api/xds_protocol.rst`):
+//! The server speaks the Aggregated Discovery Service (ADS) in both variants the xDS protocol
+//! describes (envoyproxy/envoy `api/xds_protocol.rst`): state-of-the-world
+//! (`StreamAggregatedResources`, [`sotw`], which gRPC's clients use) and incremental
+//! (`DeltaAggregatedResources`, [`delta`], which Envoy uses with `api_type: DELTA_GRPC`). The
+//! state-of-the-world rules:
 //!
 //! - one gRPC stream carries Listener, RouteConfiguration, Cluster and ClusterLoadAssignment
 //!   requests; each type has its own version and nonce per stream;
@@ -20,10 +22,12 @@
 //! - within one push the types go out CDS, EDS, then LDS and RDS, so a client never holds a
 //!   listener whose cluster it does not know.
 //!
-//! Resources are shaped as gRPC proposal A27 ("xDS-Based Global Load Balancing") expects them;
-//! see [`resources`]. A stream's protocol ([`Session`]) is kept apart from the registry watches it
-//! follows ([`follow`], [`state`]). Delta (incremental) ADS is refused with `UNIMPLEMENTED`.
+//! Both variants build their resources with [`resources`] (shaped as gRPC proposal A27,
+//! "xDS-Based Global Load Balancing", expects them), share the encoded bytes and the registry
+//! watches ([`state`], [`follow`]), keep the same update order, zone priorities, version routes
+//! and stale-on-error rule, and count against one bound on streams.
 
+mod delta;
 mod follow;
 mod resources;
 mod sotw;
@@ -58,6 +62,7 @@ use crate::cli::XdsArgs;
 use crate::failure::Failure;
 use crate::source::Source;
 
+use delta::DeltaSession;
 use follow::{Following, Woken};
 use resources::{ClientPlace, Shape};
 use sotw::AdsStream;
@@ -181,10 +186,7 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        let _ = request;
-        Err(Status::unimplemented(
-            "chi xds serves state-of-the-world ADS only (StreamAggregatedResources); incremental xDS is not served yet",
-        ))
+        self.open(request, |tx| DeltaSession::new(self.parts(), tx))
     }
 }
 

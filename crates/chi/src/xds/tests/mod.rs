@@ -24,6 +24,7 @@ use super::resources::{ClientPlace, Shape};
 use super::state::Hub;
 use super::{Closing, XdsServer};
 
+mod delta;
 mod routing;
 mod sotw;
 
