@@ -1,8 +1,11 @@
 //! `chi xds`: an xDS control plane that serves chi's view of any registry to gRPC's own xDS
 //! clients (`xds:///NAME` targets) and to Envoy.
 //!
-//! The server speaks the Aggregated Discovery Service (ADS), state-of-the-world variant, as the
-//! xDS protocol describes it (envoyproxy/envoy `api/xds_protocol.rst`):
+//! The server speaks the Aggregated Discovery Service (ADS) in both variants the xDS protocol
+//! describes (envoyproxy/envoy `api/xds_protocol.rst`): state-of-the-world
+//! (`StreamAggregatedResources`, [`sotw`], which gRPC's clients use) and incremental
+//! (`DeltaAggregatedResources`, [`delta`], which Envoy uses with `api_type: DELTA_GRPC`). The
+//! state-of-the-world rules:
 //!
 //! - one gRPC stream carries Listener, RouteConfiguration, Cluster and ClusterLoadAssignment
 //!   requests; each type has its own version and nonce per stream;
@@ -13,29 +16,35 @@
 //! - every name a stream asked for is remembered, and pushed when the service appears;
 //! - a response goes out only when what the stream would receive changed; LDS and CDS responses
 //!   hold every resource of the type the stream has (full state), a first LDS or CDS request
-//!   without names (Envoy's wildcard) means every service;
+//!   without names (Envoy's wildcard) means every service, answered once the registry has listed
+//!   its services (an empty answer before that would delete every cluster a reconnecting client
+//!   holds);
 //! - within one push the types go out CDS, EDS, then LDS and RDS, so a client never holds a
 //!   listener whose cluster it does not know.
 //!
-//! Resources are shaped as gRPC proposal A27 ("xDS-Based Global Load Balancing") expects them;
-//! see [`resources`]. Delta (incremental) ADS is refused with `UNIMPLEMENTED`.
+//! Both variants build their resources with [`resources`] (shaped as gRPC proposal A27,
+//! "xDS-Based Global Load Balancing", expects them), share the encoded bytes and the registry
+//! watches ([`state`], [`follow`]), keep the same update order, zone priorities, version routes
+//! and stale-on-error rule, and count against one bound on streams.
 
+mod delta;
+mod follow;
 mod resources;
+mod sotw;
 mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use chi_discovery::DiscoveryClient;
-use chi_discovery::instance::validate_name;
 use chi_discovery::routing::Geo;
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -44,8 +53,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use futures_util::Stream;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, WatchStream};
-use tokio_stream::{StreamExt, StreamMap};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::agent::Shutdown;
@@ -53,8 +62,11 @@ use crate::cli::XdsArgs;
 use crate::failure::Failure;
 use crate::source::Source;
 
-use resources::{ClientPlace, Kind, Shape};
-use state::{Encoded, Hub, ServiceView, TypeState};
+use delta::DeltaSession;
+use follow::{Following, Woken};
+use resources::{ClientPlace, Shape};
+use sotw::AdsStream;
+use state::{Encoded, Hub};
 
 /// Most names one request may carry; more is refused as a malformed request.
 const MAX_NAMES: usize = 10_000;
@@ -155,8 +167,8 @@ fn first_version() -> u64 {
         .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2))
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
-type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+type ResponseStream = Responses<DiscoveryResponse>;
+type DeltaStream = Responses<DeltaDiscoveryResponse>;
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for XdsServer {
@@ -167,6 +179,36 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        self.open(request, |tx| AdsStream::new(self.parts(), tx))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        self.open(request, |tx| DeltaSession::new(self.parts(), tx))
+    }
+}
+
+impl XdsServer {
+    /// What a new stream shares with the server.
+    fn parts(&self) -> Parts {
+        Parts {
+            following: Following::new(self.hub.clone()),
+            shape: self.shape.clone(),
+            versions: self.versions.clone(),
+            encoded: self.encoded.clone(),
+        }
+    }
+
+    /// Starts a stream of either variant: takes one of the `--max-streams` slots (or refuses
+    /// with `RESOURCE_EXHAUSTED`) and runs the session until the client leaves or the server
+    /// closes.
+    fn open<S: Session>(
+        &self,
+        request: Request<Streaming<S::Request>>,
+        session: impl FnOnce(mpsc::Sender<Result<S::Response, Status>>) -> S,
+    ) -> Result<Response<Responses<S::Response>>, Status> {
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "this chi xds serves at most {} ADS streams (--max-streams); try another server or later",
@@ -175,37 +217,35 @@ impl AggregatedDiscoveryService for XdsServer {
         })?;
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = AdsStream::new(
-            self.hub.clone(),
-            self.shape.clone(),
-            self.versions.clone(),
-            self.encoded.clone(),
-            tx,
-        );
+        let session = session(tx.clone());
         let requests = request.into_inner();
         let closing = self.closing.0.subscribe();
         tokio::spawn(async move {
-            tracing::debug!(?peer, "ADS stream opened");
-            stream.run(requests, closing).await;
-            tracing::debug!(?peer, "ADS stream closed");
+            tracing::debug!(?peer, variant = S::VARIANT, "ADS stream opened");
+            drive(session, requests, closing, tx).await;
+            tracing::debug!(?peer, variant = S::VARIANT, "ADS stream closed");
             drop(permit);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
-
-    async fn delta_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaStream>, Status> {
-        Err(Status::unimplemented(
-            "chi xds serves state-of-the-world ADS only (StreamAggregatedResources); incremental xDS is not served yet",
-        ))
-    }
 }
+
+/// What every stream takes from the server.
+pub(crate) struct Parts {
+    following: Following,
+    shape: Shape,
+    /// The server's version counter: every response takes the next value, so a version is never
+    /// reused on any stream.
+    versions: Arc<AtomicU64>,
+    /// Resources already encoded for other streams.
+    encoded: Arc<Encoded>,
+}
+
+type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Why a stream ends early.
 #[derive(Debug)]
-enum StreamEnd {
+pub(crate) enum StreamEnd {
     /// The client is gone (its request stream ended, or it dropped the responses).
     Gone,
     /// A request the server refuses; the stream ends with this status.
@@ -214,309 +254,87 @@ enum StreamEnd {
     Closing,
 }
 
-/// One ADS stream: what the client asked for, what it was sent, and the services it follows.
-struct AdsStream {
-    hub: Arc<Hub>,
-    shape: Shape,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    types: BTreeMap<Kind, TypeState>,
-    views: HashMap<String, ServiceView>,
-    changes: StreamMap<String, WatchStream<ServiceView>>,
-    catalog: Option<watch::Receiver<Arc<BTreeSet<String>>>>,
-    nonces: u64,
-    /// The server's version counter: every response takes the next value, so a version is never
-    /// reused on any stream.
-    versions: Arc<AtomicU64>,
-    /// The client's node id (sent on the first request of a stream), for the logs.
-    node: String,
-    /// The client's locality (from the same node), for the priorities of its localities.
-    place: ClientPlace,
-    /// Resources already encoded for other streams.
-    encoded: Arc<Encoded>,
+/// One ADS stream of either variant, as [`drive`] runs it.
+pub(crate) trait Session: Send + 'static {
+    /// `DiscoveryRequest` or `DeltaDiscoveryRequest`.
+    type Request: Send + 'static;
+    /// `DiscoveryResponse` or `DeltaDiscoveryResponse`.
+    type Response: Send + 'static;
+    /// For the logs.
+    const VARIANT: &'static str;
+
+    /// The services the stream follows.
+    fn following(&mut self) -> &mut Following;
+    /// Applies a request; answers it when there is something to send.
+    fn on_request(
+        &mut self,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<(), StreamEnd>> + Send;
+    /// Follows the services the stream's subscriptions name now (after the catalogue changed).
+    fn refollow(&mut self);
+    /// Sends what changed since the last push, in the order that drops no traffic.
+    fn push(&mut self) -> impl Future<Output = Result<(), StreamEnd>> + Send;
 }
 
-impl AdsStream {
-    fn new(
-        hub: Arc<Hub>,
-        shape: Shape,
-        versions: Arc<AtomicU64>,
-        encoded: Arc<Encoded>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    ) -> AdsStream {
-        AdsStream {
-            hub,
-            shape,
-            tx,
-            types: Kind::PUSH_ORDER
-                .into_iter()
-                .map(|k| (k, TypeState::default()))
-                .collect(),
-            views: HashMap::new(),
-            changes: StreamMap::new(),
-            catalog: None,
-            nonces: 0,
-            versions,
-            node: String::new(),
-            place: ClientPlace::default(),
-            encoded,
-        }
-    }
-
-    async fn run(
-        mut self,
-        mut requests: Streaming<DiscoveryRequest>,
-        mut closing: watch::Receiver<bool>,
-    ) {
-        let end = loop {
-            let catalog_changed = async {
-                match &mut self.catalog {
-                    Some(rx) => rx.changed().await.is_ok(),
-                    None => std::future::pending().await,
+/// Runs `session` until the client leaves, a request is refused or the server closes; the
+/// last two end the stream with a status.
+async fn drive<S: Session>(
+    mut session: S,
+    mut requests: Streaming<S::Request>,
+    mut closing: watch::Receiver<bool>,
+    tx: mpsc::Sender<Result<S::Response, Status>>,
+) {
+    let end = loop {
+        let step = tokio::select! {
+            () = async { drop(closing.wait_for(|c| *c).await) } => Err(StreamEnd::Closing),
+            request = requests.next() => match request {
+                Some(Ok(request)) => session.on_request(request).await,
+                Some(Err(status)) => {
+                    tracing::debug!(variant = S::VARIANT, "ADS stream error from the client: {status}");
+                    Err(StreamEnd::Gone)
                 }
-            };
-            let step = tokio::select! {
-                () = async { drop(closing.wait_for(|c| *c).await) } => Err(StreamEnd::Closing),
-                request = requests.next() => match request {
-                    Some(Ok(request)) => self.on_request(request).await,
-                    Some(Err(status)) => {
-                        tracing::debug!("ADS stream error from the client: {status}");
-                        Err(StreamEnd::Gone)
-                    }
-                    None => Err(StreamEnd::Gone),
-                },
-                Some((name, view)) = self.changes.next() => {
-                    self.views.insert(name, view);
-                    self.push().await
+                None => Err(StreamEnd::Gone),
+            },
+            woken = session.following().changed() => {
+                if woken == Woken::Catalog {
+                    session.refollow();
                 }
-                true = catalog_changed => {
-                    self.follow_wanted();
-                    self.push().await
-                }
-            };
-            if let Err(end) = step {
-                break end;
+                session.push().await
             }
         };
-        match end {
-            StreamEnd::Gone => {}
-            StreamEnd::Refused(status) => {
-                tracing::warn!("refused an ADS request: {}", status.message());
-                let _ = self.tx.send(Err(status)).await;
-            }
-            StreamEnd::Closing => {
-                let status = Status::unavailable("chi xds is shutting down");
-                let _ = self.tx.send(Err(status)).await;
-            }
+        if let Err(end) = step {
+            break end;
         }
-    }
-
-    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamEnd> {
-        let Some(kind) = Kind::from_type_url(&request.type_url) else {
-            tracing::debug!(type_url = %request.type_url, "ignoring a request for a type chi xds does not serve");
-            return Ok(());
-        };
-        if request.resource_names.len() > MAX_NAMES {
-            return Err(StreamEnd::Refused(Status::invalid_argument(format!(
-                "{} names in one {} request; at most {MAX_NAMES}",
-                request.resource_names.len(),
-                kind.short()
-            ))));
-        }
-        if let Some(node) = &request.node {
-            node.id.clone_into(&mut self.node);
-            if let Some(l) = &node.locality {
-                self.place = ClientPlace {
-                    region: Some(l.region.clone()).filter(|r| !r.is_empty()),
-                    zone: Some(l.zone.clone()).filter(|z| !z.is_empty()),
-                };
-            }
-        }
-        let node = self.node.as_str();
-        let ts = self.types.entry(kind).or_default();
-        // Before the first response of this type on this stream, any nonce is one a reconnecting
-        // client kept from an earlier stream: the request is an initial one, not a stale one.
-        let answered = !ts.nonce.is_empty();
-        let echoes = answered && request.response_nonce == ts.nonce;
-        if answered && !request.response_nonce.is_empty() && !echoes {
-            tracing::debug!(
-                kind = kind.short(),
-                nonce = %request.response_nonce,
-                current = %ts.nonce,
-                "stale nonce: request ignored"
-            );
-            return Ok(());
-        }
-        if let Some(error) = &request.error_detail {
+    };
+    match end {
+        StreamEnd::Gone => {}
+        StreamEnd::Refused(status) => {
             tracing::warn!(
-                node,
-                kind = kind.short(),
-                rejected = ts.version,
-                accepted = ts.accepted.as_deref().unwrap_or("none"),
-                code = error.code,
-                "NACK: {}",
-                error.message
+                variant = S::VARIANT,
+                "refused an ADS request: {}",
+                status.message()
             );
-        } else if echoes {
-            tracing::debug!(node, kind = kind.short(), version = %request.version_info, "ACK");
-            ts.accepted = Some(request.version_info.clone());
+            let _ = tx.send(Err(status)).await;
         }
-        let first = !ts.subscribed;
-        ts.subscribed = true;
-        let mut names = BTreeSet::new();
-        let mut star = false;
-        for name in request.resource_names {
-            if name == "*" {
-                star = true;
-            } else if validate_name("service name", &name).is_ok() {
-                names.insert(name);
-            } else {
-                tracing::debug!(
-                    kind = kind.short(),
-                    ?name,
-                    "ignoring a name that is no service name"
-                );
-            }
-        }
-        let wildcard =
-            kind.is_full_state() && (star || (names.is_empty() && (first || ts.wildcard)));
-        if !first && wildcard == ts.wildcard && names == ts.names {
-            // An ACK or NACK of the same subscription: nothing new to send (changes are pushed
-            // when they happen). The common case, answered without touching the services.
-            return Ok(());
-        }
-        ts.wildcard = wildcard;
-        ts.names = names;
-        self.follow_wanted();
-        self.push().await
-    }
-
-    /// The services some type of this stream wants: named ones, plus the catalogue for wildcards.
-    fn wanted(&self) -> BTreeSet<String> {
-        let mut wanted: BTreeSet<String> = BTreeSet::new();
-        let catalog = self.catalog.as_ref().map(|c| c.borrow().clone());
-        for ts in self.types.values() {
-            wanted.extend(ts.names.iter().map(|n| self.shape.split(n).0.to_owned()));
-            if ts.wildcard
-                && let Some(all) = &catalog
-            {
-                wanted.extend(all.iter().cloned());
-            }
-        }
-        wanted
-    }
-
-    /// Follows exactly the services [`AdsStream::wanted`] names.
-    fn follow_wanted(&mut self) {
-        if self.catalog.is_none() && self.types.values().any(|t| t.wildcard) {
-            self.catalog = Some(self.hub.catalog());
-        }
-        let wanted = self.wanted();
-        let stale: Vec<String> = self
-            .views
-            .keys()
-            .filter(|n| !wanted.contains(*n))
-            .cloned()
-            .collect();
-        for name in stale {
-            self.views.remove(&name);
-            self.changes.remove(&name);
-        }
-        for name in wanted {
-            if self.views.contains_key(&name) {
-                continue;
-            }
-            let rx = self.hub.subscribe(&name);
-            self.views.insert(name.clone(), rx.borrow().clone());
-            self.changes.insert(name, WatchStream::from_changes(rx));
+        StreamEnd::Closing => {
+            let status = Status::unavailable("chi xds is shutting down");
+            let _ = tx.send(Err(status)).await;
         }
     }
+}
 
-    /// Sends, type by type in push order, every response whose content changed.
-    async fn push(&mut self) -> Result<(), StreamEnd> {
-        let catalog = self.catalog.as_ref().map(|c| c.borrow().clone());
-        for kind in Kind::PUSH_ORDER {
-            let Some(ts) = self.types.get(&kind) else {
-                continue;
-            };
-            if !ts.subscribed {
-                continue;
-            }
-            let mut names: BTreeSet<String> = ts.names.clone();
-            if ts.wildcard
-                && let Some(all) = &catalog
-            {
-                for service in all.iter() {
-                    if let Some(view) = self.views.get(service) {
-                        names.extend(self.shape.all_names(kind, service, view));
-                    }
-                }
-            }
-            let content: BTreeMap<String, u64> = names
-                .into_iter()
-                .filter_map(|name| {
-                    let view = self.views.get(self.shape.split(&name).0)?;
-                    let revision = self.shape.revision(kind, &name, view)?;
-                    Some((name, revision))
-                })
-                .collect();
-            // Listeners and clusters go out whole; endpoints and routes only where they changed
-            // (or were newly asked for): the client keeps the others.
-            let send: Vec<String> = match &ts.sent {
-                Some(sent) if *sent == content => continue,
-                Some(sent) if !kind.is_full_state() => content
-                    .iter()
-                    .filter(|(name, revision)| sent.get(*name) != Some(*revision))
-                    .map(|(name, _)| name.clone())
-                    .collect(),
-                // Nothing sent yet: answer a wildcard at once (possibly empty, so Envoy can
-                // finish starting); named resources when one of them exists.
-                None if content.is_empty() && !ts.wildcard => continue,
-                _ => content.keys().cloned().collect(),
-            };
-            if send.is_empty() && !kind.is_full_state() {
-                // Only names the client dropped: nothing to tell it.
-                if let Some(ts) = self.types.get_mut(&kind) {
-                    ts.sent = Some(content);
-                }
-                continue;
-            }
-            let resources = send
-                .iter()
-                .filter_map(|name| {
-                    let service = self.shape.split(name).0;
-                    let view = self.views.get(service)?;
-                    let list = view.instances.as_ref()?;
-                    let revision = content.get(name).copied().unwrap_or(0);
-                    Some(self.encoded.get(kind, name, revision, &self.place, || {
-                        self.shape.build(kind, name, list, &self.place)
-                    }))
-                })
-                .collect();
-            self.nonces += 1;
-            let nonce = self.nonces.to_string();
-            let Some(ts) = self.types.get_mut(&kind) else {
-                continue;
-            };
-            ts.version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-            ts.nonce = nonce.clone();
-            let version = ts.version.to_string();
-            tracing::debug!(kind = kind.short(), %version, names = ?send, "push");
-            ts.sent = Some(content);
-            let response = DiscoveryResponse {
-                version_info: version,
-                resources,
-                type_url: kind.type_url().to_owned(),
-                nonce,
-                control_plane: Some(ControlPlane {
-                    identifier: format!("chi {}", env!("CARGO_PKG_VERSION")),
-                }),
-                ..Default::default()
-            };
-            self.tx
-                .send(Ok(response))
-                .await
-                .map_err(|_| StreamEnd::Gone)?;
-        }
-        Ok(())
+/// The client's node id and, when its bootstrap names one, its locality.
+pub(crate) fn node_of(node: &Node) -> (String, Option<ClientPlace>) {
+    let place = node.locality.as_ref().map(|l| ClientPlace {
+        region: Some(l.region.clone()).filter(|r| !r.is_empty()),
+        zone: Some(l.zone.clone()).filter(|z| !z.is_empty()),
+    });
+    (node.id.clone(), place)
+}
+
+/// The control plane's identity, in every response.
+pub(crate) fn control_plane() -> ControlPlane {
+    ControlPlane {
+        identifier: format!("chi {}", env!("CARGO_PKG_VERSION")),
     }
 }

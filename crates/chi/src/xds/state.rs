@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -34,7 +34,12 @@ pub(crate) struct ServiceView {
     /// `None` until the service has had an instance: a name nobody registered yet is not
     /// served (its resources "do not exist"), and is pushed once it appears.
     pub(crate) instances: Option<Arc<Vec<Instance>>>,
-    /// Bumped on every change of `instances`.
+    /// The registry answered at least once: `instances: None` then means "does not exist"
+    /// rather than "not read yet" (incremental xDS tells a client a resource is gone only then).
+    pub(crate) known: bool,
+    /// Changes with every change of `instances`; drawn from the hub's counter, so a service
+    /// followed again after a pause never repeats a revision of its earlier watch (encoded
+    /// resources are cached by revision).
     pub(crate) revision: u64,
     /// Each version some instance has (its `version` field) -> a fingerprint of the instances
     /// serving it, so a per-version cluster's endpoints are pushed only when they change.
@@ -46,9 +51,16 @@ pub(crate) struct Hub {
     client: DiscoveryClient,
     registry: Arc<dyn Registry>,
     services: Mutex<HashMap<String, watch::Sender<ServiceView>>>,
-    catalog: watch::Sender<Arc<BTreeSet<String>>>,
+    /// `None` until the registry listed its services once.
+    catalog: watch::Sender<Catalog>,
     catalog_started: AtomicBool,
+    /// Revisions of every service view (see [`ServiceView::revision`]).
+    revisions: AtomicU64,
 }
+
+/// Every service name the registry lists; `None` until it answered once, so a wildcard
+/// subscription is not told "no services" by a server that has not asked yet.
+pub(crate) type Catalog = Option<Arc<BTreeSet<String>>>;
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,8 +77,9 @@ impl Hub {
             client,
             registry,
             services: Mutex::new(HashMap::new()),
-            catalog: watch::Sender::new(Arc::new(BTreeSet::new())),
+            catalog: watch::Sender::new(None),
             catalog_started: AtomicBool::new(false),
+            revisions: AtomicU64::new(0),
         })
     }
 
@@ -99,7 +112,7 @@ impl Hub {
     }
 
     /// Every service name the registry lists, refreshed every few seconds once asked for.
-    pub(crate) fn catalog(self: &Arc<Self>) -> watch::Receiver<Arc<BTreeSet<String>>> {
+    pub(crate) fn catalog(self: &Arc<Self>) -> watch::Receiver<Catalog> {
         if !self.catalog_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(poll_catalog(Arc::downgrade(self)));
         }
@@ -132,7 +145,7 @@ async fn follow(hub: Arc<Hub>, service: String, tx: watch::Sender<ServiceView>) 
                 }
                 Some(Ok(change)) => {
                     change.apply(&mut view);
-                    publish(&tx, &view);
+                    publish(&tx, &view, &hub.revisions);
                 }
             },
             () = tx.closed() => {
@@ -149,8 +162,12 @@ async fn follow(hub: Arc<Hub>, service: String, tx: watch::Sender<ServiceView>) 
 
 /// Publishes `view` (sorted by id) when it differs from what the channel holds. An empty list
 /// is published only for a service that had instances (all of them left); a service never seen
-/// stays unknown.
-fn publish(tx: &watch::Sender<ServiceView>, view: &HashMap<String, Instance>) {
+/// stays without instances, but is marked `known` once the registry answered.
+fn publish(
+    tx: &watch::Sender<ServiceView>,
+    view: &HashMap<String, Instance>,
+    revisions: &AtomicU64,
+) {
     let mut list: Vec<Instance> = view.values().cloned().collect();
     list.sort_by(|a, b| a.id.cmp(&b.id));
     tx.send_if_modified(|current| {
@@ -159,11 +176,14 @@ fn publish(tx: &watch::Sender<ServiceView>, view: &HashMap<String, Instance>) {
             None => list.is_empty(),
         };
         if same {
-            return false;
+            let first = !current.known;
+            current.known = true;
+            return first;
         }
+        current.known = true;
         current.by_version = Arc::new(fingerprints(&list));
         current.instances = Some(Arc::new(list));
-        current.revision += 1;
+        current.revision = revisions.fetch_add(1, Ordering::Relaxed) + 1;
         true
     });
 }
@@ -193,10 +213,10 @@ async fn poll_catalog(hub: std::sync::Weak<Hub>) {
             Ok(names) => {
                 let names: BTreeSet<String> = names.into_iter().collect();
                 h.catalog.send_if_modified(|current| {
-                    if **current == names {
+                    if current.as_deref() == Some(&names) {
                         return false;
                     }
-                    *current = Arc::new(names);
+                    *current = Some(Arc::new(names));
                     true
                 });
             }
@@ -212,7 +232,7 @@ async fn poll_catalog(hub: std::sync::Weak<Hub>) {
 pub(crate) struct Encoded {
     /// The encoding depends on the client's locality (geo priorities).
     by_place: bool,
-    map: Mutex<HashMap<EncodedKey, Any>>,
+    map: Mutex<HashMap<EncodedKey, (Any, u64)>>,
 }
 
 /// Kind, resource name, revision, and the client's place when it matters.
@@ -230,7 +250,7 @@ impl Encoded {
     }
 
     /// The resource `kind` `name` at `revision` for a client at `place`, built by `build` the
-    /// first time.
+    /// first time, with its [`content_hash`] (incremental xDS's per-resource version).
     pub(crate) fn get(
         &self,
         kind: Kind,
@@ -238,18 +258,20 @@ impl Encoded {
         revision: u64,
         place: &ClientPlace,
         build: impl FnOnce() -> Any,
-    ) -> Any {
+    ) -> (Any, u64) {
         let place = (self.by_place && kind == Kind::Endpoints).then(|| place.clone());
         let key = (kind, name.to_owned(), revision, place);
         let mut map = self
             .map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(any) = map.get(&key) {
-            return any.clone();
+        if let Some(built) = map.get(&key) {
+            return built.clone();
         }
         drop(map);
         let any = build();
+        let hash = content_hash(&any);
+        let built = (any, hash);
         map = self
             .map
             .lock()
@@ -257,9 +279,24 @@ impl Encoded {
         if map.len() >= ENCODED_MAX {
             map.clear();
         }
-        map.insert(key, any.clone());
-        any
+        map.insert(key, built.clone());
+        built
     }
+}
+
+/// FNV-1a (64 bits) of a packed resource: its type and its bytes. The same content gives the same
+/// number in every process and every chi version built from the same resource shapes (unlike
+/// std's `DefaultHasher`, whose algorithm may change), so a client reconnecting to a restarted
+/// server with `initial_resource_versions` is not sent what it already has. prost encodes the
+/// fields in order, and these resources hold no protobuf maps, so equal resources encode alike.
+pub(crate) fn content_hash(any: &Any) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    any.type_url
+        .bytes()
+        .chain([0])
+        .chain(any.value.iter().copied())
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
 impl std::fmt::Debug for Encoded {

@@ -1,0 +1,258 @@
+//! State-of-the-world ADS (`StreamAggregatedResources`), the variant gRPC's xDS clients speak;
+//! the rules it keeps are listed in the [module docs](super).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chi_discovery::instance::validate_name;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::follow::Following;
+use super::resources::{ClientPlace, Kind, Shape};
+use super::state::{Encoded, TypeState};
+use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane, node_of};
+
+/// One state-of-the-world ADS stream: what the client asked for and what it was sent.
+pub(crate) struct AdsStream {
+    shape: Shape,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    types: BTreeMap<Kind, TypeState>,
+    following: Following,
+    nonces: u64,
+    versions: Arc<AtomicU64>,
+    /// The client's node id (sent on the first request of a stream), for the logs.
+    node: String,
+    /// The client's locality (from the same node), for the priorities of its localities.
+    place: ClientPlace,
+    encoded: Arc<Encoded>,
+}
+
+impl AdsStream {
+    pub(crate) fn new(
+        parts: Parts,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> AdsStream {
+        AdsStream {
+            shape: parts.shape,
+            tx,
+            types: Kind::PUSH_ORDER
+                .into_iter()
+                .map(|k| (k, TypeState::default()))
+                .collect(),
+            following: parts.following,
+            nonces: 0,
+            versions: parts.versions,
+            node: String::new(),
+            place: ClientPlace::default(),
+            encoded: parts.encoded,
+        }
+    }
+}
+
+impl Session for AdsStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const VARIANT: &'static str = "sotw";
+
+    fn following(&mut self) -> &mut Following {
+        &mut self.following
+    }
+
+    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamEnd> {
+        self.on_request(request).await
+    }
+
+    fn refollow(&mut self) {
+        self.follow_wanted();
+    }
+
+    async fn push(&mut self) -> Result<(), StreamEnd> {
+        self.push().await
+    }
+}
+
+impl AdsStream {
+    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamEnd> {
+        let Some(kind) = Kind::from_type_url(&request.type_url) else {
+            tracing::debug!(type_url = %request.type_url, "ignoring a request for a type chi xds does not serve");
+            return Ok(());
+        };
+        if request.resource_names.len() > MAX_NAMES {
+            return Err(StreamEnd::Refused(Status::invalid_argument(format!(
+                "{} names in one {} request; at most {MAX_NAMES}",
+                request.resource_names.len(),
+                kind.short()
+            ))));
+        }
+        if let Some(node) = &request.node {
+            let (id, place) = node_of(node);
+            self.node = id;
+            if let Some(place) = place {
+                self.place = place;
+            }
+        }
+        let node = self.node.as_str();
+        let ts = self.types.entry(kind).or_default();
+        // Before the first response of this type on this stream, any nonce is one a reconnecting
+        // client kept from an earlier stream: the request is an initial one, not a stale one.
+        let answered = !ts.nonce.is_empty();
+        let echoes = answered && request.response_nonce == ts.nonce;
+        if answered && !request.response_nonce.is_empty() && !echoes {
+            tracing::debug!(
+                kind = kind.short(),
+                nonce = %request.response_nonce,
+                current = %ts.nonce,
+                "stale nonce: request ignored"
+            );
+            return Ok(());
+        }
+        if let Some(error) = &request.error_detail {
+            tracing::warn!(
+                node,
+                kind = kind.short(),
+                rejected = ts.version,
+                accepted = ts.accepted.as_deref().unwrap_or("none"),
+                code = error.code,
+                "NACK: {}",
+                error.message
+            );
+        } else if echoes {
+            tracing::debug!(node, kind = kind.short(), version = %request.version_info, "ACK");
+            ts.accepted = Some(request.version_info.clone());
+        }
+        let first = !ts.subscribed;
+        ts.subscribed = true;
+        let mut names = BTreeSet::new();
+        let mut star = false;
+        for name in request.resource_names {
+            if name == "*" {
+                star = true;
+            } else if validate_name("service name", &name).is_ok() {
+                names.insert(name);
+            } else {
+                tracing::debug!(
+                    kind = kind.short(),
+                    ?name,
+                    "ignoring a name that is no service name"
+                );
+            }
+        }
+        let wildcard =
+            kind.is_full_state() && (star || (names.is_empty() && (first || ts.wildcard)));
+        if !first && wildcard == ts.wildcard && names == ts.names {
+            // An ACK or NACK of the same subscription: nothing new to send (changes are pushed
+            // when they happen). The common case, answered without touching the services.
+            return Ok(());
+        }
+        ts.wildcard = wildcard;
+        ts.names = names;
+        self.follow_wanted();
+        self.push().await
+    }
+
+    /// Follows the services some type of this stream wants: named ones, plus the catalogue for
+    /// wildcards.
+    fn follow_wanted(&mut self) {
+        let named = self
+            .types
+            .values()
+            .flat_map(|ts| ts.names.iter())
+            .map(|n| self.shape.split(n).0.to_owned())
+            .collect();
+        let wildcard = self.types.values().any(|t| t.wildcard);
+        self.following.follow(named, wildcard);
+    }
+
+    /// Sends, type by type in push order, every response whose content changed.
+    async fn push(&mut self) -> Result<(), StreamEnd> {
+        let catalog = self.following.catalog();
+        for kind in Kind::PUSH_ORDER {
+            let Some(ts) = self.types.get(&kind) else {
+                continue;
+            };
+            if !ts.subscribed || (ts.wildcard && catalog.is_none()) {
+                // Not asked for; or a wildcard before the registry listed its services (an
+                // empty answer now would delete every cluster a reconnecting client has).
+                continue;
+            }
+            let mut names: BTreeSet<String> = ts.names.clone();
+            if ts.wildcard
+                && let Some(all) = &catalog
+            {
+                for service in all.iter() {
+                    if let Some(view) = self.following.views.get(service) {
+                        names.extend(self.shape.all_names(kind, service, view));
+                    }
+                }
+            }
+            let content: BTreeMap<String, u64> = names
+                .into_iter()
+                .filter_map(|name| {
+                    let view = self.following.views.get(self.shape.split(&name).0)?;
+                    let revision = self.shape.revision(kind, &name, view)?;
+                    Some((name, revision))
+                })
+                .collect();
+            // Listeners and clusters go out whole; endpoints and routes only where they changed
+            // (or were newly asked for): the client keeps the others.
+            let send: Vec<String> = match &ts.sent {
+                Some(sent) if *sent == content => continue,
+                Some(sent) if !kind.is_full_state() => content
+                    .iter()
+                    .filter(|(name, revision)| sent.get(*name) != Some(*revision))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+                // Nothing sent yet: answer a wildcard at once (possibly empty, so Envoy can
+                // finish starting); named resources when one of them exists.
+                None if content.is_empty() && !ts.wildcard => continue,
+                _ => content.keys().cloned().collect(),
+            };
+            if send.is_empty() && !kind.is_full_state() {
+                // Only names the client dropped: nothing to tell it.
+                if let Some(ts) = self.types.get_mut(&kind) {
+                    ts.sent = Some(content);
+                }
+                continue;
+            }
+            let resources = send
+                .iter()
+                .filter_map(|name| {
+                    let service = self.shape.split(name).0;
+                    let view = self.following.views.get(service)?;
+                    let list = view.instances.as_ref()?;
+                    let revision = content.get(name).copied().unwrap_or(0);
+                    let (any, _) = self.encoded.get(kind, name, revision, &self.place, || {
+                        self.shape.build(kind, name, list, &self.place)
+                    });
+                    Some(any)
+                })
+                .collect();
+            self.nonces += 1;
+            let nonce = self.nonces.to_string();
+            let Some(ts) = self.types.get_mut(&kind) else {
+                continue;
+            };
+            ts.version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+            ts.nonce = nonce.clone();
+            let version = ts.version.to_string();
+            tracing::debug!(kind = kind.short(), %version, names = ?send, "push");
+            ts.sent = Some(content);
+            let response = DiscoveryResponse {
+                version_info: version,
+                resources,
+                type_url: kind.type_url().to_owned(),
+                nonce,
+                control_plane: Some(control_plane()),
+                ..Default::default()
+            };
+            self.tx
+                .send(Ok(response))
+                .await
+                .map_err(|_| StreamEnd::Gone)?;
+        }
+        Ok(())
+    }
+}
