@@ -3,9 +3,11 @@
 //! after a failed one avoids the instances already tried). `chi proxy` and `chi select` share it,
 //! so a preview with `chi select` shows what the proxy does.
 
-use chi_discovery::balance::{Balancer, BalancerConfig, Strategy, usable_by_health};
-use chi_discovery::config::{Config, RoutingConfig};
-use chi_discovery::routing::{REGION_HEADER, Route, Routed, Smart, VERSION_HEADER, ZONE_HEADER};
+use chi_discovery::balance::{Balancer, Strategy, usable_by_health};
+use chi_discovery::config::Config;
+use chi_discovery::routing::{
+    REGION_HEADER, Route, Routed, Routers, Smart, VERSION_HEADER, ZONE_HEADER,
+};
 use chi_discovery::{Instance, Snapshot};
 use hyper::header::{HeaderMap, HeaderName};
 
@@ -49,56 +51,18 @@ pub(crate) fn route_of(headers: &HeaderMap) -> Route<'_> {
     }
 }
 
-/// The `load_balancer` and `routing` settings, from which each service gets its router.
-#[derive(Clone)]
-pub(crate) struct Routers {
-    balancer: BalancerConfig,
-    routing: RoutingConfig,
+/// The routers of `config` (the library's [`Routers`]), with a config mistake as bad input.
+pub(crate) fn routers(config: &Config) -> anyhow::Result<Routers> {
+    Routers::from_config(config).map_err(|e| Failure::bad_input(e.to_string()).into())
 }
 
-impl Routers {
-    /// From `load_balancer` and `routing` of the config.
-    pub(crate) fn from_config(config: &Config) -> anyhow::Result<Routers> {
-        Self::build(config, config.load_balancer.strategy)
-    }
-
-    /// With another strategy than the config's.
-    pub(crate) fn with_strategy(config: &Config, strategy: &str) -> anyhow::Result<Routers> {
-        let parsed: Strategy = strategy.parse().map_err(|e: String| {
-            Failure::bad_input(format!("strategy {strategy:?}: {e}"))
-                .hint("e.g. --strategy round_robin, or load_balancer.strategy in the config")
-        })?;
-        Self::build(config, parsed)
-    }
-
-    fn build(config: &Config, strategy: Strategy) -> anyhow::Result<Routers> {
-        let lb = &config.load_balancer;
-        let mut balancer = BalancerConfig::new(strategy);
-        balancer.health_check_enabled = lb.health_check_enabled;
-        balancer.consistent_hash = lb.consistent_hash;
-        balancer
-            .validate()
-            .map_err(|e| Failure::bad_input(format!("service_discovery.load_balancer.{e}")))?;
-        Ok(Routers {
-            balancer,
-            routing: config.routing.clone(),
-        })
-    }
-
-    /// A router for one service: routing, then one balancer per routed subset.
-    pub(crate) fn router(&self) -> Smart<Balancer> {
-        let config = self.balancer.clone();
-        let skip_unhealthy = config.health_check_enabled;
-        Smart::from_config(&self.routing, move || {
-            Balancer::with_config(config.clone()).unwrap_or_else(|_| Balancer::new(config.strategy))
-        })
-        .skip_unhealthy(skip_unhealthy)
-    }
-
-    /// The balancer's strategy name.
-    pub(crate) fn strategy(&self) -> &'static str {
-        self.balancer.strategy.as_str()
-    }
+/// As [`routers`] with another strategy than the config's (`--strategy`).
+pub(crate) fn routers_with_strategy(config: &Config, strategy: &str) -> anyhow::Result<Routers> {
+    let parsed: Strategy = strategy.parse().map_err(|e: String| {
+        Failure::bad_input(format!("strategy {strategy:?}: {e}"))
+            .hint("e.g. --strategy round_robin, or load_balancer.strategy in the config")
+    })?;
+    Routers::with_strategy(config, parsed).map_err(|e| Failure::bad_input(e.to_string()).into())
 }
 
 /// Picks for `route`, avoiding the instances in `tried` (earlier attempts of the same request)

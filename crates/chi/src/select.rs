@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::cli::{Format, SelectArgs};
 use crate::failure::Failure;
 use crate::output;
-use crate::pick::{self, Routers};
+use crate::pick;
 use crate::source::Source;
 
 pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
@@ -25,8 +25,8 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
         config.routing.enable_geo_routing = true;
     }
     let routers = match &args.strategy {
-        Some(s) => Routers::with_strategy(&config, s)?,
-        None => Routers::from_config(&config)?,
+        Some(s) => pick::routers_with_strategy(&config, s)?,
+        None => pick::routers(&config)?,
     };
     if args.count == 0 {
         return Err(Failure::bad_input("--count 0: nothing to pick")
@@ -86,7 +86,7 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             let out = json!({
                 "service": args.name,
-                "strategy": routers.strategy(),
+                "strategy": routers.strategy().as_str(),
                 "count": args.count,
                 "unpicked": misses,
                 "picks": picks,

@@ -83,6 +83,17 @@ where
         self
     }
 
+    /// Whether instances known to be unhealthy are left out (`true`, the default) or handed out
+    /// too (`false`: the config's `load_balancer.health_check_enabled: false`). Replaces
+    /// [`Discover::filter`].
+    pub fn skip_unhealthy(self, on: bool) -> Self {
+        if on {
+            self.filter(|i| i.health.is_usable())
+        } else {
+            self.filter(|_| true)
+        }
+    }
+
     /// Ids of the instances whose services are handed out now.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.inserted.keys().map(String::as_str)

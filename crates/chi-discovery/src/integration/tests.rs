@@ -80,6 +80,32 @@ async fn watch_events_become_inserts_and_removes() {
     assert_eq!(d.ids().collect::<Vec<_>>(), ["echo-127.0.0.1-2"]);
 }
 
+/// `health_check_enabled: false`: unhealthy instances are handed out too, and a health change
+/// is no change for tower.
+#[tokio::test]
+async fn skip_unhealthy_false_hands_out_unhealthy_instances() {
+    let memory = Arc::new(Memory::new());
+    memory
+        .register(&inst(1).with_health(HealthStatus::Unhealthy))
+        .await
+        .expect("register");
+    memory.register(&inst(2)).await.expect("register");
+    let client = DiscoveryClient::new(memory.clone());
+    let watcher = client.watch("echo").await.expect("watch");
+    let mut d = Discover::new(watcher, |i: &Instance| Ok::<_, Infallible>(i.port))
+        .skip_unhealthy(false);
+    assert_eq!(
+        next_keys(&mut d, 2).await,
+        ["+echo-127.0.0.1-1", "+echo-127.0.0.1-2"]
+    );
+    memory
+        .register(&inst(2).with_health(HealthStatus::Unhealthy))
+        .await
+        .expect("update");
+    memory.deregister("echo", "echo-127.0.0.1-1").await.expect("deregister");
+    assert_eq!(next_keys(&mut d, 1).await, ["-echo-127.0.0.1-1"]);
+}
+
 #[tokio::test]
 async fn feeds_tower_p2c_balance() {
     let memory = Arc::new(Memory::new());

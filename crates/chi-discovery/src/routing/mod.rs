@@ -27,6 +27,7 @@
 
 mod config;
 mod geo;
+mod routers;
 mod service;
 mod smart;
 mod stage;
@@ -34,6 +35,7 @@ mod version;
 
 pub use config::RoutingConfig;
 pub use geo::{Geo, GeoStep, Place};
+pub use routers::Routers;
 pub use service::{ServiceState, ServiceStateConfig};
 pub use smart::{Decision, Routed, Smart, Subset};
 pub use stage::{Stage, Usable};

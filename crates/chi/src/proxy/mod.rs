@@ -47,7 +47,7 @@ use crate::admin;
 use crate::agent::Shutdown;
 use crate::cli::{ProxyArgs, RouteBy};
 use crate::failure::Failure;
-use crate::pick::Routers;
+use chi_discovery::routing::Routers;
 use crate::progress;
 use crate::source::Source;
 
@@ -76,7 +76,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::install()?;
     let source = Source::resolve(&args.source)?;
     source.require_shared("proxy")?;
-    let routers = Routers::from_config(&source.config)?;
+    let routers = crate::pick::routers(&source.config)?;
     let registry = source.connect().await?;
     let client = DiscoveryClient::builder()
         .cache(source.config.cache)

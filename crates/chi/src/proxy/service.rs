@@ -165,7 +165,7 @@ impl Proxy {
             selections: self.metrics.library.selection_counter(
                 &service.name,
                 &instance.id,
-                self.routers.strategy(),
+                self.routers.strategy().as_str(),
             ),
         })
     }

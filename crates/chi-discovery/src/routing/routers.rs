@@ -1,0 +1,66 @@
+//! One router per service, all from the config's `load_balancer` and `routing` blocks.
+//!
+//! A [`Smart`] router holds per-service state (its plan, one balancer per routed subset, their
+//! load counters), so each service needs its own; [`Routers`] is the recipe they are made from,
+//! checked once. `chi select`, `chi proxy`, the HTTP helper and [`Chi`](crate::Chi) all build
+//! their routers here, so `health_check_enabled` and the strategy mean the same everywhere.
+
+use crate::balance::{Balancer, BalancerConfig, Strategy};
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+use super::{RoutingConfig, Smart};
+
+/// The recipe of every service's router; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Routers {
+    balancer: BalancerConfig,
+    routing: RoutingConfig,
+}
+
+impl Routers {
+    /// From `load_balancer` and `routing` of `config`.
+    pub fn from_config(config: &Config) -> Result<Routers> {
+        Self::with_strategy(config, config.load_balancer.strategy)
+    }
+
+    /// As [`Routers::from_config`] with another strategy than the config's.
+    pub fn with_strategy(config: &Config, strategy: Strategy) -> Result<Routers> {
+        let lb = &config.load_balancer;
+        let mut balancer = BalancerConfig::new(strategy);
+        balancer.health_check_enabled = lb.health_check_enabled;
+        balancer.consistent_hash = lb.consistent_hash;
+        balancer.validate().map_err(|e| {
+            let (field, message) = e.split_once(": ").unwrap_or(("", e.as_str()));
+            Error::config(
+                format!("service_discovery.load_balancer.{field}"),
+                message.to_owned(),
+            )
+        })?;
+        Ok(Routers {
+            balancer,
+            routing: config.routing.clone(),
+        })
+    }
+
+    /// A new router for one service: version and region routing, then one balancer per routed
+    /// subset; unhealthy instances skipped unless `health_check_enabled` is `false`.
+    pub fn router(&self) -> Smart<Balancer> {
+        let config = self.balancer.clone();
+        let skip_unhealthy = config.health_check_enabled;
+        Smart::from_config(&self.routing, move || {
+            Balancer::with_config(config.clone()).unwrap_or_else(|_| Balancer::new(config.strategy))
+        })
+        .skip_unhealthy(skip_unhealthy)
+    }
+
+    /// The balancers' strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.balancer.strategy
+    }
+
+    /// True when routers skip instances known to be unhealthy.
+    pub fn health_check_enabled(&self) -> bool {
+        self.balancer.health_check_enabled
+    }
+}
