@@ -78,6 +78,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// Serving this process's own endpoint failed (binding its port, accepting connections).
+    #[error("serving on {address}: {source}")]
+    Serve {
+        /// The address served on.
+        address: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A watch stream ended or lost its source.
     #[error("watch of service `{service}` ended: {message}")]
     WatchClosed {
@@ -147,6 +157,7 @@ impl Error {
             Error::WatchClosed { .. } => true,
             Error::Backends { failures } => failures.iter().any(|(_, e)| e.is_transient()),
             Error::NoInstance { .. } | Error::Config { .. } | Error::Invalid { .. } => false,
+            Error::Serve { .. } => false,
         }
     }
 }

@@ -20,6 +20,8 @@
 //! - [`integration`]: tower's `Discover` over a chi watch (feature `tower`), and an HTTP helper
 //!   (feature `http`), both on by default.
 //! - [`config`]: the `chi-config.yaml` file, validated with errors that name the field.
+//! - [`Chi`]: all of the above from one config file: registration with its health check,
+//!   discovery, per-service routers, metrics, deregistration on shutdown.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -54,6 +56,7 @@ pub mod retry;
 pub mod routing;
 pub mod secret;
 mod snapshot;
+pub mod stack;
 mod util;
 
 pub use discovery::{DiscoveryClient, Snapshot, Watcher};
@@ -65,3 +68,4 @@ pub use manager::ServiceManager;
 pub use registry::{Change, Liveness, Registry};
 pub use retry::RetryPolicy;
 pub use secret::Secret;
+pub use stack::Chi;

@@ -309,7 +309,10 @@ fn health_check_http_not_a_path() {
 #[test]
 fn checked_by_unknown_value() {
     assert_err(
-        &spec_with("timeout: \"3s\"", "timeout: \"3s\"\n      checked_by: \"agent\""),
+        &spec_with(
+            "timeout: \"3s\"",
+            "timeout: \"3s\"\n      checked_by: \"agent\"",
+        ),
         "service_discovery.registration.health_check.checked_by",
         &["\"auto\", \"registry\" or \"chi\"", "\"agent\""],
     );
@@ -317,12 +320,19 @@ fn checked_by_unknown_value() {
 
 #[test]
 fn checked_by_registry_on_etcd_is_refused_at_the_field() {
-    let yaml = spec_with("timeout: \"3s\"", "timeout: \"3s\"\n      checked_by: registry")
-        .replacen("enabled: false", "enabled: true", 1);
+    let yaml = spec_with(
+        "timeout: \"3s\"",
+        "timeout: \"3s\"\n      checked_by: registry",
+    )
+    .replacen("enabled: false", "enabled: true", 1);
     assert_err(
         &yaml,
         "service_discovery.registration.health_check.checked_by",
-        &["etcd cannot", "only Consul runs them", "\"auto\" or \"chi\""],
+        &[
+            "etcd cannot",
+            "only Consul runs them",
+            "\"auto\" or \"chi\"",
+        ],
     );
     // Consul alone runs it: accepted.
     let c = load(&spec_with(

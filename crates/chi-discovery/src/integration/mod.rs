@@ -3,8 +3,14 @@
 //! - `Discover` (feature `tower`, on by default): chi's watch as a `tower::discover::Discover`, so `tower::balance::p2c::Balance`
 //!   and tonic's `Channel::balance_channel` are fed by chi (see `examples/tonic_client.rs`).
 //! - `HttpRouter` (feature `http`, on by default): `reqwest` calls to `http://service-name/...` through discovery, the smart
-//!   router and the balancer, with outcomes fed to outlier detection.
+//!   router and the balancer, with outcomes fed to outlier detection. The client half of
+//!   [`Chi`](crate::Chi) ([`Chi::http`](crate::Chi::http)).
+//! - [`axum::Server`] (feature `axum`): the server half: an `axum::Router` served as the
+//!   [`Chi`](crate::Chi) stack's registration (registered after bind, health path answered,
+//!   deregistered on SIGTERM before it drains).
 
+#[cfg(feature = "axum")]
+pub mod axum;
 #[cfg(feature = "tower")]
 mod discover;
 #[cfg(feature = "http")]

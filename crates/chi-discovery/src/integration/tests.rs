@@ -92,8 +92,8 @@ async fn skip_unhealthy_false_hands_out_unhealthy_instances() {
     memory.register(&inst(2)).await.expect("register");
     let client = DiscoveryClient::new(memory.clone());
     let watcher = client.watch("echo").await.expect("watch");
-    let mut d = Discover::new(watcher, |i: &Instance| Ok::<_, Infallible>(i.port))
-        .skip_unhealthy(false);
+    let mut d =
+        Discover::new(watcher, |i: &Instance| Ok::<_, Infallible>(i.port)).skip_unhealthy(false);
     assert_eq!(
         next_keys(&mut d, 2).await,
         ["+echo-127.0.0.1-1", "+echo-127.0.0.1-2"]
@@ -102,7 +102,10 @@ async fn skip_unhealthy_false_hands_out_unhealthy_instances() {
         .register(&inst(2).with_health(HealthStatus::Unhealthy))
         .await
         .expect("update");
-    memory.deregister("echo", "echo-127.0.0.1-1").await.expect("deregister");
+    memory
+        .deregister("echo", "echo-127.0.0.1-1")
+        .await
+        .expect("deregister");
     assert_eq!(next_keys(&mut d, 1).await, ["-echo-127.0.0.1-1"]);
 }
 
@@ -168,13 +171,13 @@ async fn serve(name: &'static str, status: u16) -> u16 {
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let code = axum::http::StatusCode::from_u16(status).expect("status");
-    let app = axum::Router::new().route(
+    let code = ::axum::http::StatusCode::from_u16(status).expect("status");
+    let app = ::axum::Router::new().route(
         "/who",
-        axum::routing::get(move || async move { (code, name) }),
+        ::axum::routing::get(move || async move { (code, name) }),
     );
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = ::axum::serve(listener, app).await;
     });
     port
 }

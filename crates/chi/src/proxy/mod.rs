@@ -47,9 +47,9 @@ use crate::admin;
 use crate::agent::Shutdown;
 use crate::cli::{ProxyArgs, RouteBy};
 use crate::failure::Failure;
-use chi_discovery::routing::Routers;
 use crate::progress;
 use crate::source::Source;
+use chi_discovery::routing::Routers;
 
 use self::metrics::ProxyMetrics;
 use self::service::Service;

@@ -1,0 +1,309 @@
+//! Serving an `axum::Router` as a registered, health-checked instance (feature `axum`).
+//!
+//! The order is what keeps every request of a rolling restart alive:
+//!
+//! 1. **Bind, then register.** The instance enters the registries only once its listener is
+//!    bound, so no peer picks an address that refuses connections.
+//! 2. **Health.** The registration's HTTP health path (`health_check.http`, e.g. `/health`) is
+//!    answered by chi in front of the app: 200 while serving, 503 once shutting down, so a
+//!    registry-run check (Consul's agent) sees the drain too.
+//! 3. **SIGTERM (or SIGINT): deregister first, then drain.** The instance leaves every registry,
+//!    keeps serving for a grace period while peers' watches and caches catch up (Kubernetes'
+//!    `preStop` sleep, Envoy's drain time), then stops accepting and waits for the requests in
+//!    flight (hyper's graceful shutdown).
+//!
+//! ```no_run
+//! # async fn demo() -> chi_discovery::Result<()> {
+//! use axum::{Router, routing::get};
+//! use chi_discovery::{Chi, integration::axum::Server};
+//!
+//! let chi = Chi::from_file("chi-config.yaml").await?;
+//! let app = Router::new().route("/users/{id}", get(|| async { "user" }));
+//! Server::new(&chi).serve(app).await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::error::{Error, Result};
+use crate::instance::CheckTarget;
+use crate::stack::Chi;
+
+/// How long a deregistered instance keeps serving before it stops accepting (default 2 s).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves an app as the registration of a [`Chi`] stack; see the module docs.
+#[derive(Debug)]
+pub struct Server<'a> {
+    chi: &'a Chi,
+    grace: Duration,
+}
+
+impl<'a> Server<'a> {
+    /// A server for `chi`'s registration, with the default grace.
+    pub fn new(chi: &'a Chi) -> Self {
+        Server {
+            chi,
+            grace: DEFAULT_GRACE,
+        }
+    }
+
+    /// How long to keep serving after deregistering, before draining: at least the time peers
+    /// take to see the deregistration (their watch, or their cache's refresh interval).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Binds `0.0.0.0:<registration.port>` and serves `app` until SIGTERM or SIGINT.
+    pub async fn serve(self, app: Router) -> Result<()> {
+        let port = self
+            .chi
+            .config()
+            .registration
+            .as_ref()
+            .map(|r| r.port)
+            .ok_or_else(|| {
+                Error::config(
+                    "service_discovery.registration",
+                    "is missing: there is nothing to serve and register",
+                )
+            })?;
+        let address = format!("0.0.0.0:{port}");
+        let listener = TcpListener::bind(&address).await.map_err(|source| {
+            Error::config(
+                "service_discovery.registration.port",
+                format!("cannot listen on {address}: {source}"),
+            )
+        })?;
+        self.serve_on(listener, app, termination()).await
+    }
+
+    /// Serves `app` on `listener` until `shutdown` completes: registers once serving, then on
+    /// `shutdown` deregisters, keeps serving for the grace, and drains.
+    pub async fn serve_on(
+        self,
+        listener: TcpListener,
+        app: Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "the listener".to_owned());
+        let serving = Arc::new(AtomicBool::new(true));
+        let app = match self.health_path() {
+            Some(path) => {
+                let flag = serving.clone();
+                let health = get(move || {
+                    let flag = flag.clone();
+                    async move {
+                        if flag.load(Ordering::Relaxed) {
+                            (StatusCode::OK, "ok")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                        }
+                    }
+                });
+                Router::new().route(&path, health).fallback_service(app)
+            }
+            None => app,
+        };
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+
+        // Bound and accepting: now peers may find it.
+        match self.chi.register().await {
+            Ok(report) => {
+                for (backend, error) in report.failures() {
+                    tracing::warn!(%backend, %error, "not registered yet; retrying in the background");
+                }
+            }
+            Err(e @ (Error::Config { .. } | Error::Invalid { .. })) => {
+                let _ = stop_tx.send(());
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "not registered anywhere yet; retrying in the background")
+            }
+        }
+
+        shutdown.await;
+        serving.store(false, Ordering::Relaxed);
+        for (id, result) in self.chi.shutdown().await {
+            if let Err(e) = result {
+                tracing::warn!(%id, error = %e, "deregistration on shutdown failed");
+            }
+        }
+        tokio::time::sleep(self.grace).await;
+        let _ = stop_tx.send(());
+        match server.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(Error::Serve { address, source }),
+            Err(join) => Err(Error::Serve {
+                address,
+                source: std::io::Error::other(join.to_string()),
+            }),
+        }
+    }
+
+    /// The registration's HTTP health path, when it has one (a full URL is someone else's).
+    fn health_path(&self) -> Option<String> {
+        let check = self
+            .chi
+            .config()
+            .registration
+            .as_ref()?
+            .health_check
+            .as_ref()?;
+        match &check.target {
+            CheckTarget::Http(path) if path.starts_with('/') => Some(path.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// SIGTERM or SIGINT (Ctrl-C); on other platforms Ctrl-C only.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(all(test, feature = "http"))]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::DiscoveryClient;
+    use crate::config::Config;
+    use crate::registry::{Memory, Registry};
+
+    /// Registered only once bound; on shutdown deregistered first, health 503, still serving
+    /// through the grace; a client that follows the watch sees no failed request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deregisters_before_the_listener_closes_and_no_request_fails() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let yaml = format!(
+            "service_discovery:\n  registration:\n    name: web\n    address: 127.0.0.1\n    port: {port}\n    health_check:\n      http: /health\n      interval: 100ms\n      timeout: 50ms\n"
+        );
+        let config = Config::from_yaml_with_env(&yaml, |_| None).expect("config");
+        let memory = Arc::new(Memory::new());
+        let chi = Arc::new(Chi::over(config, memory.clone()).expect("stack"));
+        let app = Router::new().route("/hello", get(|| async { "hello" }));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = {
+            let chi = chi.clone();
+            tokio::spawn(async move {
+                Server::new(&chi)
+                    .grace(Duration::from_millis(300))
+                    .serve_on(listener, app, async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+            })
+        };
+
+        // A peer that follows the watch and calls whatever it currently knows.
+        let client = DiscoveryClient::new(memory.clone());
+        let mut watcher = client.watch("web").await.expect("watch");
+        tokio::spawn(async move { while watcher.next().await.is_some() {} });
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicBool::new(true));
+        let peer = {
+            let (ok, failed, running) = (ok.clone(), failed.clone(), running.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while running.load(Ordering::Relaxed) {
+                    let target = client
+                        .cached("web")
+                        .and_then(|s| s.instances().first().map(|i| i.authority()));
+                    if let Some(authority) = target {
+                        match http.get(format!("http://{authority}/hello")).send().await {
+                            Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+
+        let registered = chi_registered(&memory).await;
+        assert!(registered, "registered once serving");
+        let health = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .expect("health answers");
+        assert_eq!(health.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let _ = stop_tx.send(());
+        // Deregistered first, while the listener still serves (the grace).
+        let start = std::time::Instant::now();
+        while !memory.instances("web").await.expect("list").is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(2), "not deregistered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let draining = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .expect("still serving during the grace");
+        assert_eq!(draining.status(), 503);
+        server.await.expect("join").expect("served");
+        running.store(false, Ordering::Relaxed);
+        peer.await.expect("peer");
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err(),
+            "the listener is closed"
+        );
+        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        assert!(ok > 20, "the peer called it: {ok}");
+        assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    }
+
+    async fn chi_registered(memory: &Memory) -> bool {
+        let start = std::time::Instant::now();
+        loop {
+            let listed = !memory.instances("web").await.expect("list").is_empty();
+            if listed || start.elapsed() > Duration::from_millis(500) {
+                return listed;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

@@ -1,0 +1,86 @@
+use super::*;
+use crate::HealthStatus;
+use crate::routing::Route;
+
+const EXAMPLE: &str = include_str!("../../../../examples/chi-config.yaml");
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+/// The example file as written (Consul enabled), pointed at the embedded registry instead: the
+/// stack reads every block of it.
+#[tokio::test]
+async fn the_example_file_builds_the_whole_stack() {
+    let config = Config::from_yaml_with_env(EXAMPLE, no_env).expect("the example loads as written");
+    let memory = Arc::new(crate::registry::Memory::new());
+    let chi = Chi::over(config, memory.clone()).expect("stack");
+    assert_eq!(chi.routers().strategy().as_str(), "weighted_round_robin");
+    assert!(chi.routers().health_check_enabled());
+    assert_eq!(chi.config().cache.max_size, 1000);
+
+    let report = chi.register().await.expect("register");
+    assert!(report.is_complete());
+    let status = chi.manager().status();
+    assert_eq!(status.len(), 1);
+    assert!(
+        status[0].probed_here,
+        "the embedded registry runs no checks: chi probes"
+    );
+
+    let snapshot = chi
+        .discovery()
+        .discover("user-service")
+        .await
+        .expect("discover");
+    assert_eq!(snapshot.instances().len(), 1);
+    assert_eq!(snapshot.instances()[0].version, "v1.0.0");
+
+    let router = chi.routers().router();
+    let route = Route {
+        version: Some("v1.0.0"),
+        ..Route::default()
+    };
+    let routed = router.pick(&snapshot, &route).expect("a pick");
+    assert_eq!(routed.instance().name, "user-service");
+
+    chi.shutdown().await;
+    assert!(
+        memory
+            .instances("user-service")
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn register_without_a_registration_names_the_block() {
+    let chi = Chi::new(Config::default()).await.expect("stack");
+    let err = chi.register().await.unwrap_err().to_string();
+    assert!(err.starts_with("service_discovery.registration:"), "{err}");
+}
+
+/// `health_check_enabled: false` reaches the stack's routers: a critical instance is picked.
+#[tokio::test]
+async fn health_check_enabled_false_reaches_the_routers() {
+    let yaml = "service_discovery:\n  load_balancer:\n    strategy: round_robin\n    health_check_enabled: false\n";
+    let config = Config::from_yaml_with_env(yaml, no_env).expect("loads");
+    let memory = Arc::new(crate::registry::Memory::new());
+    memory
+        .register(&crate::Instance::new("svc", "127.0.0.1", 1).with_health(HealthStatus::Unhealthy))
+        .await
+        .expect("register");
+    memory
+        .register(&crate::Instance::new("svc", "127.0.0.1", 2).with_health(HealthStatus::Healthy))
+        .await
+        .expect("register");
+    let chi = Chi::over(config, memory).expect("stack");
+    let snapshot = chi.discovery().discover("svc").await.expect("discover");
+    let router = chi.routers().router();
+    let ports: std::collections::BTreeSet<u16> = (0..10)
+        .filter_map(|_| router.pick(&snapshot, &Route::default()))
+        .map(|r| r.instance().port)
+        .collect();
+    assert_eq!(ports, [1, 2].into(), "the unhealthy instance is picked too");
+}
