@@ -77,6 +77,7 @@ impl<'a> Server<'a> {
                     "is missing: there is nothing to serve and register",
                 )
             })?;
+        let shutdown = termination();
         let address = format!("0.0.0.0:{port}");
         let listener = TcpListener::bind(&address).await.map_err(|source| {
             Error::config(
@@ -84,7 +85,7 @@ impl<'a> Server<'a> {
                 format!("cannot listen on {address}: {source}"),
             )
         })?;
-        self.serve_on(listener, app, termination()).await
+        self.serve_on(listener, app, shutdown).await
     }
 
     /// Serves `app` on `listener` until `shutdown` completes: registers once serving, then on
@@ -178,27 +179,37 @@ impl<'a> Server<'a> {
     }
 }
 
-/// SIGTERM or SIGINT (Ctrl-C); on other platforms Ctrl-C only.
-async fn termination() {
+/// Completes on SIGTERM or SIGINT (Ctrl-C; on other platforms Ctrl-C only). The handlers are
+/// installed at once, before the instance registers, so a signal that comes early is not the
+/// default action (the process killed, still registered) but a graceful shutdown.
+fn termination() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
+                (term, int) => {
+                    if let Err(e) = term.and(int) {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                    }
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
