@@ -97,6 +97,7 @@ mod tests;
 
 pub use balancer::{Balancer, BalancerConfig, Pick};
 pub use consistent::{ConsistentHash, ConsistentHashConfig};
+pub(crate) use hash::splitmix;
 pub use hash::{KeyHasher, default_hash};
 pub use least_conn::LeastConnections;
 pub use load::{InFlight, Load, Loads, PeakEwmaConfig};

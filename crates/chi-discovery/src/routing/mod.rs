@@ -31,6 +31,7 @@ mod routers;
 mod service;
 mod smart;
 mod stage;
+mod subset;
 mod version;
 
 pub use config::RoutingConfig;
@@ -39,6 +40,7 @@ pub use routers::Routers;
 pub use service::{ServiceState, ServiceStateConfig};
 pub use smart::{Decision, Routed, Smart, Subset};
 pub use stage::{Stage, Usable};
+pub use subset::Subsetting;
 pub use version::{Version, VersionStep};
 
 use crate::instance::Instance;
