@@ -65,6 +65,8 @@ pub struct LoadBalancerConfig {
     pub health_check_enabled: bool,
     /// Consistent-hash settings.
     pub consistent_hash: ConsistentHashConfig,
+    /// Zone-aware balancing (`zone_aware`).
+    pub zone_aware: crate::routing::ZoneAwareConfig,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
                 strategy: Strategy::default(),
                 health_check_enabled: true,
                 consistent_hash: ConsistentHashConfig::default(),
+                zone_aware: crate::routing::ZoneAwareConfig::default(),
             },
             routing: RoutingConfig::default(),
         }

@@ -159,6 +159,16 @@ pub struct LoadBalancer {
     pub strategy: Option<String>,
     pub health_check_enabled: Option<bool>,
     pub consistent_hash: Option<ConsistentHash>,
+    pub zone_aware: Option<ZoneAware>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneAware {
+    pub enabled: Option<bool>,
+    pub min_instances: Option<usize>,
+    #[serde(default)]
+    pub clients: IndexMap<String, f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -361,6 +361,27 @@ fn rise_and_fall_are_read_and_zero_is_refused() {
 }
 
 #[test]
+fn zone_aware_is_read_and_bad_shares_name_the_zone() {
+    let c = load(&spec_with(
+        "    health_check_enabled: true\n",
+        "    health_check_enabled: true\n    zone_aware:\n      enabled: true\n      clients:\n        us-east-1a: 3\n",
+    ))
+    .expect("loads");
+    let z = &c.load_balancer.zone_aware;
+    assert!(z.enabled);
+    assert_eq!(z.min_instances, 6);
+    assert_eq!(z.clients.get("us-east-1a"), Some(&3.0));
+    assert_err(
+        &spec_with(
+            "    health_check_enabled: true\n",
+            "    health_check_enabled: true\n    zone_aware:\n      clients:\n        us-east-1a: -1\n",
+        ),
+        "service_discovery.load_balancer.zone_aware.clients.us-east-1a",
+        &["at least 0", "got -1"],
+    );
+}
+
+#[test]
 fn timeout_not_shorter_than_interval() {
     assert_err(
         &spec_with("timeout: \"3s\"", "timeout: \"15s\""),

@@ -12,6 +12,7 @@ use crate::discovery::CacheConfig;
 use crate::error::Result;
 use crate::instance::{CheckTarget, CheckedBy, HealthCheck, ServiceConfig};
 use crate::retry::RetryPolicy;
+use crate::routing::ZoneAwareConfig;
 
 pub(super) fn registration(r: raw::Registration, at: &Field) -> Result<ServiceConfig> {
     let name = r.name.ok_or_else(|| at.join("name").err("is required"))?;
@@ -220,10 +221,34 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
             Some((field, message)) => cp.join(field).err(message),
             None => cp.err(m),
         })?;
+    let zone_aware = zone_aware(l.zone_aware.unwrap_or_default(), &at.join("zone_aware"))?;
     Ok(LoadBalancerConfig {
         strategy,
         health_check_enabled: l.health_check_enabled.unwrap_or(true),
         consistent_hash,
+        zone_aware,
+    })
+}
+
+fn zone_aware(z: raw::ZoneAware, at: &Field) -> Result<ZoneAwareConfig> {
+    let d = ZoneAwareConfig::enabled();
+    let min_instances = z.min_instances.unwrap_or(d.min_instances);
+    if min_instances == 0 {
+        return Err(at.join("min_instances").err("must be at least 1, got 0"));
+    }
+    let mut clients = std::collections::BTreeMap::new();
+    for (zone, share) in z.clients {
+        if !share.is_finite() || share < 0.0 {
+            return Err(at.join("clients").join(&zone).err(format!(
+                "expected a number of clients (or a share) of at least 0, got {share}"
+            )));
+        }
+        clients.insert(zone, share);
+    }
+    Ok(ZoneAwareConfig {
+        enabled: z.enabled.unwrap_or(false),
+        min_instances,
+        clients,
     })
 }
 

@@ -40,6 +40,9 @@ pub enum GeoStep {
     ToNeighbour,
     /// Fallback: no neighbour had any; every place.
     ToAnyRegion,
+    /// Zone-aware: the client's zone is short of its share, this request went to another zone
+    /// of the region with spare capacity.
+    Spilled,
 }
 
 impl GeoStep {
@@ -53,6 +56,7 @@ impl GeoStep {
             GeoStep::ZoneToRegion => "zone_to_region",
             GeoStep::ToNeighbour => "to_neighbour",
             GeoStep::ToAnyRegion => "to_any_region",
+            GeoStep::Spilled => "spilled",
         }
     }
 

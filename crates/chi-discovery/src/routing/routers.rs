@@ -9,13 +9,14 @@ use crate::balance::{Balancer, BalancerConfig, Strategy};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
-use super::{RoutingConfig, Smart};
+use super::{RoutingConfig, Smart, ZoneAwareConfig};
 
 /// The recipe of every service's router; see the module docs.
 #[derive(Debug, Clone)]
 pub struct Routers {
     balancer: BalancerConfig,
     routing: RoutingConfig,
+    zone_aware: ZoneAwareConfig,
 }
 
 impl Routers {
@@ -40,6 +41,7 @@ impl Routers {
         Ok(Routers {
             balancer,
             routing: config.routing.clone(),
+            zone_aware: lb.zone_aware.clone(),
         })
     }
 
@@ -52,6 +54,7 @@ impl Routers {
             Balancer::with_config(config.clone()).unwrap_or_else(|_| Balancer::new(config.strategy))
         })
         .skip_unhealthy(skip_unhealthy)
+        .zone_aware(self.zone_aware.clone())
     }
 
     /// The balancers' strategy.

@@ -24,6 +24,7 @@ use rustc_hash::FxHashMap;
 
 use super::RoutingConfig;
 use super::geo::Target;
+use super::spill::{Spill, ZoneAwareConfig};
 use super::stage::any_instance;
 use super::{Geo, GeoStep, Route, Stage, Usable, Version, VersionStep};
 use crate::balance::{Balancer, BalancerConfig};
@@ -58,6 +59,8 @@ struct Group {
     all: usize,
     zones: FxHashMap<Box<str>, usize>,
     regions: FxHashMap<Box<str>, usize>,
+    /// Zone-aware spill of a zone's leaf: where its clients' requests go, as leaf ids.
+    spill: FxHashMap<usize, (Spill, Vec<usize>)>,
 }
 
 struct Leaf<B> {
@@ -100,6 +103,7 @@ impl<B> Plan<B> {
         previous: Option<&Plan<B>>,
         make: &MakeLeaf<B>,
         skip_unhealthy: bool,
+        zone_aware: &ZoneAwareConfig,
     ) -> Self {
         let usable: Vec<&Instance> = instances
             .iter()
@@ -120,7 +124,7 @@ impl<B> Plan<B> {
             leaves: Vec::new(),
             balancers: FxHashMap::default(),
         };
-        plan.any = plan.group(None, &base, geo, previous, make);
+        plan.any = plan.group(None, &base, geo, previous, make, zone_aware);
         if version.is_enabled() {
             let mut by_version: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
             for i in &base {
@@ -137,7 +141,7 @@ impl<B> Plan<B> {
             names.sort_unstable();
             for v in names {
                 let members = &by_version[v];
-                let g = plan.group(Some(v), members, geo, previous, make);
+                let g = plan.group(Some(v), members, geo, previous, make, zone_aware);
                 plan.versions.insert(v.into(), g);
             }
         }
@@ -151,6 +155,7 @@ impl<B> Plan<B> {
         geo: &Geo,
         previous: Option<&Plan<B>>,
         make: &MakeLeaf<B>,
+        zone_aware: &ZoneAwareConfig,
     ) -> Group {
         let v = version.unwrap_or("*");
         let mut g = Group {
@@ -171,7 +176,10 @@ impl<B> Plan<B> {
                 regions.entry(r).or_default().push(i);
             }
         }
+        let mut by_region: FxHashMap<&str, Vec<(&str, f64, usize)>> = FxHashMap::default();
         for (z, list) in zones {
+            let capacity: f64 = list.iter().map(|i| f64::from(i.effective_weight())).sum();
+            let region = list.first().and_then(|i| geo.place_of(i).region);
             let id = self.leaf(
                 format!("{v}|z={z}"),
                 version,
@@ -181,6 +189,32 @@ impl<B> Plan<B> {
                 make,
             );
             g.zones.insert(z.into(), id);
+            if let Some(r) = region {
+                by_region.entry(r).or_default().push((z, capacity, id));
+            }
+        }
+        if zone_aware.enabled {
+            for (_, mut zs) in by_region {
+                zs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let instances: usize = zs
+                    .iter()
+                    .map(|(_, _, id)| self.leaves[*id].instances.len())
+                    .sum();
+                if zs.len() < 2 || instances < zone_aware.min_instances {
+                    continue;
+                }
+                let capacity: Vec<f64> = zs.iter().map(|z| z.1).collect();
+                let clients: Vec<f64> = zs
+                    .iter()
+                    .map(|z| zone_aware.clients.get(z.0).copied().unwrap_or(1.0))
+                    .collect();
+                let ids: Vec<usize> = zs.iter().map(|z| z.2).collect();
+                for (spill, id) in Spill::plan(&capacity, &clients).into_iter().zip(&ids) {
+                    if spill.stay < 1.0 {
+                        g.spill.insert(*id, (spill, ids.clone()));
+                    }
+                }
+            }
         }
         for (r, list) in regions {
             let id = self.leaf(
@@ -225,9 +259,16 @@ impl<B> Plan<B> {
             |z| group.zones.get(z).copied(),
             |r| group.regions.get(r).copied(),
         );
-        let leaf = match target {
-            Target::Place(id) => id,
-            Target::Any => group.all,
+        let (leaf, gstep) = match target {
+            Target::Place(id) => match group.spill.get(&id) {
+                // Zone-aware: this zone is short of its clients' share.
+                Some((spill, zones)) => match spill.choose(rand::random::<f64>()) {
+                    Some(z) => (zones[z], GeoStep::Spilled),
+                    None => (id, gstep),
+                },
+                None => (id, gstep),
+            },
+            Target::Any => (group.all, gstep),
         };
         (
             leaf,
@@ -249,6 +290,7 @@ pub struct Smart<B: Stage = Balancer> {
     make: Box<MakeLeaf<B>>,
     /// Route over healthy instances only (the default), or over all of them.
     skip_unhealthy: bool,
+    zone_aware: ZoneAwareConfig,
     plan: ArcSwap<Plan<B>>,
     rebuild: Mutex<()>,
 }
@@ -410,6 +452,7 @@ impl<B: Stage> Smart<B> {
             geo,
             make: Box::new(make),
             skip_unhealthy: true,
+            zone_aware: ZoneAwareConfig::default(),
             plan: ArcSwap::from_pointee(Plan::placeholder()),
             rebuild: Mutex::new(()),
         }
@@ -431,6 +474,14 @@ impl<B: Stage> Smart<B> {
     /// mode ([`Decision::panic`]).
     pub fn skip_unhealthy(mut self, on: bool) -> Self {
         self.skip_unhealthy = on;
+        self
+    }
+
+    /// Zone-aware balancing ([`super::spill`]): a zone short of its clients' share of the
+    /// region's capacity keeps only what it can take and spills the rest to the zones with
+    /// spare capacity. Off by default (plain zone affinity).
+    pub fn zone_aware(mut self, config: ZoneAwareConfig) -> Self {
+        self.zone_aware = config;
         self
     }
 
@@ -476,6 +527,7 @@ impl<B: Stage> Smart<B> {
             previous,
             &*self.make,
             self.skip_unhealthy,
+            &self.zone_aware,
         ));
         // An older snapshot than the current plan's (a race around a swap) gets its own plan
         // without replacing the newer one.

@@ -157,3 +157,66 @@ fn health_check_enabled_false_picks_unhealthy_instances_too() {
     want.sort_unstable();
     assert_eq!(select(&url, &off), want);
 }
+
+/// `load_balancer.zone_aware`: zone r-a has 1 instance of 4, half the clients: it keeps half of
+/// its requests (its capacity share over its client share) and spills the rest to r-b.
+#[test]
+fn zone_aware_spills_a_short_zone_to_its_neighbour_zones() {
+    let host = Agent::start(&registration("registry-host", 1, "v1", ""), &[]);
+    let url = host.url();
+    let _agents: Vec<Agent> = [
+        (19201, "r-a"),
+        (19202, "r-b"),
+        (19203, "r-b"),
+        (19204, "r-b"),
+    ]
+    .iter()
+    .map(|(port, zone)| {
+        Agent::start(
+            &registration(
+                "pay",
+                *port,
+                "v1",
+                &format!("    meta:\n      region: \"r\"\n      zone: \"{zone}\"\n"),
+            ),
+            &["--registry", &url],
+        )
+    })
+    .collect();
+    eventually("four instances", || {
+        discover_json(&url, "pay", &[]).len() == 4
+    });
+    let routing =
+        "  routing:\n    enable_geo_routing: true\n    regions:\n      r: [\"r-a\", \"r-b\"]\n";
+    let args = [
+        "--strategy",
+        "round_robin",
+        "--count",
+        "1000",
+        "--zone",
+        "r-a",
+    ];
+    let with = |yaml_text: &str| {
+        let (dir, path) = yaml(yaml_text);
+        let path = path.display().to_string();
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["-c", &path]);
+        let picks = select(&url, &a);
+        drop(dir);
+        picks
+    };
+    // Plain zone affinity: everything stays in r-a.
+    assert_eq!(
+        with(&format!("service_discovery:\n{routing}")),
+        [(19201, 1000)]
+    );
+    let picks = with(&format!(
+        "service_discovery:\n  load_balancer:\n    zone_aware:\n      enabled: true\n      min_instances: 1\n{routing}"
+    ));
+    let local = picks.iter().find(|p| p.0 == 19201).map_or(0, |p| p.1);
+    assert!(
+        (420..=580).contains(&local),
+        "r-a kept {local} of 1000: {picks:?}"
+    );
+    assert_eq!(picks.len(), 4, "the rest spread over r-b: {picks:?}");
+}

@@ -1,0 +1,244 @@
+//! Zone-aware balancing: stay in the client's zone while it can take the client's share, spill
+//! the shortfall to the other zones of the region in proportion to their spare capacity.
+//!
+//! Envoy's zone-aware routing (`LoadBalancerBase::regenerateLocalityRoutingStructures`): with
+//! `local[z]` the share of the *clients* in zone `z` and `upstream[z]` the share of the
+//! *instances* (capacity) there,
+//!
+//! - if `upstream[me] >= local[me]`, every request stays in the zone (no cross-zone traffic at
+//!   all when each zone can take its own clients);
+//! - otherwise a request stays with probability `upstream[me] / local[me]`, and the rest goes to
+//!   the zones with spare capacity `upstream[z] - local[z] > 0`, in proportion to it.
+//!
+//! Every zone then receives exactly its capacity's share of the region's traffic: the hottest
+//! instance carries the mean load, and the cross-zone traffic is the capacity shortfall, no more.
+//! Below `min_instances` instances in the region, plain zone affinity applies (Envoy's
+//! `min_cluster_size`: with a handful of instances the shares are too coarse to matter).
+//!
+//! The client shares default to an even spread over the region's zones that have instances
+//! (the usual deployment, a client per zone in equal numbers); [`Spill::with_clients`] takes the
+//! real spread (the instances of the calling service per zone, as Envoy reads its local
+//! cluster). Everything is computed when membership changes; a pick draws one random number.
+
+use std::collections::BTreeMap;
+
+/// Zone-aware settings (`load_balancer.zone_aware`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ZoneAwareConfig {
+    /// On or off (default off: plain zone affinity).
+    pub enabled: bool,
+    /// Below this many instances in a region, stay in the zone (Envoy's `min_cluster_size`, 6).
+    pub min_instances: usize,
+    /// Clients per zone, when known (default: an even spread over the zones with instances).
+    pub clients: BTreeMap<String, f64>,
+}
+
+impl ZoneAwareConfig {
+    /// On, with Envoy's default minimum of 6 instances.
+    pub fn enabled() -> Self {
+        ZoneAwareConfig {
+            enabled: true,
+            min_instances: 6,
+            clients: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where the requests of one zone's clients go: the probability to stay, and the cumulative
+/// probabilities of the other zones (as indices into the region's zone list).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spill {
+    /// Probability that a request stays in the client's zone.
+    pub stay: f64,
+    /// `(cumulative probability, zone index)` of the other zones, for the requests that leave.
+    pub to: Vec<(f64, usize)>,
+}
+
+impl Spill {
+    /// The spill of every zone of a region: `capacity[z]` (instances or weights) and
+    /// `clients[z]` (clients; any scale). Zones without capacity get no traffic.
+    pub fn plan(capacity: &[f64], clients: &[f64]) -> Vec<Spill> {
+        let cap_total: f64 = capacity.iter().sum();
+        let cli_total: f64 = clients.iter().sum();
+        if cap_total <= 0.0 || cli_total <= 0.0 {
+            return capacity.iter().map(|_| Spill::stay()).collect();
+        }
+        let upstream: Vec<f64> = capacity.iter().map(|c| c / cap_total).collect();
+        let local: Vec<f64> = clients.iter().map(|c| c / cli_total).collect();
+        let spare: Vec<f64> = upstream
+            .iter()
+            .zip(&local)
+            .map(|(u, l)| (u - l).max(0.0))
+            .collect();
+        (0..capacity.len())
+            .map(|me| {
+                if local[me] <= 0.0 || upstream[me] >= local[me] {
+                    return Spill::stay();
+                }
+                let stay = upstream[me] / local[me];
+                let others: f64 = spare
+                    .iter()
+                    .enumerate()
+                    .filter(|&(z, _)| z != me)
+                    .map(|(_, s)| s)
+                    .sum();
+                if others <= 0.0 {
+                    return Spill::stay();
+                }
+                let mut acc = 0.0;
+                let to = spare
+                    .iter()
+                    .enumerate()
+                    .filter(|&(z, s)| z != me && *s > 0.0)
+                    .map(|(z, s)| {
+                        acc += s / others;
+                        (acc, z)
+                    })
+                    .collect();
+                Spill { stay, to }
+            })
+            .collect()
+    }
+
+    /// No spill: everything stays.
+    pub fn stay() -> Spill {
+        Spill {
+            stay: 1.0,
+            to: Vec::new(),
+        }
+    }
+
+    /// Where a request with the uniform draw `u` in `[0, 1)` goes: `None` to stay, or the index
+    /// of the zone it spills to.
+    #[inline]
+    pub fn choose(&self, u: f64) -> Option<usize> {
+        if u < self.stay {
+            return None;
+        }
+        let v = (u - self.stay) / (1.0 - self.stay);
+        self.to
+            .iter()
+            .find(|(cum, _)| v < *cum)
+            .or(self.to.last())
+            .map(|&(_, z)| z)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 3 zones with 2, 5 and 8 instances, clients spread evenly: zone a keeps 40 % of its
+    /// requests and sends the rest to zone c (the only one with spare capacity); b and c stay.
+    #[test]
+    fn the_shortfall_spills_to_spare_capacity_only() {
+        let s = Spill::plan(&[2.0, 5.0, 8.0], &[1.0, 1.0, 1.0]);
+        assert!((s[0].stay - 0.4).abs() < 1e-9, "{:?}", s[0]);
+        assert_eq!(s[0].to.len(), 1);
+        assert_eq!(s[0].to[0].1, 2);
+        assert_eq!(s[1], Spill::stay());
+        assert_eq!(s[2], Spill::stay());
+        assert_eq!(s[0].choose(0.39), None);
+        assert_eq!(s[0].choose(0.41), Some(2));
+    }
+
+    #[test]
+    fn zones_that_can_take_their_clients_never_spill() {
+        for s in Spill::plan(&[3.0, 3.0, 3.0], &[1.0, 1.0, 1.0]) {
+            assert_eq!(s, Spill::stay());
+        }
+    }
+
+    #[test]
+    fn degenerate_inputs_stay() {
+        assert!(Spill::plan(&[], &[]).is_empty());
+        assert_eq!(
+            Spill::plan(&[0.0, 0.0], &[1.0, 1.0]),
+            vec![Spill::stay(); 2]
+        );
+        assert_eq!(
+            Spill::plan(&[1.0, 1.0], &[0.0, 0.0]),
+            vec![Spill::stay(); 2]
+        );
+        // A zone with clients and no instances is not this function's case (geo falls back).
+        let s = Spill::plan(&[0.0, 4.0], &[1.0, 1.0]);
+        assert_eq!(s[0].stay, 0.0);
+        assert_eq!(s[0].choose(0.5), Some(1));
+    }
+}
+
+#[cfg(test)]
+mod routed {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::balance::{Balancer, Strategy};
+    use crate::instance::{HealthStatus, Instance};
+    use crate::routing::{GeoStep, Route, RoutingConfig, Smart};
+    use crate::snapshot::Snapshot;
+
+    /// Zones a, b, c of one region with 2, 5 and 8 instances; clients spread evenly. Returns
+    /// (requests per instance id, cross-zone requests) over `n` requests per zone.
+    pub(crate) fn run(zone_aware: bool, n: usize) -> (HashMap<String, usize>, usize) {
+        let mut instances = Vec::new();
+        for (zone, count) in [("r-a", 2), ("r-b", 5), ("r-c", 8)] {
+            for i in 0..count {
+                instances.push(
+                    Instance::new("svc", format!("10.0.{zone}"), 8000 + i)
+                        .with_id(format!("{zone}-{i}"))
+                        .with_meta("region", "r")
+                        .with_meta("zone", zone)
+                        .with_health(HealthStatus::Healthy),
+                );
+            }
+        }
+        let snapshot = Snapshot::new(instances, 1);
+        let mut routing = RoutingConfig {
+            enable_geo_routing: true,
+            ..RoutingConfig::default()
+        };
+        routing
+            .regions
+            .insert("r".into(), vec!["r-a".into(), "r-b".into(), "r-c".into()]);
+        let mut router = Smart::from_config(&routing, || Balancer::new(Strategy::RoundRobin));
+        if zone_aware {
+            router = router.zone_aware(ZoneAwareConfig::enabled());
+        }
+        let mut load: HashMap<String, usize> = HashMap::new();
+        let mut cross = 0;
+        for zone in ["r-a", "r-b", "r-c"] {
+            let route = Route {
+                zone: Some(zone),
+                ..Route::default()
+            };
+            for _ in 0..n {
+                let routed = router.pick(&snapshot, &route).expect("pick");
+                let picked = routed.instance();
+                if picked.meta("zone") != Some(zone) {
+                    cross += 1;
+                    assert_eq!(routed.decision().geo, GeoStep::Spilled);
+                }
+                *load.entry(picked.id.clone()).or_default() += 1;
+            }
+        }
+        (load, cross)
+    }
+
+    #[test]
+    fn smart_spills_the_shortfall_and_evens_the_load() {
+        let n = 15_000;
+        let (load, cross) = run(true, n);
+        let mean = (3 * n) as f64 / 15.0;
+        let hottest = load.values().copied().max().unwrap_or(0) as f64;
+        let cross_share = cross as f64 / (3 * n) as f64;
+        // The shortfall: zone a's clients are 1/3 of the traffic, its capacity 2/15: 0.2.
+        assert!((cross_share - 0.2).abs() < 0.02, "cross-zone {cross_share}");
+        assert!(hottest / mean < 1.1, "hottest {hottest} vs mean {mean}");
+
+        // Plain zone affinity: no cross-zone traffic, zone a's instances at 2.5x the mean.
+        let (load, cross) = run(false, n);
+        assert_eq!(cross, 0);
+        let hottest = load.values().copied().max().unwrap_or(0) as f64;
+        assert!(hottest / mean > 2.4, "hottest {hottest} vs mean {mean}");
+    }
+}
