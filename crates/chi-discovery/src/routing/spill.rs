@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 
 /// Zone-aware settings (`load_balancer.zone_aware`).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ZoneAwareConfig {
     /// On or off (default off: plain zone affinity).
     pub enabled: bool,
@@ -33,13 +33,23 @@ pub struct ZoneAwareConfig {
     pub clients: BTreeMap<String, f64>,
 }
 
+impl Default for ZoneAwareConfig {
+    /// Off, with Envoy's default minimum of 6 instances for when it is turned on.
+    fn default() -> Self {
+        ZoneAwareConfig {
+            enabled: false,
+            min_instances: 6,
+            clients: BTreeMap::new(),
+        }
+    }
+}
+
 impl ZoneAwareConfig {
     /// On, with Envoy's default minimum of 6 instances.
     pub fn enabled() -> Self {
         ZoneAwareConfig {
             enabled: true,
-            min_instances: 6,
-            clients: BTreeMap::new(),
+            ..Self::default()
         }
     }
 }
