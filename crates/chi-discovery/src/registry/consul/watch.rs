@@ -54,11 +54,14 @@ impl BlockingIndex {
 
 /// Does the first (non-blocking) query here, then hands the loop to a task.
 pub(super) async fn start(inner: Arc<Inner>, service: String) -> Result<WatchStream> {
-    let (entries, index) = inner
-        .client
-        .health_service(&service, &HealthQuery::default(), None)
-        .await?;
+    let (entries, index) = inner.note(
+        inner
+            .client
+            .health_service(&service, &HealthQuery::default(), None)
+            .await,
+    )?;
     let list = to_instances(entries);
+    inner.guard_empty(&service, &list)?;
     let view = list.iter().map(|i| (i.id.clone(), i.clone())).collect();
     Ok(watch_task::spawn_watch(move |tx| async move {
         if !tx.send(Ok(Change::Reset(list))).await {
