@@ -13,3 +13,4 @@ mod real;
 mod select;
 mod support;
 mod xds;
+mod xds_real;

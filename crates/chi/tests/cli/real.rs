@@ -10,13 +10,44 @@ use serde_json::Value;
 use crate::support::{Agent, Proc, chi, discover_json, eventually, registration};
 
 /// A registry server of `chi_test_support`, killed on drop, and the `--registry` URL of it.
-struct Server {
-    _server: Box<dyn std::any::Any>,
-    url: String,
+pub(crate) struct Server {
+    server: Box<dyn std::any::Any>,
+    pub(crate) url: String,
+}
+
+impl Server {
+    /// Kill -9: the registry vanishes without a goodbye to its clients.
+    pub(crate) fn kill(&mut self) {
+        use chi_test_support::{consul::ConsulAgent, etcd::Etcd, nacos::NacosServer};
+        if let Some(s) = self.server.downcast_mut::<ConsulAgent>() {
+            s.kill();
+        } else if let Some(s) = self.server.downcast_mut::<Etcd>() {
+            s.members.iter_mut().for_each(|m| m.kill());
+        } else if let Some(s) = self.server.downcast_mut::<NacosServer>() {
+            s.kill();
+        } else {
+            panic!("kill: not a registry server of chi_test_support");
+        }
+    }
+
+    /// Starts it again on the same ports (and data directory: etcd and rnacos keep their data, a
+    /// Consul dev agent comes back empty) and waits until it serves.
+    pub(crate) fn restart(&mut self) {
+        use chi_test_support::{consul::ConsulAgent, etcd::Etcd, nacos::NacosServer};
+        if let Some(s) = self.server.downcast_mut::<ConsulAgent>() {
+            block_on(s.restart());
+        } else if let Some(s) = self.server.downcast_mut::<Etcd>() {
+            s.members.iter_mut().for_each(|m| m.restart());
+        } else if let Some(s) = self.server.downcast_mut::<NacosServer>() {
+            s.restart();
+        } else {
+            panic!("restart: not a registry server of chi_test_support");
+        }
+    }
 }
 
 /// Runs a harness start-up (async) from these synchronous tests.
-fn block_on<T>(start: impl std::future::Future<Output = T>) -> T {
+pub(crate) fn block_on<T>(start: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -24,28 +55,28 @@ fn block_on<T>(start: impl std::future::Future<Output = T>) -> T {
         .block_on(start)
 }
 
-fn etcd() -> Server {
+pub(crate) fn etcd() -> Server {
     let server = block_on(chi_test_support::etcd::Etcd::single());
     Server {
         url: format!("etcd://{}", server.endpoint()),
-        _server: Box::new(server),
+        server: Box::new(server),
     }
 }
 
 /// A dev agent, ready (leader elected, node in the catalog).
-fn consul() -> Server {
+pub(crate) fn consul() -> Server {
     let server = block_on(chi_test_support::consul::ConsulAgent::start());
     Server {
         url: format!("consul://{}", server.addr()),
-        _server: Box::new(server),
+        server: Box::new(server),
     }
 }
 
-fn nacos() -> Server {
+pub(crate) fn nacos() -> Server {
     let server = chi_test_support::nacos::NacosServer::start();
     Server {
         url: format!("nacos://{}", server.addr()),
-        _server: Box::new(server),
+        server: Box::new(server),
     }
 }
 

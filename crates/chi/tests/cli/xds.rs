@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Agent, Proc, chi, registration};
 
-const SERVICE: &str = "order-service";
+pub(crate) const SERVICE: &str = "order-service";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// `scripts/xds-clients WHAT`: a path it prints (installing the client when missing).
-fn xds_clients(what: &str) -> PathBuf {
+pub(crate) fn xds_clients(what: &str) -> PathBuf {
     let out = Command::new(repo_root().join("scripts/xds-clients"))
         .arg(what)
         .output()
@@ -43,12 +43,12 @@ fn xds_clients(what: &str) -> PathBuf {
 }
 
 /// The venv's python with grpcio.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     xds_clients("python")
 }
 
 /// Which gRPC implementation the client is.
-enum Lang {
+pub(crate) enum Lang {
     /// Python grpcio (the C core), run by this python.
     Grpcio(PathBuf),
     /// Node @grpc/grpc-js + @grpc/grpc-js-xds, from this node_modules.
@@ -78,12 +78,12 @@ fn peer_script() -> PathBuf {
 }
 
 /// An xDS gRPC client, driven over stdin.
-struct Client {
-    proc: Proc,
+pub(crate) struct Client {
+    pub(crate) proc: Proc,
 }
 
 impl Client {
-    fn start(lang: &Lang, bootstrap: &Path) -> Client {
+    pub(crate) fn start(lang: &Lang, bootstrap: &Path) -> Client {
         let mut cmd = lang.command();
         cmd.arg(format!("xds:///{SERVICE}"))
             .env("GRPC_XDS_BOOTSTRAP", bootstrap)
@@ -94,7 +94,7 @@ impl Client {
     }
 
     /// Makes `n` calls; the answers per backend name, and the failures.
-    fn call(&mut self, n: u32) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    pub(crate) fn call(&mut self, n: u32) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
         self.call_version(n, None)
     }
 
@@ -109,21 +109,31 @@ impl Client {
         stdin.flush().expect("flush");
         let line = self.proc.wait_line("a result line", |l| l.starts_with('{'));
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON result");
-        let map = |key: &str| -> BTreeMap<String, u64> {
-            v[key]
-                .as_object()
-                .map(|o| {
-                    o.iter()
-                        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        (map("counts"), map("errors"))
+        (tally(&v, "counts"), tally(&v, "errors"))
+    }
+
+    /// Starts calling back to back until a call lands on backend `name` (grpcio only); the answer
+    /// is read by [`Client::landed`].
+    pub(crate) fn start_first(&mut self, name: &str) {
+        let stdin = self.proc.child.stdin.as_mut().expect("client stdin");
+        writeln!(stdin, "first {name}").expect("write to the client");
+        stdin.flush().expect("flush");
+    }
+
+    /// The answer to [`Client::start_first`] as soon as the client prints it: whether a call
+    /// landed, the answers per backend and the failures.
+    pub(crate) fn landed(&mut self) -> (bool, BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let line = self.proc.wait_line("a result line", |l| l.starts_with('{'));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON result");
+        (
+            v["landed"] == true,
+            tally(&v, "counts"),
+            tally(&v, "errors"),
+        )
     }
 
     /// Calls in batches of `n` until `done` holds for a batch (within 30 s); that batch.
-    fn until(
+    pub(crate) fn until(
         &mut self,
         what: &str,
         n: u32,
@@ -155,8 +165,20 @@ impl Client {
     }
 }
 
+/// The `{NAME: calls}` object `key` of a client's result line.
+fn tally(v: &serde_json::Value, key: &str) -> BTreeMap<String, u64> {
+    v[key]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// An agent registering backend `name` (version v1) at 127.0.0.1:`port` into the host's registry.
-fn backend_agent(registry: &str, name: &str, port: u16, zone: &str) -> Agent {
+pub(crate) fn backend_agent(registry: &str, name: &str, port: u16, zone: &str) -> Agent {
     versioned_agent(registry, name, port, zone, "v1")
 }
 
@@ -187,25 +209,11 @@ fn grpc_js_xds_balances_over_what_chi_xds_serves_and_follows_changes() {
 
 /// The whole story with one client implementation; the backends are Python gRPC servers.
 fn scenario(lang: &Lang) {
-    let python = python();
     let host = Agent::start(&registration("registry-host", 1, "v1", ""), &[]);
     let url = host.url();
 
     // Five gRPC servers in one Python process; three are registered now, the others later.
-    let mut cmd = Command::new(&python);
-    cmd.arg(peer_script())
-        .args(["serve", "b1", "b2", "b3", "b4", "b5"])
-        .stdin(Stdio::piped());
-    let mut servers = Proc::spawn(cmd);
-    let mut ports = BTreeMap::new();
-    for _ in 0..5 {
-        let line = servers.wait_line("a backend line", |l| l.starts_with("backend "));
-        let mut words = line.split_whitespace().skip(1);
-        let (Some(name), Some(port)) = (words.next(), words.next()) else {
-            panic!("bad backend line {line:?}");
-        };
-        ports.insert(name.to_owned(), port.parse::<u16>().expect("port"));
-    }
+    let (servers, ports) = serve_backends(&["b1", "b2", "b3", "b4", "b5"]);
     let mut agents: BTreeMap<&str, Agent> = BTreeMap::new();
     for (name, zone) in [
         ("b1", "eu-west-1a"),
@@ -215,11 +223,7 @@ fn scenario(lang: &Lang) {
         agents.insert(name, backend_agent(&url, name, ports[name], zone));
     }
 
-    let mut xds_cmd = chi();
-    xds_cmd.args(["xds", "--registry", &url, "--listen", "127.0.0.1:0"]);
-    let mut xds = Proc::spawn(xds_cmd);
-    let line = xds.wait_line("the xds address", |l| l.starts_with("xds on grpc://"));
-    let xds_addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
+    let (mut xds, xds_addr) = start_xds(&url, "127.0.0.1:0", None);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bootstrap = write_bootstrap(dir.path(), &xds_addr, "eu-west-1a");
@@ -283,10 +287,7 @@ fn scenario(lang: &Lang) {
         );
     }
     // ...and once it is back on the same address the client follows changes again.
-    let mut xds_cmd = chi();
-    xds_cmd.args(["xds", "--registry", &url, "--listen", &xds_addr]);
-    let mut xds = Proc::spawn(xds_cmd);
-    xds.wait_line("the xds address", |l| l.starts_with("xds on grpc://"));
+    let (mut xds, _) = start_xds(&url, &xds_addr, None);
     agents.insert("b1", backend_agent(&url, "b1", ports["b1"], "eu-west-1a"));
     client.until("b1 to get calls again after the restart", 40, |c| {
         c.contains_key("b1")
@@ -308,13 +309,7 @@ fn scenario(lang: &Lang) {
     let (_version_dir, version_config) = crate::support::yaml(
         "service_discovery:\n  routing:\n    enable_version_routing: true\n    default_version: \"v1\"\n",
     );
-    let mut version_cmd = chi();
-    version_cmd
-        .args(["xds", "--registry", &url, "--listen", "127.0.0.1:0", "-c"])
-        .arg(&version_config);
-    let mut version_xds = Proc::spawn(version_cmd);
-    let line = version_xds.wait_line("the xds address", |l| l.starts_with("xds on grpc://"));
-    let version_addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
+    let (mut version_xds, version_addr) = start_xds(&url, "127.0.0.1:0", Some(&version_config));
     let version_dir = tempfile::tempdir().expect("tempdir");
     let mut versioned = Client::start(
         lang,
@@ -353,13 +348,7 @@ fn scenario(lang: &Lang) {
     let (_config_dir, config) = crate::support::yaml(
         "service_discovery:\n  routing:\n    enable_geo_routing: true\n    regions:\n      eu-west-1: [\"eu-west-1a\", \"eu-west-1b\"]\n",
     );
-    let mut geo_cmd = chi();
-    geo_cmd
-        .args(["xds", "--registry", &url, "--listen", "127.0.0.1:0", "-c"])
-        .arg(&config);
-    let mut geo_xds = Proc::spawn(geo_cmd);
-    let line = geo_xds.wait_line("the xds address", |l| l.starts_with("xds on grpc://"));
-    let geo_addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
+    let (mut geo_xds, geo_addr) = start_xds(&url, "127.0.0.1:0", Some(&config));
     let geo_dir = tempfile::tempdir().expect("tempdir");
     let mut zone_b = Client::start(
         lang,
@@ -412,8 +401,68 @@ fn client_failover(client: &mut Client) {
     }
 }
 
+/// Python gRPC backends in one process, one per name (answering that name); their ports by name.
+/// They serve until the returned process is dropped.
+pub(crate) fn serve_backends(names: &[&str]) -> (Proc, BTreeMap<String, u16>) {
+    let mut cmd = Command::new(python());
+    cmd.arg(peer_script())
+        .arg("serve")
+        .args(names)
+        .stdin(Stdio::piped());
+    let mut servers = Proc::spawn(cmd);
+    let mut ports = BTreeMap::new();
+    for _ in names {
+        let line = servers.wait_line("a backend line", |l| l.starts_with("backend "));
+        let mut words = line.split_whitespace().skip(1);
+        let (Some(name), Some(port)) = (words.next(), words.next()) else {
+            panic!("bad backend line {line:?}");
+        };
+        ports.insert(name.to_owned(), port.parse::<u16>().expect("port"));
+    }
+    (servers, ports)
+}
+
+/// `chi xds --registry REGISTRY --listen LISTEN [-c CONFIG]`, serving; and its address.
+pub(crate) fn start_xds(registry: &str, listen: &str, config: Option<&Path>) -> (Proc, String) {
+    let mut cmd = chi();
+    cmd.args(["xds", "--registry", registry, "--listen", listen]);
+    if let Some(config) = config {
+        cmd.arg("-c").arg(config);
+    }
+    let mut xds = Proc::spawn(cmd);
+    let line = xds.wait_line("the xds address", |l| l.starts_with("xds on grpc://"));
+    let addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
+    (xds, addr)
+}
+
+/// Asserts that `counts` (of `total` calls) went to exactly `names`, each within 30 % of an even
+/// share, and that no call failed.
+pub(crate) fn assert_spread(
+    what: &str,
+    (counts, errors): &(BTreeMap<String, u64>, BTreeMap<String, u64>),
+    names: &[&str],
+    total: u64,
+) {
+    eprintln!("{what}, {total} calls: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "{what}: failed calls: {errors:?}");
+    assert_eq!(counts.values().sum::<u64>(), total, "{what}: {counts:?}");
+    assert_eq!(
+        counts.keys().map(String::as_str).collect::<Vec<_>>(),
+        names,
+        "{what}: the backends that answered"
+    );
+    let share = total / names.len() as u64;
+    for name in names {
+        let n = counts.get(*name).copied().unwrap_or(0);
+        assert!(
+            (share * 7 / 10..=share * 13 / 10).contains(&n),
+            "{what}: {name} got {n} of {total}: {counts:?}"
+        );
+    }
+}
+
 /// A gRPC bootstrap file for a client in `zone` of eu-west-1, talking to `chi xds` at `server`.
-fn write_bootstrap(dir: &Path, server: &str, zone: &str) -> PathBuf {
+pub(crate) fn write_bootstrap(dir: &Path, server: &str, zone: &str) -> PathBuf {
     let path = dir.join("bootstrap.json");
     let json = serde_json::json!({
         "xds_servers": [{

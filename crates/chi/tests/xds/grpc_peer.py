@@ -8,13 +8,17 @@
                                  GRPC_XDS_BOOTSTRAP set); reads commands on stdin:
                                  "call N [VERSION]" makes N calls (with the header
                                  x-service-version: VERSION when given) and prints one JSON
-                                 line {"counts": {NAME: calls}, "errors": {CODE: calls}}.
+                                 line {"counts": {NAME: calls}, "errors": {CODE: calls}};
+                                 "first NAME" calls back to back until one lands on NAME
+                                 (for at most 30 s) and prints the same line at once, with
+                                 "landed": true or false.
 
 No generated code: the messages are raw bytes.
 """
 
 import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -48,6 +52,9 @@ def client(target):
     print("ready", flush=True)
     for line in sys.stdin:
         words = line.split()
+        if len(words) == 2 and words[0] == "first":
+            print(json.dumps(first(who, words[1])), flush=True)
+            continue
         if len(words) not in (2, 3) or words[0] != "call":
             print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
             continue
@@ -64,6 +71,22 @@ def client(target):
                     print(f"rpc error: {code} {e.details()}", file=sys.stderr, flush=True)
         print(json.dumps({"counts": counts, "errors": errors}), flush=True)
     channel.close()
+
+
+def first(who, wanted):
+    """Calls until one lands on backend `wanted` or 30 s pass."""
+    counts, errors = {}, {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            name = who(b"", timeout=5).decode()
+            counts[name] = counts.get(name, 0) + 1
+            if name == wanted:
+                return {"counts": counts, "errors": errors, "landed": True}
+        except grpc.RpcError as e:
+            code = str(e.code())
+            errors[code] = errors.get(code, 0) + 1
+    return {"counts": counts, "errors": errors, "landed": False}
 
 
 def main():
