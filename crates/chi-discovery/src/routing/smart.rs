@@ -27,10 +27,16 @@ use super::geo::Target;
 use super::spill::{Spill, ZoneAwareConfig};
 use super::stage::any_instance;
 use super::{Geo, GeoStep, Route, Stage, Usable, Version, VersionStep};
-use crate::balance::{Balancer, BalancerConfig};
+use crate::balance::{Balancer, BalancerConfig, RandomSource, ThreadRandom};
 use crate::instance::Instance;
 use crate::snapshot::Snapshot;
 use crate::util::lock;
+
+/// A uniform draw in `[0, 1)` from 64 random bits (the top 53).
+#[inline]
+fn unit(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
 
 /// Builds a leaf's stage from the previous plan's stage of the same leaf.
 type MakeLeaf<B> = dyn Fn(Option<&Arc<B>>) -> Arc<B> + Send + Sync;
@@ -193,29 +199,6 @@ impl<B> Plan<B> {
                 by_region.entry(r).or_default().push((z, capacity, id));
             }
         }
-        if zone_aware.enabled {
-            for (_, mut zs) in by_region {
-                zs.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                let instances: usize = zs
-                    .iter()
-                    .map(|(_, _, id)| self.leaves[*id].instances.len())
-                    .sum();
-                if zs.len() < 2 || instances < zone_aware.min_instances {
-                    continue;
-                }
-                let capacity: Vec<f64> = zs.iter().map(|z| z.1).collect();
-                let clients: Vec<f64> = zs
-                    .iter()
-                    .map(|z| zone_aware.clients.get(z.0).copied().unwrap_or(1.0))
-                    .collect();
-                let ids: Vec<usize> = zs.iter().map(|z| z.2).collect();
-                for (spill, id) in Spill::plan(&capacity, &clients).into_iter().zip(&ids) {
-                    if spill.stay < 1.0 {
-                        g.spill.insert(*id, (spill, ids.clone()));
-                    }
-                }
-            }
-        }
         for (r, list) in regions {
             let id = self.leaf(
                 format!("{v}|r={r}"),
@@ -226,6 +209,9 @@ impl<B> Plan<B> {
                 make,
             );
             g.regions.insert(r.into(), id);
+        }
+        if zone_aware.enabled {
+            g.spill = zone_aware.spills(by_region, |id| self.leaves[id].instances.len());
         }
         g
     }
@@ -251,7 +237,13 @@ impl<B> Plan<B> {
     }
 
     #[inline]
-    fn route(&self, version: &Version, geo: &Geo, route: &Route<'_>) -> (usize, Decision) {
+    fn route(
+        &self,
+        version: &Version,
+        geo: &Geo,
+        route: &Route<'_>,
+        rng: &dyn RandomSource,
+    ) -> (usize, Decision) {
         let (group, vstep) = version.choose(route.version, route.key, |v| self.versions.get(v));
         let group = group.unwrap_or(&self.any);
         let (target, gstep) = geo.choose(
@@ -262,7 +254,7 @@ impl<B> Plan<B> {
         let (leaf, gstep) = match target {
             Target::Place(id) => match group.spill.get(&id) {
                 // Zone-aware: this zone is short of its clients' share.
-                Some((spill, zones)) => match spill.choose(rand::random::<f64>()) {
+                Some((spill, zones)) => match spill.choose(unit(rng.next_u64())) {
                     Some(z) => (zones[z], GeoStep::Spilled),
                     None => (id, gstep),
                 },
@@ -291,6 +283,8 @@ pub struct Smart<B: Stage = Balancer> {
     /// Route over healthy instances only (the default), or over all of them.
     skip_unhealthy: bool,
     zone_aware: ZoneAwareConfig,
+    /// The draws of zone-aware spills.
+    rng: Arc<dyn RandomSource>,
     plan: ArcSwap<Plan<B>>,
     rebuild: Mutex<()>,
 }
@@ -453,6 +447,7 @@ impl<B: Stage> Smart<B> {
             make: Box::new(make),
             skip_unhealthy: true,
             zone_aware: ZoneAwareConfig::default(),
+            rng: Arc::new(ThreadRandom),
             plan: ArcSwap::from_pointee(Plan::placeholder()),
             rebuild: Mutex::new(()),
         }
@@ -482,6 +477,13 @@ impl<B: Stage> Smart<B> {
     /// spare capacity. Off by default (plain zone affinity).
     pub fn zone_aware(mut self, config: ZoneAwareConfig) -> Self {
         self.zone_aware = config;
+        self
+    }
+
+    /// The random source of zone-aware spills (default: per-thread; a
+    /// [`SeededRandom`](crate::balance::SeededRandom) for a deterministic simulation).
+    pub fn zone_rng(mut self, rng: Arc<dyn RandomSource>) -> Self {
+        self.rng = rng;
         self
     }
 
@@ -549,7 +551,7 @@ impl<B: Stage> Smart<B> {
             return None;
         }
         let plan = self.plan(snapshot);
-        let (leaf, decision) = plan.route(&self.version, &self.geo, route);
+        let (leaf, decision) = plan.route(&self.version, &self.geo, route, &*self.rng);
         Some(Subset {
             plan,
             leaf,

@@ -22,6 +22,8 @@
 
 use std::collections::BTreeMap;
 
+use rustc_hash::FxHashMap;
+
 /// Zone-aware settings (`load_balancer.zone_aware`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZoneAwareConfig {
@@ -51,6 +53,36 @@ impl ZoneAwareConfig {
             enabled: true,
             ..Self::default()
         }
+    }
+
+    /// The spills of a routing group: `zones` are `(zone, capacity, leaf)` by region, `size`
+    /// tells a leaf's instance count. Keyed by the leaf of each zone that spills, with the leaves
+    /// of its region's zones (what [`Spill::choose`] indexes).
+    pub(crate) fn spills<'a>(
+        &self,
+        zones: impl IntoIterator<Item = (&'a str, Vec<(&'a str, f64, usize)>)>,
+        size: impl Fn(usize) -> usize,
+    ) -> FxHashMap<usize, (Spill, Vec<usize>)> {
+        let mut out = FxHashMap::default();
+        for (_, mut zs) in zones {
+            zs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let instances: usize = zs.iter().map(|z| size(z.2)).sum();
+            if zs.len() < 2 || instances < self.min_instances {
+                continue;
+            }
+            let capacity: Vec<f64> = zs.iter().map(|z| z.1).collect();
+            let clients: Vec<f64> = zs
+                .iter()
+                .map(|z| self.clients.get(z.0).copied().unwrap_or(1.0))
+                .collect();
+            let leaves: Vec<usize> = zs.iter().map(|z| z.2).collect();
+            for (spill, leaf) in Spill::plan(&capacity, &clients).into_iter().zip(&leaves) {
+                if spill.stay < 1.0 {
+                    out.insert(*leaf, (spill, leaves.clone()));
+                }
+            }
+        }
+        out
     }
 }
 
