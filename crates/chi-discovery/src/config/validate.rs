@@ -155,6 +155,7 @@ pub(super) fn cache(c: raw::Cache, at: &Field) -> Result<CacheConfig> {
         refresh_interval,
         max_size,
         enable_metrics: c.enable_metrics.unwrap_or(d.enable_metrics),
+        last_known_good: None,
     })
 }
 
