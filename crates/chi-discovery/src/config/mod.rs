@@ -132,7 +132,11 @@ impl Config {
         registries::validate_checked_by(&registries, registration.as_ref(), &p)?;
         let disc = sd.discovery.unwrap_or_default();
         let dp = p.join("discovery");
-        let cache = validate::cache(disc.cache.unwrap_or_default(), &dp.join("cache"))?;
+        let cache = validate::cache(
+            disc.cache.unwrap_or_default(),
+            &dp.join("cache"),
+            &registries,
+        )?;
         let retry = validate::retry(disc.retry.unwrap_or_default(), &dp.join("retry"))?;
         let load_balancer = validate::load_balancer(
             sd.load_balancer.unwrap_or_default(),

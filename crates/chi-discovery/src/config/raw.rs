@@ -142,6 +142,7 @@ pub struct Cache {
     pub refresh_interval: Option<String>,
     pub max_size: Option<usize>,
     pub enable_metrics: Option<bool>,
+    pub last_known_good_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

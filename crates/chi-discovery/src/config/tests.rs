@@ -137,6 +137,10 @@ fn file_secrets_are_used_without_environment() {
 
 // ---- bad configs: each names the field, the value and what was expected ----
 
+/// `discovery.cache.last_known_good_dir`.
+#[path = "tests_last_good.rs"]
+mod last_good;
+
 #[test]
 fn bad_duration() {
     assert_err(

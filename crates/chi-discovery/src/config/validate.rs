@@ -8,9 +8,10 @@ use super::{
     Field, LoadBalancerConfig, RoutingConfig, name_field, opt_duration, positive_duration, raw,
 };
 use crate::balance::{ConsistentHashConfig, Strategy};
-use crate::discovery::CacheConfig;
+use crate::discovery::{CacheConfig, LastKnownGood};
 use crate::error::Result;
 use crate::instance::{CheckTarget, CheckedBy, HealthCheck, ServiceConfig};
+use crate::registry::Registries;
 use crate::retry::RetryPolicy;
 use crate::routing::ZoneAwareConfig;
 
@@ -132,7 +133,9 @@ pub(super) fn health_check(h: raw::HealthCheck, at: &Field) -> Result<HealthChec
     })
 }
 
-pub(super) fn cache(c: raw::Cache, at: &Field) -> Result<CacheConfig> {
+/// `discovery.cache`. The last-known-good files are tagged with the identity of `registries`, so
+/// a file is never read by a client of another registry.
+pub(super) fn cache(c: raw::Cache, at: &Field, registries: &Registries) -> Result<CacheConfig> {
     let d = CacheConfig::default();
     let ttl = opt_duration(c.ttl.as_deref(), &at.join("ttl"), d.ttl)?;
     let refresh_interval = opt_duration(
@@ -151,12 +154,42 @@ pub(super) fn cache(c: raw::Cache, at: &Field) -> Result<CacheConfig> {
     if max_size == 0 {
         return Err(at.join("max_size").err("must be at least 1, got 0"));
     }
+    let last_known_good = c
+        .last_known_good_dir
+        .map(|dir| last_known_good_dir(&dir, &at.join("last_known_good_dir")))
+        .transpose()?
+        .map(|dir| LastKnownGood::new(dir, registries.identity()));
     Ok(CacheConfig {
         ttl,
         refresh_interval,
         max_size,
         enable_metrics: c.enable_metrics.unwrap_or(d.enable_metrics),
+        last_known_good,
     })
+}
+
+/// A directory path for the last-known-good files: not empty, and not something that is there
+/// and is not a directory (a missing directory is fine: it is created with the first file).
+fn last_known_good_dir(value: &str, at: &Field) -> Result<std::path::PathBuf> {
+    if value.trim().is_empty() {
+        return Err(at.err(format!(
+            "must be a directory path such as \"/var/cache/chi/last-good\", got {value:?}"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(at.err(format!(
+            "must be a directory path without control characters, got {value:?}"
+        )));
+    }
+    let dir = std::path::PathBuf::from(value);
+    if let Ok(meta) = std::fs::metadata(&dir)
+        && !meta.is_dir()
+    {
+        return Err(at.err(format!(
+            "must be a directory (created if missing), got {value:?}, which is a file"
+        )));
+    }
+    Ok(dir)
 }
 
 pub(super) fn retry(r: raw::Retry, at: &Field) -> Result<RetryPolicy> {

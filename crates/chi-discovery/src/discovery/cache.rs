@@ -8,6 +8,10 @@
 //!
 //! All work happens when membership changes: a refresh or a watch event builds a new snapshot and
 //! swaps it in. A failed refresh never replaces a list: the old one is kept and marked stale.
+//!
+//! With [`CacheConfig::last_known_good`] set, every changed list the registry answered is also
+//! queued for the service's last-known-good file ([`super::last_good`]); the queue is a channel
+//! send, the writing happens on a thread of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,12 +21,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
+use super::last_good::{LastKnownGood, Store};
 use crate::instance::{HealthStatus, Instance};
 use crate::snapshot::{Snapshot, SnapshotData};
 use crate::util::lock;
 
-/// Cache settings: the Go sketch's `CacheConfig`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Cache settings: the Go sketch's `CacheConfig`, and where to keep last good lists on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
     /// How long a list counts as fresh without a successful refresh; past it the list is still
     /// served (the last good list) but marked stale.
@@ -33,6 +38,10 @@ pub struct CacheConfig {
     pub max_size: usize,
     /// Count hits, misses, stale serves and refreshes ([`CacheStats`]).
     pub enable_metrics: bool,
+    /// Keep each service's last good list in a file too, for a process that restarts while the
+    /// registry is down (`None`, the default: in memory only). See
+    /// [`last_good`](super::last_good) for when the files are written and read.
+    pub last_known_good: Option<LastKnownGood>,
 }
 
 impl Default for CacheConfig {
@@ -43,6 +52,7 @@ impl Default for CacheConfig {
             refresh_interval: Duration::from_secs(10),
             max_size: 1000,
             enable_metrics: true,
+            last_known_good: None,
         }
     }
 }
@@ -107,6 +117,8 @@ pub(crate) struct Cache {
     pub(crate) counters: Counters,
     /// Health set by chi's own checks, laid over what the registry says (service -> id -> health).
     overlay: std::sync::Mutex<HashMap<String, HashMap<String, HealthStatus>>>,
+    /// The last-known-good files, when configured.
+    pub(crate) last_good: Option<Arc<Store>>,
 }
 
 impl Cache {
@@ -116,9 +128,13 @@ impl Cache {
             write: std::sync::Mutex::new(()),
             clock: AtomicU64::new(0),
             revision: AtomicU64::new(0),
-            config,
             counters: Counters::default(),
             overlay: std::sync::Mutex::new(HashMap::new()),
+            last_good: config
+                .last_known_good
+                .clone()
+                .map(|c| Arc::new(Store::new(c))),
+            config,
         }
     }
 
@@ -163,8 +179,34 @@ impl Cache {
     }
 
     /// Stores a fresh list from a healthy registry answer (an empty list included: services do
-    /// scale to zero). Returns the snapshot now served.
-    pub(crate) fn store(&self, service: &str, mut instances: Vec<Instance>) -> Snapshot {
+    /// scale to zero). Returns the snapshot now served. When the list changed (or the service
+    /// is new to the cache) and last-known-good files are on, the answer is queued for the file.
+    pub(crate) fn store(&self, service: &str, instances: Vec<Instance>) -> Snapshot {
+        let Some(last_good) = &self.last_good else {
+            return self.replace(service, instances);
+        };
+        let _order = lock(&last_good.order);
+        let before = self.entry(service).map(|e| e.load().revision());
+        // What the registry said, before chi's own health verdicts are laid over it.
+        let answer = instances.clone();
+        let snap = self.replace(service, instances);
+        if before != Some(snap.revision()) {
+            last_good.save(service, answer);
+        }
+        snap
+    }
+
+    /// A list read back from the last-known-good file, because the registry could not answer
+    /// the first discover of `service`: cached marked stale, so the next live answer replaces it.
+    /// If a live answer got into the cache first, that one stays and is returned.
+    pub(crate) fn restore(&self, service: &str, mut instances: Vec<Instance>) -> Snapshot {
+        self.apply_overlay(service, &mut instances);
+        let snap = Snapshot::new(instances, self.next_revision()).with_stale(true);
+        self.insert(service, snap, false)
+    }
+
+    /// Stores `instances` as the list of `service`, the revision moving only if the list changed.
+    fn replace(&self, service: &str, mut instances: Vec<Instance>) -> Snapshot {
         self.apply_overlay(service, &mut instances);
         if let Some(entry) = self.entry(service) {
             *lock(&entry.last_ok) = Instant::now();
@@ -182,8 +224,7 @@ impl Cache {
             return snap;
         }
         let snap = Snapshot::new(instances, self.next_revision());
-        self.insert(service, snap.clone());
-        snap
+        self.insert(service, snap, true)
     }
 
     fn apply_overlay(&self, service: &str, instances: &mut [Instance]) {
@@ -220,7 +261,8 @@ impl Cache {
             let current = entry.load();
             let stale = current.is_stale();
             let list = current.instances().to_vec();
-            let snap = self.store(service, list);
+            // Not an answer of the registry: nothing for the last-known-good file.
+            let snap = self.replace(service, list);
             if stale {
                 self.mark_stale(service);
             }
@@ -266,9 +308,15 @@ impl Cache {
         self.store(service, list);
     }
 
-    fn insert(&self, service: &str, snap: Snapshot) {
+    /// Puts `snap` in the cache as the list of `service` and returns what is served; an entry
+    /// already there is replaced only with `replace_existing`.
+    fn insert(&self, service: &str, snap: Snapshot, replace_existing: bool) -> Snapshot {
         let _guard = lock(&self.write);
+        if !replace_existing && let Some(entry) = self.map.load().get(service) {
+            return entry.load();
+        }
         let mut map: Map = (**self.map.load()).clone();
+        let served = snap.clone();
         map.insert(
             Arc::from(service),
             Arc::new(Entry {
@@ -293,6 +341,7 @@ impl Cache {
             }
         }
         self.map.store(Arc::new(map));
+        served
     }
 
     /// Drops `service` from the cache.

@@ -8,13 +8,18 @@
 //! - a registry error, a timeout or a lost watch never replaces a list; the last good list keeps
 //!   being served, marked [`Snapshot::is_stale`];
 //! - an answer from a healthy registry that a service has no instances is honoured (services do
-//!   scale to zero), so clients stop calling instances that are gone.
+//!   scale to zero), so clients stop calling instances that are gone;
+//! - with [`CacheConfig::last_known_good`] set, each service's last good list is also kept in a
+//!   file ([`last_good`]), and a process that starts while the registry cannot answer serves
+//!   that list, marked stale, until the first live answer replaces it.
 
 pub mod cache;
 mod health;
+pub mod last_good;
 mod watch;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -24,6 +29,7 @@ use futures_util::future::join_all;
 
 pub use crate::snapshot::Snapshot;
 pub use cache::{CacheConfig, CacheStats};
+pub use last_good::LastKnownGood;
 pub use watch::Watcher;
 
 use crate::error::{Error, Result};
@@ -196,8 +202,10 @@ impl DiscoveryClient {
         if let Some(snap) = self.inner.cache.get(service) {
             return Ok(snap);
         }
-        let list = self.inner.retry.run(|| self.inner.fetch(service)).await?;
-        Ok(self.inner.cache.store(service, list))
+        match self.inner.retry.run(|| self.inner.fetch(service)).await {
+            Ok(list) => Ok(self.inner.cache.store(service, list)),
+            Err(e) => self.inner.last_good_or(service, e).await,
+        }
     }
 
     /// The instances of `service` that pass `filter`.
@@ -265,7 +273,15 @@ impl DiscoveryClient {
         self.inner.cache.names()
     }
 
-    /// Drops `service` from the cache.
+    /// The last-known-good file of `service`, when the cache keeps them
+    /// ([`CacheConfig::last_known_good`]); it may not exist yet. Written by a thread of its own
+    /// shortly after each changed list.
+    pub fn last_known_good_path(&self, service: &str) -> Option<PathBuf> {
+        let store = self.inner.cache.last_good.as_ref()?;
+        Some(store.config().path(service))
+    }
+
+    /// Drops `service` from the cache (its last-known-good file, if any, stays).
     pub fn forget(&self, service: &str) {
         self.inner.cache.remove(service);
     }
@@ -305,6 +321,31 @@ impl Inner {
                 after: self.request_timeout,
             }),
         }
+    }
+
+    /// The first discover of `service` failed with `error`: when the registry could not answer
+    /// (a transient error) and the last-known-good file of the service passes its checks, its
+    /// list is cached and served marked stale; otherwise `error`.
+    async fn last_good_or(&self, service: &str, error: Error) -> Result<Snapshot> {
+        let Some(store) = self.cache.last_good.clone() else {
+            return Err(error);
+        };
+        if !error.is_transient() {
+            return Err(error);
+        }
+        let name = service.to_owned();
+        let loaded = match tokio::task::spawn_blocking(move || store.load(&name)).await {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) | Err(_) => return Err(error),
+        };
+        tracing::warn!(
+            %service,
+            error = %error,
+            written_at = %loaded.written_at,
+            instances = loaded.instances.len(),
+            "the registry cannot answer; serving the last-known-good list from disk, marked stale"
+        );
+        Ok(self.cache.restore(service, loaded.instances))
     }
 
     async fn refresh(&self, service: &str) -> Result<Snapshot> {

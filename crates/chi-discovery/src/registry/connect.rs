@@ -49,6 +49,55 @@ impl Registries {
         v
     }
 
+    /// A stable identity of the enabled registries, for telling which registry a stored list came
+    /// from (the discovery cache's last-known-good file): the backends in write order with what
+    /// selects their data (Consul's address and datacenter; etcd's endpoints and prefix; Nacos'
+    /// servers, namespace, group and cluster). Never a secret: no token, password or user, and
+    /// no `user:password@` part of a URL. Endpoints are sorted, so listing them in another order
+    /// names the same registry.
+    pub fn identity(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.consul {
+            parts.push(format!(
+                "consul(address={},datacenter={})",
+                without_userinfo(c.address.trim()),
+                c.datacenter.as_deref().unwrap_or_default().trim()
+            ));
+        }
+        if let Some(e) = &self.etcd {
+            let mut endpoints: Vec<String> = e
+                .endpoints
+                .iter()
+                .map(|ep| without_userinfo(ep.trim()))
+                .collect();
+            endpoints.sort();
+            parts.push(format!(
+                "etcd(endpoints={},prefix={})",
+                endpoints.join(","),
+                e.prefix
+            ));
+        }
+        if let Some(n) = &self.nacos {
+            let mut servers: Vec<String> = n
+                .server_configs
+                .iter()
+                .map(|s| format!("{}{}", s.authority(), s.context_path))
+                .collect();
+            servers.sort();
+            parts.push(format!(
+                "nacos(servers={},namespace={},group={},cluster={})",
+                servers.join(","),
+                n.namespace_id,
+                n.group_name,
+                n.cluster_name
+            ));
+        }
+        if self.memory.is_some() || parts.is_empty() {
+            parts.push("memory".to_owned());
+        }
+        parts.join("+")
+    }
+
     /// Gives Consul the TTL of `registration`'s TTL health check, if it has one: that is the
     /// TTL of chi's keep-alive check there.
     pub fn apply_registration(&mut self, registration: Option<&ServiceConfig>) {
@@ -64,6 +113,23 @@ impl Registries {
     /// Connects to the enabled backends: see [`connect()`].
     pub async fn connect(&self) -> Result<Arc<dyn Registry>> {
         connect(self).await
+    }
+}
+
+/// `scheme://user:password@host` -> `scheme://host`: credentials never enter an identity.
+fn without_userinfo(address: &str) -> String {
+    let (scheme, rest) = match address.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, address),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest.to_owned(),
     }
 }
 
@@ -128,4 +194,57 @@ async fn nacos(n: &NacosConfig) -> Result<Arc<dyn Registry>> {
 #[cfg(not(feature = "nacos"))]
 async fn nacos(_: &NacosConfig) -> Result<Arc<dyn Registry>> {
     Err(feature_missing(super::nacos::FIELD, "nacos"))
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use crate::registry::nacos::NacosServerConfig;
+
+    #[test]
+    fn identity_names_backends_and_what_selects_their_data_without_secrets() {
+        let mut etcd = EtcdConfig {
+            endpoints: vec![
+                "http://10.0.0.2:2379".into(),
+                "http://root:hunter2@10.0.0.1:2379".into(),
+            ],
+            username: Some("root".into()),
+            password: Some(crate::secret::Secret::new("hunter2")),
+            ..EtcdConfig::default()
+        };
+        let r = Registries {
+            etcd: Some(etcd.clone()),
+            ..Registries::default()
+        };
+        let id = r.identity();
+        assert_eq!(
+            id,
+            "etcd(endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379,prefix=/chi/services)"
+        );
+        assert!(!id.contains("hunter2") && !id.contains("root"), "{id}");
+        etcd.endpoints.reverse();
+        etcd.prefix = "/other".into();
+        let other = Registries {
+            etcd: Some(etcd),
+            ..Registries::default()
+        };
+        assert_ne!(other.identity(), id, "another prefix is another registry");
+
+        let nacos = NacosConfig {
+            server_configs: vec![NacosServerConfig::new("127.0.0.1", 8848)],
+            namespace_id: "prod".into(),
+            ..NacosConfig::default()
+        };
+        let both = Registries {
+            consul: Some(ConsulConfig::default()),
+            nacos: Some(nacos),
+            ..Registries::default()
+        };
+        assert_eq!(
+            both.identity(),
+            "consul(address=127.0.0.1:8500,datacenter=)+\
+             nacos(servers=127.0.0.1:8848/nacos,namespace=prod,group=DEFAULT_GROUP,cluster=DEFAULT)"
+        );
+        assert_eq!(Registries::default().identity(), "memory");
+    }
 }

@@ -78,7 +78,7 @@ impl Chi {
     fn with_registry(config: Config, registry: Arc<dyn Registry>, routers: Routers) -> Chi {
         let manager = Arc::new(ServiceManager::new(registry.clone()).with_retry(config.retry));
         let discovery = DiscoveryClient::builder()
-            .cache(config.cache)
+            .cache(config.cache.clone())
             .retry(config.retry)
             .build(registry.clone());
         Chi {

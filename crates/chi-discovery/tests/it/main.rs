@@ -20,6 +20,8 @@ mod checks;
 mod churn;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod faults;
+#[cfg(feature = "etcd")]
+mod last_good;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod names;
 #[cfg(feature = "etcd")]
