@@ -78,6 +78,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// Every instance a request could go to has `max_requests` in flight (circuit breaking).
+    #[error(
+        "every instance of service `{service}` has {max_requests} requests in flight (circuit breaker)"
+    )]
+    Overloaded {
+        /// The service.
+        service: String,
+        /// The per-instance bound.
+        max_requests: u32,
+    },
+
     /// Serving this process's own endpoint failed (binding its port, accepting connections).
     #[error("serving on {address}: {source}")]
     Serve {
@@ -158,6 +169,7 @@ impl Error {
             Error::Backends { failures } => failures.iter().any(|(_, e)| e.is_transient()),
             Error::NoInstance { .. } | Error::Config { .. } | Error::Invalid { .. } => false,
             Error::Serve { .. } => false,
+            Error::Overloaded { .. } => true,
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct LoadBalancerConfig {
     pub consistent_hash: ConsistentHashConfig,
     /// Zone-aware balancing (`zone_aware`).
     pub zone_aware: crate::routing::ZoneAwareConfig,
+    /// Circuit breaking: requests in flight per instance (`circuit_breaker.max_requests`).
+    pub max_requests_per_instance: Option<u32>,
 }
 
 impl Default for Config {
@@ -84,6 +86,7 @@ impl Default for Config {
                 health_check_enabled: true,
                 consistent_hash: ConsistentHashConfig::default(),
                 zone_aware: crate::routing::ZoneAwareConfig::default(),
+                max_requests_per_instance: None,
             },
             routing: RoutingConfig::default(),
         }

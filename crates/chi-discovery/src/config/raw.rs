@@ -161,6 +161,13 @@ pub struct LoadBalancer {
     pub health_check_enabled: Option<bool>,
     pub consistent_hash: Option<ConsistentHash>,
     pub zone_aware: Option<ZoneAware>,
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    pub max_requests: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -386,6 +386,24 @@ fn zone_aware_is_read_and_bad_shares_name_the_zone() {
 }
 
 #[test]
+fn circuit_breaker_is_read_and_zero_is_refused() {
+    let c = load(&spec_with(
+        "    health_check_enabled: true\n",
+        "    health_check_enabled: true\n    circuit_breaker:\n      max_requests: 64\n",
+    ))
+    .expect("loads");
+    assert_eq!(c.load_balancer.max_requests_per_instance, Some(64));
+    assert_err(
+        &spec_with(
+            "    health_check_enabled: true\n",
+            "    health_check_enabled: true\n    circuit_breaker:\n      max_requests: 0\n",
+        ),
+        "service_discovery.load_balancer.circuit_breaker.max_requests",
+        &["at least 1", "got 0"],
+    );
+}
+
+#[test]
 fn timeout_not_shorter_than_interval() {
     assert_err(
         &spec_with("timeout: \"3s\"", "timeout: \"15s\""),

@@ -255,11 +255,19 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
             None => cp.err(m),
         })?;
     let zone_aware = zone_aware(l.zone_aware.unwrap_or_default(), &at.join("zone_aware"))?;
+    let max_requests = l.circuit_breaker.and_then(|c| c.max_requests);
+    if max_requests == Some(0) {
+        return Err(at
+            .join("circuit_breaker")
+            .join("max_requests")
+            .err("must be at least 1 (requests in flight per instance), got 0"));
+    }
     Ok(LoadBalancerConfig {
         strategy,
         health_check_enabled: l.health_check_enabled.unwrap_or(true),
         consistent_hash,
         zone_aware,
+        max_requests_per_instance: max_requests,
     })
 }
 

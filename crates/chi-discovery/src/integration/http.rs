@@ -21,7 +21,9 @@ use crate::discovery::DiscoveryClient;
 use crate::error::Error;
 use crate::health::{OutlierConfig, OutlierDetector};
 use crate::instance::Instance;
-use crate::routing::{Route, Routed, ServiceState, ServiceStateConfig, Smart, Stage};
+use crate::routing::{
+    Admitted, Route, Routed, ServiceState, ServiceStateConfig, Slot, Smart, Stage,
+};
 
 /// Why a call through [`HttpRouter`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ pub struct Resolved<B: Stage = Balancer> {
     /// The pick (instance, decision, balancer guard).
     pub routed: Routed<B>,
     outliers: Arc<OutlierDetector>,
+    /// The circuit breaker's slot of the instance, held until the call ends.
+    _slot: Option<Slot>,
 }
 
 impl<B: Stage> Resolved<B> {
@@ -95,9 +99,28 @@ impl<B: Stage> HttpRouter<B> {
             discovery,
             http,
             make: Box::new(make),
-            config: ServiceStateConfig { outliers },
+            config: ServiceStateConfig {
+                outliers,
+                max_requests_per_instance: None,
+            },
             services: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Circuit breaking: at most `max_requests` calls in flight to one instance; past it a call
+    /// goes to another instance, or fails at once with [`Error::Overloaded`] when all are at
+    /// the bound (the config's `load_balancer.circuit_breaker.max_requests`).
+    pub fn circuit_breaker(mut self, max_requests: u32) -> Self {
+        self.config.max_requests_per_instance = Some(max_requests.max(1));
+        self
+    }
+
+    /// Calls refused by the circuit breaker for `service`, once it was called.
+    pub fn overflows(&self, service: &str) -> u64 {
+        self.lock()
+            .get(service)
+            .and_then(|s| s.breaker().map(crate::routing::Breaker::overflows))
+            .unwrap_or(0)
     }
 
     /// The outlier detector of `service`, once it was called.
@@ -129,11 +152,7 @@ impl<B: Stage> HttpRouter<B> {
             .to_owned();
         let snapshot = self.discovery.discover(&service).await?;
         let per = self.per_service(&service);
-        let routed = per
-            .pick(&snapshot, route)
-            .ok_or_else(|| Error::NoInstance {
-                service: service.clone(),
-            })?;
+        let Admitted { routed, slot } = per.admit(&snapshot, route, &service)?;
         let outliers = per.outliers().clone();
         let instance = routed.instance();
         let moved = url
@@ -148,6 +167,7 @@ impl<B: Stage> HttpRouter<B> {
             url,
             routed,
             outliers,
+            _slot: slot,
         })
     }
 

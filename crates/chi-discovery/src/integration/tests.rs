@@ -249,3 +249,80 @@ async fn http_router_calls_by_name_and_ejects_failing_instances() {
     assert_eq!(resolved.url.query(), Some("x=1"));
     assert_eq!(resolved.url.host_str(), Some("127.0.0.1"));
 }
+
+/// A server that answers after `delay`.
+async fn slow(delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = ::axum::Router::new().route(
+        "/",
+        ::axum::routing::get(move || async move {
+            tokio::time::sleep(delay).await;
+            "ok"
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = ::axum::serve(listener, app).await;
+    });
+    port
+}
+
+/// `circuit_breaker(1)` over two slow instances: two calls at once go to one instance each, a
+/// third fails at once with `Overloaded` (counted), and once they finish calls go through again.
+#[tokio::test]
+async fn the_circuit_breaker_spreads_then_fails_fast() {
+    let memory = Arc::new(Memory::new());
+    for port in [
+        slow(Duration::from_millis(400)).await,
+        slow(Duration::from_millis(400)).await,
+    ] {
+        memory
+            .register(&Instance::new("slow", "127.0.0.1", port))
+            .await
+            .expect("register");
+    }
+    let router = HttpRouter::new(
+        DiscoveryClient::new(memory),
+        reqwest::Client::new(),
+        crate::health::OutlierConfig::default(),
+        || {
+            crate::routing::Smart::from_config(&crate::config::RoutingConfig::default(), || {
+                crate::balance::Balancer::new(crate::balance::Strategy::RoundRobin)
+            })
+        },
+    )
+    .circuit_breaker(1);
+    let router = Arc::new(router);
+    let headers = ::http::HeaderMap::new();
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let (router, headers) = (router.clone(), headers.clone());
+            tokio::spawn(async move { router.get("http://slow/", &headers).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    match router.get("http://slow/", &headers).await {
+        Err(HttpError::Discovery(crate::Error::Overloaded {
+            max_requests: 1, ..
+        })) => {}
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "failed fast"
+    );
+    assert_eq!(router.overflows("slow"), 1);
+    let mut ports = std::collections::BTreeSet::new();
+    for call in calls {
+        let response = call.await.expect("join").expect("call");
+        ports.insert(response.url().port());
+    }
+    assert_eq!(ports.len(), 2, "one call per instance");
+    router
+        .get("http://slow/", &headers)
+        .await
+        .expect("room again");
+}

@@ -25,6 +25,7 @@
 //! A caller that also learns from outcomes keeps one [`ServiceState`] per service: the router
 //! with the service's outlier detector.
 
+mod breaker;
 mod config;
 mod geo;
 mod routers;
@@ -35,10 +36,11 @@ mod stage;
 mod subset;
 mod version;
 
+pub use breaker::{Breaker, Slot};
 pub use config::RoutingConfig;
 pub use geo::{Geo, GeoStep, Place};
 pub use routers::Routers;
-pub use service::{ServiceState, ServiceStateConfig};
+pub use service::{Admitted, ServiceState, ServiceStateConfig};
 pub use smart::{Decision, Routed, Smart, Subset};
 pub use spill::{Spill, ZoneAwareConfig};
 pub use stage::{Stage, Usable};

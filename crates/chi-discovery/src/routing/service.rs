@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Route, Routed, Smart, Stage};
+use super::{Breaker, Route, Routed, Slot, Smart, Stage};
 use crate::balance::Balancer;
 use crate::discovery::Snapshot;
+use crate::error::Error;
 use crate::health::{OutlierConfig, OutlierDetector};
 use crate::instance::Instance;
 
@@ -29,6 +30,8 @@ use crate::instance::Instance;
 pub struct ServiceStateConfig {
     /// Passive health of the service's instances.
     pub outliers: OutlierConfig,
+    /// Circuit breaking: at most this many requests in flight per instance (`None`: no bound).
+    pub max_requests_per_instance: Option<u32>,
 }
 
 impl Default for ServiceStateConfig {
@@ -40,8 +43,18 @@ impl Default for ServiceStateConfig {
                 max_ejection_percent: 50,
                 ..OutlierConfig::default()
             },
+            max_requests_per_instance: None,
         }
     }
+}
+
+/// A pick admitted under the circuit breaker: the routed pick and its slot (freed on drop).
+#[derive(Debug)]
+pub struct Admitted<B: Stage = Balancer> {
+    /// The pick.
+    pub routed: Routed<B>,
+    /// The instance's slot, with a circuit breaker.
+    pub slot: Option<Slot>,
 }
 
 /// The routing state of one service: its router, the passive health of its instances and the
@@ -49,6 +62,7 @@ impl Default for ServiceStateConfig {
 pub struct ServiceState<B: Stage = Balancer> {
     router: Smart<B>,
     outliers: Arc<OutlierDetector>,
+    breaker: Option<Breaker>,
     /// The snapshot revision [`Self::observe`] last told the detector; `u64::MAX` before any.
     revision: AtomicU64,
 }
@@ -69,6 +83,7 @@ impl<B: Stage> ServiceState<B> {
         ServiceState {
             router,
             outliers: Arc::new(OutlierDetector::new(config.outliers.clone())),
+            breaker: config.max_requests_per_instance.map(Breaker::new),
             revision: AtomicU64::new(u64::MAX),
         }
     }
@@ -97,7 +112,53 @@ impl<B: Stage> ServiceState<B> {
         }
         self.outliers
             .set_hosts(snapshot.instances().iter().map(|i| i.id.as_str()));
+        if let Some(b) = &self.breaker {
+            b.observe(snapshot.instances());
+        }
         true
+    }
+
+    /// The circuit breaker, when the config sets `max_requests_per_instance`.
+    pub fn breaker(&self) -> Option<&Breaker> {
+        self.breaker.as_ref()
+    }
+
+    /// Picks for `route` ([`Self::pick`]) and, with a circuit breaker, takes a slot of the
+    /// picked instance: instances at their bound are skipped, and when every instance of the
+    /// routed subset is, the pick fails fast with [`Error::Overloaded`]. The slot is freed when
+    /// the [`Admitted`] is dropped.
+    pub fn admit(
+        &self,
+        snapshot: &Snapshot,
+        route: &Route<'_>,
+        service: &str,
+    ) -> Result<Admitted<B>, Error> {
+        self.observe(snapshot);
+        let outliers = &self.outliers;
+        let routed = match &self.breaker {
+            None => self
+                .router
+                .pick_usable(snapshot, route, &|i: &Instance| !outliers.is_ejected(&i.id)),
+            Some(b) => self.router.pick_usable(snapshot, route, &|i: &Instance| {
+                !outliers.is_ejected(&i.id) && b.has_room(&i.id)
+            }),
+        };
+        let routed = routed.ok_or_else(|| Error::NoInstance {
+            service: service.to_owned(),
+        })?;
+        let slot = match &self.breaker {
+            None => None,
+            Some(b) => {
+                Some(
+                    b.try_acquire(&routed.instance().id)
+                        .ok_or_else(|| Error::Overloaded {
+                            service: service.to_owned(),
+                            max_requests: b.max_requests(),
+                        })?,
+                )
+            }
+        };
+        Ok(Admitted { routed, slot })
     }
 
     /// Observes `snapshot` ([`Self::observe`]) and picks for `route`, skipping the instances the

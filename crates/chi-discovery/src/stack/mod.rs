@@ -139,12 +139,16 @@ impl Chi {
     #[cfg(feature = "http")]
     pub fn http(&self) -> crate::integration::HttpRouter {
         let routers = self.routers.clone();
-        crate::integration::HttpRouter::new(
+        let http = crate::integration::HttpRouter::new(
             self.discovery.clone(),
             reqwest::Client::new(),
             crate::health::OutlierConfig::default(),
             move || routers.router(),
-        )
+        );
+        match self.config.load_balancer.max_requests_per_instance {
+            Some(max) => http.circuit_breaker(max),
+            None => http,
+        }
     }
 
     /// Registers every metric into `registry` and wires it to this stack: discovery requests
