@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 
 use super::{
-    ConsistentHash, ConsistentHashConfig, InFlight, KeyHasher, LeastConnections, Load, Loads,
-    Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash, RoundRobin,
-    Select, Strategy, ThreadRandom, WeightedRoundRobin, accept_all, default_hash, usable_by_health,
+    ANY, BY_HEALTH, ConsistentHash, ConsistentHashConfig, InFlight, KeyHasher, LeastConnections,
+    Load, Loads, Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash,
+    RoundRobin, Select, Strategy, ThreadRandom, WeightedRoundRobin, default_hash,
 };
 use crate::error::{Error, Result};
 use crate::instance::Instance;
@@ -231,9 +231,9 @@ impl Balancer {
         let request = Request {
             key,
             usable: if self.config.health_check_enabled {
-                &usable_by_health
+                BY_HEALTH
             } else {
-                &accept_all
+                ANY
             },
         };
         self.pick_in(snapshot.instances(), snapshot.revision(), &request)

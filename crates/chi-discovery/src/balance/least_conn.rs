@@ -10,15 +10,15 @@
 
 use std::sync::Arc;
 
-use super::{
-    Loads, PeakEwmaConfig, RandomSource, Request, Select, ThreadRandom, accepts, bounded, eligible,
-};
+use super::usable::Pools;
+use super::{Loads, PeakEwmaConfig, RandomSource, Request, Select, ThreadRandom, accepts, bounded};
 use crate::instance::Instance;
 
 /// Fewest in-flight requests per unit of weight.
 #[derive(Debug)]
 pub struct LeastConnections {
-    candidates: Box<[u32]>,
+    pools: Pools,
+    /// Effective weight of each instance, index-aligned with the list.
     weights: Box<[u32]>,
     loads: Loads,
     rng: Arc<dyn RandomSource>,
@@ -43,14 +43,9 @@ impl LeastConnections {
         rng: Arc<dyn RandomSource>,
         config: PeakEwmaConfig,
     ) -> Self {
-        let candidates = eligible(instances);
-        let weights = candidates
-            .iter()
-            .map(|&i| instances[i as usize].effective_weight())
-            .collect();
         LeastConnections {
-            candidates: candidates.into(),
-            weights,
+            pools: Pools::new(instances),
+            weights: instances.iter().map(Instance::effective_weight).collect(),
             loads: Loads::carry_over(instances, previous, config),
             rng,
         }
@@ -63,9 +58,17 @@ pub(crate) fn lighter(a: u64, wa: u32, b: u64, wb: u32) -> bool {
     u128::from(a) * u128::from(wb) < u128::from(b) * u128::from(wa)
 }
 
-impl Select for LeastConnections {
-    fn select(&self, instances: &[Instance], request: &Request<'_>) -> Option<usize> {
-        let n = self.candidates.len();
+impl LeastConnections {
+    /// The lightest of `candidates` that `request` accepts (all of them when `check` is false),
+    /// scanning from a random one so that ties spread.
+    fn scan(
+        &self,
+        candidates: &[u32],
+        instances: &[Instance],
+        request: &Request<'_>,
+        check: bool,
+    ) -> Option<usize> {
+        let n = candidates.len();
         if n == 0 {
             return None;
         }
@@ -81,16 +84,16 @@ impl Select for LeastConnections {
             } else {
                 start + k
             };
-            let idx = self.candidates[j] as usize;
+            let idx = candidates[j] as usize;
             let load = self.loads.get(idx).map_or(0, |l| l.in_flight());
-            let w = self.weights[j];
+            let w = self.weights.get(idx).copied().unwrap_or(1);
             if let Some((_, bl, bw)) = best
                 && !lighter(load, w, bl, bw)
             {
                 continue;
             }
             // The predicate only for an instance that would win: most of a scan is loads.
-            if !accepts(instances, request, idx) {
+            if check && !accepts(instances, request, idx) {
                 continue;
             }
             if load == 0 {
@@ -99,6 +102,16 @@ impl Select for LeastConnections {
             best = Some((idx, load, w));
         }
         best.map(|(idx, _, _)| idx)
+    }
+}
+
+impl Select for LeastConnections {
+    fn select(&self, instances: &[Instance], request: &Request<'_>) -> Option<usize> {
+        match self.pools.for_request(request) {
+            Some(pool) => self.scan(pool.slots(), instances, request, false),
+            None => self.scan(self.pools.all().slots(), instances, request, true),
+        }
+        .filter(|&idx| idx < instances.len())
     }
 
     fn loads(&self) -> Option<&Loads> {

@@ -30,6 +30,15 @@
 //! - skips instances refused by the request's predicate ([`Request::usable`], by default "not known
 //!   unhealthy") at pick time, without a rebuild, falling through to another instance.
 //!
+//! The two predicates nearly every pick uses, "not known unhealthy" ([`Request::new`],
+//! [`Request::with_key`], [`Balancer::pick`] with health checking on) and "any instance"
+//! ([`Request::any`], health checking off), depend only on the list, so round robin, random, P2C
+//! and least connections precompute the instances each accepts when they are built (health
+//! lives in the list, so a health transition is a new list and a rebuild) and their picks read
+//! no predicate at all. A request with any other predicate takes the general path, which asks
+//! the predicate per candidate. The two are recognised by identity: those constructors hand out
+//! one `'static` reference each (see `usable.rs`).
+//!
 //! # Usage
 //!
 //! A [`Balancer`] holds one strategy for one service. Hand it the current [`Snapshot`](crate::Snapshot) of the
@@ -90,6 +99,7 @@ mod random;
 mod ring;
 mod rng;
 mod round_robin;
+mod usable;
 mod weighted;
 
 #[cfg(test)]
@@ -116,6 +126,14 @@ pub fn usable_by_health(instance: &Instance) -> bool {
 fn accept_all(_: &Instance) -> bool {
     true
 }
+
+/// The one reference to [`usable_by_health`] that [`Request`]'s constructors hand out: reading it
+/// from one static gives every request the same fat pointer, which selectors compare to
+/// recognise the predicate (see `usable.rs`).
+static BY_HEALTH: &(dyn Fn(&Instance) -> bool + Sync) = &usable_by_health;
+
+/// The same for "every instance" ([`Request::any`]).
+static ANY: &(dyn Fn(&Instance) -> bool + Sync) = &accept_all;
 
 /// What one pick may depend on: the request's key (for hashing strategies) and which instances
 /// may be chosen right now. Cheap to build on the stack per request.
@@ -144,7 +162,7 @@ impl<'a> Request<'a> {
     pub fn new() -> Self {
         Request {
             key: None,
-            usable: &usable_by_health,
+            usable: BY_HEALTH,
         }
     }
 
@@ -152,7 +170,7 @@ impl<'a> Request<'a> {
     pub fn with_key(key: &'a [u8]) -> Self {
         Request {
             key: Some(key),
-            usable: &usable_by_health,
+            usable: BY_HEALTH,
         }
     }
 
@@ -160,7 +178,7 @@ impl<'a> Request<'a> {
     pub fn any() -> Self {
         Request {
             key: None,
-            usable: &accept_all,
+            usable: ANY,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::instance::{HealthStatus, Instance};
 use crate::snapshot::Snapshot;
 
 mod hashing;
+mod pools;
 mod properties;
 mod rotation;
 
