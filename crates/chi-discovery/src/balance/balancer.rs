@@ -7,15 +7,22 @@
 //! counters over by instance id, and swaps the new selector in; pickers never wait on it. A picker
 //! holding an *older* snapshot than the stored selector (a race around a swap) builds a throwaway
 //! selector for its own list rather than swapping back: slower, rare, and never wrong.
+//!
+//! Each thread keeps its own reference to the current selector (`table_cache.rs`), checked
+//! against a generation counter the balancer bumps after every swap, so a pick reads one counter
+//! instead of taking arc-swap's two read-modify-writes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
+use super::load::now_ns;
+use super::table_cache::{self, next_id};
 use super::{
     ANY, BY_HEALTH, ConsistentHash, ConsistentHashConfig, InFlight, KeyHasher, LeastConnections,
-    Load, Loads, Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash,
+    Loads, Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash,
     RoundRobin, Select, Strategy, ThreadRandom, WeightedRoundRobin, default_hash,
 };
 use crate::error::{Error, Result};
@@ -105,7 +112,8 @@ impl BalancerConfig {
     }
 }
 
-struct State {
+/// A selector and the revision of the list it was built from.
+pub(super) struct State {
     revision: u64,
     selector: Box<dyn Select>,
 }
@@ -117,6 +125,10 @@ struct State {
 pub struct Balancer {
     config: BalancerConfig,
     state: ArcSwapOption<State>,
+    /// Bumped after every store to `state`: threads' cached copies of an older one are stale.
+    generation: AtomicU64,
+    /// Process-unique, the key of the per-thread cache.
+    id: u64,
     rebuild: Mutex<()>,
 }
 
@@ -139,8 +151,8 @@ pub struct Pick<'a> {
     instance: &'a Instance,
     index: usize,
     in_flight: Option<InFlight>,
-    ewma: PeakEwmaConfig,
-    started: Option<Instant>,
+    /// When a peak-EWMA pick was made, in ns since the process epoch (0: not measured).
+    started: u64,
 }
 
 impl<'a> Pick<'a> {
@@ -168,15 +180,15 @@ impl<'a> Pick<'a> {
     /// Ends the request, feeding `latency` to the instance's peak-EWMA estimate.
     pub fn observe(self, latency: Duration) {
         if let Some(g) = &self.in_flight {
-            g.load().observe(latency, &self.ewma);
+            g.load().observe_own(latency);
         }
     }
 
     /// Ends the request, feeding the time since the pick to peak EWMA (measured only for
     /// load-aware strategies).
     pub fn finish(self) {
-        if let Some(started) = self.started {
-            let latency = started.elapsed();
+        if self.started != 0 {
+            let latency = Duration::from_nanos(now_ns().saturating_sub(self.started));
             self.observe(latency);
         }
     }
@@ -205,6 +217,8 @@ impl Balancer {
         Balancer {
             config,
             state: ArcSwapOption::const_empty(),
+            generation: AtomicU64::new(0),
+            id: next_id(),
             rebuild: Mutex::new(()),
         }
     }
@@ -266,14 +280,23 @@ impl Balancer {
         revision: u64,
         request: &Request<'_>,
     ) -> Option<Pick<'a>> {
-        let guard = self.state.load();
-        if let Some(state) = guard.as_deref()
-            && state.revision == revision
-        {
-            return self.finish_pick(&*state.selector, instances, request);
+        let generation = self.generation.load(Ordering::Acquire);
+        let picked = table_cache::with_table(
+            self.id,
+            generation,
+            || self.state.load_full(),
+            |state| {
+                state
+                    .filter(|s| s.revision == revision)
+                    .map(|s| s.selector.pick(instances, request))
+            },
+        );
+        // The `Pick` is made here, out of the closures: moving it through their nested `Option`s
+        // cost more than the rest of a round-robin pick (stack copies of a 72-byte value).
+        match picked {
+            Some(Some(chosen)) => self.make_pick(chosen, instances),
+            _ => self.pick_slow(instances, revision, request),
         }
-        drop(guard);
-        self.pick_slow(instances, revision, request)
     }
 
     #[cold]
@@ -301,6 +324,7 @@ impl Balancer {
                     selector: self.config.build(instances, previous),
                 });
                 self.state.store(Some(state.clone()));
+                self.generation.fetch_add(1, Ordering::Release);
                 self.finish_pick(&*state.selector, instances, request)
             }
         }
@@ -313,18 +337,25 @@ impl Balancer {
         instances: &'a [Instance],
         request: &Request<'_>,
     ) -> Option<Pick<'a>> {
-        let index = selector.select(instances, request)?;
+        self.make_pick(selector.pick(instances, request), instances)
+    }
+
+    #[inline]
+    fn make_pick<'a>(
+        &self,
+        chosen: Option<(usize, Option<InFlight>)>,
+        instances: &'a [Instance],
+    ) -> Option<Pick<'a>> {
+        let (index, in_flight) = chosen?;
         let instance = instances.get(index)?;
-        let in_flight = selector.loads().and_then(|l| l.get(index)).map(Load::start);
         let started = match (&in_flight, self.config.strategy) {
-            (Some(_), Strategy::PeakEwma) => Some(Instant::now()),
-            _ => None,
+            (Some(_), Strategy::PeakEwma) => now_ns().max(1),
+            _ => 0,
         };
         Some(Pick {
             instance,
             index,
             in_flight,
-            ewma: self.config.peak_ewma,
             started,
         })
     }

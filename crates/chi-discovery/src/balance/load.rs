@@ -38,7 +38,7 @@ impl Default for PeakEwmaConfig {
     }
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
@@ -54,14 +54,18 @@ pub struct Load {
     ewma: AtomicU64,
     /// When `ewma` was last written (ns since the process epoch).
     stamp: AtomicU64,
+    /// The decay of the settings the cell was made with, for [`Pick`](super::Pick)s, which do not
+    /// carry the settings (a smaller pick is a cheaper one to return).
+    decay: Duration,
 }
 
 impl Load {
-    fn new(default_rtt: Duration) -> Self {
+    fn new(config: &PeakEwmaConfig) -> Self {
         Load {
             in_flight: AtomicU64::new(0),
-            ewma: AtomicU64::new((default_rtt.as_nanos() as f64).to_bits()),
+            ewma: AtomicU64::new((config.default_rtt.as_nanos() as f64).to_bits()),
             stamp: AtomicU64::new(now_ns()),
+            decay: config.decay,
         }
     }
 
@@ -97,8 +101,17 @@ impl Load {
 
     /// Feeds one latency sample into the estimate.
     pub fn observe(&self, rtt: Duration, config: &PeakEwmaConfig) {
+        self.observe_with_decay(rtt, config.decay);
+    }
+
+    /// [`observe`](Self::observe) with the decay the cell was made with.
+    pub(crate) fn observe_own(&self, rtt: Duration) {
+        self.observe_with_decay(rtt, self.decay);
+    }
+
+    fn observe_with_decay(&self, rtt: Duration, decay: Duration) {
         let now = now_ns();
-        let decay = config.decay.as_nanos().max(1) as f64;
+        let decay = decay.as_nanos().max(1) as f64;
         let sample = rtt.as_nanos() as f64;
         let old = f64::from_bits(self.ewma.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
@@ -175,7 +188,7 @@ impl Loads {
             .iter()
             .map(|i| match old.get(i.id.as_str()) {
                 Some(c) => Arc::clone(c),
-                None => Arc::new(Load::new(config.default_rtt)),
+                None => Arc::new(Load::new(&config)),
             })
             .collect();
         let ids = instances.iter().map(|i| Box::from(i.id.as_str())).collect();

@@ -99,6 +99,7 @@ mod random;
 mod ring;
 mod rng;
 mod round_robin;
+mod table_cache;
 mod usable;
 mod weighted;
 

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::instance::{HealthStatus, Instance};
 use crate::snapshot::Snapshot;
 
+mod cache;
 mod hashing;
 mod pools;
 mod properties;
