@@ -94,6 +94,7 @@ mod hash;
 mod least_conn;
 mod load;
 mod maglev;
+mod min_tree;
 mod p2c;
 mod random;
 mod ring;

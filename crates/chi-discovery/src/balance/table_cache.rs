@@ -54,35 +54,51 @@ fn slot(id: u64) -> usize {
     (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS)) as usize
 }
 
-/// Runs `f` with balancer `id`'s table as of `generation`: this thread's copy when it is of that
-/// generation, else the one `load` reads from the balancer (then cached). `None` when this
-/// thread's cache is gone (the thread is exiting): the caller reads the balancer itself.
-#[inline]
-pub(super) fn with_table<R>(
-    id: u64,
-    generation: u64,
-    load: impl FnOnce() -> Option<Arc<State>>,
-    f: impl FnOnce(Option<&State>) -> R,
-) -> Option<R> {
+/// Takes this thread's copy of balancer `id`'s table out of its slot, when it is of `generation`.
+/// The caller uses it and [`put`]s it back, so a pick that re-enters (a predicate picking from a
+/// balancer) finds the slot empty rather than borrowed. `None` on a miss, and when this thread's
+/// cache is gone (the thread is exiting).
+// Always inlined: these are a few instructions, and values returned through memory cost a pick
+// more than the work (profiled: store-forwarding stalls).
+#[inline(always)]
+pub(super) fn take(id: u64, generation: u64) -> Option<Arc<State>> {
     TABLES
         .try_with(|slots| {
             let cell = &slots[slot(id)];
-            let entry = match cell.take() {
-                Some(e) if e.id == id && e.generation == generation => Some(e),
-                evicted => {
-                    drop(evicted);
-                    load().map(|state| Entry {
-                        id,
-                        generation,
-                        state,
-                    })
+            match cell.take() {
+                Some(e) if e.id == id && e.generation == generation => Some(e.state),
+                other => {
+                    cell.set(other);
+                    None
                 }
-            };
-            let out = f(entry.as_ref().map(|e| &*e.state));
-            cell.set(entry);
-            out
+            }
         })
         .ok()
+        .flatten()
+}
+
+/// Stores `state` as this thread's copy of balancer `id`'s table of `generation`, evicting what
+/// the slot held.
+#[inline(always)]
+pub(super) fn put(id: u64, generation: u64, state: Arc<State>) {
+    let evicted = TABLES.try_with(|slots| {
+        slots[slot(id)].replace(Some(Entry {
+            id,
+            generation,
+            state,
+        }))
+    });
+    if let Ok(Some(evicted)) = evicted {
+        evict(evicted.state);
+    }
+}
+
+/// Drops an evicted table (maybe the last reference to it), out of the pick's way: passing the
+/// `Arc` by value keeps the pick's own values out of memory.
+#[cold]
+#[inline(never)]
+fn evict(state: Arc<State>) {
+    drop(state);
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::snapshot::Snapshot;
 
 mod cache;
 mod hashing;
+mod least_loaded;
 mod pools;
 mod properties;
 mod rotation;
