@@ -13,7 +13,8 @@
 //! - [`WeightedRoundRobin`]: nginx's *smooth* weighted round robin, precomputed into a schedule,
 //!   so a pick is one atomic and one slot read whatever the instance count.
 //! - [`LeastConnections`]: fewest in-flight requests (weighted, like nginx `least_conn`); the count
-//!   is held by an [`InFlight`] guard that decrements on drop.
+//!   is held by an [`InFlight`] guard that decrements on drop, and the least loaded instance is
+//!   found through a tournament tree the guards keep up to date, O(log n) when all are busy.
 //! - [`ConsistentHash`]: consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam,
 //!   *Consistent Hashing with Bounded Loads*, 2017), configured like the Go sketch (271 partitions,
 //!   replication factor 20, load 1.25): a partition table, one slot read per lookup.
@@ -77,10 +78,12 @@
 //!
 //! # Performance
 //!
-//! A pick costs a few nanoseconds beside a bare atomic `fetch_add`, a hashing pick about twice
-//! the key hash; least connections scans every instance when all are busy (use `p2c` for large
-//! sets). The figures, measured beside their baselines in the same run, are in the README's
-//! performance section (`cargo bench -p chi-discovery --bench balance`).
+//! A round-robin or random pick through a [`Balancer`] costs two to three bare atomic
+//! `fetch_add`s: one for round robin's counter, the rest for reading the thread's copy of the table
+//! (see `table_cache.rs`) and the pick itself; a hashing pick about twice the key hash. Least
+//! connections with every instance busy walks a tree, O(log n), instead of scanning. The figures,
+//! measured beside their baselines in the same run, are in the README's performance section
+//! (`cargo bench -p chi-discovery --bench balance`).
 
 use std::fmt;
 use std::str::FromStr;
