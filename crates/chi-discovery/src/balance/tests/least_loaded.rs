@@ -169,3 +169,54 @@ fn concurrent_guards_leave_the_tree_exact() {
     assert!(tree.is_consistent());
     assert!((0..list.len()).all(|k| tree.leaf(k) == 0));
 }
+
+/// Threads holding requests while the list changes under them (rebuilds hand the cells to a new
+/// tree): once every request has ended, a new pick finds every instance idle, through the tree.
+#[test]
+fn counts_stay_exact_across_concurrent_rebuilds() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let balancer = Arc::new(Balancer::new(Strategy::LeastConnections));
+    let revision = Arc::new(AtomicU64::new(1));
+    let lists: Arc<Vec<Vec<Instance>>> = Arc::new(
+        (0..8)
+            .map(|r| (0..(6 + r % 5)).map(|i| inst(&format!("i{i}"))).collect())
+            .collect(),
+    );
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let (b, rev, lists) = (balancer.clone(), revision.clone(), lists.clone());
+            std::thread::spawn(move || {
+                let rng = SeededRandom::new(t);
+                let mut held = Vec::new();
+                for k in 0..20_000u64 {
+                    if t == 0 && k % 500 == 0 {
+                        rev.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let r = rev.load(Ordering::SeqCst);
+                    let list = &lists[(r % 8) as usize];
+                    if held.len() < 6 && rng.next_u64().is_multiple_of(2) {
+                        if let Some(mut p) = b.pick_in(list, r, &Request::new()) {
+                            held.push(p.take_in_flight());
+                        }
+                    } else if !held.is_empty() {
+                        let k = (rng.next_u64() % held.len() as u64) as usize;
+                        held.swap_remove(k);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("no panic");
+    }
+    let r = revision.load(Ordering::SeqCst) + 1;
+    let list = &lists[(r % 8) as usize];
+    // Hold one request per instance: if a count had leaked or the tree lagged, some instance
+    // would get two before another got one.
+    let picks: Vec<_> = (0..list.len())
+        .map(|_| balancer.pick_in(list, r, &Request::new()).expect("some"))
+        .collect();
+    let mut seen: Vec<usize> = picks.iter().map(|p| p.index()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..list.len()).collect::<Vec<_>>());
+}
