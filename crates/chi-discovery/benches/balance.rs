@@ -4,9 +4,13 @@
 //! that hold on a noisy machine (docs/DESIGN.md §11). Plus the rebuild of a consistent-hash table.
 //!
 //! `select/*` measures the algorithm alone (a selector's `pick`, guard included); `pick/*` the whole
-//! [`Balancer`] path, which adds an `ArcSwap` load and a revision check.
+//! [`Balancer`] path, which adds reading the current table and a revision check. `select_busy/*`
+//! and `pick_busy/*` hold requests on every instance first: least connections must then find the
+//! least loaded among busy instances, the case its idle figures hide.
 //!
 //! Run: `cargo bench -p chi-discovery --bench balance -- --warm-up-time 0.5 --measurement-time 1 --noplot`.
+//! The issue-20 goals alone, baselines first:
+//! `cargo bench -p chi-discovery --bench balance -- --noplot 'baseline/.*/1t|pick/(round_robin|random|p2c)/1t/(10|100|1000)$|busy/least_connections/1t/10000'`.
 //!
 //! Two-thread figures are the wall time per pick *per thread* while both threads pick: equal to
 //! the one-thread figure when nothing is shared, larger when they contend on a cache line.
@@ -139,7 +143,7 @@ fn strategies(c: &mut Criterion) {
                         on_threads(threads, iters, |i| {
                             let k = key(i);
                             let pick = balancer.pick_in(&list, 1, &Request::with_key(&k));
-                            black_box(pick.map(|p| p.index()));
+                            black_box(pick.as_ref().map(|p| p.index()));
                         })
                     })
                 });
@@ -185,6 +189,32 @@ fn busy(c: &mut Criterion) {
     }
 }
 
+/// The whole pick path with every instance busy: requests held through the balancer itself (three
+/// per instance on average, so that with weights 1 to 5 every instance has at least one).
+fn busy_pick(c: &mut Criterion) {
+    for strategy in [Strategy::LeastConnections, Strategy::P2c] {
+        let mut g = c.benchmark_group(format!("pick_busy/{}", strategy.as_str()));
+        for n in SIZES {
+            let list = instances(n);
+            let balancer = Balancer::new(strategy);
+            let held: Vec<_> = (0..3 * n)
+                .filter_map(|_| balancer.pick_in(&list, 1, &Request::new()))
+                .collect();
+            g.bench_function(BenchmarkId::new("1t", n), |b| {
+                b.iter_custom(|iters| {
+                    on_threads(1, iters, |i| {
+                        let k = key(i);
+                        let pick = balancer.pick_in(&list, 1, &Request::with_key(&k));
+                        black_box(pick.as_ref().map(|p| p.index()));
+                    })
+                })
+            });
+            drop(held);
+        }
+        g.finish();
+    }
+}
+
 fn rebuild(c: &mut Criterion) {
     let mut g = c.benchmark_group("rebuild");
     let list = instances(1_000);
@@ -205,5 +235,5 @@ fn rebuild(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, baselines, strategies, busy, rebuild);
+criterion_group!(benches, baselines, strategies, busy, busy_pick, rebuild);
 criterion_main!(benches);

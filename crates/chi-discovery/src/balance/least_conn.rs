@@ -2,26 +2,40 @@
 //! (nginx `least_conn`: compare `in_flight / weight`).
 //!
 //! Counts are held by [`InFlight`](super::InFlight) guards taken with the pick; the
-//! Go sketch (docs/DESIGN.md §12) changed its map under a read lock and leaked counts on errors. Finding the minimum
-//! is an exact scan of the candidates, O(n) atomic loads per pick: right for the tens of instances a
-//! service usually has. For large sets, [`P2c`](super::P2c) approximates it in O(1) with provably
-//! small imbalance. Ties are broken by starting the scan at a random candidate, so an idle set does
-//! not send every request to the first instance.
+//! Go sketch (docs/DESIGN.md §12) changed its map under a read lock and leaked counts on errors.
+//!
+//! Finding the minimum without reading every count: the selector keeps a tournament tree over
+//! the counts of the instances the default predicate accepts (see `min_tree.rs`), refreshed by
+//! the guards themselves as they are taken and dropped. A pick first draws one candidate at random
+//! and takes it when it is idle (an idle instance is a minimum, so on a lightly loaded set a pick
+//! costs what a random pick does); otherwise it walks the tree down to a least-loaded leaf,
+//! O(log n), choosing at random between equal children so that ties spread. Under concurrent
+//! picks the tree may lag the counts by the updates in progress, bounded as that module says.
+//!
+//! A request with its own predicate, or one accepting every instance when some are known to be
+//! unhealthy (which the tree leaves out), gets the exact scan: O(n) loads, starting at a random
+//! candidate so that ties spread. So does a selector built by a [`Balancer`](super::Balancer) only
+//! to answer one pick for an outdated list (it does not take the cells over from the current one).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{
-    Loads, PeakEwmaConfig, RandomSource, Request, Select, ThreadRandom, accepts, bounded, eligible,
-};
+use super::load::TreeSlot;
+use super::min_tree::{ABSENT, LoadTree, cost};
+use super::usable::{Pool, Pools};
+use super::{Loads, PeakEwmaConfig, RandomSource, Request, Select, ThreadRandom, accepts, bounded};
 use crate::instance::Instance;
 
 /// Fewest in-flight requests per unit of weight.
 #[derive(Debug)]
 pub struct LeastConnections {
-    candidates: Box<[u32]>,
+    pools: Pools,
+    /// Effective weight of each instance, index-aligned with the list.
     weights: Box<[u32]>,
     loads: Loads,
     rng: Arc<dyn RandomSource>,
+    /// Over the healthy pool's positions; `None` for a detached selector.
+    tree: Option<Arc<LoadTree>>,
 }
 
 impl LeastConnections {
@@ -36,23 +50,112 @@ impl LeastConnections {
     }
 
     /// Builds the selector for `instances`, keeping the counters (by instance id) of `previous`
-    /// so requests in flight across a membership change stay counted.
+    /// so requests in flight across a membership change stay counted. The counters then refresh
+    /// this selector's tree, no longer the previous one's.
     pub fn build(
         instances: &[Instance],
         previous: Option<&Loads>,
         rng: Arc<dyn RandomSource>,
         config: PeakEwmaConfig,
     ) -> Self {
-        let candidates = eligible(instances);
-        let weights = candidates
-            .iter()
-            .map(|&i| instances[i as usize].effective_weight())
-            .collect();
+        let mut selector = Self::build_detached(instances, previous, rng, config);
+        selector.tree = Some(selector.attach_tree());
+        selector
+    }
+
+    /// A selector that scans and leaves the counters' tree where it is: for one pick from an
+    /// outdated list while another selector is the current one.
+    pub(crate) fn build_detached(
+        instances: &[Instance],
+        previous: Option<&Loads>,
+        rng: Arc<dyn RandomSource>,
+        config: PeakEwmaConfig,
+    ) -> Self {
         LeastConnections {
-            candidates: candidates.into(),
-            weights,
+            pools: Pools::new(instances),
+            weights: instances.iter().map(Instance::effective_weight).collect(),
             loads: Loads::carry_over(instances, previous, config),
             rng,
+            tree: None,
+        }
+    }
+
+    /// Builds the tree over the healthy pool and makes it the one the cells refresh. A cell listed
+    /// twice (two instances with one id share it) counts at its first position only.
+    fn attach_tree(&self) -> Arc<LoadTree> {
+        let slots = self.pools.healthy().slots();
+        let mut counted = HashSet::with_capacity(slots.len());
+        let mut first = Vec::with_capacity(slots.len());
+        let mut costs = Vec::with_capacity(slots.len());
+        let mut weights = Vec::with_capacity(slots.len());
+        for &idx in slots {
+            let idx = idx as usize;
+            let weight = self.weights.get(idx).copied().unwrap_or(1);
+            let cell = self.loads.get(idx);
+            let fresh = cell.is_some_and(|c| counted.insert(Arc::as_ptr(c)));
+            first.push(fresh);
+            weights.push(weight);
+            costs.push(match cell {
+                Some(c) if fresh => cost(c.in_flight(), weight),
+                _ => ABSENT,
+            });
+        }
+        let tree = Arc::new(LoadTree::new(&costs, weights));
+        for (pos, &idx) in slots.iter().enumerate() {
+            if let (true, Some(cell)) = (first[pos], self.loads.get(idx as usize)) {
+                cell.attach(Some(Arc::new(TreeSlot {
+                    tree: tree.clone(),
+                    pos,
+                })));
+            }
+        }
+        // Cells this tree does not count (unhealthy instances) leave any older tree.
+        for idx in 0..self.loads.len() {
+            if let Some(cell) = self.loads.get(idx)
+                && !counted.contains(&Arc::as_ptr(cell))
+            {
+                cell.attach(None);
+            }
+        }
+        // Counts that changed between the first read and the attach (their guards refreshed the
+        // older tree): read again, now that every later change refreshes this one.
+        for (pos, &idx) in slots.iter().enumerate() {
+            if let (true, Some(cell)) = (first[pos], self.loads.get(idx as usize)) {
+                tree.refresh(pos, cell);
+            }
+        }
+        tree
+    }
+
+    /// The tree (tests).
+    #[cfg(test)]
+    pub(crate) fn tree_for_tests(&self) -> Option<&LoadTree> {
+        self.tree.as_deref()
+    }
+
+    /// The tree when it answers for `pool` exactly: the healthy pool, or every candidate when all
+    /// are healthy.
+    #[inline]
+    fn tree_for(&self, pool: &Pool) -> Option<&LoadTree> {
+        let tree = self.tree.as_deref()?;
+        std::ptr::eq(pool, self.pools.healthy()).then_some(tree)
+    }
+
+    /// A least-loaded instance of `pool` from the tree.
+    #[inline]
+    fn lightest_in(&self, tree: &LoadTree, pool: &Pool) -> Option<usize> {
+        let slots = pool.slots();
+        let n = slots.len();
+        if n == 0 {
+            return None;
+        }
+        let draw = slots[bounded(self.rng.next_u64(), n)] as usize;
+        if self.loads.get(draw).is_some_and(|l| l.in_flight() == 0) {
+            return Some(draw);
+        }
+        match tree.lightest(self.rng.next_u64()) {
+            Some(pos) => slots.get(pos).map(|&i| i as usize),
+            None => self.scan(slots, &[], &Request::any(), false),
         }
     }
 }
@@ -63,9 +166,17 @@ pub(crate) fn lighter(a: u64, wa: u32, b: u64, wb: u32) -> bool {
     u128::from(a) * u128::from(wb) < u128::from(b) * u128::from(wa)
 }
 
-impl Select for LeastConnections {
-    fn select(&self, instances: &[Instance], request: &Request<'_>) -> Option<usize> {
-        let n = self.candidates.len();
+impl LeastConnections {
+    /// The lightest of `candidates` that `request` accepts (all of them when `check` is false),
+    /// scanning from a random one so that ties spread.
+    fn scan(
+        &self,
+        candidates: &[u32],
+        instances: &[Instance],
+        request: &Request<'_>,
+        check: bool,
+    ) -> Option<usize> {
+        let n = candidates.len();
         if n == 0 {
             return None;
         }
@@ -81,16 +192,16 @@ impl Select for LeastConnections {
             } else {
                 start + k
             };
-            let idx = self.candidates[j] as usize;
+            let idx = candidates[j] as usize;
             let load = self.loads.get(idx).map_or(0, |l| l.in_flight());
-            let w = self.weights[j];
+            let w = self.weights.get(idx).copied().unwrap_or(1);
             if let Some((_, bl, bw)) = best
                 && !lighter(load, w, bl, bw)
             {
                 continue;
             }
             // The predicate only for an instance that would win: most of a scan is loads.
-            if !accepts(instances, request, idx) {
+            if check && !accepts(instances, request, idx) {
                 continue;
             }
             if load == 0 {
@@ -99,6 +210,19 @@ impl Select for LeastConnections {
             best = Some((idx, load, w));
         }
         best.map(|(idx, _, _)| idx)
+    }
+}
+
+impl Select for LeastConnections {
+    fn select(&self, instances: &[Instance], request: &Request<'_>) -> Option<usize> {
+        match self.pools.for_request(request) {
+            Some(pool) => match self.tree_for(pool) {
+                Some(tree) => self.lightest_in(tree, pool),
+                None => self.scan(pool.slots(), instances, request, false),
+            },
+            None => self.scan(self.pools.all().slots(), instances, request, true),
+        }
+        .filter(|&idx| idx < instances.len())
     }
 
     fn loads(&self) -> Option<&Loads> {

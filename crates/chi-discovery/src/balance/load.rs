@@ -4,6 +4,15 @@
 //! strategy takes an [`InFlight`] guard that incremented the count and decrements it when dropped,
 //! so an error, a panic or a cancelled future can't leak a count.
 //!
+//! A cell counted by a least-connections selector also refreshes that selector's tournament tree
+//! (see `min_tree.rs`) after each change of its count. The selector that counts it changes with
+//! membership (cells are carried over by instance id), so the cell holds its current tree and
+//! position in an `ArcSwapOption`, swapped by the new selector when it is built. The new selector
+//! swaps first and reads the counts after (both sequentially consistent), and a guard changes the
+//! count first and reads the hook after: so either the guard sees the new tree and refreshes it,
+//! or the new selector's read sees the guard's change. Cells of the other strategies have no
+//! tree, and a flag read (a plain load) is all they pay for it.
+//!
 //! The latency estimate is Finagle's / linkerd's *peak EWMA*: a sample above the estimate replaces
 //! it at once (react to slowness fast), a sample below moves it by an exponentially weighted
 //! average with time constant `decay` (forgive slowly), and the estimate decays toward zero while
@@ -13,9 +22,13 @@
 //! an average tolerates).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+
+use super::min_tree::LoadTree;
 
 use crate::instance::Instance;
 
@@ -38,7 +51,7 @@ impl Default for PeakEwmaConfig {
     }
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
@@ -54,21 +67,65 @@ pub struct Load {
     ewma: AtomicU64,
     /// When `ewma` was last written (ns since the process epoch).
     stamp: AtomicU64,
+    /// The decay of the settings the cell was made with, for [`Pick`](super::Pick)s, which do not
+    /// carry the settings (a smaller pick is a cheaper one to return).
+    decay: Duration,
+    /// Set (for good) once a least-connections tree counted this cell: only then is `tree` read.
+    tracked: AtomicBool,
+    /// The tree and position that count this cell now.
+    tree: ArcSwapOption<TreeSlot>,
+}
+
+/// Where a cell sits in a least-connections tree.
+#[derive(Debug)]
+pub(crate) struct TreeSlot {
+    pub(crate) tree: Arc<LoadTree>,
+    pub(crate) pos: usize,
 }
 
 impl Load {
-    fn new(default_rtt: Duration) -> Self {
+    fn new(config: &PeakEwmaConfig) -> Self {
         Load {
             in_flight: AtomicU64::new(0),
-            ewma: AtomicU64::new((default_rtt.as_nanos() as f64).to_bits()),
+            ewma: AtomicU64::new((config.default_rtt.as_nanos() as f64).to_bits()),
             stamp: AtomicU64::new(now_ns()),
+            decay: config.decay,
+            tracked: AtomicBool::new(false),
+            tree: ArcSwapOption::const_empty(),
+        }
+    }
+
+    /// Makes `slot` the tree that counts this cell (`None`: no tree). The caller reads the count
+    /// after this returns (see the module docs).
+    pub(crate) fn attach(&self, slot: Option<Arc<TreeSlot>>) {
+        if slot.is_some() {
+            self.tracked.store(true, Ordering::SeqCst);
+        }
+        self.tree.store(slot);
+    }
+
+    /// After a change of the count: refreshes the tree that counts this cell, if any.
+    #[inline]
+    fn changed(&self) {
+        if self.tracked.load(Ordering::SeqCst) {
+            self.refresh_tree();
+        }
+    }
+
+    // Out of line and cold: only least-connections cells take it, and keeping it out of the guard's
+    // drop keeps a pick's value in registers for every strategy.
+    #[cold]
+    #[inline(never)]
+    fn refresh_tree(&self) {
+        if let Some(slot) = &*self.tree.load() {
+            slot.tree.refresh(slot.pos, self);
         }
     }
 
     /// Requests in flight now.
     #[inline]
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// The latency estimate as of `now` (ns since the process epoch), decayed without writing.
@@ -97,8 +154,17 @@ impl Load {
 
     /// Feeds one latency sample into the estimate.
     pub fn observe(&self, rtt: Duration, config: &PeakEwmaConfig) {
+        self.observe_with_decay(rtt, config.decay);
+    }
+
+    /// [`observe`](Self::observe) with the decay the cell was made with.
+    pub(crate) fn observe_own(&self, rtt: Duration) {
+        self.observe_with_decay(rtt, self.decay);
+    }
+
+    fn observe_with_decay(&self, rtt: Duration, decay: Duration) {
         let now = now_ns();
-        let decay = config.decay.as_nanos().max(1) as f64;
+        let decay = decay.as_nanos().max(1) as f64;
         let sample = rtt.as_nanos() as f64;
         let old = f64::from_bits(self.ewma.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
@@ -113,8 +179,10 @@ impl Load {
     }
 
     /// Counts one more request in flight until the returned guard drops.
+    #[inline]
     pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.changed();
         InFlight { load: self.clone() }
     }
 }
@@ -134,8 +202,10 @@ impl InFlight {
 }
 
 impl Drop for InFlight {
+    #[inline]
     fn drop(&mut self) {
-        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.load.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.load.changed();
     }
 }
 
@@ -175,7 +245,7 @@ impl Loads {
             .iter()
             .map(|i| match old.get(i.id.as_str()) {
                 Some(c) => Arc::clone(c),
-                None => Arc::new(Load::new(config.default_rtt)),
+                None => Arc::new(Load::new(&config)),
             })
             .collect();
         let ids = instances.iter().map(|i| Box::from(i.id.as_str())).collect();

@@ -9,15 +9,18 @@
 //! - [`P2cCost::PeakEwma`]: Finagle's peak EWMA, `latency estimate * (in flight + 1)` (see
 //!   [`Load`](super::Load)), which steers away from slow instances before their queues grow.
 //!
-//! Costs are divided by the instance weight. Ties go to the first draw, itself random. Unusable
-//! draws are redrawn a few times, then the candidates are scanned.
+//! Costs are divided by the instance weight. Ties go to the first draw, itself random. The two
+//! draws come from the candidates the request accepts, precomputed at build for the library's own
+//! predicates (see `usable.rs`), so a pick reads two load cells and nothing else. With a request's
+//! own predicate they come from every candidate: refused draws are redrawn a few times, then the
+//! candidates are scanned.
 
 use std::sync::Arc;
 
 use super::least_conn::lighter;
+use super::usable::{Pool, Pools};
 use super::{
-    Loads, PeakEwmaConfig, RandomSource, Request, Select, ThreadRandom, accepts, bounded, eligible,
-    scan_from,
+    Loads, PeakEwmaConfig, RandomSource, Request, Select, ThreadRandom, accepts, bounded, scan_from,
 };
 use crate::instance::Instance;
 
@@ -36,7 +39,8 @@ const REDRAWS: usize = 3;
 /// Power of two choices.
 #[derive(Debug)]
 pub struct P2c {
-    candidates: Box<[u32]>,
+    pools: Pools,
+    /// Effective weight of each instance, index-aligned with the list.
     weights: Box<[u32]>,
     loads: Loads,
     rng: Arc<dyn RandomSource>,
@@ -64,14 +68,9 @@ impl P2c {
         rng: Arc<dyn RandomSource>,
         config: PeakEwmaConfig,
     ) -> Self {
-        let candidates = eligible(instances);
-        let weights = candidates
-            .iter()
-            .map(|&i| instances[i as usize].effective_weight())
-            .collect();
         P2c {
-            candidates: candidates.into(),
-            weights,
+            pools: Pools::new(instances),
+            weights: instances.iter().map(Instance::effective_weight).collect(),
             loads: Loads::carry_over(instances, previous, config),
             rng,
             cost,
@@ -79,14 +78,15 @@ impl P2c {
         }
     }
 
-    /// True when candidate `a` is strictly heavier than candidate `b` (positions in `candidates`).
+    /// True when instance `ia` is strictly heavier than instance `ib`.
     #[inline]
-    fn heavier(&self, a: usize, b: usize) -> bool {
-        let (ia, ib) = (self.candidates[a] as usize, self.candidates[b] as usize);
+    fn heavier(&self, ia: usize, ib: usize) -> bool {
         let (Some(la), Some(lb)) = (self.loads.get(ia), self.loads.get(ib)) else {
             return false;
         };
-        let (wa, wb) = (self.weights[a], self.weights[b]);
+        let (Some(&wa), Some(&wb)) = (self.weights.get(ia), self.weights.get(ib)) else {
+            return false;
+        };
         match self.cost {
             P2cCost::LeastRequest => lighter(lb.in_flight(), wb, la.in_flight(), wa),
             P2cCost::PeakEwma => {
@@ -103,40 +103,72 @@ impl P2c {
     }
 }
 
+impl P2c {
+    /// Two distinct draws from `pool`, every one accepted: the lighter.
+    #[inline]
+    fn choose(&self, pool: &Pool, instances: &[Instance]) -> Option<usize> {
+        let slots = pool.slots();
+        let n = slots.len();
+        let idx = match n {
+            0 => return None,
+            1 => slots[0] as usize,
+            _ => {
+                let (a, b) = self.two(n);
+                let (ia, ib) = (slots[a] as usize, slots[b] as usize);
+                if self.heavier(ia, ib) { ib } else { ia }
+            }
+        };
+        (idx < instances.len()).then_some(idx)
+    }
+
+    /// Two distinct positions in `0..n` (`n >= 2`), uniformly (Floyd's sampling for k = 2).
+    #[inline]
+    fn two(&self, n: usize) -> (usize, usize) {
+        let a = bounded(self.rng.next_u64(), n);
+        let mut b = bounded(self.rng.next_u64(), n - 1);
+        if b >= a {
+            b += 1;
+        }
+        (a, b)
+    }
+}
+
 impl Select for P2c {
     #[inline]
     fn select(&self, instances: &[Instance], request: &Request<'_>) -> Option<usize> {
-        let n = self.candidates.len();
+        if let Some(pool) = self.pools.for_request(request) {
+            return self.choose(pool, instances);
+        }
+        let candidates = self.pools.all().slots();
+        let n = candidates.len();
         match n {
             0 => return None,
-            1 => return scan_from(&self.candidates, instances, request, 0),
+            1 => return scan_from(candidates, instances, request, 0),
             _ => {}
         }
         let mut a = 0;
         for _ in 0..REDRAWS {
-            // Two distinct positions, uniformly (Floyd's sampling for k = 2).
-            a = bounded(self.rng.next_u64(), n);
-            let mut b = bounded(self.rng.next_u64(), n - 1);
-            if b >= a {
-                b += 1;
-            }
-            let ok_a = accepts(instances, request, self.candidates[a] as usize);
-            let ok_b = accepts(instances, request, self.candidates[b] as usize);
-            let chosen = match (ok_a, ok_b) {
+            let b;
+            (a, b) = self.two(n);
+            let (ia, ib) = (candidates[a] as usize, candidates[b] as usize);
+            let chosen = match (
+                accepts(instances, request, ia),
+                accepts(instances, request, ib),
+            ) {
                 (true, true) => {
-                    if self.heavier(a, b) {
-                        b
+                    if self.heavier(ia, ib) {
+                        ib
                     } else {
-                        a
+                        ia
                     }
                 }
-                (true, false) => a,
-                (false, true) => b,
+                (true, false) => ia,
+                (false, true) => ib,
                 (false, false) => continue,
             };
-            return Some(self.candidates[chosen] as usize);
+            return Some(chosen);
         }
-        scan_from(&self.candidates, instances, request, a + 1)
+        scan_from(candidates, instances, request, a + 1)
     }
 
     fn loads(&self) -> Option<&Loads> {

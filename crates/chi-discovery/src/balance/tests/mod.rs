@@ -11,7 +11,10 @@ use crate::error::Error;
 use crate::instance::{HealthStatus, Instance};
 use crate::snapshot::Snapshot;
 
+mod cache;
 mod hashing;
+mod least_loaded;
+mod pools;
 mod properties;
 mod rotation;
 
