@@ -563,7 +563,7 @@ impl<B: Stage> Smart<B> {
     /// or when the balancer finds nothing to pick.
     #[inline]
     pub fn pick(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Routed<B>> {
-        self.pick_usable(snapshot, route, &any_instance)
+        self.pick_usable(snapshot, route, any_instance())
     }
 
     /// [`pick`](Self::pick), skipping instances `usable` rejects (typically those an
@@ -585,7 +585,7 @@ impl<B: Stage> Smart<B> {
             .pick(&leaf.instances, revision, route.key, usable)
             .or_else(|| {
                 leaf.balancer
-                    .pick(&leaf.instances, revision, route.key, &any_instance)
+                    .pick(&leaf.instances, revision, route.key, any_instance())
             })?;
         Some(Routed {
             subset,

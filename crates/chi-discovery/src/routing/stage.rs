@@ -7,9 +7,11 @@ use crate::instance::Instance;
 /// A per-pick predicate: which instances of a leaf may be picked now.
 pub type Usable<'a> = dyn Fn(&Instance) -> bool + Sync + 'a;
 
-/// Accepts every instance: the predicate of a pick with nothing ejected.
-pub(super) fn any_instance(_: &Instance) -> bool {
-    true
+/// Accepts every instance: the predicate of a pick with nothing ejected. It is the balancer's
+/// own "any instance" predicate ([`Request::any`]), which selectors recognise and serve from a
+/// precomputed pool instead of asking it per candidate.
+pub(super) fn any_instance() -> &'static Usable<'static> {
+    Request::any().usable
 }
 
 /// The last stage of [`Smart`](super::Smart): picks one instance from a leaf's list.
