@@ -69,6 +69,9 @@ pub struct LoadBalancerConfig {
     pub zone_aware: crate::routing::ZoneAwareConfig,
     /// Circuit breaking: requests in flight per instance (`circuit_breaker.max_requests`).
     pub max_requests_per_instance: Option<u32>,
+    /// Deterministic subsetting: instances per client (`subset_size`); the clients are this
+    /// service's instances, so it needs `registration`.
+    pub subset_size: Option<usize>,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ impl Default for Config {
                 consistent_hash: ConsistentHashConfig::default(),
                 zone_aware: crate::routing::ZoneAwareConfig::default(),
                 max_requests_per_instance: None,
+                subset_size: None,
             },
             routing: RoutingConfig::default(),
         }
@@ -146,6 +150,12 @@ impl Config {
             &p.join("load_balancer"),
         )?;
         let routing = validate::routing(sd.routing.unwrap_or_default(), &p.join("routing"))?;
+        if load_balancer.subset_size.is_some() && registration.is_none() {
+            return Err(p.join("load_balancer").join("subset_size").err(
+                "needs service_discovery.registration: the clients that share the subsets are \
+                 the instances of this service",
+            ));
+        }
         Ok(Config {
             registration,
             registries,

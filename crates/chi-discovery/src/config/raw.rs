@@ -162,6 +162,7 @@ pub struct LoadBalancer {
     pub consistent_hash: Option<ConsistentHash>,
     pub zone_aware: Option<ZoneAware>,
     pub circuit_breaker: Option<CircuitBreaker>,
+    pub subset_size: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

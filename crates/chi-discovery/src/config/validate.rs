@@ -268,6 +268,14 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
         consistent_hash,
         zone_aware,
         max_requests_per_instance: max_requests,
+        subset_size: match l.subset_size {
+            Some(0) => {
+                return Err(at
+                    .join("subset_size")
+                    .err("must be at least 1 (instances per client), got 0"));
+            }
+            other => other,
+        },
     })
 }
 

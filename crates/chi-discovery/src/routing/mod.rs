@@ -28,6 +28,7 @@
 mod breaker;
 mod config;
 mod geo;
+mod plan;
 mod routers;
 mod service;
 mod smart;
@@ -44,7 +45,7 @@ pub use service::{Admitted, ServiceState, ServiceStateConfig};
 pub use smart::{Decision, Routed, Smart, Subset};
 pub use spill::{Spill, ZoneAwareConfig};
 pub use stage::{Stage, Usable};
-pub use subset::Subsetting;
+pub use subset::{SubsetSource, Subsetting};
 pub use version::{Version, VersionStep};
 
 use crate::instance::Instance;

@@ -9,7 +9,9 @@ use crate::balance::{Balancer, BalancerConfig, Strategy};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
-use super::{RoutingConfig, Smart, ZoneAwareConfig};
+use std::sync::Arc;
+
+use super::{RoutingConfig, Smart, SubsetSource, ZoneAwareConfig};
 
 /// The recipe of every service's router; see the module docs.
 #[derive(Debug, Clone)]
@@ -17,6 +19,7 @@ pub struct Routers {
     balancer: BalancerConfig,
     routing: RoutingConfig,
     zone_aware: ZoneAwareConfig,
+    subset: Option<Arc<SubsetSource>>,
 }
 
 impl Routers {
@@ -42,6 +45,10 @@ impl Routers {
             balancer,
             routing: config.routing.clone(),
             zone_aware: lb.zone_aware.clone(),
+            subset: match (lb.subset_size, &config.registration) {
+                (Some(k), Some(me)) => Some(Arc::new(SubsetSource::new(me.instance_id(), k))),
+                _ => None,
+            },
         })
     }
 
@@ -50,11 +57,21 @@ impl Routers {
     pub fn router(&self) -> Smart<Balancer> {
         let config = self.balancer.clone();
         let skip_unhealthy = config.health_check_enabled;
-        Smart::from_config(&self.routing, move || {
+        let router = Smart::from_config(&self.routing, move || {
             Balancer::with_config(config.clone()).unwrap_or_else(|_| Balancer::new(config.strategy))
         })
         .skip_unhealthy(skip_unhealthy)
-        .zone_aware(self.zone_aware.clone())
+        .zone_aware(self.zone_aware.clone());
+        match &self.subset {
+            Some(s) => router.subset(s.clone()),
+            None => router,
+        }
+    }
+
+    /// The clients of deterministic subsetting (`load_balancer.subset_size`), to be kept up to
+    /// date with this service's instances ([`Chi`](crate::Chi) does).
+    pub fn subset_source(&self) -> Option<&Arc<SubsetSource>> {
+        self.subset.as_ref()
     }
 
     /// The balancers' strategy.

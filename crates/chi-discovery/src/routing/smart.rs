@@ -20,26 +20,17 @@
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
-use rustc_hash::FxHashMap;
 
 use super::RoutingConfig;
-use super::geo::Target;
-use super::spill::{Spill, ZoneAwareConfig};
+use super::plan::{Leaf, MakeLeaf, Plan, Rules};
+use super::spill::ZoneAwareConfig;
 use super::stage::any_instance;
+use super::subset::SubsetSource;
 use super::{Geo, GeoStep, Route, Stage, Usable, Version, VersionStep};
 use crate::balance::{Balancer, BalancerConfig, RandomSource, ThreadRandom};
 use crate::instance::Instance;
 use crate::snapshot::Snapshot;
 use crate::util::lock;
-
-/// A uniform draw in `[0, 1)` from 64 random bits (the top 53).
-#[inline]
-fn unit(bits: u64) -> f64 {
-    (bits >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Builds a leaf's stage from the previous plan's stage of the same leaf.
-type MakeLeaf<B> = dyn Fn(Option<&Arc<B>>) -> Arc<B> + Send + Sync;
 
 /// Which rules decided a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,220 +50,6 @@ impl Decision {
     }
 }
 
-/// One version's usable instances, by place.
-#[derive(Default)]
-struct Group {
-    all: usize,
-    zones: FxHashMap<Box<str>, usize>,
-    regions: FxHashMap<Box<str>, usize>,
-    /// Zone-aware spill of a zone's leaf: where its clients' requests go, as leaf ids.
-    spill: FxHashMap<usize, (Spill, Vec<usize>)>,
-}
-
-struct Leaf<B> {
-    instances: Vec<Instance>,
-    balancer: Arc<B>,
-    version: Option<Box<str>>,
-    place: Option<Box<str>>,
-}
-
-struct Plan<B> {
-    /// False only for the placeholder a router starts with.
-    built: bool,
-    revision: u64,
-    panic: bool,
-    versions: FxHashMap<Box<str>, Group>,
-    any: Group,
-    leaves: Vec<Leaf<B>>,
-    /// Leaf key -> balancer, to carry balancers over to the next plan.
-    balancers: FxHashMap<String, Arc<B>>,
-}
-
-impl<B> Plan<B> {
-    fn placeholder() -> Self {
-        Plan {
-            built: false,
-            revision: 0,
-            panic: false,
-            versions: FxHashMap::default(),
-            any: Group::default(),
-            leaves: Vec::new(),
-            balancers: FxHashMap::default(),
-        }
-    }
-
-    fn build(
-        instances: &[Instance],
-        revision: u64,
-        version: &Version,
-        geo: &Geo,
-        previous: Option<&Plan<B>>,
-        make: &MakeLeaf<B>,
-        skip_unhealthy: bool,
-        zone_aware: &ZoneAwareConfig,
-    ) -> Self {
-        let usable: Vec<&Instance> = instances
-            .iter()
-            .filter(|i| !skip_unhealthy || i.health.is_usable())
-            .collect();
-        let panic = usable.is_empty() && !instances.is_empty();
-        let base: Vec<&Instance> = if panic {
-            instances.iter().collect()
-        } else {
-            usable
-        };
-        let mut plan = Plan {
-            built: true,
-            revision,
-            panic,
-            versions: FxHashMap::default(),
-            any: Group::default(),
-            leaves: Vec::new(),
-            balancers: FxHashMap::default(),
-        };
-        plan.any = plan.group(None, &base, geo, previous, make, zone_aware);
-        if version.is_enabled() {
-            let mut by_version: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
-            for i in &base {
-                if !i.version.is_empty() {
-                    by_version.entry(i.version.as_str()).or_default().push(i);
-                }
-                for t in &i.tags {
-                    if *t != i.version {
-                        by_version.entry(t.as_str()).or_default().push(i);
-                    }
-                }
-            }
-            let mut names: Vec<&str> = by_version.keys().copied().collect();
-            names.sort_unstable();
-            for v in names {
-                let members = &by_version[v];
-                let g = plan.group(Some(v), members, geo, previous, make, zone_aware);
-                plan.versions.insert(v.into(), g);
-            }
-        }
-        plan
-    }
-
-    fn group(
-        &mut self,
-        version: Option<&str>,
-        members: &[&Instance],
-        geo: &Geo,
-        previous: Option<&Plan<B>>,
-        make: &MakeLeaf<B>,
-        zone_aware: &ZoneAwareConfig,
-    ) -> Group {
-        let v = version.unwrap_or("*");
-        let mut g = Group {
-            all: self.leaf(format!("{v}|*"), version, None, members, previous, make),
-            ..Group::default()
-        };
-        if !geo.is_enabled() {
-            return g;
-        }
-        let mut zones: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
-        let mut regions: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
-        for i in members {
-            let p = geo.place_of(i);
-            if let Some(z) = p.zone {
-                zones.entry(z).or_default().push(i);
-            }
-            if let Some(r) = p.region {
-                regions.entry(r).or_default().push(i);
-            }
-        }
-        let mut by_region: FxHashMap<&str, Vec<(&str, f64, usize)>> = FxHashMap::default();
-        for (z, list) in zones {
-            let capacity: f64 = list.iter().map(|i| f64::from(i.effective_weight())).sum();
-            let region = list.first().and_then(|i| geo.place_of(i).region);
-            let id = self.leaf(
-                format!("{v}|z={z}"),
-                version,
-                Some(z),
-                &list,
-                previous,
-                make,
-            );
-            g.zones.insert(z.into(), id);
-            if let Some(r) = region {
-                by_region.entry(r).or_default().push((z, capacity, id));
-            }
-        }
-        for (r, list) in regions {
-            let id = self.leaf(
-                format!("{v}|r={r}"),
-                version,
-                Some(r),
-                &list,
-                previous,
-                make,
-            );
-            g.regions.insert(r.into(), id);
-        }
-        if zone_aware.enabled {
-            g.spill = zone_aware.spills(by_region, |id| self.leaves[id].instances.len());
-        }
-        g
-    }
-
-    fn leaf(
-        &mut self,
-        key: String,
-        version: Option<&str>,
-        place: Option<&str>,
-        members: &[&Instance],
-        previous: Option<&Plan<B>>,
-        make: &MakeLeaf<B>,
-    ) -> usize {
-        let balancer = make(previous.and_then(|p| p.balancers.get(&key)));
-        self.balancers.insert(key, balancer.clone());
-        self.leaves.push(Leaf {
-            instances: members.iter().map(|i| (*i).clone()).collect(),
-            balancer,
-            version: version.map(Into::into),
-            place: place.map(Into::into),
-        });
-        self.leaves.len() - 1
-    }
-
-    #[inline]
-    fn route(
-        &self,
-        version: &Version,
-        geo: &Geo,
-        route: &Route<'_>,
-        rng: &dyn RandomSource,
-    ) -> (usize, Decision) {
-        let (group, vstep) = version.choose(route.version, route.key, |v| self.versions.get(v));
-        let group = group.unwrap_or(&self.any);
-        let (target, gstep) = geo.choose(
-            route,
-            |z| group.zones.get(z).copied(),
-            |r| group.regions.get(r).copied(),
-        );
-        let (leaf, gstep) = match target {
-            Target::Place(id) => match group.spill.get(&id) {
-                // Zone-aware: this zone is short of its clients' share.
-                Some((spill, zones)) => match spill.choose(unit(rng.next_u64())) {
-                    Some(z) => (zones[z], GeoStep::Spilled),
-                    None => (id, gstep),
-                },
-                None => (id, gstep),
-            },
-            Target::Any => (group.all, gstep),
-        };
-        (
-            leaf,
-            Decision {
-                version: vstep,
-                geo: gstep,
-                panic: self.panic,
-            },
-        )
-    }
-}
-
 /// Version -> geo -> balancer for one service; see the module docs. `B` is the balancer of each
 /// leaf, chi's [`Balancer`] by default (measured faster as a leaf stage than a selector kept
 /// in the plan: see `benches/routing.rs`).
@@ -285,6 +62,7 @@ pub struct Smart<B: Stage = Balancer> {
     zone_aware: ZoneAwareConfig,
     /// The draws of zone-aware spills.
     rng: Arc<dyn RandomSource>,
+    subset: Option<Arc<SubsetSource>>,
     plan: ArcSwap<Plan<B>>,
     rebuild: Mutex<()>,
 }
@@ -448,6 +226,7 @@ impl<B: Stage> Smart<B> {
             skip_unhealthy: true,
             zone_aware: ZoneAwareConfig::default(),
             rng: Arc::new(ThreadRandom),
+            subset: None,
             plan: ArcSwap::from_pointee(Plan::placeholder()),
             rebuild: Mutex::new(()),
         }
@@ -480,6 +259,20 @@ impl<B: Stage> Smart<B> {
         self
     }
 
+    /// Deterministic subsetting ([`super::subset`]): this router only ever picks among the
+    /// subset `source` deals this client (dealt again when the instances or the clients change).
+    pub fn subset(mut self, source: Arc<SubsetSource>) -> Self {
+        self.subset = Some(source);
+        self
+    }
+
+    #[inline]
+    fn subset_current(&self, plan: &Plan<B>) -> bool {
+        self.subset
+            .as_ref()
+            .is_none_or(|s| s.version() == plan.subset_version)
+    }
+
     /// The random source of zone-aware spills (default: per-thread; a
     /// [`SeededRandom`](crate::balance::SeededRandom) for a deterministic simulation).
     pub fn zone_rng(mut self, rng: Arc<dyn RandomSource>) -> Self {
@@ -506,7 +299,7 @@ impl<B: Stage> Smart<B> {
     #[inline]
     fn plan(&self, snapshot: &Snapshot) -> Guard<Arc<Plan<B>>> {
         let plan = self.plan.load();
-        if plan.built && plan.revision == snapshot.revision() {
+        if plan.built && plan.revision == snapshot.revision() && self.subset_current(&plan) {
             return plan;
         }
         drop(plan);
@@ -517,20 +310,33 @@ impl<B: Stage> Smart<B> {
     fn rebuild(&self, snapshot: &Snapshot) -> Arc<Plan<B>> {
         let _lock = lock(&self.rebuild);
         let current = self.plan.load_full();
-        if current.built && current.revision == snapshot.revision() {
+        if current.built && current.revision == snapshot.revision() && self.subset_current(&current)
+        {
             return current;
         }
         let previous = current.built.then_some(&*current);
-        let plan = Arc::new(Plan::build(
-            snapshot.instances(),
+        let (dealt, subset_version) = match &self.subset {
+            Some(s) => {
+                let version = s.version();
+                (Some(s.filter(snapshot.instances())), version)
+            }
+            None => (None, 0),
+        };
+        let rules = Rules {
+            version: &self.version,
+            geo: &self.geo,
+            skip_unhealthy: self.skip_unhealthy,
+            zone_aware: &self.zone_aware,
+        };
+        let mut plan = Plan::build(
+            dealt.as_deref().unwrap_or(snapshot.instances()),
             snapshot.revision(),
-            &self.version,
-            &self.geo,
+            &rules,
             previous,
             &*self.make,
-            self.skip_unhealthy,
-            &self.zone_aware,
-        ));
+        );
+        plan.subset_version = subset_version;
+        let plan = Arc::new(plan);
         // An older snapshot than the current plan's (a race around a swap) gets its own plan
         // without replacing the newer one.
         if !current.built || current.revision < snapshot.revision() {

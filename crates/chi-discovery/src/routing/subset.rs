@@ -38,9 +38,14 @@
 //! `cargo run -p chi-discovery --release --example simulate` prints the spread and the churn.
 
 use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
 
 use crate::balance::default_hash;
 use crate::balance::splitmix;
+use crate::instance::Instance;
 
 /// Which `k` of `n` instances each client uses; see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +154,52 @@ fn fill(
                 load[u] += 1;
             }
         }
+    }
+}
+
+/// What a router deals its subset from: this client's id, `k`, and the current clients (the
+/// instances of the calling service, updated as they come and go: see [`Chi`](crate::Chi)).
+#[derive(Debug)]
+pub struct SubsetSource {
+    me: String,
+    deal: ArcSwap<Subsetting>,
+    version: AtomicU64,
+}
+
+impl SubsetSource {
+    /// Subsets of `k` for client `me`, alone until [`SubsetSource::set_clients`].
+    pub fn new(me: impl Into<String>, k: usize) -> Self {
+        let me = me.into();
+        SubsetSource {
+            deal: ArcSwap::from_pointee(Subsetting::new(k, std::slice::from_ref(&me))),
+            me,
+            version: AtomicU64::new(0),
+        }
+    }
+
+    /// Replaces the clients (this one is always counted); routers deal again at their next pick.
+    pub fn set_clients<S: AsRef<str>>(&self, clients: &[S]) {
+        let mut all: Vec<&str> = clients.iter().map(AsRef::as_ref).collect();
+        all.push(&self.me);
+        let next = Subsetting::new(self.deal.load().size(), &all);
+        if *self.deal.load_full() != next {
+            self.deal.store(Arc::new(next));
+            self.version.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Changes with every new client list.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// This client's subset of `instances`, in their order.
+    pub fn filter(&self, instances: &[Instance]) -> Vec<Instance> {
+        let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+        let mut keep = self.deal.load().subset_of(&self.me, &ids);
+        keep.sort_unstable();
+        keep.into_iter().map(|i| instances[i].clone()).collect()
     }
 }
 

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::manager::{RegistrationReport, ServiceManager};
 use crate::registry::Registry;
 use crate::routing::Routers;
+use crate::util::AbortOnDrop;
 
 /// The stack built from a [`Config`]; see the module docs.
 pub struct Chi {
@@ -37,6 +38,8 @@ pub struct Chi {
     manager: Arc<ServiceManager>,
     discovery: DiscoveryClient,
     routers: Routers,
+    /// Keeps the subsetting clients (this service's instances) up to date.
+    _clients: Option<AbortOnDrop>,
 }
 
 impl std::fmt::Debug for Chi {
@@ -81,12 +84,14 @@ impl Chi {
             .cache(config.cache.clone())
             .retry(config.retry)
             .build(registry.clone());
+        let clients = follow_clients(&config, &discovery, &routers);
         Chi {
             config,
             registry,
             manager,
             discovery,
             routers,
+            _clients: clients,
         }
     }
 
@@ -168,6 +173,43 @@ impl Chi {
         metrics.register_registrations(registry, move || manager.status());
         metrics
     }
+}
+
+/// With deterministic subsetting, follows this service's instances (the clients the subsets are
+/// dealt among) into the routers' [`SubsetSource`](crate::routing::SubsetSource).
+fn follow_clients(
+    config: &Config,
+    discovery: &DiscoveryClient,
+    routers: &Routers,
+) -> Option<AbortOnDrop> {
+    let source = routers.subset_source()?.clone();
+    let name = config.registration.as_ref()?.name.clone();
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::warn!("subsetting: no tokio runtime to follow the clients; dealing as one client");
+        return None;
+    }
+    let discovery = discovery.clone();
+    Some(AbortOnDrop::spawn(async move {
+        loop {
+            match discovery.watch(&name).await {
+                Ok(mut watcher) => {
+                    while let Some(item) = watcher.next().await {
+                        if item.is_ok()
+                            && let Some(snapshot) = discovery.cached(&name)
+                        {
+                            let ids: Vec<&str> =
+                                snapshot.instances().iter().map(|i| i.id.as_str()).collect();
+                            source.set_clients(&ids);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(service = %name, error = %e, "subsetting: cannot follow the clients yet")
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }))
 }
 
 #[cfg(test)]

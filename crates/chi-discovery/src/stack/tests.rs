@@ -84,3 +84,65 @@ async fn health_check_enabled_false_reaches_the_routers() {
         .collect();
     assert_eq!(ports, [1, 2].into(), "the unhealthy instance is picked too");
 }
+
+/// `load_balancer.subset_size: 2`, three clients of `web` over six `api` instances: each client
+/// picks among two, and together they cover all six (one client each).
+#[tokio::test]
+async fn subsetting_deals_each_client_its_share() {
+    let memory = Arc::new(crate::registry::Memory::new());
+    for port in 1..=6 {
+        memory
+            .register(
+                &crate::Instance::new("api", "127.0.0.1", port).with_health(HealthStatus::Healthy),
+            )
+            .await
+            .expect("register");
+    }
+    let mut stacks = Vec::new();
+    for port in 1..=3 {
+        let yaml = format!(
+            "service_discovery:\n  registration:\n    name: web\n    address: 127.0.0.1\n    port: {port}\n  load_balancer:\n    strategy: round_robin\n    subset_size: 2\n"
+        );
+        let config = Config::from_yaml_with_env(&yaml, no_env).expect("loads");
+        let chi = Chi::over(config, memory.clone()).expect("stack");
+        chi.register().await.expect("register");
+        stacks.push(chi);
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let mut union = std::collections::BTreeSet::new();
+        let mut sizes = Vec::new();
+        for chi in &stacks {
+            let snapshot = chi.discovery().discover("api").await.expect("discover");
+            let router = chi.routers().router();
+            let picked: std::collections::BTreeSet<u16> = (0..20)
+                .filter_map(|_| router.pick(&snapshot, &Route::default()))
+                .map(|r| r.instance().port)
+                .collect();
+            sizes.push(picked.len());
+            union.extend(picked);
+        }
+        if sizes == [2, 2, 2] && union.len() == 6 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "subsets {sizes:?} covering {union:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn subset_size_needs_a_registration() {
+    let err = Config::from_yaml_with_env(
+        "service_discovery:\n  load_balancer:\n    subset_size: 20\n",
+        no_env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("service_discovery.load_balancer.subset_size: needs"),
+        "{err}"
+    );
+}

@@ -1,0 +1,252 @@
+//! The smart router's plan: a service's usable instances grouped by version and place, each
+//! group a leaf with its own balancer, built once per snapshot revision (see [`super::Smart`]).
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::geo::Target;
+use super::smart::Decision;
+use super::spill::{Spill, ZoneAwareConfig};
+use super::{Geo, GeoStep, Route, Version};
+use crate::balance::RandomSource;
+use crate::instance::Instance;
+
+/// Builds a leaf's stage from the previous plan's stage of the same leaf.
+pub(super) type MakeLeaf<B> = dyn Fn(Option<&Arc<B>>) -> Arc<B> + Send + Sync;
+
+/// A uniform draw in `[0, 1)` from 64 random bits (the top 53).
+#[inline]
+fn unit(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One version's usable instances, by place.
+#[derive(Default)]
+pub(super) struct Group {
+    pub(super) all: usize,
+    pub(super) zones: FxHashMap<Box<str>, usize>,
+    pub(super) regions: FxHashMap<Box<str>, usize>,
+    /// Zone-aware spill of a zone's leaf: where its clients' requests go, as leaf ids.
+    pub(super) spill: FxHashMap<usize, (Spill, Vec<usize>)>,
+}
+
+pub(super) struct Leaf<B> {
+    pub(super) instances: Vec<Instance>,
+    pub(super) balancer: Arc<B>,
+    pub(super) version: Option<Box<str>>,
+    pub(super) place: Option<Box<str>>,
+}
+
+pub(super) struct Plan<B> {
+    /// False only for the placeholder a router starts with.
+    pub(super) built: bool,
+    pub(super) revision: u64,
+    /// The [`SubsetSource`] version the plan was dealt from.
+    pub(super) subset_version: u64,
+    pub(super) panic: bool,
+    pub(super) versions: FxHashMap<Box<str>, Group>,
+    pub(super) any: Group,
+    pub(super) leaves: Vec<Leaf<B>>,
+    /// Leaf key -> balancer, to carry balancers over to the next plan.
+    pub(super) balancers: FxHashMap<String, Arc<B>>,
+}
+
+/// The router's rules a plan is built with.
+#[derive(Clone, Copy)]
+pub(super) struct Rules<'a> {
+    pub(super) version: &'a Version,
+    pub(super) geo: &'a Geo,
+    pub(super) skip_unhealthy: bool,
+    pub(super) zone_aware: &'a ZoneAwareConfig,
+}
+
+impl<B> Plan<B> {
+    pub(super) fn placeholder() -> Self {
+        Plan {
+            built: false,
+            revision: 0,
+            subset_version: 0,
+            panic: false,
+            versions: FxHashMap::default(),
+            any: Group::default(),
+            leaves: Vec::new(),
+            balancers: FxHashMap::default(),
+        }
+    }
+
+    pub(super) fn build(
+        instances: &[Instance],
+        revision: u64,
+        rules: &Rules<'_>,
+        previous: Option<&Plan<B>>,
+        make: &MakeLeaf<B>,
+    ) -> Self {
+        let Rules {
+            version,
+            geo,
+            skip_unhealthy,
+            zone_aware,
+        } = *rules;
+        let usable: Vec<&Instance> = instances
+            .iter()
+            .filter(|i| !skip_unhealthy || i.health.is_usable())
+            .collect();
+        let panic = usable.is_empty() && !instances.is_empty();
+        let base: Vec<&Instance> = if panic {
+            instances.iter().collect()
+        } else {
+            usable
+        };
+        let mut plan = Plan {
+            built: true,
+            revision,
+            subset_version: 0,
+            panic,
+            versions: FxHashMap::default(),
+            any: Group::default(),
+            leaves: Vec::new(),
+            balancers: FxHashMap::default(),
+        };
+        plan.any = plan.group(None, &base, geo, previous, make, zone_aware);
+        if version.is_enabled() {
+            let mut by_version: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+            for i in &base {
+                if !i.version.is_empty() {
+                    by_version.entry(i.version.as_str()).or_default().push(i);
+                }
+                for t in &i.tags {
+                    if *t != i.version {
+                        by_version.entry(t.as_str()).or_default().push(i);
+                    }
+                }
+            }
+            let mut names: Vec<&str> = by_version.keys().copied().collect();
+            names.sort_unstable();
+            for v in names {
+                let members = &by_version[v];
+                let g = plan.group(Some(v), members, geo, previous, make, zone_aware);
+                plan.versions.insert(v.into(), g);
+            }
+        }
+        plan
+    }
+
+    fn group(
+        &mut self,
+        version: Option<&str>,
+        members: &[&Instance],
+        geo: &Geo,
+        previous: Option<&Plan<B>>,
+        make: &MakeLeaf<B>,
+        zone_aware: &ZoneAwareConfig,
+    ) -> Group {
+        let v = version.unwrap_or("*");
+        let mut g = Group {
+            all: self.leaf(format!("{v}|*"), version, None, members, previous, make),
+            ..Group::default()
+        };
+        if !geo.is_enabled() {
+            return g;
+        }
+        let mut zones: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+        let mut regions: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+        for i in members {
+            let p = geo.place_of(i);
+            if let Some(z) = p.zone {
+                zones.entry(z).or_default().push(i);
+            }
+            if let Some(r) = p.region {
+                regions.entry(r).or_default().push(i);
+            }
+        }
+        let mut by_region: FxHashMap<&str, Vec<(&str, f64, usize)>> = FxHashMap::default();
+        for (z, list) in zones {
+            let capacity: f64 = list.iter().map(|i| f64::from(i.effective_weight())).sum();
+            let region = list.first().and_then(|i| geo.place_of(i).region);
+            let id = self.leaf(
+                format!("{v}|z={z}"),
+                version,
+                Some(z),
+                &list,
+                previous,
+                make,
+            );
+            g.zones.insert(z.into(), id);
+            if let Some(r) = region {
+                by_region.entry(r).or_default().push((z, capacity, id));
+            }
+        }
+        for (r, list) in regions {
+            let id = self.leaf(
+                format!("{v}|r={r}"),
+                version,
+                Some(r),
+                &list,
+                previous,
+                make,
+            );
+            g.regions.insert(r.into(), id);
+        }
+        if zone_aware.enabled {
+            g.spill = zone_aware.spills(by_region, |id| self.leaves[id].instances.len());
+        }
+        g
+    }
+
+    fn leaf(
+        &mut self,
+        key: String,
+        version: Option<&str>,
+        place: Option<&str>,
+        members: &[&Instance],
+        previous: Option<&Plan<B>>,
+        make: &MakeLeaf<B>,
+    ) -> usize {
+        let balancer = make(previous.and_then(|p| p.balancers.get(&key)));
+        self.balancers.insert(key, balancer.clone());
+        self.leaves.push(Leaf {
+            instances: members.iter().map(|i| (*i).clone()).collect(),
+            balancer,
+            version: version.map(Into::into),
+            place: place.map(Into::into),
+        });
+        self.leaves.len() - 1
+    }
+
+    #[inline]
+    pub(super) fn route(
+        &self,
+        version: &Version,
+        geo: &Geo,
+        route: &Route<'_>,
+        rng: &dyn RandomSource,
+    ) -> (usize, Decision) {
+        let (group, vstep) = version.choose(route.version, route.key, |v| self.versions.get(v));
+        let group = group.unwrap_or(&self.any);
+        let (target, gstep) = geo.choose(
+            route,
+            |z| group.zones.get(z).copied(),
+            |r| group.regions.get(r).copied(),
+        );
+        let (leaf, gstep) = match target {
+            Target::Place(id) => match group.spill.get(&id) {
+                // Zone-aware: this zone is short of its clients' share.
+                Some((spill, zones)) => match spill.choose(unit(rng.next_u64())) {
+                    Some(z) => (zones[z], GeoStep::Spilled),
+                    None => (id, gstep),
+                },
+                None => (id, gstep),
+            },
+            Target::Any => (group.all, gstep),
+        };
+        (
+            leaf,
+            Decision {
+                version: vstep,
+                geo: gstep,
+                panic: self.panic,
+            },
+        )
+    }
+}
