@@ -6,7 +6,7 @@
 use chi_discovery::balance::{Balancer, Strategy, usable_by_health};
 use chi_discovery::config::Config;
 use chi_discovery::routing::{
-    REGION_HEADER, Route, Routed, Routers, Smart, VERSION_HEADER, ZONE_HEADER,
+    REGION_HEADER, Route, Routed, Routers, Smart, Usable, VERSION_HEADER, ZONE_HEADER,
 };
 use chi_discovery::{Instance, Snapshot};
 use hyper::header::{HeaderMap, HeaderName};
@@ -66,24 +66,30 @@ pub(crate) fn routers_with_strategy(config: &Config, strategy: &str) -> anyhow::
 }
 
 /// Picks for `route`, avoiding the instances in `tried` (earlier attempts of the same request)
-/// while another one is usable.
+/// while another one is usable, and those `room` refuses (circuit breaking) while another one
+/// has room.
 pub(crate) fn pick(
     router: &Smart<Balancer>,
     snapshot: &Snapshot,
     route: &Route<'_>,
     tried: &[String],
+    room: Option<&Usable<'_>>,
 ) -> Option<Picked> {
     // A retry asks the balancer again (it moves on), then takes any other instance of the
     // routed subset, then any other usable instance of the service.
     let rounds = if tried.is_empty() { 1 } else { 3 };
     for _ in 0..rounds {
-        let routed = router.pick(snapshot, route)?;
+        let routed = match room {
+            None => router.pick(snapshot, route)?,
+            Some(room) => router.pick_usable(snapshot, route, room)?,
+        };
         if !tried.contains(&routed.instance().id) {
             return Some(Picked::Routed(routed));
         }
     }
     let healthy = |i: &Instance| !router.skips_unhealthy() || usable_by_health(i);
-    let untried = |i: &Instance| !tried.contains(&i.id) && healthy(i);
+    let untried =
+        |i: &Instance| !tried.contains(&i.id) && healthy(i) && room.is_none_or(|room| room(i));
     let subset = router.route(snapshot, route)?;
     let all = snapshot.instances();
     let index = subset

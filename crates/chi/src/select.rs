@@ -61,7 +61,7 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut misses = 0u64;
     for _ in 0..args.count {
-        match pick::pick(&router, &snapshot, &route, &[]) {
+        match pick::pick(&router, &snapshot, &route, &[], None) {
             Some(p) => *counts.entry(p.instance().id.clone()).or_default() += 1,
             None => misses += 1,
         }

@@ -27,6 +27,8 @@ use super::service::{Service, Target};
 use super::upstream;
 use crate::cli::RouteBy;
 use crate::pick::{self, Picked};
+use chi_discovery::Instance;
+use chi_discovery::routing::{Slot, Usable};
 
 /// Largest request body the proxy buffers (bodies are kept to replay them on retries).
 const MAX_BODY: usize = 16 << 20;
@@ -228,11 +230,35 @@ impl Proxy {
                     }
                 },
             };
-            let Some(picked) = pick::pick(service.state.router(), &snapshot, &route, &tried) else {
+            let breaker = service.state.breaker();
+            let room = |i: &Instance| breaker.is_none_or(|b| b.has_room(&i.id));
+            let room: Option<&Usable<'_>> = breaker.map(|_| &room as &Usable<'_>);
+            let Some(picked) = pick::pick(service.state.router(), &snapshot, &route, &tried, room)
+            else {
                 break;
             };
+            // Circuit breaking: every instance it could go to is at its bound: fail fast.
+            let slot = match breaker {
+                None => None,
+                Some(b) => match b.try_acquire(&picked.instance().id) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        service.metrics.overflows.inc();
+                        return plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "chi proxy: every instance of `{name}` has {} requests in flight (load_balancer.circuit_breaker.max_requests)",
+                                b.max_requests()
+                            ),
+                        );
+                    }
+                },
+            };
             let last = attempt == self.max_attempts;
-            match self.attempt(worker, service, picked, request, last).await {
+            match self
+                .attempt(worker, service, picked, slot, request, last)
+                .await
+            {
                 Attempt::Answered(response) => return response,
                 Attempt::Failed { id, error, stop } => {
                     tracing::debug!(service = name, attempt, "attempt failed: {error}");
@@ -259,6 +285,7 @@ impl Proxy {
         worker: usize,
         service: &Service,
         picked: Picked,
+        slot: Option<Slot>,
         request: &Outgoing,
         last: bool,
     ) -> Attempt {
@@ -288,7 +315,7 @@ impl Proxy {
                 if !failed_status(resp.status()) || last || !request.retry_any =>
             {
                 self.record(service, id, !failed_status(resp.status()));
-                return Attempt::Answered(upstream_response(resp, picked, &target, lease));
+                return Attempt::Answered(upstream_response(resp, picked, slot, &target, lease));
             }
             Ok(Ok((resp, _))) => (format!("{id} answered {}", resp.status()), false),
             Ok(Err(e)) => {

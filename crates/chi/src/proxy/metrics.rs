@@ -23,6 +23,7 @@ pub(super) struct ProxyMetrics {
     requests: Family<Labels, Counter>,
     attempts: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
+    overflows: Family<Labels, Counter>,
     /// The library's metrics (for the per-instance selection counters).
     pub(super) library: LibraryMetrics,
 }
@@ -34,6 +35,8 @@ pub(super) struct ServiceMetrics {
     /// Requests by status class, 1xx to 5xx.
     pub(super) by_class: [Counter; 5],
     pub(super) latency: Histogram,
+    /// Requests refused by the circuit breaker.
+    pub(super) overflows: Counter,
 }
 
 impl ProxyMetrics {
@@ -61,6 +64,12 @@ impl ProxyMetrics {
             "Time from request to response head, retries included",
             latency.clone(),
         );
+        let overflows = Family::<Labels, Counter>::default();
+        registry.register(
+            "chi_proxy_circuit_breaker_overflows",
+            "Requests refused because every instance they could go to had load_balancer.circuit_breaker.max_requests in flight",
+            overflows.clone(),
+        );
         // The library's metrics too: discovery and selection metrics, cache and instances.
         let library = LibraryMetrics::register(&mut registry, MetricsConfig::default());
         library.instrument_client(&mut registry, client);
@@ -76,6 +85,7 @@ impl ProxyMetrics {
             requests,
             attempts,
             latency,
+            overflows,
             library,
         };
         (metrics, render)
@@ -108,11 +118,16 @@ impl ProxyMetrics {
             .latency
             .get_or_create(&vec![("service".to_owned(), name.to_owned())])
             .clone();
+        let overflows = self
+            .overflows
+            .get_or_create(&vec![("service".to_owned(), name.to_owned())])
+            .clone();
         ServiceMetrics {
             attempt_ok,
             attempt_failed,
             by_class,
             latency,
+            overflows,
         }
     }
 }

@@ -92,7 +92,10 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         client,
         routers,
         // The config file has no outlier section: the library's defaults (see there).
-        settings: ServiceStateConfig::default(),
+        settings: ServiceStateConfig {
+            max_requests_per_instance: source.config.load_balancer.max_requests_per_instance,
+            ..ServiceStateConfig::default()
+        },
         workers,
         services: RwLock::new(HashMap::new()),
         max_attempts: source.config.retry.max_attempts.max(1),

@@ -20,6 +20,7 @@ use super::headers::{UPSTREAM_HEADER, strip_hop_by_hop};
 use super::service::Target;
 use super::upstream::Lease;
 use crate::pick::Picked;
+use chi_discovery::routing::Slot;
 
 /// The body of every answer of the proxy.
 pub(super) type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -46,6 +47,7 @@ pub(super) fn plain(status: StatusCode, text: impl Into<String>) -> Response<Pro
 pub(super) fn upstream_response(
     resp: Response<Incoming>,
     picked: Picked,
+    slot: Option<Slot>,
     target: &Target,
     lease: Lease,
 ) -> Response<ProxyBody> {
@@ -64,6 +66,7 @@ pub(super) fn upstream_response(
     let body = Guarded {
         inner: body,
         _picked: picked,
+        _slot: slot,
         lease,
     };
     Response::from_parts(parts, BoxBody::new(body))
@@ -73,6 +76,8 @@ pub(super) fn upstream_response(
 struct Guarded {
     inner: Incoming,
     _picked: Picked,
+    /// The circuit breaker's slot of the instance, freed with the body.
+    _slot: Option<Slot>,
     /// The upstream connection, returned to its idle list once the body is read to the end
     /// (dropped, so closed, if the client goes away first).
     lease: Option<Lease>,

@@ -117,7 +117,12 @@ pub(crate) fn start_proxy(strategy: &str, registry: &str) -> ProxyProc {
 
 /// [`start_proxy`] with more arguments.
 pub(crate) fn start_proxy_with(strategy: &str, registry: &str, extra: &[&str]) -> ProxyProc {
-    let file = yaml(&proxy_config(strategy));
+    start_proxy_config(&proxy_config(strategy), registry, extra)
+}
+
+/// A proxy on the config `text`.
+fn start_proxy_config(text: &str, registry: &str, extra: &[&str]) -> ProxyProc {
+    let file = yaml(text);
     let mut cmd = chi();
     cmd.args(["proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .arg("-c")
@@ -583,5 +588,63 @@ async fn proxy_keeps_upstream_connections_alive() {
     assert_eq!(
         conns, 1,
         "{n} sequential requests opened {conns} upstream connections"
+    );
+}
+
+/// A backend that answers `ok` after `delay`, on a thread of its own.
+fn slow_backend(delay: std::time::Duration) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                std::thread::sleep(delay);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    port
+}
+
+/// `load_balancer.circuit_breaker.max_requests: 1` on one slow instance: a second request while
+/// the first runs is refused at once with 503 naming the setting, and counted in the metrics.
+#[test]
+fn proxy_circuit_breaker_fails_fast_and_counts() {
+    let host = Agent::start(&registration("registry-host", 1, "v1", ""), &[]);
+    let port = slow_backend(std::time::Duration::from_millis(800));
+    let _agent = Agent::start(
+        &registration("slow", port, "v1", ""),
+        &["--registry", &host.url()],
+    );
+    let config = proxy_config("round_robin").replace(
+        "    strategy: \"round_robin\"\n",
+        "    strategy: \"round_robin\"\n    circuit_breaker:\n      max_requests: 1\n",
+    );
+    let proxy = start_proxy_config(&config, &host.url(), &[]);
+    crate::support::eventually("the proxy to reach the slow backend", || {
+        http_get(&proxy.addr, "/slow/warm").0 == 200
+    });
+    let addr = proxy.addr.clone();
+    let first = std::thread::spawn(move || http_get(&addr, "/slow/one"));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let (status, body) = http_get(&proxy.addr, "/slow/two");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("circuit_breaker.max_requests"), "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(300),
+        "fails fast"
+    );
+    assert_eq!(first.join().expect("first").0, 200);
+    let (_, metrics) = http_get(&proxy.admin, "/metrics");
+    assert!(
+        metrics.contains("chi_proxy_circuit_breaker_overflows_total{service=\"slow\"} 1"),
+        "{metrics}"
     );
 }
