@@ -247,6 +247,17 @@ impl Registry for Consul {
                 check_target_is_own(instance, &c.target)?;
             }
         }
+        for c in checks {
+            if let Some(after) = c.deregister_critical_service_after
+                && after < Duration::from_secs(60)
+            {
+                tracing::info!(
+                    id = %instance.id,
+                    ?after,
+                    "Consul reaps critical services after at least 1m (its minimum), and checks every 30s"
+                );
+            }
+        }
         self.inner
             .lock_checks()
             .insert(instance.id.clone(), checks.to_vec());
