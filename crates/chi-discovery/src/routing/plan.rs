@@ -42,6 +42,10 @@ pub(super) struct Plan<B> {
     /// False only for the placeholder a router starts with.
     pub(super) built: bool,
     pub(super) revision: u64,
+    /// Unique per plan of a router: the revision its leaves' balancers are given, so that they
+    /// rebuild their tables whenever a plan changes a leaf's list, also from the same snapshot
+    /// (a new subset deal).
+    pub(super) generation: u64,
     /// The [`SubsetSource`] version the plan was dealt from.
     pub(super) subset_version: u64,
     pub(super) panic: bool,
@@ -66,6 +70,7 @@ impl<B> Plan<B> {
         Plan {
             built: false,
             revision: 0,
+            generation: 0,
             subset_version: 0,
             panic: false,
             versions: FxHashMap::default(),
@@ -101,6 +106,7 @@ impl<B> Plan<B> {
         let mut plan = Plan {
             built: true,
             revision,
+            generation: 0,
             subset_version: 0,
             panic,
             versions: FxHashMap::default(),

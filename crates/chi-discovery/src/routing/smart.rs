@@ -17,6 +17,7 @@
 //! some requests may still succeed, none would without. The version and geo rules still apply
 //! within that set.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
@@ -63,6 +64,8 @@ pub struct Smart<B: Stage = Balancer> {
     /// The draws of zone-aware spills.
     rng: Arc<dyn RandomSource>,
     subset: Option<Arc<SubsetSource>>,
+    /// Plans built so far: the source of [`Plan::generation`].
+    plans: AtomicU64,
     plan: ArcSwap<Plan<B>>,
     rebuild: Mutex<()>,
 }
@@ -227,6 +230,7 @@ impl<B: Stage> Smart<B> {
             zone_aware: ZoneAwareConfig::default(),
             rng: Arc::new(ThreadRandom),
             subset: None,
+            plans: AtomicU64::new(0),
             plan: ArcSwap::from_pointee(Plan::placeholder()),
             rebuild: Mutex::new(()),
         }
@@ -336,6 +340,7 @@ impl<B: Stage> Smart<B> {
             &*self.make,
         );
         plan.subset_version = subset_version;
+        plan.generation = self.plans.fetch_add(1, Ordering::Relaxed);
         let plan = Arc::new(plan);
         // An older snapshot than the current plan's (a race around a swap) gets its own plan
         // without replacing the newer one.
@@ -385,7 +390,7 @@ impl<B: Stage> Smart<B> {
     ) -> Option<Routed<B>> {
         let subset = self.route(snapshot, route)?;
         let leaf = subset.leaf();
-        let revision = subset.plan.revision;
+        let revision = subset.plan.generation;
         let (index, guard) = leaf
             .balancer
             .pick(&leaf.instances, revision, route.key, usable)
