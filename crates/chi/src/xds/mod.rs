@@ -29,6 +29,7 @@
 
 mod delta;
 mod follow;
+mod grace;
 mod resources;
 mod sotw;
 mod state;
@@ -92,7 +93,11 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
             .enable_version_routing
             .then(|| Arc::from(source.config.routing.default_version.as_str())),
     };
-    let server = XdsServer::new(Hub::new(client, registry), shape.clone(), args.max_streams);
+    let server = XdsServer::new(
+        Hub::new(client, registry, args.restart_grace),
+        shape.clone(),
+        args.max_streams,
+    );
     let closing = server.closing.clone();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -25,6 +25,7 @@ use super::state::Hub;
 use super::{Closing, XdsServer};
 
 mod delta;
+mod grace;
 mod routing;
 mod sotw;
 
@@ -120,7 +121,7 @@ impl Registry for Flaky {
     }
 }
 
-/// A server on loopback over `registry`.
+/// A server on loopback.
 struct Fixture {
     addr: std::net::SocketAddr,
     hub: Arc<Hub>,
@@ -134,7 +135,18 @@ impl Drop for Fixture {
     }
 }
 
+/// A server on loopback over `registry`, without a restart grace (a resync is served as is).
 async fn serve(registry: Arc<dyn Registry>, shape: Shape, max_streams: u32) -> Fixture {
+    serve_with_grace(registry, shape, max_streams, Duration::ZERO).await
+}
+
+/// A server on loopback over `registry` whose resyncs after an error hold removals for `grace`.
+async fn serve_with_grace(
+    registry: Arc<dyn Registry>,
+    shape: Shape,
+    max_streams: u32,
+    grace: Duration,
+) -> Fixture {
     let retry = RetryPolicy {
         initial_interval: Duration::from_millis(50),
         max_interval: Duration::from_millis(200),
@@ -143,7 +155,7 @@ async fn serve(registry: Arc<dyn Registry>, shape: Shape, max_streams: u32) -> F
     let client = DiscoveryClient::builder()
         .retry(retry)
         .build(registry.clone());
-    let hub = Hub::new(client, registry);
+    let hub = Hub::new(client, registry, grace);
     let server = XdsServer::new(hub.clone(), shape, max_streams);
     let closing = server.closing.clone();
     let service = server.into_service();
