@@ -29,6 +29,10 @@ use tokio::sync::watch;
 
 /// How often the service catalogue is read for wildcard (all-services) subscriptions.
 const CATALOG_PERIOD: Duration = Duration::from_secs(5);
+/// How often the registry is probed for outages a watch may not see (with a restart grace).
+const PROBE_PERIOD: Duration = Duration::from_secs(1);
+/// A probe that takes longer counts as a failure.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One service as the streams see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,8 +62,13 @@ pub(crate) struct Hub {
     catalog_started: AtomicBool,
     /// Revisions of every service view (see [`ServiceView::revision`]).
     revisions: AtomicU64,
-    /// How long a resync after a watch error holds removals (zero: not at all).
+    /// How long removals wait after a registry failure (zero: not at all).
     grace: Duration,
+    /// Counts the failed probes of the registry; every service's grace starts over on one. A
+    /// short outage (a registry restarted between two checks of a watch) can pass unseen by
+    /// the watches, whose reconnect then delivers a partial list as ordinary removals.
+    outages: watch::Sender<u64>,
+    probe_started: AtomicBool,
 }
 
 /// Every service name the registry lists; `None` until it answered once, so a wildcard
@@ -90,6 +99,8 @@ impl Hub {
             catalog_started: AtomicBool::new(false),
             revisions: AtomicU64::new(0),
             grace,
+            outages: watch::Sender::new(0),
+            probe_started: AtomicBool::new(false),
         })
     }
 
@@ -111,6 +122,9 @@ impl Hub {
         let (tx, rx) = watch::channel(ServiceView::default());
         services.insert(service.to_owned(), tx.clone());
         drop(services);
+        if !self.grace.is_zero() && !self.probe_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(probe(Arc::downgrade(self)));
+        }
         tokio::spawn(follow(self.clone(), service.to_owned(), tx));
         rx
     }
@@ -143,6 +157,7 @@ async fn follow(hub: Arc<Hub>, service: String, tx: watch::Sender<ServiceView>) 
         }
     };
     let mut served = Served::new(hub.grace);
+    let mut outages = hub.outages.subscribe();
     loop {
         let deadline = served.deadline();
         tokio::select! {
@@ -164,6 +179,7 @@ async fn follow(hub: Arc<Hub>, service: String, tx: watch::Sender<ServiceView>) 
                     publish(&tx, served.list(), &hub.revisions);
                 }
             },
+            Ok(()) = outages.changed() => served.failed(),
             () = sleep_until(deadline) => {
                 if served.expire(tokio::time::Instant::now()) {
                     tracing::info!(%service, "restart grace over: removing the instances that did not come back");
@@ -226,6 +242,27 @@ fn fingerprints(list: &[Instance]) -> BTreeMap<String, u64> {
             (v.to_owned(), h.finish())
         })
         .collect()
+}
+
+/// Lists the registry's services every [`PROBE_PERIOD`] while some service is followed, and
+/// counts a failure (or an answer slower than [`PROBE_TIMEOUT`]) as an outage.
+async fn probe(hub: std::sync::Weak<Hub>) {
+    loop {
+        let Some(h) = hub.upgrade() else { return };
+        if !h.lock().is_empty() {
+            let failed = match tokio::time::timeout(PROBE_TIMEOUT, h.registry.services()).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+            };
+            if let Some(e) = failed {
+                tracing::debug!("registry probe failed, removals wait for the restart grace: {e}");
+                h.outages.send_modify(|n| *n += 1);
+            }
+        }
+        drop(h);
+        tokio::time::sleep(PROBE_PERIOD).await;
+    }
 }
 
 /// Reads the registry's service names every [`CATALOG_PERIOD`] while the hub lives; an error
