@@ -104,3 +104,50 @@ async fn an_instance_that_does_not_come_back_is_removed_when_the_grace_ends() {
     assert_eq!(delta::ports(&r2), vec![7001, 7002]);
     assert!(r2.removed_resources.is_empty());
 }
+
+#[tokio::test]
+async fn removals_after_an_outage_the_watch_did_not_see_wait_for_the_grace() {
+    let flaky = Flaky::new();
+    for (id, port) in [("a", 7001), ("b", 7002), ("c", 7003)] {
+        flaky
+            .register(&inst(id, port, "z1"))
+            .await
+            .expect("register");
+    }
+    let f = serve_with_grace(flaky.clone(), round_robin(), 8, GRACE).await;
+    let mut ads = Ads::open(&f).await;
+    ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
+    let e1 = ads.recv().await;
+    assert_eq!(ports(&e1), vec![7001, 7002, 7003]);
+    ads.ack(&e1, &[SERVICE]).await;
+
+    // Down long enough for the probe (every second) to notice; the watch stays open.
+    flaky.set_down_quietly(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    flaky.set_down_quietly(false);
+    // Back without b and c: the watch reports them removed; both are held.
+    flaky.deregister(SERVICE, "b").await.expect("deregister");
+    flaky.deregister(SERVICE, "c").await.expect("deregister");
+    let back = Instant::now();
+    ads.quiet().await;
+    flaky
+        .register(&inst("b", 7002, "z1"))
+        .await
+        .expect("register");
+    ads.quiet().await;
+
+    // c is removed when the grace ends.
+    let e2 = ads.recv().await;
+    assert!(
+        back.elapsed() >= GRACE - Duration::from_millis(300),
+        "{:?}",
+        back.elapsed()
+    );
+    assert_eq!(ports(&e2), vec![7001, 7002]);
+    ads.ack(&e2, &[SERVICE]).await;
+
+    // After it, a removal goes out at once.
+    flaky.deregister(SERVICE, "a").await.expect("deregister");
+    let e3 = ads.recv().await;
+    assert_eq!(ports(&e3), vec![7002]);
+}
