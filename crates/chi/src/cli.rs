@@ -290,9 +290,9 @@ pub(crate) struct XdsArgs {
     /// Send routes over RDS (ADS) instead of inline in the listeners.
     #[arg(long)]
     pub(crate) rds: bool,
-    /// After a registry error, how long the resync keeps serving endpoints it lacks that were
-    /// there before (a restarted registry gets its instances back one by one); additions go out
-    /// at once. 0s turns it off.
+    /// After a registry failure, how long endpoints served before it that the registry lacks
+    /// once back are still served (a restarted registry gets its instances back one by one);
+    /// additions go out at once. 0s turns it off.
     #[arg(long, default_value = "10s", value_parser = parse_duration_or_zero, value_name = "DURATION")]
     pub(crate) restart_grace: std::time::Duration,
 }
