@@ -153,8 +153,22 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime_like(s)
 }
 
+/// Like [`parse_duration`], and `0s` (or `0ms`, `0m`) is zero.
+pub(crate) fn parse_duration_or_zero(s: &str) -> Result<std::time::Duration, String> {
+    duration_units(s)
+}
+
 /// `500ms`, `3s`, `1m`: the units chi-config.yaml uses.
 fn humantime_like(s: &str) -> Result<std::time::Duration, String> {
+    let d = duration_units(s)?;
+    if d.is_zero() {
+        return Err(format!("{:?}: must be more than zero", s.trim()));
+    }
+    Ok(d)
+}
+
+/// A number and a unit (`ms`, `s`, `m`), zero included.
+fn duration_units(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit())
@@ -169,9 +183,6 @@ fn humantime_like(s: &str) -> Result<std::time::Duration, String> {
         "m" => std::time::Duration::from_secs(n * 60),
         _ => return Err(format!("{s:?}: unknown unit {unit:?}, expected ms, s or m")),
     };
-    if d.is_zero() {
-        return Err(format!("{s:?}: must be more than zero"));
-    }
     Ok(d)
 }
 
@@ -279,4 +290,9 @@ pub(crate) struct XdsArgs {
     /// Send routes over RDS (ADS) instead of inline in the listeners.
     #[arg(long)]
     pub(crate) rds: bool,
+    /// After a registry failure, how long endpoints served before it that the registry lacks
+    /// once back are still served (a restarted registry gets its instances back one by one);
+    /// additions go out at once. 0s turns it off.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    pub(crate) restart_grace: std::time::Duration,
 }

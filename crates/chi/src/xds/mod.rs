@@ -24,11 +24,12 @@
 //!
 //! Both variants build their resources with [`resources`] (shaped as gRPC proposal A27,
 //! "xDS-Based Global Load Balancing", expects them), share the encoded bytes and the registry
-//! watches ([`state`], [`follow`]), keep the same update order, zone priorities, version routes
-//! and stale-on-error rule, and count against one bound on streams.
+//! watches ([`state`], [`follow`]), keep the same update order, zone priorities, version routes,
+//! stale-on-error rule and restart grace ([`grace`]), and count against one bound on streams.
 
 mod delta;
 mod follow;
+mod grace;
 mod resources;
 mod sotw;
 mod state;
@@ -92,7 +93,11 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
             .enable_version_routing
             .then(|| Arc::from(source.config.routing.default_version.as_str())),
     };
-    let server = XdsServer::new(Hub::new(client, registry), shape.clone(), args.max_streams);
+    let server = XdsServer::new(
+        Hub::new(client, registry, args.restart_grace),
+        shape.clone(),
+        args.max_streams,
+    );
     let closing = server.closing.clone();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -102,7 +107,7 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         })?;
     let bound: SocketAddr = listener.local_addr()?;
     println!("xds on grpc://{bound}");
-    tracing::info!(%bound, strategy = shape.strategy.as_str(), rds = shape.rds, geo = shape.geo.is_enabled(), max_streams = args.max_streams, "serving ADS");
+    tracing::info!(%bound, strategy = shape.strategy.as_str(), rds = shape.rds, geo = shape.geo.is_enabled(), max_streams = args.max_streams, restart_grace = ?args.restart_grace, "serving ADS");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(server.into_service())

@@ -4,7 +4,8 @@
 //! [`DiscoveryClient::watch`], which reconnects by itself and resyncs with a `Reset`) and
 //! publishes the service's instances on a `tokio::sync::watch` channel that every interested
 //! stream reads. The watch ends when the last stream lets go of the service. A watch error never
-//! changes the published list: clients keep the last endpoints they had (stale on error).
+//! changes the published list: clients keep the last endpoints they had (stale on error). After
+//! an error, the resync's removals wait for the restart grace ([`super::grace`]).
 //!
 //! [`TypeState`] is one stream's bookkeeping for one resource type, as the xDS protocol wants it
 //! (envoyproxy/envoy `api/xds_protocol.rst`, "ACK/NACK and resource type instance version"):
@@ -22,11 +23,16 @@ use chi_discovery::{DiscoveryClient, Instance, Registry};
 
 use envoy_types::pb::google::protobuf::Any;
 
+use super::grace::Served;
 use super::resources::{ClientPlace, Kind, versions_of};
 use tokio::sync::watch;
 
 /// How often the service catalogue is read for wildcard (all-services) subscriptions.
 const CATALOG_PERIOD: Duration = Duration::from_secs(5);
+/// How often the registry is probed for outages a watch may not see (with a restart grace).
+const PROBE_PERIOD: Duration = Duration::from_secs(1);
+/// A probe that takes longer counts as a failure.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One service as the streams see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +62,13 @@ pub(crate) struct Hub {
     catalog_started: AtomicBool,
     /// Revisions of every service view (see [`ServiceView::revision`]).
     revisions: AtomicU64,
+    /// How long removals wait after a registry failure (zero: not at all).
+    grace: Duration,
+    /// Counts the failed probes of the registry; every service's grace starts over on one. A
+    /// short outage (a registry restarted between two checks of a watch) can pass unseen by
+    /// the watches, whose reconnect then delivers a partial list as ordinary removals.
+    outages: watch::Sender<u64>,
+    probe_started: AtomicBool,
 }
 
 /// Every service name the registry lists; `None` until it answered once, so a wildcard
@@ -72,7 +85,12 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(client: DiscoveryClient, registry: Arc<dyn Registry>) -> Arc<Hub> {
+    /// Services of `registry`, read through `client`; `grace` is the restart grace.
+    pub(crate) fn new(
+        client: DiscoveryClient,
+        registry: Arc<dyn Registry>,
+        grace: Duration,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             client,
             registry,
@@ -80,6 +98,9 @@ impl Hub {
             catalog: watch::Sender::new(None),
             catalog_started: AtomicBool::new(false),
             revisions: AtomicU64::new(0),
+            grace,
+            outages: watch::Sender::new(0),
+            probe_started: AtomicBool::new(false),
         })
     }
 
@@ -101,6 +122,9 @@ impl Hub {
         let (tx, rx) = watch::channel(ServiceView::default());
         services.insert(service.to_owned(), tx.clone());
         drop(services);
+        if !self.grace.is_zero() && !self.probe_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(probe(Arc::downgrade(self)));
+        }
         tokio::spawn(follow(self.clone(), service.to_owned(), tx));
         rx
     }
@@ -121,7 +145,8 @@ impl Hub {
 }
 
 /// Follows `service` until no stream wants it: applies the registry's changes and publishes
-/// the list when it changed. Errors are logged and leave the list as it was.
+/// the list when it changed. Errors are logged and leave the list as it was; the resync after one
+/// holds its removals for the restart grace, and they go out when it ends.
 async fn follow(hub: Arc<Hub>, service: String, tx: watch::Sender<ServiceView>) {
     let mut watcher = match hub.client.watch(&service).await {
         Ok(w) => w,
@@ -131,8 +156,10 @@ async fn follow(hub: Arc<Hub>, service: String, tx: watch::Sender<ServiceView>) 
             return;
         }
     };
-    let mut view: HashMap<String, Instance> = HashMap::new();
+    let mut served = Served::new(hub.grace);
+    let mut outages = hub.outages.subscribe();
     loop {
+        let deadline = served.deadline();
         tokio::select! {
             item = watcher.next() => match item {
                 None => {
@@ -142,12 +169,23 @@ async fn follow(hub: Arc<Hub>, service: String, tx: watch::Sender<ServiceView>) 
                 }
                 Some(Err(e)) => {
                     tracing::warn!(%service, "registry watch error, serving the last endpoints: {e}");
+                    served.failed();
                 }
                 Some(Ok(change)) => {
-                    change.apply(&mut view);
-                    publish(&tx, &view, &hub.revisions);
+                    let held = served.apply(change, tokio::time::Instant::now());
+                    if held > 0 {
+                        tracing::info!(%service, held, grace = ?hub.grace, "resynced after a registry error; instances not back yet are kept for the restart grace");
+                    }
+                    publish(&tx, served.list(), &hub.revisions);
                 }
             },
+            Ok(()) = outages.changed() => served.failed(),
+            () = sleep_until(deadline) => {
+                if served.expire(tokio::time::Instant::now()) {
+                    tracing::info!(%service, "restart grace over: removing the instances that did not come back");
+                    publish(&tx, served.list(), &hub.revisions);
+                }
+            }
             () = tx.closed() => {
                 let mut services = hub.lock();
                 if tx.receiver_count() == 0 {
@@ -160,16 +198,10 @@ async fn follow(hub: Arc<Hub>, service: String, tx: watch::Sender<ServiceView>) 
     }
 }
 
-/// Publishes `view` (sorted by id) when it differs from what the channel holds. An empty list
+/// Publishes `list` (sorted by id) when it differs from what the channel holds. An empty list
 /// is published only for a service that had instances (all of them left); a service never seen
 /// stays without instances, but is marked `known` once the registry answered.
-fn publish(
-    tx: &watch::Sender<ServiceView>,
-    view: &HashMap<String, Instance>,
-    revisions: &AtomicU64,
-) {
-    let mut list: Vec<Instance> = view.values().cloned().collect();
-    list.sort_by(|a, b| a.id.cmp(&b.id));
+fn publish(tx: &watch::Sender<ServiceView>, list: Vec<Instance>, revisions: &AtomicU64) {
     tx.send_if_modified(|current| {
         let same = match &current.instances {
             Some(old) => **old == list,
@@ -188,6 +220,14 @@ fn publish(
     });
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Per version (of the `version` fields), a hash of what the endpoints of the instances serving
 /// it depend on.
 fn fingerprints(list: &[Instance]) -> BTreeMap<String, u64> {
@@ -202,6 +242,27 @@ fn fingerprints(list: &[Instance]) -> BTreeMap<String, u64> {
             (v.to_owned(), h.finish())
         })
         .collect()
+}
+
+/// Lists the registry's services every [`PROBE_PERIOD`] while some service is followed, and
+/// counts a failure (or an answer slower than [`PROBE_TIMEOUT`]) as an outage.
+async fn probe(hub: std::sync::Weak<Hub>) {
+    loop {
+        let Some(h) = hub.upgrade() else { return };
+        if !h.lock().is_empty() {
+            let failed = match tokio::time::timeout(PROBE_TIMEOUT, h.registry.services()).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+            };
+            if let Some(e) = failed {
+                tracing::debug!("registry probe failed, removals wait for the restart grace: {e}");
+                h.outages.send_modify(|n| *n += 1);
+            }
+        }
+        drop(h);
+        tokio::time::sleep(PROBE_PERIOD).await;
+    }
 }
 
 /// Reads the registry's service names every [`CATALOG_PERIOD`] while the hub lives; an error

@@ -27,13 +27,13 @@ use super::{
 use crate::xds::resources::{Kind, Shape};
 
 /// One delta ADS stream, driven by hand.
-struct Delta {
+pub(super) struct Delta {
     tx: mpsc::Sender<DeltaDiscoveryRequest>,
     rx: Streaming<DeltaDiscoveryResponse>,
 }
 
 impl Delta {
-    async fn open(f: &Fixture) -> Delta {
+    pub(super) async fn open(f: &Fixture) -> Delta {
         Self::try_open(f).await.expect("the delta stream opens")
     }
 
@@ -50,7 +50,7 @@ impl Delta {
     }
 
     /// Subscribes to and unsubscribes from names of `kind` (no nonce: a spontaneous request).
-    async fn subscribe(&self, kind: Kind, add: &[&str], drop: &[&str]) {
+    pub(super) async fn subscribe(&self, kind: Kind, add: &[&str], drop: &[&str]) {
         self.send(DeltaDiscoveryRequest {
             type_url: kind.type_url().to_owned(),
             resource_names_subscribe: add.iter().map(|n| (*n).to_owned()).collect(),
@@ -88,7 +88,7 @@ impl Delta {
     }
 
     /// Receives and ACKs a response.
-    async fn take(&mut self) -> DeltaDiscoveryResponse {
+    pub(super) async fn take(&mut self) -> DeltaDiscoveryResponse {
         let r = self.recv().await;
         self.ack(&r).await;
         r
@@ -101,14 +101,14 @@ impl Delta {
         }
     }
 
-    async fn quiet(&mut self) {
+    pub(super) async fn quiet(&mut self) {
         if let Ok(item) = tokio::time::timeout(QUIET, self.rx.next()).await {
             panic!("expected no response, got {item:?}");
         }
     }
 }
 
-fn kind(r: &DeltaDiscoveryResponse) -> Kind {
+pub(super) fn kind(r: &DeltaDiscoveryResponse) -> Kind {
     Kind::from_type_url(&r.type_url).expect("a known type")
 }
 
@@ -128,7 +128,7 @@ fn decode<M: Message + Default>(r: &DeltaDiscoveryResponse) -> Vec<M> {
         .collect()
 }
 
-fn ports(r: &DeltaDiscoveryResponse) -> Vec<u32> {
+pub(super) fn ports(r: &DeltaDiscoveryResponse) -> Vec<u32> {
     cla_ports(&decode::<ClusterLoadAssignment>(r))
 }
 

@@ -25,6 +25,7 @@ use super::state::Hub;
 use super::{Closing, XdsServer};
 
 mod delta;
+mod grace;
 mod routing;
 mod sotw;
 
@@ -64,6 +65,12 @@ impl Flaky {
         if down {
             let _ = self.outage.send(());
         }
+    }
+
+    /// Down without ending the open watches: an outage only a probe of the registry notices
+    /// (a registry restarted between two checks of a watch).
+    fn set_down_quietly(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     fn check(&self) -> chi_discovery::Result<()> {
@@ -120,7 +127,7 @@ impl Registry for Flaky {
     }
 }
 
-/// A server on loopback over `registry`.
+/// A server on loopback.
 struct Fixture {
     addr: std::net::SocketAddr,
     hub: Arc<Hub>,
@@ -134,7 +141,18 @@ impl Drop for Fixture {
     }
 }
 
+/// A server on loopback over `registry`, without a restart grace (a resync is served as is).
 async fn serve(registry: Arc<dyn Registry>, shape: Shape, max_streams: u32) -> Fixture {
+    serve_with_grace(registry, shape, max_streams, Duration::ZERO).await
+}
+
+/// A server on loopback over `registry` whose resyncs after an error hold removals for `grace`.
+async fn serve_with_grace(
+    registry: Arc<dyn Registry>,
+    shape: Shape,
+    max_streams: u32,
+    grace: Duration,
+) -> Fixture {
     let retry = RetryPolicy {
         initial_interval: Duration::from_millis(50),
         max_interval: Duration::from_millis(200),
@@ -143,7 +161,7 @@ async fn serve(registry: Arc<dyn Registry>, shape: Shape, max_streams: u32) -> F
     let client = DiscoveryClient::builder()
         .retry(retry)
         .build(registry.clone());
-    let hub = Hub::new(client, registry);
+    let hub = Hub::new(client, registry, grace);
     let server = XdsServer::new(hub.clone(), shape, max_streams);
     let closing = server.closing.clone();
     let service = server.into_service();
