@@ -10,6 +10,9 @@
 //!   instance against the mean, and the subsets that move when one instance (or one client)
 //!   leaves.
 //!
+//! - **Slow start**: a joining instance's share of a weighted round robin against Envoy's curve,
+//!   second by second (on a paused clock).
+//!
 //! The seed names the clients and instances and drives the zone-aware draws: the same seed
 //! prints the same table.
 
@@ -19,7 +22,9 @@ use std::sync::Arc;
 use chi_discovery::balance::{Balancer, SeededRandom, Strategy};
 use chi_discovery::config::Config;
 use chi_discovery::registry::{Memory, Registry};
-use chi_discovery::routing::{Route, RoutingConfig, Smart, Subsetting, ZoneAwareConfig};
+use chi_discovery::routing::{
+    Route, RoutingConfig, SlowStartConfig, Smart, Subsetting, ZoneAwareConfig,
+};
 use chi_discovery::{DiscoveryClient, HealthStatus, Instance};
 
 #[tokio::main(flavor = "current_thread")]
@@ -32,7 +37,64 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("seed {seed}\n");
     zone_aware(seed).await?;
     subsetting(seed);
+    slow_start().await;
     Ok(())
+}
+
+/// Four warm instances and one that joins, weighted round robin, a 10 s linear ramp from 10 %:
+/// the joiner's share against the curve's `f / (4 + f)`, on a paused clock.
+async fn slow_start() {
+    println!("## Slow start: 4 warm instances, 1 joins; weighted round robin, 10 s linear ramp\n");
+    println!("| t | weight factor | expected share | simulated share | off by |");
+    println!("| --- | --- | --- | --- | --- |");
+    tokio::time::pause();
+    let config = SlowStartConfig::new(std::time::Duration::from_secs(10));
+    let router = Smart::from_config(&RoutingConfig::default(), || {
+        Balancer::new(Strategy::WeightedRoundRobin)
+    })
+    .slow_start(config);
+    let fleet = |n: u16| -> Vec<Instance> {
+        (1..=n)
+            .map(|p| Instance::new("svc", "10.0.0.1", p).with_health(HealthStatus::Healthy))
+            .collect()
+    };
+    let registry = Arc::new(Memory::new());
+    for i in fleet(4) {
+        let _ = registry.register(&i).await;
+    }
+    let client = DiscoveryClient::new(registry.clone());
+    if let Ok(warm) = client.discover("svc").await {
+        let _ = router.pick(&warm, &Route::default());
+    }
+    for i in fleet(5) {
+        let _ = registry.register(&i).await;
+    }
+    client.forget("svc");
+    let Ok(joined) = client.discover("svc").await else {
+        return;
+    };
+    let mut worst: f64 = 0.0;
+    for second in 0..=11u64 {
+        let t = std::time::Duration::from_secs(second);
+        let f = config.factor(t);
+        let want = f / (4.0 + f);
+        let picks = 10_000;
+        let hits = (0..picks)
+            .filter_map(|_| router.pick(&joined, &Route::default()))
+            .filter(|r| r.instance().port == 5)
+            .count();
+        let got = hits as f64 / picks as f64;
+        let off = (got - want) / want;
+        worst = worst.max(off.abs());
+        println!(
+            "| {second} s | {f:.2} | {:.2} % | {:.2} % | {:+.1} % |",
+            100.0 * want,
+            100.0 * got,
+            100.0 * off
+        );
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+    }
+    println!("\nworst: {:.1} % off the curve\n", 100.0 * worst);
 }
 
 /// Requests from each zone of `sizes` (clients spread evenly), with and without zone-aware.

@@ -72,6 +72,8 @@ pub struct LoadBalancerConfig {
     /// Deterministic subsetting: instances per client (`subset_size`); the clients are this
     /// service's instances, so it needs `registration`.
     pub subset_size: Option<usize>,
+    /// Slow start (`slow_start`).
+    pub slow_start: Option<crate::routing::SlowStartConfig>,
 }
 
 impl Default for Config {
@@ -91,6 +93,7 @@ impl Default for Config {
                 zone_aware: crate::routing::ZoneAwareConfig::default(),
                 max_requests_per_instance: None,
                 subset_size: None,
+                slow_start: None,
             },
             routing: RoutingConfig::default(),
         }

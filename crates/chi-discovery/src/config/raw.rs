@@ -163,6 +163,15 @@ pub struct LoadBalancer {
     pub zone_aware: Option<ZoneAware>,
     pub circuit_breaker: Option<CircuitBreaker>,
     pub subset_size: Option<usize>,
+    pub slow_start: Option<SlowStart>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowStart {
+    pub window: Option<String>,
+    pub aggression: Option<f64>,
+    pub min_weight_percent: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

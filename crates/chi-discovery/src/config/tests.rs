@@ -404,6 +404,34 @@ fn circuit_breaker_is_read_and_zero_is_refused() {
 }
 
 #[test]
+fn slow_start_is_read_and_bad_values_name_the_field() {
+    let c = load(&spec_with(
+        "    health_check_enabled: true\n",
+        "    health_check_enabled: true\n    slow_start:\n      window: 30s\n      aggression: 2\n",
+    ))
+    .expect("loads");
+    let s = c.load_balancer.slow_start.expect("slow start");
+    assert_eq!(s.window, std::time::Duration::from_secs(30));
+    assert_eq!((s.aggression, s.min_weight_percent), (2.0, 10.0));
+    assert_err(
+        &spec_with(
+            "    health_check_enabled: true\n",
+            "    health_check_enabled: true\n    slow_start:\n      window: 30s\n      min_weight_percent: 150\n",
+        ),
+        "service_discovery.load_balancer.slow_start.min_weight_percent",
+        &["between 0 and 100", "got 150"],
+    );
+    assert_err(
+        &spec_with(
+            "    health_check_enabled: true\n",
+            "    health_check_enabled: true\n    slow_start:\n      aggression: 1\n",
+        ),
+        "service_discovery.load_balancer.slow_start.window",
+        &["is required"],
+    );
+}
+
+#[test]
 fn timeout_not_shorter_than_interval() {
     assert_err(
         &spec_with("timeout: \"3s\"", "timeout: \"15s\""),

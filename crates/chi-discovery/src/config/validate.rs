@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::instance::{CheckTarget, CheckedBy, HealthCheck, ServiceConfig};
 use crate::registry::Registries;
 use crate::retry::RetryPolicy;
-use crate::routing::ZoneAwareConfig;
+use crate::routing::{SlowStartConfig, ZoneAwareConfig};
 
 pub(super) fn registration(r: raw::Registration, at: &Field) -> Result<ServiceConfig> {
     let name = r.name.ok_or_else(|| at.join("name").err("is required"))?;
@@ -255,6 +255,10 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
             None => cp.err(m),
         })?;
     let zone_aware = zone_aware(l.zone_aware.unwrap_or_default(), &at.join("zone_aware"))?;
+    let slow_start = l
+        .slow_start
+        .map(|s| slow_start(s, &at.join("slow_start")))
+        .transpose()?;
     let max_requests = l.circuit_breaker.and_then(|c| c.max_requests);
     if max_requests == Some(0) {
         return Err(at
@@ -268,6 +272,7 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
         consistent_hash,
         zone_aware,
         max_requests_per_instance: max_requests,
+        slow_start,
         subset_size: match l.subset_size {
             Some(0) => {
                 return Err(at
@@ -276,6 +281,35 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
             }
             other => other,
         },
+    })
+}
+
+fn slow_start(s: raw::SlowStart, at: &Field) -> Result<SlowStartConfig> {
+    let window = s
+        .window
+        .as_deref()
+        .ok_or_else(|| {
+            at.join("window")
+                .err("is required (how long the ramp lasts, e.g. \"30s\")")
+        })
+        .and_then(|w| positive_duration(w, &at.join("window")))?;
+    let d = SlowStartConfig::new(window);
+    let aggression = s.aggression.unwrap_or(d.aggression);
+    if !aggression.is_finite() || aggression <= 0.0 {
+        return Err(at.join("aggression").err(format!(
+            "must be greater than 0 (1 is linear), got {aggression}"
+        )));
+    }
+    let min_weight_percent = s.min_weight_percent.unwrap_or(d.min_weight_percent);
+    if !(0.0..=100.0).contains(&min_weight_percent) {
+        return Err(at.join("min_weight_percent").err(format!(
+            "must be between 0 and 100, got {min_weight_percent}"
+        )));
+    }
+    Ok(SlowStartConfig {
+        window,
+        aggression,
+        min_weight_percent,
     })
 }
 

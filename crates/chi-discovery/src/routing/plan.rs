@@ -6,6 +6,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::geo::Target;
+use super::slow_start::weighted;
 use super::smart::Decision;
 use super::spill::{Spill, ZoneAwareConfig};
 use super::{Geo, GeoStep, Route, Version};
@@ -46,6 +47,8 @@ pub(super) struct Plan<B> {
     /// rebuild their tables whenever a plan changes a leaf's list, also from the same snapshot
     /// (a new subset deal).
     pub(super) generation: u64,
+    /// Slow start: when to plan again while something ramps.
+    pub(super) ramp_until: Option<tokio::time::Instant>,
     /// The [`SubsetSource`] version the plan was dealt from.
     pub(super) subset_version: u64,
     pub(super) panic: bool,
@@ -63,6 +66,8 @@ pub(super) struct Rules<'a> {
     pub(super) geo: &'a Geo,
     pub(super) skip_unhealthy: bool,
     pub(super) zone_aware: &'a ZoneAwareConfig,
+    /// Slow start: the weight factors of the instances that ramp (empty: none does).
+    pub(super) ramp: &'a FxHashMap<String, f64>,
 }
 
 impl<B> Plan<B> {
@@ -71,6 +76,7 @@ impl<B> Plan<B> {
             built: false,
             revision: 0,
             generation: 0,
+            ramp_until: None,
             subset_version: 0,
             panic: false,
             versions: FxHashMap::default(),
@@ -92,7 +98,11 @@ impl<B> Plan<B> {
             geo,
             skip_unhealthy,
             zone_aware,
+            ramp,
         } = *rules;
+        let ramped: Option<Vec<Instance>> =
+            (!ramp.is_empty()).then(|| instances.iter().map(|i| weighted(i, ramp)).collect());
+        let instances: &[Instance] = ramped.as_deref().unwrap_or(instances);
         let usable: Vec<&Instance> = instances
             .iter()
             .filter(|i| !skip_unhealthy || i.health.is_usable())
@@ -107,6 +117,7 @@ impl<B> Plan<B> {
             built: true,
             revision,
             generation: 0,
+            ramp_until: None,
             subset_version: 0,
             panic,
             versions: FxHashMap::default(),

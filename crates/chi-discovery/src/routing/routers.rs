@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 use std::sync::Arc;
 
-use super::{RoutingConfig, Smart, SubsetSource, ZoneAwareConfig};
+use super::{RoutingConfig, SlowStartConfig, Smart, SubsetSource, ZoneAwareConfig};
 
 /// The recipe of every service's router; see the module docs.
 #[derive(Debug, Clone)]
@@ -20,6 +20,7 @@ pub struct Routers {
     routing: RoutingConfig,
     zone_aware: ZoneAwareConfig,
     subset: Option<Arc<SubsetSource>>,
+    slow_start: Option<SlowStartConfig>,
 }
 
 impl Routers {
@@ -45,6 +46,7 @@ impl Routers {
             balancer,
             routing: config.routing.clone(),
             zone_aware: lb.zone_aware.clone(),
+            slow_start: lb.slow_start,
             subset: match (lb.subset_size, &config.registration) {
                 (Some(k), Some(me)) => Some(Arc::new(SubsetSource::new(me.instance_id(), k))),
                 _ => None,
@@ -62,6 +64,10 @@ impl Routers {
         })
         .skip_unhealthy(skip_unhealthy)
         .zone_aware(self.zone_aware.clone());
+        let router = match self.slow_start {
+            Some(s) => router.slow_start(s),
+            None => router,
+        };
         match &self.subset {
             Some(s) => router.subset(s.clone()),
             None => router,

@@ -24,6 +24,7 @@ use arc_swap::{ArcSwap, Guard};
 
 use super::RoutingConfig;
 use super::plan::{Leaf, MakeLeaf, Plan, Rules};
+use super::slow_start::{Ramps, SlowStartConfig};
 use super::spill::ZoneAwareConfig;
 use super::stage::any_instance;
 use super::subset::SubsetSource;
@@ -64,6 +65,7 @@ pub struct Smart<B: Stage = Balancer> {
     /// The draws of zone-aware spills.
     rng: Arc<dyn RandomSource>,
     subset: Option<Arc<SubsetSource>>,
+    slow_start: Option<(SlowStartConfig, Ramps)>,
     /// Plans built so far: the source of [`Plan::generation`].
     plans: AtomicU64,
     plan: ArcSwap<Plan<B>>,
@@ -230,6 +232,7 @@ impl<B: Stage> Smart<B> {
             zone_aware: ZoneAwareConfig::default(),
             rng: Arc::new(ThreadRandom),
             subset: None,
+            slow_start: None,
             plans: AtomicU64::new(0),
             plan: ArcSwap::from_pointee(Plan::placeholder()),
             rebuild: Mutex::new(()),
@@ -270,11 +273,23 @@ impl<B: Stage> Smart<B> {
         self
     }
 
+    /// Slow start ([`super::slow_start`]): an instance that joins or comes back healthy ramps
+    /// from a fraction of its weight to all of it over `config.window`, with the weighted
+    /// strategies.
+    pub fn slow_start(mut self, config: SlowStartConfig) -> Self {
+        self.slow_start = Some((config, Ramps::default()));
+        self
+    }
+
+    /// True while `plan` still holds: its subset deal is the current one and no ramp step is due.
     #[inline]
-    fn subset_current(&self, plan: &Plan<B>) -> bool {
+    fn current(&self, plan: &Plan<B>) -> bool {
         self.subset
             .as_ref()
             .is_none_or(|s| s.version() == plan.subset_version)
+            && plan
+                .ramp_until
+                .is_none_or(|t| tokio::time::Instant::now() < t)
     }
 
     /// The random source of zone-aware spills (default: per-thread; a
@@ -303,7 +318,7 @@ impl<B: Stage> Smart<B> {
     #[inline]
     fn plan(&self, snapshot: &Snapshot) -> Guard<Arc<Plan<B>>> {
         let plan = self.plan.load();
-        if plan.built && plan.revision == snapshot.revision() && self.subset_current(&plan) {
+        if plan.built && plan.revision == snapshot.revision() && self.current(&plan) {
             return plan;
         }
         drop(plan);
@@ -314,8 +329,7 @@ impl<B: Stage> Smart<B> {
     fn rebuild(&self, snapshot: &Snapshot) -> Arc<Plan<B>> {
         let _lock = lock(&self.rebuild);
         let current = self.plan.load_full();
-        if current.built && current.revision == snapshot.revision() && self.subset_current(&current)
-        {
+        if current.built && current.revision == snapshot.revision() && self.current(&current) {
             return current;
         }
         let previous = current.built.then_some(&*current);
@@ -326,11 +340,24 @@ impl<B: Stage> Smart<B> {
             }
             None => (None, 0),
         };
+        let now = tokio::time::Instant::now();
+        let ramp = match &self.slow_start {
+            Some((config, ramps)) => {
+                let list = dealt.as_deref().unwrap_or(snapshot.instances());
+                let usable: Vec<&Instance> = list
+                    .iter()
+                    .filter(|i| !self.skip_unhealthy || i.health.is_usable())
+                    .collect();
+                ramps.factors(config, &usable, now)
+            }
+            None => Default::default(),
+        };
         let rules = Rules {
             version: &self.version,
             geo: &self.geo,
             skip_unhealthy: self.skip_unhealthy,
             zone_aware: &self.zone_aware,
+            ramp: &ramp,
         };
         let mut plan = Plan::build(
             dealt.as_deref().unwrap_or(snapshot.instances()),
@@ -341,10 +368,15 @@ impl<B: Stage> Smart<B> {
         );
         plan.subset_version = subset_version;
         plan.generation = self.plans.fetch_add(1, Ordering::Relaxed);
+        plan.ramp_until = match &self.slow_start {
+            Some((config, _)) if !ramp.is_empty() => Some(now + config.step()),
+            _ => None,
+        };
         let plan = Arc::new(plan);
         // An older snapshot than the current plan's (a race around a swap) gets its own plan
-        // without replacing the newer one.
-        if !current.built || current.revision < snapshot.revision() {
+        // without replacing the newer one; the same snapshot's new plan (a new subset deal, a
+        // slow-start step) replaces it.
+        if !current.built || current.revision <= snapshot.revision() {
             self.plan.store(plan.clone());
         }
         tracing::debug!(
