@@ -185,6 +185,8 @@ pub struct CircuitBreaker {
 pub struct ZoneAware {
     pub enabled: Option<bool>,
     pub min_instances: Option<usize>,
+    pub load_aware: Option<bool>,
+    pub load_band: Option<f64>,
     #[serde(default)]
     pub clients: IndexMap<String, f64>,
 }

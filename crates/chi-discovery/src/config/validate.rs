@@ -328,10 +328,18 @@ fn zone_aware(z: raw::ZoneAware, at: &Field) -> Result<ZoneAwareConfig> {
         }
         clients.insert(zone, share);
     }
+    let load_band = z.load_band.unwrap_or(d.load_band);
+    if !load_band.is_finite() || load_band < 0.0 {
+        return Err(at.join("load_band").err(format!(
+            "expected a fraction of at least 0 (0.25: 25 % above the region's load), got {load_band}"
+        )));
+    }
     Ok(ZoneAwareConfig {
         enabled: z.enabled.unwrap_or(false),
         min_instances,
         clients,
+        load_aware: z.load_aware.unwrap_or(false),
+        load_band,
     })
 }
 

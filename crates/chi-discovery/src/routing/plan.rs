@@ -2,6 +2,7 @@
 //! group a leaf with its own balancer, built once per snapshot revision (see [`super::Smart`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustc_hash::FxHashMap;
 
@@ -35,6 +36,8 @@ pub(super) struct Group {
 pub(super) struct Leaf<B> {
     pub(super) instances: Vec<Instance>,
     pub(super) balancer: Arc<B>,
+    /// Requests in flight through this leaf (counted only when zone-aware is load-aware).
+    pub(super) load: Arc<AtomicU32>,
     pub(super) version: Option<Box<str>>,
     pub(super) place: Option<Box<str>>,
 }
@@ -47,6 +50,10 @@ pub(super) struct Plan<B> {
     /// rebuild their tables whenever a plan changes a leaf's list, also from the same snapshot
     /// (a new subset deal).
     pub(super) generation: u64,
+    /// Zone-aware load band, when load-aware (leaf loads are counted then).
+    pub(super) load_band: Option<f64>,
+    /// Leaf key -> in-flight counter, carried over to the next plan as the balancers are.
+    pub(super) loads: FxHashMap<String, Arc<AtomicU32>>,
     /// Slow start: when to plan again while something ramps.
     pub(super) ramp_until: Option<tokio::time::Instant>,
     /// The [`SubsetSource`] version the plan was dealt from.
@@ -77,6 +84,8 @@ impl<B> Plan<B> {
             revision: 0,
             generation: 0,
             ramp_until: None,
+            load_band: None,
+            loads: FxHashMap::default(),
             subset_version: 0,
             panic: false,
             versions: FxHashMap::default(),
@@ -118,6 +127,8 @@ impl<B> Plan<B> {
             revision,
             generation: 0,
             ramp_until: None,
+            load_band: None,
+            loads: FxHashMap::default(),
             subset_version: 0,
             panic,
             versions: FxHashMap::default(),
@@ -125,6 +136,8 @@ impl<B> Plan<B> {
             leaves: Vec::new(),
             balancers: FxHashMap::default(),
         };
+        plan.load_band =
+            (zone_aware.enabled && zone_aware.load_aware).then_some(zone_aware.load_band);
         plan.any = plan.group(None, &base, geo, previous, make, zone_aware);
         if version.is_enabled() {
             let mut by_version: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
@@ -221,10 +234,15 @@ impl<B> Plan<B> {
         make: &MakeLeaf<B>,
     ) -> usize {
         let balancer = make(previous.and_then(|p| p.balancers.get(&key)));
-        self.balancers.insert(key, balancer.clone());
+        let load = previous
+            .and_then(|p| p.loads.get(&key).cloned())
+            .unwrap_or_default();
+        self.balancers.insert(key.clone(), balancer.clone());
+        self.loads.insert(key, load.clone());
         self.leaves.push(Leaf {
             instances: members.iter().map(|i| (*i).clone()).collect(),
             balancer,
+            load,
             version: version.map(Into::into),
             place: place.map(Into::into),
         });
@@ -248,9 +266,9 @@ impl<B> Plan<B> {
         );
         let (leaf, gstep) = match target {
             Target::Place(id) => match group.spill.get(&id) {
-                // Zone-aware: this zone is short of its clients' share.
-                Some((spill, zones)) => match spill.choose(unit(rng.next_u64())) {
-                    Some(z) => (zones[z], GeoStep::Spilled),
+                // Zone-aware: this zone is short of its clients' share (or, load-aware, loaded).
+                Some((spill, zones)) => match self.spill(id, spill, zones, unit(rng.next_u64())) {
+                    Some(other) => (other, GeoStep::Spilled),
                     None => (id, gstep),
                 },
                 None => (id, gstep),
@@ -265,5 +283,51 @@ impl<B> Plan<B> {
                 panic: self.panic,
             },
         )
+    }
+
+    /// Where a request of zone leaf `me` goes with the draw `u`: `None` to stay, or the leaf it
+    /// spills to (see [`Spill`]; load-aware, the loads of the region's zones cut the stay share).
+    fn spill(&self, me: usize, spill: &Spill, zones: &[usize], u: f64) -> Option<usize> {
+        let Some(band) = self.load_band else {
+            return spill.choose(u).map(|z| zones[z]);
+        };
+        let load: Vec<f64> = zones
+            .iter()
+            .map(|&l| f64::from(self.leaves[l].load.load(Ordering::Relaxed)))
+            .collect();
+        let size: Vec<f64> = zones
+            .iter()
+            .map(|&l| self.leaves[l].instances.len() as f64)
+            .collect();
+        let at = zones.iter().position(|&l| l == me)?;
+        let stay = spill.stay_under_load(at, &load, &size, band);
+        if u < stay {
+            return None;
+        }
+        if u < spill.stay {
+            // The load spill: to the other zones by their room, n / (1 + load per instance).
+            let room: Vec<f64> = (0..zones.len())
+                .map(|z| {
+                    if z == at || size[z] <= 0.0 {
+                        0.0
+                    } else {
+                        size[z] / (1.0 + load[z] / size[z])
+                    }
+                })
+                .collect();
+            let total: f64 = room.iter().sum();
+            if total <= 0.0 {
+                return None;
+            }
+            let mut v = (u - stay) / (spill.stay - stay) * total;
+            for (z, r) in room.iter().enumerate() {
+                if v < *r {
+                    return Some(zones[z]);
+                }
+                v -= r;
+            }
+            return room.iter().rposition(|r| *r > 0.0).map(|z| zones[z]);
+        }
+        spill.choose(u).map(|z| zones[z])
     }
 }

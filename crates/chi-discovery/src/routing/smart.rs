@@ -17,7 +17,7 @@
 //! some requests may still succeed, none would without. The version and geo rules still apply
 //! within that set.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
@@ -138,6 +138,17 @@ pub struct Routed<B: Stage = Balancer> {
     subset: Subset<B>,
     index: usize,
     guard: B::Guard,
+    /// Load-aware zone routing: this request's count in its leaf's load, until dropped.
+    _load: Option<LeafLoad>,
+}
+
+/// One request counted in a leaf's in-flight load; uncounted on drop.
+struct LeafLoad(Arc<AtomicU32>);
+
+impl Drop for LeafLoad {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<B: Stage> std::fmt::Debug for Routed<B> {
@@ -430,10 +441,16 @@ impl<B: Stage> Smart<B> {
                 leaf.balancer
                     .pick(&leaf.instances, revision, route.key, any_instance())
             })?;
+        let load = subset.plan.load_band.map(|_| {
+            let counter = subset.leaf().load.clone();
+            counter.fetch_add(1, Ordering::Relaxed);
+            LeafLoad(counter)
+        });
         Some(Routed {
             subset,
             index,
             guard,
+            _load: load,
         })
     }
 }

@@ -33,6 +33,12 @@ pub struct ZoneAwareConfig {
     pub min_instances: usize,
     /// Clients per zone, when known (default: an even spread over the zones with instances).
     pub clients: BTreeMap<String, f64>,
+    /// Load-aware (Linkerd's HAZL): spill further while the zone's requests in flight per
+    /// instance exceed the region's by more than `load_band`, and come back as they fall.
+    pub load_aware: bool,
+    /// How far above the region's in-flight load per instance a zone may run before it spills
+    /// (default 0.25: 25 %).
+    pub load_band: f64,
 }
 
 impl Default for ZoneAwareConfig {
@@ -42,6 +48,8 @@ impl Default for ZoneAwareConfig {
             enabled: false,
             min_instances: 6,
             clients: BTreeMap::new(),
+            load_aware: false,
+            load_band: 0.25,
         }
     }
 }
@@ -77,7 +85,8 @@ impl ZoneAwareConfig {
                 .collect();
             let leaves: Vec<usize> = zs.iter().map(|z| z.2).collect();
             for (spill, leaf) in Spill::plan(&capacity, &clients).into_iter().zip(&leaves) {
-                if spill.stay < 1.0 {
+                // Load-aware, every zone may spill: the route weighs the loads per request.
+                if spill.stay < 1.0 || self.load_aware {
                     out.insert(*leaf, (spill, leaves.clone()));
                 }
             }
@@ -147,6 +156,26 @@ impl Spill {
         Spill {
             stay: 1.0,
             to: Vec::new(),
+        }
+    }
+
+    /// Load-aware: the share of this zone's requests that may stay given the requests in flight
+    /// per zone (`load[z]`, `size[z]` instances, `me` this zone): the capacity share, cut down
+    /// in proportion while the zone runs more than `band` above the region's load per instance.
+    pub fn stay_under_load(&self, me: usize, load: &[f64], size: &[f64], band: f64) -> f64 {
+        let (total_load, total_size): (f64, f64) = (load.iter().sum(), size.iter().sum());
+        let (Some(&mine), Some(&n)) = (load.get(me), size.get(me)) else {
+            return self.stay;
+        };
+        if total_load <= 0.0 || total_size <= 0.0 || n <= 0.0 {
+            return self.stay;
+        }
+        let limit = (1.0 + band) * total_load / total_size;
+        let per = mine / n;
+        if per <= limit {
+            self.stay
+        } else {
+            self.stay * limit / per
         }
     }
 
@@ -282,5 +311,105 @@ mod routed {
         assert_eq!(cross, 0);
         let hottest = load.values().copied().max().unwrap_or(0) as f64;
         assert!(hottest / mean > 2.4, "hottest {hottest} vs mean {mean}");
+    }
+}
+
+#[cfg(test)]
+mod load_aware {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use super::ZoneAwareConfig;
+    use crate::balance::{Balancer, SeededRandom, Strategy};
+    use crate::instance::{HealthStatus, Instance};
+    use crate::routing::{Route, Routed, RoutingConfig, Smart};
+    use crate::snapshot::Snapshot;
+
+    /// Three zones of 5 instances, 10 requests per tick from each zone's clients. Requests served
+    /// in zone a take `slow` ticks while it is slow, 2 otherwise. Returns zone a's cross-zone
+    /// share over ticks `from..to` of each phase: (slow, recovered).
+    pub(crate) fn run(load_aware: bool) -> (f64, f64) {
+        let zones = ["z-a", "z-b", "z-c"];
+        let mut instances = Vec::new();
+        for zone in zones {
+            for i in 0..5u16 {
+                instances.push(
+                    Instance::new("svc", format!("10.{zone}"), 8000 + i)
+                        .with_meta("region", "r")
+                        .with_meta("zone", zone)
+                        .with_health(HealthStatus::Healthy),
+                );
+            }
+        }
+        let snapshot = Snapshot::new(instances, 1);
+        let mut routing = RoutingConfig {
+            enable_geo_routing: true,
+            ..RoutingConfig::default()
+        };
+        routing
+            .regions
+            .insert("r".into(), zones.iter().map(|z| z.to_string()).collect());
+        let router = Smart::from_config(&routing, || Balancer::new(Strategy::RoundRobin))
+            .zone_aware(ZoneAwareConfig {
+                load_aware,
+                ..ZoneAwareConfig::enabled()
+            })
+            .zone_rng(Arc::new(SeededRandom::new(7)));
+        let mut held: VecDeque<(u32, Routed)> = VecDeque::new();
+        let (mut slow_cross, mut slow_total, mut back_cross, mut back_total) = (0, 0, 0, 0);
+        for tick in 0..400u32 {
+            held.retain(|(until, _)| *until > tick);
+            let slow = tick < 200;
+            for zone in zones {
+                let route = Route {
+                    zone: Some(zone),
+                    ..Route::default()
+                };
+                for _ in 0..10 {
+                    let Some(r) = router.pick(&snapshot, &route) else {
+                        continue;
+                    };
+                    let served_in = r.instance().meta("zone").unwrap_or_default().to_owned();
+                    if zone == "z-a" && tick % 200 >= 100 {
+                        let cross = usize::from(served_in != zone);
+                        if slow {
+                            slow_cross += cross;
+                            slow_total += 1;
+                        } else {
+                            back_cross += cross;
+                            back_total += 1;
+                        }
+                    }
+                    let ticks = if slow && served_in == "z-a" { 6 } else { 2 };
+                    held.push_back((tick + ticks, r));
+                }
+            }
+        }
+        (
+            slow_cross as f64 / slow_total.max(1) as f64,
+            back_cross as f64 / back_total.max(1) as f64,
+        )
+    }
+
+    #[test]
+    fn a_loaded_zone_spills_and_comes_back() {
+        let (slow, back) = run(true);
+        println!(
+            "load-aware, zone a 3x slower: {:.1} % of its requests cross; recovered: {:.1} %",
+            100.0 * slow,
+            100.0 * back
+        );
+        assert!(
+            slow > 0.2,
+            "a slow zone keeps {:.0} % home",
+            100.0 * (1.0 - slow)
+        );
+        assert!(
+            back < 0.05,
+            "after recovery {:.1} % still crosses",
+            100.0 * back
+        );
+        // Without load awareness the zones have the same capacity: nothing crosses.
+        assert_eq!(run(false), (0.0, 0.0));
     }
 }
