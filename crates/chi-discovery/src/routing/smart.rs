@@ -277,7 +277,7 @@ impl<B: Stage> Smart<B> {
         self
     }
 
-    /// Deterministic subsetting ([`super::subset`]): this router only ever picks among the
+    /// Deterministic subsetting ([`Subsetting`](super::Subsetting)): this router only ever picks among the
     /// subset `source` deals this client (dealt again when the instances or the clients change).
     pub fn subset(mut self, source: Arc<SubsetSource>) -> Self {
         self.subset = Some(source);

@@ -16,7 +16,7 @@
 //! `min_cluster_size`: with a handful of instances the shares are too coarse to matter).
 //!
 //! The client shares default to an even spread over the region's zones that have instances
-//! (the usual deployment, a client per zone in equal numbers); [`Spill::with_clients`] takes the
+//! (the usual deployment, a client per zone in equal numbers); [`ZoneAwareConfig::clients`] takes the
 //! real spread (the instances of the calling service per zone, as Envoy reads its local
 //! cluster). Everything is computed when membership changes; a pick draws one random number.
 
