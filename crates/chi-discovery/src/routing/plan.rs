@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap;
 use super::geo::Target;
 use super::slow_start::weighted;
 use super::smart::Decision;
-use super::spill::{Spill, ZoneAwareConfig};
+use super::spill::{ZoneAwareConfig, ZoneSpill};
 use super::{Geo, GeoStep, Route, Version};
 use crate::balance::RandomSource;
 use crate::instance::Instance;
@@ -30,7 +30,7 @@ pub(super) struct Group {
     pub(super) zones: FxHashMap<Box<str>, usize>,
     pub(super) regions: FxHashMap<Box<str>, usize>,
     /// Zone-aware spill of a zone's leaf: where its clients' requests go, as leaf ids.
-    pub(super) spill: FxHashMap<usize, (Spill, Vec<usize>)>,
+    pub(super) spill: FxHashMap<usize, ZoneSpill>,
 }
 
 pub(super) struct Leaf<B> {
@@ -267,7 +267,9 @@ impl<B> Plan<B> {
         let (leaf, gstep) = match target {
             Target::Place(id) => match group.spill.get(&id) {
                 // Zone-aware: this zone is short of its clients' share (or, load-aware, loaded).
-                Some((spill, zones)) => match self.spill(id, spill, zones, unit(rng.next_u64())) {
+                Some(spill) => match spill.route(unit(rng.next_u64()), self.load_band, |leaf| {
+                    f64::from(self.leaves[leaf].load.load(Ordering::Relaxed))
+                }) {
                     Some(other) => (other, GeoStep::Spilled),
                     None => (id, gstep),
                 },
@@ -283,51 +285,5 @@ impl<B> Plan<B> {
                 panic: self.panic,
             },
         )
-    }
-
-    /// Where a request of zone leaf `me` goes with the draw `u`: `None` to stay, or the leaf it
-    /// spills to (see [`Spill`]; load-aware, the loads of the region's zones cut the stay share).
-    fn spill(&self, me: usize, spill: &Spill, zones: &[usize], u: f64) -> Option<usize> {
-        let Some(band) = self.load_band else {
-            return spill.choose(u).map(|z| zones[z]);
-        };
-        let load: Vec<f64> = zones
-            .iter()
-            .map(|&l| f64::from(self.leaves[l].load.load(Ordering::Relaxed)))
-            .collect();
-        let size: Vec<f64> = zones
-            .iter()
-            .map(|&l| self.leaves[l].instances.len() as f64)
-            .collect();
-        let at = zones.iter().position(|&l| l == me)?;
-        let stay = spill.stay_under_load(at, &load, &size, band);
-        if u < stay {
-            return None;
-        }
-        if u < spill.stay {
-            // The load spill: to the other zones by their room, n / (1 + load per instance).
-            let room: Vec<f64> = (0..zones.len())
-                .map(|z| {
-                    if z == at || size[z] <= 0.0 {
-                        0.0
-                    } else {
-                        size[z] / (1.0 + load[z] / size[z])
-                    }
-                })
-                .collect();
-            let total: f64 = room.iter().sum();
-            if total <= 0.0 {
-                return None;
-            }
-            let mut v = (u - stay) / (spill.stay - stay) * total;
-            for (z, r) in room.iter().enumerate() {
-                if v < *r {
-                    return Some(zones[z]);
-                }
-                v -= r;
-            }
-            return room.iter().rposition(|r| *r > 0.0).map(|z| zones[z]);
-        }
-        spill.choose(u).map(|z| zones[z])
     }
 }

@@ -64,18 +64,18 @@ impl ZoneAwareConfig {
     }
 
     /// The spills of a routing group: `zones` are `(zone, capacity, leaf)` by region, `size`
-    /// tells a leaf's instance count. Keyed by the leaf of each zone that spills, with the leaves
-    /// of its region's zones (what [`Spill::choose`] indexes).
+    /// tells a leaf's instance count. Keyed by the leaf of each zone that spills.
     pub(crate) fn spills<'a>(
         &self,
         zones: impl IntoIterator<Item = (&'a str, Vec<(&'a str, f64, usize)>)>,
         size: impl Fn(usize) -> usize,
-    ) -> FxHashMap<usize, (Spill, Vec<usize>)> {
+    ) -> FxHashMap<usize, ZoneSpill> {
         let mut out = FxHashMap::default();
         for (_, mut zs) in zones {
             zs.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            let instances: usize = zs.iter().map(|z| size(z.2)).sum();
-            if zs.len() < 2 || instances < self.min_instances {
+            let sizes: Vec<f64> = zs.iter().map(|z| size(z.2) as f64).collect();
+            let instances: f64 = sizes.iter().sum();
+            if zs.len() < 2 || instances < self.min_instances as f64 {
                 continue;
             }
             let capacity: Vec<f64> = zs.iter().map(|z| z.1).collect();
@@ -84,14 +84,95 @@ impl ZoneAwareConfig {
                 .map(|z| self.clients.get(z.0).copied().unwrap_or(1.0))
                 .collect();
             let leaves: Vec<usize> = zs.iter().map(|z| z.2).collect();
-            for (spill, leaf) in Spill::plan(&capacity, &clients).into_iter().zip(&leaves) {
+            for (at, spill) in Spill::plan(&capacity, &clients).into_iter().enumerate() {
                 // Load-aware, every zone may spill: the route weighs the loads per request.
                 if spill.stay < 1.0 || self.load_aware {
-                    out.insert(*leaf, (spill, leaves.clone()));
+                    let zone = ZoneSpill {
+                        spill,
+                        leaves: leaves.clone(),
+                        at,
+                        sizes: sizes.clone(),
+                        instances,
+                    };
+                    out.insert(leaves[at], zone);
                 }
             }
         }
         out
+    }
+}
+
+/// One zone's [`Spill`] with its region, as a routing plan keeps it: everything that is fixed
+/// until membership changes, so that a load-aware pick only reads the zones' in-flight counters.
+#[derive(Debug, Clone)]
+pub(crate) struct ZoneSpill {
+    spill: Spill,
+    /// The leaves of the region's zones, in the order [`Spill::to`] indexes.
+    leaves: Vec<usize>,
+    /// This zone's position in `leaves`.
+    at: usize,
+    /// Instances per zone, and in the region.
+    sizes: Vec<f64>,
+    instances: f64,
+}
+
+impl ZoneSpill {
+    /// Where a request of this zone goes with the uniform draw `u`: `None` to stay, or the leaf
+    /// it spills to. With `band` (load-aware), `load(leaf)` is a zone's requests in flight: the
+    /// stay share is cut while this zone runs above the region by more than the band, and that
+    /// extra spill goes to the other zones by their room, `n / (1 + load per instance)`.
+    #[inline]
+    pub(crate) fn route(
+        &self,
+        u: f64,
+        band: Option<f64>,
+        load: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
+        let Some(band) = band else {
+            return self.spill.choose(u).map(|z| self.leaves[z]);
+        };
+        let n = self.leaves.len();
+        let load_of = |z: usize| load(self.leaves[z]);
+        let total_load: f64 = (0..n).map(load_of).sum();
+        let stay = self.spill.stay_within(
+            load_of(self.at),
+            self.sizes[self.at],
+            total_load,
+            self.instances,
+            band,
+        );
+        if u < stay {
+            return None;
+        }
+        if u >= self.spill.stay {
+            return self.spill.choose(u).map(|z| self.leaves[z]);
+        }
+        let room = |z: usize| {
+            let size = self.sizes[z];
+            if z == self.at || size <= 0.0 {
+                0.0
+            } else {
+                size / (1.0 + load_of(z) / size)
+            }
+        };
+        let total: f64 = (0..n).map(room).sum();
+        if total <= 0.0 {
+            return None;
+        }
+        // The counters move between the two passes: past the end, the last zone with room.
+        let mut v = (u - stay) / (self.spill.stay - stay) * total;
+        let mut last = None;
+        for z in 0..n {
+            let r = room(z);
+            if r > 0.0 {
+                if v < r {
+                    return Some(self.leaves[z]);
+                }
+                last = Some(self.leaves[z]);
+            }
+            v -= r;
+        }
+        last
     }
 }
 
@@ -160,18 +241,22 @@ impl Spill {
     }
 
     /// Load-aware: the share of this zone's requests that may stay given the requests in flight
-    /// per zone (`load[z]`, `size[z]` instances, `me` this zone): the capacity share, cut down
-    /// in proportion while the zone runs more than `band` above the region's load per instance.
-    pub fn stay_under_load(&self, me: usize, load: &[f64], size: &[f64], band: f64) -> f64 {
-        let (total_load, total_size): (f64, f64) = (load.iter().sum(), size.iter().sum());
-        let (Some(&mine), Some(&n)) = (load.get(me), size.get(me)) else {
-            return self.stay;
-        };
-        if total_load <= 0.0 || total_size <= 0.0 || n <= 0.0 {
+    /// (`mine` over this zone's `size` instances, `total_load` over the region's `instances`):
+    /// the capacity share, cut down in proportion while the zone runs more than `band` above
+    /// the region's load per instance.
+    pub fn stay_within(
+        &self,
+        mine: f64,
+        size: f64,
+        total_load: f64,
+        instances: f64,
+        band: f64,
+    ) -> f64 {
+        if total_load <= 0.0 || instances <= 0.0 || size <= 0.0 {
             return self.stay;
         }
-        let limit = (1.0 + band) * total_load / total_size;
-        let per = mine / n;
+        let limit = (1.0 + band) * total_load / instances;
+        let per = mine / size;
         if per <= limit {
             self.stay
         } else {
