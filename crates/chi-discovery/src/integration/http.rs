@@ -123,6 +123,15 @@ impl<B: Stage> HttpRouter<B> {
             .unwrap_or(0)
     }
 
+    /// Calls refused by the circuit breaker, per service called so far (none without a
+    /// breaker): what `Metrics::register_overflows` (feature `metrics`) reads at scrape.
+    pub fn overflow_counts(&self) -> Vec<(String, u64)> {
+        self.lock()
+            .iter()
+            .filter_map(|(name, s)| s.breaker().map(|b| (name.clone(), b.overflows())))
+            .collect()
+    }
+
     /// The outlier detector of `service`, once it was called.
     pub fn outliers(&self, service: &str) -> Option<Arc<OutlierDetector>> {
         self.lock().get(service).map(|s| s.outliers().clone())

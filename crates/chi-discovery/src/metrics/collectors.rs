@@ -180,3 +180,32 @@ impl Collector for RegistrationCollector {
         )
     }
 }
+
+/// Per service, the picks a circuit breaker refused since the start.
+pub(super) type OverflowFn = Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+
+pub(super) struct OverflowCollector {
+    pub(super) overflows: OverflowFn,
+}
+
+impl fmt::Debug for OverflowCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OverflowCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for OverflowCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let mut rows: Vec<(Labels, u64)> = (self.overflows)()
+            .into_iter()
+            .map(|(name, n)| (service(&name), n))
+            .collect();
+        rows.sort();
+        counter(
+            &mut encoder,
+            "chi_circuit_breaker_overflows",
+            "Calls refused at once because every instance was at its in-flight bound",
+            &rows,
+        )
+    }
+}

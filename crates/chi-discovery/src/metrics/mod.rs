@@ -19,6 +19,7 @@
 //! | `chi_registration_registered` | gauge (0/1) | `service`, `instance`, `backend` | [`ServiceManager::status`](crate::ServiceManager::status), read at scrape |
 //! | `chi_registration_failures` | gauge | `service`, `instance`, `backend` | same |
 //! | `chi_registration_reregistrations_total` | counter | `service`, `instance`, `backend` | same |
+//! | `chi_circuit_breaker_overflows_total` | counter | `service` | the circuit breakers' counts ([`Breaker::overflows`](crate::routing::Breaker::overflows)), read at scrape, via [`Metrics::register_overflows`] |
 //!
 //! The first three keep the Go sketch's names and labels. Values that already live in chi (cache
 //! counters, the instance lists, registration state) are read when Prometheus scrapes, through
@@ -45,7 +46,7 @@ use prometheus_client::registry::Registry;
 
 mod collectors;
 
-use collectors::{ClientCollector, RegistrationCollector};
+use collectors::{ClientCollector, OverflowCollector, RegistrationCollector};
 
 use crate::discovery::DiscoveryClient;
 use crate::error::{Error, Result};
@@ -286,6 +287,17 @@ impl Metrics {
         registry.register_collector(Box::new(RegistrationCollector {
             status: Box::new(status),
             per_instance: self.inner.config.per_instance_labels,
+        }));
+    }
+
+    /// Registers a collector of circuit-breaker refusals per service; `overflows` is read at
+    /// every scrape (typically `move || http.overflow_counts()` over an `Arc<HttpRouter>`).
+    pub fn register_overflows<F>(&self, registry: &mut Registry, overflows: F)
+    where
+        F: Fn() -> Vec<(String, u64)> + Send + Sync + 'static,
+    {
+        registry.register_collector(Box::new(OverflowCollector {
+            overflows: Box::new(overflows),
         }));
     }
 }

@@ -38,6 +38,9 @@ pub struct Chi {
     manager: Arc<ServiceManager>,
     discovery: DiscoveryClient,
     routers: Routers,
+    /// The one HTTP helper, so that its circuit breakers' counts reach [`Chi::metrics`].
+    #[cfg(feature = "http")]
+    http: Arc<crate::integration::HttpRouter>,
     /// Keeps the subsetting clients (this service's instances) up to date.
     _clients: Option<AbortOnDrop>,
 }
@@ -85,7 +88,11 @@ impl Chi {
             .retry(config.retry)
             .build(registry.clone());
         let clients = follow_clients(&config, &discovery, &routers);
+        #[cfg(feature = "http")]
+        let http = Arc::new(http_router(&config, &discovery, &routers));
         Chi {
+            #[cfg(feature = "http")]
+            http,
             config,
             registry,
             manager,
@@ -139,26 +146,17 @@ impl Chi {
         &self.routers
     }
 
-    /// An HTTP client that calls peers by name (`http://user-service/...`), routed with this
-    /// stack's routers and discovery, with passive outlier detection (default settings).
+    /// The HTTP client that calls peers by name (`http://user-service/...`), routed with this
+    /// stack's routers and discovery, with passive outlier detection (default settings) and the
+    /// config's circuit breaker. One per stack, shared by every caller.
     #[cfg(feature = "http")]
-    pub fn http(&self) -> crate::integration::HttpRouter {
-        let routers = self.routers.clone();
-        let http = crate::integration::HttpRouter::new(
-            self.discovery.clone(),
-            reqwest::Client::new(),
-            crate::health::OutlierConfig::default(),
-            move || routers.router(),
-        );
-        match self.config.load_balancer.max_requests_per_instance {
-            Some(max) => http.circuit_breaker(max),
-            None => http,
-        }
+    pub fn http(&self) -> Arc<crate::integration::HttpRouter> {
+        self.http.clone()
     }
 
     /// Registers every metric into `registry` and wires it to this stack: discovery requests
-    /// and cache, registration state (when `discovery.cache.enable_metrics` is on, as the file
-    /// says; otherwise only the registration state).
+    /// and cache (when `discovery.cache.enable_metrics` is on, as the file says), registration
+    /// state, and (feature `http`) the circuit breakers' refusals of [`Chi::http`].
     #[cfg(feature = "metrics")]
     pub fn metrics(
         &self,
@@ -171,7 +169,32 @@ impl Chi {
         }
         let manager = self.manager.clone();
         metrics.register_registrations(registry, move || manager.status());
+        #[cfg(feature = "http")]
+        {
+            let http = self.http.clone();
+            metrics.register_overflows(registry, move || http.overflow_counts());
+        }
         metrics
+    }
+}
+
+/// The stack's HTTP helper: its routers, outlier detection, and the configured breaker.
+#[cfg(feature = "http")]
+fn http_router(
+    config: &Config,
+    discovery: &DiscoveryClient,
+    routers: &Routers,
+) -> crate::integration::HttpRouter {
+    let routers = routers.clone();
+    let http = crate::integration::HttpRouter::new(
+        discovery.clone(),
+        reqwest::Client::new(),
+        crate::health::OutlierConfig::default(),
+        move || routers.router(),
+    );
+    match config.load_balancer.max_requests_per_instance {
+        Some(max) => http.circuit_breaker(max),
+        None => http,
     }
 }
 

@@ -146,3 +146,56 @@ fn subset_size_needs_a_registration() {
         "{err}"
     );
 }
+
+/// The stack's one HTTP helper feeds its circuit breaker's refusals to [`Chi::metrics`]: one
+/// call holds the only instance's only slot (a listener that never answers), the next is refused
+/// at once and shows in the scrape.
+#[cfg(all(feature = "metrics", feature = "http"))]
+#[tokio::test]
+async fn circuit_breaker_refusals_reach_the_metrics() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let _hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let memory = Arc::new(crate::registry::Memory::new());
+    memory
+        .register(&crate::Instance::new("slow", "127.0.0.1", port))
+        .await
+        .expect("register");
+    let mut config = Config::default();
+    config.load_balancer.max_requests_per_instance = Some(1);
+    let chi = Chi::over(config, memory).expect("stack");
+    let mut registry = prometheus_client::registry::Registry::default();
+    let _metrics = chi.metrics(&mut registry);
+
+    let http = chi.http();
+    let held =
+        tokio::spawn(async move { http.get("http://slow/", &::http::HeaderMap::new()).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let refused = chi
+        .http()
+        .get("http://slow/", &::http::HeaderMap::new())
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(crate::integration::HttpError::Discovery(
+                crate::Error::Overloaded { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(
+        text.contains("chi_circuit_breaker_overflows_total{service=\"slow\"} 1"),
+        "{text}"
+    );
+    held.abort();
+}
