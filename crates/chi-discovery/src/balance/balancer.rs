@@ -23,7 +23,7 @@ use super::table_cache::{self, next_id};
 use super::{
     ANY, BY_HEALTH, ConsistentHash, ConsistentHashConfig, InFlight, KeyHasher, LeastConnections,
     Loads, Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash,
-    RoundRobin, Select, Strategy, ThreadRandom, WeightedRoundRobin, default_hash,
+    RoundRobin, Select, Strategy, ThreadRandom, WeightedRandom, WeightedRoundRobin, default_hash,
 };
 use crate::error::{Error, Result};
 use crate::instance::Instance;
@@ -91,6 +91,7 @@ impl BalancerConfig {
             Strategy::RoundRobin => Box::new(RoundRobin::new(instances)),
             Strategy::Random => Box::new(Random::with_rng(instances, rng)),
             Strategy::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(instances)),
+            Strategy::WeightedRandom => Box::new(WeightedRandom::with_rng(instances, rng)),
             Strategy::LeastConnections if current => Box::new(LeastConnections::build(
                 instances,
                 previous,

@@ -10,6 +10,8 @@
 //!
 //! - [`RoundRobin`]: one `AtomicUsize`.
 //! - [`Random`]: uniform, with an injectable [`RandomSource`] so tests are deterministic.
+//! - [`WeightedRandom`]: random in proportion to the weights (the Nacos client's default), an
+//!   alias table: one draw and two slot reads.
 //! - [`WeightedRoundRobin`]: nginx's *smooth* weighted round robin, precomputed into a schedule,
 //!   so a pick is one atomic and one slot read whatever the instance count.
 //! - [`LeastConnections`]: fewest in-flight requests (weighted, like nginx `least_conn`); the count
@@ -106,6 +108,7 @@ mod round_robin;
 mod table_cache;
 mod usable;
 mod weighted;
+mod weighted_random;
 
 #[cfg(test)]
 mod tests;
@@ -123,6 +126,7 @@ pub use ring::RingHash;
 pub use rng::{RandomSource, SeededRandom, ThreadRandom};
 pub use round_robin::RoundRobin;
 pub use weighted::WeightedRoundRobin;
+pub use weighted_random::WeightedRandom;
 
 /// The default predicate: an instance is usable unless it is known to be unhealthy.
 pub fn usable_by_health(instance: &Instance) -> bool {
@@ -334,6 +338,8 @@ pub enum Strategy {
     Random,
     /// [`WeightedRoundRobin`].
     WeightedRoundRobin,
+    /// [`WeightedRandom`].
+    WeightedRandom,
     /// [`LeastConnections`].
     LeastConnections,
     /// [`ConsistentHash`] with bounded loads.
@@ -350,10 +356,11 @@ pub enum Strategy {
 
 impl Strategy {
     /// Every strategy, in the order of the docs.
-    pub const ALL: [Strategy; 9] = [
+    pub const ALL: [Strategy; 10] = [
         Strategy::RoundRobin,
         Strategy::Random,
         Strategy::WeightedRoundRobin,
+        Strategy::WeightedRandom,
         Strategy::LeastConnections,
         Strategy::ConsistentHash,
         Strategy::RingHash,
@@ -368,6 +375,7 @@ impl Strategy {
             Strategy::RoundRobin => "round_robin",
             Strategy::Random => "random",
             Strategy::WeightedRoundRobin => "weighted_round_robin",
+            Strategy::WeightedRandom => "weighted_random",
             Strategy::LeastConnections => "least_connections",
             Strategy::ConsistentHash => "consistent_hash",
             Strategy::RingHash => "ring_hash",

@@ -58,6 +58,8 @@ pub(super) struct Plan<B> {
     pub(super) ramp_until: Option<tokio::time::Instant>,
     /// The [`SubsetSource`] version the plan was dealt from.
     pub(super) subset_version: u64,
+    /// Built with [`Rules::even`]: its balancers are the ramp's stand-ins.
+    pub(super) even: bool,
     pub(super) panic: bool,
     pub(super) versions: FxHashMap<Box<str>, Group>,
     pub(super) any: Group,
@@ -75,6 +77,9 @@ pub(super) struct Rules<'a> {
     pub(super) zone_aware: &'a ZoneAwareConfig,
     /// Slow start: the weight factors of the instances that ramp (empty: none does).
     pub(super) ramp: &'a FxHashMap<String, f64>,
+    /// The ramp is balanced by a weighted stand-in of a strategy that ignores weights: every
+    /// instance weighs alike but the ramping ones, and the stand-in balancers are kept apart.
+    pub(super) even: bool,
 }
 
 impl<B> Plan<B> {
@@ -87,6 +92,7 @@ impl<B> Plan<B> {
             load_band: None,
             loads: FxHashMap::default(),
             subset_version: 0,
+            even: false,
             panic: false,
             versions: FxHashMap::default(),
             any: Group::default(),
@@ -108,9 +114,10 @@ impl<B> Plan<B> {
             skip_unhealthy,
             zone_aware,
             ramp,
+            even,
         } = *rules;
         let ramped: Option<Vec<Instance>> =
-            (!ramp.is_empty()).then(|| instances.iter().map(|i| weighted(i, ramp)).collect());
+            (!ramp.is_empty()).then(|| instances.iter().map(|i| weighted(i, ramp, even)).collect());
         let instances: &[Instance] = ramped.as_deref().unwrap_or(instances);
         let usable: Vec<&Instance> = instances
             .iter()
@@ -130,6 +137,7 @@ impl<B> Plan<B> {
             load_band: None,
             loads: FxHashMap::default(),
             subset_version: 0,
+            even,
             panic,
             versions: FxHashMap::default(),
             any: Group::default(),
@@ -233,11 +241,14 @@ impl<B> Plan<B> {
         previous: Option<&Plan<B>>,
         make: &MakeLeaf<B>,
     ) -> usize {
-        let balancer = make(previous.and_then(|p| p.balancers.get(&key)));
+        // A ramp's stand-in balancers and the strategy's own are carried over apart.
+        let kind = if self.even { "~" } else { "" };
+        let balancer_key = format!("{kind}{key}");
+        let balancer = make(previous.and_then(|p| p.balancers.get(&balancer_key)));
         let load = previous
             .and_then(|p| p.loads.get(&key).cloned())
             .unwrap_or_default();
-        self.balancers.insert(key.clone(), balancer.clone());
+        self.balancers.insert(balancer_key, balancer.clone());
         self.loads.insert(key, load.clone());
         self.leaves.push(Leaf {
             instances: members.iter().map(|i| (*i).clone()).collect(),

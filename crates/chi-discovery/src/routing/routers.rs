@@ -64,9 +64,25 @@ impl Routers {
         })
         .skip_unhealthy(skip_unhealthy)
         .zone_aware(self.zone_aware.clone());
-        let router = match self.slow_start {
-            Some(s) => router.slow_start(s),
-            None => router,
+        // The strategies that ignore weights ramp through their weighted forms.
+        let stand_in = match self.balancer.strategy {
+            Strategy::RoundRobin => Some(Strategy::WeightedRoundRobin),
+            Strategy::Random => Some(Strategy::WeightedRandom),
+            _ => None,
+        };
+        let router = match (self.slow_start, stand_in) {
+            (Some(s), Some(weighted)) => {
+                let config = BalancerConfig {
+                    strategy: weighted,
+                    ..self.balancer.clone()
+                };
+                router.slow_start_as(s, move || {
+                    Balancer::with_config(config.clone())
+                        .unwrap_or_else(|_| Balancer::new(weighted))
+                })
+            }
+            (Some(s), None) => router.slow_start(s),
+            (None, _) => router,
         };
         match &self.subset {
             Some(s) => router.subset(s.clone()),

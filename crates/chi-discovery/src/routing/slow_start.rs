@@ -9,10 +9,12 @@
 //! ```
 //!
 //! `aggression` 1 is linear; above 1 the weight rises fast at first, below 1 slowly. The factor
-//! scales the instance's weight, so slow start takes effect with the strategies that weigh
-//! instances: weighted round robin (Envoy's round robin is weighted), least connections / least
-//! request and P2C (load divided by weight), ring hash and Maglev. Plain `round_robin` and
-//! `random` treat instances alike by definition and are not ramped.
+//! scales the instance's weight, so slow start works through the strategies that weigh
+//! instances: weighted round robin and weighted random, least connections / least request and
+//! P2C (load divided by weight), ring hash and Maglev. Plain `round_robin` and `random` treat
+//! instances alike; while something ramps they are replaced by their weighted forms over weights
+//! where every instance counts alike but the ramping ones (what Envoy's round robin, which is
+//! weighted, does with equal weights), and come back when the ramp ends.
 //!
 //! The instances a router sees when it starts are taken as warm. Weights change with time, not
 //! with membership, so while an instance ramps the router re-plans every `window / 20` (at least
@@ -104,12 +106,19 @@ impl Ramps {
 }
 
 /// `instance`'s weight under the ramp `factors` (all weights scaled by [`SCALE`] while anything
-/// ramps, so the ratios hold).
-pub(super) fn weighted(instance: &Instance, factors: &FxHashMap<String, f64>) -> Instance {
+/// ramps, so the ratios hold). `even`: every instance of non-zero weight counts as weight 1 (for
+/// the strategies that ignore weights).
+pub(super) fn weighted(
+    instance: &Instance,
+    factors: &FxHashMap<String, f64>,
+    even: bool,
+) -> Instance {
     let mut out = instance.clone();
-    let base = f64::from(instance.effective_weight()) * f64::from(SCALE);
+    let own = instance.effective_weight();
+    let own = if even { u32::from(own > 0) } else { own };
+    let base = f64::from(own) * f64::from(SCALE);
     let f = factors.get(&instance.id).copied().unwrap_or(1.0);
-    out.weight = ((base * f).round() as u32).max(u32::from(instance.effective_weight() > 0));
+    out.weight = ((base * f).round() as u32).max(u32::from(own > 0));
     // The weight meta key would win over the field: the scaled field is the weight now.
     out.meta.remove("weight");
     out
@@ -137,8 +146,10 @@ mod tests {
 mod routed {
     use std::time::Duration;
 
+    use std::sync::Arc;
+
     use super::SlowStartConfig;
-    use crate::balance::{Balancer, Strategy};
+    use crate::balance::{Balancer, BalancerConfig, SeededRandom, Strategy};
     use crate::instance::{HealthStatus, Instance};
     use crate::routing::{Route, RoutingConfig, Smart};
     use crate::snapshot::Snapshot;
@@ -158,15 +169,9 @@ mod routed {
         hits as f64 / picks as f64
     }
 
-    /// Four warm instances, a fifth joins: with weighted round robin its share follows
-    /// `f / (4 + f)` of Envoy's curve, within 10 %, and is full after the window.
-    #[tokio::test(start_paused = true)]
-    async fn a_joining_instance_follows_the_curve() {
-        let config = SlowStartConfig::new(Duration::from_secs(10));
-        let router = Smart::from_config(&RoutingConfig::default(), || {
-            Balancer::new(Strategy::WeightedRoundRobin)
-        })
-        .slow_start(config);
+    /// Four warm instances, a fifth joins at t = 0: over `picks` picks every half second, its
+    /// share follows `f / (4 + f)` of Envoy's curve within 10 %, and is full after the window.
+    async fn follows_the_curve(router: &Smart, config: SlowStartConfig, picks: usize) {
         let warm = Snapshot::new(fleet(4), 1);
         assert!(router.pick(&warm, &Route::default()).is_some());
         let joined = Snapshot::new(fleet(5), 2);
@@ -175,18 +180,55 @@ mod routed {
             let t = Duration::from_millis(500) * half_seconds;
             let f = config.factor(t);
             let want = f / (4.0 + f);
-            let got = share(&router, &joined, 5, 4_000);
+            let got = share(router, &joined, 5, picks);
             assert!(
                 (got - want).abs() <= 0.1 * want,
                 "at {t:?}: {got:.4} vs {want:.4}"
             );
             tokio::time::advance(Duration::from_millis(500)).await;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_joining_instance_follows_the_curve() {
+        let config = SlowStartConfig::new(Duration::from_secs(10));
+        let router = Smart::from_config(&RoutingConfig::default(), || {
+            Balancer::new(Strategy::WeightedRoundRobin)
+        })
+        .slow_start(config);
+        follows_the_curve(&router, config, 4_000).await;
         // Warm instances are not ramped: at the start they share evenly.
         let fresh = Smart::from_config(&RoutingConfig::default(), || {
             Balancer::new(Strategy::WeightedRoundRobin)
         })
         .slow_start(config);
+        let joined = Snapshot::new(fleet(5), 2);
         assert!((share(&fresh, &joined, 5, 1_000) - 0.2).abs() < 0.01);
+    }
+
+    /// Round robin and random ignore weights; while an instance ramps they are stood in for by
+    /// their weighted forms, then come back (the strategy a pick reports says which).
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_and_random_ramp_through_their_weighted_forms() {
+        let config = SlowStartConfig::new(Duration::from_secs(10));
+        let routers = |plain: Strategy, weighted: Strategy| {
+            let seeded = |strategy| {
+                let mut c = BalancerConfig::new(strategy);
+                c.rng = Arc::new(SeededRandom::new(11));
+                Balancer::with_config(c).expect("valid")
+            };
+            Smart::from_config(&RoutingConfig::default(), move || seeded(plain))
+                .slow_start_as(config, move || seeded(weighted))
+        };
+        for (plain, weighted, picks) in [
+            (Strategy::RoundRobin, Strategy::WeightedRoundRobin, 4_000),
+            (Strategy::Random, Strategy::WeightedRandom, 40_000),
+        ] {
+            let router = routers(plain, weighted);
+            follows_the_curve(&router, config, picks).await;
+            let joined = Snapshot::new(fleet(5), 2);
+            let pick = router.pick(&joined, &Route::default()).expect("a pick");
+            assert_eq!(pick.strategy(), plain.as_str(), "back after the ramp");
+        }
     }
 }

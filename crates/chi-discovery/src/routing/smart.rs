@@ -66,6 +66,8 @@ pub struct Smart<B: Stage = Balancer> {
     rng: Arc<dyn RandomSource>,
     subset: Option<Arc<SubsetSource>>,
     slow_start: Option<(SlowStartConfig, Ramps)>,
+    /// Slow start of a strategy that ignores weights: its weighted stand-in while something ramps.
+    ramp_make: Option<Box<MakeLeaf<B>>>,
     /// Plans built so far: the source of [`Plan::generation`].
     plans: AtomicU64,
     plan: ArcSwap<Plan<B>>,
@@ -244,6 +246,7 @@ impl<B: Stage> Smart<B> {
             rng: Arc::new(ThreadRandom),
             subset: None,
             slow_start: None,
+            ramp_make: None,
             plans: AtomicU64::new(0),
             plan: ArcSwap::from_pointee(Plan::placeholder()),
             rebuild: Mutex::new(()),
@@ -289,6 +292,22 @@ impl<B: Stage> Smart<B> {
     /// strategies.
     pub fn slow_start(mut self, config: SlowStartConfig) -> Self {
         self.slow_start = Some((config, Ramps::default()));
+        self
+    }
+
+    /// Slow start for leaves whose balancer ignores weights (round robin, random): while
+    /// something ramps they are balanced by `make` (the weighted form: weighted round robin,
+    /// weighted random) over weights where every instance counts alike but the ramping ones;
+    /// after the ramp, by the router's own balancers again.
+    pub fn slow_start_as(
+        mut self,
+        config: SlowStartConfig,
+        make: impl Fn() -> B + Send + Sync + 'static,
+    ) -> Self {
+        self.slow_start = Some((config, Ramps::default()));
+        self.ramp_make = Some(Box::new(move |previous: Option<&Arc<B>>| {
+            previous.cloned().unwrap_or_else(|| Arc::new(make()))
+        }));
         self
     }
 
@@ -369,13 +388,24 @@ impl<B: Stage> Smart<B> {
             skip_unhealthy: self.skip_unhealthy,
             zone_aware: &self.zone_aware,
             ramp: &ramp,
+            even: false,
+        };
+        let (rules, make) = match &self.ramp_make {
+            Some(stand_in) if !ramp.is_empty() => (
+                Rules {
+                    even: true,
+                    ..rules
+                },
+                &**stand_in,
+            ),
+            _ => (rules, &*self.make),
         };
         let mut plan = Plan::build(
             dealt.as_deref().unwrap_or(snapshot.instances()),
             snapshot.revision(),
             &rules,
             previous,
-            &*self.make,
+            make,
         );
         plan.subset_version = subset_version;
         plan.generation = self.plans.fetch_add(1, Ordering::Relaxed);
