@@ -215,6 +215,36 @@ fn busy_pick(c: &mut Criterion) {
     }
 }
 
+/// Least connections with health checking off and one instance in a hundred known unhealthy,
+/// every instance busy: picks accept the unhealthy ones too, and the tree counts them.
+fn busy_health_off(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pick_busy_health_off/least_connections");
+    let n = 10_000;
+    let mut list = instances(n);
+    for i in list.iter_mut().step_by(100) {
+        i.health = chi_discovery::HealthStatus::Unhealthy;
+    }
+    let balancer = Balancer::with_config(BalancerConfig {
+        health_check_enabled: false,
+        ..BalancerConfig::new(Strategy::LeastConnections)
+    })
+    .expect("valid");
+    let any = Request::any();
+    let held: Vec<_> = (0..3 * n)
+        .filter_map(|_| balancer.pick_in(&list, 1, &any))
+        .collect();
+    g.bench_function(BenchmarkId::new("1t", n), |b| {
+        b.iter_custom(|iters| {
+            on_threads(1, iters, |_| {
+                let pick = balancer.pick_in(&list, 1, &Request::any());
+                black_box(pick.as_ref().map(|p| p.index()));
+            })
+        })
+    });
+    drop(held);
+    g.finish();
+}
+
 fn rebuild(c: &mut Criterion) {
     let mut g = c.benchmark_group("rebuild");
     let list = instances(1_000);
@@ -235,5 +265,13 @@ fn rebuild(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, baselines, strategies, busy, busy_pick, rebuild);
+criterion_group!(
+    benches,
+    baselines,
+    strategies,
+    busy,
+    busy_pick,
+    busy_health_off,
+    rebuild
+);
 criterion_main!(benches);

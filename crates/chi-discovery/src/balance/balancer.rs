@@ -92,6 +92,10 @@ impl BalancerConfig {
             Strategy::Random => Box::new(Random::with_rng(instances, rng)),
             Strategy::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(instances)),
             Strategy::WeightedRandom => Box::new(WeightedRandom::with_rng(instances, rng)),
+            // The tree over the pool this balancer's own picks use (all of them, health off).
+            Strategy::LeastConnections if current && !self.health_check_enabled => Box::new(
+                LeastConnections::over_all(instances, previous, rng, self.peak_ewma),
+            ),
             Strategy::LeastConnections if current => Box::new(LeastConnections::build(
                 instances,
                 previous,

@@ -12,9 +12,10 @@
 //! O(log n), choosing at random between equal children so that ties spread. Under concurrent
 //! picks the tree may lag the counts by the updates in progress, bounded as that module says.
 //!
-//! A request with its own predicate, or one accepting every instance when some are known to be
-//! unhealthy (which the tree leaves out), gets the exact scan: O(n) loads, starting at a random
-//! candidate so that ties spread. So does a selector built by a [`Balancer`](super::Balancer) only
+//! The tree covers the pool the balancer's own picks draw from: the healthy instances, or every
+//! candidate when health checking is off ([`LeastConnections::over_all`]). A request with its
+//! own predicate, or with the other library predicate when the two pools differ, gets the exact
+//! scan: O(n) loads, starting at a random candidate so that ties spread. So does a selector built by a [`Balancer`](super::Balancer) only
 //! to answer one pick for an outdated list (it does not take the cells over from the current one).
 
 use std::collections::HashSet;
@@ -34,8 +35,10 @@ pub struct LeastConnections {
     weights: Box<[u32]>,
     loads: Loads,
     rng: Arc<dyn RandomSource>,
-    /// Over the healthy pool's positions; `None` for a detached selector.
+    /// Over the positions of the healthy pool (or of every candidate, `over_all`); `None` for a
+    /// detached selector.
     tree: Option<Arc<LoadTree>>,
+    over_all: bool,
 }
 
 impl LeastConnections {
@@ -58,9 +61,40 @@ impl LeastConnections {
         rng: Arc<dyn RandomSource>,
         config: PeakEwmaConfig,
     ) -> Self {
+        Self::build_over(instances, previous, rng, config, false)
+    }
+
+    /// [`build`](Self::build), with the tree over every candidate when `all` (health checking
+    /// off: picks accept unhealthy instances too), else over the healthy ones.
+    pub fn over_all(
+        instances: &[Instance],
+        previous: Option<&Loads>,
+        rng: Arc<dyn RandomSource>,
+        config: PeakEwmaConfig,
+    ) -> Self {
+        Self::build_over(instances, previous, rng, config, true)
+    }
+
+    fn build_over(
+        instances: &[Instance],
+        previous: Option<&Loads>,
+        rng: Arc<dyn RandomSource>,
+        config: PeakEwmaConfig,
+        all: bool,
+    ) -> Self {
         let mut selector = Self::build_detached(instances, previous, rng, config);
+        selector.over_all = all;
         selector.tree = Some(selector.attach_tree());
         selector
+    }
+
+    /// The pool the tree counts.
+    fn tree_pool(&self) -> &Pool {
+        if self.over_all {
+            self.pools.all()
+        } else {
+            self.pools.healthy()
+        }
     }
 
     /// A selector that scans and leaves the counters' tree where it is: for one pick from an
@@ -77,13 +111,14 @@ impl LeastConnections {
             loads: Loads::carry_over(instances, previous, config),
             rng,
             tree: None,
+            over_all: false,
         }
     }
 
-    /// Builds the tree over the healthy pool and makes it the one the cells refresh. A cell listed
+    /// Builds the tree over its pool and makes it the one the cells refresh. A cell listed
     /// twice (two instances with one id share it) counts at its first position only.
     fn attach_tree(&self) -> Arc<LoadTree> {
-        let slots = self.pools.healthy().slots();
+        let slots = self.tree_pool().slots();
         let mut counted = HashSet::with_capacity(slots.len());
         let mut first = Vec::with_capacity(slots.len());
         let mut costs = Vec::with_capacity(slots.len());
@@ -109,7 +144,8 @@ impl LeastConnections {
                 })));
             }
         }
-        // Cells this tree does not count (unhealthy instances) leave any older tree.
+        // Cells this tree does not count (unhealthy instances, when over the healthy ones) leave
+        // any older tree.
         for idx in 0..self.loads.len() {
             if let Some(cell) = self.loads.get(idx)
                 && !counted.contains(&Arc::as_ptr(cell))
@@ -133,12 +169,12 @@ impl LeastConnections {
         self.tree.as_deref()
     }
 
-    /// The tree when it answers for `pool` exactly: the healthy pool, or every candidate when all
-    /// are healthy.
+    /// The tree when it answers for `pool` exactly: the pool it counts (the healthy pool and
+    /// every candidate are one when all are healthy).
     #[inline]
     fn tree_for(&self, pool: &Pool) -> Option<&LoadTree> {
         let tree = self.tree.as_deref()?;
-        std::ptr::eq(pool, self.pools.healthy()).then_some(tree)
+        std::ptr::eq(pool, self.tree_pool()).then_some(tree)
     }
 
     /// A least-loaded instance of `pool` from the tree.

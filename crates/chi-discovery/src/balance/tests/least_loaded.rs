@@ -76,6 +76,51 @@ fn least_connections_picks_a_true_minimum_after_every_change() {
     assert_eq!(cost_of_pick(&lc, &list, idx), 0);
 }
 
+/// Health checking off (picks accept every instance) with some known unhealthy: the tree counts
+/// every candidate, so the picks answer from it (the exact minimum over all of them) and not from
+/// a scan.
+#[test]
+fn with_health_checking_off_the_tree_counts_every_candidate() {
+    let mut list = weighted(&[1, 2, 3, 1, 0, 5, 1, 2, 1, 1, 4, 1, 1]);
+    list[3].health = HealthStatus::Unhealthy;
+    list[8].health = HealthStatus::Unhealthy;
+    let lc = LeastConnections::over_all(
+        &list,
+        None,
+        Arc::new(SeededRandom::new(5)),
+        PeakEwmaConfig::default(),
+    );
+    let tree = lc.tree_for_tests().expect("a tree");
+    let loads = lc.loads().expect("load-aware");
+    // Everything busy but the unhealthy instance 3: only the tree over all finds it.
+    let held: Vec<_> = (0..list.len())
+        .filter(|&i| i != 3)
+        .filter_map(|i| loads.get(i).map(|l| l.start()))
+        .collect();
+    assert!(tree.is_consistent());
+    for _ in 0..100 {
+        assert_eq!(lc.select(&list, &Request::any()), Some(3));
+    }
+    // The tree's positions are every candidate's (instance 3 at position 3; over the healthy
+    // ones only, position 3 would be instance 5, busy).
+    assert_eq!(tree.leaf(3), 0, "instance 3 is counted");
+    assert_eq!(tree.lightest(0), Some(3));
+    let b = Balancer::with_config(BalancerConfig {
+        health_check_enabled: false,
+        ..BalancerConfig::new(Strategy::LeastConnections)
+    })
+    .expect("valid");
+    let snapshot = Snapshot::new(list.clone(), 1);
+    let picks: Vec<_> = (0..list.len() - 1)
+        .filter_map(|_| b.pick(&snapshot, None))
+        .collect();
+    // One each, on every candidate of non-zero weight, the unhealthy ones included.
+    let mut seen: Vec<usize> = picks.iter().map(|p| p.index()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, vec![0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12]);
+    drop((held, picks));
+}
+
 /// Every instance busy, evenly: the picks spread over them instead of going to one.
 #[test]
 fn least_connections_spreads_ties_when_all_are_busy() {
