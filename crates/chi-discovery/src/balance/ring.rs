@@ -65,7 +65,7 @@ impl RingHash {
             .collect();
         let len: usize = points.iter().map(|&p| p as usize).sum();
         // The points are uniform 64-bit hashes, so they are sorted by a counting sort on their top
-        // `bits` (about one point per bucket) and an insertion sort within each bucket: O(n),
+        // `bits` (about one point per bucket), then an insertion sort within each bucket: O(n),
         // where a comparison sort of 160,000 points cost several milliseconds. The bucket
         // starts are the lookup index.
         let bits = (len.max(2).next_power_of_two().trailing_zeros()).clamp(1, 24);
@@ -86,31 +86,34 @@ impl RingHash {
         for b in 0..buckets {
             index[b + 1] += index[b];
         }
-        let mut next: Vec<u32> = index[..buckets].to_vec();
+        // The bucket starts serve as the placing cursors: each stops at the next one's start.
         let mut hashes = vec![0u64; len];
         let mut owners = vec![0u32; len];
         for ((&base, &p), &idx) in bases.iter().zip(&points).zip(&candidates) {
             for k in 0..p {
                 let h = splitmix(base, u64::from(k));
-                let at = &mut next[bucket(h)];
+                let at = &mut index[bucket(h)];
                 hashes[*at as usize] = h;
                 owners[*at as usize] = idx;
                 *at += 1;
             }
         }
-        // Within a bucket (about one point each), by hash then owner.
-        for w in index.windows(2) {
-            let (lo, hi) = (w[0] as usize, w[1] as usize);
-            if hi - lo < 2 {
-                continue;
+        index.copy_within(0..buckets, 1);
+        index[0] = 0;
+        // Within a bucket (about one point each), by hash then owner: the buckets are in order,
+        // so an insertion sort over the whole ring only ever moves a point within its bucket,
+        // and reads it front to back.
+        for i in 1..len {
+            let (h, o) = (hashes[i], owners[i]);
+            let mut j = i;
+            while j > 0 && (hashes[j - 1], owners[j - 1]) > (h, o) {
+                hashes[j] = hashes[j - 1];
+                owners[j] = owners[j - 1];
+                j -= 1;
             }
-            for i in lo + 1..hi {
-                let mut j = i;
-                while j > lo && (hashes[j - 1], owners[j - 1]) > (hashes[j], owners[j]) {
-                    hashes.swap(j - 1, j);
-                    owners.swap(j - 1, j);
-                    j -= 1;
-                }
+            if j != i {
+                hashes[j] = h;
+                owners[j] = o;
             }
         }
         RingHash {
