@@ -14,8 +14,8 @@
 
 use std::sync::Arc;
 
-use super::usable::Predicate;
-use super::{RandomSource, Request, Select, ThreadRandom, accepts, bounded, eligible, scan_from};
+use super::usable::{Pools, Predicate};
+use super::{RandomSource, Request, Select, ThreadRandom, accepts, bounded, scan_from};
 use crate::instance::Instance;
 
 /// Redraws before falling back to a scan.
@@ -90,7 +90,7 @@ pub struct WeightedRandom {
     all: Alias,
     /// `None` when every candidate is healthy (then `all` serves both).
     healthy: Option<Alias>,
-    candidates: Box<[u32]>,
+    pools: Pools,
     rng: Arc<dyn RandomSource>,
 }
 
@@ -102,16 +102,12 @@ impl WeightedRandom {
 
     /// Weighted random choice over `instances` with `rng`.
     pub fn with_rng(instances: &[Instance], rng: Arc<dyn RandomSource>) -> Self {
-        let candidates = eligible(instances);
-        let healthy: Vec<u32> = candidates
-            .iter()
-            .copied()
-            .filter(|&i| instances[i as usize].health.is_usable())
-            .collect();
+        let pools = Pools::new(instances);
+        let (all, healthy) = (pools.all(), pools.healthy());
         WeightedRandom {
-            all: Alias::new(instances, &candidates),
-            healthy: (healthy.len() != candidates.len()).then(|| Alias::new(instances, &healthy)),
-            candidates: candidates.into(),
+            all: Alias::new(instances, all.slots()),
+            healthy: (!std::ptr::eq(all, healthy)).then(|| Alias::new(instances, healthy.slots())),
+            pools,
             rng,
         }
     }
@@ -143,13 +139,9 @@ impl Select for WeightedRandom {
                 return Some(last);
             }
         }
-        let at = self.candidates.iter().position(|&c| c as usize == last);
-        scan_from(
-            &self.candidates,
-            instances,
-            request,
-            at.map_or(0, |p| p + 1),
-        )
+        let candidates = self.pools.all().slots();
+        let at = candidates.iter().position(|&c| c as usize == last);
+        scan_from(candidates, instances, request, at.map_or(0, |p| p + 1))
     }
 }
 
