@@ -648,3 +648,39 @@ fn proxy_circuit_breaker_fails_fast_and_counts() {
         "{metrics}"
     );
 }
+
+/// `load_balancer.slow_start` with round robin: a backend that joins a warm pair gets a small
+/// share at first (its weight ramps from 10 %, through weighted round robin) and an even third
+/// once the window is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_slow_start_ramps_a_joining_backend() {
+    let f = fleet(&[("b1", "v1", "us-east-1", 1), ("b2", "v1", "us-east-1", 1)]).await;
+    let config = proxy_config("round_robin").replace(
+        "    strategy: \"round_robin\"\n",
+        "    strategy: \"round_robin\"\n    slow_start:\n      window: \"6s\"\n",
+    );
+    let proxy = start_proxy_config(&config, &f.host.url(), &[]);
+    let c = client();
+    wait_ready(&c, &proxy.addr, 2).await;
+    let b3 = Backend::start("b3").await;
+    let _agent = backend_agent(&f.host.url(), b3.port, "v1", "us-east-1", 1);
+    // The ramp starts when the proxy first sees b3.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !spread(&c, &proxy.addr, 10, &[]).await.contains_key("b3") {
+        assert!(std::time::Instant::now() < deadline, "b3 never picked");
+    }
+    let share = |counts: &BTreeMap<String, usize>| {
+        let all: usize = counts.values().sum();
+        counts.get("b3").copied().unwrap_or(0) as f64 / all as f64
+    };
+    let early = spread(&c, &proxy.addr, 200, &[]).await;
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let late = spread(&c, &proxy.addr, 300, &[]).await;
+    assert!(share(&early) < 0.15, "early: {early:?}");
+    assert!((0.28..=0.39).contains(&share(&late)), "late: {late:?}");
+    println!(
+        "slow start through chi proxy: b3 {:.1} % at first, {:.1} % after the window",
+        100.0 * share(&early),
+        100.0 * share(&late)
+    );
+}
