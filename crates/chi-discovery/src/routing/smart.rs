@@ -288,8 +288,8 @@ impl<B: Stage> Smart<B> {
     }
 
     /// Slow start ([`super::slow_start`]): an instance that joins or comes back healthy ramps
-    /// from a fraction of its weight to all of it over `config.window`, with the weighted
-    /// strategies.
+    /// from a fraction of its weight to all of it over `config.window`, through leaf balancers
+    /// that weigh instances (for round robin and random, see [`Smart::slow_start_as`]).
     pub fn slow_start(mut self, config: SlowStartConfig) -> Self {
         self.slow_start = Some((config, Ramps::default()));
         self
