@@ -40,7 +40,7 @@
 //! most subsets). One instance leaving moves the subsets that held it (about `mean`) and, through
 //! rejection chains and the fill, a few more: in the 1,000 x 1,000, `k = 20` case, with 60
 //! instances leaving in turn, a mean of 24.6 and 24.4 subsets of 1,000 with seeds 1 and 2 of the
-//! simulation, worst 35 and 31 (a mean of 42.2 and 47.2, worst 54 and 70, with independent
+//! simulation, worst 35 and 31 (a mean of 43.7 and 47.2, worst 56 and 66, with independent
 //! preferences on the two sides and no scale). One client leaving moves 26 and 11 of the other
 //! 999 (11 to 45 with seeds 1 to 8): it shifts the scale of the instances it was among the
 //! closest of.
