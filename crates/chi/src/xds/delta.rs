@@ -29,8 +29,6 @@
 //!   the client was told to drop.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use chi_discovery::instance::validate_name;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -40,9 +38,8 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::follow::Following;
-use super::resources::{ClientPlace, Kind, Shape};
-use super::state::Encoded;
-use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane, node_of};
+use super::resources::Kind;
+use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane};
 
 /// The wildcard name.
 const WILDCARD: &str = "*";
@@ -97,15 +94,10 @@ struct Delta {
 
 /// One incremental ADS stream.
 pub(crate) struct DeltaSession {
-    shape: Shape,
+    /// The server's parts and what is known of the client.
+    parts: Parts,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     types: BTreeMap<Kind, DeltaState>,
-    following: Following,
-    nonces: u64,
-    versions: Arc<AtomicU64>,
-    node: String,
-    place: ClientPlace,
-    encoded: Arc<Encoded>,
 }
 
 impl DeltaSession {
@@ -114,15 +106,9 @@ impl DeltaSession {
         tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> DeltaSession {
         DeltaSession {
-            shape: parts.shape,
+            parts,
             tx,
             types: BTreeMap::new(),
-            following: parts.following,
-            nonces: 0,
-            versions: parts.versions,
-            node: String::new(),
-            place: ClientPlace::default(),
-            encoded: parts.encoded,
         }
     }
 }
@@ -133,7 +119,7 @@ impl Session for DeltaSession {
     const VARIANT: &'static str = "delta";
 
     fn following(&mut self) -> &mut Following {
-        &mut self.following
+        &mut self.parts.following
     }
 
     async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), StreamEnd> {
@@ -162,19 +148,14 @@ impl Session for DeltaSession {
                 )));
             }
         }
-        if let Some(node) = &request.node {
-            let (id, place) = node_of(node);
-            self.node = id;
-            if let Some(place) = place.filter(|p| *p != self.place) {
-                self.place = place;
-                // Endpoints are built for the client's place: check them all again.
-                for ts in self.types.values_mut() {
-                    ts.held.values_mut().for_each(|h| h.revision = None);
-                }
+        if self.parts.heard(request.node.as_ref()) {
+            // Endpoints are built for the client's place: check them all again.
+            for ts in self.types.values_mut() {
+                ts.held.values_mut().for_each(|h| h.revision = None);
             }
         }
         let ts = self.types.entry(kind).or_default();
-        answer(&self.node, kind, ts, &request);
+        answer(&self.parts.node, kind, ts, &request);
         let first = !ts.subscribed;
         ts.subscribed = true;
         if first {
@@ -233,10 +214,10 @@ impl Session for DeltaSession {
             .types
             .values()
             .flat_map(|ts| ts.names.iter().chain(ts.held.keys()))
-            .map(|n| self.shape.split(n).0.to_owned())
+            .map(|n| self.parts.shape.split(n).0.to_owned())
             .collect();
         let wildcard = self.types.values().any(|t| t.wildcard);
-        self.following.follow(named, wildcard);
+        self.parts.following.follow(named, wildcard);
     }
 
     async fn push(&mut self) -> Result<(), StreamEnd> {
@@ -276,9 +257,9 @@ impl DeltaSession {
         if !ts.subscribed {
             return delta;
         }
-        let views = &self.following.views;
-        let shape = &self.shape;
-        let catalog = self.following.catalog();
+        let views = &self.parts.following.views;
+        let shape = &self.parts.shape;
+        let catalog = self.parts.following.catalog();
         // The names the client wants and whether each was named (else it comes from the
         // wildcard); a wildcard counts once the registry listed its services.
         let mut wanted: BTreeMap<String, bool> =
@@ -317,9 +298,12 @@ impl DeltaSession {
             let Some(list) = view.instances.as_ref() else {
                 continue;
             };
-            let (any, hash) = self.encoded.get(kind, name, revision, &self.place, || {
-                shape.build(kind, name, list, &self.place)
-            });
+            let (any, hash) =
+                self.parts
+                    .encoded
+                    .get(kind, name, revision, &self.parts.place, || {
+                        shape.build(kind, name, list, &self.parts.place)
+                    });
             let version = format!("{hash:016x}");
             let unchanged = held.is_some_and(|h| h.version == version);
             ts.held.insert(
@@ -372,9 +356,7 @@ impl DeltaSession {
         resources: Vec<Resource>,
         removed: Vec<String>,
     ) -> Result<(), StreamEnd> {
-        self.nonces += 1;
-        let nonce = self.nonces.to_string();
-        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let (nonce, version) = self.parts.stamp();
         let summary: Vec<String> = resources
             .iter()
             .map(|r| format!("{}@{}", r.name, r.version))

@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chi_discovery::DiscoveryClient;
 use chi_discovery::routing::Geo;
@@ -203,6 +203,9 @@ impl XdsServer {
             shape: self.shape.clone(),
             versions: self.versions.clone(),
             encoded: self.encoded.clone(),
+            node: String::new(),
+            place: ClientPlace::default(),
+            nonces: 0,
         }
     }
 
@@ -235,7 +238,7 @@ impl XdsServer {
     }
 }
 
-/// What every stream takes from the server.
+/// What a stream of either variant takes from the server, and what it knows of its client.
 pub(crate) struct Parts {
     following: Following,
     shape: Shape,
@@ -244,6 +247,38 @@ pub(crate) struct Parts {
     versions: Arc<AtomicU64>,
     /// Resources already encoded for other streams.
     encoded: Arc<Encoded>,
+    /// The client's node id (sent on the first request of a stream), for the logs.
+    node: String,
+    /// The client's locality (from the same node), for the priorities of its localities.
+    place: ClientPlace,
+    /// Responses sent on this stream: the source of their nonces.
+    nonces: u64,
+}
+
+impl Parts {
+    /// Takes the node of a request, when it carries one; true when the client's place changed
+    /// (the endpoints built for the old one no longer hold).
+    fn heard(&mut self, node: Option<&Node>) -> bool {
+        let Some(node) = node else {
+            return false;
+        };
+        let (id, place) = node_of(node);
+        self.node = id;
+        match place.filter(|p| *p != self.place) {
+            Some(place) => {
+                self.place = place;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The nonce and version of the next response of this stream.
+    fn stamp(&mut self) -> (String, u64) {
+        self.nonces += 1;
+        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        (self.nonces.to_string(), version)
+    }
 }
 
 type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -329,7 +364,7 @@ async fn drive<S: Session>(
 }
 
 /// The client's node id and, when its bootstrap names one, its locality.
-pub(crate) fn node_of(node: &Node) -> (String, Option<ClientPlace>) {
+fn node_of(node: &Node) -> (String, Option<ClientPlace>) {
     let place = node.locality.as_ref().map(|l| ClientPlace {
         region: Some(l.region.clone()).filter(|r| !r.is_empty()),
         zone: Some(l.zone.clone()).filter(|z| !z.is_empty()),

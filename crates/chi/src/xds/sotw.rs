@@ -2,8 +2,6 @@
 //! the rules it keeps are listed in the [module docs](super).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use chi_discovery::instance::validate_name;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -11,23 +9,16 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::follow::Following;
-use super::resources::{ClientPlace, Kind, Shape};
-use super::state::{Encoded, TypeState};
-use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane, node_of};
+use super::resources::Kind;
+use super::state::TypeState;
+use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane};
 
 /// One state-of-the-world ADS stream: what the client asked for and what it was sent.
 pub(crate) struct AdsStream {
-    shape: Shape,
+    /// The server's parts and what is known of the client.
+    parts: Parts,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     types: BTreeMap<Kind, TypeState>,
-    following: Following,
-    nonces: u64,
-    versions: Arc<AtomicU64>,
-    /// The client's node id (sent on the first request of a stream), for the logs.
-    node: String,
-    /// The client's locality (from the same node), for the priorities of its localities.
-    place: ClientPlace,
-    encoded: Arc<Encoded>,
 }
 
 impl AdsStream {
@@ -36,18 +27,12 @@ impl AdsStream {
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> AdsStream {
         AdsStream {
-            shape: parts.shape,
+            parts,
             tx,
             types: Kind::PUSH_ORDER
                 .into_iter()
                 .map(|k| (k, TypeState::default()))
                 .collect(),
-            following: parts.following,
-            nonces: 0,
-            versions: parts.versions,
-            node: String::new(),
-            place: ClientPlace::default(),
-            encoded: parts.encoded,
         }
     }
 }
@@ -58,7 +43,7 @@ impl Session for AdsStream {
     const VARIANT: &'static str = "sotw";
 
     fn following(&mut self) -> &mut Following {
-        &mut self.following
+        &mut self.parts.following
     }
 
     async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamEnd> {
@@ -87,14 +72,8 @@ impl AdsStream {
                 kind.short()
             ))));
         }
-        if let Some(node) = &request.node {
-            let (id, place) = node_of(node);
-            self.node = id;
-            if let Some(place) = place {
-                self.place = place;
-            }
-        }
-        let node = self.node.as_str();
+        self.parts.heard(request.node.as_ref());
+        let node = self.parts.node.as_str();
         let ts = self.types.entry(kind).or_default();
         // Before the first response of this type on this stream, any nonce is one a reconnecting
         // client kept from an earlier stream: the request is an initial one, not a stale one.
@@ -160,15 +139,15 @@ impl AdsStream {
             .types
             .values()
             .flat_map(|ts| ts.names.iter())
-            .map(|n| self.shape.split(n).0.to_owned())
+            .map(|n| self.parts.shape.split(n).0.to_owned())
             .collect();
         let wildcard = self.types.values().any(|t| t.wildcard);
-        self.following.follow(named, wildcard);
+        self.parts.following.follow(named, wildcard);
     }
 
     /// Sends, type by type in push order, every response whose content changed.
     async fn push(&mut self) -> Result<(), StreamEnd> {
-        let catalog = self.following.catalog();
+        let catalog = self.parts.following.catalog();
         for kind in Kind::PUSH_ORDER {
             let Some(ts) = self.types.get(&kind) else {
                 continue;
@@ -183,16 +162,20 @@ impl AdsStream {
                 && let Some(all) = &catalog
             {
                 for service in all.iter() {
-                    if let Some(view) = self.following.views.get(service) {
-                        names.extend(self.shape.all_names(kind, service, view));
+                    if let Some(view) = self.parts.following.views.get(service) {
+                        names.extend(self.parts.shape.all_names(kind, service, view));
                     }
                 }
             }
             let content: BTreeMap<String, u64> = names
                 .into_iter()
                 .filter_map(|name| {
-                    let view = self.following.views.get(self.shape.split(&name).0)?;
-                    let revision = self.shape.revision(kind, &name, view)?;
+                    let view = self
+                        .parts
+                        .following
+                        .views
+                        .get(self.parts.shape.split(&name).0)?;
+                    let revision = self.parts.shape.revision(kind, &name, view)?;
                     Some((name, revision))
                 })
                 .collect();
@@ -220,22 +203,24 @@ impl AdsStream {
             let resources = send
                 .iter()
                 .filter_map(|name| {
-                    let service = self.shape.split(name).0;
-                    let view = self.following.views.get(service)?;
+                    let service = self.parts.shape.split(name).0;
+                    let view = self.parts.following.views.get(service)?;
                     let list = view.instances.as_ref()?;
                     let revision = content.get(name).copied().unwrap_or(0);
-                    let (any, _) = self.encoded.get(kind, name, revision, &self.place, || {
-                        self.shape.build(kind, name, list, &self.place)
-                    });
+                    let (any, _) =
+                        self.parts
+                            .encoded
+                            .get(kind, name, revision, &self.parts.place, || {
+                                self.parts.shape.build(kind, name, list, &self.parts.place)
+                            });
                     Some(any)
                 })
                 .collect();
-            self.nonces += 1;
-            let nonce = self.nonces.to_string();
+            let (nonce, version) = self.parts.stamp();
             let Some(ts) = self.types.get_mut(&kind) else {
                 continue;
             };
-            ts.version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+            ts.version = version;
             ts.nonce = nonce.clone();
             let version = ts.version.to_string();
             tracing::debug!(kind = kind.short(), %version, names = ?send, "push");
