@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chi_discovery::Registry;
 use chi_discovery::registry::Memory;
-use chi_discovery::{Instance, Registry};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -22,7 +22,8 @@ use tonic::Streaming;
 
 use super::sotw::Ads;
 use super::{
-    Fixture, Flaky, QUIET, SERVICE, cla_ports, inst, register, round_robin, serve, topology,
+    Fixture, Flaky, QUIET, SERVICE, cla_ports, inst, memory_with, other, register, round_robin,
+    serve, topology,
 };
 use crate::xds::resources::{Kind, Shape};
 
@@ -141,13 +142,7 @@ fn versioned() -> Shape {
 
 #[tokio::test]
 async fn subscribe_sends_each_resource_once_and_then_only_what_changed() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
-    register(
-        &memory,
-        Instance::new("other", "127.0.0.1", 7100).with_id("o"),
-    )
-    .await;
+    let memory = memory_with([inst("a", 7001, "z1"), other()]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut delta = Delta::open(&f).await;
 
@@ -189,13 +184,7 @@ async fn subscribe_sends_each_resource_once_and_then_only_what_changed() {
 
 #[tokio::test]
 async fn a_wildcard_gets_every_service_and_the_ones_that_come_later() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
-    register(
-        &memory,
-        Instance::new("other", "127.0.0.1", 7100).with_id("o"),
-    )
-    .await;
+    let memory = memory_with([inst("a", 7001, "z1"), other()]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     // A first CDS request without names (legacy wildcard), and an explicit `*`.
     for star in [&[][..], &["*"][..]] {
@@ -220,8 +209,7 @@ async fn a_wildcard_gets_every_service_and_the_ones_that_come_later() {
 
 #[tokio::test]
 async fn a_reconnect_with_initial_versions_resends_only_what_is_stale_even_after_a_restart() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut before = Delta::open(&f).await;
     before.subscribe(Kind::Cluster, &[SERVICE], &[]).await;
@@ -265,9 +253,11 @@ async fn a_reconnect_with_initial_versions_resends_only_what_is_stale_even_after
 
 #[tokio::test]
 async fn a_resource_that_goes_away_is_in_removed_resources_after_the_routes_moved() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1").with_version("v1")).await;
-    register(&memory, inst("b", 7002, "z1").with_version("v2")).await;
+    let memory = memory_with([
+        inst("a", 7001, "z1").with_version("v1"),
+        inst("b", 7002, "z1").with_version("v2"),
+    ])
+    .await;
     let f = serve(memory.clone(), versioned(), 8).await;
     let mut delta = Delta::open(&f).await;
     let clusters = [SERVICE, "order-service@v1", "order-service@v2"];
@@ -306,13 +296,7 @@ async fn a_resource_that_goes_away_is_in_removed_resources_after_the_routes_move
 
 #[tokio::test]
 async fn a_nack_keeps_the_state_and_only_a_later_change_is_sent() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
-    register(
-        &memory,
-        Instance::new("other", "127.0.0.1", 7100).with_id("o"),
-    )
-    .await;
+    let memory = memory_with([inst("a", 7001, "z1"), other()]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut delta = Delta::open(&f).await;
     delta.subscribe(Kind::Endpoints, &[SERVICE], &[]).await;
@@ -402,9 +386,7 @@ async fn a_registry_outage_removes_nothing() {
 
 #[tokio::test]
 async fn each_client_gets_its_own_zone_first() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "eu-west-1a")).await;
-    register(&memory, inst("b", 7002, "eu-west-1b")).await;
+    let memory = memory_with([inst("a", 7001, "eu-west-1a"), inst("b", 7002, "eu-west-1b")]).await;
     let shape = Shape {
         geo: Arc::new(topology()),
         ..round_robin()
@@ -441,8 +423,7 @@ async fn each_client_gets_its_own_zone_first() {
 
 #[tokio::test]
 async fn hostile_requests_are_refused_with_an_error_and_the_server_lives_on() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory, round_robin(), 8).await;
 
     // A type chi does not serve, and names that are no service names: ignored.
@@ -557,8 +538,7 @@ async fn hostile_requests_are_refused_with_an_error_and_the_server_lives_on() {
 
 #[tokio::test]
 async fn delta_and_state_of_the_world_streams_share_the_bound() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory, round_robin(), 1).await;
     let mut sotw = Ads::open(&f).await;
     sotw.send(Kind::Cluster, &[SERVICE], "", "").await;

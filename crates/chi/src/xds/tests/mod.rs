@@ -39,6 +39,20 @@ fn inst(id: &str, port: u16, zone: &str) -> Instance {
         .with_meta("zone", zone)
 }
 
+/// The embedded registry holding `instances`.
+async fn memory_with(instances: impl IntoIterator<Item = Instance>) -> Arc<Memory> {
+    let memory = Arc::new(Memory::new());
+    for i in instances {
+        register(&memory, i).await;
+    }
+    memory
+}
+
+/// A second service, beside [`SERVICE`], for the tests that ask for two.
+fn other() -> Instance {
+    Instance::new("other", "127.0.0.1", 7100).with_id("o")
+}
+
 /// Registers `instance` in the embedded registry behind a test server.
 async fn register(memory: &Memory, instance: Instance) {
     memory.register(&instance).await.expect("register");

@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use chi_discovery::balance::Strategy;
 use chi_discovery::routing::Geo;
-use chi_discovery::registry::Memory;
-use chi_discovery::Instance;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -27,13 +25,7 @@ use crate::xds::resources::{Kind, Shape, priorities};
 
 #[tokio::test]
 async fn wildcard_cds_lists_every_service_and_rds_can_go_over_ads() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
-    register(
-        &memory,
-        Instance::new("other", "127.0.0.1", 7100).with_id("o"),
-    )
-    .await;
+    let memory = memory_with([inst("a", 7001, "z1"), other()]).await;
     let shape = Shape {
         strategy: Strategy::RingHash,
         rds: true,
@@ -120,9 +112,7 @@ fn priorities_follow_the_client_zone_region_and_neighbours_without_gaps() {
 
 #[tokio::test]
 async fn each_client_gets_its_own_zone_first_when_geo_routing_is_on() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "eu-west-1a")).await;
-    register(&memory, inst("b", 7002, "eu-west-1b")).await;
+    let memory = memory_with([inst("a", 7001, "eu-west-1a"), inst("b", 7002, "eu-west-1b")]).await;
     let shape = Shape {
         strategy: Strategy::RoundRobin,
         rds: false,
@@ -211,9 +201,11 @@ fn inline_routes(r: &DiscoveryResponse) -> RouteConfiguration {
 
 #[tokio::test]
 async fn version_routing_routes_the_header_to_per_version_clusters() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1").with_version("v1")).await;
-    register(&memory, inst("b", 7002, "z1").with_version("v2")).await;
+    let memory = memory_with([
+        inst("a", 7001, "z1").with_version("v1"),
+        inst("b", 7002, "z1").with_version("v2"),
+    ])
+    .await;
     let shape = Shape {
         strategy: Strategy::RoundRobin,
         rds: false,
@@ -279,9 +271,11 @@ async fn version_routing_routes_the_header_to_per_version_clusters() {
 
 #[tokio::test]
 async fn wildcard_cds_lists_per_version_clusters_with_version_routing() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1").with_version("v1")).await;
-    register(&memory, inst("b", 7002, "z1").with_version("v2")).await;
+    let memory = memory_with([
+        inst("a", 7001, "z1").with_version("v1"),
+        inst("b", 7002, "z1").with_version("v2"),
+    ])
+    .await;
     let shape = Shape {
         strategy: Strategy::RoundRobin,
         rds: false,
@@ -305,8 +299,7 @@ async fn wildcard_cds_lists_per_version_clusters_with_version_routing() {
 
 #[tokio::test]
 async fn streams_share_one_registry_watch_per_service() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut one = Ads::open(&f).await;
     let mut two = Ads::open(&f).await;
@@ -333,8 +326,7 @@ async fn streams_share_one_registry_watch_per_service() {
 
 #[tokio::test]
 async fn a_service_followed_again_is_served_as_it_is_now() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Endpoints, &[SERVICE], "", "").await;

@@ -113,13 +113,11 @@ pub(super) fn ports(r: &DiscoveryResponse) -> Vec<u32> {
 }
 #[tokio::test]
 async fn initial_responses_carry_what_grpc_needs() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "eu-west-1a")).await;
-    register(&memory, inst("b", 7002, "eu-west-1b").with_weight(3)).await;
-    register(
-        &memory,
+    let memory = memory_with([
+        inst("a", 7001, "eu-west-1a"),
+        inst("b", 7002, "eu-west-1b").with_weight(3),
         inst("c", 7003, "eu-west-1b").with_health(HealthStatus::Unhealthy),
-    )
+    ])
     .await;
     let f = serve(memory, round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
@@ -211,8 +209,7 @@ async fn initial_responses_carry_what_grpc_needs() {
 
 #[tokio::test]
 async fn an_ack_gets_no_resend_and_a_change_gets_a_new_version() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
@@ -236,8 +233,7 @@ async fn an_ack_gets_no_resend_and_a_change_gets_a_new_version() {
 
 #[tokio::test]
 async fn a_nack_is_not_answered_with_the_same_content() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Cluster, &[SERVICE], "", "").await;
@@ -278,13 +274,7 @@ async fn a_nack_is_not_answered_with_the_same_content() {
 
 #[tokio::test]
 async fn a_stale_nonce_is_ignored() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
-    register(
-        &memory,
-        Instance::new("other", "127.0.0.1", 7100).with_id("o"),
-    )
-    .await;
+    let memory = memory_with([inst("a", 7001, "z1"), other()]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
@@ -318,13 +308,7 @@ async fn a_stale_nonce_is_ignored() {
 
 #[tokio::test]
 async fn eds_sends_only_the_changed_assignments_and_cds_stays_whole() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
-    register(
-        &memory,
-        Instance::new("other", "127.0.0.1", 7100).with_id("o"),
-    )
-    .await;
+    let memory = memory_with([inst("a", 7001, "z1"), other()]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     let names = [SERVICE, "other"];
@@ -359,8 +343,7 @@ async fn eds_sends_only_the_changed_assignments_and_cds_stays_whole() {
 
 #[tokio::test]
 async fn a_reconnecting_client_gets_fresh_versions_even_with_its_old_nonce() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut before = Ads::open(&f).await;
     before.send(Kind::Endpoints, &[SERVICE], "", "").await;
@@ -435,8 +418,7 @@ async fn a_registry_outage_keeps_the_endpoints() {
 
 #[tokio::test]
 async fn streams_past_the_bound_are_refused() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory, round_robin(), 1).await;
     let mut first = Ads::open(&f).await;
     first.send(Kind::Cluster, &[SERVICE], "", "").await;
@@ -465,8 +447,7 @@ async fn streams_past_the_bound_are_refused() {
 
 #[tokio::test]
 async fn malformed_requests_are_ignored_or_refused() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory, round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     // An unknown type and garbage names: ignored.
@@ -502,8 +483,7 @@ async fn malformed_requests_are_ignored_or_refused() {
 
 #[tokio::test]
 async fn shutting_down_ends_every_stream_with_unavailable() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory, round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Cluster, &[SERVICE], "", "").await;
@@ -515,8 +495,7 @@ async fn shutting_down_ends_every_stream_with_unavailable() {
 
 #[tokio::test]
 async fn thousands_of_names_on_one_stream() {
-    let memory = Arc::new(Memory::new());
-    register(&memory, inst("a", 7001, "z1")).await;
+    let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     let mut names: Vec<String> = (0..3000).map(|i| format!("svc-{i}")).collect();
