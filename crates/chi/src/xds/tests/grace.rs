@@ -1,19 +1,21 @@
 //! The restart grace: a registry that comes back with part of its instances (a restarted Consul
 //! dev agent, rnacos) and gets the rest registered again one by one.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chi_discovery::Registry;
 
 use super::delta::{self, Delta};
 use super::sotw::{Ads, ports};
-use super::{Flaky, SERVICE, inst, round_robin, serve_with_grace};
+use super::{Fixture, Flaky, SERVICE, inst, round_robin, serve_with_grace};
 use crate::xds::resources::Kind;
 
 const GRACE: Duration = Duration::from_millis(1500);
 
-#[tokio::test]
-async fn a_resync_after_an_outage_removes_nothing_while_the_instances_come_back() {
+/// Instances a, b and c (ports 7001 to 7003) behind a registry that can go down, served with
+/// the restart grace.
+async fn three_with_grace() -> (Arc<Flaky>, Fixture) {
     let flaky = Flaky::new();
     for (id, port) in [("a", 7001), ("b", 7002), ("c", 7003)] {
         flaky
@@ -22,6 +24,12 @@ async fn a_resync_after_an_outage_removes_nothing_while_the_instances_come_back(
             .expect("register");
     }
     let f = serve_with_grace(flaky.clone(), round_robin(), 8, GRACE).await;
+    (flaky, f)
+}
+
+#[tokio::test]
+async fn a_resync_after_an_outage_removes_nothing_while_the_instances_come_back() {
+    let (flaky, f) = three_with_grace().await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
     let e1 = ads.recv().await;
@@ -66,14 +74,7 @@ async fn a_resync_after_an_outage_removes_nothing_while_the_instances_come_back(
 
 #[tokio::test]
 async fn an_instance_that_does_not_come_back_is_removed_when_the_grace_ends() {
-    let flaky = Flaky::new();
-    for (id, port) in [("a", 7001), ("b", 7002), ("c", 7003)] {
-        flaky
-            .register(&inst(id, port, "z1"))
-            .await
-            .expect("register");
-    }
-    let f = serve_with_grace(flaky.clone(), round_robin(), 8, GRACE).await;
+    let (flaky, f) = three_with_grace().await;
     let mut delta = Delta::open(&f).await;
     delta.subscribe(Kind::Endpoints, &[SERVICE], &[]).await;
     let r1 = delta.take().await;
@@ -107,14 +108,7 @@ async fn an_instance_that_does_not_come_back_is_removed_when_the_grace_ends() {
 
 #[tokio::test]
 async fn removals_after_an_outage_the_watch_did_not_see_wait_for_the_grace() {
-    let flaky = Flaky::new();
-    for (id, port) in [("a", 7001), ("b", 7002), ("c", 7003)] {
-        flaky
-            .register(&inst(id, port, "z1"))
-            .await
-            .expect("register");
-    }
-    let f = serve_with_grace(flaky.clone(), round_robin(), 8, GRACE).await;
+    let (flaky, f) = three_with_grace().await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
     let e1 = ads.recv().await;
