@@ -22,8 +22,8 @@ use tonic::Streaming;
 
 use super::sotw::Ads;
 use super::{
-    Fixture, Flaky, QUIET, SERVICE, cla_ports, inst, memory_with, other, register, round_robin,
-    serve, topology,
+    Fixture, QUIET, SERVICE, cla_ports, flaky_with, inst, memory_with, other, register,
+    round_robin, serve, topology,
 };
 use crate::xds::resources::{Kind, Shape};
 
@@ -357,11 +357,7 @@ async fn an_unknown_name_is_said_not_to_exist_then_sent_when_it_appears_cds_firs
 
 #[tokio::test]
 async fn a_registry_outage_removes_nothing() {
-    let flaky = Flaky::new();
-    flaky
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
+    let flaky = flaky_with([inst("a", 7001, "z1")]).await;
     let f = serve(flaky.clone(), round_robin(), 8).await;
     let mut delta = Delta::open(&f).await;
     delta.subscribe(Kind::Cluster, &["*"], &[]).await;

@@ -8,7 +8,7 @@ use chi_discovery::Registry;
 
 use super::delta::{self, Delta};
 use super::sotw::{Ads, ports};
-use super::{Fixture, Flaky, SERVICE, inst, round_robin, serve_with_grace};
+use super::{Fixture, Flaky, SERVICE, flaky_with, inst, round_robin, serve_with_grace};
 use crate::xds::resources::Kind;
 
 const GRACE: Duration = Duration::from_millis(1500);
@@ -16,13 +16,12 @@ const GRACE: Duration = Duration::from_millis(1500);
 /// Instances a, b and c (ports 7001 to 7003) behind a registry that can go down, served with
 /// the restart grace.
 async fn three_with_grace() -> (Arc<Flaky>, Fixture) {
-    let flaky = Flaky::new();
-    for (id, port) in [("a", 7001), ("b", 7002), ("c", 7003)] {
-        flaky
-            .register(&inst(id, port, "z1"))
-            .await
-            .expect("register");
-    }
+    let flaky = flaky_with([
+        inst("a", 7001, "z1"),
+        inst("b", 7002, "z1"),
+        inst("c", 7003, "z1"),
+    ])
+    .await;
     let f = serve_with_grace(flaky.clone(), round_robin(), 8, GRACE).await;
     (flaky, f)
 }

@@ -48,6 +48,15 @@ async fn memory_with(instances: impl IntoIterator<Item = Instance>) -> Arc<Memor
     memory
 }
 
+/// A registry that can go down ([`Flaky`]), holding `instances`.
+async fn flaky_with(instances: impl IntoIterator<Item = Instance>) -> Arc<Flaky> {
+    let flaky = Flaky::new();
+    for i in instances {
+        flaky.register(&i).await.expect("register");
+    }
+    flaky
+}
+
 /// A second service, beside [`SERVICE`], for the tests that ask for two.
 fn other() -> Instance {
     Instance::new("other", "127.0.0.1", 7100).with_id("o")

@@ -388,15 +388,7 @@ async fn a_name_unknown_at_first_is_pushed_when_it_appears_cds_eds_first() {
 
 #[tokio::test]
 async fn a_registry_outage_keeps_the_endpoints() {
-    let flaky = Flaky::new();
-    flaky
-        .register(&inst("a", 7001, "z1"))
-        .await
-        .expect("register");
-    flaky
-        .register(&inst("b", 7002, "z1"))
-        .await
-        .expect("register");
+    let flaky = flaky_with([inst("a", 7001, "z1"), inst("b", 7002, "z1")]).await;
     let f = serve(flaky.clone(), round_robin(), 8).await;
     let mut ads = Ads::open(&f).await;
     ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
