@@ -129,12 +129,6 @@ impl Hub {
         rx
     }
 
-    /// How many services are followed now.
-    #[cfg(test)]
-    pub(crate) fn followed(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Every service name the registry lists, refreshed every few seconds once asked for.
     pub(crate) fn catalog(self: &Arc<Self>) -> watch::Receiver<Catalog> {
         if !self.catalog_started.swap(true, Ordering::AcqRel) {

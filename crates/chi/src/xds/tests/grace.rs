@@ -1,17 +1,28 @@
 //! The restart grace: a registry that comes back with part of its instances (a restarted Consul
-//! dev agent, rnacos) and gets the rest registered again one by one.
+//! dev agent, rnacos) and gets the rest registered again one by one. Each scenario runs on both
+//! variants: the grace is the server's, whatever the stream speaks.
+//!
+//! The clock is paused (see the [module docs](super)): the grace ends when the server's own timer
+//! says so, and the tests check it ends exactly then, not "some time after".
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chi_discovery::Registry;
+use tokio::time::Instant;
 
-use super::delta::{self, Delta};
-use super::sotw::{Ads, ports};
-use super::{Fixture, Flaky, SERVICE, flaky_with, inst, round_robin, serve_with_grace};
+use super::server::RECONNECT_MAX;
+use super::*;
 use crate::xds::resources::Kind;
 
-const GRACE: Duration = Duration::from_millis(1500);
+/// Longer than the quiet spells a scenario holds within it.
+const GRACE: Duration = Duration::from_secs(30);
+
+both_variants!(
+    a_resync_after_an_outage_removes_nothing_while_the_instances_come_back,
+    an_instance_that_does_not_come_back_is_removed_when_the_grace_ends,
+    removals_after_an_outage_the_watch_did_not_see_wait_for_the_grace,
+);
 
 /// Instances a, b and c (ports 7001 to 7003) behind a registry that can go down, served with
 /// the restart grace.
@@ -26,14 +37,22 @@ async fn three_with_grace() -> (Arc<Flaky>, Fixture) {
     (flaky, f)
 }
 
-#[tokio::test]
-async fn a_resync_after_an_outage_removes_nothing_while_the_instances_come_back() {
+/// Asserts that what `since` started ended when the grace did: not before, and not later than
+/// the reconnect that brings the registry's answer back.
+fn assert_grace_ended(since: Instant) {
+    let after = since.elapsed();
+    assert!(
+        (GRACE..=GRACE + RECONNECT_MAX).contains(&after),
+        "removed {after:?} after the registry answered again; the grace is {GRACE:?}"
+    );
+}
+
+async fn a_resync_after_an_outage_removes_nothing_while_the_instances_come_back<V: Variant>() {
     let (flaky, f) = three_with_grace().await;
-    let mut ads = Ads::open(&f).await;
-    ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
-    let e1 = ads.recv().await;
+    let mut ads = f.open::<V>().await;
+    ads.subscribe(Kind::Endpoints, &[SERVICE]).await;
+    let e1 = ads.take().await;
     assert_eq!(ports(&e1), vec![7001, 7002, 7003]);
-    ads.ack(&e1, &[SERVICE]).await;
 
     // The registry restarts without b and c, and with a new instance d.
     flaky.set_down(true);
@@ -47,9 +66,9 @@ async fn a_resync_after_an_outage_removes_nothing_while_the_instances_come_back(
     flaky.set_down(false);
 
     // The addition goes out at once; b and c stay.
-    let e2 = ads.recv().await;
+    let e2 = ads.take().await;
     assert_eq!(ports(&e2), vec![7001, 7002, 7003, 7004]);
-    ads.ack(&e2, &[SERVICE]).await;
+    assert!(e2.removed().is_empty(), "{e2:?}");
 
     // Their owners register them again: nothing to send.
     flaky
@@ -66,57 +85,58 @@ async fn a_resync_after_an_outage_removes_nothing_while_the_instances_come_back(
     ads.quiet().await;
 
     // A removal outside a resync goes out at once.
+    let removed = Instant::now();
     flaky.deregister(SERVICE, "a").await.expect("deregister");
     let e3 = ads.recv().await;
     assert_eq!(ports(&e3), vec![7002, 7003, 7004]);
+    assert_eq!(removed.elapsed(), Duration::ZERO, "at once");
 }
 
-#[tokio::test]
-async fn an_instance_that_does_not_come_back_is_removed_when_the_grace_ends() {
+async fn an_instance_that_does_not_come_back_is_removed_when_the_grace_ends<V: Variant>() {
     let (flaky, f) = three_with_grace().await;
-    let mut delta = Delta::open(&f).await;
-    delta.subscribe(Kind::Endpoints, &[SERVICE], &[]).await;
-    let r1 = delta.take().await;
-    assert_eq!(delta::ports(&r1), vec![7001, 7002, 7003]);
+    let mut ads = f.open::<V>().await;
+    ads.subscribe(Kind::Endpoints, &[SERVICE]).await;
+    let r1 = ads.take().await;
+    assert_eq!(ports(&r1), vec![7001, 7002, 7003]);
 
     flaky.set_down(true);
-    delta.quiet().await;
+    ads.quiet().await;
     flaky.deregister(SERVICE, "b").await.expect("deregister");
     flaky.deregister(SERVICE, "c").await.expect("deregister");
     flaky.set_down(false);
     let back = Instant::now();
     // The resync with only a: nothing sent; b comes back: nothing sent.
-    delta.quiet().await;
+    ads.quiet().await;
     flaky
         .register(&inst("b", 7002, "z1"))
         .await
         .expect("register");
-    delta.quiet().await;
+    ads.quiet().await;
 
     // c never does: removed once the grace is over, not before.
-    let r2 = delta.take().await;
-    assert!(
-        back.elapsed() >= GRACE - Duration::from_millis(300),
-        "removed after {:?}",
-        back.elapsed()
-    );
-    assert_eq!(delta::kind(&r2), Kind::Endpoints);
-    assert_eq!(delta::ports(&r2), vec![7001, 7002]);
-    assert!(r2.removed_resources.is_empty());
+    let r2 = ads.take().await;
+    assert_grace_ended(back);
+    assert_eq!(r2.kind(), Kind::Endpoints);
+    assert_eq!(ports(&r2), vec![7001, 7002]);
+    assert!(r2.removed().is_empty(), "{r2:?}");
 }
 
-#[tokio::test]
-async fn removals_after_an_outage_the_watch_did_not_see_wait_for_the_grace() {
+async fn removals_after_an_outage_the_watch_did_not_see_wait_for_the_grace<V: Variant>() {
     let (flaky, f) = three_with_grace().await;
-    let mut ads = Ads::open(&f).await;
-    ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
-    let e1 = ads.recv().await;
+    let mut ads = f.open::<V>().await;
+    ads.subscribe(Kind::Endpoints, &[SERVICE]).await;
+    let e1 = ads.take().await;
     assert_eq!(ports(&e1), vec![7001, 7002, 7003]);
-    ads.ack(&e1, &[SERVICE]).await;
 
-    // Down long enough for the probe (every second) to notice; the watch stays open.
+    // Down until the probe (every second) has asked and been refused: the watch stays open, and
+    // nothing else asks the registry here. Then the server takes the failure in.
+    let mut refusals = flaky.refusals();
     flaky.set_down_quietly(true);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::timeout(PATIENCE, refusals.changed())
+        .await
+        .expect("the probe asks the registry while it is down")
+        .expect("the registry lives");
+    settle().await;
     flaky.set_down_quietly(false);
     // Back without b and c: the watch reports them removed; both are held.
     flaky.deregister(SERVICE, "b").await.expect("deregister");
@@ -130,17 +150,14 @@ async fn removals_after_an_outage_the_watch_did_not_see_wait_for_the_grace() {
     ads.quiet().await;
 
     // c is removed when the grace ends.
-    let e2 = ads.recv().await;
-    assert!(
-        back.elapsed() >= GRACE - Duration::from_millis(300),
-        "{:?}",
-        back.elapsed()
-    );
+    let e2 = ads.take().await;
+    assert_grace_ended(back);
     assert_eq!(ports(&e2), vec![7001, 7002]);
-    ads.ack(&e2, &[SERVICE]).await;
 
     // After it, a removal goes out at once.
+    let removed = Instant::now();
     flaky.deregister(SERVICE, "a").await.expect("deregister");
     let e3 = ads.recv().await;
     assert_eq!(ports(&e3), vec![7002]);
+    assert_eq!(removed.elapsed(), Duration::ZERO, "at once");
 }

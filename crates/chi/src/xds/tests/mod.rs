@@ -1,36 +1,80 @@
-//! Protocol tests: a tonic ADS client against the server in this process, over loopback, with
-//! the embedded `Memory` registry (wrapped in [`Flaky`] where an outage is needed).
+//! Protocol tests: the ADS service in this process, a tonic client talking to it over an in-memory
+//! connection, and the embedded `Memory` registry (wrapped in [`Flaky`] where an outage is
+//! needed).
+//!
+//! They are deterministic. Every server a test starts ([`serve`]) pauses the clock of the test's
+//! runtime (a current-thread one, as `#[tokio::test]` starts): time moves only when every task
+//! (the registry's watches, the server's, the client's, the test's) waits, and then jumps to the
+//! next timer. Nothing crosses a socket, so "every task waits" means the server has done all it
+//! will do until a timer fires. Hence:
+//!
+//! - "nothing arrives" ([`Client::quiet`](client::Client::quiet)) is asserted once the server is
+//!   idle and [`QUIET`] of its time, longer than every period it keeps, has passed: a late push
+//!   cannot slip past it, and the wait costs no real time;
+//! - a grace or a probe period is passed exactly, by the server's own timers, not by a sleep that
+//!   hopes they fired;
+//! - a state the server reaches by itself (a stream slot freed, a registry watch closed) is checked
+//!   after [`settle`], not polled for.
+//!
+//! One client, [`Client`](client::Client), speaks both variants ([`Sotw`], [`Delta`]); scenarios
+//! that hold for both are written once and run on each (see [`both_variants`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chi_discovery::balance::Strategy;
-use chi_discovery::registry::{Memory, WatchStream};
+use chi_discovery::registry::Memory;
 use chi_discovery::routing::Geo;
-use chi_discovery::{
-    DiscoveryClient, Error, HealthStatus, Instance, Liveness, Registry, RetryPolicy,
-};
+use chi_discovery::{Instance, Registry};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use futures_util::StreamExt;
-use futures_util::stream;
-use tokio::sync::broadcast;
+use prost::Message;
 
 use super::resources::{ClientPlace, Shape};
-use super::state::Hub;
-use super::{Closing, XdsServer};
 
+mod client;
 mod delta;
 mod grace;
+mod registry;
 mod routing;
+mod server;
 mod sotw;
 
+use client::{Delta, Reply, Sotw, Variant};
+use registry::Flaky;
+use server::{Fixture, serve, serve_with_grace, settle};
+
 const SERVICE: &str = "order-service";
-const QUIET: Duration = Duration::from_millis(400);
+/// How long the server must stay silent for "nothing arrives": longer than every period it keeps
+/// (the catalogue is read every 5 s, the registry probed every second), so a push one of them
+/// would make is seen. Virtual time: it costs nothing.
+const QUIET: Duration = Duration::from_secs(6);
+/// How long a test waits for a response or a status before it fails (virtual time too): longer
+/// than every grace these tests hold.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs scenarios written once, as `async fn NAME<V: Variant>()`, on both variants: the tests
+/// `NAME::sotw` and `NAME::delta`.
+macro_rules! both_variants {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sotw() {
+                    super::$name::<super::Sotw>().await;
+                }
+
+                #[tokio::test]
+                async fn delta() {
+                    super::$name::<super::Delta>().await;
+                }
+            }
+        )+
+    };
+}
+pub(crate) use both_variants;
 
 fn inst(id: &str, port: u16, zone: &str) -> Instance {
     Instance::new(SERVICE, "127.0.0.1", port)
@@ -67,146 +111,6 @@ async fn register(memory: &Memory, instance: Instance) {
     memory.register(&instance).await.expect("register");
 }
 
-/// Memory with a switch: "down" ends every open watch with an error and fails new ones.
-struct Flaky {
-    inner: Memory,
-    down: AtomicBool,
-    outage: broadcast::Sender<()>,
-}
-
-impl Flaky {
-    fn new() -> Arc<Flaky> {
-        Arc::new(Flaky {
-            inner: Memory::new(),
-            down: AtomicBool::new(false),
-            outage: broadcast::channel(4).0,
-        })
-    }
-
-    fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-        if down {
-            let _ = self.outage.send(());
-        }
-    }
-
-    /// Down without ending the open watches: an outage only a probe of the registry notices
-    /// (a registry restarted between two checks of a watch).
-    fn set_down_quietly(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-    }
-
-    fn check(&self) -> chi_discovery::Result<()> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(Error::registry("flaky", "registry down"));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Registry for Flaky {
-    fn backend(&self) -> &str {
-        "flaky"
-    }
-    async fn register(&self, instance: &Instance) -> chi_discovery::Result<()> {
-        self.inner.register(instance).await
-    }
-    async fn deregister(&self, service: &str, id: &str) -> chi_discovery::Result<()> {
-        self.inner.deregister(service, id).await
-    }
-    async fn keep_alive(&self, i: &Instance, h: HealthStatus) -> chi_discovery::Result<Liveness> {
-        self.inner.keep_alive(i, h).await
-    }
-    async fn instances(&self, service: &str) -> chi_discovery::Result<Vec<Instance>> {
-        self.check()?;
-        self.inner.instances(service).await
-    }
-    async fn services(&self) -> chi_discovery::Result<Vec<String>> {
-        self.check()?;
-        self.inner.services().await
-    }
-    async fn watch(&self, service: &str) -> chi_discovery::Result<WatchStream> {
-        self.check()?;
-        let changes = self.inner.watch(service).await?;
-        let outage = self.outage.subscribe();
-        // Forward the changes until an outage, then one error and the end of the stream.
-        let s = stream::unfold(
-            (changes, outage, false),
-            |(mut changes, mut outage, done)| async move {
-                if done {
-                    return None;
-                }
-                tokio::select! {
-                    item = changes.next() => item.map(|i| (i, (changes, outage, false))),
-                    _ = outage.recv() => {
-                        let e = Error::registry("flaky", "connection lost");
-                        Some((Err(e), (changes, outage, true)))
-                    }
-                }
-            },
-        );
-        Ok(s.boxed())
-    }
-}
-
-/// A server on loopback.
-struct Fixture {
-    addr: std::net::SocketAddr,
-    hub: Arc<Hub>,
-    closing: Closing,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-/// A server on loopback over `registry`, without a restart grace (a resync is served as is).
-async fn serve(registry: Arc<dyn Registry>, shape: Shape, max_streams: u32) -> Fixture {
-    serve_with_grace(registry, shape, max_streams, Duration::ZERO).await
-}
-
-/// A server on loopback over `registry` whose resyncs after an error hold removals for `grace`.
-async fn serve_with_grace(
-    registry: Arc<dyn Registry>,
-    shape: Shape,
-    max_streams: u32,
-    grace: Duration,
-) -> Fixture {
-    let retry = RetryPolicy {
-        initial_interval: Duration::from_millis(50),
-        max_interval: Duration::from_millis(200),
-        ..RetryPolicy::default()
-    };
-    let client = DiscoveryClient::builder()
-        .retry(retry)
-        .build(registry.clone());
-    let hub = Hub::new(client, registry, grace);
-    let server = XdsServer::new(hub.clone(), shape, max_streams);
-    let closing = server.closing.clone();
-    let service = server.into_service();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let _ = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await;
-    });
-    Fixture {
-        addr,
-        hub,
-        closing,
-        server,
-    }
-}
-
 fn round_robin() -> Shape {
     Shape {
         strategy: Strategy::RoundRobin,
@@ -229,6 +133,19 @@ fn at(region: Option<&str>, zone: Option<&str>) -> ClientPlace {
         region: region.map(str::to_owned),
         zone: zone.map(str::to_owned),
     }
+}
+
+/// The resources of `r`, decoded as `M`.
+fn decode<M: Message + Default>(r: &impl Reply) -> Vec<M> {
+    r.packed()
+        .into_iter()
+        .map(|any| M::decode(any.value.as_slice()).expect("decodes"))
+        .collect()
+}
+
+/// The ports of every endpoint of the assignments `r` carries, sorted.
+fn ports(r: &impl Reply) -> Vec<u32> {
+    cla_ports(&decode::<ClusterLoadAssignment>(r))
 }
 
 /// The ports of every endpoint of `assignments`, sorted.

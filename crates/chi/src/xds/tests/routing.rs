@@ -8,7 +8,7 @@ use chi_discovery::balance::Strategy;
 use chi_discovery::routing::Geo;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -16,10 +16,9 @@ use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use prost::Message;
 
-use super::sotw::{Ads, decode, ports};
 use super::*;
 use crate::xds::resources::{Kind, Shape, priorities};
 
@@ -33,8 +32,8 @@ async fn wildcard_cds_lists_every_service_and_rds_can_go_over_ads() {
         versions: None,
     };
     let f = serve(memory, shape, 8).await;
-    let mut ads = Ads::open(&f).await;
-    ads.send(Kind::Cluster, &[], "", "").await;
+    let mut ads = f.open::<Sotw>().await;
+    ads.subscribe(Kind::Cluster, &[]).await;
     let mut names: Vec<String> = Vec::new();
     for _ in 0..3 {
         let r = ads.recv().await;
@@ -45,14 +44,14 @@ async fn wildcard_cds_lists_every_service_and_rds_can_go_over_ads() {
                     .iter()
                     .all(|c| c.lb_policy == LbPolicy::RingHash as i32)
             );
-            ads.ack(&r, &[]).await;
+            ads.ack(&r).await;
             break;
         }
-        ads.ack(&r, &[]).await;
+        ads.ack(&r).await;
     }
     assert_eq!(names, vec![SERVICE.to_owned(), "other".to_owned()]);
 
-    ads.send(Kind::Listener, &[SERVICE], "", "").await;
+    ads.subscribe(Kind::Listener, &[SERVICE]).await;
     let lds = ads.recv().await;
     let listener: Vec<Listener> = decode(&lds);
     let api = listener[0]
@@ -62,7 +61,7 @@ async fn wildcard_cds_lists_every_service_and_rds_can_go_over_ads() {
         .expect("api_listener");
     let hcm = HttpConnectionManager::decode(api.value.as_slice()).expect("hcm");
     assert!(matches!(hcm.route_specifier, Some(RouteSpecifier::Rds(_))));
-    ads.send(Kind::Route, &[SERVICE], "", "").await;
+    ads.subscribe(Kind::Route, &[SERVICE]).await;
     let rds = ads.recv().await;
     let routes: Vec<RouteConfiguration> = decode(&rds);
     assert_eq!(routes[0].name, SERVICE);
@@ -110,8 +109,9 @@ fn priorities_follow_the_client_zone_region_and_neighbours_without_gaps() {
     assert_eq!(priorities(&Geo::disabled(), &zone_a, &places), vec![0; 4]);
 }
 
-#[tokio::test]
-async fn each_client_gets_its_own_zone_first_when_geo_routing_is_on() {
+both_variants!(each_client_gets_its_own_zone_first_when_geo_routing_is_on);
+
+async fn each_client_gets_its_own_zone_first_when_geo_routing_is_on<V: Variant>() {
     let memory = memory_with([inst("a", 7001, "eu-west-1a"), inst("b", 7002, "eu-west-1b")]).await;
     let shape = Shape {
         strategy: Strategy::RoundRobin,
@@ -122,23 +122,18 @@ async fn each_client_gets_its_own_zone_first_when_geo_routing_is_on() {
     let f = serve(memory, shape, 8).await;
     let mut by_zone = Vec::new();
     for zone in ["eu-west-1a", "eu-west-1b"] {
-        let mut ads = Ads::open(&f).await;
-        ads.send_raw(DiscoveryRequest {
-            node: Some(Node {
-                id: format!("client-in-{zone}"),
-                locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
-                    region: "eu-west-1".to_owned(),
-                    zone: zone.to_owned(),
-                    sub_zone: String::new(),
-                }),
-                ..Default::default()
+        let mut ads = f.open::<V>().await;
+        ads.set_node(Node {
+            id: format!("client-in-{zone}"),
+            locality: Some(Locality {
+                region: "eu-west-1".to_owned(),
+                zone: zone.to_owned(),
+                sub_zone: String::new(),
             }),
-            resource_names: vec![SERVICE.to_owned()],
-            type_url: Kind::Endpoints.type_url().to_owned(),
             ..Default::default()
-        })
-        .await;
-        let cla: Vec<ClusterLoadAssignment> = decode(&ads.recv().await);
+        });
+        ads.subscribe(Kind::Endpoints, &[SERVICE]).await;
+        let cla: Vec<ClusterLoadAssignment> = decode(&ads.take().await);
         let prio: Vec<(String, u32)> = cla[0]
             .endpoints
             .iter()
@@ -213,8 +208,8 @@ async fn version_routing_routes_the_header_to_per_version_clusters() {
         versions: Some(Arc::from("v1")),
     };
     let f = serve(memory.clone(), shape, 8).await;
-    let mut ads = Ads::open(&f).await;
-    ads.send(Kind::Listener, &[SERVICE], "", "").await;
+    let mut ads = f.open::<Sotw>().await;
+    ads.subscribe(Kind::Listener, &[SERVICE]).await;
     let lds = ads.recv().await;
     let v = |s: &str| Some(s.to_owned());
     let c = |s: &str| format!("{SERVICE}{s}");
@@ -222,7 +217,7 @@ async fn version_routing_routes_the_header_to_per_version_clusters() {
         route_rules(&inline_routes(&lds)),
         vec![(v("v1"), c("@v1")), (v("v2"), c("@v2")), (None, c("@v1"))]
     );
-    ads.ack(&lds, &[SERVICE]).await;
+    ads.ack(&lds).await;
 
     let names = [
         SERVICE,
@@ -230,7 +225,7 @@ async fn version_routing_routes_the_header_to_per_version_clusters() {
         "order-service@v2",
         "order-service@v9",
     ];
-    ads.send(Kind::Cluster, &names, "", "").await;
+    ads.subscribe(Kind::Cluster, &names).await;
     let cds = ads.recv().await;
     let clusters: Vec<String> = decode::<Cluster>(&cds)
         .into_iter()
@@ -241,12 +236,11 @@ async fn version_routing_routes_the_header_to_per_version_clusters() {
         vec![c(""), c("@v1"), c("@v2")],
         "no cluster for a version nobody has"
     );
-    ads.ack(&cds, &names).await;
-    ads.send(Kind::Endpoints, &["order-service@v2"], "", "")
-        .await;
+    ads.ack(&cds).await;
+    ads.subscribe(Kind::Endpoints, &["order-service@v2"]).await;
     let eds = ads.recv().await;
     assert_eq!(ports(&eds), vec![7002]);
-    ads.ack(&eds, &["order-service@v2"]).await;
+    ads.ack(&eds).await;
     ads.quiet().await;
 
     // A new version: new routes (LDS); v2's endpoints are unchanged, so no EDS; the client
@@ -255,7 +249,7 @@ async fn version_routing_routes_the_header_to_per_version_clusters() {
     let lds = ads.recv().await;
     assert_eq!(lds.type_url, Kind::Listener.type_url());
     assert_eq!(route_rules(&inline_routes(&lds)).len(), 4);
-    ads.ack(&lds, &[SERVICE]).await;
+    ads.ack(&lds).await;
     ads.quiet().await;
     let names = [
         SERVICE,
@@ -263,7 +257,7 @@ async fn version_routing_routes_the_header_to_per_version_clusters() {
         "order-service@v2",
         "order-service@v3",
     ];
-    ads.send(Kind::Cluster, &names, &cds.version_info, &cds.nonce)
+    ads.request(Kind::Cluster, &names, &cds.version_info, &cds.nonce)
         .await;
     let cds = ads.recv().await;
     assert_eq!(decode::<Cluster>(&cds).len(), 4);
@@ -283,13 +277,13 @@ async fn wildcard_cds_lists_per_version_clusters_with_version_routing() {
         versions: Some(Arc::from("")),
     };
     let f = serve(memory, shape, 8).await;
-    let mut ads = Ads::open(&f).await;
-    ads.send(Kind::Cluster, &[], "", "").await;
+    let mut ads = f.open::<Sotw>().await;
+    ads.subscribe(Kind::Cluster, &[]).await;
     let mut names = Vec::new();
     for _ in 0..3 {
         let r = ads.recv().await;
         names = decode::<Cluster>(&r).into_iter().map(|c| c.name).collect();
-        ads.ack(&r, &[]).await;
+        ads.ack(&r).await;
         if !names.is_empty() {
             break;
         }
@@ -301,47 +295,38 @@ async fn wildcard_cds_lists_per_version_clusters_with_version_routing() {
 async fn streams_share_one_registry_watch_per_service() {
     let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
-    let mut one = Ads::open(&f).await;
-    let mut two = Ads::open(&f).await;
-    one.send(Kind::Endpoints, &[SERVICE], "", "").await;
-    two.send(Kind::Endpoints, &[SERVICE], "", "").await;
+    let mut one = f.open::<Sotw>().await;
+    let mut two = f.open::<Sotw>().await;
+    one.subscribe(Kind::Endpoints, &[SERVICE]).await;
+    two.subscribe(Kind::Endpoints, &[SERVICE]).await;
     let (r1, r2) = (one.recv().await, two.recv().await);
-    assert_eq!(f.hub.followed(), 1);
-    one.ack(&r1, &[SERVICE]).await;
-    two.ack(&r2, &[SERVICE]).await;
+    assert_eq!(f.watches(), 1);
+    one.ack(&r1).await;
+    two.ack(&r2).await;
     register(&memory, inst("b", 7002, "z1")).await;
     assert_eq!(ports(&one.recv().await), vec![7001, 7002]);
     assert_eq!(ports(&two.recv().await), vec![7001, 7002]);
-    drop((one, two));
-    let mut followed = usize::MAX;
-    for _ in 0..100 {
-        followed = f.hub.followed();
-        if followed == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(followed, 0, "the watch ends with its last stream");
+    drop(one);
+    settle().await;
+    assert_eq!(f.watches(), 1, "the other stream still follows the service");
+    drop(two);
+    settle().await;
+    assert_eq!(f.watches(), 0, "the watch ends with its last stream");
 }
 
 #[tokio::test]
 async fn a_service_followed_again_is_served_as_it_is_now() {
     let memory = memory_with([inst("a", 7001, "z1")]).await;
     let f = serve(memory.clone(), round_robin(), 8).await;
-    let mut ads = Ads::open(&f).await;
-    ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
+    let mut ads = f.open::<Sotw>().await;
+    ads.subscribe(Kind::Endpoints, &[SERVICE]).await;
     assert_eq!(ports(&ads.recv().await), vec![7001]);
     drop(ads);
-    for _ in 0..100 {
-        if f.hub.followed() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(f.hub.followed(), 0);
+    settle().await;
+    assert_eq!(f.watches(), 0);
     // Changed while nobody followed it; the encoding cached for the first watch is not reused.
     register(&memory, inst("b", 7002, "z1")).await;
-    let mut ads = Ads::open(&f).await;
-    ads.send(Kind::Endpoints, &[SERVICE], "", "").await;
+    let mut ads = f.open::<Sotw>().await;
+    ads.subscribe(Kind::Endpoints, &[SERVICE]).await;
     assert_eq!(ports(&ads.recv().await), vec![7001, 7002]);
 }
