@@ -236,12 +236,21 @@ fn register_to_first_call(consul_addr: &str, client: &mut Client, port: u16) {
                 .expect("index")
                 .to_owned()
         });
-        // Consul's floor: a blocking query that returns when the service changes.
+        // Consul's floor: a blocking query that returns when the service changes. The
+        // registration waits until the query is on its way (`query_sent`): parked when the change
+        // comes, it wakes with it; still in flight, it is answered on arrival. Either way the
+        // floor is Consul's wake-up or the query's own trip over loopback, never a guess at how
+        // long parking takes.
+        let (on_its_way, query_sent) = tokio::sync::oneshot::channel::<()>();
         let woke = rt.spawn({
             let http = http.clone();
             async move {
                 let mut index = index;
+                let mut on_its_way = Some(on_its_way);
                 for _ in 0..10 {
+                    if let Some(sent) = on_its_way.take() {
+                        let _ = sent.send(());
+                    }
                     let r = http
                         .get(format!("{base}?index={index}&wait=10s"))
                         .send()
@@ -260,8 +269,8 @@ fn register_to_first_call(consul_addr: &str, client: &mut Client, port: u16) {
                 panic!("Consul's blocking queries never listed m1");
             }
         });
-        // Let the blocking query park and the client call at full speed.
-        std::thread::sleep(Duration::from_millis(200));
+        rt.block_on(query_sent)
+            .expect("the blocking query is on its way");
         client.start_first("m1");
         let t0 = Instant::now();
         rt.block_on(registry.register(&instance))
