@@ -13,4 +13,5 @@ mod real;
 mod select;
 mod support;
 mod xds;
+mod xds_health;
 mod xds_real;

@@ -26,6 +26,7 @@ use super::{Closing, XdsServer};
 
 mod delta;
 mod grace;
+mod health;
 mod routing;
 mod sotw;
 
@@ -213,6 +214,7 @@ fn round_robin() -> Shape {
         rds: false,
         geo: Arc::new(Geo::disabled()),
         versions: None,
+        health_check_enabled: true,
     }
 }
 
