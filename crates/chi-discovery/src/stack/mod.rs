@@ -8,6 +8,9 @@
 //!
 //! - the registries that are enabled (the embedded one when none is), through
 //!   [`registry::connect`](crate::registry::connect());
+//! - the registration as peers must see it: `address: "0.0.0.0"` (a bind address, which
+//!   Consul refuses) advertised as this host's address
+//!   ([`ServiceConfig::advertised`](crate::ServiceConfig::advertised));
 //! - a [`ServiceManager`] with the configured retry, which registers `registration` (with its
 //!   health check, run where each registry expects it) when [`Chi::register`] is called: a server
 //!   registers once it listens, not before;
@@ -65,8 +68,11 @@ impl Chi {
     }
 
     /// Builds the stack from `config`: connects the enabled registries and builds the manager,
-    /// the discovery client and the routers. Registers nothing yet ([`Chi::register`]).
-    pub async fn new(config: Config) -> Result<Chi> {
+    /// the discovery client and the routers. Registers nothing yet ([`Chi::register`]). An
+    /// unspecified `registration.address` (`0.0.0.0`, as the example file has it) is
+    /// advertised as this host's address ([`ServiceConfig::advertised`](crate::ServiceConfig::advertised)).
+    pub async fn new(mut config: Config) -> Result<Chi> {
+        config.registration = config.registration.map(crate::ServiceConfig::advertised);
         let routers = Routers::from_config(&config)?;
         let mut registries = config.registries.clone();
         registries.apply_registration(config.registration.as_ref());
@@ -76,7 +82,8 @@ impl Chi {
 
     /// Builds the stack over an already connected `registry` (the config's registries are not
     /// used): for tests, or a registry chi has no adapter for.
-    pub fn over(config: Config, registry: Arc<dyn Registry>) -> Result<Chi> {
+    pub fn over(mut config: Config, registry: Arc<dyn Registry>) -> Result<Chi> {
+        config.registration = config.registration.map(crate::ServiceConfig::advertised);
         let routers = Routers::from_config(&config)?;
         Ok(Self::with_registry(config, registry, routers))
     }
@@ -120,7 +127,7 @@ impl Chi {
         self.manager.shutdown().await
     }
 
-    /// The validated configuration.
+    /// The validated configuration (with the registration's address as advertised).
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -30,3 +30,5 @@ mod partition;
 mod secrets;
 #[cfg(feature = "consul")]
 mod stub;
+#[cfg(all(feature = "axum", feature = "http"))]
+mod user_order;
