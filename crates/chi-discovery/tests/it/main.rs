@@ -26,6 +26,13 @@ mod last_good;
 mod names;
 #[cfg(feature = "etcd")]
 mod partition;
+#[cfg(all(
+    feature = "tower",
+    feature = "http",
+    feature = "grpc",
+    feature = "metrics"
+))]
+mod picks;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod secrets;
 #[cfg(feature = "consul")]

@@ -34,7 +34,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chi_discovery::balance::Strategy;
-use chi_discovery::routing::{Geo, Route as ChiRoute, VERSION_HEADER, serves_version};
+use chi_discovery::routing::{
+    Geo, HASH_KEY_HEADER, Route as ChiRoute, VERSION_HEADER, serves_version,
+};
 use chi_discovery::{HealthStatus, Instance};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -74,9 +76,6 @@ use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
 use super::state::ServiceView;
-
-/// The header whose value ring-hash clusters hash (chi's `X-Hash-Key`).
-pub(crate) const HASH_HEADER: &str = "x-hash-key";
 
 /// Between a service and a version in the name of a per-version cluster (`order-service@v2`).
 pub(crate) const VERSION_SEP: char = '@';
@@ -146,6 +145,23 @@ pub(crate) struct Shape {
     /// The config's `load_balancer.health_check_enabled`: when `false`, an instance known to be
     /// unhealthy is sent as UNKNOWN, which clients use, instead of UNHEALTHY, which they skip.
     pub(crate) health_check_enabled: bool,
+    /// The header ring-hash routes hash: the config's `load_balancer.hash_key_header`, the
+    /// header `chi proxy` and the library read the key from (`x-hash-key` by default).
+    pub(crate) hash_key_header: Arc<str>,
+}
+
+impl Default for Shape {
+    /// Round robin, routes inline, no geo or version routing, health checks on, `x-hash-key`.
+    fn default() -> Self {
+        Shape {
+            strategy: Strategy::RoundRobin,
+            rds: false,
+            geo: Arc::new(Geo::disabled()),
+            versions: None,
+            health_check_enabled: true,
+            hash_key_header: Arc::from(HASH_KEY_HEADER),
+        }
+    }
 }
 
 /// The versions the instances have (their `version` field, when not empty), sorted.
@@ -281,7 +297,7 @@ impl Shape {
         let hash_policy = if matches!(lb_policy(self.strategy), LbPolicy::RingHash) {
             vec![HashPolicy {
                 policy_specifier: Some(PolicySpecifier::Header(Header {
-                    header_name: HASH_HEADER.to_owned(),
+                    header_name: self.hash_key_header.to_string(),
                     ..Default::default()
                 })),
                 ..Default::default()

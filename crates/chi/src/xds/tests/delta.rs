@@ -136,7 +136,6 @@ pub(super) fn ports(r: &DeltaDiscoveryResponse) -> Vec<u32> {
 fn versioned() -> Shape {
     Shape {
         versions: Some(Arc::from("v1")),
-        health_check_enabled: true,
         ..round_robin()
     }
 }

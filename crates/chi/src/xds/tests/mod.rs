@@ -26,7 +26,7 @@ use super::{Closing, XdsServer};
 
 mod delta;
 mod grace;
-mod health;
+mod load_balancer;
 mod routing;
 mod sotw;
 
@@ -214,7 +214,7 @@ fn round_robin() -> Shape {
         rds: false,
         geo: Arc::new(Geo::disabled()),
         versions: None,
-        health_check_enabled: true,
+        ..Shape::default()
     }
 }
 

@@ -1,28 +1,29 @@
-//! `load_balancer.health_check_enabled` in what `chi xds` sends: with checks on, an unhealthy
-//! instance goes as UNHEALTHY (clients skip it); with checks off, as UNKNOWN (clients use it), as
-//! chi's own balancers then pick it. Built from the resources alone, so no stream is needed.
+//! The config's `load_balancer` block in what `chi xds` sends, built from the resources alone (no
+//! stream is needed):
+//!
+//! - `health_check_enabled`: with checks on, an unhealthy instance goes as UNHEALTHY (clients
+//!   skip it); with checks off, as UNKNOWN (clients use it), as chi's own balancers then pick it;
+//! - `hash_key_header`: the header ring-hash routes hash, the one `chi proxy` reads the key from.
 
 use std::sync::Arc;
 
 use chi_discovery::balance::Strategy;
-use chi_discovery::routing::Geo;
 use chi_discovery::{HealthStatus, Instance};
 use envoy_types::pb::envoy::config::core::v3::HealthStatus as XdsHealth;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
 use prost::Message;
 
 use crate::xds::resources::{ClientPlace, Kind, Shape};
 
 fn shape(health_check_enabled: bool) -> Shape {
     Shape {
-        strategy: Strategy::RoundRobin,
-        rds: false,
-        geo: Arc::new(Geo::disabled()),
-        versions: None,
         health_check_enabled,
+        ..Shape::default()
     }
 }
 
@@ -106,4 +107,39 @@ fn with_health_checks_off_every_instance_is_sent_usable() {
         "UNKNOWN is used by gRPC and Envoy; UNHEALTHY would not be"
     );
     assert_eq!(weight, 3, "every instance weighs in the locality");
+}
+
+/// The header each route of `shape`'s route configuration hashes.
+fn hashed_headers(shape: &Shape) -> Vec<String> {
+    let routes = shape.route_config("order-service", &fleet());
+    routes.virtual_hosts[0]
+        .routes
+        .iter()
+        .flat_map(|r| match &r.action {
+            Some(Action::Route(a)) => a.hash_policy.clone(),
+            other => panic!("a route action: {other:?}"),
+        })
+        .map(|p| match p.policy_specifier {
+            Some(PolicySpecifier::Header(h)) => h.header_name,
+            other => panic!("a header hash policy: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn ring_hash_routes_hash_the_configured_header() {
+    let hashing = Shape {
+        strategy: Strategy::ConsistentHash,
+        ..Shape::default()
+    };
+    assert_eq!(hashed_headers(&hashing), ["x-hash-key"]);
+    let configured = Shape {
+        hash_key_header: Arc::from("x-user"),
+        ..hashing
+    };
+    assert_eq!(hashed_headers(&configured), ["x-user"]);
+    assert!(
+        hashed_headers(&Shape::default()).is_empty(),
+        "round robin hashes nothing"
+    );
 }
