@@ -40,6 +40,7 @@
 //! # Ok(()) }
 //! ```
 
+mod advertise;
 pub mod balance;
 pub mod config;
 pub mod discovery;
@@ -59,6 +60,7 @@ mod snapshot;
 pub mod stack;
 mod util;
 
+pub use advertise::host_address;
 pub use discovery::{DiscoveryClient, Snapshot, Watcher};
 pub use error::{Error, Result};
 pub use instance::{

@@ -144,6 +144,14 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
             l.consistent_hash.load
         ),
     );
+    out.insert(
+        format!("{sd}.load_balancer.hash_key_header"),
+        l.hash_key_header.as_str().to_owned(),
+    );
+    out.insert(
+        format!("{sd}.metrics.per_instance_labels"),
+        config.metrics.per_instance_labels.to_string(),
+    );
     let rt = &config.routing;
     out.insert(
         format!("{sd}.routing.enable_version_routing"),

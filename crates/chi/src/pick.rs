@@ -13,9 +13,6 @@ use hyper::header::{HeaderMap, HeaderName};
 
 use crate::failure::Failure;
 
-/// The key of hashing strategies.
-const HASH_KEY_HEADER: HeaderName = HeaderName::from_static("x-hash-key");
-
 /// One pick. It borrows the instance from the routed subset or the snapshot (no copy of the
 /// instance per request) and holds the balancer's in-flight count until it is dropped.
 pub(crate) enum Picked {
@@ -35,20 +32,18 @@ impl Picked {
     }
 }
 
-/// What a request asks of routing: the routing headers, and `X-Hash-Key` as the key of hashing
-/// strategies.
-pub(crate) fn route_of(headers: &HeaderMap) -> Route<'_> {
+/// What a request asks of routing: the routing headers, and the value of `key_header` (the
+/// config's `load_balancer.hash_key_header`, `X-Hash-Key` by default) as the key of hashing
+/// strategies; read as [`Routers::route_of`] reads it.
+pub(crate) fn route_of<'h>(headers: &'h HeaderMap, key_header: &HeaderName) -> Route<'h> {
     // Most requests carry none of them: one pass over the names instead of four lookups.
     let asks = headers.keys().any(|k| {
-        matches!(k.as_str(), VERSION_HEADER | REGION_HEADER | ZONE_HEADER) || *k == HASH_KEY_HEADER
+        matches!(k.as_str(), VERSION_HEADER | REGION_HEADER | ZONE_HEADER) || k == key_header
     });
     if !asks {
         return Route::default();
     }
-    Route {
-        key: headers.get(HASH_KEY_HEADER).map(|v| v.as_bytes()),
-        ..Route::from_headers(headers)
-    }
+    Route::from_headers_keyed(headers, key_header.as_str())
 }
 
 /// The routers of `config` (the library's [`Routers`]), with a config mistake as bad input.

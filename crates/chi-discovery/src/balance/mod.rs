@@ -42,6 +42,29 @@
 //! the predicate per candidate. The two are recognised by identity: those constructors hand out
 //! one `'static` reference each (see `usable.rs`).
 //!
+//! # Keys, and no key
+//!
+//! The hashing strategies route by the request's key ([`Request::key`]): [`Chi::http`],
+//! [`Chi::balance`], [`Chi::grpc`] and `chi proxy` read it from the `X-Hash-Key` header (or the
+//! header the config's `load_balancer.hash_key_header` names), and take an explicit one too
+//! ([`HttpRouter::get_with_key`], the [`HashKey`] request extension). A request without a key
+//! is hashed as if it carried a fresh random one, so it sticks to nothing:
+//!
+//! - [`ConsistentHash`]: a random partition; no member owns more than `load` times the mean
+//!   number of partitions, so keyless picks spread roughly evenly, weights aside;
+//! - [`RingHash`]: a random point of the ring; an instance gets keyless picks in proportion to
+//!   its points, i.e. to its weight, within the ring's statistical spread;
+//! - [`Maglev`]: a random slot of the table; in proportion to its slots, i.e. to its weight.
+//!
+//! In all three an unusable owner passes the pick on as it passes a key on (the next partition,
+//! point or slot), so keyless picks also skip unhealthy instances.
+//!
+//! [`Chi::http`]: crate::Chi::http
+//! [`Chi::balance`]: crate::Chi::balance
+//! [`Chi::grpc`]: crate::Chi::grpc
+//! [`HttpRouter::get_with_key`]: crate::integration::HttpRouter::get_with_key
+//! [`HashKey`]: crate::integration::HashKey
+//!
 //! # Usage
 //!
 //! A [`Balancer`] holds one strategy for one service. Hand it the current [`Snapshot`](crate::Snapshot) of the
@@ -149,7 +172,8 @@ static ANY: &(dyn Fn(&Instance) -> bool + Sync) = &accept_all;
 /// may be chosen right now. Cheap to build on the stack per request.
 #[derive(Clone, Copy)]
 pub struct Request<'a> {
-    /// The key of hashing strategies (user id, session id...). Without one, they pick at random.
+    /// The key of hashing strategies (user id, session id...). Without one, they pick at random
+    /// (see the module docs, *Keys, and no key*).
     pub key: Option<&'a [u8]>,
     /// Which instances may be picked now. Selectors skip the others without rebuilding.
     pub usable: &'a (dyn Fn(&Instance) -> bool + Sync),

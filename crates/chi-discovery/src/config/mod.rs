@@ -54,6 +54,26 @@ pub struct Config {
     pub load_balancer: LoadBalancerConfig,
     /// Routing (`routing`).
     pub routing: RoutingConfig,
+    /// Metrics (`metrics`).
+    pub metrics: MetricsConfig,
+}
+
+/// `metrics`: how the Prometheus metrics are labelled (the metrics themselves need the
+/// `metrics` feature; `Chi::metrics` and `chi proxy` read this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Label selections and registration state by instance id (the Go sketch's `instance`
+    /// label; `per_instance_labels`). Default `true`; turn it off for large fleets, where the
+    /// series would grow with the instances: the counts are then summed per service.
+    pub per_instance_labels: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            per_instance_labels: true,
+        }
+    }
 }
 
 /// `load_balancer`.
@@ -74,6 +94,10 @@ pub struct LoadBalancerConfig {
     pub subset_size: Option<usize>,
     /// Slow start (`slow_start`).
     pub slow_start: Option<crate::routing::SlowStartConfig>,
+    /// The request header whose value is the key of the hashing strategies
+    /// (`hash_key_header`, default `X-Hash-Key`): read by [`Chi::http`](crate::Chi::http), the
+    /// tower service of a [`Chi`](crate::Chi) and `chi proxy`. Stored lowercase.
+    pub hash_key_header: http::HeaderName,
 }
 
 impl Default for Config {
@@ -94,8 +118,10 @@ impl Default for Config {
                 max_requests_per_instance: None,
                 subset_size: None,
                 slow_start: None,
+                hash_key_header: http::HeaderName::from_static(crate::routing::HASH_KEY_HEADER),
             },
             routing: RoutingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -153,6 +179,10 @@ impl Config {
             &p.join("load_balancer"),
         )?;
         let routing = validate::routing(sd.routing.unwrap_or_default(), &p.join("routing"))?;
+        let metrics = sd.metrics.unwrap_or_default();
+        let metrics = MetricsConfig {
+            per_instance_labels: metrics.per_instance_labels.unwrap_or(true),
+        };
         if load_balancer.subset_size.is_some() && registration.is_none() {
             return Err(p.join("load_balancer").join("subset_size").err(
                 "needs service_discovery.registration: the clients that share the subsets are \
@@ -166,6 +196,7 @@ impl Config {
             retry,
             load_balancer,
             routing,
+            metrics,
         })
     }
 }

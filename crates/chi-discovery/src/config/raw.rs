@@ -27,6 +27,7 @@ pub struct ServiceDiscovery {
     pub discovery: Option<Discovery>,
     pub load_balancer: Option<LoadBalancer>,
     pub routing: Option<Routing>,
+    pub metrics: Option<Metrics>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +165,7 @@ pub struct LoadBalancer {
     pub circuit_breaker: Option<CircuitBreaker>,
     pub subset_size: Option<usize>,
     pub slow_start: Option<SlowStart>,
+    pub hash_key_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,4 +209,10 @@ pub struct Routing {
     pub default_version: Option<String>,
     #[serde(default)]
     pub regions: IndexMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub per_instance_labels: Option<bool>,
 }

@@ -141,6 +141,10 @@ fn file_secrets_are_used_without_environment() {
 #[path = "tests_last_good.rs"]
 mod last_good;
 
+/// `load_balancer.hash_key_header` and `metrics.per_instance_labels`.
+#[path = "tests_picks.rs"]
+mod picks;
+
 #[test]
 fn bad_duration() {
     assert_err(

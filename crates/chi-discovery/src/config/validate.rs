@@ -266,9 +266,14 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
             .join("max_requests")
             .err("must be at least 1 (requests in flight per instance), got 0"));
     }
+    let hash_key_header = match l.hash_key_header {
+        None => http::HeaderName::from_static(crate::routing::HASH_KEY_HEADER),
+        Some(name) => header_name(&name, &at.join("hash_key_header"))?,
+    };
     Ok(LoadBalancerConfig {
         strategy,
         health_check_enabled: l.health_check_enabled.unwrap_or(true),
+        hash_key_header,
         consistent_hash,
         zone_aware,
         max_requests_per_instance: max_requests,
@@ -281,6 +286,15 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
             }
             other => other,
         },
+    })
+}
+
+/// An HTTP header name (RFC 9110 token), lowercased.
+fn header_name(name: &str, at: &Field) -> Result<http::HeaderName> {
+    http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+        at.err(format!(
+            "must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~, e.g. \"X-Hash-Key\"), got {name:?}"
+        ))
     })
 }
 

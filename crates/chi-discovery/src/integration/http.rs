@@ -2,8 +2,11 @@
 //!
 //! [`HttpRouter`] resolves the URL's host as a service name through discovery (the cache, so
 //! no registry round trip per request), the [`Smart`] router (version, region, balancer, from
-//! the request's `X-Service-Version` / `X-Client-Region` / `X-Client-Zone` headers), and rewrites
-//! the URL to the picked instance's `address:port`. The outcome of each call is reported to the
+//! the request's `X-Service-Version` / `X-Client-Region` / `X-Client-Zone` headers, and the key
+//! of the hashing strategies from `X-Hash-Key` or the header [`HttpRouter::hash_key_header`]
+//! names, or from [`HttpRouter::get_with_key`]), and rewrites the URL to the picked instance's
+//! `address:port`. Every pick is told to the router's [`OnPick`] (a [`Chi`](crate::Chi)
+//! stack's metrics). The outcome of each call is reported to the
 //! service's [`OutlierDetector`] (a 5xx or a transport error is a failure), and ejected instances
 //! are skipped by the next picks: passive health without any code in the caller. The router and
 //! the detector of a service are one [`ServiceState`], as in `chi proxy`.
@@ -22,7 +25,8 @@ use crate::error::Error;
 use crate::health::{OutlierConfig, OutlierDetector};
 use crate::instance::Instance;
 use crate::routing::{
-    Admitted, Route, Routed, ServiceState, ServiceStateConfig, Slot, Smart, Stage,
+    Admitted, HASH_KEY_HEADER, OnPick, Route, Routed, ServiceState, ServiceStateConfig, Slot,
+    Smart, Stage,
 };
 
 /// Why a call through [`HttpRouter`] failed.
@@ -51,6 +55,9 @@ pub struct HttpRouter<B: Stage = Balancer> {
     http: reqwest::Client,
     make: Box<dyn Fn() -> Smart<B> + Send + Sync>,
     config: ServiceStateConfig,
+    /// The header whose value is a request's hash key.
+    key_header: http::HeaderName,
+    on_pick: OnPick<B>,
     services: Mutex<HashMap<String, Arc<ServiceState<B>>>>,
 }
 
@@ -103,8 +110,23 @@ impl<B: Stage> HttpRouter<B> {
                 outliers,
                 max_requests_per_instance: None,
             },
+            key_header: http::HeaderName::from_static(HASH_KEY_HEADER),
+            on_pick: OnPick::new(),
             services: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reads the hash key of [`HttpRouter::get`]'s requests from header `name` instead of
+    /// `X-Hash-Key` (the config's `load_balancer.hash_key_header`).
+    pub fn hash_key_header(mut self, name: http::HeaderName) -> Self {
+        self.key_header = name;
+        self
+    }
+
+    /// Tells `on_pick` every pick (for the services first called after this).
+    pub fn on_pick(mut self, on_pick: OnPick<B>) -> Self {
+        self.on_pick = on_pick;
+        self
     }
 
     /// Circuit breaking: at most `max_requests` calls in flight to one instance; past it a call
@@ -146,7 +168,8 @@ impl<B: Stage> HttpRouter<B> {
         if let Some(s) = map.get(service) {
             return s.clone();
         }
-        let s = Arc::new(ServiceState::new((self.make)(), &self.config));
+        let s =
+            Arc::new(ServiceState::new((self.make)(), &self.config).on_pick(self.on_pick.clone()));
         map.insert(service.to_owned(), s.clone());
         s
     }
@@ -181,14 +204,37 @@ impl<B: Stage> HttpRouter<B> {
     }
 
     /// GETs `url` by service name, routing by the routing headers in `headers` (which are also
-    /// sent), and reports the outcome: a 5xx or a transport error counts as a failure.
+    /// sent) and hashing by the value of the hash key header (`X-Hash-Key` unless
+    /// [`HttpRouter::hash_key_header`] names another), and reports the outcome: a 5xx or a
+    /// transport error counts as a failure.
     pub async fn get(
         &self,
         url: &str,
         headers: &http::HeaderMap,
     ) -> Result<reqwest::Response, HttpError> {
-        let route = Route::from_headers(headers);
-        let target = self.resolve(url, &route).await?;
+        let route = Route::from_headers_keyed(headers, self.key_header.as_str());
+        self.send(url, headers, &route).await
+    }
+
+    /// [`HttpRouter::get`] with `key` as the hash key (whatever the headers say): the same key
+    /// goes to the same instance under `consistent_hash`, `ring_hash` and `maglev`.
+    pub async fn get_with_key(
+        &self,
+        url: &str,
+        headers: &http::HeaderMap,
+        key: &[u8],
+    ) -> Result<reqwest::Response, HttpError> {
+        let route = Route::from_headers_keyed(headers, self.key_header.as_str()).key(key);
+        self.send(url, headers, &route).await
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        headers: &http::HeaderMap,
+        route: &Route<'_>,
+    ) -> Result<reqwest::Response, HttpError> {
+        let target = self.resolve(url, route).await?;
         let result = self
             .http
             .get(target.url.clone())

@@ -1,7 +1,11 @@
 //! Integration with the Rust service ecosystem (tower, tonic, reqwest).
 //!
 //! - `Discover` (feature `tower`, on by default): chi's watch as a `tower::discover::Discover`, so `tower::balance::p2c::Balance`
-//!   and tonic's `Channel::balance_channel` are fed by chi (see `examples/tonic_client.rs`).
+//!   and tonic's `Channel::balance_channel` are fed by chi (see `examples/tonic_client.rs`);
+//!   they pick by their own rule.
+//! - `Balance` (feature `tower`): a `tower::Service<http::Request<_>>` whose every request chi
+//!   picks (the configured routing, strategy, hash key and metrics), over one service per
+//!   instance: a tonic client's transport ([`Chi::grpc`](crate::Chi::grpc)).
 //! - `HttpRouter` (feature `http`, on by default): `reqwest` calls to `http://service-name/...` through discovery, the smart
 //!   router and the balancer, with outcomes fed to outlier detection. The client half of
 //!   [`Chi`](crate::Chi) ([`Chi::http`](crate::Chi::http)).
@@ -12,10 +16,14 @@
 #[cfg(feature = "axum")]
 pub mod axum;
 #[cfg(feature = "tower")]
+mod balance;
+#[cfg(feature = "tower")]
 mod discover;
 #[cfg(feature = "http")]
 mod http;
 
+#[cfg(feature = "tower")]
+pub use balance::{Balance, BoxError, HashKey};
 #[cfg(feature = "tower")]
 pub use discover::Discover;
 #[cfg(feature = "http")]

@@ -26,8 +26,10 @@
 //! collectors, rather than copied into metrics on every change: nothing to keep in sync.
 //!
 //! **Cardinality.** The Go sketch's `instance` label is on by default. For large fleets
-//! [`MetricsConfig::per_instance_labels`] `= false` drops the label (selections, registration
-//! state are then summed per service), so the series count no longer grows with instances.
+//! [`MetricsConfig::per_instance_labels`] `= false` (the config file's
+//! `service_discovery.metrics.per_instance_labels: false`) drops the label (selections,
+//! registration state are then summed per service), so the series count no longer grows with
+//! instances.
 //!
 //! **Why `prometheus-client`** rather than the `prometheus` crate: it is the official Prometheus
 //! project's Rust client, it speaks OpenMetrics, and its registry is a value the caller owns and
@@ -58,21 +60,8 @@ use crate::routing::{Decision, Routed, Stage};
 /// A label set: `(name, value)` pairs, so a label can be left out entirely.
 type Labels = Vec<(&'static str, String)>;
 
-/// Settings of [`Metrics`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricsConfig {
-    /// Label selections and registration state by instance id (the Go sketch's `instance` label).
-    /// Default `true`; turn it off for large fleets.
-    pub per_instance_labels: bool,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            per_instance_labels: true,
-        }
-    }
-}
+/// Settings of [`Metrics`]: the config file's `metrics` block.
+pub use crate::config::MetricsConfig;
 
 struct Inner {
     config: MetricsConfig,

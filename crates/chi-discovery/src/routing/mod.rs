@@ -23,11 +23,12 @@
 //! ([`http::HeaderMap`], [`http::Request`], see [`Headers`]) or built from plain values.
 //!
 //! A caller that also learns from outcomes keeps one [`ServiceState`] per service: the router
-//! with the service's outlier detector.
+//! with the service's outlier detector, and an [`OnPick`] told every pick (the metrics).
 
 mod breaker;
 mod config;
 mod geo;
+mod on_pick;
 mod plan;
 mod routers;
 mod service;
@@ -41,6 +42,7 @@ mod version;
 pub use breaker::{Breaker, Slot};
 pub use config::RoutingConfig;
 pub use geo::{Geo, GeoStep, Place};
+pub use on_pick::OnPick;
 pub use routers::Routers;
 pub use service::{Admitted, ServiceState, ServiceStateConfig};
 pub use slow_start::SlowStartConfig;
@@ -58,6 +60,9 @@ pub const VERSION_HEADER: &str = "x-service-version";
 pub const REGION_HEADER: &str = "x-client-region";
 /// Header naming the client's availability zone.
 pub const ZONE_HEADER: &str = "x-client-zone";
+/// Header whose value is the key of the hashing strategies (and of sticky canary splits), unless
+/// the config's `load_balancer.hash_key_header` names another.
+pub const HASH_KEY_HEADER: &str = "x-hash-key";
 /// Instance metadata key of its region.
 pub const REGION_META: &str = "region";
 /// Instance metadata key of its zone.
@@ -82,14 +87,21 @@ impl<'a> Route<'a> {
         Self::default()
     }
 
-    /// Reads `X-Service-Version`, `X-Client-Region` and `X-Client-Zone` (empty values count as
-    /// absent; values that are not visible ASCII are ignored).
+    /// Reads `X-Service-Version`, `X-Client-Region`, `X-Client-Zone` and the key from
+    /// `X-Hash-Key` (empty values count as absent; values that are not visible ASCII are
+    /// ignored).
     pub fn from_headers<H: Headers + ?Sized>(headers: &'a H) -> Self {
+        Self::from_headers_keyed(headers, HASH_KEY_HEADER)
+    }
+
+    /// As [`Route::from_headers`], with the key from header `key_header` (lowercase; the
+    /// config's `load_balancer.hash_key_header`, see [`Routers::route_of`]).
+    pub fn from_headers_keyed<H: Headers + ?Sized>(headers: &'a H, key_header: &str) -> Self {
         Route {
             version: headers.header(VERSION_HEADER),
             region: headers.header(REGION_HEADER),
             zone: headers.header(ZONE_HEADER),
-            key: None,
+            key: headers.header(key_header).map(str::as_bytes),
         }
     }
 
@@ -111,7 +123,8 @@ impl<'a> Route<'a> {
         self
     }
 
-    /// Sets the hash key.
+    /// Sets the hash key (what the hashing strategies hash; see [`crate::balance`] for what they
+    /// do without one).
     pub fn key(mut self, key: &'a [u8]) -> Self {
         self.key = Some(key);
         self
@@ -136,10 +149,12 @@ impl Headers for http::HeaderMap {
         static VERSION: http::HeaderName = http::HeaderName::from_static(VERSION_HEADER);
         static REGION: http::HeaderName = http::HeaderName::from_static(REGION_HEADER);
         static ZONE: http::HeaderName = http::HeaderName::from_static(ZONE_HEADER);
+        static KEY: http::HeaderName = http::HeaderName::from_static(HASH_KEY_HEADER);
         let value = match name {
             VERSION_HEADER => self.get(&VERSION),
             REGION_HEADER => self.get(&REGION),
             ZONE_HEADER => self.get(&ZONE),
+            HASH_KEY_HEADER => self.get(&KEY),
             other => self.get(other),
         };
         value.and_then(|v| v.to_str().ok()).and_then(non_empty)

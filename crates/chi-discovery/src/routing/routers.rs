@@ -3,7 +3,8 @@
 //! A [`Smart`] router holds per-service state (its plan, one balancer per routed subset, their
 //! load counters), so each service needs its own; [`Routers`] is the recipe they are made from,
 //! checked once. `chi select`, `chi proxy`, the HTTP helper and [`Chi`](crate::Chi) all build
-//! their routers here, so `health_check_enabled` and the strategy mean the same everywhere.
+//! their routers here, so `health_check_enabled`, the strategy and the header of the hash key
+//! mean the same everywhere.
 
 use crate::balance::{Balancer, BalancerConfig, Strategy};
 use crate::config::Config;
@@ -11,7 +12,7 @@ use crate::error::{Error, Result};
 
 use std::sync::Arc;
 
-use super::{RoutingConfig, SlowStartConfig, Smart, SubsetSource, ZoneAwareConfig};
+use super::{Headers, Route, RoutingConfig, SlowStartConfig, Smart, SubsetSource, ZoneAwareConfig};
 
 /// The recipe of every service's router; see the module docs.
 #[derive(Debug, Clone)]
@@ -21,6 +22,8 @@ pub struct Routers {
     zone_aware: ZoneAwareConfig,
     subset: Option<Arc<SubsetSource>>,
     slow_start: Option<SlowStartConfig>,
+    /// The header whose value is a request's hash key.
+    key_header: http::HeaderName,
 }
 
 impl Routers {
@@ -47,6 +50,7 @@ impl Routers {
             routing: config.routing.clone(),
             zone_aware: lb.zone_aware.clone(),
             slow_start: lb.slow_start,
+            key_header: lb.hash_key_header.clone(),
             subset: match (lb.subset_size, &config.registration) {
                 (Some(k), Some(me)) => Some(Arc::new(SubsetSource::new(me.instance_id(), k))),
                 _ => None,
@@ -94,6 +98,18 @@ impl Routers {
     /// date with this service's instances ([`Chi`](crate::Chi) does).
     pub fn subset_source(&self) -> Option<&Arc<SubsetSource>> {
         self.subset.as_ref()
+    }
+
+    /// What a request with `headers` asks of routing: the routing headers
+    /// ([`Route::from_headers`]) and its hash key from the configured header
+    /// (`load_balancer.hash_key_header`, default `X-Hash-Key`).
+    pub fn route_of<'h, H: Headers + ?Sized>(&self, headers: &'h H) -> Route<'h> {
+        Route::from_headers_keyed(headers, self.key_header.as_str())
+    }
+
+    /// The header whose value is a request's hash key (lowercase).
+    pub fn hash_key_header(&self) -> &http::HeaderName {
+        &self.key_header
     }
 
     /// The balancers' strategy.

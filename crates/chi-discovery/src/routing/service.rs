@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Breaker, Route, Routed, Slot, Smart, Stage};
+use super::{Breaker, OnPick, Route, Routed, Slot, Smart, Stage};
 use crate::balance::Balancer;
 use crate::discovery::Snapshot;
 use crate::error::Error;
@@ -63,6 +63,8 @@ pub struct ServiceState<B: Stage = Balancer> {
     router: Smart<B>,
     outliers: Arc<OutlierDetector>,
     breaker: Option<Breaker>,
+    /// Told every admitted pick.
+    on_pick: OnPick<B>,
     /// The snapshot revision [`Self::observe`] last told the detector; `u64::MAX` before any.
     revision: AtomicU64,
 }
@@ -84,8 +86,16 @@ impl<B: Stage> ServiceState<B> {
             router,
             outliers: Arc::new(OutlierDetector::new(config.outliers.clone())),
             breaker: config.max_requests_per_instance.map(Breaker::new),
+            on_pick: OnPick::new(),
             revision: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Tells `on_pick` every pick [`Self::admit`] admits (a [`Chi`](crate::Chi) stack's
+    /// metrics, once registered).
+    pub fn on_pick(mut self, on_pick: OnPick<B>) -> Self {
+        self.on_pick = on_pick;
+        self
     }
 
     /// The router.
@@ -126,7 +136,7 @@ impl<B: Stage> ServiceState<B> {
     /// Picks for `route` ([`Self::pick`]) and, with a circuit breaker, takes a slot of the
     /// picked instance: instances at their bound are skipped, and when every instance of the
     /// routed subset is, the pick fails fast with [`Error::Overloaded`]. The slot is freed when
-    /// the [`Admitted`] is dropped.
+    /// the [`Admitted`] is dropped. The pick is told to the [`OnPick`] of [`Self::on_pick`].
     pub fn admit(
         &self,
         snapshot: &Snapshot,
@@ -158,6 +168,7 @@ impl<B: Stage> ServiceState<B> {
                 )
             }
         };
+        self.on_pick.tell(service, &routed);
         Ok(Admitted { routed, slot })
     }
 

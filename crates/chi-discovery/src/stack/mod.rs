@@ -8,6 +8,9 @@
 //!
 //! - the registries that are enabled (the embedded one when none is), through
 //!   [`registry::connect`](crate::registry::connect());
+//! - the registration as peers must see it: `address: "0.0.0.0"` (a bind address, which
+//!   Consul refuses) advertised as this host's address
+//!   ([`ServiceConfig::advertised`](crate::ServiceConfig::advertised));
 //! - a [`ServiceManager`] with the configured retry, which registers `registration` (with its
 //!   health check, run where each registry expects it) when [`Chi::register`] is called: a server
 //!   registers once it listens, not before;
@@ -15,7 +18,16 @@
 //! - [`Routers`]: one [`Smart`](crate::routing::Smart) router per service with the configured
 //!   strategy, routing and `health_check_enabled`, and (feature `http`) an
 //!   [`HttpRouter`](crate::integration::HttpRouter) that calls peers by name with them;
+//! - (feature `tower`) tower services over a peer's instances that follow the same config:
+//!   [`Chi::balance`] and (feature `grpc`) [`Chi::grpc`], whose every request chi picks, and
+//!   [`Chi::discover`], which feeds tower's own balancers;
 //! - (feature `metrics`) every metric, into a Prometheus registry the caller passes.
+//!
+//! Every pick of [`Chi::http`], [`Chi::balance`] and [`Chi::grpc`] reads the hash key of the
+//! hashing strategies from the header `load_balancer.hash_key_header` names (default
+//! `X-Hash-Key`), and is told to one [`OnPick`] slot that [`Chi::metrics`] fills: from then on it
+//! counts `load_balancer_selections_total` (labelled by instance unless
+//! `metrics.per_instance_labels: false`) and `chi_routing_decisions_total`.
 //!
 //! [`Chi::shutdown`] deregisters first, so that peers stop picking this instance before it stops
 //! serving. Nothing is global: two `Chi`s in one process (or one per test) are independent.
@@ -28,7 +40,7 @@ use crate::discovery::DiscoveryClient;
 use crate::error::{Error, Result};
 use crate::manager::{RegistrationReport, ServiceManager};
 use crate::registry::Registry;
-use crate::routing::Routers;
+use crate::routing::{OnPick, Routers};
 use crate::util::AbortOnDrop;
 
 /// The stack built from a [`Config`]; see the module docs.
@@ -38,6 +50,8 @@ pub struct Chi {
     manager: Arc<ServiceManager>,
     discovery: DiscoveryClient,
     routers: Routers,
+    /// Told every pick of the HTTP helper and the tower services: the metrics, once registered.
+    on_pick: OnPick,
     /// The one HTTP helper, so that its circuit breakers' counts reach [`Chi::metrics`].
     #[cfg(feature = "http")]
     http: Arc<crate::integration::HttpRouter>,
@@ -65,8 +79,11 @@ impl Chi {
     }
 
     /// Builds the stack from `config`: connects the enabled registries and builds the manager,
-    /// the discovery client and the routers. Registers nothing yet ([`Chi::register`]).
-    pub async fn new(config: Config) -> Result<Chi> {
+    /// the discovery client and the routers. Registers nothing yet ([`Chi::register`]). An
+    /// unspecified `registration.address` (`0.0.0.0`, as the example file has it) is
+    /// advertised as this host's address ([`ServiceConfig::advertised`](crate::ServiceConfig::advertised)).
+    pub async fn new(mut config: Config) -> Result<Chi> {
+        config.registration = config.registration.map(crate::ServiceConfig::advertised);
         let routers = Routers::from_config(&config)?;
         let mut registries = config.registries.clone();
         registries.apply_registration(config.registration.as_ref());
@@ -76,7 +93,8 @@ impl Chi {
 
     /// Builds the stack over an already connected `registry` (the config's registries are not
     /// used): for tests, or a registry chi has no adapter for.
-    pub fn over(config: Config, registry: Arc<dyn Registry>) -> Result<Chi> {
+    pub fn over(mut config: Config, registry: Arc<dyn Registry>) -> Result<Chi> {
+        config.registration = config.registration.map(crate::ServiceConfig::advertised);
         let routers = Routers::from_config(&config)?;
         Ok(Self::with_registry(config, registry, routers))
     }
@@ -88,8 +106,9 @@ impl Chi {
             .retry(config.retry)
             .build(registry.clone());
         let clients = follow_clients(&config, &discovery, &routers);
+        let on_pick = OnPick::new();
         #[cfg(feature = "http")]
-        let http = Arc::new(http_router(&config, &discovery, &routers));
+        let http = Arc::new(http_router(&config, &discovery, &routers, &on_pick));
         Chi {
             #[cfg(feature = "http")]
             http,
@@ -98,6 +117,7 @@ impl Chi {
             manager,
             discovery,
             routers,
+            on_pick,
             _clients: clients,
         }
     }
@@ -120,7 +140,7 @@ impl Chi {
         self.manager.shutdown().await
     }
 
-    /// The validated configuration.
+    /// The validated configuration (with the registration's address as advertised).
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -141,6 +161,13 @@ impl Chi {
         &self.discovery
     }
 
+    /// The hook every pick of [`Chi::http`], [`Chi::balance`] and [`Chi::grpc`] is told:
+    /// [`Chi::metrics`] sets it; a caller with its own use for the picks (logs, other metrics)
+    /// may set it instead.
+    pub fn on_pick(&self) -> &OnPick {
+        &self.on_pick
+    }
+
     /// The router recipe: [`Routers::router`] gives a new router for one service.
     pub fn routers(&self) -> &Routers {
         &self.routers
@@ -154,16 +181,85 @@ impl Chi {
         self.http.clone()
     }
 
-    /// Registers every metric into `registry` and wires it to this stack: discovery requests
-    /// and cache (when `discovery.cache.enable_metrics` is on, as the file says), registration
-    /// state, and (feature `http`) the circuit breakers' refusals of [`Chi::http`].
+    /// A tower service over the instances of `service` whose every request this stack picks:
+    /// the configured routing, strategy (the hash key from the request's
+    /// `load_balancer.hash_key_header`, or a [`HashKey`](crate::integration::HashKey)
+    /// extension), health rule and circuit breaker, outlier detection, and the metrics of
+    /// [`Chi::metrics`]. `make` builds the service that calls one instance, the first time it is
+    /// picked. See [`Balance`](crate::integration::Balance).
+    #[cfg(feature = "tower")]
+    pub fn balance<S, E>(
+        &self,
+        service: &str,
+        make: impl Fn(&crate::Instance) -> std::result::Result<S, E> + Send + Sync + 'static,
+    ) -> Result<crate::integration::Balance<S>>
+    where
+        S: Clone + Send + Sync + 'static,
+        E: Into<crate::integration::BoxError>,
+    {
+        crate::instance::validate_name("service name", service)?;
+        let settings = crate::routing::ServiceStateConfig {
+            max_requests_per_instance: self.config.load_balancer.max_requests_per_instance,
+            ..Default::default()
+        };
+        let state = crate::routing::ServiceState::new(self.routers.router(), &settings)
+            .on_pick(self.on_pick.clone());
+        Ok(
+            crate::integration::Balance::new(service, self.discovery.clone(), state, make)
+                .hash_key_header(self.routers.hash_key_header().clone()),
+        )
+    }
+
+    /// A tonic transport for `service`: [`Chi::balance`] over one lazily connected `Channel`
+    /// per instance (`http://address:port`), so a generated client
+    /// (`HealthClient::new(chi.grpc("svc")?)`) calls the instance this stack picks for each
+    /// request.
+    #[cfg(all(feature = "tower", feature = "grpc"))]
+    pub fn grpc(
+        &self,
+        service: &str,
+    ) -> Result<crate::integration::Balance<tonic::transport::Channel>> {
+        self.balance(service, |i: &crate::Instance| {
+            tonic::transport::Endpoint::from_shared(format!("http://{}", i.authority()))
+                .map(|e| e.connect_lazy())
+        })
+    }
+
+    /// A [`Discover`](crate::integration::Discover) over a watch of `service`, for tower's own
+    /// balancers and tonic's `Channel::balance_channel`: instances known to be unhealthy are
+    /// left out unless `load_balancer.health_check_enabled` is `false`. Those balancers pick by
+    /// their own rule (P2C), so the configured strategy, hash key and selection metrics apply to
+    /// [`Chi::balance`], not to them.
+    #[cfg(feature = "tower")]
+    pub async fn discover<S, E, F>(
+        &self,
+        service: &str,
+        make: F,
+    ) -> Result<crate::integration::Discover<S, F>>
+    where
+        F: FnMut(&crate::Instance) -> std::result::Result<S, E>,
+        E: std::fmt::Display,
+    {
+        let watcher = self.discovery.watch(service).await?;
+        Ok(crate::integration::Discover::new(watcher, make)
+            .skip_unhealthy(self.config.load_balancer.health_check_enabled))
+    }
+
+    /// Registers every metric into `registry` (labelled as the config's `metrics` block says)
+    /// and wires it to this stack: discovery requests and cache (when
+    /// `discovery.cache.enable_metrics` is on, as the file says), registration state, every pick
+    /// of [`Chi::http`], [`Chi::balance`] and [`Chi::grpc`] (`load_balancer_selections_total`,
+    /// `chi_routing_decisions_total`), and (feature `http`) the circuit breakers' refusals of
+    /// [`Chi::http`]. Call it once: a second registry takes the picks over from the first.
     #[cfg(feature = "metrics")]
     pub fn metrics(
         &self,
         registry: &mut prometheus_client::registry::Registry,
     ) -> crate::metrics::Metrics {
-        let metrics =
-            crate::metrics::Metrics::register(registry, crate::metrics::MetricsConfig::default());
+        let metrics = crate::metrics::Metrics::register(registry, self.config.metrics);
+        let picks = metrics.clone();
+        self.on_pick
+            .set(move |service, routed| picks.record_routed(service, routed));
         if self.config.cache.enable_metrics {
             metrics.instrument_client(registry, &self.discovery);
         }
@@ -178,20 +274,25 @@ impl Chi {
     }
 }
 
-/// The stack's HTTP helper: its routers, outlier detection, and the configured breaker.
+/// The stack's HTTP helper: its routers, hash key header, outlier detection, the configured
+/// breaker, and the stack's [`OnPick`].
 #[cfg(feature = "http")]
 fn http_router(
     config: &Config,
     discovery: &DiscoveryClient,
     routers: &Routers,
+    on_pick: &OnPick,
 ) -> crate::integration::HttpRouter {
+    let key_header = routers.hash_key_header().clone();
     let routers = routers.clone();
     let http = crate::integration::HttpRouter::new(
         discovery.clone(),
         reqwest::Client::new(),
         crate::health::OutlierConfig::default(),
         move || routers.router(),
-    );
+    )
+    .hash_key_header(key_header)
+    .on_pick(on_pick.clone());
     match config.load_balancer.max_requests_per_instance {
         Some(max) => http.circuit_breaker(max),
         None => http,

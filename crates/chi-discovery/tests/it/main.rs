@@ -26,7 +26,16 @@ mod last_good;
 mod names;
 #[cfg(feature = "etcd")]
 mod partition;
+#[cfg(all(
+    feature = "tower",
+    feature = "http",
+    feature = "grpc",
+    feature = "metrics"
+))]
+mod picks;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod secrets;
 #[cfg(feature = "consul")]
 mod stub;
+#[cfg(all(feature = "axum", feature = "http"))]
+mod user_order;

@@ -215,7 +215,7 @@ impl Proxy {
         request: &Outgoing,
     ) -> Response<ProxyBody> {
         let name = service.name.as_str();
-        let route = pick::route_of(&request.headers);
+        let route = pick::route_of(&request.headers, self.routers.hash_key_header());
         let mut tried: Vec<String> = Vec::new();
         let mut last_error = String::from("no instance could be picked");
         let mut first = Some(first);

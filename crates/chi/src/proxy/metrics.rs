@@ -42,7 +42,12 @@ pub(super) struct ServiceMetrics {
 impl ProxyMetrics {
     /// Registers the proxy's families and the library's metrics (the client's too); returns them
     /// with the text exposition for the admin port.
-    pub(super) fn register(client: &DiscoveryClient) -> (ProxyMetrics, admin::MetricsFn) {
+    /// The library's selection counters are labelled as `config` (the config file's `metrics`
+    /// block) says.
+    pub(super) fn register(
+        client: &DiscoveryClient,
+        config: MetricsConfig,
+    ) -> (ProxyMetrics, admin::MetricsFn) {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         let attempts = Family::<Labels, Counter>::default();
@@ -71,7 +76,7 @@ impl ProxyMetrics {
             overflows.clone(),
         );
         // The library's metrics too: discovery and selection metrics, cache and instances.
-        let library = LibraryMetrics::register(&mut registry, MetricsConfig::default());
+        let library = LibraryMetrics::register(&mut registry, config);
         library.instrument_client(&mut registry, client);
         let registry = Arc::new(registry);
         let render: admin::MetricsFn = Arc::new(move || {

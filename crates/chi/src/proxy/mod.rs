@@ -5,7 +5,8 @@
 //! `--route-by host` the `Host` header names it when it holds a name (`user-service` or
 //! `user-service.anything`, not an IP address or `localhost`), the path going as it is. The
 //! routing headers (`X-Service-Version`, `X-Client-Region`, `X-Client-Zone`) and the configured
-//! balancer pick an instance ([`crate::pick`]); `X-Hash-Key` is the key of hashing strategies. A
+//! balancer pick an instance ([`crate::pick`]); `X-Hash-Key` (or the header the config's
+//! `load_balancer.hash_key_header` names) is the key of hashing strategies. A
 //! failed attempt (connect error, timeout, 502/503/504) is retried on another instance, up to
 //! `discovery.retry.max_attempts` attempts, for idempotent methods (all methods with
 //! `--retry-all-methods`; a refused connection is retried for every method, as nothing was sent).
@@ -82,7 +83,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .cache(source.config.cache)
         .retry(source.config.retry)
         .build(registry.clone());
-    let (metrics, exposition) = ProxyMetrics::register(&client);
+    let (metrics, exposition) = ProxyMetrics::register(&client, source.config.metrics);
 
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),

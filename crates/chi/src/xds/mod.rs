@@ -92,6 +92,8 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
             .routing
             .enable_version_routing
             .then(|| Arc::from(source.config.routing.default_version.as_str())),
+        health_check_enabled: source.config.load_balancer.health_check_enabled,
+        hash_key_header: Arc::from(source.config.load_balancer.hash_key_header.as_str()),
     };
     let server = XdsServer::new(
         Hub::new(client, registry, args.restart_grace),

@@ -12,7 +12,9 @@
 //!    configured strategy where xDS has one.
 //! 4. **ClusterLoadAssignment** `NAME`: one locality per (region, zone) of the instances' metadata,
 //!    each with `load_balancing_weight` and `priority` set (A27 ignores localities without a
-//!    weight), endpoints with an IP socket address, their weight and their health. With geo
+//!    weight), endpoints with an IP socket address, their weight and their health (with the
+//!    config's `health_check_enabled: false`, an unhealthy instance is sent as UNKNOWN, so that
+//!    clients use it whatever its health, as chi's own balancers then do). With geo
 //!    routing on, the priorities follow the client's own locality (its bootstrap's `node`): its
 //!    zone first, then its region, then the neighbour regions, then the rest; gRPC fails over to
 //!    the next priority when one has no usable endpoint (A27's priority policy), which wants the
@@ -32,7 +34,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chi_discovery::balance::Strategy;
-use chi_discovery::routing::{Geo, Route as ChiRoute, VERSION_HEADER, serves_version};
+use chi_discovery::routing::{
+    Geo, HASH_KEY_HEADER, Route as ChiRoute, VERSION_HEADER, serves_version,
+};
 use chi_discovery::{HealthStatus, Instance};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -72,9 +76,6 @@ use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
 use super::state::ServiceView;
-
-/// The header whose value ring-hash clusters hash (chi's `X-Hash-Key`).
-pub(crate) const HASH_HEADER: &str = "x-hash-key";
 
 /// Between a service and a version in the name of a per-version cluster (`order-service@v2`).
 pub(crate) const VERSION_SEP: char = '@';
@@ -141,6 +142,26 @@ pub(crate) struct Shape {
     pub(crate) geo: Arc<Geo>,
     /// Version routing: `None` when off, else the default version (may be empty).
     pub(crate) versions: Option<Arc<str>>,
+    /// The config's `load_balancer.health_check_enabled`: when `false`, an instance known to be
+    /// unhealthy is sent as UNKNOWN, which clients use, instead of UNHEALTHY, which they skip.
+    pub(crate) health_check_enabled: bool,
+    /// The header ring-hash routes hash: the config's `load_balancer.hash_key_header`, the
+    /// header `chi proxy` and the library read the key from (`x-hash-key` by default).
+    pub(crate) hash_key_header: Arc<str>,
+}
+
+impl Default for Shape {
+    /// Round robin, routes inline, no geo or version routing, health checks on, `x-hash-key`.
+    fn default() -> Self {
+        Shape {
+            strategy: Strategy::RoundRobin,
+            rds: false,
+            geo: Arc::new(Geo::disabled()),
+            versions: None,
+            health_check_enabled: true,
+            hash_key_header: Arc::from(HASH_KEY_HEADER),
+        }
+    }
 }
 
 /// The versions the instances have (their `version` field, when not empty), sorted.
@@ -234,7 +255,7 @@ impl Shape {
                     }
                     None => instances,
                 };
-                pack_any(load_assignment(name, instances, &self.geo, client))
+                pack_any(self.load_assignment(name, instances, client))
             }
         }
     }
@@ -276,7 +297,7 @@ impl Shape {
         let hash_policy = if matches!(lb_policy(self.strategy), LbPolicy::RingHash) {
             vec![HashPolicy {
                 policy_specifier: Some(PolicySpecifier::Header(Header {
-                    header_name: HASH_HEADER.to_owned(),
+                    header_name: self.hash_key_header.to_string(),
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -373,7 +394,8 @@ pub(crate) fn lb_policy(strategy: Strategy) -> LbPolicy {
     }
 }
 
-/// chi's health as xDS health: only HEALTHY and UNKNOWN endpoints are used by clients.
+/// chi's health as xDS health: only HEALTHY and UNKNOWN endpoints are used by clients (gRPC
+/// A27; Envoy's EDS health).
 pub(crate) fn health(h: HealthStatus) -> XdsHealth {
     match h {
         HealthStatus::Healthy => XdsHealth::Healthy,
@@ -382,64 +404,80 @@ pub(crate) fn health(h: HealthStatus) -> XdsHealth {
     }
 }
 
-/// ClusterLoadAssignment `name`: one locality per (region, zone), sorted, with the priorities of
-/// [`priorities`]; an instance with weight 0 (out of rotation) or an address that is not an IP
-/// is left out (xDS endpoints need an IP socket address and a weight of at least 1).
-pub(crate) fn load_assignment(
-    name: &str,
-    instances: &[Instance],
-    geo: &Geo,
-    client: &ClientPlace,
-) -> ClusterLoadAssignment {
-    let mut localities: BTreeMap<(&str, &str), Vec<&Instance>> = BTreeMap::new();
-    for i in instances {
-        let place = geo.place_of(i);
-        let key = (place.region.unwrap_or(""), place.zone.unwrap_or(""));
-        localities.entry(key).or_default().push(i);
+impl Shape {
+    /// The health an endpoint is sent with: its own, except that with `health_check_enabled:
+    /// false` an unhealthy instance goes as UNKNOWN, so clients use it as chi's own balancers
+    /// would (chi's health is not a verdict the config asks to act on).
+    pub(crate) fn endpoint_health(&self, h: HealthStatus) -> XdsHealth {
+        match (h, self.health_check_enabled) {
+            (HealthStatus::Unhealthy, false) => XdsHealth::Unknown,
+            (h, _) => health(h),
+        }
     }
-    let mut endpoints: Vec<LocalityLbEndpoints> = localities
-        .into_iter()
-        .filter_map(|((region, zone), mut members)| {
-            members.sort_by(|a, b| a.id.cmp(&b.id));
-            let lb_endpoints: Vec<LbEndpoint> = members.into_iter().filter_map(endpoint).collect();
-            if lb_endpoints.is_empty() {
-                return None;
-            }
-            let weight = lb_endpoints
-                .iter()
-                .filter(|e| e.health_status != XdsHealth::Unhealthy as i32)
-                .filter_map(|e| e.load_balancing_weight.map(|w| w.value))
-                .fold(0u32, u32::saturating_add)
-                .max(1);
-            Some(LocalityLbEndpoints {
-                locality: Some(Locality {
-                    region: region.to_owned(),
-                    zone: zone.to_owned(),
-                    sub_zone: String::new(),
-                }),
-                lb_endpoints,
-                load_balancing_weight: Some(UInt32Value { value: weight }),
-                priority: 0,
-                ..Default::default()
+
+    /// ClusterLoadAssignment `name`: one locality per (region, zone), sorted, with the priorities
+    /// of [`priorities`]; an instance with weight 0 (out of rotation) or an address that is not
+    /// an IP is left out (xDS endpoints need an IP socket address and a weight of at least 1).
+    pub(crate) fn load_assignment(
+        &self,
+        name: &str,
+        instances: &[Instance],
+        client: &ClientPlace,
+    ) -> ClusterLoadAssignment {
+        let geo = &*self.geo;
+        let mut localities: BTreeMap<(&str, &str), Vec<&Instance>> = BTreeMap::new();
+        for i in instances {
+            let place = geo.place_of(i);
+            let key = (place.region.unwrap_or(""), place.zone.unwrap_or(""));
+            localities.entry(key).or_default().push(i);
+        }
+        let mut endpoints: Vec<LocalityLbEndpoints> = localities
+            .into_iter()
+            .filter_map(|((region, zone), mut members)| {
+                members.sort_by(|a, b| a.id.cmp(&b.id));
+                let lb_endpoints: Vec<LbEndpoint> = members
+                    .into_iter()
+                    .filter_map(|i| endpoint(i, self.endpoint_health(i.health)))
+                    .collect();
+                if lb_endpoints.is_empty() {
+                    return None;
+                }
+                let weight = lb_endpoints
+                    .iter()
+                    .filter(|e| e.health_status != XdsHealth::Unhealthy as i32)
+                    .filter_map(|e| e.load_balancing_weight.map(|w| w.value))
+                    .fold(0u32, u32::saturating_add)
+                    .max(1);
+                Some(LocalityLbEndpoints {
+                    locality: Some(Locality {
+                        region: region.to_owned(),
+                        zone: zone.to_owned(),
+                        sub_zone: String::new(),
+                    }),
+                    lb_endpoints,
+                    load_balancing_weight: Some(UInt32Value { value: weight }),
+                    priority: 0,
+                    ..Default::default()
+                })
             })
-        })
-        .collect();
-    let places: Vec<(&str, &str)> = endpoints
-        .iter()
-        .map(|l| {
-            l.locality
-                .as_ref()
-                .map_or(("", ""), |l| (l.region.as_str(), l.zone.as_str()))
-        })
-        .collect();
-    let ranks = priorities(geo, client, &places);
-    for (l, p) in endpoints.iter_mut().zip(ranks) {
-        l.priority = p;
-    }
-    ClusterLoadAssignment {
-        cluster_name: name.to_owned(),
-        endpoints,
-        ..Default::default()
+            .collect();
+        let places: Vec<(&str, &str)> = endpoints
+            .iter()
+            .map(|l| {
+                l.locality
+                    .as_ref()
+                    .map_or(("", ""), |l| (l.region.as_str(), l.zone.as_str()))
+            })
+            .collect();
+        let ranks = priorities(geo, client, &places);
+        for (l, p) in endpoints.iter_mut().zip(ranks) {
+            l.priority = p;
+        }
+        ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints,
+            ..Default::default()
+        }
     }
 }
 
@@ -484,7 +522,7 @@ pub(crate) fn priorities(geo: &Geo, client: &ClientPlace, places: &[(&str, &str)
         .collect()
 }
 
-fn endpoint(i: &Instance) -> Option<LbEndpoint> {
+fn endpoint(i: &Instance, health: XdsHealth) -> Option<LbEndpoint> {
     let weight = i.effective_weight();
     let address = i.address.trim_start_matches('[').trim_end_matches(']');
     if weight == 0 || address.parse::<IpAddr>().is_err() {
@@ -503,7 +541,7 @@ fn endpoint(i: &Instance) -> Option<LbEndpoint> {
             }),
             ..Default::default()
         })),
-        health_status: health(i.health) as i32,
+        health_status: health as i32,
         load_balancing_weight: Some(UInt32Value { value: weight }),
         ..Default::default()
     })

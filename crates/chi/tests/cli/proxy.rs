@@ -79,7 +79,7 @@ impl Drop for Backend {
 }
 
 /// The proxy's config: fast cache refresh, 3 attempts, routing on, `strategy`.
-fn proxy_config(strategy: &str) -> String {
+pub(crate) fn proxy_config(strategy: &str) -> String {
     format!(
         "service_discovery:
   discovery:
@@ -121,7 +121,7 @@ pub(crate) fn start_proxy_with(strategy: &str, registry: &str, extra: &[&str]) -
 }
 
 /// A proxy on the config `text`.
-fn start_proxy_config(text: &str, registry: &str, extra: &[&str]) -> ProxyProc {
+pub(crate) fn start_proxy_config(text: &str, registry: &str, extra: &[&str]) -> ProxyProc {
     let file = yaml(text);
     let mut cmd = chi();
     cmd.args(["proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
@@ -160,9 +160,9 @@ fn backend_agent(registry: &str, port: u16, version: &str, region: &str, weight:
     )
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-fn client() -> HttpClient {
+pub(crate) fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
@@ -197,7 +197,7 @@ async fn get(
 }
 
 /// Counts of backends (first word of the body) over `n` requests.
-async fn spread(
+pub(crate) async fn spread(
     client: &HttpClient,
     proxy: &str,
     n: usize,
@@ -218,13 +218,13 @@ async fn spread(
 }
 
 /// A host agent for the registry, three backends registered in it; the proxy is left to the test.
-struct Fleet {
-    host: Agent,
-    backends: Vec<Backend>,
+pub(crate) struct Fleet {
+    pub(crate) host: Agent,
+    pub(crate) backends: Vec<Backend>,
     _agents: Vec<Agent>,
 }
 
-async fn fleet(specs: &[(&'static str, &str, &str, u32)]) -> Fleet {
+pub(crate) async fn fleet(specs: &[(&'static str, &str, &str, u32)]) -> Fleet {
     let host = Agent::start(&registration("registry-host", 1, "v1", ""), &[]);
     let url = host.url();
     let mut backends = Vec::new();
@@ -241,7 +241,7 @@ async fn fleet(specs: &[(&'static str, &str, &str, u32)]) -> Fleet {
     }
 }
 
-async fn wait_ready(client: &HttpClient, proxy: &str, backends: usize) {
+pub(crate) async fn wait_ready(client: &HttpClient, proxy: &str, backends: usize) {
     // The proxy discovers on the first request; wait until every backend is listed.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {

@@ -102,3 +102,18 @@ fn route_reads_headers() {
     let pairs: &[(&str, &str)] = &[("X-Client-Zone", "us-east-1b")];
     assert_eq!(Route::from_headers(pairs).zone, Some("us-east-1b"));
 }
+
+#[test]
+fn route_reads_the_hash_key_from_its_header() {
+    let mut h = http::HeaderMap::new();
+    h.insert("X-Hash-Key", "user-42".parse().expect("header"));
+    h.insert("x-user", "u-7".parse().expect("header"));
+    assert_eq!(Route::from_headers(&h).key, Some(&b"user-42"[..]));
+    assert_eq!(
+        Route::from_headers_keyed(&h, "x-user").key,
+        Some(&b"u-7"[..])
+    );
+    assert_eq!(Route::from_headers_keyed(&h, "x-session").key, None);
+    h.insert("x-hash-key", " ".parse().expect("header"));
+    assert_eq!(Route::from_headers(&h).key, None, "empty counts as absent");
+}

@@ -37,6 +37,7 @@ use super::resources::{ClientPlace, Shape};
 mod client;
 mod delta;
 mod grace;
+mod load_balancer;
 mod registry;
 mod routing;
 mod server;
@@ -117,6 +118,7 @@ fn round_robin() -> Shape {
         rds: false,
         geo: Arc::new(Geo::disabled()),
         versions: None,
+        ..Shape::default()
     }
 }
 

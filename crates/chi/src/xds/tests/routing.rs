@@ -30,6 +30,7 @@ async fn wildcard_cds_lists_every_service_and_rds_can_go_over_ads() {
         rds: true,
         geo: Arc::new(Geo::disabled()),
         versions: None,
+        ..Shape::default()
     };
     let f = serve(memory, shape, 8).await;
     let mut ads = f.open::<Sotw>().await;
@@ -118,6 +119,7 @@ async fn each_client_gets_its_own_zone_first_when_geo_routing_is_on<V: Variant>(
         rds: false,
         geo: Arc::new(topology()),
         versions: None,
+        ..Shape::default()
     };
     let f = serve(memory, shape, 8).await;
     let mut by_zone = Vec::new();
@@ -206,6 +208,7 @@ async fn version_routing_routes_the_header_to_per_version_clusters() {
         rds: false,
         geo: Arc::new(Geo::disabled()),
         versions: Some(Arc::from("v1")),
+        ..Shape::default()
     };
     let f = serve(memory.clone(), shape, 8).await;
     let mut ads = f.open::<Sotw>().await;
@@ -275,6 +278,7 @@ async fn wildcard_cds_lists_per_version_clusters_with_version_routing() {
         rds: false,
         geo: Arc::new(Geo::disabled()),
         versions: Some(Arc::from("")),
+        ..Shape::default()
     };
     let f = serve(memory, shape, 8).await;
     let mut ads = f.open::<Sotw>().await;
