@@ -421,8 +421,8 @@ impl Client {
             })
         } else if status.is_server_error() && message.contains("No cluster leader") {
             Some(
-                "the Consul servers are electing a leader or have lost their quorum; \
-                 retried with backoff, and `consistency: stale` reads without a leader",
+                "the Consul servers have no leader: an election, or a lost quorum; reads with \
+                 `consistency: stale` are answered without one",
             )
         } else {
             None
