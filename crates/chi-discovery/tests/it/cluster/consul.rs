@@ -106,6 +106,7 @@ async fn leader_killed_under_load_blocking_queries_resume_and_registrations_surv
         ),
     );
     figures.assert_clean("consul");
+    assert_eq!(figures.keepers_left, 0, "a keeper left the watcher's view");
     assert_eq!(
         figures.reregistrations, 0,
         "the agent lost registrations"

@@ -117,6 +117,7 @@ async fn leader_killed_under_load_keeps_the_lease_and_every_change() {
         ),
     );
     figures.assert_clean("etcd");
+    assert_eq!(figures.keepers_left, 0, "a keeper left the watcher's view");
     assert_eq!(
         figures.reregistrations, 0,
         "the keepers were registered again"

@@ -109,6 +109,7 @@ struct Counts {
     watch_empty: AtomicU64,
     watch_errors: AtomicU64,
     keepers_left: AtomicU64,
+    keeper_gap_ms: AtomicU64,
 }
 
 /// The load of one test (see the module docs).
@@ -140,7 +141,10 @@ pub(super) struct Figures {
     pub(super) watch_empty: u64,
     pub(super) failed: u64,
     pub(super) stale: u64,
+    /// Times a keeper left the watcher's view.
     pub(super) keepers_left: u64,
+    /// The longest a keeper was missing from the watcher's view.
+    pub(super) keeper_gap: Duration,
     /// Kill → the first write issued after it succeeded.
     pub(super) write_recovery: Option<Duration>,
     /// The longest a write took, from its first attempt to its success.
@@ -191,7 +195,8 @@ impl Load {
         let mut watcher = client.watch(service).await.expect("watch");
         tasks.push({
             let (seen, view, counts) = (seen.clone(), view.clone(), counts.clone());
-            let keeper_ids: HashSet<String> = (0..KEEPERS).map(|i| format!("k{i}")).collect();
+            let keeper_ids: Vec<String> = (0..KEEPERS).map(|i| format!("k{i}")).collect();
+            let mut absent_since: HashMap<String, Instant> = HashMap::new();
             tokio::spawn(async move {
                 while let Some(item) = watcher.next().await {
                     let now = Instant::now();
@@ -203,33 +208,32 @@ impl Load {
                         }
                     };
                     let record = match &change {
-                        Change::Reset(all) => {
-                            let present: HashSet<&str> =
-                                all.iter().map(|i| i.id.as_str()).collect();
-                            let missing = keeper_ids
-                                .iter()
-                                .filter(|k| !present.contains(k.as_str()))
-                                .count();
-                            counts
-                                .keepers_left
-                                .fetch_add(missing as u64, Ordering::Relaxed);
-                            Seen::Reset(now, weights(all))
-                        }
+                        Change::Reset(all) => Seen::Reset(now, weights(all)),
                         Change::Add(i) | Change::Update(i) => {
                             Seen::Event(now, i.id.clone(), Some(i.weight))
                         }
-                        Change::Remove(i) => {
-                            if keeper_ids.contains(&i.id) {
-                                counts.keepers_left.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Seen::Event(now, i.id.clone(), None)
-                        }
+                        Change::Remove(i) => Seen::Event(now, i.id.clone(), None),
                     };
                     seen.lock().expect("lock").push(record);
                     let mut v = view.lock().expect("lock");
                     change.apply(&mut v);
                     if v.is_empty() {
                         counts.watch_empty.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Keepers that left the view, and for how long.
+                    for k in &keeper_ids {
+                        match (v.contains_key(k), absent_since.get(k)) {
+                            (false, None) => {
+                                counts.keepers_left.fetch_add(1, Ordering::Relaxed);
+                                absent_since.insert(k.clone(), now);
+                            }
+                            (true, Some(since)) => {
+                                let gap = now.duration_since(*since).as_millis() as u64;
+                                counts.keeper_gap_ms.fetch_max(gap, Ordering::Relaxed);
+                                absent_since.remove(k);
+                            }
+                            _ => {}
+                        }
                     }
                 }
             })
@@ -362,6 +366,7 @@ impl Load {
             stale: c.stale.load(Ordering::Relaxed),
             watch_errors: c.watch_errors.load(Ordering::Relaxed),
             keepers_left: c.keepers_left.load(Ordering::Relaxed),
+            keeper_gap: Duration::from_millis(c.keeper_gap_ms.load(Ordering::Relaxed)),
             ..figures
         }
     }
@@ -535,6 +540,7 @@ fn measure(
         failed: 0,
         stale: 0,
         keepers_left: 0,
+        keeper_gap: Duration::ZERO,
         converged: Duration::ZERO,
         reregistrations: 0,
     }
@@ -548,8 +554,9 @@ impl Figures {
             "[reliability] {what}: writes working again {} after the kill (longest write {} ms), \
              watch saw the first later change {} after; {} changes, {} lost, {} seen as their \
              own event; watcher {} events, {} resets, {} errors; {} picks, {} empty lists \
-             ({} from discover, {} as the watch's view), {} failed, {} stale; {} keeper \
-             removals, {} re-registrations; converged {} ms after the last write{extra}",
+             ({} from discover, {} as the watch's view), {} failed, {} stale; keepers left the \
+             view {} times (longest {} ms), {} re-registrations; converged {} ms after the last \
+             write{extra}",
             ms(self.write_recovery),
             self.longest_write.as_millis(),
             ms(self.watch_recovery),
@@ -566,19 +573,19 @@ impl Figures {
             self.failed,
             self.stale,
             self.keepers_left,
+            self.keeper_gap.as_millis(),
             self.reregistrations,
             self.converged.as_millis(),
         );
     }
 
-    /// What every backend must show: no change lost, no empty list, no failed pick, no keeper
-    /// gone, writes and the watch working again after the kill.
+    /// What every backend must show: no change lost, no empty list, no failed pick, writes and
+    /// the watch working again after the kill. (Whether keepers may leave is the backend's.)
     pub(super) fn assert_clean(&self, what: &str) {
         assert!(self.lost.is_empty(), "{what}: changes lost: {:?}", self.lost);
         assert_eq!(self.empty, 0, "{what}: empty lists served by discover");
         assert_eq!(self.watch_empty, 0, "{what}: the watcher's view went empty");
         assert_eq!(self.failed, 0, "{what}: failed discovers or picks");
-        assert_eq!(self.keepers_left, 0, "{what}: a keeper left the watcher's view");
         assert!(self.write_recovery.is_some(), "{what}: no write after the kill");
         assert!(
             self.watch_recovery.is_some(),
