@@ -637,7 +637,13 @@ fn a_ttl_health_check_sets_the_consul_check_ttl() {
 #[test]
 fn consul_consistency_is_read_and_checked_at_its_field() {
     use crate::registry::consul::Consistency;
-    let consistency = |yaml: &str| load(yaml).expect("loads").registries.consul.expect("consul");
+    let consistency = |yaml: &str| {
+        load(yaml)
+            .expect("loads")
+            .registries
+            .consul
+            .expect("consul")
+    };
     assert_eq!(consistency(SPEC).consistency, Consistency::Default);
     for (value, want) in [
         ("default", Consistency::Default),
@@ -651,7 +657,10 @@ fn consul_consistency_is_read_and_checked_at_its_field() {
         assert_eq!(consistency(&yaml).consistency, want, "{value}");
     }
     assert_err(
-        &spec_with("datacenter: \"\"", "datacenter: \"\"\n      consistency: eventual"),
+        &spec_with(
+            "datacenter: \"\"",
+            "datacenter: \"\"\n      consistency: eventual",
+        ),
         "service_discovery.registries.consul.consistency",
         &["\"default\", \"stale\" or \"consistent\"", "\"eventual\""],
     );

@@ -549,9 +549,15 @@ async fn an_empty_stale_read_without_a_leader_is_not_believed() {
         consul.instances("api").await.is_ok_and(|l| l.is_empty())
     })
     .await;
-    assert!(believed.is_some(), "a leader's empty answer is never believed");
+    assert!(
+        believed.is_some(),
+        "a leader's empty answer is never believed"
+    );
     let after = start.elapsed();
-    assert!(after >= check_ttl, "believed after {after:?}, before the grace of {check_ttl:?}");
+    assert!(
+        after >= check_ttl,
+        "believed after {after:?}, before the grace of {check_ttl:?}"
+    );
     println!(
         "[reliability] stub leaderless stale empty read: refused ({error}); a leader's empty \
          answer believed after {:.2} s (grace {:?})",

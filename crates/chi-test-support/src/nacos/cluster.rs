@@ -66,7 +66,10 @@ impl NacosCluster {
             );
             last = cluster.logs();
         }
-        panic!("rnacos cluster failed to start {} times:\n{last}", 2 * STARTS);
+        panic!(
+            "rnacos cluster failed to start {} times:\n{last}",
+            2 * STARTS
+        );
     }
 
     async fn launch() -> NacosCluster {
@@ -258,7 +261,11 @@ impl NacosCluster {
             .await
             .map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
-            return Err(format!("node {} answered {}", self.nodes[i].id, resp.status()));
+            return Err(format!(
+                "node {} answered {}",
+                self.nodes[i].id,
+                resp.status()
+            ));
         }
         resp.text().await.map_err(|e| e.to_string())
     }
@@ -290,7 +297,11 @@ fn members(metrics: &str) -> Vec<u64> {
         .split("\"members\":[")
         .nth(1)
         .and_then(|r| r.split(']').next())
-        .map(|ms| ms.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .map(|ms| {
+            ms.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -541,10 +541,7 @@ mod tests {
         assert_eq!(url(&c, block).as_deref(), Some("index=7&wait=5s"));
         let stale = c.clone().with_consistency(Consistency::Stale);
         assert_eq!(url(&stale, None).as_deref(), Some("stale"));
-        assert_eq!(
-            url(&stale, block).as_deref(),
-            Some("stale&index=7&wait=5s")
-        );
+        assert_eq!(url(&stale, block).as_deref(), Some("stale&index=7&wait=5s"));
         let consistent = c.with_consistency(Consistency::Consistent);
         assert_eq!(url(&consistent, None).as_deref(), Some("consistent"));
     }

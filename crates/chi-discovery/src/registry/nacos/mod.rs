@@ -92,9 +92,9 @@
 mod auth;
 mod config;
 #[cfg(feature = "nacos")]
-mod error;
-#[cfg(feature = "nacos")]
 pub mod convert;
+#[cfg(feature = "nacos")]
+mod error;
 #[cfg(feature = "nacos")]
 pub use convert::decode_instances;
 #[cfg(feature = "nacos")]
@@ -345,7 +345,10 @@ impl Shared {
             }),
         };
         self.empty.note(&result);
-        if matches!(result, Err(Error::Unavailable { .. } | Error::Timeout { .. })) {
+        if matches!(
+            result,
+            Err(Error::Unavailable { .. } | Error::Timeout { .. })
+        ) {
             self.outages.fetch_add(1, Ordering::Relaxed);
         }
         result

@@ -84,10 +84,13 @@ async fn leader_killed_under_load_blocking_queries_resume_and_registrations_surv
     // the agent, keep them passing; nothing needs registering again.
     tokio::time::sleep((2 * CHECK_TTL).saturating_sub(kill.elapsed())).await;
     let passing = chi_discovery::Filter::new().healthy_only();
-    let healthy = registry
-        .instances(svc)
-        .await
-        .map(|l| passing.apply(&l).iter().filter(|i| i.id.starts_with('k')).count());
+    let healthy = registry.instances(svc).await.map(|l| {
+        passing
+            .apply(&l)
+            .iter()
+            .filter(|i| i.id.starts_with('k'))
+            .count()
+    });
     assert_eq!(
         healthy.as_ref().ok(),
         Some(&usize::from(KEEPERS)),
@@ -107,10 +110,7 @@ async fn leader_killed_under_load_blocking_queries_resume_and_registrations_surv
     );
     figures.assert_clean("consul");
     assert_eq!(figures.keepers_left, 0, "a keeper left the watcher's view");
-    assert_eq!(
-        figures.reregistrations, 0,
-        "the agent lost registrations"
-    );
+    assert_eq!(figures.reregistrations, 0, "the agent lost registrations");
 }
 
 /// What a series of reads answered.
@@ -263,7 +263,10 @@ async fn without_a_quorum_stale_reads_answer_and_the_watch_resumes_after() {
     }
     let resumed = restarted.elapsed();
     assert_eq!(view.len(), usize::from(KEEPERS) + 1, "{view:?}");
-    assert!(errors >= 1 && resets >= 1, "errors {errors}, resets {resets}");
+    assert!(
+        errors >= 1 && resets >= 1,
+        "errors {errors}, resets {resets}"
+    );
     assert_eq!(empty_resets, 0, "the watch sent an empty list");
     keepers.shutdown().await;
     println!(

@@ -59,7 +59,10 @@ async fn leader_killed_under_load_keeps_the_lease_and_every_change() {
         registry.register(&fresh).await.is_ok()
     })
     .await;
-    assert!(registered.is_some(), "no registration within 10 s of the kill");
+    assert!(
+        registered.is_some(),
+        "no registration within 10 s of the kill"
+    );
     let landed = eventually(Duration::from_secs(10), || async {
         observer
             .instances("cluster-etcd-new")

@@ -184,7 +184,10 @@ impl Load {
                 .is_ok_and(|s| s.len() == usize::from(KEEPERS))
         })
         .await;
-        assert!(seen_all.is_some(), "discovery never saw the {KEEPERS} keepers");
+        assert!(
+            seen_all.is_some(),
+            "discovery never saw the {KEEPERS} keepers"
+        );
 
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
@@ -532,7 +535,9 @@ fn measure(
             .map(|m| m.done.duration_since(m.issued))
             .max()
             .unwrap_or_default(),
-        watch_recovery: killed.zip(first_after_kill).map(|(k, f)| f.duration_since(k)),
+        watch_recovery: killed
+            .zip(first_after_kill)
+            .map(|(k, f)| f.duration_since(k)),
         watch_errors: 0,
         picks: 0,
         empty: 0,
@@ -549,7 +554,8 @@ fn measure(
 impl Figures {
     /// The `[reliability]` line of `what`.
     pub(super) fn print(&self, what: &str, extra: &str) {
-        let ms = |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{} ms", d.as_millis()));
+        let ms =
+            |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{} ms", d.as_millis()));
         println!(
             "[reliability] {what}: writes working again {} after the kill (longest write {} ms), \
              watch saw the first later change {} after; {} changes, {} lost, {} seen as their \
@@ -582,15 +588,26 @@ impl Figures {
     /// What every backend must show: no change lost, no empty list, no failed pick, writes and
     /// the watch working again after the kill. (Whether keepers may leave is the backend's.)
     pub(super) fn assert_clean(&self, what: &str) {
-        assert!(self.lost.is_empty(), "{what}: changes lost: {:?}", self.lost);
+        assert!(
+            self.lost.is_empty(),
+            "{what}: changes lost: {:?}",
+            self.lost
+        );
         assert_eq!(self.empty, 0, "{what}: empty lists served by discover");
         assert_eq!(self.watch_empty, 0, "{what}: the watcher's view went empty");
         assert_eq!(self.failed, 0, "{what}: failed discovers or picks");
-        assert!(self.write_recovery.is_some(), "{what}: no write after the kill");
+        assert!(
+            self.write_recovery.is_some(),
+            "{what}: no write after the kill"
+        );
         assert!(
             self.watch_recovery.is_some(),
             "{what}: the watch saw no change made after the kill"
         );
-        assert!(self.picks > 1_000, "{what}: the load barely ran ({} picks)", self.picks);
+        assert!(
+            self.picks > 1_000,
+            "{what}: the load barely ran ({} picks)",
+            self.picks
+        );
     }
 }

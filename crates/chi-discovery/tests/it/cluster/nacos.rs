@@ -60,8 +60,11 @@ async fn follow_solo(client: chi_discovery::DiscoveryClient, service: &'static s
         if client.discover(service).await.is_ok_and(|s| s.is_empty()) {
             out.empty += 1;
         }
-        if let Ok(Some(Ok(change))) =
-            tokio::time::timeout(Duration::from_millis(10), futures_util::StreamExt::next(&mut watch)).await
+        if let Ok(Some(Ok(change))) = tokio::time::timeout(
+            Duration::from_millis(10),
+            futures_util::StreamExt::next(&mut watch),
+        )
+        .await
         {
             change.apply(&mut view);
             match (view.is_empty(), empty_since) {
