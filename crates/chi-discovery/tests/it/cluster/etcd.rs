@@ -127,6 +127,7 @@ async fn leader_killed_under_load_keeps_the_lease_and_every_change() {
     );
     assert_eq!(
         figures.exact, figures.changes,
-        "etcd's watch is revision-exact: every change should be its own event"
+        "etcd's watch is revision-exact: every change should be its own event; folded: {:?}",
+        figures.folded
     );
 }

@@ -133,6 +133,8 @@ pub(super) struct Figures {
     pub(super) lost: Vec<u32>,
     /// Changes seen as their own event (the rest folded into a later item).
     pub(super) exact: usize,
+    /// The changes not seen as their own event: what they were, when (from the kill).
+    pub(super) folded: Vec<String>,
     pub(super) events: u64,
     pub(super) resets: u64,
     pub(super) watch_errors: u64,
@@ -277,6 +279,13 @@ impl Load {
             }));
         }
 
+        // The writer starts once the watcher holds its first list: a change before that would
+        // only show in it.
+        let watching = eventually(Duration::from_secs(10), || async {
+            !seen.lock().expect("lock").is_empty()
+        })
+        .await;
+        assert!(watching.is_some(), "the watch never sent its first list");
         let writes = Arc::new(manager(registry));
         let writer = tokio::spawn(write(writes.clone(), service.to_owned(), stop.clone()));
         Load {
@@ -527,6 +536,25 @@ fn measure(
         changes: made.len(),
         lost,
         exact: made.iter().filter(|m| by_event.contains(&m.seq)).count(),
+        folded: made
+            .iter()
+            .filter(|m| !by_event.contains(&m.seq))
+            .map(|m| {
+                let at = |t: Instant| match killed {
+                    Some(k) if t >= k => format!("+{} ms", t.duration_since(k).as_millis()),
+                    Some(k) => format!("-{} ms", k.duration_since(t).as_millis()),
+                    None => "?".into(),
+                };
+                format!(
+                    "#{} {} {:?} issued {} done {}",
+                    m.seq,
+                    m.id,
+                    m.state,
+                    at(m.issued),
+                    at(m.done)
+                )
+            })
+            .collect(),
         events,
         resets,
         write_recovery,
