@@ -241,8 +241,9 @@ impl Inner {
         Err(Error::Unavailable {
             backend: BACKEND.into(),
             message: format!(
-                "the agent came back less than {:?} ago and reports no instance of \
-                 `{service}`; not believed until its registrants had time to register again",
+                "no instance of `{service}`, from an agent that came back (or a server that \
+                 knew no leader) less than {:?} ago; not believed until its registrants had \
+                 time to register again",
                 self.config.check_ttl
             ),
         })
