@@ -3,11 +3,16 @@
 //! `-dev` keeps everything in memory, so a restart is a fresh agent that has forgotten every
 //! registration: exactly the "agent restarted" case the adapter must survive. DNS and gRPC are
 //! off (`-1`); HTTP, Serf LAN/WAN and the server RPC port are free ports, so tests run in parallel.
+//!
+//! [`ConsulCluster`] is three servers and a client agent, for the tests of leader loss.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{Proc, binary, eventually, free_ports};
+
+mod cluster;
+pub use cluster::{ConsulCluster, Node};
 
 /// A running dev agent.
 pub struct ConsulAgent {

@@ -3,11 +3,16 @@
 //! nacos-sdk finds the gRPC port at the HTTP port + 1000, so the HTTP port is picked such that
 //! that port is free too. Instance expiry is short (health 2 s, instance 4 s) so tests of dead
 //! registrants finish quickly.
+//!
+//! [`NacosCluster`] is three rnacos nodes in one raft cluster, for the tests of a dying node.
 
 use std::net::TcpListener;
 use std::time::Duration;
 
 use crate::{Proc, binary, wait_for_port};
+
+mod cluster;
+pub use cluster::{NacosCluster, NacosNode};
 
 /// rnacos' instance expiry in these tests (`RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND`).
 pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(4);

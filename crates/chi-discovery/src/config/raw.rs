@@ -86,6 +86,7 @@ pub struct Consul {
     pub address: Option<String>,
     pub token: Option<Secret>,
     pub datacenter: Option<String>,
+    pub consistency: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,7 +5,7 @@
 use super::{Field, name_field, non_empty, positive_duration, raw};
 use crate::error::{Error, Result};
 use crate::instance::{CheckTarget, CheckedBy, ServiceConfig};
-use crate::registry::consul::{self, ConsulConfig};
+use crate::registry::consul::{self, Consistency, ConsulConfig};
 use crate::registry::etcd::{self, EtcdConfig};
 use crate::registry::nacos::{self, NacosConfig, NacosServerConfig};
 use crate::registry::{MemoryConfig, Registries};
@@ -177,10 +177,18 @@ pub(super) fn registries(
         let p = at.join("consul");
         let address = non_empty(c.address).unwrap_or_else(|| consul::DEFAULT_ADDRESS.into());
         host_port(&address, &p.join("address"))?;
+        let consistency = match c.consistency.as_deref() {
+            Some(value) => value.parse().map_err(|e| match e {
+                Error::Config { message, .. } => p.join("consistency").err(message),
+                other => other,
+            })?,
+            None => Consistency::Default,
+        };
         out.consul = Some(ConsulConfig {
             address,
             token: env_secret(env, consul::ENV_TOKEN, c.token).unwrap_or_default(),
             datacenter: non_empty(c.datacenter),
+            consistency,
             ..ConsulConfig::default()
         });
     }

@@ -633,3 +633,35 @@ fn a_ttl_health_check_sets_the_consul_check_ttl() {
     assert_eq!(field, "service_discovery.registration.health_check.ttl");
     assert!(message.contains("at least 100ms"), "{message}");
 }
+
+#[test]
+fn consul_consistency_is_read_and_checked_at_its_field() {
+    use crate::registry::consul::Consistency;
+    let consistency = |yaml: &str| {
+        load(yaml)
+            .expect("loads")
+            .registries
+            .consul
+            .expect("consul")
+    };
+    assert_eq!(consistency(SPEC).consistency, Consistency::Default);
+    for (value, want) in [
+        ("default", Consistency::Default),
+        ("stale", Consistency::Stale),
+        ("consistent", Consistency::Consistent),
+    ] {
+        let yaml = spec_with(
+            "datacenter: \"\"",
+            &format!("datacenter: \"\"\n      consistency: {value}"),
+        );
+        assert_eq!(consistency(&yaml).consistency, want, "{value}");
+    }
+    assert_err(
+        &spec_with(
+            "datacenter: \"\"",
+            "datacenter: \"\"\n      consistency: eventual",
+        ),
+        "service_discovery.registries.consul.consistency",
+        &["\"default\", \"stale\" or \"consistent\"", "\"eventual\""],
+    );
+}

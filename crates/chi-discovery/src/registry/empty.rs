@@ -71,9 +71,10 @@ impl EmptyGuard {
         }
     }
 
-    /// Marks the server down whatever the error was (a watch whose check failed): the grace
-    /// period starts again at the next answer.
-    #[cfg(feature = "nacos")]
+    /// Marks the server down whatever the error was (a watch whose check failed), or although it
+    /// answered (a Consul server that knows no leader): the grace period starts again at the
+    /// next answer.
+    #[cfg(any(feature = "consul", feature = "nacos"))]
     pub(crate) fn down(&self) {
         self.state().up = Up::Down;
     }

@@ -1,7 +1,8 @@
 //! A fault-injecting stand-in for a Consul agent: the one place a fake server is right, because
 //! it produces answers a real agent never does (malformed or truncated JSON, an endless body, a
 //! socket that accepts and never answers, a body dripping one byte at a time, HTML with the wrong
-//! content type, a blocking-query index that goes backwards).
+//! content type, a blocking-query index that goes backwards, an empty stale read from a server
+//! without a leader).
 //!
 //! Each fault test first serves a good answer through the real Consul adapter and a
 //! `DiscoveryClient`, then switches the stub to the fault and asserts: the adapter's error is typed
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chi_discovery::discovery::CacheConfig;
-use chi_discovery::registry::consul::{Consul, ConsulConfig, MAX_BODY};
+use chi_discovery::registry::consul::{Consistency, Consul, ConsulConfig, MAX_BODY};
 use chi_discovery::{Change, DiscoveryClient, Error, Registry, RetryPolicy};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +46,10 @@ enum Mode {
     WrongContentType,
     /// Blocking queries are answered at once with a *lower* index and one more instance.
     IndexBackwards,
+    /// 200 `[]` with `X-Consul-KnownLeader: false`: a stale read answered by a server that knows
+    /// no leader and has not caught up (one restarted during an election). A real cluster gives
+    /// this only in a narrow, unpredictable window, hence the stub.
+    LeaderlessEmpty,
 }
 
 struct State {
@@ -224,6 +229,13 @@ async fn serve(mut sock: TcpStream, st: Arc<State>) {
                 "<html><body><h1>Proxy login</h1><form>...</form></body></html>",
             )
             .await;
+        }
+        Mode::LeaderlessEmpty => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: {index}\r\nX-Consul-KnownLeader: false\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]"
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.shutdown().await;
         }
         Mode::IndexBackwards => {
             let blocking = target.contains("index=");
@@ -502,5 +514,54 @@ async fn index_going_backwards_resyncs_without_a_tight_loop() {
         "[reliability] stub index going backwards: view resynced to {} instances, {requests} requests in {:.0} s (backoff, no tight loop)",
         view.len(),
         window.as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn an_empty_stale_read_without_a_leader_is_not_believed() {
+    let stub = Stub::start().await;
+    let check_ttl = Duration::from_secs(1);
+    let consul = Consul::new(ConsulConfig {
+        address: format!("127.0.0.1:{}", stub.port),
+        consistency: Consistency::Stale,
+        check_ttl,
+        request_timeout: REQUEST_TIMEOUT,
+        wait: Duration::from_secs(2),
+        ..ConsulConfig::default()
+    })
+    .expect("consul adapter");
+    assert_eq!(consul.instances("api").await.expect("good answer").len(), 3);
+
+    stub.set(Mode::LeaderlessEmpty);
+    let error = consul
+        .instances("api")
+        .await
+        .expect_err("an empty answer no leader stood behind must not be believed");
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+
+    // The cluster has a leader again, and the service really has no instance now: believed once
+    // the agent has answered with a leader for the grace period (check_ttl), not before.
+    stub.state.instances.store(0, Ordering::SeqCst);
+    stub.set(Mode::Good);
+    let start = Instant::now();
+    assert!(consul.instances("api").await.is_err(), "believed at once");
+    let believed = harness::eventually(Duration::from_secs(5), || async {
+        consul.instances("api").await.is_ok_and(|l| l.is_empty())
+    })
+    .await;
+    assert!(
+        believed.is_some(),
+        "a leader's empty answer is never believed"
+    );
+    let after = start.elapsed();
+    assert!(
+        after >= check_ttl,
+        "believed after {after:?}, before the grace of {check_ttl:?}"
+    );
+    println!(
+        "[reliability] stub leaderless stale empty read: refused ({error}); a leader's empty \
+         answer believed after {:.2} s (grace {:?})",
+        after.as_secs_f64(),
+        check_ttl
     );
 }

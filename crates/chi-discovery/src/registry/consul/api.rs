@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::secret::Secret;
 
 use super::wire::{ServiceEntry, ServiceRegistration, go_duration, parse_health};
-use super::{BACKEND, MAX_BODY};
+use super::{BACKEND, Consistency, MAX_BODY};
 
 /// Error bodies are plain text from Consul; keep at most this much of them.
 const MAX_ERROR_BODY: usize = 4 * 1024;
@@ -49,6 +49,17 @@ pub(crate) struct HealthQuery {
     pub(crate) tags: Vec<String>,
     /// A `filter` expression (go-bexpr), e.g. `Service.Meta.region == "eu"`.
     pub(crate) filter: Option<String>,
+}
+
+/// An answer of `/v1/health/service/:name`.
+#[derive(Debug)]
+pub(crate) struct Health {
+    pub(crate) entries: Vec<ServiceEntry>,
+    /// `X-Consul-Index` (0 when absent).
+    pub(crate) index: u64,
+    /// `X-Consul-KnownLeader`: false when the server that answered a stale read knew no leader
+    /// (true when the header is absent).
+    pub(crate) known_leader: bool,
 }
 
 /// What a TTL update found.
@@ -139,6 +150,7 @@ pub(crate) struct Client {
     http: reqwest::Client,
     base: Url,
     datacenter: Option<String>,
+    consistency: Consistency,
     request_timeout: Duration,
     has_token: bool,
 }
@@ -175,9 +187,16 @@ impl Client {
             http,
             base,
             datacenter: datacenter.filter(|d| !d.is_empty()),
+            consistency: Consistency::Default,
             request_timeout,
             has_token: !token.is_empty(),
         })
+    }
+
+    /// Discovery reads in this consistency mode.
+    pub(crate) fn with_consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
     }
 
     /// `base` + `/v1/...segments`, each segment percent-encoded.
@@ -237,20 +256,61 @@ impl Client {
         }
     }
 
-    /// `/v1/health/service/:name`. With `block = Some((index, wait))` it is a blocking query
-    /// that answers when the index moves past `index` or `wait` passes. Returns the entries and
-    /// the `X-Consul-Index` of the answer (0 when absent).
+    /// `/v1/health/service/:name`, in the configured consistency mode. With `block =
+    /// Some((index, wait))` it is a blocking query that answers when the index moves past
+    /// `index` or `wait` passes.
     pub(crate) async fn health_service(
         &self,
         name: &str,
         query: &HealthQuery,
         block: Option<(u64, Duration)>,
-    ) -> Result<(Vec<ServiceEntry>, u64), ApiError> {
+    ) -> Result<Health, ApiError> {
+        let url = self.health_url(name, query, block);
+        // A blocking query may hold the answer for `wait` plus Consul's own jitter of wait/16.
+        let deadline = match block {
+            Some((_, wait)) => wait + wait / 16 + self.request_timeout,
+            None => self.request_timeout,
+        };
+        let call = format!("/v1/health/service/{name}");
+        let (headers, body) = self
+            .send(Method::GET, &call, self.http.get(url), Some(deadline))
+            .await?;
+        let index = headers
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let known_leader = headers
+            .get("X-Consul-KnownLeader")
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| !v.trim().eq_ignore_ascii_case("false"));
+        let entries = parse_health(&body).map_err(|kind| ApiError {
+            call: format!("GET {call}"),
+            kind: with_content_type(kind, &headers),
+        })?;
+        Ok(Health {
+            entries,
+            index,
+            known_leader,
+        })
+    }
+
+    /// The URL of a health query: datacenter, consistency mode, filters, blocking parameters.
+    fn health_url(&self, name: &str, query: &HealthQuery, block: Option<(u64, Duration)>) -> Url {
         let mut url = self.url(&["health", "service", name]);
         {
             let mut q = url.query_pairs_mut();
             if let Some(dc) = &self.datacenter {
                 q.append_pair("dc", dc);
+            }
+            match self.consistency {
+                Consistency::Default => {}
+                Consistency::Stale => {
+                    q.append_key_only("stale");
+                }
+                Consistency::Consistent => {
+                    q.append_key_only("consistent");
+                }
             }
             if query.passing {
                 q.append_pair("passing", "true");
@@ -269,25 +329,7 @@ impl Client {
         if url.query() == Some("") {
             url.set_query(None);
         }
-        // A blocking query may hold the answer for `wait` plus Consul's own jitter of wait/16.
-        let deadline = match block {
-            Some((_, wait)) => wait + wait / 16 + self.request_timeout,
-            None => self.request_timeout,
-        };
-        let call = format!("/v1/health/service/{name}");
-        let (headers, body) = self
-            .send(Method::GET, &call, self.http.get(url), Some(deadline))
-            .await?;
-        let index = headers
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        let entries = parse_health(&body).map_err(|kind| ApiError {
-            call: format!("GET {call}"),
-            kind: with_content_type(kind, &headers),
-        })?;
-        Ok((entries, index))
+        url
     }
 
     /// `/v1/catalog/services`: every service name in the datacenter.
@@ -377,6 +419,11 @@ impl Client {
                 "no ACL token was sent; set `service_discovery.registries.consul.token` \
                  (or CHI_CONSUL_TOKEN)"
             })
+        } else if status.is_server_error() && message.contains("No cluster leader") {
+            Some(
+                "the Consul servers have no leader: an election, or a lost quorum; reads with \
+                 `consistency: stale` are answered without one",
+            )
         } else {
             None
         };
@@ -476,6 +523,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(!bad.contains("bad"), "{bad}");
+    }
+
+    #[test]
+    fn the_consistency_mode_is_a_query_parameter_of_every_health_read() {
+        let c = Client {
+            datacenter: None,
+            ..client()
+        };
+        let block = Some((7, Duration::from_secs(5)));
+        let url = |c: &Client, block| {
+            c.health_url("web", &HealthQuery::default(), block)
+                .query()
+                .map(str::to_owned)
+        };
+        assert_eq!(url(&c, None), None);
+        assert_eq!(url(&c, block).as_deref(), Some("index=7&wait=5s"));
+        let stale = c.clone().with_consistency(Consistency::Stale);
+        assert_eq!(url(&stale, None).as_deref(), Some("stale"));
+        assert_eq!(url(&stale, block).as_deref(), Some("stale&index=7&wait=5s"));
+        let consistent = c.with_consistency(Consistency::Consistent);
+        assert_eq!(url(&consistent, None).as_deref(), Some("consistent"));
     }
 
     #[test]

@@ -51,6 +51,23 @@
 //! transport failure for [`ConsulConfig::check_ttl`]: until then [`Registry::instances`] answers
 //! [`Error::Unavailable`] (a [`DiscoveryClient`](crate::DiscoveryClient) keeps its last list,
 //! stale) and a watch holds its list. A healthy agent's "zero instances" is honoured after that.
+//!
+//! # A cluster that loses its leader
+//!
+//! chi talks to one agent, usually the client agent on its own machine, which forwards reads to
+//! the servers. While the servers elect a leader (a second or two after the leader dies) or have
+//! lost their quorum, a read in Consul's default mode answers `500 No cluster leader` (or an RPC
+//! error, for the blocking query that was waiting on the dead leader): an error like any other,
+//! so [`Registry::instances`] fails (a [`DiscoveryClient`](crate::DiscoveryClient) keeps its
+//! last list, stale) and a watch reports it in line, backs off, and sends a `Reset` with the
+//! first answer of the new leader. Never an empty list. Registrations and keep-alives go to the
+//! agent, which holds them locally and syncs them to the new leader: nothing to register again.
+//!
+//! [`ConsulConfig::consistency`] chooses Consul's consistency mode for discovery reads:
+//! [`Consistency::Stale`] lets any server answer, so reads go on with no leader at all. Such an
+//! answer says `X-Consul-KnownLeader: false`; an *empty* one for a service that had instances is
+//! not believed (the server may be one that restarted and has not caught up), by the same rule
+//! as for an agent that came back.
 
 //!
 //! # Layout
@@ -77,7 +94,7 @@ use {
     super::{Liveness, Registry, WatchStream},
     crate::error::{Error, Result},
     crate::instance::{Filter, HealthCheck, HealthStatus, Instance, validate_name},
-    api::{CheckUpdate, HealthQuery},
+    api::{CheckUpdate, Health, HealthQuery},
     async_trait::async_trait,
     convert::{
         check_target_is_own, health_query, registration, to_instances, ttl_check_id, ttl_status,
@@ -88,7 +105,7 @@ use {
     wire::ServiceRegistration,
 };
 
-pub use config::{ConsulConfig, DEFAULT_ADDRESS, ENV_TOKEN, FIELD, TlsConfig};
+pub use config::{Consistency, ConsulConfig, DEFAULT_ADDRESS, ENV_TOKEN, FIELD, TlsConfig};
 #[cfg(feature = "consul")]
 pub use convert::decode_health;
 
@@ -144,7 +161,8 @@ impl Consul {
             config.datacenter.clone(),
             config.request_timeout,
             builder,
-        )?;
+        )?
+        .with_consistency(config.consistency);
         Ok(Consul {
             inner: Arc::new(Inner {
                 client,
@@ -171,12 +189,12 @@ impl Consul {
     ) -> Result<Vec<Instance>> {
         validate_name("service name", service)?;
         let query = health_query(filter);
-        let (entries, _) = self
+        let answer = self
             .inner
             .client
             .health_service(service, &query, None)
             .await?;
-        Ok(filter.apply(&to_instances(entries)))
+        Ok(filter.apply(&to_instances(answer.entries)))
     }
 
     fn registration(&self, instance: &Instance) -> ServiceRegistration {
@@ -203,6 +221,17 @@ impl Inner {
         answer
     }
 
+    /// [`Inner::note`] for a discovery read; an answer no leader stood behind (a stale read
+    /// from a server that knows none) also counts as an agent that just came back, so its
+    /// empty list for a service that had instances is not believed either.
+    fn note_health(&self, answer: std::result::Result<Health, api::ApiError>) -> Result<Health> {
+        let answer = self.note(answer)?;
+        if !answer.known_leader {
+            self.empty.down();
+        }
+        Ok(answer)
+    }
+
     /// An empty list for a service that had instances, from an agent that came back less than
     /// `check_ttl` ago, is not believed yet: an error (the caller keeps its last list).
     fn guard_empty(&self, service: &str, list: &[Instance]) -> Result<()> {
@@ -212,8 +241,9 @@ impl Inner {
         Err(Error::Unavailable {
             backend: BACKEND.into(),
             message: format!(
-                "the agent came back less than {:?} ago and reports no instance of \
-                 `{service}`; not believed until its registrants had time to register again",
+                "no instance of `{service}`, from an agent that came back (or a server that \
+                 knew no leader) less than {:?} ago; not believed until its registrants had \
+                 time to register again",
                 self.config.check_ttl
             ),
         })
@@ -299,13 +329,13 @@ impl Registry for Consul {
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
         validate_name("service name", service)?;
-        let (entries, _) = self.inner.note(
+        let answer = self.inner.note_health(
             self.inner
                 .client
                 .health_service(service, &HealthQuery::default(), None)
                 .await,
         )?;
-        let list = to_instances(entries);
+        let list = to_instances(answer.entries);
         self.inner.guard_empty(service, &list)?;
         Ok(list)
     }

@@ -54,13 +54,14 @@ impl BlockingIndex {
 
 /// Does the first (non-blocking) query here, then hands the loop to a task.
 pub(super) async fn start(inner: Arc<Inner>, service: String) -> Result<WatchStream> {
-    let (entries, index) = inner.note(
+    let answer = inner.note_health(
         inner
             .client
             .health_service(&service, &HealthQuery::default(), None)
             .await,
     )?;
-    let list = to_instances(entries);
+    let index = answer.index;
+    let list = to_instances(answer.entries);
     inner.guard_empty(&service, &list)?;
     let view = list.iter().map(|i| (i.id.clone(), i.clone())).collect();
     Ok(watch_task::spawn_watch(move |tx| async move {
@@ -139,8 +140,8 @@ impl Task {
             .client
             .health_service(&self.service, &HealthQuery::default(), block)
             .await;
-        let (entries, index) = match self.inner.note(answer) {
-            Ok(answer) => answer,
+        let (entries, index) = match self.inner.note_health(answer) {
+            Ok(answer) => (answer.entries, answer.index),
             Err(e) => {
                 self.view = None;
                 self.index = BlockingIndex(0);

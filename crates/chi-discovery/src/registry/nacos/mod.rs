@@ -31,6 +31,17 @@
 //!   server directly: a failure is reported in line (the consumer keeps its list, marked
 //!   stale), the first success after it is a `Reset`, and a push that was lost is repaired.
 //!
+//! # A server that dies
+//!
+//! The config names every server of the cluster (`server_configs`); nacos-sdk talks to one and,
+//! when it stops answering, connects to the next (about 2 s on loopback) and sends its
+//! registrations and subscriptions again there. It keeps one registration per service for that
+//! (the last one sent, and none after a deregistration in that service), so a client with
+//! several instances of a service would leave the others on the dead server's peers only as
+//! copies of what the dead server had, owned by its lost connection: rnacos drops those when it
+//! declares the dead server gone, 15 s later. So after a call that reached no server, each
+//! registration's next [`Registry::keep_alive`] sends it again, from the live connection.
+//!
 //! # Push-empty protection
 //!
 //! A server that just restarted knows no ephemeral instance until their clients reconnect, and
@@ -83,7 +94,13 @@ mod config;
 #[cfg(feature = "nacos")]
 pub mod convert;
 #[cfg(feature = "nacos")]
+mod error;
+#[cfg(feature = "nacos")]
 pub use convert::decode_instances;
+#[cfg(feature = "nacos")]
+pub use error::NacosError;
+#[cfg(feature = "nacos")]
+use error::sdk_error;
 #[cfg(feature = "nacos")]
 mod watch;
 
@@ -102,6 +119,7 @@ use {
     std::collections::HashMap,
     std::future::Future,
     std::sync::Arc,
+    std::sync::atomic::{AtomicU64, Ordering},
     std::time::Duration,
 };
 
@@ -112,40 +130,6 @@ pub use config::{
 
 #[cfg(feature = "nacos")]
 const BACKEND: &str = "nacos";
-
-/// An error answered by a Nacos server (or by nacos-sdk on its behalf): the server's error
-/// code when there is one, and its message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg(feature = "nacos")]
-pub struct NacosError {
-    /// Nacos' error code (`403` unknown user, `400` bad parameter...), or an HTTP status.
-    pub code: Option<i32>,
-    /// What the server said.
-    pub message: String,
-}
-
-#[cfg(feature = "nacos")]
-impl NacosError {
-    fn new(code: Option<i32>, message: impl Into<String>) -> Self {
-        NacosError {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-#[cfg(feature = "nacos")]
-impl std::fmt::Display for NacosError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.code {
-            Some(code) => write!(f, "nacos error {code}: {}", self.message),
-            None => write!(f, "nacos: {}", self.message),
-        }
-    }
-}
-
-#[cfg(feature = "nacos")]
-impl std::error::Error for NacosError {}
 
 /// A Nacos 2.x registry. Cheap to clone; clones share one connection.
 #[derive(Clone)]
@@ -175,6 +159,11 @@ pub(crate) struct Shared {
     writes: KeyedLocks<(String, String)>,
     /// Push-empty protection of direct queries.
     empty: EmptyGuard,
+    /// Calls that reached no server so far: after one, nacos-sdk may be connected to another
+    /// server (see "A server that dies" in the module docs).
+    outages: AtomicU64,
+    /// `outages` as it was when each registration was last sent to a server.
+    sent_at: std::sync::Mutex<HashMap<(String, String), u64>>,
     /// One server subscription per watched service, shared by its watches.
     subscriptions: tokio::sync::Mutex<HashMap<String, watch::Subscription>>,
 }
@@ -246,6 +235,8 @@ impl Nacos {
                 registered: std::sync::Mutex::new(HashMap::new()),
                 writes: KeyedLocks::new(),
                 empty: EmptyGuard::new(false),
+                outages: AtomicU64::new(0),
+                sent_at: std::sync::Mutex::new(HashMap::new()),
                 subscriptions: tokio::sync::Mutex::new(HashMap::new()),
             }),
         };
@@ -322,11 +313,22 @@ impl Shared {
 
     /// Notes what this client sent for `(service, id)` (`None`: deregistered).
     fn remember(&self, key: (String, String), sent: Option<ServiceInstance>) {
+        if sent.is_none() {
+            crate::util::lock(&self.sent_at).remove(&key);
+        }
         let mut registered = crate::util::lock(&self.registered);
         match sent {
             Some(si) => registered.insert(key, si),
             None => registered.remove(&key),
         };
+    }
+
+    /// True when `(service, id)` was last sent before a call reached no server.
+    fn sent_before_an_outage(&self, key: &(String, String)) -> bool {
+        let outages = self.outages.load(Ordering::Relaxed);
+        crate::util::lock(&self.sent_at)
+            .get(key)
+            .is_some_and(|at| *at < outages)
     }
 
     /// One SDK call with the configured deadline, its error mapped.
@@ -343,6 +345,12 @@ impl Shared {
             }),
         };
         self.empty.note(&result);
+        if matches!(
+            result,
+            Err(Error::Unavailable { .. } | Error::Timeout { .. })
+        ) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+        }
         result
     }
 
@@ -397,60 +405,17 @@ impl Shared {
         Ok(map_all(service, &raw))
     }
 
-    async fn register_raw(&self, service: &str, si: ServiceInstance) -> Result<()> {
+    /// Registers `si` as `(service, id)` and notes when it was sent.
+    async fn register_raw(&self, key: &(String, String), si: ServiceInstance) -> Result<()> {
+        let outages = self.outages.load(Ordering::Relaxed);
         self.call(
             self.naming
-                .register_instance(service.to_owned(), self.group(), si),
+                .register_instance(key.0.clone(), self.group(), si),
         )
-        .await
+        .await?;
+        crate::util::lock(&self.sent_at).insert(key.clone(), outages);
+        Ok(())
     }
-}
-
-/// nacos-sdk's errors, sorted into chi's: transport trouble is `Unavailable`; a server's refusal
-/// is a `Registry` error carrying Nacos' code and message.
-#[cfg(feature = "nacos")]
-fn sdk_error(e: nacos_sdk::api::error::Error) -> Error {
-    use nacos_sdk::api::error::Error as E;
-    match e {
-        E::ErrResponse(_, _, code, message) => Error::registry(
-            BACKEND,
-            NacosError::new(Some(code), message.unwrap_or_default()),
-        ),
-        E::ErrResult(text) => Error::registry(BACKEND, parse_err_result(&text)),
-        E::TonicGrpcTransport(_)
-        | E::TonicGrpcStatus(_)
-        | E::GrpcBufferRequest(_)
-        | E::ClientUnhealthy(_)
-        | E::ClientShutdown(_)
-        | E::NoAvailableServer => Error::Unavailable {
-            backend: BACKEND.into(),
-            message: e.to_string(),
-        },
-        other => Error::registry(BACKEND, NacosError::new(None, other.to_string())),
-    }
-}
-
-/// nacos-sdk reports a refused request as the text `handle OP failed: result_code=R,
-/// error_code=C, message=M`; pull the code and message back out.
-#[cfg(feature = "nacos")]
-fn parse_err_result(text: &str) -> NacosError {
-    let code = text
-        .split("error_code=")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit() && c != '-').next())
-        .and_then(|n| n.parse::<i32>().ok());
-    let message = text
-        .split_once("message=")
-        .map(|(op, m)| {
-            let op = op.split(':').next().unwrap_or("").trim();
-            if op.is_empty() {
-                m.to_owned()
-            } else {
-                format!("{m} ({op})")
-            }
-        })
-        .unwrap_or_else(|| text.to_owned());
-    NacosError::new(code, message)
 }
 
 #[async_trait]
@@ -483,7 +448,7 @@ impl Registry for Nacos {
             // Registered while unhealthy: held back until healthy (see "Health" above).
             return self.withdraw(&key, instance, Some(si)).await;
         }
-        self.shared.register_raw(&instance.name, si.clone()).await?;
+        self.shared.register_raw(&key, si.clone()).await?;
         self.shared.remember(key, Some(si));
         Ok(())
     }
@@ -525,7 +490,18 @@ impl Registry for Nacos {
         let ours = self.shared.ours(&key);
         let withdrawn = ours.as_ref().is_some_and(|si| !si.healthy);
         match (on_server.iter().find(|i| i.id == instance.id), want_healthy) {
-            (Some(found), true) if found.health == HealthStatus::Healthy => Ok(Liveness::Alive),
+            (Some(found), true) if found.health == HealthStatus::Healthy => {
+                // Sent before a call reached no server: the server answering now may hold it
+                // only as a copy of a dead one's, which it drops when it declares that one gone.
+                // Sent again, it belongs to this connection.
+                if let Some(si) = ours.filter(|si| si.healthy)
+                    && self.shared.sent_before_an_outage(&key)
+                {
+                    tracing::debug!(service = %instance.name, id = %instance.id, "re-sending a registration made before an outage");
+                    self.shared.register_raw(&key, si).await?;
+                }
+                Ok(Liveness::Alive)
+            }
             (Some(_), false) => {
                 self.withdraw(&key, instance, ours).await?;
                 Ok(Liveness::Alive)
@@ -539,7 +515,7 @@ impl Registry for Nacos {
                     None => convert::to_nacos(instance, &self.shared.config.cluster_name)?,
                 };
                 si.healthy = true;
-                self.shared.register_raw(&instance.name, si.clone()).await?;
+                self.shared.register_raw(&key, si.clone()).await?;
                 self.shared.remember(key, Some(si));
                 Ok(Liveness::Alive)
             }

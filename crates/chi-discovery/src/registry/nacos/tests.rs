@@ -1,6 +1,7 @@
 //! Unit tests of the Nacos adapter: error mapping and service names.
 
 use super::*;
+use error::parse_err_result;
 
 #[test]
 fn refused_requests_keep_code_and_message() {
