@@ -18,11 +18,11 @@ pub(crate) fn human(d: Duration) -> String {
         } else {
             format!("{v:.2}")
         };
-        let text = text
-            .contains('.')
-            .then(|| text.trim_end_matches('0').trim_end_matches('.'))
-            .unwrap_or(&text)
-            .to_owned();
+        let text = if text.contains('.') {
+            text.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            &text
+        };
         format!("{text} {name}")
     };
     match ns {

@@ -11,7 +11,7 @@
 //!
 //! The TTL bounds two things. A list not refreshed successfully within it is served marked stale.
 //! And a service nobody uses within it leaves the cache and is no longer refreshed
-//! ([`Cache::sweep`], counted as an expiry): in use means read (a `discover`, `cached` or
+//! (`Cache::sweep`, counted as an expiry): in use means read (a `discover`, `cached` or
 //! explicit `refresh` of it) or watched. The recency stamp of reads is the refresher's round
 //! counter, so a read still costs no clock: a round that finds a service read since the round
 //! before counts it used as of that round, which is never earlier than the read. A service in use

@@ -33,7 +33,7 @@ fn proxy_on(
     let addr = line
         .split("http://")
         .nth(1)
-        .and_then(|s| s.split(|c: char| c == ' ' || c == ';').next())
+        .and_then(|s| s.split([' ', ';']).next())
         .expect("listen address")
         .to_owned();
     (proc, addr, file)
