@@ -173,6 +173,27 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
             .collect::<Vec<_>>()
             .join(" "),
     );
+    if !rt.client_regions.is_empty() {
+        out.insert(
+            format!("{sd}.routing.client_regions"),
+            rt.client_regions
+                .blocks()
+                .map(|(net, region)| format!("{net}={region}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    if !rt.trusted_proxies.is_empty() {
+        out.insert(
+            format!("{sd}.routing.trusted_proxies"),
+            rt.trusted_proxies
+                .nets()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
     out.into_iter().collect()
 }
 

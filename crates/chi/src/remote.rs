@@ -7,6 +7,7 @@
 //! happen, with a heartbeat while nothing does; a connection that goes quiet or ends is opened
 //! again (with backoff) and resyncs with the `Reset` every watch starts with.
 
+use crate::output::human;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -253,7 +254,9 @@ impl Registry for RemoteRegistry {
                         line = tokio::time::timeout(QUIET, lines.next()) => line,
                     };
                     let item = match line {
-                        Err(_) => break format!("no line, not even a heartbeat, in {QUIET:?}"),
+                        Err(_) => {
+                            break format!("no line, not even a heartbeat, in {}", human(QUIET));
+                        }
                         Ok(Err(e)) => break e,
                         Ok(Ok(None)) => break "the agent ended the watch".to_owned(),
                         Ok(Ok(Some(event))) => match event {

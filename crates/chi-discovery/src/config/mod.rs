@@ -226,6 +226,10 @@ impl Field {
     pub(crate) fn index(&self, i: usize) -> Field {
         Field(format!("{}[{i}]", self.0))
     }
+    /// A map key that is no plain name (`client_regions["10.1.0.0/16"]`).
+    pub(crate) fn key(&self, key: &str) -> Field {
+        Field(format!("{}[{key:?}]", self.0))
+    }
     pub(crate) fn err(&self, message: impl Into<String>) -> Error {
         Error::config(self.0.clone(), message)
     }

@@ -210,6 +210,12 @@ pub struct Routing {
     pub default_version: Option<String>,
     #[serde(default)]
     pub regions: IndexMap<String, Vec<String>>,
+    /// Address block (`10.1.0.0/16`, `2001:db8::/32`) -> region.
+    #[serde(default)]
+    pub client_regions: IndexMap<String, String>,
+    /// Address blocks of the proxies whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -145,6 +145,10 @@ mod last_good;
 #[path = "tests_picks.rs"]
 mod picks;
 
+/// `routing.client_regions` and `routing.trusted_proxies`.
+#[path = "tests_client_regions.rs"]
+mod client_regions;
+
 #[test]
 fn bad_duration() {
     assert_err(

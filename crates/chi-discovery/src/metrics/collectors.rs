@@ -84,6 +84,11 @@ impl Collector for ClientCollector {
                 "Services evicted",
                 s.evictions,
             ),
+            (
+                "chi_discovery_cache_expiries",
+                "Services that left the cache unused for the TTL",
+                s.expiries,
+            ),
         ] {
             counter(&mut encoder, name, help, &[(Vec::new(), v)])?;
         }
@@ -97,9 +102,9 @@ impl Collector for ClientCollector {
         names.sort();
         let mut rows = Vec::new();
         for name in names {
-            // `cached` counts as a cache hit; read the snapshot without it would need a new
-            // hook, and a scrape's few hits are noise next to real traffic.
-            let Some(snap) = self.client.cached(&name) else {
+            // Not `cached`: a scrape is neither a cache hit nor a use that keeps the service
+            // cached past its TTL.
+            let Some(snap) = self.client.peek(&name) else {
                 continue;
             };
             let mut counts = [0i64; 3];

@@ -10,7 +10,7 @@
 //! | `service_discovery_request_duration_seconds` | histogram | `service` | [`DiscoveryClient::on_request`] |
 //! | `load_balancer_selections_total` | counter | `service`, `instance`, `strategy` | [`Metrics::record_selection`] |
 //! | `chi_routing_decisions_total` | counter | `service`, `version`, `geo`, `panic` | [`Metrics::record_route`] (or [`Metrics::record_routed`], which also records the selection) |
-//! | `chi_discovery_cache_{hits,misses,stale_serves,refreshes,refresh_errors,evictions}_total` | counter | | [`DiscoveryClient::cache_stats`], read at scrape |
+//! | `chi_discovery_cache_{hits,misses,stale_serves,refreshes,refresh_errors,evictions,expiries}_total` | counter | | [`DiscoveryClient::cache_stats`], read at scrape |
 //! | `chi_discovery_cache_size` | gauge | | same |
 //! | `chi_discovery_instances` | gauge | `service`, `health` | the cached snapshots, read at scrape |
 //! | `chi_watch_events_total` | counter | `service`, `kind` (`reset`/`add`/`remove`/`update`) | [`Metrics::record_watch`] |

@@ -109,7 +109,11 @@ async fn ttl_marks_unrefreshed_lists_stale() {
         .build(Arc::new(reg.clone()));
     let _ = c.discover("svc").await.expect("discover");
     reg.set_outage(true);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Read within the TTL: a service in use is never dropped from the cache.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(c.cached("svc").is_some());
+    }
     let snap = c.cached("svc").expect("still cached");
     assert!(snap.is_stale());
     assert_eq!(snap.len(), 1, "never emptied by an outage");

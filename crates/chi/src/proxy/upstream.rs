@@ -5,6 +5,7 @@
 //! instance ([`Idle`], one per proxy target) has one idle list per worker, so a worker takes and
 //! returns connections by index, with a lock no other thread touches, and never hashes.
 
+use crate::output::human;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -141,7 +142,8 @@ async fn connect(host: &str, port: u16, timeout: Duration) -> Result<Sender, Sen
             Ok(Err(e)) => return Err(SendError::Connect(format!("{host}:{port}: {e}"))),
             Err(_) => {
                 return Err(SendError::Connect(format!(
-                    "{host}:{port}: no connection within {timeout:?}"
+                    "{host}:{port}: no connection within {}",
+                    human(timeout)
                 )));
             }
         };

@@ -12,6 +12,7 @@
 //! the names asked for, the version and nonce of the last response, the last version the client
 //! accepted, and what the last response held, so a push happens only on change.
 
+use crate::output::human;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -247,7 +248,7 @@ async fn probe(hub: std::sync::Weak<Hub>) {
             let failed = match tokio::time::timeout(PROBE_TIMEOUT, h.registry.services()).await {
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+                Err(_) => Some(format!("no answer within {}", human(PROBE_TIMEOUT))),
             };
             if let Some(e) = failed {
                 tracing::debug!("registry probe failed, removals wait for the restart grace: {e}");

@@ -9,6 +9,7 @@ mod config;
 mod crash;
 mod names;
 mod proxy;
+mod proxy_client_region;
 mod proxy_picks;
 mod real;
 mod select;
