@@ -1,7 +1,7 @@
 //! The registry abstraction and its backends.
 //!
 //! A [`Registry`] is where instances are written and read: the embedded [`Memory`] registry (the
-//! zero-setup default), Consul, etcd v3 and Nacos behind cargo features, and [`MultiRegistry`],
+//! zero-setup default), Consul, etcd v3, Nacos and ZooKeeper behind cargo features, and [`MultiRegistry`],
 //! which writes to several at once.
 //!
 //! The trait is small and object-safe (`Arc<dyn Registry>` is what [`connect()`] builds from the
@@ -42,6 +42,7 @@ pub mod watch_task;
 pub mod consul;
 pub mod etcd;
 pub mod nacos;
+pub mod zookeeper;
 
 pub use connect::{Registries, connect};
 pub use memory::{Memory, MemoryConfig};
