@@ -3,7 +3,7 @@
 //! The server is Debian's `zookeeper` package (3.8) run in the foreground with the system's JRE,
 //! without its init scripts: `java -cp JARS:/etc/zookeeper/conf
 //! org.apache.zookeeper.server.ZooKeeperServerMain DIR/zoo.cfg`, on a free port with its own data
-//! directory, ready when the four-letter word `ruok` answers `imok`. `tickTime` is 100 ms and the
+//! directory, ready when the four-letter word `ruok` answers `imok` and `srvr` a mode. `tickTime` is 100 ms and the
 //! minimum session timeout 200 ms, so tests can expire sessions quickly. [`ZkServer::restart`]
 //! starts it again on the same port and data, so sessions and nodes survive a restart as they do
 //! in production.
@@ -80,19 +80,25 @@ fn which(program: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
-/// True when the server on `port` answers `ruok` with `imok`.
-pub fn ruok(port: u16) -> bool {
+/// The answer of the server on `port` to the four-letter word `word` (empty when it is down).
+pub fn four_letter(port: u16, word: &str) -> String {
     use std::io::Read;
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
+        return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"ruok").is_err() {
-        return false;
+    if s.write_all(word.as_bytes()).is_err() {
+        return String::new();
     }
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out == "imok"
+    out
+}
+
+/// True when the server on `port` serves: `ruok` answers `imok` and `srvr` has a mode (`ruok`
+/// alone answers while a starting server still refuses sessions).
+pub fn ready(port: u16) -> bool {
+    four_letter(port, "ruok") == "imok" && four_letter(port, "srvr").contains("Mode:")
 }
 
 impl ZkServer {
@@ -140,7 +146,7 @@ impl ZkServer {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if ruok(self.port) {
+            if ready(self.port) {
                 return;
             }
             assert!(

@@ -161,47 +161,56 @@ impl Inner {
         let (child, data) = convert::encode(layout, instance, now_ms())?;
         let dir = self.dir(&instance.name);
         let path = format!("{dir}/{child}");
+        let mut stale = Vec::new();
         if layout == Layout::Dubbo {
             let session = self.client().await?.session_id().0;
             let existing = self.nodes_of(&instance.name, &instance.id).await?;
             if existing.len() == 1 && existing[0].2 == session && existing[0].1 == *instance {
                 return Ok(());
             }
-            for (c, _, _) in existing {
-                self.delete(&format!("{dir}/{c}")).await?;
-            }
+            // Deleted once the new node is there: watchers see one Update, never a gap.
+            stale = existing.into_iter().map(|(c, _, _)| c).collect();
         }
+        self.create(&dir, &path, &data).await?;
+        for c in stale.iter().filter(|c| **c != child) {
+            self.delete(&format!("{dir}/{c}")).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the ephemeral node `path` in `dir` holding `data`, or takes it over.
+    async fn create(&self, dir: &str, path: &str, data: &[u8]) -> Result<()> {
         let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::new(&self.acls));
         // A few rounds: the parent may be reaped (an empty container) or a node taken over
         // between two calls.
         for _ in 0..5 {
             let created = self
-                .try_call("create", &path, |c| {
-                    let (p, d, o) = (&path, &data, &ephemeral);
+                .try_call("create", path, |c| {
+                    let (p, d, o) = (path, data, &ephemeral);
                     async move { c.create(p, d, o).await.map(|_| ()) }
                 })
                 .await;
             match created {
                 Ok(()) => return Ok(()),
-                Err(Failure::Zk(zk::Error::NoNode)) => self.mkdir(&dir).await?,
+                Err(Failure::Zk(zk::Error::NoNode)) => self.mkdir(dir).await?,
                 Err(Failure::Zk(zk::Error::NodeExists)) => {
                     let session = self.client().await?.session_id().0;
-                    match self.data(&path).await? {
+                    match self.data(path).await? {
                         Some((_, stat)) if stat.ephemeral_owner == session => {
-                            let (p, d) = (&path, &data);
+                            let (p, d) = (path, data);
                             return self
-                                .call("set", &path, |c| async move {
+                                .call("set", path, |c| async move {
                                     c.set_data(p, d, None).await.map(|_| ())
                                 })
                                 .await;
                         }
                         // Another session's node of this id: take it over, as Curator does
                         // ("must delete then re-create so that watchers fire").
-                        Some(_) => self.delete(&path).await?,
+                        Some(_) => self.delete(path).await?,
                         None => {}
                     }
                 }
-                Err(f) => return Err(self.error("create", &path, f)),
+                Err(f) => return Err(self.error("create", path, f)),
             }
         }
         Err(Error::Unavailable {

@@ -31,9 +31,10 @@ impl Inner {
             return Ok(client.clone());
         }
         let settings = &self.settings;
-        let mut connector = zk::Client::connector()
-            .with_session_timeout(settings.session_timeout)
-            .with_fail_eagerly();
+        // The client tries the servers in turn, backing off, until a session is made; the request
+        // timeout bounds it (a server that is starting refuses sessions for a moment after it
+        // accepts connections).
+        let mut connector = zk::Client::connector().with_session_timeout(settings.session_timeout);
         if let Some(user) = &settings.username {
             let password = settings
                 .password
