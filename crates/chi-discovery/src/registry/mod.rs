@@ -15,10 +15,11 @@
 //! [`Change::Reset`] with the full list, and after any reconnect or lost events the stream sends a
 //! `Reset` again, so a consumer never misses a change and never applies one twice.
 //!
-//! The three adapters share one layout: `mod.rs` is the [`Registry`], `config.rs` its settings
+//! The adapters share one layout: `mod.rs` is the [`Registry`], `config.rs` its settings
 //! (always compiled, so the config file parses the same way in every build), `convert.rs` the
 //! mapping to and from the backend's data, `watch.rs` the watch task, plus what only that backend
-//! needs (`api`/`wire`/`tls` for Consul, `client`/`tls` for etcd, `auth` for Nacos). Every watch
+//! needs (`api`/`wire`/`tls` for Consul, `client`/`tls` for etcd, `auth` for Nacos,
+//! `session`/`nodes` for ZooKeeper). Every watch
 //! task runs under [`watch_task`] and backs off with [`Backoff`](crate::retry::Backoff).
 
 use std::collections::HashMap;

@@ -88,8 +88,8 @@ async fn an_expired_session_has_its_nodes_created_again_on_a_new_one() {
     }
     let back_after = healed.elapsed();
     println!(
-        "zookeeper session expiry: node removed {expired_after:?} after the cut (session timeout 1 s), \
-         back {back_after:?} after the heal"
+        "[reliability] zookeeper session expiry: node removed {expired_after:?} after the cut \
+         (session timeout 1 s), back {back_after:?} after the heal"
     );
     assert!(owner.sessions_opened() >= 2, "no new session");
     let now_owner = kazoo.call(json!({"op": "get", "path": path}))["ephemeral_owner"].clone();
@@ -181,6 +181,7 @@ async fn a_restarted_server_is_served_stale_then_resynced() {
     }
 
     server.kill();
+    let killed = Instant::now();
     match tokio::time::timeout(Duration::from_secs(10), watcher.next()).await {
         Ok(Some(Err(e))) => assert!(e.is_transient(), "{e}"),
         other => panic!("expected an error item, got {other:?}"),
@@ -190,6 +191,7 @@ async fn a_restarted_server_is_served_stale_then_resynced() {
     })
     .await;
     assert!(stale.is_some(), "cache never marked stale");
+    let stale_after = killed.elapsed();
     // Down for longer than the session timeout: the clients give their sessions up.
     let expired = eventually(Duration::from_secs(10), || async {
         owner.session_id().await.is_none()
@@ -203,6 +205,7 @@ async fn a_restarted_server_is_served_stale_then_resynced() {
     assert_eq!(snap.len(), 2, "the last good list survives the outage");
 
     server.restart();
+    let ready = Instant::now();
     // A foreign instance arrives after the restart; the manager writes its instances again on
     // a new session (the old session's nodes expire on the server one timeout after it starts).
     let mut kazoo = Kazoo::connect(&server.addr(), Duration::from_secs(10));
@@ -232,6 +235,12 @@ async fn a_restarted_server_is_served_stale_then_resynced() {
         client.cached(svc).map(|s| ids(s.instances())),
         reader.instances(svc).await.map(|l| ids(&l)),
         server.proc.log()
+    );
+    println!(
+        "[reliability] zookeeper restart: stale after {stale_after:?}; down {:?}; cache == server \
+         (a, b re-registered, c new) {:?} after the restarted server was ready",
+        ready.duration_since(killed),
+        ready.elapsed()
     );
     // The nodes are the new session's, not leftovers of the old one.
     let session = owner.session_id().await.expect("a session");
