@@ -1,10 +1,11 @@
 //! ZooKeeper side of the propagation bench.
 //!
-//! The floor is what ZooKeeper itself costs: a raw `zookeeper-client` ephemeral `create` on one
-//! session until the `NodeCreated` event arrives on a persistent recursive watch of another
-//! session. chi's path adds Curator's JSON, a read of the new node (its data is the instance) and
-//! the watch task's bookkeeping; the one-shot row sets a child and a data watch again after every
-//! event, as chi does on servers before 3.6.
+//! The floor is what ZooKeeper itself costs to tell another client about a new node and what it
+//! holds: a raw `zookeeper-client` ephemeral `create` on one session, the `NodeCreated` event on
+//! a persistent recursive watch of another session, and that session's read of the node (events
+//! carry no data, so every ZooKeeper client reads it, as Curator's caches do). chi's path adds
+//! Curator's JSON and the watch task's bookkeeping; the one-shot row sets a child and a data watch
+//! again after every event, as chi does on servers before 3.6.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use chi_discovery::registry::Registry;
 use chi_discovery::registry::zookeeper::{WatchMode, Zookeeper, ZookeeperConfig};
 use zookeeper_client as zk;
 
-/// Floor: the raw client's ephemeral create -> persistent watch notification, `n` times.
+/// Floor: the raw client's ephemeral create -> persistent watch notification -> read, `n` times.
 pub(crate) async fn floor(addr: &str, n: usize) -> Vec<Duration> {
     let dir = "/chi-bench-floor";
     let writer = zk::Client::connect(addr)
@@ -40,6 +41,7 @@ pub(crate) async fn floor(addr: &str, n: usize) -> Vec<Duration> {
         loop {
             let event = watcher.changed().await;
             if event.event_type == zk::EventType::NodeCreated && event.path == path {
+                reader.get_data(&path).await.expect("read the new node");
                 break;
             }
         }

@@ -349,3 +349,45 @@ async fn dubbo_layout_both_ways_with_a_foreign_client() {
     );
     assert_eq!(kazoo.dubbo_list("/dubbo", iface).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_registry_writes_to_zookeeper_and_the_others() {
+    let server = ZkServer::start().await;
+    // As the config file gives them: ZooKeeper and the embedded registry, both enabled.
+    let yaml = format!(
+        "service_discovery:\n  registries:\n    memory:\n      enabled: true\n    zookeeper:\n      \
+         enabled: true\n      servers: [\"{}\"]\n",
+        server.addr()
+    );
+    let config =
+        chi_discovery::config::Config::from_yaml_with_env(&yaml, |_| None).expect("config");
+    assert_eq!(config.registries.enabled(), ["zookeeper", "memory"]);
+    let registry = config.registries.connect().await.expect("connect");
+    let members = registry.members().expect("a multi-registry");
+    assert_eq!(
+        members.iter().map(|m| m.backend()).collect::<Vec<_>>(),
+        ["zookeeper", "memory"]
+    );
+    let manager = chi_discovery::ServiceManager::new(registry.clone());
+    let a = inst("multi-orders", "a", 8601);
+    manager
+        .register_instance(a.clone())
+        .await
+        .expect("register in both");
+    for m in members {
+        assert_eq!(
+            m.instances("multi-orders").await.expect("instances"),
+            vec![a.clone()],
+            "{}",
+            m.backend()
+        );
+    }
+    let mut kazoo = Kazoo::connect(&server.addr(), Duration::from_secs(10));
+    assert_eq!(kazoo.curator_list("/services", "multi-orders").len(), 1);
+    assert_eq!(
+        registry.instances("multi-orders").await.expect("merged"),
+        vec![a]
+    );
+    manager.shutdown().await;
+    assert!(kazoo.curator_list("/services", "multi-orders").is_empty());
+}
