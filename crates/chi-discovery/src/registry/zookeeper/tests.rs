@@ -342,3 +342,21 @@ fn registry_urls() {
         assert!(err.contains(says), "{bad}: {err}");
     }
 }
+
+#[test]
+fn the_fuzz_seeds_are_instances() {
+    // The first byte picks the layout, as in the `zookeeper_node` fuzz target.
+    let curator = include_bytes!("../../../fuzz/corpus/zookeeper_node/curator");
+    let i = convert::decode(Layout::Curator, "svc", "svc-1", &curator[1..]).expect("curator seed");
+    assert_eq!(
+        (i.version.as_str(), i.weight, i.health),
+        ("v2", 3, HealthStatus::Healthy)
+    );
+    let dubbo = include_bytes!("../../../fuzz/corpus/zookeeper_node/dubbo");
+    let name = std::str::from_utf8(&dubbo[1..]).expect("utf-8");
+    let i = convert::decode(Layout::Dubbo, "svc", name, &[]).expect("dubbo seed");
+    assert_eq!(
+        (i.version.as_str(), i.weight, i.tags.as_slice()),
+        ("1.0.0", 60, &["a".to_owned()][..])
+    );
+}
