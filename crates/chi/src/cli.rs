@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const ABOUT: &str = "Service discovery and client-side load balancing from the command line";
 
 const REGISTRY_HELP: &str = "Registry: memory (embedded, this process only), etcd://host:port[,host:port], \
-consul://host:port, nacos://host:port, or chi://host:port (the admin address of a running `chi agent`, \
-which serves its embedded registry). Credentials come from CHI_CONSUL_TOKEN, CHI_ETCD_USERNAME, \
-CHI_ETCD_PASSWORD, CHI_NACOS_USERNAME, CHI_NACOS_PASSWORD or the config file, never from a flag";
+consul://host:port, nacos://host:port, zookeeper://host:port[,host:port][/root][?layout=curator|dubbo], \
+or chi://host:port (the admin address of a running `chi agent`, which serves its embedded registry). \
+Credentials come from CHI_CONSUL_TOKEN, CHI_ETCD_USERNAME, CHI_ETCD_PASSWORD, CHI_NACOS_USERNAME, \
+CHI_NACOS_PASSWORD, CHI_ZOOKEEPER_USERNAME, CHI_ZOOKEEPER_PASSWORD or the config file, never from a flag";
 
 /// `chi`: the command-line tool of chi-discovery.
 #[derive(Debug, Parser)]

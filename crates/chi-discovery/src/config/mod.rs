@@ -11,7 +11,8 @@
 //!
 //! Secrets can come from the environment instead of the file, and the environment wins:
 //! `CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`, `CHI_ETCD_PASSWORD`, `CHI_NACOS_USERNAME`,
-//! `CHI_NACOS_PASSWORD` (each adapter's `ENV_*` constants).
+//! `CHI_NACOS_PASSWORD`, `CHI_ZOOKEEPER_USERNAME`, `CHI_ZOOKEEPER_PASSWORD` (each adapter's
+//! `ENV_*` constants).
 //!
 //! Every section is optional; what is missing takes the defaults (the adapters' own, for the
 //! registries). With no registry enabled the embedded one is used.

@@ -68,6 +68,7 @@ pub struct Registries {
     pub consul: Option<Consul>,
     pub etcd: Option<Etcd>,
     pub nacos: Option<Nacos>,
+    pub zookeeper: Option<crate::registry::zookeeper::RawZookeeper>,
 }
 
 #[derive(Debug, Default, Deserialize)]

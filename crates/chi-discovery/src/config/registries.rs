@@ -8,14 +8,17 @@ use crate::instance::{CheckTarget, CheckedBy, ServiceConfig};
 use crate::registry::consul::{self, Consistency, ConsulConfig};
 use crate::registry::etcd::{self, EtcdConfig};
 use crate::registry::nacos::{self, NacosConfig, NacosServerConfig};
+use crate::registry::zookeeper;
 use crate::registry::{MemoryConfig, Registries};
 use crate::secret::Secret;
 
 impl Registries {
     /// Parses a registry URL as the CLI's `--registry` takes it: `memory`,
-    /// `etcd://host:port[,host:port]`, `consul://host:port`, `nacos://host:port`. Credentials come
-    /// from the environment (`CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`, `CHI_ETCD_PASSWORD`,
-    /// `CHI_NACOS_USERNAME`, `CHI_NACOS_PASSWORD`), never from the URL.
+    /// `etcd://host:port[,host:port]`, `consul://host:port`, `nacos://host:port`,
+    /// `zookeeper://host:port[,host:port][/root][?layout=curator|dubbo&watch=auto|persistent|oneshot]`.
+    /// Credentials come from the environment (`CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`,
+    /// `CHI_ETCD_PASSWORD`, `CHI_NACOS_USERNAME`, `CHI_NACOS_PASSWORD`, `CHI_ZOOKEEPER_USERNAME`,
+    /// `CHI_ZOOKEEPER_PASSWORD`), never from the URL.
     pub fn from_url(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Registries> {
         let field = Field("--registry".into());
         let (scheme, rest) = match url.split_once("://") {
@@ -23,7 +26,7 @@ impl Registries {
             None if url == "memory" => ("memory", ""),
             None => {
                 return Err(field.err(format!(
-                    "expected memory, etcd://host:port[,host:port], consul://host:port or nacos://host:port, got {url:?}"
+                    "expected memory, etcd://host:port[,host:port], consul://host:port, nacos://host:port or zookeeper://host:port[,host:port][/root], got {url:?}"
                 )));
             }
         };
@@ -55,6 +58,10 @@ impl Registries {
                     ..EtcdConfig::default()
                 });
             }
+            "zookeeper" => {
+                let at = zookeeper::At::new("--registry");
+                out.zookeeper = Some(zookeeper::from_url(rest, &at, env)?);
+            }
             "nacos" => {
                 host_port(rest, &field)?;
                 let (ip, port) = rest.rsplit_once(':').unwrap_or((rest, ""));
@@ -71,7 +78,7 @@ impl Registries {
             }
             other => {
                 return Err(field.err(format!(
-                    "unknown registry scheme {other:?}, expected memory, etcd, consul or nacos"
+                    "unknown registry scheme {other:?}, expected memory, etcd, consul, nacos or zookeeper"
                 )));
             }
         }
@@ -269,7 +276,13 @@ pub(super) fn registries(
         });
     }
     let memory_enabled = r.memory.as_ref().is_some_and(|m| m.enabled);
-    let nothing_else = out.consul.is_none() && out.etcd.is_none() && out.nacos.is_none();
+    if let Some(z) = r.zookeeper {
+        out.zookeeper = z.validate(env)?;
+    }
+    let nothing_else = out.consul.is_none()
+        && out.etcd.is_none()
+        && out.nacos.is_none()
+        && out.zookeeper.is_none();
     if memory_enabled || nothing_else {
         let ttl = r
             .memory

@@ -596,7 +596,7 @@ fn registry_urls() {
         ("10.0.0.1", 8848)
     );
     for (bad, part) in [
-        ("zookeeper://h:1", "unknown registry scheme \"zookeeper\""),
+        ("eureka://h:1", "unknown registry scheme \"eureka\""),
         ("consul://h", "host:port"),
         ("consul://user:tok@h:8500", "credentials in the URL"),
         ("localhost:8500", "expected memory, etcd://"),

@@ -2,7 +2,7 @@
 //!
 //! This is the registry side of the config file: [`crate::config`] parses and checks, and hands
 //! over a [`Registries`] holding each adapter's own config type ([`ConsulConfig`],
-//! [`EtcdConfig`], [`NacosConfig`], [`MemoryConfig`]); connecting them is done here, next to
+//! [`EtcdConfig`], [`NacosConfig`], [`ZookeeperConfig`], [`MemoryConfig`]); connecting them is done here, next to
 //! the adapters, so the parser needs none of the backends' clients. A backend whose cargo
 //! feature is off is a config error naming its YAML path when it is connected.
 
@@ -14,6 +14,7 @@ use super::etcd::EtcdConfig;
 use super::memory::{Memory, MemoryConfig};
 use super::multi::MultiRegistry;
 use super::nacos::NacosConfig;
+use super::zookeeper::ZookeeperConfig;
 use crate::error::Result;
 use crate::instance::{CheckTarget, ServiceConfig};
 
@@ -28,10 +29,13 @@ pub struct Registries {
     pub etcd: Option<EtcdConfig>,
     /// Nacos, when enabled.
     pub nacos: Option<NacosConfig>,
+    /// ZooKeeper, when enabled.
+    pub zookeeper: Option<ZookeeperConfig>,
 }
 
 impl Registries {
-    /// Names of the enabled backends, in write order (`consul`, `etcd`, `nacos`, `memory`).
+    /// Names of the enabled backends, in write order (`consul`, `etcd`, `nacos`, `zookeeper`,
+    /// `memory`).
     pub fn enabled(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if self.consul.is_some() {
@@ -42,6 +46,9 @@ impl Registries {
         }
         if self.nacos.is_some() {
             v.push("nacos");
+        }
+        if self.zookeeper.is_some() {
+            v.push("zookeeper");
         }
         if self.memory.is_some() {
             v.push("memory");
@@ -91,6 +98,9 @@ impl Registries {
                 n.group_name,
                 n.cluster_name
             ));
+        }
+        if let Some(z) = &self.zookeeper {
+            parts.push(super::zookeeper::identity(z));
         }
         if self.memory.is_some() || parts.is_empty() {
             parts.push("memory".to_owned());
@@ -146,6 +156,9 @@ pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
     if let Some(n) = &registries.nacos {
         members.push(nacos(n).await?);
     }
+    if let Some(z) = &registries.zookeeper {
+        members.push(zookeeper(z).await?);
+    }
     if let Some(m) = &registries.memory {
         members.push(Arc::new(Memory::from_config(m)));
     }
@@ -156,7 +169,12 @@ pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
     }
 }
 
-#[cfg(not(all(feature = "consul", feature = "etcd", feature = "nacos")))]
+#[cfg(not(all(
+    feature = "consul",
+    feature = "etcd",
+    feature = "nacos",
+    feature = "zookeeper"
+)))]
 fn feature_missing(field: &str, backend: &str) -> crate::error::Error {
     crate::error::Error::config(
         field,
@@ -194,6 +212,18 @@ async fn nacos(n: &NacosConfig) -> Result<Arc<dyn Registry>> {
 #[cfg(not(feature = "nacos"))]
 async fn nacos(_: &NacosConfig) -> Result<Arc<dyn Registry>> {
     Err(feature_missing(super::nacos::FIELD, "nacos"))
+}
+
+#[cfg(feature = "zookeeper")]
+async fn zookeeper(z: &ZookeeperConfig) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(
+        super::zookeeper::Zookeeper::connect(z.clone()).await?,
+    ))
+}
+
+#[cfg(not(feature = "zookeeper"))]
+async fn zookeeper(_: &ZookeeperConfig) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing(super::zookeeper::FIELD, "zookeeper"))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The registry abstraction and its backends.
 //!
 //! A [`Registry`] is where instances are written and read: the embedded [`Memory`] registry (the
-//! zero-setup default), Consul, etcd v3 and Nacos behind cargo features, and [`MultiRegistry`],
+//! zero-setup default), Consul, etcd v3, Nacos and ZooKeeper behind cargo features, and [`MultiRegistry`],
 //! which writes to several at once.
 //!
 //! The trait is small and object-safe (`Arc<dyn Registry>` is what [`connect()`] builds from the
@@ -15,10 +15,11 @@
 //! [`Change::Reset`] with the full list, and after any reconnect or lost events the stream sends a
 //! `Reset` again, so a consumer never misses a change and never applies one twice.
 //!
-//! The three adapters share one layout: `mod.rs` is the [`Registry`], `config.rs` its settings
+//! The adapters share one layout: `mod.rs` is the [`Registry`], `config.rs` its settings
 //! (always compiled, so the config file parses the same way in every build), `convert.rs` the
 //! mapping to and from the backend's data, `watch.rs` the watch task, plus what only that backend
-//! needs (`api`/`wire`/`tls` for Consul, `client`/`tls` for etcd, `auth` for Nacos). Every watch
+//! needs (`api`/`wire`/`tls` for Consul, `client`/`tls` for etcd, `auth` for Nacos,
+//! `session`/`nodes` for ZooKeeper). Every watch
 //! task runs under [`watch_task`] and backs off with [`Backoff`](crate::retry::Backoff).
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ pub mod watch_task;
 pub mod consul;
 pub mod etcd;
 pub mod nacos;
+pub mod zookeeper;
 
 pub use connect::{Registries, connect};
 pub use memory::{Memory, MemoryConfig};

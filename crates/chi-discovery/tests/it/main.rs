@@ -13,6 +13,10 @@ mod consul;
 mod etcd;
 #[cfg(feature = "nacos")]
 mod nacos;
+#[cfg(feature = "zookeeper")]
+mod zookeeper;
+#[cfg(feature = "zookeeper")]
+mod zookeeper_faults;
 
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod checks;
