@@ -14,6 +14,7 @@ use super::etcd::EtcdConfig;
 use super::memory::{Memory, MemoryConfig};
 use super::multi::MultiRegistry;
 use super::nacos::NacosConfig;
+use super::pending::{self, Pending};
 use crate::error::Result;
 use crate::instance::{CheckTarget, ServiceConfig};
 
@@ -135,16 +136,31 @@ fn without_userinfo(address: &str) -> String {
 
 /// Connects to the enabled backends: one registry, or a [`MultiRegistry`] over several (in
 /// write order); the embedded registry when none is enabled.
+///
+/// With several, a backend whose server cannot be reached now is connected on its first use
+/// after this instead of failing the whole ([`Pending`](super::pending)): the others serve
+/// meanwhile. A lone backend that cannot be reached is an error here.
 pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
+    let several = registries.enabled().len() > 1;
     let mut members: Vec<Arc<dyn Registry>> = Vec::new();
     if let Some(c) = &registries.consul {
         members.push(consul(c).await?);
     }
     if let Some(e) = &registries.etcd {
-        members.push(etcd(e).await?);
+        let config = e.clone();
+        let connect = move || {
+            let config = config.clone();
+            async move { etcd(&config).await }
+        };
+        members.push(member(several, "etcd", e.keep_alive_interval(), connect).await?);
     }
     if let Some(n) = &registries.nacos {
-        members.push(nacos(n).await?);
+        let config = n.clone();
+        let connect = move || {
+            let config = config.clone();
+            async move { nacos(&config).await }
+        };
+        members.push(member(several, "nacos", n.keep_alive_interval, connect).await?);
     }
     if let Some(m) = &registries.memory {
         members.push(Arc::new(Memory::from_config(m)));
@@ -153,6 +169,29 @@ pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
         0 => Ok(Arc::new(Memory::new())),
         1 => Ok(members.remove(0)),
         _ => Ok(Arc::new(MultiRegistry::new(members))),
+    }
+}
+
+/// Connects one member of the registries; with `several`, a server that cannot be reached
+/// makes it [`Pending`], connected again on use.
+async fn member<F, Fut>(
+    several: bool,
+    backend: &'static str,
+    keep_alive_interval: std::time::Duration,
+    connect: F,
+) -> Result<Arc<dyn Registry>>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Arc<dyn Registry>>> + Send + 'static,
+{
+    match connect().await {
+        Err(e) if several && pending::unreachable(&e) => Ok(Arc::new(Pending::new(
+            backend,
+            keep_alive_interval,
+            e,
+            Box::new(move || Box::pin(connect())),
+        ))),
+        other => other,
     }
 }
 
