@@ -14,7 +14,7 @@ use super::etcd::EtcdConfig;
 use super::memory::{Memory, MemoryConfig};
 use super::multi::MultiRegistry;
 use super::nacos::NacosConfig;
-use super::pending::{self, Pending};
+use super::pending;
 use crate::error::Result;
 use crate::instance::{CheckTarget, ServiceConfig};
 
@@ -137,31 +137,48 @@ fn without_userinfo(address: &str) -> String {
 /// Connects to the enabled backends: one registry, or a [`MultiRegistry`] over several (in
 /// write order); the embedded registry when none is enabled.
 ///
-/// With several, a backend whose server cannot be reached now is connected on its first use
-/// after this instead of failing the whole ([`Pending`](super::pending)): the others serve
-/// meanwhile. A lone backend that cannot be reached is an error here.
+/// With several, a backend whose server cannot be reached now (or that takes over a second to
+/// connect) is connected on its first use after this instead of failing or holding up the
+/// whole (`registry::pending`): the others serve meanwhile. A lone backend that cannot be
+/// reached is an error here.
 pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
     let several = registries.enabled().len() > 1;
-    let mut members: Vec<Arc<dyn Registry>> = Vec::new();
-    if let Some(c) = &registries.consul {
-        members.push(consul(c).await?);
-    }
-    if let Some(e) = &registries.etcd {
+    let with_consul = async {
+        match &registries.consul {
+            Some(c) => consul(c).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let with_etcd = async {
+        let Some(e) = &registries.etcd else {
+            return Ok(None);
+        };
         let config = e.clone();
         let connect = move || {
             let config = config.clone();
             async move { etcd(&config).await }
         };
-        members.push(member(several, "etcd", e.keep_alive_interval(), connect).await?);
-    }
-    if let Some(n) = &registries.nacos {
+        member(several, "etcd", e.keep_alive_interval(), connect)
+            .await
+            .map(Some)
+    };
+    let with_nacos = async {
+        let Some(n) = &registries.nacos else {
+            return Ok(None);
+        };
         let config = n.clone();
         let connect = move || {
             let config = config.clone();
             async move { nacos(&config).await }
         };
-        members.push(member(several, "nacos", n.keep_alive_interval, connect).await?);
-    }
+        member(several, "nacos", n.keep_alive_interval, connect)
+            .await
+            .map(Some)
+    };
+    // At the same time, so that one slow to connect holds up no other.
+    let (consul, etcd, nacos) = tokio::join!(with_consul, with_etcd, with_nacos);
+    let mut members: Vec<Arc<dyn Registry>> =
+        [consul?, etcd?, nacos?].into_iter().flatten().collect();
     if let Some(m) = &registries.memory {
         members.push(Arc::new(Memory::from_config(m)));
     }
@@ -172,8 +189,9 @@ pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
     }
 }
 
-/// Connects one member of the registries; with `several`, a server that cannot be reached
-/// makes it [`Pending`], connected again on use.
+/// Connects one member of the registries; with `several`, one whose server cannot be reached
+/// now (or that takes long to connect) is connected on its first use after that
+/// ([`pending::connect_member`]).
 async fn member<F, Fut>(
     several: bool,
     backend: &'static str,
@@ -184,14 +202,10 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Arc<dyn Registry>>> + Send + 'static,
 {
-    match connect().await {
-        Err(e) if several && pending::unreachable(&e) => Ok(Arc::new(Pending::new(
-            backend,
-            keep_alive_interval,
-            e,
-            Box::new(move || Box::pin(connect())),
-        ))),
-        other => other,
+    if several {
+        pending::connect_member(backend, keep_alive_interval, connect).await
+    } else {
+        connect().await
     }
 }
 

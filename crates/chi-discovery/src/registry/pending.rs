@@ -4,27 +4,37 @@
 //! With several registries enabled, one that is down at start-up must keep neither the process
 //! from starting nor the others from serving: the process registers in the others at once and
 //! in the missing one when it comes back. Consul's client and etcd's (without auth) connect
-//! lazily and cannot fail there, but Nacos' client makes a real call when it connects (as does
-//! etcd's when it logs in), so an unreachable server fails [`connect`](super::connect()). Such a
-//! member becomes a [`Pending`]: every call first connects (at most one attempt per
-//! [`RETRY_GAP`]; calls in between fail at once with the last attempt's error), and once
-//! connected, it is the backend itself. The [`ServiceManager`](crate::ServiceManager) retries
-//! the registration there with its backoff, like any failing backend.
+//! lazily and cannot fail there, but Nacos' client makes real calls when it connects (as does
+//! etcd's when it logs in), and against a server that is down it retries for seconds before it
+//! fails. So with several registries, [`connect`](super::connect()) gives each member
+//! [`AT_START`] to connect; one that failed because its server is unreachable, or is still
+//! trying, becomes a [`Pending`] member. Its calls fail at once (with the last error) until it
+//! is connected: a connection still being made at start-up is taken when it is made, and after
+//! a failure each call starts a new attempt, at most one per [`RETRY_GAP`], and waits for it.
+//! Once connected, the member is the backend itself. The
+//! [`ServiceManager`](crate::ServiceManager) retries the registration there with its backoff,
+//! like any failing backend.
 //!
 //! Only an unreachable server ([`Error::Unavailable`], [`Error::Timeout`]) makes a member
 //! pending: a refused login or a bad setting still fails the start, where it is found.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use tokio::sync::{Mutex, OnceCell};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Liveness, Registry, WatchStream};
 use crate::error::{Error, Result};
 use crate::instance::{HealthCheck, HealthStatus, Instance};
+
+/// How long a member of several registries may take to connect at start-up before the others
+/// go on without it. A local rnacos connects in about 0.2 s on a loaded 2-core machine.
+pub(crate) const AT_START: Duration = Duration::from_secs(1);
 
 /// Shortest wait between two connection attempts.
 pub(crate) const RETRY_GAP: Duration = Duration::from_secs(1);
@@ -33,73 +43,119 @@ pub(crate) const RETRY_GAP: Duration = Duration::from_secs(1);
 pub(crate) type Connect =
     Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Registry>>> + Send + Sync>;
 
+/// Where connecting stands.
+enum Attempt {
+    /// The start-up attempt, still running.
+    Running(JoinHandle<Result<Arc<dyn Registry>>>),
+    /// The last attempt failed then, with this.
+    Failed(Instant, Error),
+}
+
 /// A backend that connects on first use; see the module docs.
 pub(crate) struct Pending {
     backend: &'static str,
     keep_alive_interval: Duration,
     connect: Connect,
     connected: OnceCell<Arc<dyn Registry>>,
-    /// When the last attempt failed, and why; held while an attempt runs.
-    last: Mutex<Option<(Instant, Error)>>,
+    /// Held while an attempt runs.
+    attempt: Mutex<Attempt>,
+}
+
+/// Connects one member of several registries: the backend when it connects within
+/// [`AT_START`], a [`Pending`] one when its server is unreachable or it is still connecting,
+/// and the error of any other failure. `keep_alive_interval` is the backend's own (the manager
+/// asks before it connects).
+pub(crate) async fn connect_member<F, Fut>(
+    backend: &'static str,
+    keep_alive_interval: Duration,
+    connect: F,
+) -> Result<Arc<dyn Registry>>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Arc<dyn Registry>>> + Send + 'static,
+{
+    let mut first = tokio::spawn(connect());
+    let attempt = match tokio::time::timeout(AT_START, &mut first).await {
+        Ok(done) => match flatten(backend, done) {
+            Err(e) if unreachable(&e) => {
+                tracing::warn!(backend, error = %e, "registry unreachable at start; the others serve meanwhile, and it is connected again on use");
+                Attempt::Failed(Instant::now(), e)
+            }
+            done => return done,
+        },
+        Err(_) => {
+            tracing::warn!(
+                backend,
+                "registry not connected within {AT_START:?} at start; the others serve meanwhile"
+            );
+            Attempt::Running(first)
+        }
+    };
+    Ok(Arc::new(Pending {
+        backend,
+        keep_alive_interval,
+        connect: Box::new(move || Box::pin(connect())),
+        connected: OnceCell::new(),
+        attempt: Mutex::new(attempt),
+    }))
+}
+
+fn flatten(
+    backend: &'static str,
+    done: std::result::Result<Result<Arc<dyn Registry>>, tokio::task::JoinError>,
+) -> Result<Arc<dyn Registry>> {
+    done.unwrap_or_else(|e| {
+        Err(Error::Unavailable {
+            backend: backend.into(),
+            message: format!("connecting failed: {e}"),
+        })
+    })
 }
 
 impl Pending {
-    /// `backend`, whose first attempt to connect failed with `error`; `connect` tries again.
-    /// `keep_alive_interval` is the backend's own (the manager asks before it connects).
-    pub(crate) fn new(
-        backend: &'static str,
-        keep_alive_interval: Duration,
-        error: Error,
-        connect: Connect,
-    ) -> Self {
-        tracing::warn!(backend, %error, "registry unreachable at start; connecting again on use");
-        Pending {
-            backend,
-            keep_alive_interval,
-            connect,
-            connected: OnceCell::new(),
-            last: Mutex::new(Some((Instant::now(), error))),
-        }
-    }
-
-    /// The connected backend, connecting it now if the last attempt is [`RETRY_GAP`] old.
+    /// The connected backend; see the module docs for when this connects and when it fails at
+    /// once.
     async fn get(&self) -> Result<&Arc<dyn Registry>> {
         if let Some(r) = self.connected.get() {
             return Ok(r);
         }
-        let mut last = self.last.lock().await;
+        let mut attempt = self.attempt.lock().await;
         if let Some(r) = self.connected.get() {
             return Ok(r);
         }
-        if let Some((at, error)) = last.as_ref()
-            && at.elapsed() < RETRY_GAP
-        {
-            return Err(self.not_yet(error));
-        }
-        match (self.connect)().await {
+        let result = match &mut *attempt {
+            Attempt::Running(first) if !first.is_finished() => {
+                return Err(self.not_yet("still connecting"));
+            }
+            Attempt::Running(first) => flatten(self.backend, first.await),
+            Attempt::Failed(at, error) if at.elapsed() < RETRY_GAP => {
+                return Err(self.not_yet(error));
+            }
+            Attempt::Failed(..) => (self.connect)().await,
+        };
+        match result {
             Ok(registry) => {
                 tracing::info!(backend = self.backend, "registry connected");
-                *last = None;
                 Ok(self.connected.get_or_init(|| async { registry }).await)
             }
             Err(error) => {
                 let out = self.not_yet(&error);
-                *last = Some((Instant::now(), error));
+                *attempt = Attempt::Failed(Instant::now(), error);
                 Err(out)
             }
         }
     }
 
-    fn not_yet(&self, error: &Error) -> Error {
+    fn not_yet(&self, why: impl std::fmt::Display) -> Error {
         Error::Unavailable {
             backend: self.backend.into(),
-            message: format!("not connected yet: {error}"),
+            message: format!("not connected yet: {why}"),
         }
     }
 }
 
 /// True for the errors that make a member pending rather than fail the start.
-pub(crate) fn unreachable(e: &Error) -> bool {
+fn unreachable(e: &Error) -> bool {
     matches!(e, Error::Unavailable { .. } | Error::Timeout { .. })
 }
 
@@ -160,54 +216,111 @@ mod tests {
     use crate::registry::Memory;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    #[tokio::test(start_paused = true)]
-    async fn connects_on_use_at_most_once_per_gap_then_is_the_backend() {
-        let up = Arc::new(AtomicBool::new(false));
-        let attempts = Arc::new(AtomicUsize::new(0));
-        let memory = Memory::new();
-        let connect: Connect = {
-            let (up, attempts, memory) = (up.clone(), attempts.clone(), memory.clone());
-            Box::new(move || {
-                attempts.fetch_add(1, Ordering::SeqCst);
-                let (up, memory) = (up.load(Ordering::SeqCst), memory.clone());
-                Box::pin(async move {
-                    if up {
-                        Ok(Arc::new(memory) as Arc<dyn Registry>)
-                    } else {
-                        Err(Error::Unavailable {
-                            backend: "memory".into(),
-                            message: "connection refused".into(),
-                        })
-                    }
-                })
+    /// A backend that connects when `up`, after `delay`, counting attempts.
+    fn backend(
+        up: &Arc<AtomicBool>,
+        delay: Duration,
+        attempts: &Arc<AtomicUsize>,
+        memory: &Memory,
+    ) -> impl Fn() -> BoxFuture<'static, Result<Arc<dyn Registry>>> + Send + Sync + 'static {
+        let (up, attempts, memory) = (up.clone(), attempts.clone(), memory.clone());
+        move || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            let (up, memory) = (up.clone(), memory.clone());
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                if up.load(Ordering::SeqCst) {
+                    Ok(Arc::new(memory) as Arc<dyn Registry>)
+                } else {
+                    Err(Error::Unavailable {
+                        backend: "memory".into(),
+                        message: "connection refused".into(),
+                    })
+                }
             })
-        };
-        let first = Error::Timeout {
-            backend: "memory".into(),
-            after: Duration::from_secs(10),
-        };
-        let pending = Pending::new("memory", Duration::from_secs(2), first, connect);
+        }
+    }
+
+    fn i() -> Instance {
+        Instance::new("svc", "127.0.0.1", 1)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_at_start_then_connected_on_use_at_most_once_per_gap() {
+        let (up, attempts, memory) = (Arc::default(), Arc::default(), Memory::new());
+        let connect = backend(&up, Duration::ZERO, &attempts, &memory);
+        let pending = connect_member("memory", Duration::from_secs(2), connect)
+            .await
+            .expect("pending, not an error");
+        assert_eq!(pending.backend(), "memory");
         assert_eq!(pending.keep_alive_interval(), Duration::from_secs(2));
-        let i = Instance::new("svc", "127.0.0.1", 1);
 
         // Within the gap of the failed start: no attempt, the start's error.
-        let e = pending.register(&i).await.unwrap_err();
-        assert!(e.to_string().contains("did not answer within 10s"), "{e}");
-        assert_eq!(attempts.load(Ordering::SeqCst), 0);
-        tokio::time::sleep(RETRY_GAP).await;
-        let e = pending.register(&i).await.unwrap_err();
-        assert!(
-            matches!(&e, Error::Unavailable { backend, message } if backend == "memory" && message.contains("connection refused")),
-            "{e}"
-        );
-        assert!(pending.instances("svc").await.is_err());
+        let e = pending.register(&i()).await.unwrap_err();
+        assert!(e.to_string().contains("not connected yet: "), "{e}");
+        assert!(e.to_string().contains("connection refused"), "{e}");
         assert_eq!(attempts.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(RETRY_GAP).await;
+        assert!(pending.register(&i()).await.is_err());
+        assert!(
+            pending.instances("svc").await.is_err(),
+            "within the gap again"
+        );
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
 
         up.store(true, Ordering::SeqCst);
         tokio::time::sleep(RETRY_GAP).await;
-        pending.register(&i).await.expect("connected");
+        pending.register(&i()).await.expect("connected");
         assert_eq!(memory.instances("svc").await.expect("list").len(), 1);
         assert_eq!(pending.instances("svc").await.expect("list").len(), 1);
-        assert_eq!(attempts.load(Ordering::SeqCst), 2, "connected once");
+        assert_eq!(attempts.load(Ordering::SeqCst), 3, "connected once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_goes_on_in_the_background_and_is_taken_when_done() {
+        let (up, attempts, memory) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::default(),
+            Memory::new(),
+        );
+        let connect = backend(&up, AT_START * 3, &attempts, &memory);
+        let started = Instant::now();
+        let pending = connect_member("memory", Duration::from_secs(2), connect)
+            .await
+            .expect("pending");
+        assert_eq!(started.elapsed(), AT_START, "the others do not wait longer");
+        let e = pending.register(&i()).await.unwrap_err();
+        assert!(e.to_string().contains("still connecting"), "{e}");
+        tokio::time::sleep(AT_START * 2 + Duration::from_millis(1)).await;
+        pending
+            .register(&i())
+            .await
+            .expect("the start-up attempt connected");
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "no second attempt");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_connects_in_time_is_itself_and_other_errors_fail_the_start() {
+        let (up, attempts, memory) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::default(),
+            Memory::new(),
+        );
+        let connected = connect_member(
+            "memory",
+            Duration::from_secs(2),
+            backend(&up, Duration::ZERO, &attempts, &memory),
+        )
+        .await
+        .expect("connected");
+        connected.register(&i()).await.expect("register");
+        let refused = connect_member("memory", Duration::from_secs(2), || async {
+            Err(Error::config(
+                "service_discovery.registries.nacos.client_config.password",
+                "refused",
+            ))
+        })
+        .await;
+        assert!(matches!(refused, Err(Error::Config { .. })));
     }
 }
