@@ -23,6 +23,8 @@ mod faults;
 #[cfg(feature = "etcd")]
 mod last_good;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
+mod multi_real;
+#[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod names;
 #[cfg(feature = "etcd")]
 mod partition;
