@@ -8,10 +8,10 @@
 //! etcd's when it logs in), and against a server that is down it retries for seconds before it
 //! fails. So with several registries, [`connect`](super::connect()) gives each member
 //! [`AT_START`] to connect; one that failed because its server is unreachable, or is still
-//! trying, becomes a [`Pending`] member. Its calls fail at once (with the last error) until it
-//! is connected: a connection still being made at start-up is taken when it is made, and after
-//! a failure each call starts a new attempt, at most one per [`RETRY_GAP`], and waits for it.
-//! Once connected, the member is the backend itself. The
+//! trying, becomes a [`Pending`] member. Until it is connected, a call fails at once while the
+//! start-up attempt still runs (a connection it makes is taken), and otherwise starts a new
+//! attempt and waits for it, at most one attempt per [`RETRY_GAP`] (calls in between fail at
+//! once with the last error). Once connected, the member is the backend itself. The
 //! [`ServiceManager`](crate::ServiceManager) retries the registration there with its backoff,
 //! like any failing backend.
 //!
@@ -127,7 +127,11 @@ impl Pending {
             Attempt::Running(first) if !first.is_finished() => {
                 return Err(self.not_yet("still connecting"));
             }
-            Attempt::Running(first) => flatten(self.backend, first.await),
+            Attempt::Running(first) => match flatten(self.backend, first.await) {
+                Ok(registry) => Ok(registry),
+                // It failed a while ago, unseen: try again now.
+                Err(_) => (self.connect)().await,
+            },
             Attempt::Failed(at, error) if at.elapsed() < RETRY_GAP => {
                 return Err(self.not_yet(error));
             }
@@ -297,6 +301,24 @@ mod tests {
             .await
             .expect("the start-up attempt connected");
         assert_eq!(attempts.load(Ordering::SeqCst), 1, "no second attempt");
+    }
+
+    /// A start-up attempt that failed unseen (the server came back meanwhile) is not reported:
+    /// the first call after it connects again at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_that_failed_is_tried_again_by_the_next_call() {
+        let (up, attempts, memory) = (Arc::default(), Arc::default(), Memory::new());
+        let connect = backend(&up, AT_START * 3, &attempts, &memory);
+        let pending = connect_member("memory", Duration::from_secs(2), connect)
+            .await
+            .expect("pending");
+        tokio::time::sleep(AT_START * 5).await;
+        up.store(true, Ordering::SeqCst);
+        pending
+            .register(&i())
+            .await
+            .expect("connected on this call");
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
