@@ -1,8 +1,8 @@
 //! Integration tests: one binary, one module per area. Registry tests run against real servers
 //! that `chi_test_support` starts on loopback.
 //!
-//! The reliability suite (`faults`, `partition`, `churn`, `stub`, `names`, `secrets`) is part of
-//! this binary; `CHI_SOAK=1` (via `scripts/reliability --soak`) makes its long phases longer.
+//! The reliability suite (`faults`, `partition`, `churn`, `stub`, `names`, `secrets`,
+//! `multi_real`) is part of this binary; `CHI_SOAK=1` (via `scripts/reliability --soak`) makes its long phases longer.
 
 mod health;
 mod outage;

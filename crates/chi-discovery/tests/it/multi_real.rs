@@ -6,7 +6,7 @@
 //! other two saw nothing of it: the instance stayed listed there at every poll, no watch of
 //! theirs reported a change, the manager neither failed nor re-registered there, and their
 //! own records of it are the same ones (Consul's catalog indexes, etcd's revisions and lease).
-//! The recovery times are printed on `[multi] ` lines (`-- --nocapture`).
+//! The recovery times are printed on `[reliability] multi: ` lines (`-- --nocapture`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -209,7 +209,10 @@ async fn each_registry_back_empty_gets_the_registration_again_and_the_others_see
     let config = Config::from_yaml(&fleet.yaml(server.port)).expect("config");
     let t = Instant::now();
     let chi = Chi::new(config).await.expect("chi");
-    println!("[multi] connected to the three in {:?}", t.elapsed());
+    println!(
+        "[reliability] multi: connected to the three in {:?}",
+        t.elapsed()
+    );
     let manager = chi.manager().clone();
     let mut events = manager.subscribe();
     let report = chi
@@ -335,7 +338,7 @@ async fn each_registry_back_empty_gets_the_registration_again_and_the_others_see
             );
         }
         println!(
-            "[multi] {victim}: killed, noticed by the manager after {:?}, restarted empty after {:?}; \
+            "[reliability] multi: {victim}: killed, noticed by the manager after {:?}, restarted empty after {:?}; \
              registered there again {:?} after it served (manager: {:?}); {} untouched",
             noticed.unwrap_or_default(),
             restarted - killed,
@@ -350,7 +353,7 @@ async fn each_registry_back_empty_gets_the_registration_again_and_the_others_see
         figures.push((victim, recovered));
     }
     println!(
-        "[multi] recovery (registry back empty -> instance listed there again): {}",
+        "[reliability] multi: recovery (registry back empty -> instance listed there again): {}",
         figures
             .iter()
             .map(|(b, d)| format!("{b} {:.1} s", d.as_secs_f64()))
