@@ -1,10 +1,11 @@
 //! The registration lifecycle: register, keep alive, re-register, deregister on shutdown.
 //!
-//! A [`ServiceManager`] owns the instances this process registered. One background task keeps each
-//! of them alive on each backend at the backend's [`keep_alive_interval`](Registry::keep_alive_interval):
+//! A [`ServiceManager`] owns the instances this process registered. A background loop per backend
+//! keeps each of them alive there, at the fastest
+//! [`keep_alive_interval`](Registry::keep_alive_interval) the backends ask for:
 //!
-//! - a backend that answers [`Liveness::Lost`] (lease expired, agent restarted, registry wiped) gets
-//!   the instance registered again at once;
+//! - a backend that answers [`Liveness::Lost`](crate::registry::Liveness::Lost) (lease expired,
+//!   agent restarted, registry wiped) gets the instance registered again at once;
 //! - a backend that failed to register is retried with exponential backoff ([`RetryPolicy`]) until
 //!   it succeeds, while the other backends keep serving the registration;
 //! - [`ServiceManager::shutdown`] deregisters everything, on every backend.

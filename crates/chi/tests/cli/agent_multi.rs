@@ -135,7 +135,7 @@ fn agent_started_while_nacos_is_down_registers_in_the_others_then_in_nacos() {
         "registered in consul and etcd only {up:?} after the start"
     );
     for (b, url) in &registries[..2] {
-        assert_eq!(ids(&discover_json(url, SERVICE, &[])), [id.clone()], "{b}");
+        assert_eq!(ids(&discover_json(url, SERVICE, &[])), [id.as_str()], "{b}");
     }
     let stderr = std::fs::read_to_string(&log).expect("stderr");
     assert!(

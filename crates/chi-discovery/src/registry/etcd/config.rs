@@ -172,14 +172,12 @@ impl EtcdConfig {
 
 impl EtcdConfig {
     /// How often the lease is renewed: [`keep_alive_every`] its TTL.
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub(crate) fn keep_alive_interval(&self) -> Duration {
         keep_alive_every(self.lease_ttl)
     }
 }
 
 /// A third of the lease's TTL (at least 300 ms): two renewals may fail before it runs out.
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub(super) fn keep_alive_every(lease_ttl: Duration) -> Duration {
     (lease_ttl / 3).max(Duration::from_millis(300))
 }
