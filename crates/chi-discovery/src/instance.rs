@@ -297,12 +297,14 @@ pub struct HealthCheck {
     /// Who runs the check (default [`CheckedBy::Auto`]).
     #[serde(default)]
     pub checked_by: CheckedBy,
-    /// Successes in a row that make an unhealthy instance healthy when chi probes (`None`: the
-    /// checker's default, 2).
+    /// Successes in a row that make an unhealthy instance healthy (`None`: when chi probes, the
+    /// checker's default, 2; Consul's agent, running the check itself, gets it as
+    /// `SuccessBeforePassing`, and without it counts every result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rise: Option<u32>,
-    /// Failures in a row that make a healthy instance unhealthy when chi probes (`None`: the
-    /// checker's default, 3).
+    /// Failures in a row that make a healthy instance unhealthy (`None`: when chi probes, the
+    /// checker's default, 3; Consul's agent gets it as `FailuresBeforeCritical`, and without it
+    /// counts every result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fall: Option<u32>,
 }

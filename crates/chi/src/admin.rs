@@ -8,7 +8,7 @@
 //! | `GET /v1/services` | names of services with instances |
 //! | `GET /v1/services/{name}` | its instances (JSON array) |
 //! | `GET /v1/services/{name}/watch` | its changes as they happen: JSON lines, a `reset` first, a `heartbeat` while quiet |
-//! | `PUT /v1/services/{name}/instances/{id}` | register (body: an instance) |
+//! | `PUT /v1/services/{name}/instances/{id}` | register (body: an instance); 502 when a registry behind the agent failed (with several, the message names which hold it and which do not) |
 //! | `DELETE /v1/services/{name}/instances/{id}` | deregister |
 //! | `POST /v1/services/{name}/instances/{id}/keepalive` | keep alive (body: instance and health) |
 //!
@@ -189,6 +189,9 @@ async fn register(
     }
     match s.registry.register(&instance).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        // A registry that failed (some of several, with a multi-registry: the message names
+        // which hold it and which do not); the caller's manager retries.
+        Err(e) if e.is_transient() => error(StatusCode::BAD_GATEWAY, e),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }

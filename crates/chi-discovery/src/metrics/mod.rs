@@ -17,8 +17,10 @@
 //! | `chi_watch_errors_total` | counter | `service` | [`Metrics::record_watch`] |
 //! | `chi_health_check_transitions_total` | counter | `service`, `to` | [`HealthChecker::subscribe`], via [`Metrics::follow_health`] |
 //! | `chi_registration_registered` | gauge (0/1) | `service`, `instance`, `backend` | [`ServiceManager::status`](crate::ServiceManager::status), read at scrape |
-//! | `chi_registration_failures` | gauge | `service`, `instance`, `backend` | same |
-//! | `chi_registration_reregistrations_total` | counter | `service`, `instance`, `backend` | same |
+//! | `chi_registration_backend_up` | gauge (0/1) | `service`, `instance`, `backend` | same: registered and the last registration / keep-alive call succeeded |
+//! | `chi_registration_failures` | gauge | `service`, `instance`, `backend` | same: failed calls in a row |
+//! | `chi_registration_reregistrations_total` | counter | `service`, `instance`, `backend` | same: registered again after the backend lost it |
+//! | `chi_registration_errors_total` | counter | `service`, `instance`, `backend` | same: failed registration / keep-alive calls |
 //! | `chi_circuit_breaker_overflows_total` | counter | `service` | the circuit breakers' counts ([`Breaker::overflows`](crate::routing::Breaker::overflows)), read at scrape, via [`Metrics::register_overflows`] |
 //!
 //! The first three keep the Go sketch's names and labels. Values that already live in chi (cache

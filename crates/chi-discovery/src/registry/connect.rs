@@ -14,6 +14,7 @@ use super::etcd::EtcdConfig;
 use super::memory::{Memory, MemoryConfig};
 use super::multi::MultiRegistry;
 use super::nacos::NacosConfig;
+use super::pending;
 use super::zookeeper::ZookeeperConfig;
 use crate::error::Result;
 use crate::instance::{CheckTarget, ServiceConfig};
@@ -145,20 +146,59 @@ fn without_userinfo(address: &str) -> String {
 
 /// Connects to the enabled backends: one registry, or a [`MultiRegistry`] over several (in
 /// write order); the embedded registry when none is enabled.
+///
+/// With several, a backend whose server cannot be reached now (or that takes over a second to
+/// connect) is connected on its first use after this instead of failing or holding up the
+/// whole (`registry::pending`): the others serve meanwhile. A lone backend that cannot be
+/// reached is an error here.
 pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
-    let mut members: Vec<Arc<dyn Registry>> = Vec::new();
-    if let Some(c) = &registries.consul {
-        members.push(consul(c).await?);
-    }
-    if let Some(e) = &registries.etcd {
-        members.push(etcd(e).await?);
-    }
-    if let Some(n) = &registries.nacos {
-        members.push(nacos(n).await?);
-    }
-    if let Some(z) = &registries.zookeeper {
-        members.push(zookeeper(z).await?);
-    }
+    let several = registries.enabled().len() > 1;
+    let with_consul = async {
+        match &registries.consul {
+            Some(c) => consul(c).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let with_etcd = async {
+        let Some(e) = &registries.etcd else {
+            return Ok(None);
+        };
+        let config = e.clone();
+        let connect = move || {
+            let config = config.clone();
+            async move { etcd(&config).await }
+        };
+        member(several, "etcd", e.keep_alive_interval(), connect)
+            .await
+            .map(Some)
+    };
+    let with_nacos = async {
+        let Some(n) = &registries.nacos else {
+            return Ok(None);
+        };
+        let config = n.clone();
+        let connect = move || {
+            let config = config.clone();
+            async move { nacos(&config).await }
+        };
+        member(several, "nacos", n.keep_alive_interval, connect)
+            .await
+            .map(Some)
+    };
+    // ZooKeeper's client connects lazily when its server is down (a session on first use).
+    let with_zookeeper = async {
+        match &registries.zookeeper {
+            Some(z) => zookeeper(z).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    // At the same time, so that one slow to connect holds up no other.
+    let (consul, etcd, nacos, zookeeper) =
+        tokio::join!(with_consul, with_etcd, with_nacos, with_zookeeper);
+    let mut members: Vec<Arc<dyn Registry>> = [consul?, etcd?, nacos?, zookeeper?]
+        .into_iter()
+        .flatten()
+        .collect();
     if let Some(m) = &registries.memory {
         members.push(Arc::new(Memory::from_config(m)));
     }
@@ -166,6 +206,26 @@ pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
         0 => Ok(Arc::new(Memory::new())),
         1 => Ok(members.remove(0)),
         _ => Ok(Arc::new(MultiRegistry::new(members))),
+    }
+}
+
+/// Connects one member of the registries; with `several`, one whose server cannot be reached
+/// now (or that takes long to connect) is connected on its first use after that
+/// ([`pending::connect_member`]).
+async fn member<F, Fut>(
+    several: bool,
+    backend: &'static str,
+    keep_alive_interval: std::time::Duration,
+    connect: F,
+) -> Result<Arc<dyn Registry>>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Arc<dyn Registry>>> + Send + 'static,
+{
+    if several {
+        pending::connect_member(backend, keep_alive_interval, connect).await
+    } else {
+        connect().await
     }
 }
 

@@ -36,6 +36,7 @@ mod connect;
 mod empty;
 pub mod memory;
 pub mod multi;
+mod pending;
 pub mod watch_task;
 
 // Each adapter's config type is always there (the config file is parsed the same way in every

@@ -1,8 +1,9 @@
 //! Several registries behind one: writes go to all of them, reads merge them.
 //!
 //! One registry over several (consul, etcd, nacos). Writes fan out concurrently and
-//! one failing backend never stops the others: the call reports every failure
-//! ([`Error::Backends`]), and the [`ServiceManager`](crate::ServiceManager), which sees the
+//! one failing backend never stops the others: a registration some members took and others
+//! did not is [`Error::PartialRegistration`] (naming both), a write that failed everywhere
+//! [`Error::Backends`]; and the [`ServiceManager`](crate::ServiceManager), which sees the
 //! members through [`Registry::members`], keeps retrying only the backends that failed.
 //!
 //! Reads return the union of the members' lists with duplicates merged by instance id (the first
@@ -59,6 +60,23 @@ impl MultiRegistry {
         (ok, failures)
     }
 
+    /// `Ok` when every member took `instance`, else which did and which did not.
+    fn registered_or_report(&self, instance: &Instance, results: Vec<Result<()>>) -> Result<()> {
+        let (ok, failures) = self.collect_failures(results);
+        match (ok.is_empty(), failures.is_empty()) {
+            (_, true) => Ok(()),
+            (true, false) => Err(Error::Backends { failures }),
+            (false, false) => Err(Error::PartialRegistration {
+                id: instance.id.clone(),
+                registered: ok
+                    .into_iter()
+                    .map(|(idx, ())| self.members[idx].backend().to_owned())
+                    .collect(),
+                failures,
+            }),
+        }
+    }
+
     fn all_or_report(&self, results: Vec<Result<()>>) -> Result<()> {
         let (_, failures) = self.collect_failures(results);
         if failures.is_empty() {
@@ -95,7 +113,7 @@ impl Registry for MultiRegistry {
     async fn register(&self, instance: &Instance) -> Result<()> {
         instance.validate()?;
         let results = join_all(self.members.iter().map(|m| m.register(instance))).await;
-        self.all_or_report(results)
+        self.registered_or_report(instance, results)
     }
 
     /// Only when every member runs it.
@@ -115,7 +133,7 @@ impl Registry for MultiRegistry {
                 .map(|m| m.register_with_checks(instance, checks)),
         )
         .await;
-        self.all_or_report(results)
+        self.registered_or_report(instance, results)
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<()> {

@@ -1,8 +1,8 @@
 //! Integration tests: one binary, one module per area. Registry tests run against real servers
 //! that `chi_test_support` starts on loopback.
 //!
-//! The reliability suite (`faults`, `cluster`, `partition`, `churn`, `stub`, `names`, `secrets`) is part of
-//! this binary; `CHI_SOAK=1` (via `scripts/reliability --soak`) makes its long phases longer.
+//! The reliability suite (`faults`, `cluster`, `partition`, `churn`, `stub`, `names`, `secrets`,
+//! `multi_real`, `zookeeper_faults`) is part of this binary; `CHI_SOAK=1` (via `scripts/reliability --soak`) makes its long phases longer.
 
 mod health;
 mod outage;
@@ -28,6 +28,8 @@ mod cluster;
 mod faults;
 #[cfg(feature = "etcd")]
 mod last_good;
+#[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
+mod multi_real;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod names;
 #[cfg(feature = "etcd")]

@@ -309,14 +309,26 @@ async fn writes_to_all_and_reports_each_failure() {
     b.set_outage(true);
     let err = multi.register(&inst("y")).await.unwrap_err();
     match &err {
-        Error::Backends { failures } => {
+        Error::PartialRegistration {
+            id,
+            registered,
+            failures,
+        } => {
+            assert_eq!(id, "y");
+            assert_eq!(registered, &["memory"]);
             assert_eq!(failures.len(), 1);
             assert_eq!(failures[0].0, "memory");
         }
-        other => panic!("expected Backends, got {other:?}"),
+        other => panic!("expected PartialRegistration, got {other:?}"),
     }
     // The healthy member still got it.
     assert_eq!(a.instances("svc").await.expect("a").len(), 2);
+    // Nobody took it: every failure.
+    a.set_outage(true);
+    match multi.register(&inst("z")).await.unwrap_err() {
+        Error::Backends { failures } => assert_eq!(failures.len(), 2),
+        other => panic!("expected Backends, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! port and the other commands (and other agents) reach it with `--registry chi://host:port`.
 
 mod agent;
+mod agent_multi;
 mod check;
 mod config;
 mod crash;

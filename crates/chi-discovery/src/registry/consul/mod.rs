@@ -28,7 +28,10 @@
 //!   [`Registry::register_with_checks`]; the agent runs them itself. A `Ttl` target maps onto chi's
 //!   TTL check. `deregister_critical_service_after` becomes Consul's
 //!   `DeregisterCriticalServiceAfter` (Consul 1.8 clamps it to at least one minute and its reaper
-//!   runs every 30 s, so a critical instance goes 60–90 s after it turned critical).
+//!   runs every 30 s, so a critical instance goes 60–90 s after it turned critical); `rise` and
+//!   `fall` become `SuccessBeforePassing` and `FailuresBeforeCritical` (Consul 1.7+), so the
+//!   agent's check flips after as many results in a row as chi's own probe would. Left out,
+//!   Consul's default applies: every result counts at once.
 //! - Health is aggregated over the node's and the service's checks: any `critical` →
 //!   [`HealthStatus::Unhealthy`], else any `passing`/`warning` → `Healthy` (Consul DNS serves
 //!   `warning` instances too), no checks at all → `Unknown`.

@@ -411,7 +411,7 @@ impl Registry for Etcd {
     }
 
     fn keep_alive_interval(&self) -> Duration {
-        (self.inner.settings.lease_ttl / 3).max(Duration::from_millis(300))
+        config::keep_alive_every(self.inner.settings.lease_ttl)
     }
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
