@@ -29,7 +29,14 @@ type Labels = Vec<(String, String)>;
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install()?;
     let mut source = Source::resolve(&args.source)?;
-    let Some(service) = source.config.registration.clone() else {
+    // `0.0.0.0` / `::` as written in a config file: advertise this host's address instead
+    // (registries refuse an unspecified address), as `Chi` does.
+    let Some(service) = source
+        .config
+        .registration
+        .clone()
+        .map(chi_discovery::ServiceConfig::advertised)
+    else {
         return Err(Failure::bad_input(
             "nothing to register: the config has no service_discovery.registration",
         )
