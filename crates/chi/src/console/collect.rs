@@ -227,18 +227,15 @@ impl Member {
         s.services
             .retain(|name, _| names.binary_search(name).is_ok());
         for name in names {
-            if !s.services.contains_key(&name) {
-                let task =
-                    tokio::spawn(follow(Arc::downgrade(self), name.clone(), changed.clone()));
-                s.services.insert(
-                    name,
-                    Watched {
-                        instances: BTreeMap::new(),
-                        ready: false,
-                        error: None,
-                        _task: Task(task),
-                    },
-                );
+            if let std::collections::btree_map::Entry::Vacant(slot) = s.services.entry(name) {
+                let name = slot.key().clone();
+                let task = tokio::spawn(follow(Arc::downgrade(self), name, changed.clone()));
+                slot.insert(Watched {
+                    instances: BTreeMap::new(),
+                    ready: false,
+                    error: None,
+                    _task: Task(task),
+                });
             }
         }
     }

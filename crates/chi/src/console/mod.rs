@@ -6,7 +6,7 @@
 //! | method and path | what |
 //! | --- | --- |
 //! | `GET /ui` | the page: services, balancing, registries (and xDS clients), complete without JavaScript; `?q=TEXT&healthy=1` filters the services |
-//! | `GET /ui/console.js`, `/ui/console.css` | the script (live updates, filters, charts, writes) and the stylesheet |
+//! | `GET /ui/console.js`, `/ui/console.css`, `/ui/favicon.svg` | the script (live updates, filters, charts, writes), the stylesheet, the icon |
 //! | `GET /ui/api/state` | the status model as JSON ([`model::Status`]) |
 //! | `GET /ui/api/events` | server-sent events: a `view` event with the sections' HTML and the charts' data, at once and whenever it changes |
 //! | `DELETE /ui/api/services/{name}/instances/{id}` | deregister, when [`WriteGate`] allows it (read-only by default) |
@@ -51,6 +51,7 @@ use render::Filter;
 
 const SCRIPT: &str = include_str!("assets/console.js");
 const STYLE: &str = include_str!("assets/console.css");
+const ICON: &str = include_str!("assets/favicon.svg");
 
 /// What every answer of the console carries: no script, style or connection from elsewhere, no
 /// framing, no sniffing, no referrer.
@@ -92,6 +93,7 @@ impl Console {
             .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
             .route("/ui/console.js", get(script))
             .route("/ui/console.css", get(style))
+            .route("/ui/favicon.svg", get(icon))
             .route("/ui/api/state", get(state))
             .route("/ui/api/events", get(events))
             .route("/ui/api/services/{name}/instances/{id}", delete(deregister))
@@ -151,6 +153,10 @@ async fn script() -> Response {
 
 async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
+}
+
+async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
 }
 
 fn asset(kind: &'static str, body: &'static str) -> Response {

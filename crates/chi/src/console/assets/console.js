@@ -10,6 +10,7 @@
 const SVG = 'http://www.w3.org/2000/svg';
 
 const live = document.getElementById('live');
+const notice = document.getElementById('notice');
 const shown = document.getElementById('shown');
 const filterText = document.getElementById('filter');
 const healthyOnly = document.getElementById('healthy-only');
@@ -75,10 +76,12 @@ function applyFilter() {
   if (shown.textContent !== message) shown.textContent = message;
 }
 
-/// Draws one horizontal bar per instance: its share of the service's picks.
+/// Draws one horizontal bar per instance: its share of the service's picks, the busiest
+/// instance's bar the full width.
 function drawChart(figure, chart) {
   figure.querySelector('svg')?.remove();
   const total = chart.bars.reduce((sum, [, n]) => sum + n, 0);
+  const most = chart.bars.reduce((max, [, n]) => Math.max(max, n), 0);
   const row = 26;
   const width = 640;
   const labelWidth = 200;
@@ -103,12 +106,13 @@ function drawChart(figure, chart) {
     bar.setAttribute('x', labelWidth);
     bar.setAttribute('y', y + 3);
     bar.setAttribute('height', row - 8);
-    bar.setAttribute('width', total === 0 ? 0 : Math.max(1, (barSpace * n) / total));
+    const length = most === 0 ? 0 : (barSpace * n) / most;
+    bar.setAttribute('width', n === 0 ? 0 : Math.max(1, length));
     bar.setAttribute('class', 'bar');
     bar.dataset.id = id;
     bar.dataset.picks = n;
     const value = document.createElementNS(SVG, 'text');
-    value.setAttribute('x', labelWidth + (total === 0 ? 0 : (barSpace * n) / total) + 6);
+    value.setAttribute('x', labelWidth + length + 6);
     value.setAttribute('y', y + row / 2 + 4);
     value.setAttribute('class', 'value');
     value.textContent = percent(n, total);
@@ -169,9 +173,11 @@ async function deregister(button) {
       `/ui/api/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,
       { method: 'DELETE', headers: { 'x-chi-console': 'write' } });
     const body = await response.text();
-    say(response.ok ? `Deregistered ${id} of ${service}.` : `Refused (${response.status}): ${body}`);
+    notice.textContent = response.ok
+      ? `Deregistered ${id} of ${service}.`
+      : `Refused (${response.status}): ${body}`;
   } catch (err) {
-    say(`Could not deregister ${id}: ${err}`);
+    notice.textContent = `Could not deregister ${id}: ${err}`;
   } finally {
     button.disabled = false;
   }

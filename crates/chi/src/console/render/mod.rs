@@ -100,6 +100,7 @@ pub(crate) fn page(status: &Status, filter: &Filter) -> String {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>chi {command} console</title>
 <link rel="stylesheet" href="/ui/console.css">
+<link rel="icon" href="/ui/favicon.svg" type="image/svg+xml">
 <script type="module" src="/ui/console.js"></script>
 </head>
 <body data-writes="{writes_allowed}">
@@ -108,6 +109,7 @@ pub(crate) fn page(status: &Status, filter: &Filter) -> String {
 <h1>chi <span class="command">{command}</span></h1>
 <p class="meta">version {version} · <span class="badge {badge}" title="{why}">{mode}</span> <span class="why">{why}</span></p>
 <p id="live" class="live" role="status" aria-live="polite">Static page taken at {at}; <a href="/ui">reload</a> for news.</p>
+<p id="notice" class="live" role="status" aria-live="polite"></p>
 </header>
 <nav aria-label="Sections"><ul>
 <li><a href="#services">Services</a></li>

@@ -194,7 +194,7 @@ fn balance(out: &mut String, n: usize, s: &ServiceBalance) {
         for e in &s.ejections {
             let _ = write!(
                 out,
-                "<li>{}: ejected, back in {} (ejection {} in a row)</li>",
+                "<li>{}: ejected, back in {} (ejection time ×{}: it grows with each ejection in a row)</li>",
                 Esc(&e.id),
                 span(e.remaining_ms),
                 e.times

@@ -156,7 +156,7 @@ fn balancing_shows_picks_ejections_breaker_and_ramps() {
     assert!(b.contains("figure class=\"chart\" data-chart=\"checkout\""));
     assert!(b.contains("<td class=\"num\">75.0 %</td>"), "{b}");
     assert!(
-        b.contains("c2: ejected, back in 7s (ejection 2 in a row)"),
+        b.contains("c2: ejected, back in 7s (ejection time ×2"),
         "{b}"
     );
     assert!(
