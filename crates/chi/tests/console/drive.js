@@ -166,6 +166,39 @@ async function main() {
       return { rows, live };
     },
 
+    // The lowest text contrast on the page (WCAG's ratio): every element with text of its own,
+    // its colour (an SVG text's fill) against the first opaque background behind it.
+    async contrast() {
+      return page.evaluate(() => {
+        const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+        const lum = ([r, g, b]) => [r, g, b]
+          .map((v) => v / 255)
+          .map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4))
+          .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+        const background = (el) => {
+          for (let e = el; e; e = e.parentElement) {
+            const c = rgb(getComputedStyle(e).backgroundColor);
+            if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+          }
+          return [255, 255, 255];
+        };
+        let worst = { ratio: 21, what: '' };
+        for (const el of document.querySelectorAll('body *')) {
+          const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+          if (!own || !el.getClientRects().length) continue;
+          const style = getComputedStyle(el);
+          if (style.visibility === 'hidden') continue;
+          const ink = rgb(el instanceof SVGElement ? style.fill : style.color).slice(0, 3);
+          const [a, b] = [lum(ink), lum(background(el))].sort((x, y) => y - x);
+          const ratio = (a + 0.05) / (b + 0.05);
+          if (ratio < worst.ratio) {
+            worst = { ratio, what: `${el.tagName.toLowerCase()}.${el.className?.baseVal ?? el.className} "${el.textContent.trim().slice(0, 30)}"` };
+          }
+        }
+        return worst;
+      });
+    },
+
     // Errors the page reported so far (script errors, failed loads).
     async errors() {
       return { errors };

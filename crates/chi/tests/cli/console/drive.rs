@@ -110,6 +110,14 @@ impl Browser {
         answer["text"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Every text on the page has a contrast of at least 4.5:1 (WCAG AA for normal text).
+    pub(super) fn assert_contrast(&mut self) {
+        let worst = self.run(json!({"cmd": "contrast"}));
+        let ratio = worst["ratio"].as_f64().unwrap_or(0.0);
+        eprintln!("lowest text contrast {ratio:.2}:1, {}", worst["what"]);
+        assert!(ratio >= 4.5, "contrast {ratio:.2}:1 for {}", worst["what"]);
+    }
+
     /// Script errors and failed loads the page reported so far.
     pub(super) fn errors(&mut self) -> Value {
         self.run(json!({"cmd": "errors"}))["errors"].clone()

@@ -175,6 +175,7 @@ fn agent_console_follows_instances_live_filters_and_refuses_writes() {
     let registries = b.text("[data-section=\"registries\"]", "connected");
     assert!(registries.contains("memory"), "{registries}");
 
+    b.assert_contrast();
     b.run(json!({"cmd": "screenshot", "path": shot("agent.png")}));
     assert_eq!(
         b.errors(),
@@ -328,6 +329,7 @@ fn proxy_console_charts_picks_ejections_and_ramps() {
     let balancing = b.text("[data-section=\"balancing\"]", "% of its weight");
     assert!(balancing.contains("s4: "), "{balancing}");
     b.run(json!({"cmd": "bars", "service": "shop", "min": 60}));
+    b.assert_contrast();
     b.run(json!({"cmd": "screenshot", "path": shot("proxy.png")}));
 
     // The chart counts what the selection metric counts, pick for pick.
@@ -440,6 +442,7 @@ fn xds_console_lists_each_client_what_it_was_sent_and_its_ack() {
     );
     let health: (u16, String) = http_get(&admin, "/health");
     assert_eq!(health.0, 200);
+    b.assert_contrast();
     b.run(json!({"cmd": "screenshot", "path": shot("xds.png")}));
     b.no_errors();
 
