@@ -111,9 +111,11 @@ impl Feed for AgentFeed {
                     .backends
                     .into_iter()
                     .map(|b| Standing {
+                        up: b.is_up(),
                         backend: b.backend,
                         registered: b.registered,
                         failures: b.failures,
+                        errors: b.errors,
                         last_error: b.last_error,
                         reregistrations: b.reregistrations,
                     })

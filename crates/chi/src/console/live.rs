@@ -177,11 +177,9 @@ fn build(collector: &Collector, feed: &dyn Feed, process: &Process) -> Frame {
         })
         .collect();
     let failing = |backend: &str| {
-        registrations.iter().any(|r| {
-            r.backends
-                .iter()
-                .any(|b| b.backend == backend && b.failures > 0)
-        })
+        registrations
+            .iter()
+            .any(|r| r.backends.iter().any(|b| b.backend == backend && !b.up))
     };
     let status = Status {
         process: process.clone(),

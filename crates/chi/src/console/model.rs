@@ -139,8 +139,12 @@ pub(crate) struct Registration {
 pub(crate) struct Standing {
     pub(crate) backend: String,
     pub(crate) registered: bool,
+    /// It holds the registration and its last call worked.
+    pub(crate) up: bool,
     /// Failed calls in a row.
     pub(crate) failures: u32,
+    /// Failed registration and keep-alive calls since the registration.
+    pub(crate) errors: u64,
     pub(crate) last_error: Option<String>,
     pub(crate) reregistrations: u64,
 }

@@ -268,20 +268,25 @@ pub(super) fn registries(status: &Status) -> String {
         return out;
     }
     out.push_str(
-        "<table class=\"registrations\"><caption>This process's registrations on each registry</caption><thead><tr><th scope=\"col\">Instance</th><th scope=\"col\">Health</th><th scope=\"col\">Probe error</th><th scope=\"col\">Registry</th><th scope=\"col\">Holds it</th><th scope=\"col\" class=\"num\">Failures in a row</th><th scope=\"col\">Last error</th><th scope=\"col\" class=\"num\">Re-registrations</th></tr></thead><tbody>",
+        "<table class=\"registrations\"><caption>This process's registrations on each registry</caption><thead><tr><th scope=\"col\">Instance</th><th scope=\"col\">Health</th><th scope=\"col\">Probe error</th><th scope=\"col\">Registry</th><th scope=\"col\">Holds it</th><th scope=\"col\" class=\"num\">Failures in a row (in all)</th><th scope=\"col\">Last error</th><th scope=\"col\" class=\"num\">Re-registrations</th></tr></thead><tbody>",
     );
     for r in &status.registrations {
         for b in &r.backends {
             let _ = write!(
                 out,
-                "<tr><th scope=\"row\">{id} <span class=\"sub\">{service}</span></th><td><span class=\"health h-{h}\">{h}</span></td><td class=\"why\">{probe}</td><td>{backend}</td><td>{holds}</td><td class=\"num\">{failures}</td><td class=\"why\">{error}</td><td class=\"num\">{re}</td></tr>",
+                "<tr><th scope=\"row\">{id} <span class=\"sub\">{service}</span></th><td><span class=\"health h-{h}\">{h}</span></td><td class=\"why\">{probe}</td><td>{backend}</td><td>{holds}</td><td class=\"num\">{failures} ({errors})</td><td class=\"why\">{error}</td><td class=\"num\">{re}</td></tr>",
                 id = Esc(&r.id),
                 service = Esc(&r.service),
                 h = r.health,
                 probe = or_dash(r.probe_error.as_deref()),
                 backend = Esc(&b.backend),
-                holds = if b.registered { "yes" } else { "no" },
+                holds = match (b.registered, b.up) {
+                    (true, true) => "yes",
+                    (true, false) => "yes, its calls fail",
+                    (false, _) => "no",
+                },
                 failures = b.failures,
+                errors = b.errors,
                 error = or_dash(b.last_error.as_deref()),
                 re = b.reregistrations,
             );
