@@ -11,6 +11,7 @@
 //! | `PUT /v1/services/{name}/instances/{id}` | register (body: an instance); 502 when a registry behind the agent failed (with several, the message names which hold it and which do not) |
 //! | `DELETE /v1/services/{name}/instances/{id}` | deregister |
 //! | `POST /v1/services/{name}/instances/{id}/keepalive` | keep alive (body: instance and health) |
+//! | `GET /ui` ... | the console ([`crate::console`]) |
 //!
 //! It binds to loopback by default: whoever reaches it can register instances.
 
@@ -42,18 +43,15 @@ struct AdminState {
     metrics: MetricsFn,
 }
 
-/// Binds the admin port and serves it in the background; returns the bound address.
+/// Binds the admin port and serves it, with the console's routes, in the background; returns
+/// the bound address.
 pub(crate) async fn serve(
     addr: SocketAddr,
     registry: Arc<dyn Registry>,
     health: HealthFn,
     metrics: MetricsFn,
+    console: Router,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Failure::failed(format!("cannot listen on the admin address {addr}: {e}"))
-            .hint("pick another with --admin 127.0.0.1:PORT (port 0 picks a free one)")
-    })?;
-    let bound = listener.local_addr()?;
     let state = AdminState {
         registry,
         health,
@@ -73,7 +71,18 @@ pub(crate) async fn serve(
             "/v1/services/{name}/instances/{id}/keepalive",
             post(keep_alive),
         )
-        .with_state(state);
+        .with_state(state)
+        .merge(console);
+    listen(addr, app).await
+}
+
+/// Binds `addr` and serves `app` on it in the background; returns the bound address.
+pub(crate) async fn listen(addr: SocketAddr, app: Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::failed(format!("cannot listen on the admin address {addr}: {e}"))
+            .hint("pick another with --admin 127.0.0.1:PORT (port 0 picks a free one)")
+    })?;
+    let bound = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("admin server stopped: {e}");

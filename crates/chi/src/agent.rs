@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 
 use crate::admin;
 use crate::cli::AgentArgs;
+use crate::console::{AgentFeed, Console, WriteGate};
 use crate::failure::Failure;
 use crate::source::Source;
 
@@ -78,7 +79,13 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let health_manager = manager.clone();
     let health: admin::HealthFn = Arc::new(move || health_body(&health_manager));
     let metrics = agent_metrics(manager.clone());
-    let bound = admin::serve(args.admin, registry.clone(), health, metrics).await?;
+    let feed = AgentFeed {
+        manager: manager.clone(),
+        strategy: source.config.load_balancer.strategy,
+    };
+    let gate = WriteGate::from_flag(args.console_writes);
+    let console = Console::new("agent", registry.clone(), Arc::new(feed), gate).routes();
+    let bound = admin::serve(args.admin, registry.clone(), health, metrics, console).await?;
     println!(
         "chi agent: {} ({} at {}) in {backends}; admin on http://{bound}",
         instance.id,

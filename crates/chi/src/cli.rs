@@ -85,9 +85,14 @@ chi discover user-service --registry chi://127.0.0.1:9901"
 pub(crate) struct AgentArgs {
     #[command(flatten)]
     pub(crate) source: SourceArgs,
-    /// Admin HTTP address: /health, /metrics and the registry API under /v1 (port 0 picks a free one).
+    /// Admin HTTP address: /health, /metrics, the registry API under /v1 and the console at /ui
+    /// (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR")]
     pub(crate) admin: SocketAddr,
+    /// Let the console at /ui deregister instances. Without it the console is read-only; with
+    /// it, whoever reaches the admin port may (as with the /v1 API).
+    #[arg(long)]
+    pub(crate) console_writes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -238,7 +243,7 @@ pub(crate) struct ProxyArgs {
     /// Address to serve HTTP/1.1 and HTTP/2 (h2c) on.
     #[arg(long, default_value = "127.0.0.1:15001", value_name = "ADDR")]
     pub(crate) listen: SocketAddr,
-    /// Admin HTTP address: /health, /metrics (port 0 picks a free one).
+    /// Admin HTTP address: /health, /metrics and the console at /ui (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:9902", value_name = "ADDR")]
     pub(crate) admin: SocketAddr,
     /// Timeout of one upstream attempt (to the response head).
@@ -296,4 +301,8 @@ pub(crate) struct XdsArgs {
     /// additions go out at once. 0s turns it off.
     #[arg(long, default_value = "10s", value_parser = parse_duration_or_zero, value_name = "DURATION")]
     pub(crate) restart_grace: std::time::Duration,
+    /// Admin HTTP address serving /health and the console at /ui (the connected clients, what
+    /// each was sent, ACKed or NACKed); off unless given (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin: Option<SocketAddr>,
 }

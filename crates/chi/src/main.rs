@@ -9,6 +9,7 @@ mod agent;
 mod check;
 mod cli;
 mod config_check;
+mod console;
 mod discover;
 mod failure;
 mod output;

@@ -340,6 +340,7 @@ mod tests {
             memory.clone(),
             Arc::new(|| (true, serde_json::Value::Null)),
             Arc::new(String::new),
+            axum::Router::new(),
         )
         .await
         .expect("admin");

@@ -317,6 +317,7 @@ impl Proxy {
             }
         };
         target.selections.inc();
+        target.picks.record();
         let to = (instance.address.as_str(), instance.port);
         let sent = upstream::send(
             target.idle.clone(),

@@ -19,6 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::Proxy;
 use super::metrics::ServiceMetrics;
 use super::upstream::Idle;
+use crate::console::picks;
 
 /// Per-service state of the proxy.
 pub(super) struct Service {
@@ -48,6 +49,8 @@ pub(super) struct Target {
     pub(super) idle: Arc<Idle>,
     /// The library's `load_balancer_selections` counter of this instance.
     pub(super) selections: Counter,
+    /// Its picks over the last minute, for the console.
+    pub(super) picks: picks::Counter,
 }
 
 impl Target {
@@ -167,6 +170,7 @@ impl Proxy {
                 &instance.id,
                 self.routers.strategy().as_str(),
             ),
+            picks: self.picks.counter(&service.name, &instance.id),
         })
     }
 }

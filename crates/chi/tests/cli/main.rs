@@ -7,6 +7,7 @@ mod agent;
 mod agent_multi;
 mod check;
 mod config;
+mod console;
 mod crash;
 mod names;
 mod proxy;
