@@ -19,7 +19,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 
 use super::load::now_ns;
-use super::table_cache::{self, next_id};
+use super::table_cache::{self, Table, next_id};
 use super::{
     ANY, BY_HEALTH, ConsistentHash, ConsistentHashConfig, InFlight, KeyHasher, LeastConnections,
     Loads, Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash,
@@ -134,19 +134,13 @@ impl BalancerConfig {
     }
 }
 
-/// A selector and the revision of the list it was built from.
-pub(super) struct State {
-    revision: u64,
-    selector: Box<dyn Select>,
-}
-
 /// One strategy for one service: picks an instance per request from the service's current list.
 ///
 /// Use one `Balancer` per service (and per routing subset): it keeps one table, for the latest
 /// revision it saw.
 pub struct Balancer {
     config: BalancerConfig,
-    state: ArcSwapOption<State>,
+    state: ArcSwapOption<Table>,
     /// Bumped after every store to `state`: threads' cached copies of an older one are stale.
     generation: AtomicU64,
     /// Process-unique, the key of the per-thread cache.
@@ -343,7 +337,7 @@ impl Balancer {
             }
             _ => {
                 let previous = current.as_deref().and_then(|s| s.selector.loads());
-                let state = Arc::new(State {
+                let state = Arc::new(Table {
                     revision,
                     selector: self.config.build(instances, previous),
                 });

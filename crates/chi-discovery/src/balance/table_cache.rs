@@ -25,12 +25,18 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::balancer::State;
+use super::Select;
 
 /// log2 of the slots per thread.
 const BITS: u32 = 6;
 /// Slots per thread: tables of this many balancers stay cached at once (24 bytes each).
 pub(super) const SLOTS: usize = 1 << BITS;
+
+/// A balancer's table: a selector and the revision of the list it was built from.
+pub(super) struct Table {
+    pub(super) revision: u64,
+    pub(super) selector: Box<dyn Select>,
+}
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -42,7 +48,7 @@ pub(super) fn next_id() -> u64 {
 struct Entry {
     id: u64,
     generation: u64,
-    state: Arc<State>,
+    state: Arc<Table>,
 }
 
 thread_local! {
@@ -61,7 +67,7 @@ fn slot(id: u64) -> usize {
 // Always inlined: these are a few instructions, and values returned through memory cost a pick
 // more than the work (profiled: store-forwarding stalls).
 #[inline(always)]
-pub(super) fn take(id: u64, generation: u64) -> Option<Arc<State>> {
+pub(super) fn take(id: u64, generation: u64) -> Option<Arc<Table>> {
     TABLES
         .try_with(|slots| {
             let cell = &slots[slot(id)];
@@ -80,7 +86,7 @@ pub(super) fn take(id: u64, generation: u64) -> Option<Arc<State>> {
 /// Stores `state` as this thread's copy of balancer `id`'s table of `generation`, evicting what
 /// the slot held.
 #[inline(always)]
-pub(super) fn put(id: u64, generation: u64, state: Arc<State>) {
+pub(super) fn put(id: u64, generation: u64, state: Arc<Table>) {
     let evicted = TABLES.try_with(|slots| {
         slots[slot(id)].replace(Some(Entry {
             id,
@@ -97,7 +103,7 @@ pub(super) fn put(id: u64, generation: u64, state: Arc<State>) {
 /// `Arc` by value keeps the pick's own values out of memory.
 #[cold]
 #[inline(never)]
-fn evict(state: Arc<State>) {
+fn evict(state: Arc<Table>) {
     drop(state);
 }
 
