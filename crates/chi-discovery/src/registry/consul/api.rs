@@ -284,7 +284,7 @@ impl Client {
             .get("X-Consul-KnownLeader")
             .and_then(|v| v.to_str().ok())
             .is_none_or(|v| !v.trim().eq_ignore_ascii_case("false"));
-        let entries = parse_health(&body).map_err(|kind| ApiError {
+        let entries = health_entries(&body).map_err(|kind| ApiError {
             call: format!("GET {call}"),
             kind: with_content_type(kind, &headers),
         })?;
@@ -437,6 +437,11 @@ impl Client {
 
 /// Consul 1.8 answers an update of an unknown TTL check with 500 and `CheckID "x" does not have
 /// associated TTL`; later versions with 404 `Unknown check ID`.
+/// The entries of a `/v1/health/service/:name` answer; a body that is not one is a bad answer.
+pub(crate) fn health_entries(body: &[u8]) -> Result<Vec<ServiceEntry>, ApiErrorKind> {
+    parse_health(body).map_err(|e| ApiErrorKind::Body(format!("not a health answer: {e}")))
+}
+
 fn is_unknown_check(e: &ApiError) -> bool {
     match &e.kind {
         ApiErrorKind::Status {

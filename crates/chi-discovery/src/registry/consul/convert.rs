@@ -270,7 +270,7 @@ pub(super) fn to_instances(entries: Vec<ServiceEntry>) -> Vec<Instance> {
 /// [`Instance::validate`]), and a body that is not a health answer is an
 /// [`Error::Registry`] naming the call. Public for fuzzing and for tools that read saved answers.
 pub fn decode_health(body: &[u8]) -> Result<Vec<Instance>> {
-    let entries = super::wire::parse_health(body).map_err(|kind| {
+    let entries = api::health_entries(body).map_err(|kind| {
         Error::from(api::ApiError {
             call: "GET /v1/health/service".into(),
             kind,

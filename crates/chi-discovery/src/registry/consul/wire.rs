@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::api::ApiErrorKind;
-
 /// `PUT /v1/agent/service/register` body.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct ServiceRegistration {
@@ -126,9 +124,8 @@ pub(crate) struct CheckInfo {
 }
 
 /// Parses the body of a `/v1/health/service/:name` answer (a JSON array of entries).
-pub(crate) fn parse_health(body: &[u8]) -> Result<Vec<ServiceEntry>, ApiErrorKind> {
+pub(crate) fn parse_health(body: &[u8]) -> serde_json::Result<Vec<ServiceEntry>> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiErrorKind::Body(format!("not a health answer: {e}")))
 }
 
 /// Consul sends `null` for empty lists and maps; treat it as empty.
