@@ -110,9 +110,9 @@ impl Collector for ClientCollector {
             let mut counts = [0i64; 3];
             for i in snap.instances() {
                 counts[match i.health {
-                    crate::HealthStatus::Healthy => 0,
-                    crate::HealthStatus::Unhealthy => 1,
-                    crate::HealthStatus::Unknown => 2,
+                    crate::instance::HealthStatus::Healthy => 0,
+                    crate::instance::HealthStatus::Unhealthy => 1,
+                    crate::instance::HealthStatus::Unknown => 2,
                 }] += 1;
             }
             for (h, c) in ["healthy", "unhealthy", "unknown"].iter().zip(counts) {

@@ -10,7 +10,7 @@
 //!   [`registry::connect`](crate::registry::connect());
 //! - the registration as peers must see it: `address: "0.0.0.0"` (a bind address, which
 //!   Consul refuses) advertised as this host's address
-//!   ([`ServiceConfig::advertised`](crate::ServiceConfig::advertised));
+//!   ([`ServiceConfig::advertised`](crate::instance::ServiceConfig::advertised));
 //! - a [`ServiceManager`] with the configured retry, which registers `registration` (with its
 //!   health check, run where each registry expects it) when [`Chi::register`] is called: a server
 //!   registers once it listens, not before;
@@ -81,9 +81,9 @@ impl Chi {
     /// Builds the stack from `config`: connects the enabled registries and builds the manager,
     /// the discovery client and the routers. Registers nothing yet ([`Chi::register`]). An
     /// unspecified `registration.address` (`0.0.0.0`, as the example file has it) is
-    /// advertised as this host's address ([`ServiceConfig::advertised`](crate::ServiceConfig::advertised)).
+    /// advertised as this host's address ([`ServiceConfig::advertised`](crate::instance::ServiceConfig::advertised)).
     pub async fn new(mut config: Config) -> Result<Chi> {
-        config.registration = config.registration.map(crate::ServiceConfig::advertised);
+        config.registration = config.registration.map(crate::instance::ServiceConfig::advertised);
         let routers = Routers::from_config(&config)?;
         let mut registries = config.registries.clone();
         registries.apply_registration(config.registration.as_ref());
@@ -94,7 +94,7 @@ impl Chi {
     /// Builds the stack over an already connected `registry` (the config's registries are not
     /// used): for tests, or a registry chi has no adapter for.
     pub fn over(mut config: Config, registry: Arc<dyn Registry>) -> Result<Chi> {
-        config.registration = config.registration.map(crate::ServiceConfig::advertised);
+        config.registration = config.registration.map(crate::instance::ServiceConfig::advertised);
         let routers = Routers::from_config(&config)?;
         Ok(Self::with_registry(config, registry, routers))
     }
@@ -193,7 +193,7 @@ impl Chi {
     pub fn balance<S, E>(
         &self,
         service: &str,
-        make: impl Fn(&crate::Instance) -> std::result::Result<S, E> + Send + Sync + 'static,
+        make: impl Fn(&crate::instance::Instance) -> std::result::Result<S, E> + Send + Sync + 'static,
     ) -> Result<crate::integration::Balance<S>>
     where
         S: Clone + Send + Sync + 'static,
@@ -221,7 +221,7 @@ impl Chi {
         &self,
         service: &str,
     ) -> Result<crate::integration::Balance<tonic::transport::Channel>> {
-        self.balance(service, |i: &crate::Instance| {
+        self.balance(service, |i: &crate::instance::Instance| {
             tonic::transport::Endpoint::from_shared(format!("http://{}", i.authority()))
                 .map(|e| e.connect_lazy())
         })
@@ -239,7 +239,7 @@ impl Chi {
         make: F,
     ) -> Result<crate::integration::Discover<S, F>>
     where
-        F: FnMut(&crate::Instance) -> std::result::Result<S, E>,
+        F: FnMut(&crate::instance::Instance) -> std::result::Result<S, E>,
         E: std::fmt::Display,
     {
         let watcher = self.discovery.watch(service).await?;

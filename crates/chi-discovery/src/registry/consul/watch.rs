@@ -199,7 +199,7 @@ enum Step {
     /// Items for the consumer (possibly none), and the pause after a spurious wake-up.
     Send(Vec<Result<Change>>, Option<Duration>),
     /// The query failed: report it, then wait this long.
-    Failed(crate::Error, Duration),
+    Failed(crate::error::Error, Duration),
     /// An empty list that is not believed yet: keep the last list, ask again shortly.
     Hold,
 }

@@ -229,7 +229,7 @@ impl Task {
         }
     }
 
-    async fn failed(&mut self, e: crate::Error) -> bool {
+    async fn failed(&mut self, e: crate::error::Error) -> bool {
         tracing::warn!(service = %self.service, error = %e, "nacos watch check failed");
         // Any failed check (not only a transport error) restarts the grace period.
         self.empty.down();
