@@ -29,7 +29,6 @@ mod validate;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::balance::{ConsistentHashConfig, Strategy};
 use crate::discovery::CacheConfig;
 use crate::error::{Error, Result};
 use crate::instance::{ServiceConfig, validate_name};
@@ -37,8 +36,9 @@ use crate::retry::RetryPolicy;
 
 pub use crate::registry::{MemoryConfig, Registries};
 
-/// Routing's settings live with the routers; named here too, beside the other sections.
-pub use crate::routing::RoutingConfig;
+/// The balancer's and routing's settings live with the routers that read them; named here too,
+/// beside the other sections.
+pub use crate::routing::{LoadBalancerConfig, RoutingConfig};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,30 +77,6 @@ impl Default for MetricsConfig {
     }
 }
 
-/// `load_balancer`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadBalancerConfig {
-    /// The strategy.
-    pub strategy: Strategy,
-    /// Skip instances that are not healthy.
-    pub health_check_enabled: bool,
-    /// Consistent-hash settings.
-    pub consistent_hash: ConsistentHashConfig,
-    /// Zone-aware balancing (`zone_aware`).
-    pub zone_aware: crate::routing::ZoneAwareConfig,
-    /// Circuit breaking: requests in flight per instance (`circuit_breaker.max_requests`).
-    pub max_requests_per_instance: Option<u32>,
-    /// Deterministic subsetting: instances per client (`subset_size`); the clients are this
-    /// service's instances, so it needs `registration`.
-    pub subset_size: Option<usize>,
-    /// Slow start (`slow_start`).
-    pub slow_start: Option<crate::routing::SlowStartConfig>,
-    /// The request header whose value is the key of the hashing strategies
-    /// (`hash_key_header`, default `X-Hash-Key`): read by [`Chi::http`](crate::Chi::http), the
-    /// tower service of a [`Chi`](crate::Chi) and `chi proxy`. Stored lowercase.
-    pub hash_key_header: http::HeaderName,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -111,16 +87,7 @@ impl Default for Config {
             },
             cache: CacheConfig::default(),
             retry: RetryPolicy::default(),
-            load_balancer: LoadBalancerConfig {
-                strategy: Strategy::default(),
-                health_check_enabled: true,
-                consistent_hash: ConsistentHashConfig::default(),
-                zone_aware: crate::routing::ZoneAwareConfig::default(),
-                max_requests_per_instance: None,
-                subset_size: None,
-                slow_start: None,
-                hash_key_header: http::HeaderName::from_static(crate::routing::HASH_KEY_HEADER),
-            },
+            load_balancer: LoadBalancerConfig::default(),
             routing: RoutingConfig::default(),
             metrics: MetricsConfig::default(),
         }

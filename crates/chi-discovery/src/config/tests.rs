@@ -1,4 +1,5 @@
 use super::*;
+use crate::balance::{ConsistentHashConfig, Strategy};
 use crate::instance::CheckTarget;
 use crate::registry::consul::ConsulConfig;
 

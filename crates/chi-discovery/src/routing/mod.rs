@@ -43,7 +43,7 @@ mod version;
 
 pub use address::{ClientRegions, TrustedProxies};
 pub use breaker::{Breaker, Slot};
-pub use config::RoutingConfig;
+pub use config::{LoadBalancerConfig, RoutingConfig};
 pub use geo::{Geo, GeoStep, Place};
 pub use on_pick::OnPick;
 pub use routers::Routers;
