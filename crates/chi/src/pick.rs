@@ -48,7 +48,9 @@ pub(crate) fn route_of<'h>(headers: &'h HeaderMap, key_header: &HeaderName) -> R
 
 /// The routers of `config` (the library's [`Routers`]), with a config mistake as bad input.
 pub(crate) fn routers(config: &Config) -> anyhow::Result<Routers> {
-    Routers::from_config(config).map_err(|e| Failure::bad_input(e.to_string()).into())
+    config
+        .routers()
+        .map_err(|e| Failure::bad_input(e.to_string()).into())
 }
 
 /// As [`routers`] with another strategy than the config's (`--strategy`).
@@ -57,7 +59,9 @@ pub(crate) fn routers_with_strategy(config: &Config, strategy: &str) -> anyhow::
         Failure::bad_input(format!("strategy {strategy:?}: {e}"))
             .hint("e.g. --strategy round_robin, or load_balancer.strategy in the config")
     })?;
-    Routers::with_strategy(config, parsed).map_err(|e| Failure::bad_input(e.to_string()).into())
+    let mut config = config.clone();
+    config.load_balancer.strategy = parsed;
+    routers(&config)
 }
 
 /// Picks for `route`, avoiding the instances in `tried` (earlier attempts of the same request)

@@ -33,6 +33,7 @@ use crate::discovery::CacheConfig;
 use crate::error::{Error, Result};
 use crate::instance::{ServiceConfig, validate_name};
 use crate::retry::RetryPolicy;
+use crate::routing::Routers;
 
 pub use crate::registry::{MemoryConfig, Registries};
 
@@ -166,6 +167,15 @@ impl Config {
             routing,
             metrics,
         })
+    }
+}
+
+impl Config {
+    /// The routers of this file's `load_balancer` and `routing` sections ([`Routers::new`]),
+    /// dealing subsets, when `subset_size` asks for them, as the instance of `registration`.
+    pub fn routers(&self) -> Result<Routers> {
+        let me = self.registration.as_ref().map(ServiceConfig::instance_id);
+        Routers::new(&self.load_balancer, &self.routing, me.as_deref())
     }
 }
 

@@ -7,12 +7,14 @@
 //! mean the same everywhere.
 
 use crate::balance::{Balancer, BalancerConfig, Strategy};
-use crate::config::Config;
 use crate::error::{Error, Result};
 
 use std::sync::Arc;
 
-use super::{Headers, Route, RoutingConfig, SlowStartConfig, Smart, SubsetSource, ZoneAwareConfig};
+use super::{
+    Headers, LoadBalancerConfig, Route, RoutingConfig, SlowStartConfig, Smart, SubsetSource,
+    ZoneAwareConfig,
+};
 
 /// The recipe of every service's router; see the module docs.
 #[derive(Debug, Clone)]
@@ -27,15 +29,17 @@ pub struct Routers {
 }
 
 impl Routers {
-    /// From `load_balancer` and `routing` of `config`.
-    pub fn from_config(config: &Config) -> Result<Routers> {
-        Self::with_strategy(config, config.load_balancer.strategy)
-    }
-
-    /// As [`Routers::from_config`] with another strategy than the config's.
-    pub fn with_strategy(config: &Config, strategy: Strategy) -> Result<Routers> {
-        let lb = &config.load_balancer;
-        let mut balancer = BalancerConfig::new(strategy);
+    /// The recipe of `load_balancer` and `routing`. `client` is this process's own instance id:
+    /// deterministic subsetting (`load_balancer.subset_size`) deals subsets among the instances
+    /// of its service, so without one there is no subsetting.
+    /// [`Config::routers`](crate::config::Config::routers) passes a config file's sections.
+    pub fn new(
+        load_balancer: &LoadBalancerConfig,
+        routing: &RoutingConfig,
+        client: Option<&str>,
+    ) -> Result<Routers> {
+        let lb = load_balancer;
+        let mut balancer = BalancerConfig::new(lb.strategy);
         balancer.health_check_enabled = lb.health_check_enabled;
         balancer.consistent_hash = lb.consistent_hash;
         balancer.validate().map_err(|e| {
@@ -47,12 +51,12 @@ impl Routers {
         })?;
         Ok(Routers {
             balancer,
-            routing: config.routing.clone(),
+            routing: routing.clone(),
             zone_aware: lb.zone_aware.clone(),
             slow_start: lb.slow_start,
             key_header: lb.hash_key_header.clone(),
-            subset: match (lb.subset_size, &config.registration) {
-                (Some(k), Some(me)) => Some(Arc::new(SubsetSource::new(me.instance_id(), k))),
+            subset: match (lb.subset_size, client) {
+                (Some(k), Some(me)) => Some(Arc::new(SubsetSource::new(me, k))),
                 _ => None,
             },
         })

@@ -84,7 +84,7 @@ impl Chi {
     /// advertised as this host's address ([`ServiceConfig::advertised`](crate::instance::ServiceConfig::advertised)).
     pub async fn new(mut config: Config) -> Result<Chi> {
         config.registration = config.registration.map(crate::instance::ServiceConfig::advertised);
-        let routers = Routers::from_config(&config)?;
+        let routers = config.routers()?;
         let mut registries = config.registries.clone();
         registries.apply_registration(config.registration.as_ref());
         let registry = registries.connect().await?;
@@ -95,7 +95,7 @@ impl Chi {
     /// used): for tests, or a registry chi has no adapter for.
     pub fn over(mut config: Config, registry: Arc<dyn Registry>) -> Result<Chi> {
         config.registration = config.registration.map(crate::instance::ServiceConfig::advertised);
-        let routers = Routers::from_config(&config)?;
+        let routers = config.routers()?;
         Ok(Self::with_registry(config, registry, routers))
     }
 
