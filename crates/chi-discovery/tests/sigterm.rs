@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use chi_discovery::config::Config;
-use chi_discovery::integration::axum::Server;
 use chi_discovery::registry::{Memory, Registry};
 use chi_discovery::{Chi, DiscoveryClient};
 
@@ -27,7 +26,7 @@ async fn sigterm_deregisters_then_drains_with_no_failed_request() {
         let chi = chi.clone();
         tokio::spawn(async move {
             let app = Router::new().route("/hello", get(|| async { "hello" }));
-            Server::new(&chi)
+            chi.server()?
                 .grace(Duration::from_millis(400))
                 .serve(app)
                 .await

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use chi_discovery::config::{Config, Registries};
-use chi_discovery::integration::axum::Server;
 use chi_discovery::routing::Route;
 use chi_discovery::{Chi, HealthCheck, Registry, ServiceConfig};
 use tokio::net::TcpListener;
@@ -113,7 +112,7 @@ async fn start(
     let served = {
         let chi = chi.clone();
         tokio::spawn(async move {
-            Server::new(&chi)
+            chi.server()?
                 .grace(Duration::from_millis(500))
                 .serve_on(listener, app, async {
                     let _ = stopped.await;

@@ -15,11 +15,11 @@
 //! ```no_run
 //! # async fn demo() -> chi_discovery::Result<()> {
 //! use axum::{Router, routing::get};
-//! use chi_discovery::{Chi, integration::axum::Server};
+//! use chi_discovery::Chi;
 //!
 //! let chi = Chi::from_file("chi-config.yaml").await?;
 //! let app = Router::new().route("/users/{id}", get(|| async { "user" }));
-//! Server::new(&chi).serve(app).await?;
+//! chi.server()?.serve(app).await?;
 //! # Ok(()) }
 //! ```
 
@@ -34,24 +34,28 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::error::{Error, Result};
-use crate::instance::CheckTarget;
-use crate::stack::Chi;
+use crate::instance::{CheckTarget, ServiceConfig};
+use crate::manager::ServiceManager;
 
 /// How long a deregistered instance keeps serving before it stops accepting (default 2 s).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves an app as the registration of a [`Chi`] stack; see the module docs.
+/// Serves an app as one registered instance; see the module docs. A [`Chi`](crate::Chi) stack
+/// makes one for its registration ([`Chi::server`](crate::Chi::server)).
 #[derive(Debug)]
-pub struct Server<'a> {
-    chi: &'a Chi,
+pub struct Server {
+    manager: Arc<ServiceManager>,
+    registration: ServiceConfig,
     grace: Duration,
 }
 
-impl<'a> Server<'a> {
-    /// A server for `chi`'s registration, with the default grace.
-    pub fn new(chi: &'a Chi) -> Self {
+impl Server {
+    /// A server for `registration`, registered and deregistered through `manager`, with the
+    /// default grace.
+    pub fn new(manager: Arc<ServiceManager>, registration: ServiceConfig) -> Self {
         Server {
-            chi,
+            manager,
+            registration,
             grace: DEFAULT_GRACE,
         }
     }
@@ -65,18 +69,7 @@ impl<'a> Server<'a> {
 
     /// Binds `0.0.0.0:<registration.port>` and serves `app` until SIGTERM or SIGINT.
     pub async fn serve(self, app: Router) -> Result<()> {
-        let port = self
-            .chi
-            .config()
-            .registration
-            .as_ref()
-            .map(|r| r.port)
-            .ok_or_else(|| {
-                Error::config(
-                    "service_discovery.registration",
-                    "is missing: there is nothing to serve and register",
-                )
-            })?;
+        let port = self.registration.port;
         let shutdown = termination();
         let address = format!("0.0.0.0:{port}");
         let listener = TcpListener::bind(&address).await.map_err(|source| {
@@ -129,7 +122,7 @@ impl<'a> Server<'a> {
         });
 
         // Bound and accepting: now peers may find it.
-        match self.chi.register().await {
+        match self.manager.register(self.registration.clone()).await {
             Ok(report) => {
                 for (backend, error) in report.failures() {
                     tracing::warn!(%backend, %error, "not registered yet; retrying in the background");
@@ -146,7 +139,7 @@ impl<'a> Server<'a> {
 
         shutdown.await;
         serving.store(false, Ordering::Relaxed);
-        for (id, result) in self.chi.shutdown().await {
+        for (id, result) in self.manager.shutdown().await {
             if let Err(e) = result {
                 tracing::warn!(%id, error = %e, "deregistration on shutdown failed");
             }
@@ -165,13 +158,7 @@ impl<'a> Server<'a> {
 
     /// The registration's HTTP health path, when it has one (a full URL is someone else's).
     fn health_path(&self) -> Option<String> {
-        let check = self
-            .chi
-            .config()
-            .registration
-            .as_ref()?
-            .health_check
-            .as_ref()?;
+        let check = self.registration.health_check.as_ref()?;
         match &check.target {
             CheckTarget::Http(path) if path.starts_with('/') => Some(path.clone()),
             _ => None,

@@ -9,9 +9,12 @@
 //! - `HttpRouter` (feature `http`, on by default): `reqwest` calls to `http://service-name/...` through discovery, the smart
 //!   router and the balancer, with outcomes fed to outlier detection. The client half of
 //!   [`Chi`](crate::Chi) ([`Chi::http`](crate::Chi::http)).
-//! - [`axum::Server`] (feature `axum`): the server half: an `axum::Router` served as the
-//!   [`Chi`](crate::Chi) stack's registration (registered after bind, health path answered,
-//!   deregistered on SIGTERM before it drains).
+//! - [`axum::Server`] (feature `axum`): the server half: an `axum::Router` served as one
+//!   registered instance (registered after bind, health path answered, deregistered on SIGTERM
+//!   before it drains); a [`Chi`](crate::Chi) stack's is [`Chi::server`](crate::Chi::server).
+//!
+//! Each piece takes the parts it works with (a discovery client, a router, a service manager);
+//! the stack, one layer up, assembles them from the config file.
 
 #[cfg(feature = "axum")]
 pub mod axum;

@@ -170,6 +170,23 @@ impl Chi {
         &self.on_pick
     }
 
+    /// The server of this stack's registration (feature `axum`): serves an `axum::Router`,
+    /// registers once it listens, and on SIGTERM deregisters before it drains. See
+    /// [`Server`](crate::integration::axum::Server).
+    #[cfg(feature = "axum")]
+    pub fn server(&self) -> Result<crate::integration::axum::Server> {
+        let Some(registration) = &self.config.registration else {
+            return Err(Error::config(
+                "service_discovery.registration",
+                "is missing: there is nothing to serve and register",
+            ));
+        };
+        Ok(crate::integration::axum::Server::new(
+            self.manager.clone(),
+            registration.clone(),
+        ))
+    }
+
     /// The router recipe: [`Routers::router`] gives a new router for one service.
     pub fn routers(&self) -> &Routers {
         &self.routers
