@@ -76,14 +76,9 @@ fn show<B: Stage>(router: &Smart<B>, snapshot: &Snapshot) {
         match router.pick(snapshot, &route) {
             Some(p) => {
                 let d = p.decision();
-                let subset: Vec<&str> = p
-                    .subset()
-                    .instances()
-                    .iter()
-                    .map(|i| i.id.as_str())
-                    .collect();
+                let leaf: Vec<&str> = p.leaf().instances().iter().map(|i| i.id.as_str()).collect();
                 println!(
-                    "{shown:<52} version={:<14} geo={:<14} {} -> {:<10} from {subset:?}",
+                    "{shown:<52} version={:<14} geo={:<14} {} -> {:<10} from {leaf:?}",
                     d.version.as_str(),
                     d.geo.as_str(),
                     if d.panic {

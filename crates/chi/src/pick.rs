@@ -13,10 +13,10 @@ use hyper::header::{HeaderMap, HeaderName};
 
 use crate::failure::Failure;
 
-/// One pick. It borrows the instance from the routed subset or the snapshot (no copy of the
+/// One pick. It borrows the instance from the routed leaf or the snapshot (no copy of the
 /// instance per request) and holds the balancer's in-flight count until it is dropped.
 pub(crate) enum Picked {
-    /// The balancer's pick in the routed subset.
+    /// The balancer's pick in the routed leaf.
     Routed(Routed<Balancer>),
     /// A fallback of a retry: another usable instance of the snapshot, by index.
     Other(Snapshot, usize),
@@ -75,7 +75,7 @@ pub(crate) fn pick(
     room: Option<&Usable<'_>>,
 ) -> Option<Picked> {
     // A retry asks the balancer again (it moves on), then takes any other instance of the
-    // routed subset, then any other usable instance of the service.
+    // routed leaf, then any other usable instance of the service.
     let rounds = if tried.is_empty() { 1 } else { 3 };
     for _ in 0..rounds {
         let routed = match room {
@@ -89,9 +89,9 @@ pub(crate) fn pick(
     let healthy = |i: &Instance| !router.skips_unhealthy() || usable_by_health(i);
     let untried =
         |i: &Instance| !tried.contains(&i.id) && healthy(i) && room.is_none_or(|room| room(i));
-    let subset = router.route(snapshot, route)?;
+    let leaf = router.route(snapshot, route)?;
     let all = snapshot.instances();
-    let index = subset
+    let index = leaf
         .instances()
         .iter()
         .find(|i| untried(i))

@@ -29,7 +29,9 @@
 mod address;
 mod breaker;
 mod config;
+mod decision;
 mod geo;
+mod leaf;
 mod on_pick;
 mod plan;
 mod routers;
@@ -44,12 +46,16 @@ mod version;
 pub use address::{ClientRegions, TrustedProxies};
 pub use breaker::{Breaker, Slot};
 pub use config::{LoadBalancerConfig, RoutingConfig};
+pub use decision::Decision;
 pub use geo::{Geo, GeoStep, Place};
+#[allow(deprecated)]
+pub use leaf::Subset;
+pub use leaf::{Leaf, Routed};
 pub use on_pick::OnPick;
 pub use routers::Routers;
 pub use service::{Admitted, ServiceState, ServiceStateConfig};
 pub use slow_start::{Ramp, SlowStartConfig};
-pub use smart::{Decision, Routed, Smart, Subset};
+pub use smart::Smart;
 pub use spill::{Spill, ZoneAwareConfig};
 pub use stage::{Stage, Usable};
 pub use subset::{SubsetSource, Subsetting};

@@ -8,9 +8,8 @@ use rustc_hash::FxHashMap;
 
 use super::geo::Target;
 use super::slow_start::weighted;
-use super::smart::Decision;
 use super::spill::{ZoneAwareConfig, ZoneSpill};
-use super::{Geo, GeoStep, Route, Version};
+use super::{Decision, Geo, GeoStep, Route, Version};
 use crate::balance::RandomSource;
 use crate::instance::Instance;
 
@@ -33,7 +32,8 @@ pub(super) struct Group {
     pub(super) spill: FxHashMap<usize, ZoneSpill>,
 }
 
-pub(super) struct Leaf<B> {
+/// One leaf of a plan: its instances, its balancer, its in-flight count, and where it is.
+pub(super) struct LeafData<B> {
     pub(super) instances: Vec<Instance>,
     pub(super) balancer: Arc<B>,
     /// Requests in flight through this leaf (counted only when zone-aware is load-aware).
@@ -63,7 +63,7 @@ pub(super) struct Plan<B> {
     pub(super) panic: bool,
     pub(super) versions: FxHashMap<Box<str>, Group>,
     pub(super) any: Group,
-    pub(super) leaves: Vec<Leaf<B>>,
+    pub(super) leaves: Vec<LeafData<B>>,
     /// Leaf key -> balancer, to carry balancers over to the next plan.
     pub(super) balancers: FxHashMap<String, Arc<B>>,
 }
@@ -250,7 +250,7 @@ impl<B> Plan<B> {
             .unwrap_or_default();
         self.balancers.insert(balancer_key, balancer.clone());
         self.loads.insert(key, load.clone());
-        self.leaves.push(Leaf {
+        self.leaves.push(LeafData {
             instances: members.iter().map(|i| (*i).clone()).collect(),
             balancer,
             load,

@@ -1,4 +1,4 @@
-//! The smart router: version -> geo -> balancer, with subsets precomputed per snapshot revision.
+//! The smart router: version -> geo -> balancer, with its leaves precomputed per snapshot revision.
 //!
 //! A [`Smart`] serves one service. On the first pick from a snapshot revision it has not seen, it
 //! builds a *plan*: the usable instances grouped by version (each version field and each tag),
@@ -12,45 +12,28 @@
 //! (figures in the README's performance section, `cargo bench -p chi-discovery --bench routing`).
 //!
 //! Fallbacks never return nothing while the service has a usable instance: each stage widens
-//! instead (see [`VersionStep`] and [`GeoStep`]). When *no* instance is usable, every instance is
-//! routed over ([`Decision::panic`]), as Envoy's panic mode does when all hosts are unhealthy:
+//! instead (see [`VersionStep`](super::VersionStep) and [`GeoStep`](super::GeoStep)). When *no* instance is usable, every instance is
+//! routed over ([`Decision::panic`](super::Decision::panic)), as Envoy's panic mode does when all hosts are unhealthy:
 //! some requests may still succeed, none would without. The version and geo rules still apply
 //! within that set.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
 
 use super::RoutingConfig;
-use super::plan::{Leaf, MakeLeaf, Plan, Rules};
+use super::leaf::{Leaf, LeafLoad, Routed};
+use super::plan::{MakeLeaf, Plan, Rules};
 use super::slow_start::{Ramp, Ramps, SlowStartConfig};
 use super::spill::ZoneAwareConfig;
 use super::stage::any_instance;
 use super::subset::SubsetSource;
-use super::{Geo, GeoStep, Route, Stage, Usable, Version, VersionStep};
+use super::{Geo, Route, Stage, Usable, Version};
 use crate::balance::{Balancer, BalancerConfig, RandomSource, ThreadRandom};
 use crate::instance::Instance;
 use crate::snapshot::Snapshot;
 use crate::util::lock;
-
-/// Which rules decided a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Decision {
-    /// The version rule.
-    pub version: VersionStep,
-    /// The geo rule.
-    pub geo: GeoStep,
-    /// True when no instance was usable and every instance was routed over.
-    pub panic: bool,
-}
-
-impl Decision {
-    /// True if any stage fell back (or panicked).
-    pub fn fell_back(&self) -> bool {
-        self.panic || self.version.is_fallback() || self.geo.is_fallback()
-    }
-}
 
 /// Version -> geo -> balancer for one service; see the module docs. `B` is the balancer of each
 /// leaf, chi's [`Balancer`] by default (measured faster as a leaf stage than a selector kept
@@ -83,126 +66,6 @@ impl<B: Stage> std::fmt::Debug for Smart<B> {
             .field("revision", &plan.built.then_some(plan.revision))
             .field("leaves", &plan.leaves.len())
             .finish()
-    }
-}
-
-/// The set a route selects, before the balancer picks.
-pub struct Subset<B: Stage = Balancer> {
-    /// An arc-swap guard: holding the plan costs no reference-count write on the fast path.
-    plan: Guard<Arc<Plan<B>>>,
-    leaf: usize,
-    decision: Decision,
-}
-
-impl<B: Stage> std::fmt::Debug for Subset<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subset")
-            .field("decision", &self.decision)
-            .field("len", &self.instances().len())
-            .finish()
-    }
-}
-
-impl<B: Stage> Subset<B> {
-    fn leaf(&self) -> &Leaf<B> {
-        &self.plan.leaves[self.leaf]
-    }
-
-    /// The instances the balancer picks from (never empty).
-    pub fn instances(&self) -> &[Instance] {
-        &self.leaf().instances
-    }
-
-    /// The rules that decided.
-    pub fn decision(&self) -> Decision {
-        self.decision
-    }
-
-    /// The version routed to (`None`: any version).
-    pub fn version(&self) -> Option<&str> {
-        self.leaf().version.as_deref()
-    }
-
-    /// The zone or region routed to (`None`: any place).
-    pub fn place(&self) -> Option<&str> {
-        self.leaf().place.as_deref()
-    }
-
-    /// The snapshot revision the subset was computed from.
-    pub fn revision(&self) -> u64 {
-        self.plan.revision
-    }
-}
-
-/// A picked instance with the route that led to it. Holds the balancer's in-flight guard (if
-/// any) until dropped.
-pub struct Routed<B: Stage = Balancer> {
-    subset: Subset<B>,
-    index: usize,
-    guard: B::Guard,
-    /// Load-aware zone routing: this request's count in its leaf's load, until dropped.
-    _load: Option<LeafLoad>,
-}
-
-/// One request counted in a leaf's in-flight load; uncounted on drop.
-struct LeafLoad(Arc<AtomicU32>);
-
-impl Drop for LeafLoad {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl<B: Stage> std::fmt::Debug for Routed<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Routed")
-            .field("instance", &self.instance().id)
-            .field("decision", &self.subset.decision)
-            .finish()
-    }
-}
-
-impl Routed<Balancer> {
-    /// Ends the request, feeding `latency` to the instance's peak-EWMA estimate (what
-    /// [`Pick::observe`](crate::balance::Pick::observe) does for a bare balancer pick). Dropping
-    /// a `Routed` ends the request without a sample.
-    pub fn observe(self, latency: std::time::Duration) {
-        if let Some(in_flight) = &self.guard {
-            let ewma = self.subset.leaf().balancer.config().peak_ewma;
-            in_flight.load().observe(latency, &ewma);
-        }
-    }
-}
-
-impl<B: Stage> Routed<B> {
-    /// The instance to call.
-    pub fn instance(&self) -> &Instance {
-        &self.subset.instances()[self.index]
-    }
-
-    /// The subset it was picked from, and the rules that decided.
-    pub fn subset(&self) -> &Subset<B> {
-        &self.subset
-    }
-
-    /// The rules that decided.
-    pub fn decision(&self) -> Decision {
-        self.subset.decision
-    }
-
-    /// The strategy of the balancer that picked.
-    pub fn strategy(&self) -> &'static str {
-        self.subset.leaf().balancer.strategy()
-    }
-
-    /// The balancer's guard (e.g. an in-flight count), kept alive by the `Routed`.
-    pub fn guard(&self) -> &B::Guard {
-        &self.guard
-    }
-
-    /// Takes the guard out, e.g. into a response future.
-    pub fn into_guard(self) -> B::Guard {
-        self.guard
     }
 }
 
@@ -266,7 +129,7 @@ impl<B: Stage> Smart<B> {
     /// `load_balancer.health_check_enabled: false`, for a fleet whose health the registry does not
     /// know well; build the leaf balancers with the same setting, so they do not skip them either).
     /// With `true`, a service whose every instance is unhealthy is still routed over, in panic
-    /// mode ([`Decision::panic`]).
+    /// mode ([`Decision::panic`](super::Decision::panic)).
     pub fn skip_unhealthy(mut self, on: bool) -> Self {
         self.skip_unhealthy = on;
         self
@@ -432,22 +295,23 @@ impl<B: Stage> Smart<B> {
         tracing::debug!(
             revision = snapshot.revision(),
             leaves = plan.leaves.len(),
-            "routing subsets rebuilt"
+            "routing plan rebuilt"
         );
         plan
     }
 
-    /// The subset `route` selects from `snapshot`, and why. `None` only for an empty snapshot.
+    /// The leaf of the plan `route` leads to in `snapshot`, and why. `None` only for an empty
+    /// snapshot.
     #[inline]
-    pub fn route(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Subset<B>> {
+    pub fn route(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Leaf<B>> {
         if snapshot.is_empty() {
             return None;
         }
         let plan = self.plan(snapshot);
-        let (leaf, decision) = plan.route(&self.version, &self.geo, route, &*self.rng);
-        Some(Subset {
+        let (index, decision) = plan.route(&self.version, &self.geo, route, &*self.rng);
+        Some(Leaf {
             plan,
-            leaf,
+            index,
             decision,
         })
     }
@@ -461,7 +325,7 @@ impl<B: Stage> Smart<B> {
 
     /// [`pick`](Self::pick), skipping instances `usable` rejects (typically those an
     /// [`OutlierDetector`](crate::health::OutlierDetector) ejected). When it rejects the whole
-    /// subset, the pick ignores it rather than fail (the detector's `max_ejection_percent` is
+    /// leaf, the pick ignores it rather than fail (the detector's `max_ejection_percent` is
     /// what bounds ejections; the router does not turn them into an empty answer).
     #[inline]
     pub fn pick_usable(
@@ -470,23 +334,19 @@ impl<B: Stage> Smart<B> {
         route: &Route<'_>,
         usable: &Usable<'_>,
     ) -> Option<Routed<B>> {
-        let subset = self.route(snapshot, route)?;
-        let leaf = subset.leaf();
-        let revision = subset.plan.generation;
-        let (index, guard) = leaf
+        let leaf = self.route(snapshot, route)?;
+        let data = leaf.data();
+        let revision = leaf.plan.generation;
+        let (index, guard) = data
             .balancer
-            .pick(&leaf.instances, revision, route.key, usable)
+            .pick(&data.instances, revision, route.key, usable)
             .or_else(|| {
-                leaf.balancer
-                    .pick(&leaf.instances, revision, route.key, any_instance())
+                data.balancer
+                    .pick(&data.instances, revision, route.key, any_instance())
             })?;
-        let load = subset.plan.load_band.map(|_| {
-            let counter = subset.leaf().load.clone();
-            counter.fetch_add(1, Ordering::Relaxed);
-            LeafLoad(counter)
-        });
+        let load = leaf.plan.load_band.map(|_| LeafLoad::start(&data.load));
         Some(Routed {
-            subset,
+            leaf,
             index,
             guard,
             _load: load,

@@ -83,7 +83,9 @@ impl Chi {
     /// unspecified `registration.address` (`0.0.0.0`, as the example file has it) is
     /// advertised as this host's address ([`ServiceConfig::advertised`](crate::instance::ServiceConfig::advertised)).
     pub async fn new(mut config: Config) -> Result<Chi> {
-        config.registration = config.registration.map(crate::instance::ServiceConfig::advertised);
+        config.registration = config
+            .registration
+            .map(crate::instance::ServiceConfig::advertised);
         let routers = config.routers()?;
         let mut registries = config.registries.clone();
         registries.apply_registration(config.registration.as_ref());
@@ -94,7 +96,9 @@ impl Chi {
     /// Builds the stack over an already connected `registry` (the config's registries are not
     /// used): for tests, or a registry chi has no adapter for.
     pub fn over(mut config: Config, registry: Arc<dyn Registry>) -> Result<Chi> {
-        config.registration = config.registration.map(crate::instance::ServiceConfig::advertised);
+        config.registration = config
+            .registration
+            .map(crate::instance::ServiceConfig::advertised);
         let routers = config.routers()?;
         Ok(Self::with_registry(config, registry, routers))
     }

@@ -336,7 +336,7 @@ fn real_balancers_pick_within_the_leaf() {
     let snap2 = Snapshot::new(changed, 2);
     for _ in 0..5 {
         let next = lc.pick(&snap2, &route).expect("pick");
-        assert_eq!(next.subset().revision(), 2);
+        assert_eq!(next.leaf().revision(), 2);
         assert_ne!(
             next.instance().id,
             first.instance().id,
