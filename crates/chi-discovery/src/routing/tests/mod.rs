@@ -10,6 +10,7 @@ use super::RoutingConfig;
 use super::*;
 use crate::balance::{Balancer, BalancerConfig, Strategy as Algo};
 use crate::instance::HealthStatus::{self, Healthy, Unhealthy, Unknown};
+use crate::instance::Instance;
 use crate::snapshot::Snapshot;
 
 mod properties;
