@@ -244,10 +244,10 @@ impl Geo {
     }
 
     /// The instances of `candidates` this route's place selects (all of them are taken as usable:
-    /// pass the output of [`Version::subset`](super::Version::subset), or filter first), and the
+    /// pass the output of [`Version::narrow`](super::Version::narrow), or filter first), and the
     /// rule that decided. Empty only when `candidates` is. Computes per call; see
-    /// [`Smart`](super::Smart) for precomputed subsets.
-    pub fn subset<'i>(
+    /// [`Smart`](super::Smart) for leaves precomputed once per snapshot.
+    pub fn narrow<'i>(
         &self,
         candidates: &[&'i Instance],
         route: &Route<'_>,
@@ -269,5 +269,15 @@ impl Geo {
             Target::Place(kept) => (kept, step),
             Target::Any => (candidates.to_vec(), step),
         }
+    }
+
+    /// The former name of [`Geo::narrow`].
+    #[deprecated(note = "renamed `narrow`: \"subset\" now means deterministic subsetting only")]
+    pub fn subset<'i>(
+        &self,
+        candidates: &[&'i Instance],
+        route: &Route<'_>,
+    ) -> (Vec<&'i Instance>, GeoStep) {
+        self.narrow(candidates, route)
     }
 }

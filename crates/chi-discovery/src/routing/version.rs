@@ -183,8 +183,8 @@ impl Version {
 
     /// The usable instances of `instances` this route's version selects, and the rule that
     /// decided. Empty only when no instance is usable. Computes per call: for per-request use,
-    /// [`Smart`](super::Smart) precomputes the subsets once per snapshot.
-    pub fn subset<'i>(
+    /// [`Smart`](super::Smart) precomputes its leaves once per snapshot.
+    pub fn narrow<'i>(
         &self,
         instances: &'i [Instance],
         route: &Route<'_>,
@@ -199,6 +199,16 @@ impl Version {
             (!kept.is_empty()).then_some(kept)
         });
         (chosen.unwrap_or(usable), step)
+    }
+
+    /// The former name of [`Version::narrow`].
+    #[deprecated(note = "renamed `narrow`: \"subset\" now means deterministic subsetting only")]
+    pub fn subset<'i>(
+        &self,
+        instances: &'i [Instance],
+        route: &Route<'_>,
+    ) -> (Vec<&'i Instance>, VersionStep) {
+        self.narrow(instances, route)
     }
 }
 

@@ -74,7 +74,7 @@ let router = Smart::new(version_rules, Geo::from_config(&cfg), move || Balancer:
                     prop_assert!(sub.instances().iter().all(|i| i.health.is_usable()));
                 }
                 let picked = router.pick(&snap, &route).expect("a pick from a non-empty set");
-                // (A keyless canary split rolls again, so check the pick against its own subset.)
+                // (A keyless canary split rolls again, so check the pick against its own leaf.)
                 prop_assert!(picked.leaf().instances().iter().any(|i| i.id == picked.instance().id));
                 prop_assert_eq!(picked.decision().panic, !any_usable);
             }

@@ -107,9 +107,9 @@ fn smart_rules_table() {
         assert_eq!(sub.decision().version, *vs, "{route:?}");
         assert_eq!(sub.decision().geo, *gs, "{route:?}");
         assert!(!sub.decision().panic);
-        // The precomputed subset equals the per-call computation of the two stages.
-        let (v, _) = router.version_rules().subset(snap.instances(), &route);
-        let (g, _) = router.geo_rules().subset(&v, &route);
+        // The precomputed leaf equals the per-call computation of the two stages.
+        let (v, _) = router.version_rules().narrow(snap.instances(), &route);
+        let (g, _) = router.geo_rules().narrow(&v, &route);
         assert_eq!(ids(&g), *expected, "{route:?}");
         let picked = router.pick(&snap, &route).expect("pick");
         assert!(expected.contains(&picked.instance().id.as_str()));
@@ -267,7 +267,7 @@ fn pick_usable_skips_rejected_instances_but_never_fails_for_it() {
             .expect("pick");
         assert_eq!(p.instance().id, "b");
     }
-    // Everything rejected: still a pick from the subset.
+    // Everything rejected: still a pick from the leaf.
     let p = router
         .pick_usable(&snap, &route, &|_: &Instance| false)
         .expect("pick");

@@ -21,17 +21,17 @@ fn version_rules_table() {
             version: *requested,
             ..Route::new()
         };
-        let (got, s) = v.subset(&fleet, &route);
+        let (got, s) = v.narrow(&fleet, &route);
         assert_eq!(ids(&got), *expected, "{requested:?}");
         assert_eq!(s, *step, "{requested:?}");
     }
     // The default has no usable instance: any version.
     let v9 = Version::new("v9");
-    let (got, s) = v9.subset(&fleet, &Route::new().version("v8"));
+    let (got, s) = v9.narrow(&fleet, &Route::new().version("v8"));
     assert_eq!(ids(&got), ["a", "b", "c", "d", "f", "g"]);
     assert_eq!(s, VersionStep::ToAnyVersion);
     // Off: everything usable.
-    let (got, s) = Version::disabled().subset(&fleet, &Route::new().version("v2"));
+    let (got, s) = Version::disabled().narrow(&fleet, &Route::new().version("v2"));
     assert_eq!(got.len(), 6);
     assert_eq!(s, VersionStep::Disabled);
 }
@@ -44,7 +44,7 @@ fn canary_split_follows_weights_and_sticks_per_key() {
     let mut v2 = 0;
     let n = 20_000;
     for _ in 0..n {
-        let (got, s) = v.subset(&fleet, &Route::new());
+        let (got, s) = v.narrow(&fleet, &Route::new());
         assert_eq!(s, VersionStep::Canary);
         if got.iter().any(|i| i.id == "g") {
             v2 += 1;
@@ -55,22 +55,22 @@ fn canary_split_follows_weights_and_sticks_per_key() {
     // Sticky: one key always lands on the same side.
     for user in 0..50u32 {
         let key = user.to_be_bytes();
-        let first = v.subset(&fleet, &Route::new().key(&key)).0;
+        let first = v.narrow(&fleet, &Route::new().key(&key)).0;
         for _ in 0..5 {
             assert_eq!(
-                ids(&v.subset(&fleet, &Route::new().key(&key)).0),
+                ids(&v.narrow(&fleet, &Route::new().key(&key)).0),
                 ids(&first)
             );
         }
     }
     // A canary version with no usable instance falls back to the default.
     let gone = Version::new("v1").with_split([("v7", 1)]);
-    let (got, s) = gone.subset(&fleet, &Route::new());
+    let (got, s) = gone.narrow(&fleet, &Route::new());
     assert_eq!(ids(&got), ["a", "b", "d"]);
     assert_eq!(s, VersionStep::ToDefault);
     // A named version bypasses the split.
     assert_eq!(
-        v.subset(&fleet, &Route::new().version("v3")).1,
+        v.narrow(&fleet, &Route::new().version("v3")).1,
         VersionStep::Requested
     );
 }
@@ -135,14 +135,14 @@ fn geo_rules_table() {
             zone: *zone,
             ..Route::new()
         };
-        let (got, s) = geo.subset(&usable, &route);
+        let (got, s) = geo.narrow(&usable, &route);
         assert_eq!(ids(&got), *expected, "{region:?} {zone:?}");
         assert_eq!(s, *step, "{region:?} {zone:?}");
     }
     // Configured neighbour order wins over file order.
     let geo2 =
         Geo::from_config(&config()).with_neighbours("ap-south-1", ["us-west-2", "us-east-1"]);
-    let (got, s) = geo2.subset(&usable, &Route::new().region("ap-south-1"));
+    let (got, s) = geo2.narrow(&usable, &Route::new().region("ap-south-1"));
     assert_eq!((ids(&got), s), (vec!["d".to_owned()], GeoStep::ToNeighbour));
     // No neighbour has anything: any region, last.
     let only_far: Vec<&Instance> = usable
@@ -150,12 +150,12 @@ fn geo_rules_table() {
         .copied()
         .filter(|i| i.id == "f" || i.id == "g")
         .collect();
-    let (got, s) = geo.subset(&only_far, &Route::new().region("us-east-1"));
+    let (got, s) = geo.narrow(&only_far, &Route::new().region("us-east-1"));
     assert_eq!(
         (ids(&got), s),
         (vec!["f".to_owned(), "g".to_owned()], GeoStep::ToAnyRegion)
     );
     // Off.
-    let (got, s) = Geo::disabled().subset(&usable, &Route::new().region("us-east-1"));
+    let (got, s) = Geo::disabled().narrow(&usable, &Route::new().region("us-east-1"));
     assert_eq!((got.len(), s), (6, GeoStep::Disabled));
 }
