@@ -46,6 +46,11 @@ impl Snapshot {
         &self.0.instances
     }
 
+    /// The instances, shared: one `Arc` clone.
+    pub(crate) fn shared(&self) -> Arc<[Instance]> {
+        self.0.instances.clone()
+    }
+
     /// True when the registry could not be reached at the last refresh (or watch), so this list
     /// may be out of date. It is still the last list the registry gave.
     pub fn is_stale(&self) -> bool {

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use arc_swap::Guard;
 
-use super::plan::{LeafData, Plan};
-use super::{Decision, Stage};
+use super::decision::Decision;
+use super::plan::LeafData;
+use super::stage::Stage;
+use super::steps::View;
 use crate::balance::Balancer;
 use crate::instance::Instance;
 
@@ -15,9 +17,10 @@ use crate::instance::Instance;
 /// that decided. (Deterministic subsetting, a different thing, is [`Subsetting`](super::Subsetting).)
 pub struct Leaf<B: Stage = Balancer> {
     /// An arc-swap guard: holding the plan costs no reference-count write on the fast path.
-    pub(super) plan: Guard<Arc<Plan<B>>>,
+    pub(super) view: Guard<Arc<View<B>>>,
     pub(super) index: usize,
     pub(super) decision: Decision,
+    pub(super) revision: u64,
 }
 
 /// The former name of [`Leaf`].
@@ -35,7 +38,7 @@ impl<B: Stage> std::fmt::Debug for Leaf<B> {
 
 impl<B: Stage> Leaf<B> {
     pub(super) fn data(&self) -> &LeafData<B> {
-        &self.plan.leaves[self.index]
+        &self.view.plan.leaves[self.index]
     }
 
     /// The instances the balancer picks from (never empty).
@@ -60,7 +63,7 @@ impl<B: Stage> Leaf<B> {
 
     /// The snapshot revision the leaf was routed for.
     pub fn revision(&self) -> u64 {
-        self.plan.revision
+        self.revision
     }
 }
 

@@ -41,6 +41,7 @@ pub mod slow_start;
 mod smart;
 pub mod spill;
 mod stage;
+mod steps;
 mod subset;
 mod version;
 

@@ -1,19 +1,25 @@
 //! The smart router's plan: a service's usable instances grouped by version and place, each
-//! group a leaf with its own balancer, built once per snapshot revision (see [`super::Smart`]).
+//! group a leaf with its own balancer; and the route of one request through it.
+//!
+//! A plan is the last of the steps a router's state goes through (`steps.rs`): built from this
+//! client's instances (the deal) and their slow-start weights (the ramp), by the router's fixed
+//! [`Rules`]. A route through it only reads: a few hash lookups and, zone-aware, one draw.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustc_hash::FxHashMap;
 
-use super::geo::Target;
+use super::decision::Decision;
+use super::geo::{Geo, GeoStep, Target};
+use super::route::Route;
 use super::slow_start::weighted;
 use super::spill::{ZoneAwareConfig, ZoneSpill};
-use super::{Decision, Geo, GeoStep, Route, Version};
+use super::version::Version;
 use crate::balance::RandomSource;
 use crate::instance::Instance;
 
-/// Builds a leaf's stage from the previous plan's stage of the same leaf.
+/// Builds a leaf's balancer from the previous plan's balancer of the same leaf.
 pub(super) type MakeLeaf<B> = dyn Fn(Option<&Arc<B>>) -> Arc<B> + Send + Sync;
 
 /// A uniform draw in `[0, 1)` from 64 random bits (the top 53).
@@ -22,7 +28,43 @@ fn unit(bits: u64) -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// One version's usable instances, by place.
+/// The rules a router routes by and builds its plans with, fixed for the router's life.
+#[derive(Debug)]
+pub(super) struct Rules {
+    pub(super) version: Version,
+    pub(super) geo: Geo,
+    /// Route over the instances not known to be unhealthy (or, `false`, over all of them).
+    pub(super) skip_unhealthy: bool,
+    pub(super) zone_aware: ZoneAwareConfig,
+}
+
+/// How a plan's leaves get their balancers: `make`, from the balancer the same leaf had in the
+/// plan before (`previous`). `stand_in`: `make` builds the weighted stand-ins of a strategy that
+/// ignores weights, for a ramp: they weigh every instance alike but the ramping ones, and are
+/// carried over apart from the strategy's own.
+pub(super) struct Balancers<'a, B> {
+    pub(super) make: &'a MakeLeaf<B>,
+    pub(super) stand_in: bool,
+    pub(super) previous: &'a Carry<B>,
+}
+
+/// What a plan hands the next one: its leaves' balancers and in-flight counters, by leaf key,
+/// so load counts and balancer positions survive membership changes.
+pub(super) struct Carry<B> {
+    balancers: FxHashMap<String, Arc<B>>,
+    loads: FxHashMap<String, Arc<AtomicU32>>,
+}
+
+impl<B> Default for Carry<B> {
+    fn default() -> Self {
+        Carry {
+            balancers: FxHashMap::default(),
+            loads: FxHashMap::default(),
+        }
+    }
+}
+
+/// One version's leaves, by place.
 #[derive(Default)]
 pub(super) struct Group {
     pub(super) all: usize,
@@ -42,86 +84,57 @@ pub(super) struct LeafData<B> {
     pub(super) place: Option<Box<str>>,
 }
 
+/// See the module docs.
 pub(super) struct Plan<B> {
-    /// False only for the placeholder a router starts with.
-    pub(super) built: bool,
-    pub(super) revision: u64,
     /// Unique per plan of a router: the revision its leaves' balancers are given, so that they
-    /// rebuild their tables whenever a plan changes a leaf's list, also from the same snapshot
-    /// (a new subset deal).
+    /// rebuild their tables whenever a plan changes a leaf's list (also from the same snapshot:
+    /// a new deal, a ramp step).
     pub(super) generation: u64,
+    /// True when no instance was usable and every instance is routed over.
+    pub(super) panic: bool,
     /// Zone-aware load band, when load-aware (leaf loads are counted then).
     pub(super) load_band: Option<f64>,
-    /// Leaf key -> in-flight counter, carried over to the next plan as the balancers are.
-    pub(super) loads: FxHashMap<String, Arc<AtomicU32>>,
-    /// Slow start: when to plan again while something ramps.
-    pub(super) ramp_until: Option<tokio::time::Instant>,
-    /// The [`SubsetSource`] version the plan was dealt from.
-    pub(super) subset_version: u64,
-    /// Built with [`Rules::even`]: its balancers are the ramp's stand-ins.
-    pub(super) even: bool,
-    pub(super) panic: bool,
     pub(super) versions: FxHashMap<Box<str>, Group>,
     pub(super) any: Group,
     pub(super) leaves: Vec<LeafData<B>>,
-    /// Leaf key -> balancer, to carry balancers over to the next plan.
-    pub(super) balancers: FxHashMap<String, Arc<B>>,
 }
 
-/// The router's rules a plan is built with.
-#[derive(Clone, Copy)]
-pub(super) struct Rules<'a> {
-    pub(super) version: &'a Version,
-    pub(super) geo: &'a Geo,
-    pub(super) skip_unhealthy: bool,
-    pub(super) zone_aware: &'a ZoneAwareConfig,
-    /// Slow start: the weight factors of the instances that ramp (empty: none does).
-    pub(super) ramp: &'a FxHashMap<String, f64>,
-    /// The ramp is balanced by a weighted stand-in of a strategy that ignores weights: every
-    /// instance weighs alike but the ramping ones, and the stand-in balancers are kept apart.
-    pub(super) even: bool,
+/// A plan under construction, with what it will hand the next one.
+struct Build<'a, B> {
+    plan: Plan<B>,
+    carry: Carry<B>,
+    balancers: Balancers<'a, B>,
 }
 
 impl<B> Plan<B> {
-    pub(super) fn placeholder() -> Self {
+    /// A plan of no leaves, for a router that has planned nothing yet.
+    pub(super) fn empty() -> Self {
         Plan {
-            built: false,
-            revision: 0,
             generation: 0,
-            ramp_until: None,
-            load_band: None,
-            loads: FxHashMap::default(),
-            subset_version: 0,
-            even: false,
             panic: false,
+            load_band: None,
             versions: FxHashMap::default(),
             any: Group::default(),
             leaves: Vec::new(),
-            balancers: FxHashMap::default(),
         }
     }
 
+    /// The plan of `instances` under `rules`, the instances that ramp weighed by `ramp` (their
+    /// slow-start factors; empty: none ramps), and what it hands the next plan.
     pub(super) fn build(
         instances: &[Instance],
-        revision: u64,
-        rules: &Rules<'_>,
-        previous: Option<&Plan<B>>,
-        make: &MakeLeaf<B>,
-    ) -> Self {
-        let Rules {
-            version,
-            geo,
-            skip_unhealthy,
-            zone_aware,
-            ramp,
-            even,
-        } = *rules;
+        ramp: &FxHashMap<String, f64>,
+        rules: &Rules,
+        balancers: Balancers<'_, B>,
+        generation: u64,
+    ) -> (Self, Carry<B>) {
+        let even = balancers.stand_in;
         let ramped: Option<Vec<Instance>> =
             (!ramp.is_empty()).then(|| instances.iter().map(|i| weighted(i, ramp, even)).collect());
         let instances: &[Instance] = ramped.as_deref().unwrap_or(instances);
         let usable: Vec<&Instance> = instances
             .iter()
-            .filter(|i| !skip_unhealthy || i.health.is_usable())
+            .filter(|i| !rules.skip_unhealthy || i.health.is_usable())
             .collect();
         let panic = usable.is_empty() && !instances.is_empty();
         let base: Vec<&Instance> = if panic {
@@ -129,25 +142,20 @@ impl<B> Plan<B> {
         } else {
             usable
         };
-        let mut plan = Plan {
-            built: true,
-            revision,
-            generation: 0,
-            ramp_until: None,
-            load_band: None,
-            loads: FxHashMap::default(),
-            subset_version: 0,
-            even,
-            panic,
-            versions: FxHashMap::default(),
-            any: Group::default(),
-            leaves: Vec::new(),
-            balancers: FxHashMap::default(),
+        let zone_aware = &rules.zone_aware;
+        let mut build = Build {
+            plan: Plan {
+                generation,
+                panic,
+                load_band: (zone_aware.enabled && zone_aware.load_aware)
+                    .then_some(zone_aware.load_band),
+                ..Plan::empty()
+            },
+            carry: Carry::default(),
+            balancers,
         };
-        plan.load_band =
-            (zone_aware.enabled && zone_aware.load_aware).then_some(zone_aware.load_band);
-        plan.any = plan.group(None, &base, geo, previous, make, zone_aware);
-        if version.is_enabled() {
+        build.plan.any = build.group(None, &base, rules);
+        if rules.version.is_enabled() {
             let mut by_version: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
             for i in &base {
                 if !i.version.is_empty() {
@@ -162,115 +170,26 @@ impl<B> Plan<B> {
             let mut names: Vec<&str> = by_version.keys().copied().collect();
             names.sort_unstable();
             for v in names {
-                let members = &by_version[v];
-                let g = plan.group(Some(v), members, geo, previous, make, zone_aware);
-                plan.versions.insert(v.into(), g);
+                let g = build.group(Some(v), &by_version[v], rules);
+                build.plan.versions.insert(v.into(), g);
             }
         }
-        plan
+        (build.plan, build.carry)
     }
 
-    fn group(
-        &mut self,
-        version: Option<&str>,
-        members: &[&Instance],
-        geo: &Geo,
-        previous: Option<&Plan<B>>,
-        make: &MakeLeaf<B>,
-        zone_aware: &ZoneAwareConfig,
-    ) -> Group {
-        let v = version.unwrap_or("*");
-        let mut g = Group {
-            all: self.leaf(format!("{v}|*"), version, None, members, previous, make),
-            ..Group::default()
-        };
-        if !geo.is_enabled() {
-            return g;
-        }
-        let mut zones: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
-        let mut regions: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
-        for i in members {
-            let p = geo.place_of(i);
-            if let Some(z) = p.zone {
-                zones.entry(z).or_default().push(i);
-            }
-            if let Some(r) = p.region {
-                regions.entry(r).or_default().push(i);
-            }
-        }
-        let mut by_region: FxHashMap<&str, Vec<(&str, f64, usize)>> = FxHashMap::default();
-        for (z, list) in zones {
-            let capacity: f64 = list.iter().map(|i| f64::from(i.effective_weight())).sum();
-            let region = list.first().and_then(|i| geo.place_of(i).region);
-            let id = self.leaf(
-                format!("{v}|z={z}"),
-                version,
-                Some(z),
-                &list,
-                previous,
-                make,
-            );
-            g.zones.insert(z.into(), id);
-            if let Some(r) = region {
-                by_region.entry(r).or_default().push((z, capacity, id));
-            }
-        }
-        for (r, list) in regions {
-            let id = self.leaf(
-                format!("{v}|r={r}"),
-                version,
-                Some(r),
-                &list,
-                previous,
-                make,
-            );
-            g.regions.insert(r.into(), id);
-        }
-        if zone_aware.enabled {
-            g.spill = zone_aware.spills(by_region, |id| self.leaves[id].instances.len());
-        }
-        g
-    }
-
-    fn leaf(
-        &mut self,
-        key: String,
-        version: Option<&str>,
-        place: Option<&str>,
-        members: &[&Instance],
-        previous: Option<&Plan<B>>,
-        make: &MakeLeaf<B>,
-    ) -> usize {
-        // A ramp's stand-in balancers and the strategy's own are carried over apart.
-        let kind = if self.even { "~" } else { "" };
-        let balancer_key = format!("{kind}{key}");
-        let balancer = make(previous.and_then(|p| p.balancers.get(&balancer_key)));
-        let load = previous
-            .and_then(|p| p.loads.get(&key).cloned())
-            .unwrap_or_default();
-        self.balancers.insert(balancer_key, balancer.clone());
-        self.loads.insert(key, load.clone());
-        self.leaves.push(LeafData {
-            instances: members.iter().map(|i| (*i).clone()).collect(),
-            balancer,
-            load,
-            version: version.map(Into::into),
-            place: place.map(Into::into),
-        });
-        self.leaves.len() - 1
-    }
-
+    /// The leaf `route` leads to, and the rules that decided.
     #[inline]
     pub(super) fn route(
         &self,
-        version: &Version,
-        geo: &Geo,
+        rules: &Rules,
         route: &Route<'_>,
         rng: &dyn RandomSource,
     ) -> (usize, Decision) {
-        let (group, vstep) = version.choose(route.version, route.key, |v| self.versions.get(v));
+        let (group, vstep) = rules
+            .version
+            .choose(route.version, route.key, |v| self.versions.get(v));
         let group = group.unwrap_or(&self.any);
-        let (target, gstep) = geo.choose(
+        let (target, gstep) = rules.geo.choose(
             route,
             |z| group.zones.get(z).copied(),
             |r| group.regions.get(r).copied(),
@@ -296,5 +215,78 @@ impl<B> Plan<B> {
                 panic: self.panic,
             },
         )
+    }
+}
+
+impl<B> Build<'_, B> {
+    /// One version's leaves (`None`: every version): all of them, by zone, by region.
+    fn group(&mut self, version: Option<&str>, members: &[&Instance], rules: &Rules) -> Group {
+        let geo: &Geo = &rules.geo;
+        let v = version.unwrap_or("*");
+        let mut g = Group {
+            all: self.leaf(format!("{v}|*"), version, None, members),
+            ..Group::default()
+        };
+        if !geo.is_enabled() {
+            return g;
+        }
+        let mut zones: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+        let mut regions: FxHashMap<&str, Vec<&Instance>> = FxHashMap::default();
+        for i in members {
+            let p = geo.place_of(i);
+            if let Some(z) = p.zone {
+                zones.entry(z).or_default().push(i);
+            }
+            if let Some(r) = p.region {
+                regions.entry(r).or_default().push(i);
+            }
+        }
+        let mut by_region: FxHashMap<&str, Vec<(&str, f64, usize)>> = FxHashMap::default();
+        for (z, list) in zones {
+            let capacity: f64 = list.iter().map(|i| f64::from(i.effective_weight())).sum();
+            let region = list.first().and_then(|i| geo.place_of(i).region);
+            let id = self.leaf(format!("{v}|z={z}"), version, Some(z), &list);
+            g.zones.insert(z.into(), id);
+            if let Some(r) = region {
+                by_region.entry(r).or_default().push((z, capacity, id));
+            }
+        }
+        for (r, list) in regions {
+            let id = self.leaf(format!("{v}|r={r}"), version, Some(r), &list);
+            g.regions.insert(r.into(), id);
+        }
+        if rules.zone_aware.enabled {
+            let leaves = &self.plan.leaves;
+            g.spill = rules
+                .zone_aware
+                .spills(by_region, |id| leaves[id].instances.len());
+        }
+        g
+    }
+
+    /// A leaf of `members`, with the balancer and load counter its key had in the plan before.
+    fn leaf(
+        &mut self,
+        key: String,
+        version: Option<&str>,
+        place: Option<&str>,
+        members: &[&Instance],
+    ) -> usize {
+        // A ramp's stand-in balancers and the strategy's own are carried over apart.
+        let kind = if self.balancers.stand_in { "~" } else { "" };
+        let balancer_key = format!("{kind}{key}");
+        let previous = self.balancers.previous;
+        let balancer = (self.balancers.make)(previous.balancers.get(&balancer_key));
+        let load = previous.loads.get(&key).cloned().unwrap_or_default();
+        self.carry.balancers.insert(balancer_key, balancer.clone());
+        self.carry.loads.insert(key, load.clone());
+        self.plan.leaves.push(LeafData {
+            instances: members.iter().map(|i| (*i).clone()).collect(),
+            balancer,
+            load,
+            version: version.map(Into::into),
+            place: place.map(Into::into),
+        });
+        self.plan.leaves.len() - 1
     }
 }

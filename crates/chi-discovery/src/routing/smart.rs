@@ -1,37 +1,39 @@
 //! The smart router: version -> geo -> balancer, with its leaves precomputed per snapshot revision.
 //!
-//! A [`Smart`] serves one service. On the first pick from a snapshot revision it has not seen, it
-//! builds a *plan*: the usable instances grouped by version (each version field and each tag),
-//! and within every version group (and the all-versions group) by zone and by region. Every
-//! non-empty group is a *leaf* with its own instance list and its own balancer, because a
-//! balancer keeps one table for one list (a leaf's balancer is carried over to the next plan by
-//! its key, so load counters survive membership changes). The plan is swapped in with `arc-swap`;
+//! A [`Smart`] serves one service. Its state is a *plan*: the usable instances grouped by version
+//! (each version field and each tag), and within every version group (and the all-versions group)
+//! by zone and by region. Every non-empty group is a *leaf* with its own instance list and its own
+//! balancer, because a balancer keeps one table for one list (a leaf's balancer is carried over
+//! to the next plan by its key, so load counters survive membership changes). The plan is kept
+//! current by three steps (deal, ramp, plan: `steps.rs`), each recomputed only when its own
+//! inputs changed, on the first pick that finds it out of date, and swapped in with `arc-swap`;
 //! a pick then only reads: a few hash lookups to find the leaf, and the leaf balancer's pick.
 //!
 //! A routed pick costs a few times the bare balancer pick: the plan load and two hash lookups
 //! (figures in the README's performance section, `cargo bench -p chi-discovery --bench routing`).
 //!
-//! Fallbacks never return nothing while the service has a usable instance: each stage widens
-//! instead (see [`VersionStep`](super::VersionStep) and [`GeoStep`](super::GeoStep)). When *no* instance is usable, every instance is
-//! routed over ([`Decision::panic`](super::Decision::panic)), as Envoy's panic mode does when all hosts are unhealthy:
-//! some requests may still succeed, none would without. The version and geo rules still apply
-//! within that set.
+//! Fallbacks never return nothing while the service has a usable instance: each rule widens
+//! instead (see [`VersionStep`](super::VersionStep) and [`GeoStep`](super::GeoStep)). When *no*
+//! instance is usable, every instance is routed over ([`Decision::panic`](super::Decision::panic)),
+//! as Envoy's panic mode does when all hosts are unhealthy: some requests may still succeed,
+//! none would without. The version and geo rules still apply within that set.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::{ArcSwap, Guard};
 
-use super::RoutingConfig;
+use super::config::RoutingConfig;
+use super::geo::Geo;
 use super::leaf::{Leaf, LeafLoad, Routed};
-use super::plan::{MakeLeaf, Plan, Rules};
-use super::slow_start::{Ramp, Ramps, SlowStartConfig};
+use super::plan::{MakeLeaf, Rules};
+use super::route::Route;
+use super::slow_start::{Ramp, SlowStartConfig};
 use super::spill::ZoneAwareConfig;
-use super::stage::any_instance;
+use super::stage::{Stage, Usable, any_instance};
+use super::steps::{SlowStart, Steps, View};
 use super::subset::SubsetSource;
-use super::{Geo, Route, Stage, Usable, Version};
+use super::version::Version;
 use crate::balance::{Balancer, BalancerConfig, RandomSource, ThreadRandom};
-use crate::instance::Instance;
 use crate::snapshot::Snapshot;
 use crate::util::lock;
 
@@ -39,32 +41,25 @@ use crate::util::lock;
 /// leaf, chi's [`Balancer`] by default (measured faster as a leaf stage than a selector kept
 /// in the plan: see `benches/routing.rs`).
 pub struct Smart<B: Stage = Balancer> {
-    version: Version,
-    geo: Geo,
-    make: Box<MakeLeaf<B>>,
-    /// Route over healthy instances only (the default), or over all of them.
-    skip_unhealthy: bool,
-    zone_aware: ZoneAwareConfig,
+    rules: Rules,
     /// The draws of zone-aware spills.
     rng: Arc<dyn RandomSource>,
+    /// Deterministic subsetting: whose version a pick compares with the view's.
     subset: Option<Arc<SubsetSource>>,
-    slow_start: Option<(SlowStartConfig, Ramps)>,
-    /// Slow start of a strategy that ignores weights: its weighted stand-in while something ramps.
-    ramp_make: Option<Box<MakeLeaf<B>>>,
-    /// Plans built so far: the source of [`Plan::generation`].
-    plans: AtomicU64,
-    plan: ArcSwap<Plan<B>>,
-    rebuild: Mutex<()>,
+    /// What picks read.
+    view: ArcSwap<View<B>>,
+    /// What keeps the view current, behind the one lock of the slow path.
+    steps: Mutex<Steps<B>>,
 }
 
 impl<B: Stage> std::fmt::Debug for Smart<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let plan = self.plan.load();
+        let view = self.view.load();
         f.debug_struct("Smart")
-            .field("version", &self.version)
-            .field("geo", &self.geo)
-            .field("revision", &plan.built.then_some(plan.revision))
-            .field("leaves", &plan.leaves.len())
+            .field("version", &self.rules.version)
+            .field("geo", &self.rules.geo)
+            .field("revision", &view.revision)
+            .field("leaves", &view.plan.leaves.len())
             .finish()
     }
 }
@@ -85,34 +80,27 @@ impl Smart<Balancer> {
     }
 }
 
+/// A leaf balancer maker that keeps the balancer a leaf already has.
+fn keep_or<B: Stage>(make: impl Fn() -> B + Send + Sync + 'static) -> Box<MakeLeaf<B>> {
+    Box::new(move |previous: Option<&Arc<B>>| previous.cloned().unwrap_or_else(|| Arc::new(make())))
+}
+
 impl<B: Stage> Smart<B> {
     /// A router with `version` and `geo` rules; `make` builds one balancer per leaf, kept for
     /// that leaf across snapshot revisions (so it must follow list changes itself, by the
     /// revision [`Stage::pick`] is given, as [`Balancer`] does, carrying load counters over).
     pub fn new(version: Version, geo: Geo, make: impl Fn() -> B + Send + Sync + 'static) -> Self {
-        Self::with_leaves(version, geo, move |previous: Option<&Arc<B>>| {
-            previous.cloned().unwrap_or_else(|| Arc::new(make()))
-        })
-    }
-
-    fn with_leaves(
-        version: Version,
-        geo: Geo,
-        make: impl Fn(Option<&Arc<B>>) -> Arc<B> + Send + Sync + 'static,
-    ) -> Self {
         Smart {
-            version,
-            geo,
-            make: Box::new(make),
-            skip_unhealthy: true,
-            zone_aware: ZoneAwareConfig::default(),
+            rules: Rules {
+                version,
+                geo,
+                skip_unhealthy: true,
+                zone_aware: ZoneAwareConfig::default(),
+            },
             rng: Arc::new(ThreadRandom),
             subset: None,
-            slow_start: None,
-            ramp_make: None,
-            plans: AtomicU64::new(0),
-            plan: ArcSwap::from_pointee(Plan::placeholder()),
-            rebuild: Mutex::new(()),
+            view: ArcSwap::from_pointee(View::none()),
+            steps: Mutex::new(Steps::new(keep_or(make))),
         }
     }
 
@@ -124,6 +112,11 @@ impl<B: Stage> Smart<B> {
         Self::new(Version::from_config(config), Geo::from_config(config), make)
     }
 
+    /// The steps, while the router is being built (nobody picks yet).
+    fn steps_mut(&mut self) -> &mut Steps<B> {
+        self.steps.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Whether routing leaves out instances known to be unhealthy (`true`, the default) or routes
     /// over every instance whatever its health (`false`: the config's
     /// `load_balancer.health_check_enabled: false`, for a fleet whose health the registry does not
@@ -131,7 +124,7 @@ impl<B: Stage> Smart<B> {
     /// With `true`, a service whose every instance is unhealthy is still routed over, in panic
     /// mode ([`Decision::panic`](super::Decision::panic)).
     pub fn skip_unhealthy(mut self, on: bool) -> Self {
-        self.skip_unhealthy = on;
+        self.rules.skip_unhealthy = on;
         self
     }
 
@@ -139,12 +132,13 @@ impl<B: Stage> Smart<B> {
     /// region's capacity keeps only what it can take and spills the rest to the zones with
     /// spare capacity. Off by default (plain zone affinity).
     pub fn zone_aware(mut self, config: ZoneAwareConfig) -> Self {
-        self.zone_aware = config;
+        self.rules.zone_aware = config;
         self
     }
 
-    /// Deterministic subsetting ([`Subsetting`](super::Subsetting)): this router only ever picks among the
-    /// subset `source` deals this client (dealt again when the instances or the clients change).
+    /// Deterministic subsetting ([`Subsetting`](super::Subsetting)): this router only ever
+    /// picks among the subset `source` deals this client (dealt again when the instances or the
+    /// clients change).
     pub fn subset(mut self, source: Arc<SubsetSource>) -> Self {
         self.subset = Some(source);
         self
@@ -154,7 +148,7 @@ impl<B: Stage> Smart<B> {
     /// from a fraction of its weight to all of it over `config.window`, through leaf balancers
     /// that weigh instances (for round robin and random, see [`Smart::slow_start_as`]).
     pub fn slow_start(mut self, config: SlowStartConfig) -> Self {
-        self.slow_start = Some((config, Ramps::default()));
+        self.steps_mut().ramp = Some(SlowStart::new(config));
         self
     }
 
@@ -167,22 +161,10 @@ impl<B: Stage> Smart<B> {
         config: SlowStartConfig,
         make: impl Fn() -> B + Send + Sync + 'static,
     ) -> Self {
-        self.slow_start = Some((config, Ramps::default()));
-        self.ramp_make = Some(Box::new(move |previous: Option<&Arc<B>>| {
-            previous.cloned().unwrap_or_else(|| Arc::new(make()))
-        }));
+        let steps = self.steps_mut();
+        steps.ramp = Some(SlowStart::new(config));
+        steps.planner.stand_in = Some(keep_or(make));
         self
-    }
-
-    /// True while `plan` still holds: its subset deal is the current one and no ramp step is due.
-    #[inline]
-    fn current(&self, plan: &Plan<B>) -> bool {
-        self.subset
-            .as_ref()
-            .is_none_or(|s| s.version() == plan.subset_version)
-            && plan
-                .ramp_until
-                .is_none_or(|t| tokio::time::Instant::now() < t)
     }
 
     /// The random source of zone-aware spills (default: per-thread; a
@@ -195,109 +177,74 @@ impl<B: Stage> Smart<B> {
     /// True when routing leaves out instances known to be unhealthy (see
     /// [`skip_unhealthy`](Self::skip_unhealthy)).
     pub fn skips_unhealthy(&self) -> bool {
-        self.skip_unhealthy
+        self.rules.skip_unhealthy
     }
 
     /// The instances ramping up now under slow start (none without it); reads only, for a
     /// console or a log.
     pub fn ramps(&self) -> Vec<Ramp> {
-        match &self.slow_start {
-            Some((config, ramps)) => ramps.ramping(config, tokio::time::Instant::now()),
+        match &lock(&self.steps).ramp {
+            Some(ramp) => ramp.ramping(tokio::time::Instant::now()),
             None => Vec::new(),
         }
     }
 
     /// The version rules.
     pub fn version_rules(&self) -> &Version {
-        &self.version
+        &self.rules.version
     }
 
     /// The geo rules.
     pub fn geo_rules(&self) -> &Geo {
-        &self.geo
+        &self.rules.geo
     }
 
+    /// The steps' state, for tests to see which step ran.
+    #[cfg(test)]
+    pub(super) fn steps(&self) -> std::sync::MutexGuard<'_, Steps<B>> {
+        lock(&self.steps)
+    }
+
+    /// The subsetting clients' version a view must have been dealt from (0 without subsetting).
     #[inline]
-    fn plan(&self, snapshot: &Snapshot) -> Guard<Arc<Plan<B>>> {
-        let plan = self.plan.load();
-        if plan.built && plan.revision == snapshot.revision() && self.current(&plan) {
-            return plan;
+    fn clients(&self) -> u64 {
+        self.subset.as_ref().map_or(0, |s| s.version())
+    }
+
+    /// The view current for `snapshot`: read, or brought up to date by the steps.
+    #[inline]
+    fn view(&self, snapshot: &Snapshot) -> Guard<Arc<View<B>>> {
+        let view = self.view.load();
+        if view.is_current(snapshot.revision(), self.clients()) {
+            return view;
         }
-        drop(plan);
-        Guard::from_inner(self.rebuild(snapshot))
+        drop(view);
+        Guard::from_inner(self.refresh(snapshot))
     }
 
     #[cold]
-    fn rebuild(&self, snapshot: &Snapshot) -> Arc<Plan<B>> {
-        let _lock = lock(&self.rebuild);
-        let current = self.plan.load_full();
-        if current.built && current.revision == snapshot.revision() && self.current(&current) {
+    fn refresh(&self, snapshot: &Snapshot) -> Arc<View<B>> {
+        let mut steps = lock(&self.steps);
+        let current = self.view.load_full();
+        let clients = self.clients();
+        if current.is_current(snapshot.revision(), clients) {
             return current;
         }
-        let previous = current.built.then_some(&*current);
-        let (dealt, subset_version) = match &self.subset {
-            Some(s) => {
-                let version = s.version();
-                (Some(s.filter(snapshot.instances())), version)
-            }
-            None => (None, 0),
-        };
-        let now = tokio::time::Instant::now();
-        let ramp = match &self.slow_start {
-            Some((config, ramps)) => {
-                let list = dealt.as_deref().unwrap_or(snapshot.instances());
-                let usable: Vec<&Instance> = list
-                    .iter()
-                    .filter(|i| !self.skip_unhealthy || i.health.is_usable())
-                    .collect();
-                ramps.factors(config, &usable, now)
-            }
-            None => Default::default(),
-        };
-        let rules = Rules {
-            version: &self.version,
-            geo: &self.geo,
-            skip_unhealthy: self.skip_unhealthy,
-            zone_aware: &self.zone_aware,
-            ramp: &ramp,
-            even: false,
-        };
-        let (rules, make) = match &self.ramp_make {
-            Some(stand_in) if !ramp.is_empty() => (
-                Rules {
-                    even: true,
-                    ..rules
-                },
-                &**stand_in,
-            ),
-            _ => (rules, &*self.make),
-        };
-        let mut plan = Plan::build(
-            dealt.as_deref().unwrap_or(snapshot.instances()),
-            snapshot.revision(),
-            &rules,
-            previous,
-            make,
-        );
-        plan.subset_version = subset_version;
-        plan.generation = self.plans.fetch_add(1, Ordering::Relaxed);
-        plan.ramp_until = match &self.slow_start {
-            Some((config, _)) if !ramp.is_empty() => Some(now + config.step()),
-            _ => None,
-        };
-        let plan = Arc::new(plan);
-        // An older snapshot than the current plan's (a race around a swap) gets its own plan
-        // without replacing the newer one; the same snapshot's new plan (a new subset deal, a
-        // slow-start step) replaces it.
-        if !current.built || current.revision <= snapshot.revision() {
-            self.plan.store(plan.clone());
+        let source = self.subset.as_deref();
+        // An older snapshot than the current view's (a race around a swap) gets its own plan
+        // without replacing the newer one.
+        if current.revision.is_some_and(|r| r > snapshot.revision()) {
+            return Arc::new(steps.aside(snapshot, source, clients, &self.rules));
         }
+        let view = Arc::new(steps.refresh(snapshot, source, clients, &self.rules));
+        self.view.store(view.clone());
         tracing::debug!(
             revision = snapshot.revision(),
-            leaves = plan.leaves.len(),
-            "routing plan rebuilt"
+            generation = view.plan.generation,
+            leaves = view.plan.leaves.len(),
+            "routing view refreshed"
         );
-        plan
+        view
     }
 
     /// The leaf of the plan `route` leads to in `snapshot`, and why. `None` only for an empty
@@ -307,12 +254,13 @@ impl<B: Stage> Smart<B> {
         if snapshot.is_empty() {
             return None;
         }
-        let plan = self.plan(snapshot);
-        let (index, decision) = plan.route(&self.version, &self.geo, route, &*self.rng);
+        let view = self.view(snapshot);
+        let (index, decision) = view.plan.route(&self.rules, route, &*self.rng);
         Some(Leaf {
-            plan,
+            view,
             index,
             decision,
+            revision: snapshot.revision(),
         })
     }
 
@@ -335,16 +283,16 @@ impl<B: Stage> Smart<B> {
         usable: &Usable<'_>,
     ) -> Option<Routed<B>> {
         let leaf = self.route(snapshot, route)?;
-        let data = leaf.data();
-        let revision = leaf.plan.generation;
+        let plan = &leaf.view.plan;
+        let data = &plan.leaves[leaf.index];
         let (index, guard) = data
             .balancer
-            .pick(&data.instances, revision, route.key, usable)
+            .pick(&data.instances, plan.generation, route.key, usable)
             .or_else(|| {
                 data.balancer
-                    .pick(&data.instances, revision, route.key, any_instance())
+                    .pick(&data.instances, plan.generation, route.key, any_instance())
             })?;
-        let load = leaf.plan.load_band.map(|_| LeafLoad::start(&data.load));
+        let load = plan.load_band.map(|_| LeafLoad::start(&data.load));
         Some(Routed {
             leaf,
             index,

@@ -16,6 +16,7 @@ use crate::snapshot::Snapshot;
 mod properties;
 mod smart;
 mod stages;
+mod steps;
 
 fn inst(
     id: &str,
