@@ -4,7 +4,10 @@
 
 use indexmap::IndexMap;
 
-use super::{ClientRegions, HASH_KEY_HEADER, SlowStartConfig, TrustedProxies, ZoneAwareConfig};
+use super::address::{ClientRegions, TrustedProxies};
+use super::route::HASH_KEY_HEADER;
+use super::slow_start::SlowStartConfig;
+use super::spill::ZoneAwareConfig;
 use crate::balance::{ConsistentHashConfig, Strategy};
 
 /// `load_balancer`.

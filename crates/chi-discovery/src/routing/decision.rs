@@ -1,7 +1,8 @@
 //! What a route was decided by: [`Decision`], the version rule's and the geo rule's step and
 //! whether no instance was usable, for logs and metrics to count fallbacks.
 
-use super::{GeoStep, VersionStep};
+use super::geo::GeoStep;
+use super::version::VersionStep;
 
 /// Which rules decided a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

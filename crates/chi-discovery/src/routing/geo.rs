@@ -18,8 +18,8 @@
 
 use rustc_hash::FxHashMap;
 
-use super::RoutingConfig;
-use super::{REGION_META, Route, ZONE_META};
+use super::config::RoutingConfig;
+use super::route::{REGION_META, Route, ZONE_META};
 use crate::instance::Instance;
 
 /// Which geo rule decided; see the module docs.

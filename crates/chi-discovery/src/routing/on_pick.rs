@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use super::{Routed, Stage};
+use super::leaf::Routed;
+use super::stage::Stage;
 use crate::balance::Balancer;
 
 type Hook<B> = Box<dyn Fn(&str, &Routed<B>) + Send + Sync>;

@@ -11,10 +11,12 @@ use crate::error::{Error, Result};
 
 use std::sync::Arc;
 
-use super::{
-    Headers, LoadBalancerConfig, Route, RoutingConfig, SlowStartConfig, Smart, SubsetSource,
-    ZoneAwareConfig,
-};
+use super::config::{LoadBalancerConfig, RoutingConfig};
+use super::route::{Headers, Route};
+use super::slow_start::SlowStartConfig;
+use super::smart::Smart;
+use super::spill::ZoneAwareConfig;
+use super::subset::SubsetSource;
 
 /// The recipe of every service's router; see the module docs.
 #[derive(Debug, Clone)]

@@ -12,7 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Breaker, OnPick, Route, Routed, Slot, Smart, Stage};
+use super::breaker::{Breaker, Slot};
+use super::leaf::Routed;
+use super::on_pick::OnPick;
+use super::route::Route;
+use super::smart::Smart;
+use super::stage::Stage;
 use crate::balance::Balancer;
 use crate::discovery::Snapshot;
 use crate::error::Error;

@@ -16,8 +16,8 @@
 
 use std::hash::{Hash, Hasher};
 
-use super::RoutingConfig;
-use super::{Route, serves_version};
+use super::config::RoutingConfig;
+use super::route::{Route, serves_version};
 use crate::instance::Instance;
 
 /// Which version rule decided; see the module docs.
