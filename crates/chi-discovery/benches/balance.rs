@@ -4,7 +4,8 @@
 //! that hold on a noisy machine (docs/DESIGN.md §11). Plus the rebuild of a consistent-hash table.
 //!
 //! `select/*` measures the algorithm alone (a selector's `pick`, guard included); `pick/*` the whole
-//! [`Balancer`] path, which adds reading the current table and a revision check. `select_busy/*`
+//! [`Balancer::pick`] path over a snapshot, which adds reading the current table and a revision
+//! check. `select_busy/*`
 //! and `pick_busy/*` hold requests on every instance first: least connections must then find the
 //! least loaded among busy instances, the case its idle figures hide.
 //!
@@ -20,11 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chi_discovery::Instance;
 use chi_discovery::balance::{
     Balancer, BalancerConfig, ConsistentHash, ConsistentHashConfig, Request, RingHash, Strategy,
     ThreadRandom, default_hash,
 };
+use chi_discovery::{Instance, Snapshot};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
@@ -130,19 +131,20 @@ fn strategies(c: &mut Criterion) {
             }
         }
         g.finish();
-        // The whole hot path: `Balancer::pick_in` (ArcSwap load, revision check, select, guard).
+        // The whole hot path: `Balancer::pick` over a snapshot (the table's load, revision
+        // check, select, guard).
         let mut g = c.benchmark_group(format!("pick/{}", strategy.as_str()));
         for n in SIZES {
-            let list = instances(n);
+            let snapshot = Snapshot::new(instances(n), 1);
             let balancer = Balancer::new(strategy);
             // Build the table outside the measurement.
-            let _ = balancer.pick_in(&list, 1, &Request::new());
+            let _ = balancer.pick(&snapshot, None);
             for threads in [1usize, 2] {
                 g.bench_function(BenchmarkId::new(format!("{threads}t"), n), |b| {
                     b.iter_custom(|iters| {
                         on_threads(threads, iters, |i| {
                             let k = key(i);
-                            let pick = balancer.pick_in(&list, 1, &Request::with_key(&k));
+                            let pick = balancer.pick(&snapshot, Some(&k));
                             black_box(pick.as_ref().map(|p| p.index()));
                         })
                     })
@@ -195,16 +197,16 @@ fn busy_pick(c: &mut Criterion) {
     for strategy in [Strategy::LeastConnections, Strategy::P2c] {
         let mut g = c.benchmark_group(format!("pick_busy/{}", strategy.as_str()));
         for n in SIZES {
-            let list = instances(n);
+            let snapshot = Snapshot::new(instances(n), 1);
             let balancer = Balancer::new(strategy);
             let held: Vec<_> = (0..3 * n)
-                .filter_map(|_| balancer.pick_in(&list, 1, &Request::new()))
+                .filter_map(|_| balancer.pick(&snapshot, None))
                 .collect();
             g.bench_function(BenchmarkId::new("1t", n), |b| {
                 b.iter_custom(|iters| {
                     on_threads(1, iters, |i| {
                         let k = key(i);
-                        let pick = balancer.pick_in(&list, 1, &Request::with_key(&k));
+                        let pick = balancer.pick(&snapshot, Some(&k));
                         black_box(pick.as_ref().map(|p| p.index()));
                     })
                 })
@@ -229,14 +231,15 @@ fn busy_health_off(c: &mut Criterion) {
         ..BalancerConfig::new(Strategy::LeastConnections)
     })
     .expect("valid");
-    let any = Request::any();
+    // Health checking off: the balancer's picks accept every instance (`Request::any`).
+    let snapshot = Snapshot::new(list, 1);
     let held: Vec<_> = (0..3 * n)
-        .filter_map(|_| balancer.pick_in(&list, 1, &any))
+        .filter_map(|_| balancer.pick(&snapshot, None))
         .collect();
     g.bench_function(BenchmarkId::new("1t", n), |b| {
         b.iter_custom(|iters| {
             on_threads(1, iters, |_| {
-                let pick = balancer.pick_in(&list, 1, &Request::any());
+                let pick = balancer.pick(&snapshot, None);
                 black_box(pick.as_ref().map(|p| p.index()));
             })
         })

@@ -10,12 +10,10 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use chi_discovery::balance::{Balancer, Strategy};
 use chi_discovery::health::HealthChecker;
+use chi_discovery::prelude::*;
 use chi_discovery::registry::Memory;
-use chi_discovery::{
-    Change, DiscoveryClient, Filter, HealthCheck, HealthStatus, ServiceConfig, ServiceManager,
-};
+use chi_discovery::{Change, HealthCheck};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 

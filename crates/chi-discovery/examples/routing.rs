@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
-use chi_discovery::balance::{BalancerConfig, Strategy};
+use chi_discovery::balance::BalancerConfig;
 use chi_discovery::config::RoutingConfig;
-use chi_discovery::registry::{Memory, Registry};
-use chi_discovery::routing::{Route, Smart, Stage};
-use chi_discovery::{DiscoveryClient, HealthStatus, Instance, Snapshot};
+use chi_discovery::prelude::*;
+use chi_discovery::registry::Memory;
+use chi_discovery::routing::Stage;
 use indexmap::IndexMap;
 
 const SERVICE: &str = "user-service";

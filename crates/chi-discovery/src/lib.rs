@@ -40,6 +40,43 @@
 //! manager.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Picking an instance
+//!
+//! Two ways, one per need; [`prelude`] imports both.
+//!
+//! - **A [`Balancer`](balance::Balancer) over a snapshot**: one strategy for one service. Hand
+//!   it the service's current [`Snapshot`] on every request, with the key of the hashing
+//!   strategies if any; it rebuilds its table only when the snapshot's revision moved.
+//! - **A [`Smart`](routing::Smart) router over a [`Route`](routing::Route)**: the request's
+//!   version, region and zone choose a leaf (version routing, geo routing, zone-aware spills,
+//!   deterministic subsetting, slow start, as configured), whose own balancer picks; the pick
+//!   says which rules decided. [`routing::Routers`] makes one per service from the config file,
+//!   and [`Chi`]'s HTTP helper and tower services pick through them.
+//!
+//! ```no_run
+//! use chi_discovery::prelude::*;
+//! use chi_discovery::config::RoutingConfig;
+//!
+//! # async fn demo(client: DiscoveryClient) -> chi_discovery::Result<()> {
+//! let snapshot = client.discover("user-service").await?;
+//!
+//! let balancer = Balancer::new(Strategy::LeastConnections);
+//! let pick = balancer.pick(&snapshot, None).ok_or_else(|| Error::NoInstance {
+//!     service: "user-service".into(),
+//! })?;
+//! println!("calling {}", pick.instance().authority()); // in flight until `pick` drops
+//!
+//! let router = Smart::from_config(&RoutingConfig::default(), || Balancer::new(Strategy::RoundRobin));
+//! let route = Route::new().version("v2").zone("us-east-1a");
+//! if let Some(routed) = router.pick(&snapshot, &route) {
+//!     println!("calling {} ({:?})", routed.instance().authority(), routed.decision());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Beneath them, [`balance::Select`] (a strategy's table) and [`routing::Stage`] (a leaf's
+//! balancer) are what to implement for a strategy of your own, not what to call.
 
 mod advertise;
 pub mod balance;
@@ -53,6 +90,7 @@ mod keyed;
 pub mod manager;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+pub mod prelude;
 pub mod registry;
 pub mod retry;
 pub mod routing;

@@ -23,7 +23,10 @@ pub(crate) struct SnapshotData {
 }
 
 impl Snapshot {
-    pub(crate) fn new(instances: Vec<Instance>, revision: u64) -> Self {
+    /// A snapshot of `instances`, for a list of your own (discovery makes the others).
+    /// `revision` must change whenever the list does (equal revisions mean equal lists) and grow
+    /// over time: balancers and routers rebuild their tables only when it moves.
+    pub fn new(instances: Vec<Instance>, revision: u64) -> Self {
         Snapshot(Arc::new(SnapshotData {
             instances: instances.into(),
             stale: false,

@@ -266,10 +266,11 @@ impl Balancer {
                 ANY
             },
         };
-        self.pick_in(snapshot.instances(), snapshot.revision(), &request)
+        self.pick_list(snapshot.instances(), snapshot.revision(), &request)
     }
 
     /// [`pick`](Self::pick), with [`Error::NoInstance`] naming `service` when nothing is usable.
+    #[deprecated(note = "use `pick(..).ok_or_else(|| Error::NoInstance { .. })`: one way to pick")]
     pub fn pick_or_err<'a>(
         &self,
         service: &str,
@@ -281,19 +282,36 @@ impl Balancer {
         })
     }
 
-    /// Picks from `snapshot` with a caller-made request (own predicate, key).
+    /// [`pick`](Self::pick) with a caller-made request: its key, and its own predicate instead
+    /// of the health rule (e.g. also skipping what an
+    /// [`OutlierDetector`](crate::health::OutlierDetector) ejected).
     #[inline]
     pub fn pick_with<'a>(&self, snapshot: &'a Snapshot, request: &Request<'_>) -> Option<Pick<'a>> {
-        self.pick_in(snapshot.instances(), snapshot.revision(), request)
+        self.pick_list(snapshot.instances(), snapshot.revision(), request)
     }
 
     /// Picks from a plain list. `revision` must change whenever the list changes (equal revisions
     /// mean equal lists) and grow over time, like [`Snapshot::revision`].
+    #[deprecated(
+        note = "make a `Snapshot::new(list, revision)` and use `pick` or `pick_with`: one way to pick"
+    )]
+    #[inline(always)]
+    pub fn pick_in<'a>(
+        &self,
+        instances: &'a [Instance],
+        revision: u64,
+        request: &Request<'_>,
+    ) -> Option<Pick<'a>> {
+        self.pick_list(instances, revision, request)
+    }
+
+    /// The pick behind [`pick`](Self::pick), [`pick_with`](Self::pick_with) and a routed
+    /// leaf's, from `instances` of `revision` (see [`Snapshot::revision`]).
     // Always inlined: reading the table and making the `Pick` are a few instructions, and a call
     // returns the `Pick` through memory, which the caller reads back with a store-forwarding
     // stall (profiled: half the cost of a round-robin pick).
     #[inline(always)]
-    pub fn pick_in<'a>(
+    pub(crate) fn pick_list<'a>(
         &self,
         instances: &'a [Instance],
         revision: u64,

@@ -27,8 +27,8 @@
 //!   Finagle's / linkerd's *peak EWMA* latency cost.
 //!
 //! Every selector:
-//! - returns `None` on an empty set (never panics); [`Balancer::pick_or_err`] turns that into
-//!   [`Error::NoInstance`](crate::Error::NoInstance);
+//! - returns `None` on an empty set (never panics); a caller turns that into
+//!   [`Error::NoInstance`](crate::Error::NoInstance) naming the service;
 //! - excludes instances of [`effective_weight`](Instance::effective_weight) 0 at build time;
 //! - skips instances refused by the request's predicate ([`Request::usable`], by default "not known
 //!   unhealthy") at pick time, without a rebuild, falling through to another instance.
@@ -67,39 +67,44 @@
 //!
 //! # Usage
 //!
-//! A [`Balancer`] holds one strategy for one service. Hand it the current [`Snapshot`](crate::Snapshot) of the
-//! service on every request: it rebuilds its table only when the snapshot's revision moved, and
-//! returns the instance plus, for load-aware strategies, a guard that counts the request in flight.
+//! A [`Balancer`] holds one strategy for one service: the way to pick over a snapshot (the
+//! other, over a route, is [`Smart`](crate::routing::Smart): see the [crate docs](crate)). Hand
+//! it the current [`Snapshot`](crate::Snapshot) of the service on every request: it rebuilds its
+//! table only when the snapshot's revision moved, and returns the instance plus, for load-aware
+//! strategies, a guard that counts the request in flight.
 //!
 //! ```
-//! use chi_discovery::Instance;
-//! use chi_discovery::balance::{Balancer, Request, Strategy};
+//! use chi_discovery::prelude::*;
 //!
-//! let instances = vec![
-//!     Instance::new("user-service", "10.0.0.1", 8080).with_weight(5),
-//!     Instance::new("user-service", "10.0.0.2", 8080),
-//! ];
+//! // From the discovery client: `client.discover("user-service").await?`. Here, a list of our
+//! // own, revision 1.
+//! let snapshot = Snapshot::new(
+//!     vec![
+//!         Instance::new("user-service", "10.0.0.1", 8080).with_weight(5),
+//!         Instance::new("user-service", "10.0.0.2", 8080),
+//!     ],
+//!     1,
+//! );
 //! let strategy: Strategy = "least_connections".parse().expect("a known name");
 //! let balancer = Balancer::new(strategy);
-//!
-//! // With a `Snapshot` from the discovery client: `balancer.pick(&snapshot, None)`.
-//! // Here, a plain list and its revision:
-//! let pick = balancer
-//!     .pick_in(&instances, 1, &Request::new())
-//!     .expect("two instances");
+//! let pick = balancer.pick(&snapshot, None).expect("two instances");
 //! println!("calling {}", pick.instance().authority());
 //! // ... the call ...
 //! pick.observe(std::time::Duration::from_millis(3)); // or just drop it: the count goes down
 //!
 //! // Consistent hashing: the same key goes to the same instance.
 //! let sticky = Balancer::new(Strategy::ConsistentHash);
-//! let a = sticky.pick_in(&instances, 1, &Request::with_key(b"user-42")).expect("picked");
-//! let b = sticky.pick_in(&instances, 1, &Request::with_key(b"user-42")).expect("picked");
+//! let a = sticky.pick(&snapshot, Some(b"user-42")).expect("picked");
+//! let b = sticky.pick(&snapshot, Some(b"user-42")).expect("picked");
 //! assert_eq!(a.instance().id, b.instance().id);
 //!
 //! // Unknown names are refused with the list of valid ones.
 //! assert!("fastest".parse::<Strategy>().unwrap_err().contains("round_robin"));
 //! ```
+//!
+//! [`Balancer::pick_with`] takes a [`Request`] instead of the key: its own predicate of which
+//! instances may be picked. The selectors themselves ([`Select`]) are what a strategy
+//! implements, not what a caller picks with.
 //!
 //! # Performance
 //!
@@ -229,7 +234,9 @@ impl<'a> Request<'a> {
     }
 }
 
-/// A load-balancing algorithm, built once per membership change.
+/// A load-balancing algorithm, built once per membership change: what each strategy
+/// implements. A caller picks through a [`Balancer`], which keeps the table of the snapshot's
+/// revision; calling a selector directly is for measuring and testing one.
 ///
 /// `select` returns the index, in `instances`, of the instance to call. `instances` must be the
 /// list the selector was built from (a [`Balancer`] guarantees it by comparing revisions); given

@@ -138,10 +138,12 @@ impl<B: Stage> ServiceState<B> {
         self.breaker.as_ref()
     }
 
-    /// Picks for `route` ([`Self::pick`]) and, with a circuit breaker, takes a slot of the
-    /// picked instance: instances at their bound are skipped, and when every instance of the
-    /// routed subset is, the pick fails fast with [`Error::Overloaded`]. The slot is freed when
-    /// the [`Admitted`] is dropped. The pick is told to the [`OnPick`] of [`Self::on_pick`].
+    /// Observes `snapshot` ([`Self::observe`]), picks for `route` skipping the instances the
+    /// detector ejected (unless it ejected the whole routed leaf: see [`Smart::pick_usable`])
+    /// and, with a circuit breaker, takes a slot of the picked instance: instances at their
+    /// bound are skipped, and when every instance of the routed leaf is, the pick fails fast
+    /// with [`Error::Overloaded`]. The slot is freed when the [`Admitted`] is dropped. The pick
+    /// is told to the [`OnPick`] of [`Self::on_pick`].
     pub fn admit(
         &self,
         snapshot: &Snapshot,
@@ -178,7 +180,10 @@ impl<B: Stage> ServiceState<B> {
     }
 
     /// Observes `snapshot` ([`Self::observe`]) and picks for `route`, skipping the instances the
-    /// detector ejected (unless it ejected the whole routed subset: see [`Smart::pick_usable`]).
+    /// detector ejected (unless it ejected the whole routed leaf: see [`Smart::pick_usable`]).
+    #[deprecated(
+        note = "use `admit`, which also takes the circuit breaker's slot and tells the `OnPick`: one way to pick"
+    )]
     pub fn pick(&self, snapshot: &Snapshot, route: &Route<'_>) -> Option<Routed<B>> {
         self.observe(snapshot);
         let outliers = &self.outliers;
@@ -239,8 +244,8 @@ mod tests {
         assert!(!s.record(bad, false));
         assert!(s.record(bad, false));
         for _ in 0..20 {
-            let routed = s.pick(&snap, &Route::new()).expect("a pick");
-            assert_ne!(routed.instance().id, bad);
+            let admitted = s.admit(&snap, &Route::new(), "svc").expect("a pick");
+            assert_ne!(admitted.routed.instance().id, bad);
         }
     }
 }

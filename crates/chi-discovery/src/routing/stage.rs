@@ -14,7 +14,9 @@ pub(super) fn any_instance() -> &'static Usable<'static> {
     Request::any().usable
 }
 
-/// The last stage of [`Smart`](super::Smart): picks one instance from a leaf's list.
+/// The last stage of [`Smart`](super::Smart): picks one instance from a leaf's list. What a
+/// leaf balancer implements, not what a caller picks with: a caller calls
+/// [`Smart::pick`](super::Smart::pick).
 ///
 /// Implemented for closures `Fn(&[Instance], Option<&[u8]>) -> Option<usize>` (strategy name
 /// `custom`; a pick that `usable` rejects is asked again, at most once per instance).
@@ -81,7 +83,7 @@ impl Stage for Balancer {
         usable: &Usable<'_>,
     ) -> Option<(usize, Option<InFlight>)> {
         let request = Request { key, usable };
-        let mut pick = self.pick_in(instances, revision, &request)?;
+        let mut pick = self.pick_list(instances, revision, &request)?;
         Some((pick.index(), pick.take_in_flight()))
     }
 }

@@ -16,7 +16,7 @@ fn balancers_sharing_slots_pick_from_their_own_lists() {
         .collect();
     for round in 0..4 {
         for (b, (balancer, list)) in balancers.iter().zip(&lists).enumerate() {
-            let p = balancer.pick_in(list, 1, &Request::new()).expect("3");
+            let p = balancer.pick_list(list, 1, &Request::new()).expect("3");
             assert_eq!(p.instance().id, format!("b{b}-i{}", round % 3));
         }
     }
@@ -29,22 +29,22 @@ fn a_swapped_table_is_seen_by_other_threads() {
     let balancer = Arc::new(Balancer::new(Strategy::RoundRobin));
     let one = set(2);
     let two: Vec<Instance> = (0..3).map(|i| inst(&format!("new{i}"))).collect();
-    assert!(balancer.pick_in(&one, 1, &Request::new()).is_some());
+    assert!(balancer.pick_list(&one, 1, &Request::new()).is_some());
     let other = {
         let b = balancer.clone();
         let one = one.clone();
         std::thread::spawn(move || {
             // Cache revision 1 on this thread.
-            b.pick_in(&one, 1, &Request::new()).map(|p| p.index())
+            b.pick_list(&one, 1, &Request::new()).map(|p| p.index())
         })
     };
     assert!(other.join().expect("no panic").is_some());
-    assert!(balancer.pick_in(&two, 2, &Request::new()).is_some());
+    assert!(balancer.pick_list(&two, 2, &Request::new()).is_some());
     let b = balancer.clone();
     let seen = std::thread::spawn(move || {
         let ids: Vec<String> = (0..3)
             .map(|_| {
-                b.pick_in(&two, 2, &Request::new())
+                b.pick_list(&two, 2, &Request::new())
                     .expect("3")
                     .instance()
                     .id
@@ -52,7 +52,7 @@ fn a_swapped_table_is_seen_by_other_threads() {
             })
             .collect();
         let old = b
-            .pick_in(&one, 1, &Request::new())
+            .pick_list(&one, 1, &Request::new())
             .map(|p| p.instance().id.clone());
         (ids, old, b.revision())
     })
@@ -69,15 +69,15 @@ fn a_predicate_may_pick_from_a_balancer() {
     let list = set(4);
     let outer = Balancer::new(Strategy::Random);
     let inner = Balancer::new(Strategy::RoundRobin);
-    let _ = outer.pick_in(&list, 1, &Request::new());
+    let _ = outer.pick_list(&list, 1, &Request::new());
     let nested = |i: &Instance| {
-        let a = inner.pick_in(&list, 1, &Request::new()).is_some();
-        let b = outer.pick_in(&list, 1, &Request::any()).is_some();
+        let a = inner.pick_list(&list, 1, &Request::new()).is_some();
+        let b = outer.pick_list(&list, 1, &Request::any()).is_some();
         a && b && i.id != "i0"
     };
     for _ in 0..100 {
         let p = outer
-            .pick_in(&list, 1, &Request::new().filter(&nested))
+            .pick_list(&list, 1, &Request::new().filter(&nested))
             .expect("3 accepted");
         assert_ne!(p.instance().id, "i0");
     }

@@ -16,7 +16,7 @@ fn idle_counts(
 ) -> Vec<usize> {
     counts(
         list.len(),
-        (0..PICKS).map(|_| b.pick_in(list, revision, request).expect("some").index()),
+        (0..PICKS).map(|_| b.pick_list(list, revision, request).expect("some").index()),
     )
 }
 

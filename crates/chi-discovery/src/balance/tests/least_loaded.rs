@@ -150,22 +150,22 @@ fn counts_that_outlive_a_rebuild_reach_the_new_tree() {
     let b = Balancer::new(Strategy::LeastConnections);
     let list = set(3);
     let held: Vec<_> = (0..6)
-        .map(|_| b.pick_in(&list, 1, &Request::new()).expect("3"))
+        .map(|_| b.pick_list(&list, 1, &Request::new()).expect("3"))
         .collect();
     let mut bigger = list.clone();
     bigger.push(inst("i3"));
     // The new instance is idle; then two picks land on it, and the others have two each.
     let on_new: Vec<_> = (0..2)
-        .map(|_| b.pick_in(&bigger, 2, &Request::new()).expect("4"))
+        .map(|_| b.pick_list(&bigger, 2, &Request::new()).expect("4"))
         .collect();
     assert!(on_new.iter().all(|p| p.instance().id == "i3"));
     // An outdated list is answered without taking the cells' tree.
-    let old = b.pick_in(&list, 1, &Request::new()).expect("3");
+    let old = b.pick_list(&list, 1, &Request::new()).expect("3");
     drop(old);
     // The requests taken under the first table end: i0..i2 are idle in the new one.
     drop(held);
     let next: Vec<_> = (0..3)
-        .map(|_| b.pick_in(&bigger, 2, &Request::new()).expect("4"))
+        .map(|_| b.pick_list(&bigger, 2, &Request::new()).expect("4"))
         .collect();
     let mut ids: Vec<&str> = next.iter().map(|p| p.instance().id.as_str()).collect();
     ids.sort_unstable();
@@ -240,7 +240,7 @@ fn counts_stay_exact_across_concurrent_rebuilds() {
                     let r = rev.load(Ordering::SeqCst);
                     let list = &lists[(r % 8) as usize];
                     if held.len() < 6 && rng.next_u64().is_multiple_of(2) {
-                        if let Some(mut p) = b.pick_in(list, r, &Request::new()) {
+                        if let Some(mut p) = b.pick_list(list, r, &Request::new()) {
                             held.push(p.take_in_flight());
                         }
                     } else if !held.is_empty() {
@@ -259,7 +259,7 @@ fn counts_stay_exact_across_concurrent_rebuilds() {
     // Hold one request per instance: if a count had leaked or the tree lagged, some instance
     // would get two before another got one.
     let picks: Vec<_> = (0..list.len())
-        .map(|_| balancer.pick_in(list, r, &Request::new()).expect("some"))
+        .map(|_| balancer.pick_list(list, r, &Request::new()).expect("some"))
         .collect();
     let mut seen: Vec<usize> = picks.iter().map(|p| p.index()).collect();
     seen.sort_unstable();

@@ -119,19 +119,23 @@ fn empty_zero_weight_and_all_unhealthy_sets_give_none() {
         .collect();
     for s in Strategy::ALL {
         let b = balancer(s, 1);
-        assert!(b.pick_in(&[], 1, &Request::with_key(b"k")).is_none(), "{s}");
         assert!(
-            b.pick_in(&zero, 2, &Request::with_key(b"k")).is_none(),
+            b.pick_list(&[], 1, &Request::with_key(b"k")).is_none(),
             "{s}"
         );
         assert!(
-            b.pick_in(&sick, 3, &Request::with_key(b"k")).is_none(),
+            b.pick_list(&zero, 2, &Request::with_key(b"k")).is_none(),
             "{s}"
         );
-        assert!(b.pick_in(&sick, 3, &Request::new()).is_none(), "{s}");
+        assert!(
+            b.pick_list(&sick, 3, &Request::with_key(b"k")).is_none(),
+            "{s}"
+        );
+        assert!(b.pick_list(&sick, 3, &Request::new()).is_none(), "{s}");
         // Health checking off: the unhealthy ones are picked.
-        assert!(b.pick_in(&sick, 3, &Request::any()).is_some(), "{s}");
+        assert!(b.pick_list(&sick, 3, &Request::any()).is_some(), "{s}");
         let empty = Snapshot::new(Vec::new(), 9);
+        #[allow(deprecated)] // kept working while deprecated
         match b.pick_or_err("user-service", &empty, None) {
             Err(Error::NoInstance { service }) => assert_eq!(service, "user-service"),
             other => panic!("{s}: {other:?}"),
@@ -146,7 +150,7 @@ fn weight_zero_is_never_picked() {
         let b = balancer(s, 7);
         for k in 0..500u32 {
             let p = b
-                .pick_in(&list, 1, &Request::with_key(&k.to_le_bytes()))
+                .pick_list(&list, 1, &Request::with_key(&k.to_le_bytes()))
                 .expect("picked");
             assert!(p.index() == 0 || p.index() == 2, "{s} picked {}", p.index());
         }
@@ -159,14 +163,14 @@ fn unhealthy_instances_are_skipped_without_rebuild() {
     for s in Strategy::ALL {
         let b = balancer(s, 3);
         list[2].health = HealthStatus::Healthy;
-        let _ = b.pick_in(&list, 1, &Request::new());
+        let _ = b.pick_list(&list, 1, &Request::new());
         // Same revision, so the table is not rebuilt: a predicate excludes instance 2.
         let not_two = |i: &Instance| i.id != "i2";
         let mut seen = vec![0; 5];
         for k in 0..2000u32 {
             let key = k.to_le_bytes();
             let p = b
-                .pick_in(&list, 1, &Request::with_key(&key).filter(&not_two))
+                .pick_list(&list, 1, &Request::with_key(&key).filter(&not_two))
                 .expect("picked");
             seen[p.index()] += 1;
         }

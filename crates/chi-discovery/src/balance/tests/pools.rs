@@ -36,7 +36,7 @@ fn pool_picks_match_the_general_path() {
         let picked = |request: &Request<'_>| {
             let mut seen = vec![0u32; list.len()];
             for _ in 0..4000 {
-                seen[b.pick_in(&list, 1, request).expect("some").index()] += 1;
+                seen[b.pick_list(&list, 1, request).expect("some").index()] += 1;
             }
             seen.iter().map(|&c| c > 0).collect::<Vec<_>>()
         };

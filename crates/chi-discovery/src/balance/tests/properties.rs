@@ -23,7 +23,7 @@ proptest! {
             let b = Balancer::new(s);
             for k in 0..50u32 {
                 let key = k.to_le_bytes();
-                match b.pick_in(&list, 1, &Request::with_key(&key)) {
+                match b.pick_list(&list, 1, &Request::with_key(&key)) {
                     Some(p) => {
                         prop_assert!(p.instance().effective_weight() > 0);
                         prop_assert!(p.index() != sick);

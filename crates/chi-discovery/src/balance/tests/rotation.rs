@@ -232,7 +232,7 @@ fn peak_ewma_steers_away_from_slow_instances_and_forgives() {
         ..BalancerConfig::new(Strategy::PeakEwma)
     })
     .expect("valid");
-    let p = b.pick_in(&list, 1, &Request::new()).expect("2");
+    let p = b.pick_list(&list, 1, &Request::new()).expect("2");
     assert_eq!(p.in_flight().expect("guard").load().in_flight(), 1);
     p.observe(Duration::from_millis(2));
 }
