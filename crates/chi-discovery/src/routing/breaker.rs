@@ -4,7 +4,7 @@
 //! `per_host_thresholds`) bound what one caller sends to an instance that slows down: without a
 //! bound, every request piles onto it and waits. Here a pick skips an instance at its bound
 //! (the router's `usable` predicate, so the balancer goes to another one), and when every
-//! instance of the routed subset is at its bound the pick fails fast with
+//! instance of the routed leaf is at its bound the pick fails fast with
 //! [`Error::Overloaded`](crate::Error::Overloaded) instead of queueing; each such refusal is
 //! counted ([`Breaker::overflows`]).
 //!

@@ -15,10 +15,17 @@
 //!   wider one instead of failing the request, and the [`Decision`] says which fallback was taken
 //!   ([`VersionStep`], [`GeoStep`]), so logs and metrics can count them.
 //!
-//! Why subsets are precomputed: a request only reads. The per-version and per-place subsets of a
-//! service are computed once per [`Snapshot::revision`](crate::Snapshot::revision) (which changes
-//! exactly when the list changes) and swapped in with `arc-swap`, so a pick is a few hash lookups
-//! and one balancer pick, with no filtering of the instance list per request.
+//! Why leaves are precomputed: a request only reads. A [`Smart`] router groups a service's
+//! instances per version and per place once, into *leaves* with a balancer each, and swaps them in
+//! with `arc-swap`, so a pick is a few hash lookups to find its [`Leaf`] and one balancer pick,
+//! with no filtering of the instance list per request. The grouping is the last of three steps
+//! (the deal of deterministic subsetting, [`Subsetting`]; the ramp of [`slow_start`]; the plan),
+//! each recomputed only when its own inputs changed (`steps.rs`). [`Version::narrow`] and
+//! [`Geo::narrow`] compute the same sets per call.
+//!
+//! Two names that sound alike: a [`Leaf`] is where a route leads (the instances a request may go
+//! to); a *subset* is what deterministic subsetting deals a client ([`Subsetting`],
+//! [`SubsetSource`]), before any routing.
 //!
 //! A request is described by a [`Route`]; it can be read from anything exposing headers
 //! ([`http::HeaderMap`], [`http::Request`], see [`Headers`]) or built from plain values.

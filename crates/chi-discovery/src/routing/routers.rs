@@ -1,6 +1,6 @@
 //! One router per service, all from the config's `load_balancer` and `routing` blocks.
 //!
-//! A [`Smart`] router holds per-service state (its plan, one balancer per routed subset, their
+//! A [`Smart`] router holds per-service state (its plan, one balancer per routed leaf, their
 //! load counters), so each service needs its own; [`Routers`] is the recipe they are made from,
 //! checked once. `chi select`, `chi proxy`, the HTTP helper and [`Chi`](crate::Chi) all build
 //! their routers here, so `health_check_enabled`, the strategy and the header of the hash key
@@ -65,7 +65,7 @@ impl Routers {
     }
 
     /// A new router for one service: version and region routing, then one balancer per routed
-    /// subset; unhealthy instances skipped unless `health_check_enabled` is `false`.
+    /// leaf; unhealthy instances skipped unless `health_check_enabled` is `false`.
     pub fn router(&self) -> Smart<Balancer> {
         let config = self.balancer.clone();
         let skip_unhealthy = config.health_check_enabled;

@@ -19,10 +19,10 @@ use super::route::Route;
 use super::smart::Smart;
 use super::stage::Stage;
 use crate::balance::Balancer;
-use crate::discovery::Snapshot;
 use crate::error::Error;
 use crate::health::{OutlierConfig, OutlierDetector};
 use crate::instance::Instance;
+use crate::snapshot::Snapshot;
 
 /// Settings of every [`ServiceState`] a caller makes.
 ///
@@ -201,10 +201,10 @@ impl<B: Stage> ServiceState<B> {
 mod tests {
     use super::{ServiceState, ServiceStateConfig};
     use crate::balance::{Balancer, Strategy};
-    use crate::config::RoutingConfig;
-    use crate::discovery::Snapshot;
     use crate::instance::Instance;
+    use crate::routing::RoutingConfig;
     use crate::routing::{Route, Smart};
+    use crate::snapshot::Snapshot;
 
     fn state() -> ServiceState {
         let router = Smart::from_config(&RoutingConfig::default(), || {

@@ -1,5 +1,5 @@
 //! The last stage of a [`Smart`](super::Smart) router: a balancer, or any closure, picking one
-//! instance of a routed subset, and the per-pick predicate that may refuse some of them.
+//! instance of a routed leaf, and the per-pick predicate that may refuse some of them.
 
 use crate::balance::{Balancer, InFlight, Request};
 use crate::instance::Instance;

@@ -5,7 +5,7 @@
 //! that no earlier attempt of the request tried, and sends. An attempt fails on a connect error,
 //! a timeout, or a 502/503/504; each outcome feeds the outlier detector. Routing costs no
 //! allocation per request: the service and path are borrowed from the request, the instance from
-//! the routed subset, and its `Host` value and connections from its [`Target`].
+//! the routed leaf, and its `Host` value and connections from its [`Target`].
 
 use crate::output::human;
 use std::net::SocketAddr;
