@@ -16,7 +16,6 @@ mod output;
 mod pick;
 mod progress;
 mod proxy;
-mod remote;
 mod select;
 mod source;
 mod watch;

@@ -71,7 +71,10 @@ pub(super) fn spawn(
                     line = tokio::time::timeout(QUIET, lines.next()) => line,
                 };
                 let item = match line {
-                    Err(_) => break format!("no line, not even a heartbeat, in {QUIET:?}"),
+                    Err(_) => {
+                        let quiet = humantime::format_duration(QUIET);
+                        break format!("no line, not even a heartbeat, in {quiet}");
+                    }
                     Ok(Err(e)) => break e,
                     Ok(Ok(None)) => break "the agent ended the watch".to_owned(),
                     Ok(Ok(Some(event))) => match change(event) {
