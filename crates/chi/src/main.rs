@@ -18,6 +18,7 @@ mod progress;
 mod proxy;
 mod select;
 mod source;
+mod sync;
 mod watch;
 mod xds;
 
