@@ -46,8 +46,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     };
-    if source.remote.is_none()
-        && let Some(m) = &mut source.config.registries.memory
+    if let Some(m) = &mut source.config.registries.memory
         && m.ttl.is_none()
     {
         m.ttl = Some(MEMORY_TTL);
@@ -57,10 +56,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let registry = source.connect().await?;
     let manager = Arc::new(ServiceManager::new(registry.clone()).with_retry(source.config.retry));
     let instance = service.instance();
-    let backends = match &source.remote {
-        Some(base) => base.replace("http://", "chi://"),
-        None => source.config.registries.enabled().join(", "),
-    };
+    let backends = source.backends();
     // Every change of where the registration stands on each backend, from the first attempt
     // on: subscribed before registering.
     tokio::spawn(print_standing(manager.subscribe()));

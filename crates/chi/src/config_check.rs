@@ -107,6 +107,9 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
             format!("{:?}", z.password.clone().unwrap_or_default()),
         );
     }
+    if let Some(c) = &config.registries.chi {
+        out.insert(format!("{sd}.registries.chi.address"), c.address.clone());
+    }
     let c = &config.cache;
     out.insert(format!("{sd}.discovery.cache.ttl"), d(c.ttl));
     out.insert(

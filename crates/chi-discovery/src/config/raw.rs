@@ -69,6 +69,7 @@ pub struct Registries {
     pub etcd: Option<Etcd>,
     pub nacos: Option<Nacos>,
     pub zookeeper: Option<crate::registry::zookeeper::RawZookeeper>,
+    pub chi: Option<Chi>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +112,14 @@ pub struct Nacos {
     #[serde(default)]
     pub server_configs: Vec<NacosServer>,
     pub client_config: Option<NacosClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chi {
+    #[serde(default)]
+    pub enabled: bool,
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

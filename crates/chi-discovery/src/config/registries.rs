@@ -5,6 +5,7 @@
 use super::{Field, name_field, non_empty, positive_duration, raw};
 use crate::error::{Error, Result};
 use crate::instance::{CheckTarget, CheckedBy, ServiceConfig};
+use crate::registry::chi::{self, AgentConfig};
 use crate::registry::consul::{self, Consistency, ConsulConfig};
 use crate::registry::etcd::{self, EtcdConfig};
 use crate::registry::nacos::{self, NacosConfig, NacosServerConfig};
@@ -15,7 +16,8 @@ use crate::secret::Secret;
 impl Registries {
     /// Parses a registry URL as the CLI's `--registry` takes it: `memory`,
     /// `etcd://host:port[,host:port]`, `consul://host:port`, `nacos://host:port`,
-    /// `zookeeper://host:port[,host:port][/root][?layout=curator|dubbo&watch=auto|persistent|oneshot]`.
+    /// `zookeeper://host:port[,host:port][/root][?layout=curator|dubbo&watch=auto|persistent|oneshot]`,
+    /// or `chi://host:port` (the admin address of a running `chi agent`).
     /// Credentials come from the environment (`CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`,
     /// `CHI_ETCD_PASSWORD`, `CHI_NACOS_USERNAME`, `CHI_NACOS_PASSWORD`, `CHI_ZOOKEEPER_USERNAME`,
     /// `CHI_ZOOKEEPER_PASSWORD`), never from the URL.
@@ -26,7 +28,7 @@ impl Registries {
             None if url == "memory" => ("memory", ""),
             None => {
                 return Err(field.err(format!(
-                    "expected memory, etcd://host:port[,host:port], consul://host:port, nacos://host:port or zookeeper://host:port[,host:port][/root], got {url:?}"
+                    "expected memory, etcd://host:port[,host:port], consul://host:port, nacos://host:port, zookeeper://host:port[,host:port][/root] or chi://host:port, got {url:?}"
                 )));
             }
         };
@@ -76,9 +78,18 @@ impl Registries {
                     ..NacosConfig::default()
                 });
             }
+            "chi" => {
+                host_port(rest, &field)?;
+                if rest.contains('/') {
+                    return Err(field.err(format!(
+                        "expected chi://host:port (the admin address a `chi agent` prints), got {url:?}"
+                    )));
+                }
+                out.chi = Some(AgentConfig::new(rest));
+            }
             other => {
                 return Err(field.err(format!(
-                    "unknown registry scheme {other:?}, expected memory, etcd, consul, nacos or zookeeper"
+                    "unknown registry scheme {other:?}, expected memory, etcd, consul, nacos, zookeeper or chi"
                 )));
             }
         }
@@ -275,6 +286,13 @@ pub(super) fn registries(
             ..NacosConfig::default()
         });
     }
+    if let Some(c) = r.chi.filter(|c| c.enabled) {
+        let address = non_empty(c.address).unwrap_or_else(|| chi::DEFAULT_ADDRESS.into());
+        host_port(&address, &at.join("chi").join("address"))?;
+        let config = AgentConfig::new(address);
+        config.validate()?;
+        out.chi = Some(config);
+    }
     let memory_enabled = r.memory.as_ref().is_some_and(|m| m.enabled);
     if let Some(z) = r.zookeeper {
         out.zookeeper = z.validate(env)?;
@@ -282,7 +300,8 @@ pub(super) fn registries(
     let nothing_else = out.consul.is_none()
         && out.etcd.is_none()
         && out.nacos.is_none()
-        && out.zookeeper.is_none();
+        && out.zookeeper.is_none()
+        && out.chi.is_none();
     if memory_enabled || nothing_else {
         let ttl = r
             .memory

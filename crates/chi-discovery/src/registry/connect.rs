@@ -2,13 +2,15 @@
 //!
 //! This is the registry side of the config file: [`crate::config`] parses and checks, and hands
 //! over a [`Registries`] holding each adapter's own config type ([`ConsulConfig`],
-//! [`EtcdConfig`], [`NacosConfig`], [`ZookeeperConfig`], [`MemoryConfig`]); connecting them is done here, next to
-//! the adapters, so the parser needs none of the backends' clients. A backend whose cargo
-//! feature is off is a config error naming its YAML path when it is connected.
+//! [`EtcdConfig`], [`NacosConfig`], [`ZookeeperConfig`], [`AgentConfig`], [`MemoryConfig`]);
+//! connecting them is done here, next to the adapters, so the parser needs none of the backends'
+//! clients. A backend whose cargo feature is off is a config error naming its YAML path when it
+//! is connected.
 
 use std::sync::Arc;
 
 use super::Registry;
+use super::chi::AgentConfig;
 use super::consul::ConsulConfig;
 use super::etcd::EtcdConfig;
 use super::memory::{Memory, MemoryConfig};
@@ -32,10 +34,13 @@ pub struct Registries {
     pub nacos: Option<NacosConfig>,
     /// ZooKeeper, when enabled.
     pub zookeeper: Option<ZookeeperConfig>,
+    /// A running `chi agent` (`chi://`), when enabled.
+    pub chi: Option<AgentConfig>,
 }
 
 impl Registries {
     /// Names of the enabled backends, in write order (`consul`, `etcd`, `nacos`, `zookeeper`,
+    /// `chi`,
     /// `memory`).
     pub fn enabled(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -51,6 +56,9 @@ impl Registries {
         if self.zookeeper.is_some() {
             v.push("zookeeper");
         }
+        if self.chi.is_some() {
+            v.push("chi");
+        }
         if self.memory.is_some() {
             v.push("memory");
         }
@@ -60,7 +68,7 @@ impl Registries {
     /// A stable identity of the enabled registries, for telling which registry a stored list came
     /// from (the discovery cache's last-known-good file): the backends in write order with what
     /// selects their data (Consul's address and datacenter; etcd's endpoints and prefix; Nacos'
-    /// servers, namespace, group and cluster). Never a secret: no token, password or user, and
+    /// servers, namespace, group and cluster; the agent's address). Never a secret: no token, password or user, and
     /// no `user:password@` part of a URL. Endpoints are sorted, so listing them in another order
     /// names the same registry.
     pub fn identity(&self) -> String {
@@ -102,6 +110,12 @@ impl Registries {
         }
         if let Some(z) = &self.zookeeper {
             parts.push(super::zookeeper::identity(z));
+        }
+        if let Some(c) = &self.chi {
+            parts.push(format!(
+                "chi(address={})",
+                without_userinfo(c.address.trim())
+            ));
         }
         if self.memory.is_some() || parts.is_empty() {
             parts.push("memory".to_owned());
@@ -199,6 +213,10 @@ pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
         .into_iter()
         .flatten()
         .collect();
+    // The agent's client connects on first use.
+    if let Some(c) = &registries.chi {
+        members.push(chi(c)?);
+    }
     if let Some(m) = &registries.memory {
         members.push(Arc::new(Memory::from_config(m)));
     }
@@ -233,7 +251,8 @@ where
     feature = "consul",
     feature = "etcd",
     feature = "nacos",
-    feature = "zookeeper"
+    feature = "zookeeper",
+    feature = "chi"
 )))]
 fn feature_missing(field: &str, backend: &str) -> crate::error::Error {
     crate::error::Error::config(
@@ -284,6 +303,16 @@ async fn zookeeper(z: &ZookeeperConfig) -> Result<Arc<dyn Registry>> {
 #[cfg(not(feature = "zookeeper"))]
 async fn zookeeper(_: &ZookeeperConfig) -> Result<Arc<dyn Registry>> {
     Err(feature_missing(super::zookeeper::FIELD, "zookeeper"))
+}
+
+#[cfg(feature = "chi")]
+fn chi(c: &AgentConfig) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(super::chi::Agent::new(c.clone())?))
+}
+
+#[cfg(not(feature = "chi"))]
+fn chi(_: &AgentConfig) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing(super::chi::FIELD, "chi"))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! The registry abstraction and its backends.
 //!
 //! A [`Registry`] is where instances are written and read: the embedded [`Memory`] registry (the
-//! zero-setup default), Consul, etcd v3, Nacos and ZooKeeper behind cargo features, and [`MultiRegistry`],
-//! which writes to several at once.
+//! zero-setup default), Consul, etcd v3, Nacos, ZooKeeper and a running `chi agent` ([`chi`],
+//! `chi://`) behind cargo features, and [`MultiRegistry`], which writes to several at once.
 //!
 //! The trait is small and object-safe (`Arc<dyn Registry>` is what [`connect()`] builds from the
 //! config's [`Registries`]). Keep-alive
@@ -19,8 +19,9 @@
 //! (always compiled, so the config file parses the same way in every build), `convert.rs` the
 //! mapping to and from the backend's data, `watch.rs` the watch task, plus what only that backend
 //! needs (`api`/`wire`/`tls` for Consul, `client`/`tls` for etcd, `auth` for Nacos,
-//! `session`/`nodes` for ZooKeeper). Every watch
-//! task runs under [`watch_task`] and backs off with [`Backoff`](crate::retry::Backoff).
+//! `session`/`nodes` for ZooKeeper, `client`/`wire` for chi, whose `wire` the agent's server
+//! shares). Every watch task runs under the crate's `watch_task` (the task stops when its stream
+//! is dropped) and backs off with `retry::Backoff`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,10 +38,22 @@ mod empty;
 pub mod memory;
 pub mod multi;
 mod pending;
-pub mod watch_task;
+// The adapters' watch pump: which of its parts a build uses depends on the adapters it has.
+#[cfg_attr(
+    not(all(
+        feature = "consul",
+        feature = "etcd",
+        feature = "nacos",
+        feature = "zookeeper",
+        feature = "chi"
+    )),
+    allow(dead_code)
+)]
+pub(crate) mod watch_task;
 
 // Each adapter's config type is always there (the config file is parsed the same way in every
 // build); the adapter itself comes with its cargo feature.
+pub mod chi;
 pub mod consul;
 pub mod etcd;
 pub mod nacos;

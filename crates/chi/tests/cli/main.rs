@@ -14,6 +14,7 @@ mod proxy;
 mod proxy_client_region;
 mod proxy_picks;
 mod real;
+mod registry_chi;
 mod select;
 mod support;
 mod xds;
