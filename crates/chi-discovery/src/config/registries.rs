@@ -15,7 +15,9 @@ use crate::secret::Secret;
 impl Registries {
     /// Parses a registry URL as the CLI's `--registry` takes it: `memory`,
     /// `etcd://host:port[,host:port]`, `consul://host:port`, `nacos://host:port`,
-    /// `zookeeper://host:port[,host:port][/root][?layout=curator|dubbo&watch=auto|persistent|oneshot]`.
+    /// `zookeeper://host:port[,host:port][/root][?layout=curator|dubbo&watch=auto|persistent|oneshot]`,
+    /// `dns://[SERVER[:PORT]]?srv=TEMPLATE` or `dns://[SERVER[:PORT]]?a=TEMPLATE&port=N` (see
+    /// [`crate::registry::dns`]).
     /// Credentials come from the environment (`CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`,
     /// `CHI_ETCD_PASSWORD`, `CHI_NACOS_USERNAME`, `CHI_NACOS_PASSWORD`, `CHI_ZOOKEEPER_USERNAME`,
     /// `CHI_ZOOKEEPER_PASSWORD`), never from the URL.
@@ -26,7 +28,7 @@ impl Registries {
             None if url == "memory" => ("memory", ""),
             None => {
                 return Err(field.err(format!(
-                    "expected memory, etcd://host:port[,host:port], consul://host:port, nacos://host:port or zookeeper://host:port[,host:port][/root], got {url:?}"
+                    "expected memory, etcd://host:port[,host:port], consul://host:port, nacos://host:port, zookeeper://host:port[,host:port][/root] or dns://[server]?srv=TEMPLATE, got {url:?}"
                 )));
             }
         };
@@ -38,6 +40,7 @@ impl Registries {
         let mut out = Registries::default();
         match scheme {
             "memory" => out.memory = Some(MemoryConfig::default()),
+            "dns" => out.dns = Some(super::dns::from_url(rest)?),
             "consul" => {
                 host_port(rest, &field)?;
                 out.consul = Some(ConsulConfig {
@@ -78,7 +81,7 @@ impl Registries {
             }
             other => {
                 return Err(field.err(format!(
-                    "unknown registry scheme {other:?}, expected memory, etcd, consul, nacos or zookeeper"
+                    "unknown registry scheme {other:?}, expected memory, etcd, consul, nacos, zookeeper or dns"
                 )));
             }
         }
@@ -127,7 +130,7 @@ pub(super) fn validate_checked_by(
     if check.checked_by != CheckedBy::Registry || !check.is_active() {
         return Ok(());
     }
-    let mut enabled = registries.enabled();
+    let mut enabled = registries.writable();
     if enabled.is_empty() {
         enabled.push("memory");
     }
@@ -275,6 +278,9 @@ pub(super) fn registries(
             ..NacosConfig::default()
         });
     }
+    if let Some(d) = r.dns.filter(|d| d.enabled) {
+        out.dns = Some(super::dns::block(d, &at.join("dns"))?);
+    }
     let memory_enabled = r.memory.as_ref().is_some_and(|m| m.enabled);
     if let Some(z) = r.zookeeper {
         out.zookeeper = z.validate(env)?;
@@ -282,7 +288,8 @@ pub(super) fn registries(
     let nothing_else = out.consul.is_none()
         && out.etcd.is_none()
         && out.nacos.is_none()
-        && out.zookeeper.is_none();
+        && out.zookeeper.is_none()
+        && out.dns.is_none();
     if memory_enabled || nothing_else {
         let ttl = r
             .memory
