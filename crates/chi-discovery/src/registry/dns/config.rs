@@ -166,7 +166,15 @@ impl DnsConfig {
     /// that `service` is one DNS label.
     pub fn name_of(&self, service: &str) -> Result<String> {
         check_label(service)?;
-        Ok(self.query.template().replace(SERVICE, service))
+        let name = self.query.template().replace(SERVICE, service);
+        check_name(&name).map_err(|m| {
+            Error::invalid(
+                "service name",
+                service,
+                format!("makes the DNS name {name:?}, which does not fit: {m}"),
+            )
+        })?;
+        Ok(name)
     }
 }
 
@@ -313,6 +321,18 @@ mod tests {
             let err = check_label(bad).unwrap_err().to_string();
             assert!(err.contains("service name"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_service_name_that_makes_too_long_a_name_is_refused() {
+        let middle = format!("{}.{}", vec!["a".repeat(60); 3].join("."), "b".repeat(50));
+        let c = DnsConfig::srv(format!("_{{service}}.{middle}.test"));
+        assert!(c.name_of("web").is_ok());
+        let err = c.name_of(&"w".repeat(62)).unwrap_err().to_string();
+        assert!(
+            err.contains("service name") && err.contains("at most 253"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -171,7 +171,8 @@ impl Resolver {
                 self.attempts
             ),
             NetError::Dns(hickory_resolver::net::DnsError::ResponseCode(code)) => {
-                format!("the server answered {code} to {kind} {name}")
+                let mnemonic = format!("{code:?}").to_uppercase();
+                format!("the server answered {mnemonic} ({code}) to {kind} {name}")
             }
             other => format!("{kind} {name}: {}", display_chain(other)),
         };
