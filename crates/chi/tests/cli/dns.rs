@@ -44,7 +44,12 @@ fn discover_watch_select_and_agent_with_dns() {
     let list = discover_json(&url, "web", &[]);
     let mut got: Vec<(u64, u64)> = list
         .iter()
-        .map(|i| (i["port"].as_u64().unwrap_or(0), i["weight"].as_u64().unwrap_or(0)))
+        .map(|i| {
+            (
+                i["port"].as_u64().unwrap_or(0),
+                i["weight"].as_u64().unwrap_or(0),
+            )
+        })
         .collect();
     got.sort_unstable();
     assert_eq!(got, [(9101, 3), (9102, 1)]);
@@ -52,8 +57,16 @@ fn discover_watch_select_and_agent_with_dns() {
 
     // Weighted round robin over the SRV weights: 3 to 1.
     let out = run(&[
-        "select", "web", "--strategy", "weighted_round_robin", "--count", "400", "-o", "json",
-        "--registry", &url,
+        "select",
+        "web",
+        "--strategy",
+        "weighted_round_robin",
+        "--count",
+        "400",
+        "-o",
+        "json",
+        "--registry",
+        &url,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -77,10 +90,15 @@ fn discover_watch_select_and_agent_with_dns() {
     let reset: Value =
         serde_json::from_str(&watch.wait_line("reset", |l| l.contains("\"reset\""))).expect("json");
     assert_eq!(reset["instances"].as_array().map(Vec::len), Some(2));
-    server.restart_with(&records("web", &[("a", 9101, 3), ("b", 9102, 1), ("c", 9103, 1)]));
+    server.restart_with(&records(
+        "web",
+        &[("a", 9101, 3), ("b", 9102, 1), ("c", 9103, 1)],
+    ));
     watch.wait_line("added c", |l| l.contains("\"added\"") && l.contains("9103"));
     server.restart_with(&records("web", &[("a", 9101, 3), ("c", 9103, 1)]));
-    watch.wait_line("removed b", |l| l.contains("\"removed\"") && l.contains("9102"));
+    watch.wait_line("removed b", |l| {
+        l.contains("\"removed\"") && l.contains("9102")
+    });
 
     // The agent registers, and DNS takes no registration: a clear refusal, exit 2.
     let file = crate::support::yaml(&registration("web", 9104, "v1", ""));
@@ -92,12 +110,25 @@ fn discover_watch_select_and_agent_with_dns() {
         .output()
         .expect("run chi agent");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("DNS is read-only"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("DNS is read-only"),
+        "{}",
+        stderr(&out)
+    );
 
     // A bad URL is refused with the parameter named.
-    let out = run(&["discover", "web", "--registry", "dns://127.0.0.1?a={service}.svc.test"]);
+    let out = run(&[
+        "discover",
+        "web",
+        "--registry",
+        "dns://127.0.0.1?a={service}.svc.test",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--registry port: is required with a"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--registry port: is required with a"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +143,11 @@ async fn proxy_over_dns() {
         for _ in 0..n {
             let (status, body) = http_get(&addr, "/web/hello");
             assert_eq!(status, 200, "{body}");
-            let name = body.split_whitespace().next().unwrap_or_default().to_owned();
+            let name = body
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             *seen.entry(name).or_insert(0u32) += 1;
         }
         seen
@@ -143,10 +178,7 @@ async fn proxy_over_dns() {
 #[test]
 fn xds_serves_what_dns_holds_to_grpc_clients() {
     let (_servers, ports) = serve_backends(&["d1", "d2"]);
-    let srv = records(
-        SERVICE,
-        &[("d1", ports["d1"], 1), ("d2", ports["d2"], 1)],
-    );
+    let srv = records(SERVICE, &[("d1", ports["d1"], 1), ("d2", ports["d2"], 1)]);
     let mut server = Dnsmasq::start(&srv);
     let (_xds, xds_addr) = start_xds(&url(&server), "127.0.0.1:0", None);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -21,7 +21,7 @@
 //!   still apply), no tags, no version. SRV instances carry `dns_target`, `dns_priority` and
 //!   `dns_weight` in their metadata.
 //! - A service name must be one DNS label (letters, digits, `-`, `_`, at most 63): anything else
-//!   is an [`Error::Invalid`] naming the service, before any query.
+//!   is an [`Error::Invalid`](crate::Error::Invalid) naming the service, before any query.
 //!
 //! # Answers and errors
 //!

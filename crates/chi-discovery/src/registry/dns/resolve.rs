@@ -53,8 +53,10 @@ pub(super) type SrvAnswer = (Answer<SrvRecord>, HashMap<String, Vec<IpAddr>>);
 pub(super) struct Resolver {
     inner: TokioResolver,
     timeout: Duration,
-    attempts: usize,
 }
+
+/// Retries of a query that got no answer (hickory's `attempts`): three tries in all.
+const RETRIES: usize = 2;
 
 impl Resolver {
     /// A resolver asking `server`, or the servers of the resolver configuration.
@@ -74,7 +76,7 @@ impl Resolver {
         };
         opts.cache_size = 0;
         opts.timeout = config.timeout;
-        opts.attempts = 2;
+        opts.attempts = RETRIES;
         opts.preserve_intermediates = false;
         let inner =
             TokioResolver::builder_with_config(resolver_config, TokioRuntimeProvider::default())
@@ -84,7 +86,6 @@ impl Resolver {
         Ok(Resolver {
             inner,
             timeout: config.timeout,
-            attempts: 2,
         })
     }
 
@@ -168,7 +169,7 @@ impl Resolver {
             NetError::Timeout => format!(
                 "no answer to {kind} {name} within {} ({} tries)",
                 humantime::format_duration(self.timeout),
-                self.attempts
+                RETRIES + 1
             ),
             NetError::Dns(hickory_resolver::net::DnsError::ResponseCode(code)) => {
                 let mnemonic = format!("{code:?}").to_uppercase();
