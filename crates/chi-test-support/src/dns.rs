@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{Proc, free_port, wait_for_port};
+use crate::{Proc, free_port};
 
 /// One record a test serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,31 +144,47 @@ fn signal(proc: &Proc, signal: &str) {
     assert!(ok, "kill -{signal} {pid} failed");
 }
 
-/// A running dnsmasq serving fixed records on 127.0.0.1.
+/// A running dnsmasq serving fixed records on a loopback address.
 pub struct Dnsmasq {
     /// The process.
     pub proc: Proc,
+    /// The loopback address it listens on (127.0.0.1 unless [`Dnsmasq::start_at`] said).
+    pub ip: std::net::Ipv4Addr,
     /// The DNS port (UDP and TCP).
     pub port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Dnsmasq {
-    /// dnsmasq on a free port serving `records`, ready to answer.
+    /// dnsmasq on 127.0.0.1 and a free port, serving `records`, ready to answer.
     pub fn start(records: &[Record]) -> Dnsmasq {
+        Self::start_at(std::net::Ipv4Addr::LOCALHOST, free_port(), records)
+    }
+
+    /// dnsmasq on `ip:port` (any address of 127.0.0.0/8; port 53, which a `resolv.conf` can
+    /// only name, needs root), serving `records`, ready to answer.
+    pub fn start_at(ip: std::net::Ipv4Addr, port: u16, records: &[Record]) -> Dnsmasq {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let proc = Self::spawn(&dir, port, records);
-        let d = Dnsmasq { proc, port, dir };
+        let proc = Self::spawn(&dir, ip, port, records);
+        let d = Dnsmasq {
+            proc,
+            ip,
+            port,
+            dir,
+        };
         d.wait_ready();
         d
     }
 
-    fn spawn(dir: &tempfile::TempDir, port: u16, records: &[Record]) -> Proc {
+    fn spawn(
+        dir: &tempfile::TempDir,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        records: &[Record],
+    ) -> Proc {
         let mut args: Vec<String> = [
             "-k",
             "--conf-file=/dev/null",
-            "--listen-address=127.0.0.1",
             "--bind-interfaces",
             "--no-resolv",
             "--no-hosts",
@@ -182,6 +198,7 @@ impl Dnsmasq {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.push(format!("--listen-address={ip}"));
         args.push(format!("--port={port}"));
         for r in records {
             args.push(match r {
@@ -205,9 +222,9 @@ impl Dnsmasq {
         )
     }
 
-    /// `127.0.0.1:PORT`, the server of a `dns://` URL.
+    /// `IP:PORT`, the server of a `dns://` URL.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// Kill -9: the server is gone, queries are refused.
@@ -218,7 +235,7 @@ impl Dnsmasq {
     /// Starts it again on the same port with `records` (dnsmasq rereads nothing while it runs).
     pub fn restart_with(&mut self, records: &[Record]) {
         self.proc.kill();
-        self.proc = Self::spawn(&self.dir, self.port, records);
+        self.proc = Self::spawn(&self.dir, self.ip, self.port, records);
         self.wait_ready();
     }
 
@@ -233,10 +250,16 @@ impl Dnsmasq {
     }
 
     fn wait_ready(&self) {
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(10)),
-            "dnsmasq on port {} not ready within 10 s; log:\n{}",
-            self.port,
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect((self.ip, self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "dnsmasq on {} not ready within 10 s; log:\n{}",
+            self.addr(),
             self.proc.log()
         );
     }

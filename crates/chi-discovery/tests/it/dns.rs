@@ -4,7 +4,6 @@
 //! UDP), hostile names, the multi-registry, Consul, metrics; the watch and outage families are in
 //! `dns_watch`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chi_discovery::registry::dns::{Dns, DnsConfig, META_PRIORITY, META_TARGET, META_WEIGHT};
@@ -121,6 +120,34 @@ async fn a_records_at_a_fixed_port() {
     assert!(list.iter().all(|i| i.meta.is_empty() && i.tags.is_empty()));
     // NODATA (the name has other records) and NXDOMAIN: no instances.
     assert!(dns.instances("srvonly").await.expect("nodata").is_empty());
+    assert!(dns.instances("nobody").await.expect("nxdomain").is_empty());
+}
+
+/// No server: the system resolver, configured by a `resolv.conf` (here a file of the test's,
+/// `/etc/resolv.conf` by default) that names a dnsmasq on 127.0.53.1:53 and the search list
+/// `svc.test`: the relative template `_{service}._tcp` is found under it. Port 53 needs root, as
+/// CI runs.
+#[tokio::test]
+async fn the_system_resolver_and_its_search_list() {
+    let ip = std::net::Ipv4Addr::new(127, 0, 53, 1);
+    let _server = Dnsmasq::start_at(ip, 53, &fleet());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("resolv.conf");
+    std::fs::write(
+        &conf,
+        format!("nameserver {ip}\nsearch svc.test\noptions ndots:1\n"),
+    )
+    .expect("resolv.conf");
+    let url = format!(
+        "dns://?srv=_{{service}}._tcp&timeout=500ms&resolv_conf={}",
+        conf.display()
+    );
+    let registries =
+        chi_discovery::config::Registries::from_url(&url, &|_| None).expect("system resolver url");
+    let config = registries.dns.expect("dns");
+    assert_eq!(config.server, None);
+    let dns = Dns::new(config).expect("dns");
+    assert_eq!(dns.instances("web").await.expect("instances").len(), 3);
     assert!(dns.instances("nobody").await.expect("nxdomain").is_empty());
 }
 
@@ -302,7 +329,7 @@ async fn the_same_metrics_as_any_registry() {
     use chi_discovery::metrics::{Metrics, MetricsConfig};
     use futures_util::StreamExt;
     let mut server = Dnsmasq::start(&fleet());
-    let dns = Arc::new(srv_of(&server.addr()));
+    let dns = std::sync::Arc::new(srv_of(&server.addr()));
     let client = DiscoveryClient::builder()
         .retry(chi_discovery::RetryPolicy::none())
         .build(dns.clone());

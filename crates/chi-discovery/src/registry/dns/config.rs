@@ -22,6 +22,12 @@ pub const DEFAULT_PORT: u16 = 53;
 pub const SYSTEM_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Which records give a service's instances.
+///
+/// A template that ends in `.` is an absolute name, asked as written. Without it the resolver's
+/// search list applies, as for any program on the host (`resolv.conf`'s `search` and `ndots`; an
+/// explicit server has none): each candidate is asked in turn and the last one's answer counts,
+/// so write absolute names where a timeout on one candidate must not turn into another's
+/// NXDOMAIN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DnsQuery {
     /// SRV records (RFC 2782) at the name this template gives, e.g.
