@@ -74,8 +74,8 @@ impl std::fmt::Debug for ServiceManager {
 pub(crate) struct Inner {
     /// The backends that take writes.
     backends: Vec<Arc<dyn Registry>>,
-    /// The names of the read-only ones, for the error when nothing else is there.
-    read_only: Vec<String>,
+    /// The read-only ones' names (DNS), for the refusal when there is no other.
+    read_only: String,
     /// Runs the probes of registrations whose check no backend runs itself.
     checker: HealthChecker,
     interval: Duration,
@@ -140,12 +140,7 @@ impl ServiceManager {
     /// A manager over `registry` (a [`MultiRegistry`](crate::registry::MultiRegistry)'s members
     /// are tracked one by one). Keep-alives run at the fastest interval the backends ask for.
     pub fn new(registry: Arc<dyn Registry>) -> Self {
-        let all: Vec<Arc<dyn Registry>> = match registry.members() {
-            Some(members) => members.to_vec(),
-            None => vec![registry],
-        };
-        let (read_only, backends): (Vec<_>, Vec<_>) = all.into_iter().partition(|b| b.read_only());
-        let read_only = read_only.iter().map(|b| b.backend().to_owned()).collect();
+        let (backends, read_only) = crate::registry::multi::split_writers(&registry);
         let interval = backends
             .iter()
             .map(|b| b.keep_alive_interval())
@@ -222,7 +217,7 @@ impl ServiceManager {
     ) -> Result<RegistrationReport> {
         instance.validate()?;
         if self.inner.backends.is_empty() {
-            return Err(crate::registry::read_only(&self.inner.read_only.join(", ")));
+            return Err(crate::registry::read_only(&self.inner.read_only));
         }
         let plan = checks::plan(&self.inner.backends, check)?;
         let probe = plan.local.as_ref().map(probe_for).transpose()?;
