@@ -166,7 +166,7 @@ impl Dnsmasq {
     pub fn start_at(ip: std::net::Ipv4Addr, port: u16, records: &[Record]) -> Dnsmasq {
         let dir = tempfile::tempdir().expect("tempdir");
         let proc = Self::spawn(&dir, ip, port, records);
-        let d = Dnsmasq {
+        let mut d = Dnsmasq {
             proc,
             ip,
             port,
@@ -214,12 +214,10 @@ impl Dnsmasq {
                 Record::Addr { name, ip } => format!("--host-record={name},{ip}"),
             });
         }
-        Proc::spawn(
-            "dnsmasq",
-            &dns_binary("dnsmasq"),
-            &args,
-            dir.path().join("dnsmasq.log"),
-        )
+        // A fresh log per start: "started" in it is this start's.
+        let log = dir.path().join("dnsmasq.log");
+        let _ = std::fs::remove_file(&log);
+        Proc::spawn("dnsmasq", &dns_binary("dnsmasq"), &args, log)
     }
 
     /// `IP:PORT`, the server of a `dns://` URL.
@@ -249,10 +247,20 @@ impl Dnsmasq {
         signal(&self.proc, "CONT");
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
-            if std::net::TcpStream::connect((self.ip, self.port)).is_ok() {
+            // Running, and serving: a dnsmasq that could not bind exits, and something else
+            // that took the port in the meantime must not pass for it.
+            assert!(
+                self.proc.is_running(),
+                "dnsmasq on {} exited; log:\n{}",
+                self.addr(),
+                self.proc.log()
+            );
+            // dnsmasq logs "started" once its sockets are bound.
+            let started = self.proc.log().contains("started, version");
+            if started && std::net::TcpStream::connect((self.ip, self.port)).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(25));

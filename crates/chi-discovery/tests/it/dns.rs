@@ -84,7 +84,10 @@ async fn srv_round_trip_with_weights_and_priority_failover() {
     let mut no_level_0: Vec<Record> = fleet();
     no_level_0.retain(|r| !matches!(r, Record::Addr { name, .. } if name != "c.svc.test"));
     server.restart_with(&no_level_0);
-    let list = dns.instances("web").await.expect("failover");
+    let list = dns
+        .instances("web")
+        .await
+        .unwrap_or_else(|e| panic!("failover: {e}; dnsmasq's log:\n{}", server.proc.log()));
     assert_eq!(shape(&list), vec![s("127.0.0.13", 8083, 5)]);
     assert_eq!(list[0].meta(META_PRIORITY), Some("1"));
 
