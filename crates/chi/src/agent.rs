@@ -46,6 +46,18 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     };
+    if source.config.registries.dns.is_some()
+        && source.config.registries.writable().is_empty()
+    {
+        return Err(Failure::bad_input(format!(
+            "cannot register {}: DNS is read-only (it serves discovery only) and it is the only registry",
+            service.name
+        ))
+        .hint(
+            "register in consul://, etcd://, nacos:// or a chi:// agent; read DNS with chi discover, watch, select, proxy or xds --registry dns://...",
+        )
+        .into());
+    }
     if let Some(m) = &mut source.config.registries.memory
         && m.ttl.is_none()
     {

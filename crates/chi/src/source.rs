@@ -67,7 +67,7 @@ impl Source {
                 "the embedded `memory` registry lives inside one process, so `chi {command}` alone would always see nothing"
             ))
             .hint(
-                "point at a running `chi agent` with --registry chi://127.0.0.1:9901, or at a real registry (etcd://, consul://, nacos://, zookeeper://)",
+                "point at a running `chi agent` with --registry chi://127.0.0.1:9901, or at a real registry (etcd://, consul://, nacos://, zookeeper://, dns://)",
             )
             .into());
         }

@@ -17,7 +17,9 @@ impl Registries {
     /// Parses a registry URL as the CLI's `--registry` takes it: `memory`,
     /// `etcd://host:port[,host:port]`, `consul://host:port`, `nacos://host:port`,
     /// `zookeeper://host:port[,host:port][/root][?layout=curator|dubbo&watch=auto|persistent|oneshot]`,
-    /// or `chi://host:port` (the admin address of a running `chi agent`).
+    /// `chi://host:port` (the admin address of a running `chi agent`), or
+    /// `dns://[SERVER[:PORT]]?srv=TEMPLATE` or `dns://[SERVER[:PORT]]?a=TEMPLATE&port=N` (see
+    /// [`crate::registry::dns`]).
     /// Credentials come from the environment (`CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`,
     /// `CHI_ETCD_PASSWORD`, `CHI_NACOS_USERNAME`, `CHI_NACOS_PASSWORD`, `CHI_ZOOKEEPER_USERNAME`,
     /// `CHI_ZOOKEEPER_PASSWORD`), never from the URL.
@@ -28,7 +30,7 @@ impl Registries {
             None if url == "memory" => ("memory", ""),
             None => {
                 return Err(field.err(format!(
-                    "expected memory, etcd://host:port[,host:port], consul://host:port, nacos://host:port, zookeeper://host:port[,host:port][/root] or chi://host:port, got {url:?}"
+                    "expected memory, etcd://host:port[,host:port], consul://host:port, nacos://host:port, zookeeper://host:port[,host:port][/root], chi://host:port or dns://[server]?srv=TEMPLATE, got {url:?}"
                 )));
             }
         };
@@ -40,6 +42,7 @@ impl Registries {
         let mut out = Registries::default();
         match scheme {
             "memory" => out.memory = Some(MemoryConfig::default()),
+            "dns" => out.dns = Some(super::dns::from_url(rest)?),
             "consul" => {
                 host_port(rest, &field)?;
                 out.consul = Some(ConsulConfig {
@@ -89,7 +92,7 @@ impl Registries {
             }
             other => {
                 return Err(field.err(format!(
-                    "unknown registry scheme {other:?}, expected memory, etcd, consul, nacos, zookeeper or chi"
+                    "unknown registry scheme {other:?}, expected memory, etcd, consul, nacos, zookeeper, chi or dns"
                 )));
             }
         }
@@ -138,7 +141,7 @@ pub(super) fn validate_checked_by(
     if check.checked_by != CheckedBy::Registry || !check.is_active() {
         return Ok(());
     }
-    let mut enabled = registries.enabled();
+    let mut enabled = registries.writable();
     if enabled.is_empty() {
         enabled.push("memory");
     }
@@ -293,6 +296,9 @@ pub(super) fn registries(
         config.validate()?;
         out.chi = Some(config);
     }
+    if let Some(d) = r.dns.filter(|d| d.enabled) {
+        out.dns = Some(super::dns::block(d, &at.join("dns"))?);
+    }
     let memory_enabled = r.memory.as_ref().is_some_and(|m| m.enabled);
     if let Some(z) = r.zookeeper {
         out.zookeeper = z.validate(env)?;
@@ -301,7 +307,8 @@ pub(super) fn registries(
         && out.etcd.is_none()
         && out.nacos.is_none()
         && out.zookeeper.is_none()
-        && out.chi.is_none();
+        && out.chi.is_none()
+        && out.dns.is_none();
     if memory_enabled || nothing_else {
         let ttl = r
             .memory

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::Registry;
 use super::chi::AgentConfig;
 use super::consul::ConsulConfig;
+use super::dns::DnsConfig;
 use super::etcd::EtcdConfig;
 use super::memory::{Memory, MemoryConfig};
 use super::multi::MultiRegistry;
@@ -36,12 +37,14 @@ pub struct Registries {
     pub zookeeper: Option<ZookeeperConfig>,
     /// A running `chi agent` (`chi://`), when enabled.
     pub chi: Option<AgentConfig>,
+    /// DNS, when enabled: read-only, it serves discovery and takes no registration.
+    pub dns: Option<DnsConfig>,
 }
 
 impl Registries {
     /// Names of the enabled backends, in write order (`consul`, `etcd`, `nacos`, `zookeeper`,
     /// `chi`,
-    /// `memory`).
+    /// `memory`); `dns`, read-only, after the writable ones it is merged with.
     pub fn enabled(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if self.consul.is_some() {
@@ -62,6 +65,17 @@ impl Registries {
         if self.memory.is_some() {
             v.push("memory");
         }
+        if self.dns.is_some() {
+            v.push("dns");
+        }
+        v
+    }
+
+    /// The enabled backends that take registrations: [`Registries::enabled`] without the
+    /// read-only `dns`.
+    pub fn writable(&self) -> Vec<&'static str> {
+        let mut v = self.enabled();
+        v.retain(|b| *b != "dns");
         v
     }
 
@@ -117,8 +131,11 @@ impl Registries {
                 without_userinfo(c.address.trim())
             ));
         }
-        if self.memory.is_some() || parts.is_empty() {
+        if self.memory.is_some() || (parts.is_empty() && self.dns.is_none()) {
             parts.push("memory".to_owned());
+        }
+        if let Some(d) = &self.dns {
+            parts.push(d.identity());
         }
         parts.join("+")
     }
@@ -220,6 +237,9 @@ pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
     if let Some(m) = &registries.memory {
         members.push(Arc::new(Memory::from_config(m)));
     }
+    if let Some(d) = &registries.dns {
+        members.push(dns(d)?);
+    }
     match members.len() {
         0 => Ok(Arc::new(Memory::new())),
         1 => Ok(members.remove(0)),
@@ -252,7 +272,8 @@ where
     feature = "etcd",
     feature = "nacos",
     feature = "zookeeper",
-    feature = "chi"
+    feature = "chi",
+    feature = "dns"
 )))]
 fn feature_missing(field: &str, backend: &str) -> crate::error::Error {
     crate::error::Error::config(
@@ -313,6 +334,16 @@ fn chi(c: &AgentConfig) -> Result<Arc<dyn Registry>> {
 #[cfg(not(feature = "chi"))]
 fn chi(_: &AgentConfig) -> Result<Arc<dyn Registry>> {
     Err(feature_missing(super::chi::FIELD, "chi"))
+}
+
+#[cfg(feature = "dns")]
+fn dns(d: &DnsConfig) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(super::dns::Dns::new(d.clone())?))
+}
+
+#[cfg(not(feature = "dns"))]
+fn dns(_: &DnsConfig) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing(super::dns::FIELD, "dns"))
 }
 
 #[cfg(test)]

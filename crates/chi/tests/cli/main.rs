@@ -9,6 +9,7 @@ mod check;
 mod config;
 mod console;
 mod crash;
+mod dns;
 mod names;
 mod proxy;
 mod proxy_client_region;
