@@ -50,7 +50,7 @@ pub(super) fn change(event: Event) -> Option<std::result::Result<Change, String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Instance;
+    use crate::instance::Instance;
 
     #[test]
     fn events_are_the_json_lines_chi_watch_prints() {
