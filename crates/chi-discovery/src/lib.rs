@@ -4,8 +4,9 @@
 //!
 //! - [`registry`]: one [`Registry`] abstraction over the embedded [`registry::Memory`] registry
 //!   (the default), Consul, etcd v3, Nacos and ZooKeeper (cargo features `consul`, `etcd`,
-//!   `nacos`, `zookeeper`), DNS SRV and A records, read-only (feature `dns`), and a
-//!   [`registry::MultiRegistry`] that writes to several at once.
+//!   `nacos`, `zookeeper`), DNS SRV and A records, read-only (feature `dns`), a running
+//!   `chi agent`'s registry over `chi://` (feature `chi`), and a [`registry::MultiRegistry`]
+//!   that writes to several at once.
 //! - [`ServiceManager`]: registers instances, keeps them alive, re-registers them when a registry
 //!   lost them, deregisters them on shutdown.
 //! - [`DiscoveryClient`]: discovery with filters, a cache of immutable snapshots that keeps serving
