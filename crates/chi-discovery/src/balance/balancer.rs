@@ -22,8 +22,9 @@ use super::load::now_ns;
 use super::table_cache::{self, next_id};
 use super::{
     ANY, BY_HEALTH, ConsistentHash, ConsistentHashConfig, InFlight, KeyHasher, LeastConnections,
-    Loads, Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash,
-    RoundRobin, Select, Strategy, ThreadRandom, WeightedRandom, WeightedRoundRobin, default_hash,
+    LoadReports, Loads, Maglev, OrcaConfig, OrcaWeightedRoundRobin, P2c, P2cCost, PeakEwmaConfig,
+    Random, RandomSource, Request, RingHash, RoundRobin, Select, Strategy, ThreadRandom,
+    WeightedRandom, WeightedRoundRobin, default_hash,
 };
 use crate::error::{Error, Result};
 use crate::instance::Instance;
@@ -46,6 +47,12 @@ pub struct BalancerConfig {
     pub rng: Arc<dyn RandomSource>,
     /// Settings of [`Strategy::PeakEwma`].
     pub peak_ewma: PeakEwmaConfig,
+    /// Settings of [`Strategy::OrcaWeightedRoundRobin`].
+    pub orca: OrcaConfig,
+    /// The reported loads [`Strategy::OrcaWeightedRoundRobin`] weighs by, shared by the balancers
+    /// of one service ([`Routers`](crate::routing::Routers) makes one per service). `None`: a
+    /// balancer of that strategy makes its own, with [`orca`](Self::orca)'s rules.
+    pub load_reports: Option<Arc<LoadReports>>,
 }
 
 impl BalancerConfig {
@@ -58,6 +65,8 @@ impl BalancerConfig {
             hasher: default_hash,
             rng: Arc::new(ThreadRandom),
             peak_ewma: PeakEwmaConfig::default(),
+            orca: OrcaConfig::default(),
+            load_reports: None,
         }
     }
 
@@ -69,6 +78,7 @@ impl BalancerConfig {
         if self.peak_ewma.decay.is_zero() {
             return Err("peak_ewma.decay: must be > 0".into());
         }
+        self.orca.validate().map_err(|e| format!("orca.{e}"))?;
         Ok(())
     }
 
@@ -130,6 +140,13 @@ impl BalancerConfig {
                 rng,
                 self.peak_ewma,
             )),
+            Strategy::OrcaWeightedRoundRobin => {
+                let reports = match &self.load_reports {
+                    Some(r) => r.clone(),
+                    None => Arc::new(LoadReports::new(self.orca)),
+                };
+                Box::new(OrcaWeightedRoundRobin::build(instances, reports, &*rng))
+            }
         }
     }
 }
@@ -235,7 +252,10 @@ impl Balancer {
         Ok(Self::from_config(config))
     }
 
-    fn from_config(config: BalancerConfig) -> Self {
+    fn from_config(mut config: BalancerConfig) -> Self {
+        if config.strategy.uses_load_reports() && config.load_reports.is_none() {
+            config.load_reports = Some(Arc::new(LoadReports::new(config.orca)));
+        }
         Balancer {
             config,
             state: ArcSwapOption::const_empty(),
@@ -253,6 +273,17 @@ impl Balancer {
     /// The strategy.
     pub fn strategy(&self) -> Strategy {
         self.config.strategy
+    }
+
+    /// Where the load reports of [`Strategy::OrcaWeightedRoundRobin`] go (`None` for the other
+    /// strategies): hand it each response's report, by instance id ([`LoadSink::record`]).
+    ///
+    /// [`LoadSink::record`]: super::LoadSink::record
+    pub fn load_reports(&self) -> Option<&Arc<LoadReports>> {
+        self.config
+            .load_reports
+            .as_ref()
+            .filter(|_| self.config.strategy.uses_load_reports())
     }
 
     /// The revision of the current table, if one was built.

@@ -1,0 +1,110 @@
+//! Weighted round robin by the load the servers report: `orca_weighted_round_robin`.
+//!
+//! gRPC's `weighted_round_robin` policy (gRFC A58, *client-side weighted round robin*; Envoy's
+//! `client_side_weighted_round_robin`) weighs every instance by what it says about itself in
+//! ORCA load reports (gRFC A51: a per-request report in each response, or a stream of
+//! out-of-band reports): an instance serving `qps` queries per second at `utilization` can take
+//! `qps / utilization` of them per unit of its capacity, so that is its weight. The rules, as
+//! A58 states them:
+//!
+//! - **Weight.** `qps / (utilization + eps / qps * error_utilization_penalty)`, where
+//!   `utilization` is the report's `application_utilization` when it is set and above 0, else its
+//!   `cpu_utilization` (Envoy's and A58's later text), and `eps` the errors per second. A report
+//!   without a positive qps and utilization changes nothing.
+//! - **Blackout.** A weight counts only once the instance has reported continuously for
+//!   `blackout_period` (default 10 s), so that one early report does not swing the traffic.
+//! - **Expiry.** A weight last reported `weight_expiration_period` ago (default 3 min) no longer
+//!   counts, and the blackout starts again with the next report.
+//! - **The others.** An instance without a weight that counts gets the mean of those that have
+//!   one; with fewer than two such instances every instance weighs the same (round robin).
+//! - **Update.** Weights are read every `weight_update_period` (default 1 s, at least 100 ms) into
+//!   a new table.
+//!
+//! How chi keeps picks lock-free. Reports land in [`LoadReports`], one per service, shared by the
+//! balancers of the service's routed subsets: a report writes three atomics of its instance's
+//! slot, nothing else. A pick is smooth weighted round robin over a table (the schedule of
+//! [`WeightedRoundRobin`](super::WeightedRoundRobin), built from the reported weights quantized
+//! to 1/1,000 of the largest) read from an `ArcSwap`, plus one rotation counter: no lock, no
+//! allocation. Every 16th pick reads the clock, and the pick that finds the update period over
+//! builds the next table (reading every slot, O(n), then the schedule) and swaps it in; the
+//! rotation counter carries on across tables and starts at a random place, so tables do not
+//! restart at their first slot and clients do not move in step (A58 starts its EDF deadlines at
+//! random for the same reason). A service picked fewer than 16 times in a period sees its table
+//! follow its traffic rather than the clock.
+//!
+//! Configured weights are not used (0 still takes an instance out): the servers' reports are the
+//! weights. Callers hand reports in through a [`LoadSink`] (the store itself, or a
+//! [`LoadReporter`] for one instance): `chi proxy`, [`Chi::http`](crate::Chi::http) and the
+//! tower/tonic layers of [`crate::orca`] (feature `orca`) read them from responses.
+
+mod reports;
+mod selector;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use reports::{LoadReporter, LoadReports, LoadSink, ReportedLoad};
+pub use selector::OrcaWeightedRoundRobin;
+
+/// The shortest `weight_update_period` (A58 raises shorter ones to it).
+pub const MIN_UPDATE_PERIOD: Duration = Duration::from_millis(100);
+
+/// Settings of `orca_weighted_round_robin` (`service_discovery.load_balancer.orca`); the
+/// defaults are A58's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrcaConfig {
+    /// How long an instance must report before its weight counts (0: at once).
+    pub blackout_period: Duration,
+    /// A weight not reported for this long no longer counts.
+    pub weight_expiration_period: Duration,
+    /// How often the weights are read into a new table (at least [`MIN_UPDATE_PERIOD`]).
+    pub weight_update_period: Duration,
+    /// The multiplier of the error rate (`eps / qps`) added to the utilization.
+    pub error_utilization_penalty: f64,
+    /// Take reports from out-of-band streams (`OpenRcaService.StreamCoreMetrics`) instead of
+    /// from responses; per-request reports are then ignored.
+    pub out_of_band: bool,
+    /// The report interval asked of out-of-band streams.
+    pub oob_reporting_period: Duration,
+}
+
+impl Default for OrcaConfig {
+    fn default() -> Self {
+        OrcaConfig {
+            blackout_period: Duration::from_secs(10),
+            weight_expiration_period: Duration::from_secs(180),
+            weight_update_period: Duration::from_secs(1),
+            error_utilization_penalty: 1.0,
+            out_of_band: false,
+            oob_reporting_period: Duration::from_secs(10),
+        }
+    }
+}
+
+impl OrcaConfig {
+    /// Checks the settings; a message starts with the field's name.
+    pub fn validate(&self) -> Result<(), String> {
+        let p = self.error_utilization_penalty;
+        if !p.is_finite() || p < 0.0 {
+            return Err(format!(
+                "error_utilization_penalty: must be a number >= 0 (1.0: an error costs as much as a full CPU), got {p}"
+            ));
+        }
+        if self.weight_expiration_period.is_zero() {
+            return Err("weight_expiration_period: must be greater than zero".into());
+        }
+        if self.weight_update_period.is_zero() {
+            return Err("weight_update_period: must be greater than zero".into());
+        }
+        if self.oob_reporting_period.is_zero() {
+            return Err("oob_reporting_period: must be greater than zero".into());
+        }
+        Ok(())
+    }
+
+    /// The update period in force: the configured one, at least [`MIN_UPDATE_PERIOD`].
+    pub fn update_period(&self) -> Duration {
+        self.weight_update_period.max(MIN_UPDATE_PERIOD)
+    }
+}
