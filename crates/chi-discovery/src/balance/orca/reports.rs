@@ -108,6 +108,17 @@ impl LoadReporter {
     }
 }
 
+/// A reporter is a sink too: what it takes goes to its sink, under the id it was given.
+impl LoadSink for LoadReporter {
+    fn record(&self, instance_id: &str, load: &ReportedLoad) {
+        self.sink.record(instance_id, load);
+    }
+
+    fn per_request(&self) -> bool {
+        self.sink.per_request()
+    }
+}
+
 /// "Not yet": a time no slot has.
 const NEVER: u64 = u64::MAX;
 
