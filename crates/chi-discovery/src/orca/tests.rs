@@ -295,3 +295,186 @@ proptest! {
         prop_assert!(back.as_ref().is_ok_and(|r| r.cpu_utilization == cpu && r.eps == eps), "{json}: {back:?}");
     }
 }
+
+#[cfg(feature = "tower")]
+mod layers {
+    use std::sync::Arc;
+
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+    use crate::balance::{LoadReports, OrcaConfig};
+
+    /// A response body: one data frame, then `trailers` if any.
+    struct Answer {
+        data: Option<&'static str>,
+        trailers: Option<http::HeaderMap>,
+    }
+
+    impl http_body::Body for Answer {
+        type Data = std::io::Cursor<&'static [u8]>;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            let frame = match self.data.take() {
+                Some(d) => Some(http_body::Frame::data(std::io::Cursor::new(d.as_bytes()))),
+                None => self.trailers.take().map(http_body::Frame::trailers),
+            };
+            std::task::Poll::Ready(frame.map(Ok))
+        }
+    }
+
+    /// Every frame of `body`, trailers last.
+    async fn frames<B: http_body::Body + Unpin>(mut body: B) -> (usize, Option<http::HeaderMap>) {
+        let mut data = 0;
+        let mut trailers = None;
+        while let Some(frame) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        {
+            match frame.ok().map(|f| f.into_trailers()) {
+                Some(Ok(t)) => trailers = Some(t),
+                Some(Err(_)) => data += 1,
+                None => {}
+            }
+        }
+        (data, trailers)
+    }
+
+    fn status_service(
+        status: u16,
+    ) -> impl Service<
+        http::Request<()>,
+        Response = http::Response<Answer>,
+        Error = std::convert::Infallible,
+        Future = std::future::Ready<Result<http::Response<Answer>, std::convert::Infallible>>,
+    > + Clone {
+        tower::service_fn(move |req: http::Request<()>| {
+            let grpc = req
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v == "application/grpc");
+            let mut response = http::Response::new(Answer {
+                data: Some("hello"),
+                trailers: grpc.then(|| {
+                    let mut t = http::HeaderMap::new();
+                    let code = if status == 200 { "0" } else { "13" };
+                    t.insert("grpc-status", http::HeaderValue::from_static(code));
+                    t
+                }),
+            });
+            *response.status_mut() = http::StatusCode::from_u16(status).expect("status");
+            if grpc {
+                *response.status_mut() = http::StatusCode::OK;
+                response.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+            }
+            std::future::ready(Ok(response))
+        })
+    }
+
+    fn request(grpc: bool) -> http::Request<()> {
+        let mut req = http::Request::new(());
+        if grpc {
+            req.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/grpc"),
+            );
+        }
+        req
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http_answers_get_a_header_and_5xx_count_as_errors() {
+        let metrics = Arc::new(ServerMetrics::new());
+        metrics.set_cpu_utilization(0.5);
+        let layer = ReportLayer::new(metrics.clone());
+        let mut ok = layer.layer(status_service(200));
+        let mut failing = layer.layer(status_service(503));
+        for _ in 0..10 {
+            ok.ready()
+                .await
+                .expect("ready")
+                .call(request(false))
+                .await
+                .expect("answer");
+        }
+        for _ in 0..5 {
+            failing
+                .ready()
+                .await
+                .expect("ready")
+                .call(request(false))
+                .await
+                .expect("answer");
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let response = ok
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(false))
+            .await
+            .expect("answer");
+        let report = header::from_headers(response.headers())
+            .expect("a header")
+            .expect("parses");
+        assert_eq!((report.rps_fractional, report.eps), (15.0, 5.0));
+        assert_eq!(report.cpu_utilization, 0.5);
+        assert_eq!(
+            frames(response.into_body()).await,
+            (1, None),
+            "the body is untouched"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_answers_get_the_report_in_their_trailers_and_feed_it() {
+        let metrics = Arc::new(ServerMetrics::new());
+        metrics.set_application_utilization(0.25);
+        metrics.set_qps(50.0);
+        let mut server = ReportLayer::new(metrics.clone()).layer(status_service(200));
+        let reports = Arc::new(LoadReports::new(OrcaConfig {
+            blackout_period: Duration::ZERO,
+            ..OrcaConfig::default()
+        }));
+        // The client side reads the trailers as its body ends.
+        let mut client = FeedLayer::new(reports.reporter("a")).layer(tower::service_fn(
+            move |req: http::Request<()>| {
+                let answer = server.call(req);
+                async move { answer.await }
+            },
+        ));
+        let response = client
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(true))
+            .await
+            .expect("answer");
+        assert!(!response.headers().contains_key(header::BIN_HEADER));
+        assert_eq!(reports.weight("a"), None, "not before the trailers");
+        let (data, trailers) = frames(response.into_body()).await;
+        assert_eq!(data, 1);
+        let trailers = trailers.expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(trailers.contains_key(header::BIN_HEADER));
+        assert_eq!(reports.weight("a"), Some(200.0), "50 qps at 0.25");
+        // A failed call counts in eps.
+        let mut failing = ReportLayer::new(metrics.clone()).layer(status_service(500));
+        let response = failing
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(true))
+            .await
+            .expect("answer");
+        let _ = frames(response.into_body()).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(metrics.report().eps, 1.0);
+    }
+}

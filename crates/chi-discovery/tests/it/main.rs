@@ -5,6 +5,14 @@
 //! `multi_real`, `zookeeper_faults`) is part of this binary; `CHI_SOAK=1` (via `scripts/reliability --soak`) makes its long phases longer.
 
 mod health;
+#[cfg(all(
+    feature = "orca",
+    feature = "grpc",
+    feature = "tower",
+    feature = "http",
+    feature = "axum"
+))]
+mod orca;
 mod outage;
 
 #[cfg(feature = "consul")]
