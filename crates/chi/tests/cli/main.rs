@@ -10,6 +10,7 @@ mod config;
 mod console;
 mod crash;
 mod names;
+mod orca;
 mod proxy;
 mod proxy_client_region;
 mod proxy_picks;
