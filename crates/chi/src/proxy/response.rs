@@ -52,7 +52,7 @@ pub(super) fn upstream_response(
     lease: Lease,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    let report_trailers = super::orca::headers(&picked, &parts.headers);
+    super::orca::headers(&picked, &parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     if let Some(v) = &target.upstream {
         parts.headers.insert(UPSTREAM_HEADER, v.clone());
@@ -66,10 +66,9 @@ pub(super) fn upstream_response(
     };
     let body = Guarded {
         inner: body,
-        picked,
+        _picked: picked,
         _slot: slot,
         lease,
-        report_trailers,
     };
     Response::from_parts(parts, BoxBody::new(body))
 }
@@ -77,14 +76,12 @@ pub(super) fn upstream_response(
 /// A response body that holds the pick (the balancer's in-flight guard) until the body is done.
 struct Guarded {
     inner: Incoming,
-    picked: Picked,
+    _picked: Picked,
     /// The circuit breaker's slot of the instance, freed with the body.
     _slot: Option<Slot>,
     /// The upstream connection, returned to its idle list once the body is read to the end
     /// (dropped, so closed, if the client goes away first).
     lease: Option<Lease>,
-    /// The backend's load report is in the trailers, if anywhere (`orca`).
-    report_trailers: bool,
 }
 
 impl Body for Guarded {
@@ -96,13 +93,6 @@ impl Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if self.report_trailers
-            && let Poll::Ready(Some(Ok(f))) = &frame
-            && let Some(trailers) = f.trailers_ref()
-        {
-            self.report_trailers = false;
-            super::orca::trailers(&self.picked, trailers);
-        }
         let done = match &frame {
             Poll::Ready(None) => true,
             Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),

@@ -151,14 +151,19 @@ async fn proxy_weighs_backends_by_their_load_reports() {
     // reports: the first check after the 100 ms update period.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while counts(&client, &addr, 12).await.len() < 3 {
-        assert!(std::time::Instant::now() < deadline, "not every backend seen");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every backend seen"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     let _ = counts(&client, &addr, 32).await;
 
     let split = counts(&client, &addr, 700).await;
-    println!("chi proxy, orca_weighted_round_robin, 700 calls to backends at utilization 0.2 / 0.4 / 0.8: {split:?}");
+    println!(
+        "chi proxy, orca_weighted_round_robin, 700 calls to backends at utilization 0.2 / 0.4 / 0.8: {split:?}"
+    );
     let share = |b: &str| split.get(b).copied().unwrap_or(0);
     assert!((380..=420).contains(&share("b1")), "{split:?}");
     assert!((180..=220).contains(&share("b2")), "{split:?}");
