@@ -13,6 +13,8 @@ mod health;
     feature = "axum"
 ))]
 mod orca;
+#[cfg(all(feature = "orca", feature = "grpc", feature = "tower"))]
+mod orca_grpc_js;
 mod outage;
 
 #[cfg(feature = "consul")]
