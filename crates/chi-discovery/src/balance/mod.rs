@@ -148,7 +148,8 @@ pub use least_conn::LeastConnections;
 pub use load::{InFlight, Load, Loads, PeakEwmaConfig};
 pub use maglev::Maglev;
 pub use orca::{
-    LoadReporter, LoadReports, LoadSink, OrcaConfig, OrcaWeightedRoundRobin, ReportedLoad,
+    LoadReporter, LoadReports, LoadSink, OobHandle, OrcaConfig, OrcaWeightedRoundRobin, OutOfBand,
+    ReportedLoad,
 };
 pub use p2c::{P2c, P2cCost};
 pub use random::Random;

@@ -10,7 +10,9 @@
 //!   servers answer.
 //! - [`stream_core_metrics`]: the client call over any tonic transport; [`follow`] keeps one
 //!   instance's stream open (reconnecting with backoff) and hands its reports to a
-//!   [`LoadReporter`].
+//!   [`LoadReporter`]; [`Streams`] opens one per instance for a service's
+//!   [`LoadReports`](crate::balance::LoadReports) (what `load_balancer.orca.out_of_band` turns
+//!   on in every router chi builds).
 //!
 //! The client and server are written out here rather than generated: one server-streaming
 //! method over tonic's public `Grpc` helpers is what `tonic-build` would emit, without a build
@@ -28,8 +30,10 @@ use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 
 use super::{OrcaLoadReport, OrcaLoadReportRequest, STREAM_CORE_METRICS, ServerMetrics, check};
-use crate::balance::{LoadReporter, ReportedLoad};
+use crate::balance::{LoadReporter, OobHandle, OutOfBand, ReportedLoad};
+use crate::instance::Instance;
 use crate::retry::Backoff;
+use crate::util::AbortOnDrop;
 
 /// The interval a request that names none gets.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
@@ -189,5 +193,40 @@ pub async fn follow(
             }
         }
         tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Out-of-band streams over gRPC to each instance's own address (`http://address:port`, the
+/// port its service answers on), asking a report every `interval`: the [`OutOfBand`] opener
+/// of `load_balancer.orca.out_of_band`. Each stream is a task on the current tokio runtime
+/// ([`follow`]), aborted when its handle drops.
+#[derive(Debug, Clone, Copy)]
+pub struct Streams {
+    interval: Duration,
+}
+
+impl Streams {
+    /// Streams asking a report every `interval` (`oob_reporting_period`).
+    pub fn new(interval: Duration) -> Self {
+        Streams { interval }
+    }
+}
+
+impl OutOfBand for Streams {
+    fn open(&self, instance: &Instance, reporter: LoadReporter) -> Option<OobHandle> {
+        tokio::runtime::Handle::try_current().ok()?;
+        let url = format!("http://{}", instance.authority());
+        let endpoint = match tonic::transport::Endpoint::from_shared(url) {
+            Ok(e) => e.connect_timeout(Duration::from_secs(2)),
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, error = %e, "no out-of-band reports: the address is no URI");
+                return None;
+            }
+        };
+        Some(Box::new(AbortOnDrop::spawn(follow(
+            endpoint,
+            self.interval,
+            reporter,
+        ))))
     }
 }

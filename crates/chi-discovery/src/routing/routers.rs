@@ -65,7 +65,7 @@ impl Routers {
         let mut config = self.balancer.clone();
         // One store of load reports per service, shared by the balancers of its subsets.
         if config.strategy.uses_load_reports() {
-            config.load_reports = Some(Arc::new(LoadReports::new(config.orca)));
+            config.load_reports = Some(Arc::new(reports(&config)));
         }
         let skip_unhealthy = config.health_check_enabled;
         let router = Smart::from_config(&self.routing, move || {
@@ -126,4 +126,18 @@ impl Routers {
     pub fn health_check_enabled(&self) -> bool {
         self.balancer.health_check_enabled
     }
+}
+
+/// A service's store of load reports; with `orca.out_of_band` it follows the instances its
+/// balancers pick from over gRPC (features `orca` and `grpc`; without them only reports handed
+/// in by the caller count).
+fn reports(config: &BalancerConfig) -> LoadReports {
+    let reports = LoadReports::new(config.orca);
+    #[cfg(all(feature = "orca", feature = "grpc"))]
+    if config.orca.out_of_band {
+        return reports.out_of_band(Arc::new(crate::orca::oob::Streams::new(
+            config.orca.oob_reporting_period,
+        )));
+    }
+    reports
 }

@@ -282,6 +282,67 @@ async fn chi_http_weighs_backends_by_their_reports() {
     assert!((80..=120).contains(&share("c")), "{counts:?}");
 }
 
+/// `load_balancer.orca.out_of_band`: every router chi builds streams the reports of the
+/// instances it picks from (`OpenRcaService` on each instance's own port) and weighs by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_follow_their_instances_out_of_band() {
+    let memory = Arc::new(Memory::new());
+    for (name, u) in [("a", 0.2), ("b", 0.4), ("c", 0.8)] {
+        let url = grpc_backend(reporting(u)).await;
+        let port: u16 = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        memory
+            .register(&Instance::new("work", "127.0.0.1", port).with_id(name))
+            .await
+            .expect("register");
+    }
+    let config = Config::from_yaml(
+        "service_discovery:
+  load_balancer:
+    strategy: orca_weighted_round_robin
+    orca:
+      blackout_period: 0s
+      weight_update_period: 100ms
+      out_of_band: true
+      oob_reporting_period: 100ms
+",
+    )
+    .expect("config");
+    let routers = chi_discovery::routing::Routers::from_config(&config).expect("routers");
+    let router = routers.router();
+    let client = chi_discovery::DiscoveryClient::new(memory);
+    let snapshot = client.discover("work").await.expect("discover");
+    let route = chi_discovery::routing::Route::new();
+    let reports = router
+        .pick(&snapshot, &route)
+        .and_then(|r| r.load_reports().cloned())
+        .expect("a store of reports");
+    assert!(!reports.per_request());
+    eventually("three streams, three weights", || {
+        reports.streams() == 3
+            && ["a", "b", "c"]
+                .iter()
+                .all(|id| reports.weight(id).is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..64 {
+        let _ = router.pick(&snapshot, &route);
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..700 {
+        let routed = router.pick(&snapshot, &route).expect("a pick");
+        *counts.entry(routed.instance().id.clone()).or_default() += 1;
+    }
+    let share = |k: &str| counts.get(k).copied().unwrap_or(0);
+    assert!((390..=410).contains(&share("a")), "{counts:?}");
+    assert!((190..=210).contains(&share("b")), "{counts:?}");
+    assert!((90..=110).contains(&share("c")), "{counts:?}");
+}
+
 #[test]
 fn an_out_of_band_store_skips_per_request_reports() {
     let reports = Arc::new(LoadReports::new(OrcaConfig {

@@ -32,6 +32,11 @@
 //! random for the same reason). A service picked fewer than 16 times in a period sees its table
 //! follow its traffic rather than the clock.
 //!
+//! With `out_of_band` on, the store opens one out-of-band stream per instance its balancers pick
+//! from ([`LoadReports::out_of_band`]; [`Routers`](crate::routing::Routers) does it with
+//! features `orca` and `grpc`), closes it when no balancer holds the instance any more, and
+//! per-request reports are ignored (A58).
+//!
 //! Configured weights are not used (0 still takes an instance out): the servers' reports are the
 //! weights. Callers hand reports in through a [`LoadSink`] (the store itself, or a
 //! [`LoadReporter`] for one instance): `chi proxy`, [`Chi::http`](crate::Chi::http) and the
@@ -45,6 +50,20 @@ mod tests;
 use std::time::Duration;
 
 pub use reports::{LoadReporter, LoadReports, LoadSink, ReportedLoad};
+
+use crate::instance::Instance;
+
+/// A running out-of-band stream: the stream stops when this is dropped.
+pub type OobHandle = Box<dyn std::any::Any + Send + Sync>;
+
+/// Opens out-of-band report streams (`OpenRcaService.StreamCoreMetrics`), one per instance:
+/// what [`LoadReports::out_of_band`] uses to follow the instances its balancers pick from.
+/// `crate::orca::oob::Streams` (features `orca` and `grpc`) opens them over gRPC.
+pub trait OutOfBand: Send + Sync {
+    /// Starts `instance`'s stream, handing its reports to `reporter`; `None` when it cannot
+    /// (no runtime, an address that is no URI).
+    fn open(&self, instance: &Instance, reporter: LoadReporter) -> Option<OobHandle>;
+}
 pub use selector::OrcaWeightedRoundRobin;
 
 /// The shortest `weight_update_period` (A58 raises shorter ones to it).

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::OrcaConfig;
+use super::{OobHandle, OrcaConfig, OutOfBand};
+use crate::instance::Instance;
 use crate::util::lock;
 
 /// What a load report says that the weight depends on (the fields of an ORCA `OrcaLoadReport`
@@ -204,6 +205,24 @@ pub struct LoadReports {
     slots: ArcSwap<Slots>,
     /// Taken to add slots (a report of a new instance, a table over new instances).
     insert: Mutex<()>,
+    /// Out-of-band streams: the opener, and the open streams by instance id (with the
+    /// authority they go to).
+    oob: Option<(
+        Arc<dyn OutOfBand>,
+        Mutex<FxHashMap<Box<str>, (String, OobHandle)>>,
+    )>,
+}
+
+/// A sink that does not keep the store alive: the store's own out-of-band streams report
+/// through it (the store owns the streams; a strong reference back would keep both forever).
+struct WeakSink(std::sync::Weak<LoadReports>);
+
+impl LoadSink for WeakSink {
+    fn record(&self, instance_id: &str, load: &ReportedLoad) {
+        if let Some(reports) = self.0.upgrade() {
+            reports.record(instance_id, load);
+        }
+    }
 }
 
 impl std::fmt::Debug for LoadReports {
@@ -223,7 +242,16 @@ impl LoadReports {
             epoch: tokio::time::Instant::now(),
             slots: ArcSwap::default(),
             insert: Mutex::new(()),
+            oob: None,
         }
+    }
+
+    /// Follows the instances the balancers pick from out of band: `opener` opens a stream for
+    /// each when a table takes it in, and the stream is closed once no table holds it. Meant
+    /// for `out_of_band: true`, which also makes per-request reports ignored.
+    pub fn out_of_band(mut self, opener: Arc<dyn OutOfBand>) -> Self {
+        self.oob = Some((opener, Mutex::new(FxHashMap::default())));
+        self
     }
 
     /// The rules.
@@ -253,9 +281,59 @@ impl LoadReports {
         nanos(tokio::time::Instant::now().saturating_duration_since(self.epoch))
     }
 
-    /// The slots of `ids`, in order, made for those that have none. Slots nobody else holds
-    /// whose reports expired are dropped on the way (instances that left).
-    pub(crate) fn slots<'a>(&self, ids: &[&'a str]) -> Vec<Arc<Endpoint>> {
+    /// The slots of `instances`, in order, made for those that have none. Slots nobody else
+    /// holds whose reports expired are dropped on the way (instances that left); with
+    /// out-of-band streams, streams are opened for `instances` and closed for the instances no
+    /// table holds.
+    pub(crate) fn slots(self: &Arc<Self>, instances: &[&Instance]) -> Vec<Arc<Endpoint>> {
+        let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+        let slots = self.slots_of(&ids);
+        if let Some((opener, streams)) = &self.oob {
+            self.follow(&**opener, &mut lock(streams), instances);
+        }
+        slots
+    }
+
+    /// Opens the streams of `instances` (again for one whose address moved) and closes those
+    /// of instances whose slot no table holds.
+    fn follow(
+        self: &Arc<Self>,
+        opener: &dyn OutOfBand,
+        streams: &mut FxHashMap<Box<str>, (String, OobHandle)>,
+        instances: &[&Instance],
+    ) {
+        let held = self.slots.load();
+        streams.retain(|id, _| {
+            instances.iter().any(|i| i.id == **id)
+                || held.get(id).is_some_and(|s| Arc::strong_count(s) > 1)
+        });
+        for instance in instances {
+            let authority = instance.authority();
+            if streams
+                .get(instance.id.as_str())
+                .is_some_and(|(to, _)| *to == authority)
+            {
+                continue;
+            }
+            let sink: Arc<dyn LoadSink> = Arc::new(WeakSink(Arc::downgrade(self)));
+            let reporter = LoadReporter::new(sink, instance.id.as_str());
+            match opener.open(instance, reporter) {
+                Some(handle) => {
+                    streams.insert(Box::from(instance.id.as_str()), (authority, handle));
+                }
+                None => {
+                    streams.remove(instance.id.as_str());
+                }
+            }
+        }
+    }
+
+    /// Out-of-band streams open now.
+    pub fn streams(&self) -> usize {
+        self.oob.as_ref().map_or(0, |(_, s)| lock(s).len())
+    }
+
+    fn slots_of(&self, ids: &[&str]) -> Vec<Arc<Endpoint>> {
         let _lock = lock(&self.insert);
         let current = self.slots.load_full();
         let now = self.now();

@@ -72,11 +72,8 @@ impl OrcaWeightedRoundRobin {
         rng: &dyn RandomSource,
     ) -> Self {
         let candidates = eligible(instances);
-        let ids: Vec<&str> = candidates
-            .iter()
-            .map(|&i| instances[i as usize].id.as_str())
-            .collect();
-        let slots: Box<[Arc<Endpoint>]> = reports.slots(&ids).into();
+        let listed: Vec<&Instance> = candidates.iter().map(|&i| &instances[i as usize]).collect();
+        let slots: Box<[Arc<Endpoint>]> = reports.slots(&listed).into();
         let config = *reports.config();
         let now = reports.now();
         let weights = quantize(&weights_at(&slots, now, &config));

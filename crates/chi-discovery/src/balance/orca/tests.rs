@@ -260,6 +260,68 @@ fn out_of_band_stores_want_no_per_request_reports() {
     assert!(!reporter.per_request());
 }
 
+/// An opener that counts its open streams and hands each one report at once.
+#[derive(Default)]
+struct Opener {
+    opened: std::sync::Mutex<Vec<String>>,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl OutOfBand for Opener {
+    fn open(&self, instance: &Instance, reporter: LoadReporter) -> Option<OobHandle> {
+        self.opened.lock().expect("lock").push(instance.id.clone());
+        reporter.record(&load(100.0, 0.5));
+        self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(Box::new(Live(self.live.clone())))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn out_of_band_streams_follow_the_instances_tables_hold() {
+    let opener = Arc::new(Opener::default());
+    let reports = Arc::new(
+        LoadReports::new(OrcaConfig {
+            out_of_band: true,
+            ..quick()
+        })
+        .out_of_band(opener.clone()),
+    );
+    let rng = SeededRandom::new(1);
+    let three = OrcaWeightedRoundRobin::build(&list(3), reports.clone(), &rng);
+    assert_eq!(reports.streams(), 3);
+    assert_eq!(
+        reports.weight("i1"),
+        Some(200.0),
+        "a stream's report counts"
+    );
+    // The same instances again: no new stream.
+    let again = OrcaWeightedRoundRobin::build(&list(3), reports.clone(), &rng);
+    assert_eq!(opener.opened.lock().expect("lock").len(), 3);
+    drop((three, again));
+    // i2 leaves: its stream closes once no table holds it.
+    let _two = OrcaWeightedRoundRobin::build(&list(2), reports.clone(), &rng);
+    assert_eq!(reports.streams(), 2);
+    assert_eq!(opener.live.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // i0 moves: a stream to its new address.
+    let mut moved = list(2);
+    moved[0].port = 9999;
+    let _moved = OrcaWeightedRoundRobin::build(&moved, reports.clone(), &rng);
+    assert_eq!(opener.opened.lock().expect("lock").len(), 4);
+    assert_eq!(opener.live.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The store owns its streams: dropping it closes them (no cycle through the reporters).
+    drop((_two, _moved));
+    drop(reports);
+    assert_eq!(opener.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
