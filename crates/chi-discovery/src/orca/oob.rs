@@ -67,7 +67,7 @@ impl OpenRcaServer {
         let asked = request.report_interval.and_then(|d| {
             let secs = u64::try_from(d.seconds).ok()?;
             let nanos = u32::try_from(d.nanos).ok()?;
-            Some(Duration::new(secs, 0).checked_add(Duration::from_nanos(u64::from(nanos)))?)
+            Duration::new(secs, 0).checked_add(Duration::from_nanos(u64::from(nanos)))
         });
         match asked {
             Some(d) if !d.is_zero() => d.max(self.min_interval),

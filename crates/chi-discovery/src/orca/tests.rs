@@ -444,10 +444,7 @@ mod layers {
         }));
         // The client side reads the trailers as its body ends.
         let mut client = FeedLayer::new(reports.reporter("a")).layer(tower::service_fn(
-            move |req: http::Request<()>| {
-                let answer = server.call(req);
-                async move { answer.await }
-            },
+            move |req: http::Request<()>| server.call(req),
         ));
         let response = client
             .ready()

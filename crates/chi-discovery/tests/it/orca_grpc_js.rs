@@ -113,15 +113,27 @@ async fn grpc_js_reads_chis_per_call_trailer() {
     assert_eq!(reports[0]["named_metrics"]["queue"], 3.0, "{reports:?}");
 }
 
+/// A node process, killed and reaped when dropped (also when an assertion fails first).
+struct Node(std::process::Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn chi_reads_grpc_js_out_of_band_stream() {
-    let mut server = script()
-        .arg("serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node serve");
-    let stdout = server.stdout.take().expect("stdout");
+    let mut server = Node(
+        script()
+            .arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node serve"),
+    );
+    let stdout = server.0.stdout.take().expect("stdout");
     let port = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
             .lines()
@@ -142,7 +154,7 @@ async fn chi_reads_grpc_js_out_of_band_stream() {
         .expect("a report in time")
         .expect("a report")
         .expect("ok");
-    let _ = server.kill();
+    drop(server);
     assert_eq!(
         (report.cpu_utilization, report.application_utilization),
         (0.3, 0.6)

@@ -190,6 +190,9 @@ pub(crate) fn nanos(d: std::time::Duration) -> u64 {
 
 type Slots = FxHashMap<Box<str>, Arc<Endpoint>>;
 
+/// Out-of-band streams by instance id, with the authority each goes to.
+type OpenStreams = FxHashMap<Box<str>, (String, OobHandle)>;
+
 /// The reported load of one service's instances, by instance id: the [`LoadSink`] of
 /// `orca_weighted_round_robin`, shared by every balancer of the service (a [`Balancer`] makes
 /// its own unless its [`BalancerConfig::load_reports`] names one; [`Routers`] makes one per
@@ -207,10 +210,7 @@ pub struct LoadReports {
     insert: Mutex<()>,
     /// Out-of-band streams: the opener, and the open streams by instance id (with the
     /// authority they go to).
-    oob: Option<(
-        Arc<dyn OutOfBand>,
-        Mutex<FxHashMap<Box<str>, (String, OobHandle)>>,
-    )>,
+    oob: Option<(Arc<dyn OutOfBand>, Mutex<OpenStreams>)>,
 }
 
 /// A sink that does not keep the store alive: the store's own out-of-band streams report
@@ -299,7 +299,7 @@ impl LoadReports {
     fn follow(
         self: &Arc<Self>,
         opener: &dyn OutOfBand,
-        streams: &mut FxHashMap<Box<str>, (String, OobHandle)>,
+        streams: &mut OpenStreams,
         instances: &[&Instance],
     ) {
         let held = self.slots.load();

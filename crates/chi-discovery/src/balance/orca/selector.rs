@@ -147,7 +147,7 @@ impl Select for OrcaWeightedRoundRobin {
     #[inline]
     fn select(&self, instances: &[Instance], request: &Request<'_>) -> Option<usize> {
         let raw = self.next.fetch_add(1, Ordering::Relaxed);
-        if raw % CHECK_EVERY == 0 {
+        if raw.is_multiple_of(CHECK_EVERY) {
             self.refresh();
         }
         let table = self.table.load();
