@@ -10,8 +10,10 @@
 //!   set itself is left as it is.
 //! - [`FeedLayer`] (clients): reads each response's report (headers first, then the trailers
 //!   that end its body, where gRPC puts it) into a [`LoadReporter`], i.e. into
-//!   `orca_weighted_round_robin`'s weights for that instance. Nothing is read when the reporter's
-//!   sink takes out-of-band reports only.
+//!   `orca_weighted_round_robin`'s weights for that instance: one given for the wrapped service
+//!   (one instance), or, with [`FeedLayer::from_request`], the one each request carries as an
+//!   extension (what [`Chi::balance`](crate::Chi::balance) puts there for the instance it
+//!   picked). Nothing is read when the reporter's sink takes out-of-band reports only.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -238,13 +240,22 @@ impl<B: Body> Body for ReportBody<B> {
 /// Reads every response's load report into a [`LoadReporter`]; see the module docs.
 #[derive(Debug, Clone)]
 pub struct FeedLayer {
-    reporter: LoadReporter,
+    reporter: Option<LoadReporter>,
 }
 
 impl FeedLayer {
     /// Reports of the instance `reporter` stands for.
     pub fn new(reporter: LoadReporter) -> Self {
-        FeedLayer { reporter }
+        FeedLayer {
+            reporter: Some(reporter),
+        }
+    }
+
+    /// Reports into the [`LoadReporter`] each request carries as an extension (requests
+    /// without one are not read): for a service that [`Chi::balance`](crate::Chi::balance)
+    /// calls, e.g. `chi.balance("svc", |i| Ok(FeedLayer::from_request().layer(channel(i))))`.
+    pub fn from_request() -> Self {
+        FeedLayer { reporter: None }
     }
 }
 
@@ -263,7 +274,7 @@ impl<S> Layer<S> for FeedLayer {
 #[derive(Debug, Clone)]
 pub struct FeedService<S> {
     inner: S,
-    reporter: LoadReporter,
+    reporter: Option<LoadReporter>,
 }
 
 impl<S, ReqB, ResB> Service<http::Request<ReqB>> for FeedService<S>
@@ -280,9 +291,15 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+        let reporter = self
+            .reporter
+            .as_ref()
+            .or_else(|| req.extensions().get::<LoadReporter>())
+            .filter(|r| r.per_request())
+            .cloned();
         FeedFuture {
             inner: self.inner.call(req),
-            reporter: self.reporter.per_request().then(|| self.reporter.clone()),
+            reporter,
         }
     }
 }

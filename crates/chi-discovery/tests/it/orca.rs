@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::{Extension, Router, routing::get};
@@ -44,6 +45,13 @@ fn reporting(utilization: f64) -> Arc<ServerMetrics> {
 /// A tonic server on loopback: the health service (serving ""), `OpenRcaService`, and the
 /// report layer, all over `metrics`. Returns its address.
 async fn grpc_backend(metrics: Arc<ServerMetrics>) -> String {
+    grpc_backend_counted(metrics).await.0
+}
+
+/// [`grpc_backend`], with a count of the requests it served.
+async fn grpc_backend_counted(metrics: Arc<ServerMetrics>) -> (String, Arc<AtomicUsize>) {
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -54,13 +62,17 @@ async fn grpc_backend(metrics: Arc<ServerMetrics>) -> String {
     tokio::spawn(async move {
         let _keep = reporter;
         let _ = Server::builder()
+            .trace_fn(move |_| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::Span::none()
+            })
             .layer(ReportLayer::new(metrics))
             .add_service(health)
             .add_service(oob)
             .serve_with_incoming(TcpIncoming::from(listener))
             .await;
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), served)
 }
 
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
@@ -341,6 +353,70 @@ async fn routers_follow_their_instances_out_of_band() {
     assert!((390..=410).contains(&share("a")), "{counts:?}");
     assert!((190..=210).contains(&share("b")), "{counts:?}");
     assert!((90..=110).contains(&share("c")), "{counts:?}");
+}
+
+/// `Chi::balance` over tonic channels wrapped in `FeedLayer::from_request`: every call goes to
+/// the instance chi picks, and its trailer's report weighs that instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chi_balance_weighs_tonic_backends_by_their_trailers() {
+    let memory = Arc::new(Memory::new());
+    let mut served = Vec::new();
+    for (name, u) in [("a", 0.2), ("b", 0.4), ("c", 0.8)] {
+        let (url, count) = grpc_backend_counted(reporting(u)).await;
+        let port: u16 = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        memory
+            .register(&Instance::new("work", "127.0.0.1", port).with_id(name))
+            .await
+            .expect("register");
+        served.push(count);
+    }
+    let config = Config::from_yaml(
+        "service_discovery:
+  load_balancer:
+    strategy: orca_weighted_round_robin
+    orca:
+      blackout_period: 0s
+      weight_update_period: 100ms
+",
+    )
+    .expect("config");
+    let chi = Chi::over(config, memory).expect("stack");
+    let balance = chi
+        .balance("work", |i: &Instance| {
+            Endpoint::from_shared(format!("http://{}", i.authority()))
+                .map(|e| tower::Layer::layer(&FeedLayer::from_request(), e.connect_lazy()))
+        })
+        .expect("balance");
+    let mut client = HealthClient::new(balance);
+    let check = || HealthCheckRequest {
+        service: String::new(),
+    };
+    for _ in 0..30 {
+        client.check(check()).await.expect("served");
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..64 {
+        client.check(check()).await.expect("served");
+    }
+    let before: Vec<usize> = served.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    for _ in 0..700 {
+        client.check(check()).await.expect("served");
+    }
+    let split: Vec<usize> = served
+        .iter()
+        .zip(&before)
+        .map(|(c, b)| c.load(Ordering::Relaxed) - b)
+        .collect();
+    println!(
+        "Chi::balance over tonic, orca_weighted_round_robin, utilization 0.2 / 0.4 / 0.8: {split:?}"
+    );
+    assert!((390..=410).contains(&split[0]), "{split:?}");
+    assert!((190..=210).contains(&split[1]), "{split:?}");
+    assert!((90..=110).contains(&split[2]), "{split:?}");
 }
 
 #[test]
