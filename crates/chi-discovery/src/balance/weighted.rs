@@ -30,7 +30,7 @@ use super::{FastMod, Request, Select, accepts, eligible, pass_turn, scan_from};
 use crate::instance::Instance;
 
 /// Largest `period * n` computed with nginx's exact O(n)-per-step algorithm.
-const EXACT_BUDGET: u64 = 1 << 22;
+pub(crate) const EXACT_BUDGET: u64 = 1 << 22;
 /// Smallest EDF window.
 const MIN_WINDOW: u64 = 1 << 16;
 /// Largest schedule (4 bytes a slot: 8 MiB).
@@ -63,7 +63,7 @@ impl WeightedRoundRobin {
             .iter()
             .map(|&i| u64::from(instances[i as usize].effective_weight()))
             .collect();
-        let (schedule, exact) = schedule(&candidates, &weights);
+        let (schedule, exact) = schedule(&candidates, &weights, EXACT_BUDGET);
         WeightedRoundRobin {
             modulo: FastMod::new(schedule.len()),
             schedule: schedule.into(),
@@ -85,17 +85,18 @@ impl WeightedRoundRobin {
 }
 
 /// One period of the smooth sequence of `weights` (index-aligned with `candidates`, each at least
-/// 1), as instance indices: nginx's exact sequence within the budget, else the EDF window (see the
-/// module docs). True when exact. Also the table of `orca_weighted_round_robin`, whose weights come
-/// from load reports instead of the instances.
-pub(crate) fn schedule(candidates: &[u32], weights: &[u64]) -> (Vec<u32>, bool) {
+/// 1), as instance indices: nginx's exact sequence when `period * n` is within `budget`, else the
+/// EDF window (see the module docs). True when exact. Also the table of
+/// `orca_weighted_round_robin`, whose weights come from load reports instead of the instances
+/// (with a smaller budget: it is rebuilt every update period).
+pub(crate) fn schedule(candidates: &[u32], weights: &[u64], budget: u64) -> (Vec<u32>, bool) {
     let g = weights.iter().copied().fold(0, gcd).max(1);
     let weights: Vec<u64> = weights.iter().map(|w| (w / g).max(1)).collect();
     let total: u64 = weights.iter().sum();
     let n = candidates.len() as u64;
     if n == 0 {
         (Vec::new(), true)
-    } else if total.saturating_mul(n) <= EXACT_BUDGET {
+    } else if total.saturating_mul(n) <= budget {
         (nginx_sequence(candidates, &weights, total), true)
     } else {
         let window = total.min(MIN_WINDOW.max(64 * n)).min(MAX_WINDOW);

@@ -22,15 +22,17 @@
 //!
 //! How chi keeps picks lock-free. Reports land in [`LoadReports`], one per service, shared by the
 //! balancers of the service's routed subsets: a report writes three atomics of its instance's
-//! slot, nothing else. A pick is smooth weighted round robin over a table (the schedule of
+//! slot, nothing else. A table is a selector: smooth weighted round robin over the schedule of
 //! [`WeightedRoundRobin`](super::WeightedRoundRobin), built from the reported weights quantized
-//! to 1/1,000 of the largest) read from an `ArcSwap`, plus one rotation counter: no lock, no
-//! allocation. Every 16th pick reads the clock, and the pick that finds the update period over
-//! builds the next table (reading every slot, O(n), then the schedule) and swaps it in; the
-//! rotation counter carries on across tables and starts at a random place, so tables do not
-//! restart at their first slot and clients do not move in step (A58 starts its EDF deadlines at
-//! random for the same reason). A service picked fewer than 16 times in a period sees its table
-//! follow its traffic rather than the clock.
+//! to 1/100 of the largest, read as the [`Balancer`](super::Balancer) reads every table (its
+//! per-thread cache: no lock, no allocation, no arc-swap load). Every 16th pick reads the clock;
+//! the pick that finds the update period over reads every slot (O(n)) and, when the quantized
+//! weights changed, builds the successor table and hands it to the balancer, which swaps it in
+//! as it does a table for a new list. The rotation counter carries on across tables and starts
+//! at a random place, so tables do not restart at their first slot and clients do not move in
+//! step (A58 starts its EDF deadlines at random for the same reason). A service picked fewer
+//! than 16 times in a period sees its table follow its traffic rather than the clock; a selector
+//! used without a balancer keeps the weights it was built with.
 //!
 //! With `out_of_band` on, the store opens one out-of-band stream per instance its balancers pick
 //! from ([`LoadReports::out_of_band`]; [`Routers`](crate::routing::Routers) does it with

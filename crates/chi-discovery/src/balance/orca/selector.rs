@@ -1,71 +1,65 @@
-//! [`OrcaWeightedRoundRobin`]: smooth weighted round robin over a table rebuilt from the reported
-//! weights every update period (see the module docs of `orca`).
+//! [`OrcaWeightedRoundRobin`]: smooth weighted round robin over a table built from the reported
+//! weights, replaced by its successor every update period (see the module docs of `orca`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use arc_swap::ArcSwap;
-
 use super::reports::{Endpoint, nanos};
 use super::{LoadReports, OrcaConfig};
+use crate::balance::balancer::Publisher;
 use crate::balance::weighted::{WALK, schedule};
 use crate::balance::{
     FastMod, RandomSource, Request, Select, accepts, eligible, pass_turn, scan_from,
 };
 use crate::instance::Instance;
 
-/// The largest weight of a table: weights are quantized to 1/RESOLUTION of the largest one.
-const RESOLUTION: f64 = 1_000.0;
+/// The largest weight of a table: weights are quantized to 1/RESOLUTION of the largest one (1 %:
+/// finer than reports are steady, and it keeps the periodic rebuild small).
+const RESOLUTION: f64 = 100.0;
+/// Largest `period * n` built as nginx's exact sequence (O(n) a slot); beyond it, the EDF window.
+const EXACT_BUDGET: u64 = 1 << 16;
 /// Picks between two reads of the clock (a power of two).
 const CHECK_EVERY: usize = 16;
 
-/// One table: the schedule and the quantized weights it was built from.
-#[derive(Debug)]
-struct Table {
-    schedule: Box<[u32]>,
-    modulo: FastMod,
-    weights: Box<[u64]>,
-}
-
-impl Table {
-    fn new(candidates: &[u32], weights: Box<[u64]>) -> Table {
-        let (schedule, _) = schedule(candidates, &weights);
-        Table {
-            modulo: FastMod::new(schedule.len()),
-            schedule: schedule.into(),
-            weights,
-        }
-    }
-}
-
-/// `orca_weighted_round_robin`: weighted round robin by the weights servers report; see the
-/// module docs.
-pub struct OrcaWeightedRoundRobin {
+/// What the successive tables of one list share: the instances, their report slots, the
+/// rotation and when the next table is due.
+struct Lineage {
     reports: Arc<LoadReports>,
     config: OrcaConfig,
     /// Instances of non-zero configured weight, as indices into the list.
     candidates: Box<[u32]>,
     /// Their report slots, index-aligned with `candidates`.
     slots: Box<[Arc<Endpoint>]>,
-    table: ArcSwap<Table>,
     /// The rotation, across tables.
     next: AtomicUsize,
     /// When the next table is due, in ns of the store's clock.
     due: AtomicU64,
 }
 
+/// `orca_weighted_round_robin`: weighted round robin by the weights servers report; see the
+/// module docs. One selector is one table; held by a [`Balancer`](crate::balance::Balancer),
+/// it hands the balancer its successor when the weights change.
+pub struct OrcaWeightedRoundRobin {
+    lineage: Arc<Lineage>,
+    schedule: Box<[u32]>,
+    modulo: FastMod,
+    /// The quantized weights of the table, index-aligned with the candidates.
+    weights: Box<[u64]>,
+    publisher: Option<Publisher>,
+}
+
 impl std::fmt::Debug for OrcaWeightedRoundRobin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrcaWeightedRoundRobin")
-            .field("instances", &self.candidates.len())
-            .field("weights", &self.table.load().weights)
+            .field("instances", &self.lineage.candidates.len())
+            .field("weights", &self.weights)
             .finish_non_exhaustive()
     }
 }
 
 impl OrcaWeightedRoundRobin {
-    /// The selector for `instances`, weighing them by the reports in `reports` (its first table
-    /// from the weights that count now); the rotation starts at a place drawn from `rng`.
+    /// The selector for `instances`, weighing them by the reports in `reports` as they count
+    /// now; the rotation starts at a place drawn from `rng`.
     pub fn build(
         instances: &[Instance],
         reports: Arc<LoadReports>,
@@ -76,45 +70,71 @@ impl OrcaWeightedRoundRobin {
         let slots: Box<[Arc<Endpoint>]> = reports.slots(&listed).into();
         let config = *reports.config();
         let now = reports.now();
-        let weights = quantize(&weights_at(&slots, now, &config));
-        OrcaWeightedRoundRobin {
-            table: ArcSwap::from_pointee(Table::new(&candidates, weights)),
+        let lineage = Arc::new(Lineage {
             candidates: candidates.into(),
             slots,
             next: AtomicUsize::new(rng.next_u64() as usize),
             due: AtomicU64::new(now.saturating_add(nanos(config.update_period()))),
             reports,
             config,
+        });
+        let weights = quantize(&weights_at(&lineage.slots, now, &config));
+        Self::table(lineage, weights, None)
+    }
+
+    fn table(lineage: Arc<Lineage>, weights: Box<[u64]>, publisher: Option<Publisher>) -> Self {
+        let (schedule, _) = schedule(&lineage.candidates, &weights, EXACT_BUDGET);
+        OrcaWeightedRoundRobin {
+            modulo: FastMod::new(schedule.len()),
+            schedule: schedule.into(),
+            weights,
+            lineage,
+            publisher,
         }
     }
 
-    /// The weights of the current table, index-aligned with the candidates (the instances of
-    /// non-zero configured weight, in list order), quantized to at most 1,000.
-    pub fn weights(&self) -> Vec<u64> {
-        self.table.load().weights.to_vec()
+    /// This selector replacing itself through `publisher` when the weights change.
+    pub(crate) fn publishing(mut self, publisher: Option<Publisher>) -> Self {
+        self.publisher = publisher;
+        self
     }
 
-    /// Builds the next table when the update period is over; one caller wins the period.
+    /// The weights of this table, index-aligned with the candidates (the instances of non-zero
+    /// configured weight, in list order), quantized to at most 100.
+    pub fn weights(&self) -> &[u64] {
+        &self.weights
+    }
+
+    /// When the update period is over, reads the weights and, when they changed, hands the
+    /// balancer the table of the new ones. One picker wins each period.
     #[cold]
     #[inline(never)]
     fn refresh(&self) {
-        let now = self.reports.now();
-        let due = self.due.load(Ordering::Relaxed);
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        let lineage = &self.lineage;
+        let now = lineage.reports.now();
+        let due = lineage.due.load(Ordering::Relaxed);
         if now < due {
             return;
         }
-        let next = now.saturating_add(nanos(self.config.update_period()));
-        if self
+        let next = now.saturating_add(nanos(lineage.config.update_period()));
+        if lineage
             .due
             .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_err()
         {
             return;
         }
-        let weights = quantize(&weights_at(&self.slots, now, &self.config));
-        if weights != self.table.load().weights {
-            self.table
-                .store(Arc::new(Table::new(&self.candidates, weights)));
+        let weights = quantize(&weights_at(&lineage.slots, now, &lineage.config));
+        if weights == self.weights {
+            return;
+        }
+        let successor = Self::table(lineage.clone(), weights, Some(publisher.clone()));
+        if !publisher.publish(Box::new(successor)) {
+            // The balancer was busy replacing its table: the next check tries again.
+            lineage.due.store(now, Ordering::Relaxed);
         }
     }
 }
@@ -146,20 +166,26 @@ pub(crate) fn quantize(reported: &[f64]) -> Box<[u64]> {
 impl Select for OrcaWeightedRoundRobin {
     #[inline]
     fn select(&self, instances: &[Instance], request: &Request<'_>) -> Option<usize> {
-        let raw = self.next.fetch_add(1, Ordering::Relaxed);
+        let raw = self.lineage.next.fetch_add(1, Ordering::Relaxed);
         if raw.is_multiple_of(CHECK_EVERY) {
             self.refresh();
         }
-        let table = self.table.load();
-        if table.schedule.is_empty() {
+        if self.schedule.is_empty() {
             return None;
         }
-        let turn = table.modulo.reduce(raw);
-        let idx = table.schedule[turn] as usize;
+        let turn = self.modulo.reduce(raw);
+        let idx = self.schedule[turn] as usize;
         if accepts(instances, request, idx) {
             return Some(idx);
         }
-        pass_turn(&self.next, &table.schedule, instances, request, turn, WALK)
-            .or_else(|| scan_from(&self.candidates, instances, request, turn))
+        pass_turn(
+            &self.lineage.next,
+            &self.schedule,
+            instances,
+            request,
+            turn,
+            WALK,
+        )
+        .or_else(|| scan_from(&self.lineage.candidates, instances, request, turn))
     }
 }

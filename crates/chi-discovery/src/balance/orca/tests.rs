@@ -75,12 +75,12 @@ fn the_weight_is_a58s_formula() {
 
 #[test]
 fn instances_without_a_weight_get_the_mean_and_fewer_than_two_weigh_alike() {
-    assert_eq!(&*quantize(&[400.0, 200.0, 0.0]), &[1000, 500, 750]);
+    assert_eq!(&*quantize(&[400.0, 200.0, 0.0]), &[100, 50, 75]);
     assert_eq!(&*quantize(&[400.0, 0.0, 0.0]), &[1, 1, 1]);
     assert_eq!(&*quantize(&[0.0, 0.0]), &[1, 1]);
     assert_eq!(&*quantize(&[]), &[] as &[u64]);
-    // Scaled to 1/1,000 of the largest, never below 1.
-    assert_eq!(&*quantize(&[1e9, 1.0]), &[1000, 1]);
+    // Scaled to 1/100 of the largest, never below 1.
+    assert_eq!(&*quantize(&[1e9, 1.0]), &[100, 1]);
 }
 
 #[test]
@@ -148,22 +148,45 @@ async fn a_report_after_an_unread_expiry_still_starts_a_new_blackout() {
     assert_eq!(reports.weight("a"), None);
 }
 
+/// A balancer of the strategy over `reports`.
+fn balancer_over(reports: &Arc<LoadReports>, seed: u64) -> Balancer {
+    Balancer::with_config(BalancerConfig {
+        load_reports: Some(reports.clone()),
+        rng: Arc::new(SeededRandom::new(seed)),
+        ..BalancerConfig::new(Strategy::OrcaWeightedRoundRobin)
+    })
+    .expect("valid")
+}
+
+/// Picks of `balancer` from `instances` (revision 1), counted per instance.
+fn picks(balancer: &Balancer, instances: &[Instance], n: usize) -> Vec<usize> {
+    let mut counts = vec![0; instances.len()];
+    for _ in 0..n {
+        let p = balancer
+            .pick_in(instances, 1, &Request::new())
+            .expect("a usable instance");
+        counts[p.index()] += 1;
+    }
+    counts
+}
+
 #[tokio::test(start_paused = true)]
 async fn reports_of_0_2_0_4_0_8_at_equal_qps_give_4_2_1() {
     let instances = list(3);
     let reports = Arc::new(LoadReports::new(quick()));
-    let selector =
-        OrcaWeightedRoundRobin::build(&instances, reports.clone(), &SeededRandom::new(7));
+    let balancer = balancer_over(&reports, 7);
     // No report yet: round robin.
-    assert_eq!(shares(&selector, &instances, 300), vec![100, 100, 100]);
+    assert_eq!(picks(&balancer, &instances, 300), vec![100, 100, 100]);
     for (id, u) in [("i0", 0.2), ("i1", 0.4), ("i2", 0.8)] {
         reports.record(id, &load(100.0, u));
     }
-    // The table follows at the first check after the update period.
+    // The next table is handed to the balancer at the first check after the update period.
     tokio::time::advance(Duration::from_millis(100)).await;
-    let _ = shares(&selector, &instances, 16);
-    assert_eq!(selector.weights(), vec![1000, 500, 250]);
-    assert_eq!(shares(&selector, &instances, 700), vec![400, 200, 100]);
+    let _ = picks(&balancer, &instances, 16);
+    assert_eq!(picks(&balancer, &instances, 700), vec![400, 200, 100]);
+    // Unchanged weights: the table stays (the rotation goes on where it was).
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(picks(&balancer, &instances, 700), vec![400, 200, 100]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -173,20 +196,43 @@ async fn the_table_waits_for_the_update_period() {
         weight_update_period: Duration::from_secs(1),
         ..quick()
     }));
-    let selector =
-        OrcaWeightedRoundRobin::build(&instances, reports.clone(), &SeededRandom::new(1));
+    let balancer = balancer_over(&reports, 1);
+    let _ = picks(&balancer, &instances, 1);
     reports.record("i0", &load(100.0, 0.1));
     reports.record("i1", &load(100.0, 0.9));
     tokio::time::advance(Duration::from_millis(900)).await;
-    let _ = shares(&selector, &instances, 64);
     assert_eq!(
-        selector.weights(),
-        vec![1, 1],
+        picks(&balancer, &instances, 64),
+        vec![32, 32],
         "not before the period is over"
     );
     tokio::time::advance(Duration::from_millis(100)).await;
-    let _ = shares(&selector, &instances, 16);
-    assert_eq!(selector.weights(), vec![1000, 111]);
+    let _ = picks(&balancer, &instances, 16);
+    // 100 : 11.
+    let counts = picks(&balancer, &instances, 1110);
+    assert!(counts[0].abs_diff(1000) <= 1, "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_selector_alone_keeps_the_weights_it_was_built_with() {
+    let instances = list(2);
+    let reports = Arc::new(LoadReports::new(OrcaConfig {
+        weight_update_period: Duration::from_millis(100),
+        ..quick()
+    }));
+    reports.record("i0", &load(100.0, 0.1));
+    reports.record("i1", &load(100.0, 0.9));
+    let selector =
+        OrcaWeightedRoundRobin::build(&instances, reports.clone(), &SeededRandom::new(1));
+    assert_eq!(selector.weights(), &[100, 11]);
+    reports.record("i1", &load(100.0, 0.1));
+    tokio::time::advance(Duration::from_millis(150)).await;
+    let _ = shares(&selector, &instances, 64);
+    assert_eq!(
+        selector.weights(),
+        &[100, 11],
+        "no balancer to hand a successor to"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -222,9 +268,9 @@ async fn weights_follow_an_instance_across_membership_changes() {
             .expect("picked");
         counts[p.index()] += 1;
     }
-    // 600 : 200 : the mean, 400 (1,000 : 333 : 667 in the table), within a pick of a smooth
+    // 600 : 200 : the mean, 400 (100 : 33 : 67 in the table), within a pick of a smooth
     // sequence entered at a random place.
-    let expected = [400.0, 133.2, 266.8];
+    let expected = [400.0, 132.0, 268.0];
     for (got, want) in counts.iter().zip(expected) {
         assert!((*got as f64 - want).abs() <= 1.0, "{counts:?}");
     }
@@ -329,7 +375,7 @@ proptest! {
     fn quantized_weights_stay_in_range(ws in prop::collection::vec(prop::num::f64::ANY, 0..300)) {
         let q = quantize(&ws);
         prop_assert!(q.len() == ws.len());
-        prop_assert!(q.iter().all(|w| (1..=1000).contains(w)));
+        prop_assert!(q.iter().all(|w| (1..=100).contains(w)));
     }
 
     #[test]
