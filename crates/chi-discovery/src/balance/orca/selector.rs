@@ -18,6 +18,9 @@ use crate::instance::Instance;
 const RESOLUTION: f64 = 100.0;
 /// Largest `period * n` built as nginx's exact sequence (O(n) a slot); beyond it, the EDF window.
 const EXACT_BUDGET: u64 = 1 << 16;
+/// From this many instances, a successor table is built on tokio's blocking pool (when there is
+/// a runtime) rather than by the pick that found it due: a few milliseconds and up.
+const OFFLOAD: usize = 1_000;
 /// Picks between two reads of the clock (a power of two).
 const CHECK_EVERY: usize = 16;
 
@@ -131,10 +134,20 @@ impl OrcaWeightedRoundRobin {
         if weights == self.weights {
             return;
         }
-        let successor = Self::table(lineage.clone(), weights, Some(publisher.clone()));
-        if !publisher.publish(Box::new(successor)) {
-            // The balancer was busy replacing its table: the next check tries again.
-            lineage.due.store(now, Ordering::Relaxed);
+        let (lineage, publisher) = (lineage.clone(), publisher.clone());
+        let build = move || {
+            let due = &lineage.due;
+            let successor = Self::table(lineage.clone(), weights, Some(publisher.clone()));
+            if !publisher.publish(Box::new(successor)) {
+                // The balancer was busy replacing its table: the next check tries again.
+                due.store(now, Ordering::Relaxed);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if self.lineage.candidates.len() >= OFFLOAD => {
+                runtime.spawn_blocking(build);
+            }
+            _ => build(),
         }
     }
 }

@@ -213,6 +213,36 @@ async fn the_table_waits_for_the_update_period() {
     assert!(counts[0].abs_diff(1000) <= 1, "{counts:?}");
 }
 
+/// From 1,000 instances the successor is built on the blocking pool: picks go on meanwhile, and
+/// the new table arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_tables_are_built_off_the_picking_thread() {
+    let instances = list(1_000);
+    let reports = Arc::new(LoadReports::new(quick()));
+    let balancer = balancer_over(&reports, 5);
+    let _ = picks(&balancer, &instances, 1);
+    // The first half at 0.2, the second at 0.8: 4 / 5 of the picks to the first half, over a
+    // period of the table (100 : 25 is 4 : 1, 2,500 slots; shorter windows of an EDF table of
+    // many equal instances are lumpy).
+    for (i, instance) in instances.iter().enumerate() {
+        let u = if i < 500 { 0.2 } else { 0.8 };
+        reports.record(&instance.id, &load(100.0, u));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts = picks(&balancer, &instances, 2_500);
+        let first: usize = counts[..500].iter().sum();
+        if first == 2_000 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first half got {first} of 2,500"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_selector_alone_keeps_the_weights_it_was_built_with() {
     let instances = list(2);
