@@ -30,7 +30,7 @@ use super::{FastMod, Request, Select, accepts, eligible, pass_turn, scan_from};
 use crate::instance::Instance;
 
 /// Largest `period * n` computed with nginx's exact O(n)-per-step algorithm.
-pub(crate) const EXACT_BUDGET: u64 = 1 << 22;
+const EXACT_BUDGET: u64 = 1 << 22;
 /// Smallest EDF window.
 const MIN_WINDOW: u64 = 1 << 16;
 /// Largest schedule (4 bytes a slot: 8 MiB).

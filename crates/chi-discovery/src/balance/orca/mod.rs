@@ -29,11 +29,12 @@
 //! the pick that finds the update period over reads every slot (O(n)) and, when the quantized
 //! weights changed, builds the successor table and hands it to the balancer, which swaps it in
 //! as it does a table for a new list (from 1,000 instances, where a table takes milliseconds,
-//! the build runs on tokio's blocking pool and the pick goes on with the current table). The rotation counter carries on across tables and starts
-//! at a random place, so tables do not restart at their first slot and clients do not move in
-//! step (A58 starts its EDF deadlines at random for the same reason). A service picked fewer
-//! than 16 times in a period sees its table follow its traffic rather than the clock; a selector
-//! used without a balancer keeps the weights it was built with.
+//! the build runs on tokio's blocking pool, one at a time, and the pick goes on with the current
+//! table). The rotation counter carries on across tables and starts at a random place, so
+//! tables do not restart at their first slot and clients do not move in step (A58 starts its EDF
+//! deadlines at random for the same reason). A service picked fewer than 16 times in a period
+//! sees its table follow its traffic rather than the clock; a selector used without a balancer
+//! keeps the weights it was built with.
 //!
 //! With `out_of_band` on, the store opens one out-of-band stream per instance its balancers pick
 //! from ([`LoadReports::out_of_band`]; [`Routers`](crate::routing::Routers) does it with
@@ -53,6 +54,7 @@ mod tests;
 use std::time::Duration;
 
 pub use reports::{LoadReporter, LoadReports, LoadSink, ReportedLoad};
+pub use selector::OrcaWeightedRoundRobin;
 
 use crate::instance::Instance;
 
@@ -67,7 +69,6 @@ pub trait OutOfBand: Send + Sync {
     /// (no runtime, an address that is no URI).
     fn open(&self, instance: &Instance, reporter: LoadReporter) -> Option<OobHandle>;
 }
-pub use selector::OrcaWeightedRoundRobin;
 
 /// The shortest `weight_update_period` (A58 raises shorter ones to it).
 pub const MIN_UPDATE_PERIOD: Duration = Duration::from_millis(100);

@@ -2,7 +2,7 @@
 //! weights, replaced by its successor every update period (see the module docs of `orca`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::reports::{Endpoint, nanos};
 use super::{LoadReports, OrcaConfig};
@@ -37,6 +37,9 @@ struct Lineage {
     next: AtomicUsize,
     /// When the next table is due, in ns of the store's clock.
     due: AtomicU64,
+    /// A successor is being built (on the blocking pool it may outlast a period): the next
+    /// check leaves it be, so an older table never lands after a newer one.
+    building: AtomicBool,
 }
 
 /// `orca_weighted_round_robin`: weighted round robin by the weights servers report; see the
@@ -78,6 +81,7 @@ impl OrcaWeightedRoundRobin {
             slots,
             next: AtomicUsize::new(rng.next_u64() as usize),
             due: AtomicU64::new(now.saturating_add(nanos(config.update_period()))),
+            building: AtomicBool::new(false),
             reports,
             config,
         });
@@ -131,17 +135,17 @@ impl OrcaWeightedRoundRobin {
             return;
         }
         let weights = quantize(&weights_at(&lineage.slots, now, &lineage.config));
-        if weights == self.weights {
+        if weights == self.weights || lineage.building.swap(true, Ordering::Acquire) {
             return;
         }
         let (lineage, publisher) = (lineage.clone(), publisher.clone());
         let build = move || {
-            let due = &lineage.due;
             let successor = Self::table(lineage.clone(), weights, Some(publisher.clone()));
             if !publisher.publish(Box::new(successor)) {
                 // The balancer was busy replacing its table: the next check tries again.
-                due.store(now, Ordering::Relaxed);
+                lineage.due.store(now, Ordering::Relaxed);
             }
+            lineage.building.store(false, Ordering::Release);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) if self.lineage.candidates.len() >= OFFLOAD => {
