@@ -9,9 +9,12 @@ const ABOUT: &str = "Service discovery and client-side load balancing from the c
 
 const REGISTRY_HELP: &str = "Registry: memory (embedded, this process only), etcd://host:port[,host:port], \
 consul://host:port, nacos://host:port, zookeeper://host:port[,host:port][/root][?layout=curator|dubbo], \
-or chi://host:port (the admin address of a running `chi agent`, which serves its embedded registry). \
-Credentials come from CHI_CONSUL_TOKEN, CHI_ETCD_USERNAME, CHI_ETCD_PASSWORD, CHI_NACOS_USERNAME, \
-CHI_NACOS_PASSWORD, CHI_ZOOKEEPER_USERNAME, CHI_ZOOKEEPER_PASSWORD or the config file, never from a flag";
+dns://[SERVER[:PORT]]?srv=TEMPLATE or ?a=TEMPLATE&port=N (read-only: SRV or A/AAAA records at the \
+name TEMPLATE gives, {service} replaced, e.g. 'dns://10.96.0.10?srv=_{service}._tcp.svc.cluster.local'; \
+no SERVER: the system resolver), or chi://host:port (the admin address of a running `chi agent`, \
+which serves its embedded registry). Credentials come from CHI_CONSUL_TOKEN, CHI_ETCD_USERNAME, \
+CHI_ETCD_PASSWORD, CHI_NACOS_USERNAME, CHI_NACOS_PASSWORD, CHI_ZOOKEEPER_USERNAME, \
+CHI_ZOOKEEPER_PASSWORD or the config file, never from a flag";
 
 /// `chi`: the command-line tool of chi-discovery.
 #[derive(Debug, Parser)]
@@ -98,6 +101,7 @@ pub(crate) struct AgentArgs {
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  chi discover user-service --registry consul://127.0.0.1:8500\n  \
+chi discover user-service --registry 'dns://127.0.0.1:8600?srv=_{service}._tcp.service.consul'\n  \
 chi discover user-service --tag v1 --meta region=us-east-1 --healthy -o json --registry chi://127.0.0.1:9901\n\n\
 JSON output: an array of objects with id, name, version, address, port, tags, meta, weight, health"
 )]

@@ -16,9 +16,9 @@ mod output;
 mod pick;
 mod progress;
 mod proxy;
-mod remote;
 mod select;
 mod source;
+mod sync;
 mod watch;
 mod xds;
 

@@ -151,6 +151,10 @@ mod picks;
 #[path = "tests_client_regions.rs"]
 mod client_regions;
 
+/// `registries.chi` and `chi://` URLs: a running `chi agent` as a registry.
+#[path = "tests_chi.rs"]
+mod chi;
+
 #[test]
 fn bad_duration() {
     assert_err(

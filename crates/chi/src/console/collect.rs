@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::model::{RegistryRow, RegistryState, Stamped};
+use crate::sync;
 use crate::xds::clients::unix_ms;
 
 /// How often each registry's services are listed.
@@ -201,9 +202,7 @@ impl Drop for Collector {
 
 impl Member {
     fn lock(&self) -> MutexGuard<'_, MemberState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sync::lock(&self.state)
     }
 
     /// Takes a listing's outcome: starts watching new services, stops watching gone ones.

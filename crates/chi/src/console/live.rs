@@ -19,6 +19,7 @@ use super::collect::Collector;
 use super::feed::{Feed, Verdict};
 use super::model::{InstanceRow, Process, ServiceRow, Status};
 use super::render::{self, Chart, Sections};
+use crate::sync;
 use crate::xds::clients::unix_ms;
 
 /// How long a view is kept after its last viewer left (a reload finds it warm).
@@ -112,9 +113,7 @@ impl Live {
 
 impl Inner {
     fn runner(&self) -> MutexGuard<'_, Runner> {
-        self.runner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sync::lock(&self.runner)
     }
 
     /// True (and the task slot emptied) when nobody watches and nobody asked for a while.

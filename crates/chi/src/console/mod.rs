@@ -36,7 +36,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{delete, get};
 use chi_discovery::Registry;
-use chi_discovery::instance::validate_name;
+use chi_discovery::registry::chi::wire::check_names;
 use futures_util::{Stream, StreamExt};
 use tokio_stream::wrappers::WatchStream;
 
@@ -199,9 +199,7 @@ async fn deregister(
         tracing::warn!(service = %name, %id, "console write refused: {}", refusal.message);
         return (refusal.status, refusal.message).into_response();
     }
-    if let Err(e) =
-        validate_name("service name", &name).and_then(|()| validate_name("instance id", &id))
-    {
+    if let Err(e) = check_names(&name, Some(&id)) {
         return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
     }
     match c.registry.deregister(&name, &id).await {

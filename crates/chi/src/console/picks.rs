@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::sync;
+
 /// Seconds the console counts picks over.
 pub(crate) const WINDOW: u64 = 60;
 /// Slots in a ring: more than [`WINDOW`], so the slot being filled is never one being read.
@@ -125,9 +127,7 @@ impl Picks {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Window>>> {
-        self.windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sync::lock(&self.windows)
     }
 
     /// The counter of `service`'s instance `id` (the same window for every caller).

@@ -15,6 +15,7 @@ use super::service::Service;
 use crate::console::model::{Balancing, BreakerRow, Ejection, RampRow, ServiceBalance, Share};
 use crate::console::picks::WINDOW;
 use crate::console::{Console, Feed, Verdict, Verdicts, WriteGate};
+use crate::sync;
 
 /// The console's routes for `proxy`.
 pub(super) fn console(proxy: &Arc<Proxy>, registry: Arc<dyn Registry>) -> Router {
@@ -35,13 +36,8 @@ impl ProxyFeed {
     /// The services the proxy has routed, by name.
     fn services(&self) -> Option<(Arc<Proxy>, Vec<Arc<Service>>)> {
         let proxy = self.proxy.upgrade()?;
-        let mut services: Vec<Arc<Service>> = proxy
-            .services
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut services: Vec<Arc<Service>> =
+            sync::read(&proxy.services).values().cloned().collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
         Some((proxy, services))
     }

@@ -20,6 +20,7 @@ use super::Proxy;
 use super::metrics::ServiceMetrics;
 use super::upstream::Idle;
 use crate::console::picks;
+use crate::sync;
 
 /// Per-service state of the proxy.
 pub(super) struct Service {
@@ -63,15 +64,10 @@ impl Target {
 impl Proxy {
     /// The state of service `name`, made on its first request.
     pub(super) fn service(&self, name: &str) -> Arc<Service> {
-        if let Some(s) = self
-            .services
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(s) = sync::read(&self.services).get(name) {
             return s.clone();
         }
-        let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = sync::write(&self.services);
         if let Some(s) = map.get(name) {
             return s.clone();
         }
@@ -101,11 +97,7 @@ impl Proxy {
                 id,
                 "instance ejected after consecutive failures"
             );
-            service
-                .marked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(id.to_owned());
+            sync::lock(&service.marked).push(id.to_owned());
             self.client
                 .set_health(name, id, Some(HealthStatus::Unhealthy));
         }

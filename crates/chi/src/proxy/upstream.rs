@@ -16,6 +16,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+use crate::sync;
+
 /// A connection to one instance, ready to send a request.
 type Sender = SendRequest<Full<Bytes>>;
 
@@ -41,14 +43,11 @@ impl Idle {
     }
 
     fn take(&self, worker: usize) -> Option<Sender> {
-        self.slot(worker)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
+        sync::lock(self.slot(worker)).pop()
     }
 
     fn put(&self, worker: usize, sender: Sender) {
-        let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = sync::lock(self.slot(worker));
         if idle.len() < MAX_IDLE {
             idle.push(sender);
         }

@@ -17,6 +17,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::resources::{ClientPlace, Kind};
+use crate::sync;
 
 /// Resource names kept per response (a wildcard CDS response may name thousands).
 const NAMES_KEPT: usize = 64;
@@ -30,9 +31,7 @@ pub(crate) struct Clients {
 
 impl Clients {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<ClientLog>>> {
-        self.streams
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sync::lock(&self.streams)
     }
 
     /// Opens the log of a new stream of `variant` from `peer`.
@@ -80,9 +79,7 @@ struct Seen {
 
 impl ClientLog {
     fn lock(&self) -> MutexGuard<'_, Seen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sync::lock(&self.seen)
     }
 
     /// The client's node id and, when it named one, its locality.

@@ -30,7 +30,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use chi_discovery::instance::validate_name;
+use chi_discovery::instance::is_valid_name;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
@@ -423,7 +423,7 @@ fn refuse(message: String) -> StreamEnd {
 
 /// A name chi can serve: a valid service name (`NAME@VERSION` included); others are ignored.
 fn is_name(kind: Kind, name: &str) -> bool {
-    let ok = validate_name("resource name", name).is_ok();
+    let ok = is_valid_name(name);
     if !ok {
         tracing::debug!(
             kind = kind.short(),

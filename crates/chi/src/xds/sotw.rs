@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chi_discovery::instance::validate_name;
+use chi_discovery::instance::is_valid_name;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -115,7 +115,7 @@ impl AdsStream {
         for name in request.resource_names {
             if name == "*" {
                 star = true;
-            } else if validate_name("service name", &name).is_ok() {
+            } else if is_valid_name(&name) {
                 names.insert(name);
             } else {
                 tracing::debug!(

@@ -18,10 +18,15 @@ pub(super) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Where the screenshots go (the README shows them).
+/// Where the screenshots go: the test's scratch directory, or the directory `CHI_SCREENSHOTS`
+/// names (`CHI_SCREENSHOTS=docs/console` refreshes the ones the README shows), so a test run
+/// leaves the checkout as it found it.
 pub(super) fn shot(name: &str) -> String {
-    let dir = repo_root().join("docs/console");
-    std::fs::create_dir_all(&dir).expect("docs/console");
+    let dir = match std::env::var_os("CHI_SCREENSHOTS") {
+        Some(dir) => repo_root().join(dir),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console"),
+    };
+    std::fs::create_dir_all(&dir).expect("the screenshot directory");
     dir.join(name).to_string_lossy().into_owned()
 }
 

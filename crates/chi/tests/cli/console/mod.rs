@@ -3,7 +3,8 @@
 //! (a missing one is installed, or is a failure: never a skip). Each test starts the real
 //! binaries, changes what they see (registrations through the agent's API, requests through
 //! the proxy, an xDS client) while the page is open, and asserts what the page shows. The
-//! screenshots the README shows are saved into `docs/console/` on the way.
+//! screenshots are saved on the way (into `docs/console/`, which the README shows, with
+//! `CHI_SCREENSHOTS=docs/console`).
 
 mod drive;
 
