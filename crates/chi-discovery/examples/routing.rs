@@ -109,7 +109,7 @@ async fn main() -> chi_discovery::Result<()> {
         registry.register(&i).await?;
     }
     let client = DiscoveryClient::new(registry.clone());
-    // The Go sketch's default strategy, one table per routing subset.
+    // The Go sketch's default strategy, one table per routed leaf.
     let router = Smart::with_balancer(&config(), BalancerConfig::new(Strategy::WeightedRoundRobin))
         .map_err(|message| chi_discovery::Error::Config {
             field: "load_balancer".into(),

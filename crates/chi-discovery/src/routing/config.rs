@@ -8,7 +8,7 @@ use super::address::{ClientRegions, TrustedProxies};
 use super::route::HASH_KEY_HEADER;
 use super::slow_start::SlowStartConfig;
 use super::spill::ZoneAwareConfig;
-use crate::balance::{ConsistentHashConfig, Strategy};
+use crate::balance::{ConsistentHashConfig, OrcaConfig, Strategy};
 
 /// `load_balancer`.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,8 @@ pub struct LoadBalancerConfig {
     /// (`hash_key_header`, default `X-Hash-Key`): read by [`Chi::http`](crate::Chi::http), the
     /// tower service of a [`Chi`](crate::Chi) and `chi proxy`. Stored lowercase.
     pub hash_key_header: http::HeaderName,
+    /// Settings of `orca_weighted_round_robin` (`orca`).
+    pub orca: OrcaConfig,
 }
 
 impl Default for LoadBalancerConfig {
@@ -46,6 +48,7 @@ impl Default for LoadBalancerConfig {
             subset_size: None,
             slow_start: None,
             hash_key_header: http::HeaderName::from_static(HASH_KEY_HEADER),
+            orca: OrcaConfig::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ mod console;
 mod crash;
 mod dns;
 mod names;
+mod orca;
 mod proxy;
 mod proxy_client_region;
 mod proxy_picks;
