@@ -21,4 +21,5 @@ mod select;
 mod support;
 mod xds;
 mod xds_health;
+mod xds_orca;
 mod xds_real;
