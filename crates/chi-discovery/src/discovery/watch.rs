@@ -2,8 +2,9 @@
 //!
 //! A [`Watcher`] runs one task that holds a registry watch open: it forwards every change to the
 //! consumer and into the cache, forwards errors in line (and marks the cached list stale, never
-//! emptying it), and when the registry's stream fails or ends it reconnects with exponential
-//! backoff. A reconnected stream starts with a `Reset`, so the consumer resyncs and misses nothing.
+//! emptying it), and when the registry's stream fails or ends it reconnects after the client's
+//! retry curve ([`Backoff`](crate::retry::Backoff): jittered, so the watchers of a registry that
+//! restarted do not all come back at the same instant). A reconnected stream starts with a `Reset`, so the consumer resyncs and misses nothing.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -57,13 +58,13 @@ pub(super) fn spawn(inner: Arc<Inner>, service: String) -> Watcher {
 }
 
 async fn run(inner: Arc<Inner>, service: String, tx: mpsc::Sender<Result<Change>>) {
-    let mut failures: u32 = 0;
+    let mut backoff = inner.retry.backoff();
     loop {
         let error = match inner.registry.watch(&service).await {
             Ok(mut stream) => loop {
                 match stream.next().await {
                     Some(Ok(change)) => {
-                        failures = 0;
+                        backoff.reset();
                         let c = change.clone();
                         inner.cache.update(&service, move |view| c.apply(view));
                         if tx.send(Ok(change)).await.is_err() {
@@ -90,8 +91,7 @@ async fn run(inner: Arc<Inner>, service: String, tx: mpsc::Sender<Result<Change>
         if tx.send(Err(error)).await.is_err() {
             return;
         }
-        failures = failures.saturating_add(1);
-        let delay = inner.retry.delay(failures);
+        let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = tx.closed() => return,

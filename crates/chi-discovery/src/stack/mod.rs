@@ -313,6 +313,7 @@ fn follow_clients(
         return None;
     }
     let discovery = discovery.clone();
+    let mut backoff = config.retry.backoff();
     Some(AbortOnDrop::spawn(async move {
         loop {
             match discovery.watch(&name).await {
@@ -321,6 +322,7 @@ fn follow_clients(
                         if item.is_ok()
                             && let Some(snapshot) = discovery.cached(&name)
                         {
+                            backoff.reset();
                             let ids: Vec<&str> =
                                 snapshot.instances().iter().map(|i| i.id.as_str()).collect();
                             source.set_clients(&ids);
@@ -331,7 +333,7 @@ fn follow_clients(
                     tracing::warn!(service = %name, error = %e, "subsetting: cannot follow the clients yet")
                 }
             }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }))
 }

@@ -1,7 +1,7 @@
 //! Integration tests: one binary, one module per area. Registry tests run against real servers
 //! that `chi_test_support` starts on loopback.
 //!
-//! The reliability suite (`faults`, `cluster`, `partition`, `churn`, `stub`, `names`, `secrets`) is part of
+//! The reliability suite (`faults`, `cluster`, `partition`, `churn`, `herd`, `stub`, `names`, `secrets`) is part of
 //! this binary; `CHI_SOAK=1` (via `scripts/reliability --soak`) makes its long phases longer.
 
 mod health;
@@ -22,6 +22,8 @@ mod churn;
 mod cluster;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod faults;
+#[cfg(feature = "etcd")]
+mod herd;
 #[cfg(feature = "etcd")]
 mod last_good;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
