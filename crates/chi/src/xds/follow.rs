@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
 
-use super::state::{Catalog, Hub, ServiceView};
+use super::state::{Catalog, Hub};
+use super::view::ServiceView;
 
 /// What woke a stream up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,6 +35,7 @@ mod sotw;
 mod state;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::future::Future;
 use std::net::SocketAddr;

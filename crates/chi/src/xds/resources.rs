@@ -28,7 +28,7 @@
 //! Envoy reads the same Cluster and ClusterLoadAssignment over ADS (CDS + EDS), with its own
 //! static listeners.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -75,7 +75,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
-use super::state::ServiceView;
+use super::view::{ServiceView, versions_of};
 
 /// Between a service and a version in the name of a per-version cluster (`order-service@v2`).
 pub(crate) const VERSION_SEP: char = '@';
@@ -162,15 +162,6 @@ impl Default for Shape {
             hash_key_header: Arc::from(HASH_KEY_HEADER),
         }
     }
-}
-
-/// The versions the instances have (their `version` field, when not empty), sorted.
-pub(crate) fn versions_of(instances: &[Instance]) -> BTreeSet<&str> {
-    instances
-        .iter()
-        .map(|i| i.version.as_str())
-        .filter(|v| !v.is_empty())
-        .collect()
 }
 
 /// Where a client is: the `locality` of the `node` in its bootstrap.

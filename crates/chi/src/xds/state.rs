@@ -13,18 +13,17 @@
 //! accepted, and what the last response held, so a push happens only on change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chi_discovery::routing::serves_version;
 use chi_discovery::{DiscoveryClient, Instance, Registry};
 
 use envoy_types::pb::google::protobuf::Any;
 
 use super::grace::Served;
-use super::resources::{ClientPlace, Kind, versions_of};
+use super::resources::{ClientPlace, Kind};
+use super::view::{ServiceView, fingerprints};
 use tokio::sync::watch;
 
 /// How often the service catalogue is read for wildcard (all-services) subscriptions.
@@ -33,24 +32,6 @@ const CATALOG_PERIOD: Duration = Duration::from_secs(5);
 const PROBE_PERIOD: Duration = Duration::from_secs(1);
 /// A probe that takes longer counts as a failure.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// One service as the streams see it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct ServiceView {
-    /// `None` until the service has had an instance: a name nobody registered yet is not
-    /// served (its resources "do not exist"), and is pushed once it appears.
-    pub(crate) instances: Option<Arc<Vec<Instance>>>,
-    /// The registry answered at least once: `instances: None` then means "does not exist"
-    /// rather than "not read yet" (incremental xDS tells a client a resource is gone only then).
-    pub(crate) known: bool,
-    /// Changes with every change of `instances`; drawn from the hub's counter, so a service
-    /// followed again after a pause never repeats a revision of its earlier watch (encoded
-    /// resources are cached by revision).
-    pub(crate) revision: u64,
-    /// Each version some instance has (its `version` field) -> a fingerprint of the instances
-    /// serving it, so a per-version cluster's endpoints are pushed only when they change.
-    pub(crate) by_version: Arc<BTreeMap<String, u64>>,
-}
 
 /// The services followed for the streams of one server.
 pub(crate) struct Hub {
@@ -220,22 +201,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Per version (of the `version` fields), a hash of what the endpoints of the instances serving
-/// it depend on.
-fn fingerprints(list: &[Instance]) -> BTreeMap<String, u64> {
-    versions_of(list)
-        .into_iter()
-        .map(|v| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            for i in list.iter().filter(|i| serves_version(i, v)) {
-                (&i.id, &i.address, i.port, i.effective_weight()).hash(&mut h);
-                (i.health.as_str(), &i.meta, &i.version, &i.tags).hash(&mut h);
-            }
-            (v.to_owned(), h.finish())
-        })
-        .collect()
 }
 
 /// Lists the registry's services every [`PROBE_PERIOD`] while some service is followed, and
