@@ -32,7 +32,7 @@ use crate::instance::{HealthCheck, HealthStatus, Instance};
 
 mod connect;
 #[cfg(any(feature = "consul", feature = "nacos"))]
-mod empty;
+mod outage;
 pub mod memory;
 pub mod multi;
 pub mod watch_task;
