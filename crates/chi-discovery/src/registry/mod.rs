@@ -31,10 +31,9 @@ use crate::error::{Error, Result};
 use crate::instance::{HealthCheck, HealthStatus, Instance};
 
 mod connect;
-#[cfg(any(feature = "consul", feature = "nacos"))]
-mod outage;
 pub mod memory;
 pub mod multi;
+pub mod outage;
 pub mod watch_task;
 
 // Each adapter's config type is always there (the config file is parsed the same way in every

@@ -25,11 +25,11 @@
 //! Both variants build their resources with [`resources`] (shaped as gRPC proposal A27,
 //! "xDS-Based Global Load Balancing", expects them), share the encoded bytes and the registry
 //! watches ([`state`], [`follow`]), keep the same update order, zone priorities, version routes,
-//! stale-on-error rule and restart grace ([`grace`]), and count against one bound on streams.
+//! stale-on-error rule and restart grace (the library's `registry::outage::Grace`), and count
+//! against one bound on streams.
 
 mod delta;
 mod follow;
-mod grace;
 mod resources;
 mod sotw;
 mod state;

@@ -5,7 +5,7 @@
 //! publishes the service's instances on a `tokio::sync::watch` channel that every interested
 //! stream reads. The watch ends when the last stream lets go of the service. A watch error never
 //! changes the published list: clients keep the last endpoints they had (stale on error). After
-//! an error, the resync's removals wait for the restart grace ([`super::grace`]).
+//! an error, the resync's removals wait for the restart grace ([`Grace`]).
 //!
 //! [`TypeState`] is one stream's bookkeeping for one resource type, as the xDS protocol wants it
 //! (envoyproxy/envoy `api/xds_protocol.rst`, "ACK/NACK and resource type instance version"):
@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use chi_discovery::registry::outage::Grace;
 use chi_discovery::{DiscoveryClient, Instance, Registry};
 
 use envoy_types::pb::google::protobuf::Any;
 
-use super::grace::Served;
 use super::resources::{ClientPlace, Kind};
 use super::view::{ServiceView, fingerprints};
 use tokio::sync::watch;
@@ -131,7 +131,7 @@ async fn follow(hub: Arc<Hub>, service: String, tx: watch::Sender<ServiceView>) 
             return;
         }
     };
-    let mut served = Served::new(hub.grace);
+    let mut served = Grace::new(hub.grace);
     let mut outages = hub.outages.subscribe();
     loop {
         let deadline = served.deadline();

@@ -1,4 +1,4 @@
-//! The restart grace: one service's instances as `chi xds` serves them, where endpoints that
+//! The restart grace: one service's instances as a follower serves them, where instances that
 //! were there before a registry outage outlive the resync for a while.
 //!
 //! A Consul dev agent or an rnacos node that restarts comes back without its ephemeral
@@ -15,12 +15,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chi_discovery::{Change, Instance};
+use crate::instance::Instance;
+use crate::registry::Change;
 use tokio::time::Instant;
 
 /// One service's instances: the registry's view plus the ones held by the grace.
 #[derive(Debug)]
-pub(crate) struct Served {
+pub struct Grace {
     period: Duration,
     /// The registry's view, as the watch's changes built it.
     view: HashMap<String, Instance>,
@@ -32,10 +33,10 @@ pub(crate) struct Served {
     until: Option<Instant>,
 }
 
-impl Served {
+impl Grace {
     /// An empty list whose removals after a failure wait for `period` (zero: never).
-    pub(crate) fn new(period: Duration) -> Served {
-        Served {
+    pub fn new(period: Duration) -> Grace {
+        Grace {
             period,
             view: HashMap::new(),
             held: HashMap::new(),
@@ -45,7 +46,7 @@ impl Served {
     }
 
     /// The registry failed (a watch error, a failed probe): the grace starts with its next answer.
-    pub(crate) fn failed(&mut self) {
+    pub fn failed(&mut self) {
         if self.period.is_zero() {
             return;
         }
@@ -55,7 +56,7 @@ impl Served {
     }
 
     /// Applies one change of the watch; how many instances it started holding.
-    pub(crate) fn apply(&mut self, change: Change, now: Instant) -> usize {
+    pub fn apply(&mut self, change: Change, now: Instant) -> usize {
         let Some(before) = &self.before else {
             change.apply(&mut self.view);
             return 0;
@@ -88,12 +89,12 @@ impl Served {
     }
 
     /// When the grace ends, while one runs.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
+    pub fn deadline(&self) -> Option<Instant> {
         self.until
     }
 
     /// Ends the grace when it is over: the held instances are removed; whether any was.
-    pub(crate) fn expire(&mut self, now: Instant) -> bool {
+    pub fn expire(&mut self, now: Instant) -> bool {
         if self.until.is_none_or(|until| until > now) {
             return false;
         }
@@ -112,7 +113,7 @@ impl Served {
     }
 
     /// The instances to serve, sorted by id.
-    pub(crate) fn list(&self) -> Vec<Instance> {
+    pub fn list(&self) -> Vec<Instance> {
         let mut list: Vec<Instance> = self
             .view
             .values()
