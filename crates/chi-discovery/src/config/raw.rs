@@ -135,6 +135,7 @@ pub struct NacosClient {
 pub struct Discovery {
     pub cache: Option<Cache>,
     pub retry: Option<Retry>,
+    pub restart_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,6 +12,11 @@
 //! With [`CacheConfig::last_known_good`] set, every changed list the registry answered is also
 //! queued for the service's last-known-good file ([`super::last_good`]); the queue is a channel
 //! send, the writing happens on a thread of its own.
+//!
+//! With a restart grace in the client's outage policy, every answer and watch event goes through
+//! a [`Grace`] per service: after a failed refresh, a watch error or a failed probe, instances
+//! the registry lacks stay in the list until the grace is over (checked at each refresh and at
+//! the end of a watch's grace).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +28,8 @@ use tokio::time::Instant;
 
 use super::last_good::{LastKnownGood, Store};
 use crate::instance::{HealthStatus, Instance};
+use crate::registry::Change;
+use crate::registry::outage::Grace;
 use crate::snapshot::{Snapshot, SnapshotData};
 use crate::util::lock;
 
@@ -119,11 +126,17 @@ pub(crate) struct Cache {
     overlay: std::sync::Mutex<HashMap<String, HashMap<String, HealthStatus>>>,
     /// The last-known-good files, when configured.
     pub(crate) last_good: Option<Arc<Store>>,
+    /// The restart grace of the outage policy (zero: off).
+    grace: Duration,
+    /// With a grace: what the registry said of each service, and what the grace holds.
+    graces: std::sync::Mutex<HashMap<String, Grace>>,
 }
 
 impl Cache {
-    pub(crate) fn new(config: CacheConfig) -> Self {
+    pub(crate) fn new(config: CacheConfig, grace: Duration) -> Self {
         Cache {
+            grace,
+            graces: std::sync::Mutex::new(HashMap::new()),
             map: ArcSwap::from_pointee(Map::default()),
             write: std::sync::Mutex::new(()),
             clock: AtomicU64::new(0),
@@ -182,6 +195,27 @@ impl Cache {
     /// scale to zero). Returns the snapshot now served. When the list changed (or the service
     /// is new to the cache) and last-known-good files are on, the answer is queued for the file.
     pub(crate) fn store(&self, service: &str, instances: Vec<Instance>) -> Snapshot {
+        if self.grace.is_zero() {
+            return self.save(service, instances);
+        }
+        let served = self.through_grace(service, Change::Reset(instances));
+        self.save(service, served)
+    }
+
+    /// The list `change` leaves served, through the grace of `service`.
+    fn through_grace(&self, service: &str, change: Change) -> Vec<Instance> {
+        let now = Instant::now();
+        let mut graces = lock(&self.graces);
+        let grace = graces
+            .entry(service.to_owned())
+            .or_insert_with(|| Grace::new(self.grace));
+        grace.expire(now);
+        grace.apply(change, now);
+        grace.list()
+    }
+
+    /// Stores `instances` as what the registry answered for `service` (see [`Cache::store`]).
+    fn save(&self, service: &str, instances: Vec<Instance>) -> Snapshot {
         let Some(last_good) = &self.last_good else {
             return self.replace(service, instances);
         };
@@ -270,7 +304,51 @@ impl Cache {
         }
     }
 
-    /// Marks the list of `service` stale (a refresh or watch failed). The list itself stays.
+    /// A refresh or a watch of `service` failed: its list is marked stale (and stays), and its
+    /// grace starts with the next answer.
+    pub(crate) fn failed(&self, service: &str) {
+        self.mark_stale(service);
+        if !self.grace.is_zero()
+            && let Some(grace) = lock(&self.graces).get_mut(service)
+        {
+            grace.failed();
+        }
+    }
+
+    /// The registry failed for every service (a failed probe): every grace starts over.
+    pub(crate) fn failed_all(&self) {
+        if self.grace.is_zero() {
+            return;
+        }
+        for grace in lock(&self.graces).values_mut() {
+            grace.failed();
+        }
+    }
+
+    /// Ends the graces that are over at `now`: the instances they held leave the lists.
+    pub(crate) fn settle(&self, now: Instant) {
+        if self.grace.is_zero() {
+            return;
+        }
+        let over: Vec<(String, Vec<Instance>)> = lock(&self.graces)
+            .iter_mut()
+            .filter_map(|(name, grace)| {
+                (!grace.expire(now).is_empty()).then(|| (name.clone(), grace.list()))
+            })
+            .collect();
+        for (name, list) in over {
+            if let Some(entry) = self.entry(&name) {
+                let stale = entry.load().is_stale();
+                self.save(&name, list);
+                if stale {
+                    self.mark_stale(&name);
+                }
+            }
+        }
+    }
+
+    /// Marks the list of `service` stale (a refresh or watch failed, or its TTL passed). The list
+    /// itself stays.
     pub(crate) fn mark_stale(&self, service: &str) {
         if let Some(entry) = self.entry(service) {
             let current = entry.load();
@@ -290,8 +368,13 @@ impl Cache {
         }
     }
 
-    /// Applies a function to the list of `service` (a watch event) and stores the result.
-    pub(crate) fn update(&self, service: &str, f: impl FnOnce(&mut HashMap<String, Instance>)) {
+    /// Applies a watch event to the list of `service` and stores the result.
+    pub(crate) fn update(&self, service: &str, change: Change) {
+        if !self.grace.is_zero() {
+            let served = self.through_grace(service, change);
+            self.save(service, served);
+            return;
+        }
         let mut view: HashMap<String, Instance> = self
             .entry(service)
             .map(|e| {
@@ -302,10 +385,10 @@ impl Cache {
                     .collect()
             })
             .unwrap_or_default();
-        f(&mut view);
+        change.apply(&mut view);
         let mut list: Vec<Instance> = view.into_values().collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
-        self.store(service, list);
+        self.save(service, list);
     }
 
     /// Puts `snap` in the cache as the list of `service` and returns what is served; an entry
@@ -334,6 +417,7 @@ impl Cache {
             match victim {
                 Some(v) => {
                     map.remove(&v);
+                    lock(&self.graces).remove(&*v);
                     self.count(&self.counters.evictions);
                     tracing::debug!(service = %v, "evicted from the discovery cache");
                 }
@@ -347,6 +431,7 @@ impl Cache {
     /// Drops `service` from the cache.
     pub(crate) fn remove(&self, service: &str) {
         let _guard = lock(&self.write);
+        lock(&self.graces).remove(service);
         let mut map: Map = (**self.map.load()).clone();
         if map.remove(service).is_some() {
             self.map.store(Arc::new(map));
@@ -394,7 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn store_keeps_revision_when_unchanged() {
-        let c = Cache::new(CacheConfig::default());
+        let c = Cache::new(CacheConfig::default(), Duration::ZERO);
         let a = c.store("s", vec![inst("a"), inst("b")]);
         let b = c.store("s", vec![inst("b"), inst("a")]);
         assert_eq!(a.revision(), b.revision());
@@ -405,7 +490,7 @@ mod tests {
 
     #[tokio::test]
     async fn stale_marking_keeps_the_list() {
-        let c = Cache::new(CacheConfig::default());
+        let c = Cache::new(CacheConfig::default(), Duration::ZERO);
         c.store("s", vec![inst("a")]);
         c.mark_stale("s");
         let s = c.get("s").expect("cached");
@@ -418,10 +503,13 @@ mod tests {
 
     #[tokio::test]
     async fn evicts_least_recently_read() {
-        let c = Cache::new(CacheConfig {
-            max_size: 2,
-            ..CacheConfig::default()
-        });
+        let c = Cache::new(
+            CacheConfig {
+                max_size: 2,
+                ..CacheConfig::default()
+            },
+            Duration::ZERO,
+        );
         c.store("a", vec![]);
         c.tick_clock();
         c.store("b", vec![]);
@@ -437,10 +525,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ttl_marks_stale() {
-        let c = Cache::new(CacheConfig {
-            ttl: Duration::from_secs(5),
-            ..CacheConfig::default()
-        });
+        let c = Cache::new(
+            CacheConfig {
+                ttl: Duration::from_secs(5),
+                ..CacheConfig::default()
+            },
+            Duration::ZERO,
+        );
         c.store("s", vec![inst("a")]);
         tokio::time::advance(Duration::from_secs(4)).await;
         c.expire(Instant::now());

@@ -76,7 +76,9 @@ impl Following {
             if self.views.contains_key(&name) {
                 continue;
             }
-            let rx = self.hub.subscribe(&name);
+            let Some(rx) = self.hub.subscribe(&name) else {
+                continue;
+            };
             self.views.insert(name.clone(), rx.borrow().clone());
             self.changes.insert(name, WatchStream::from_changes(rx));
         }

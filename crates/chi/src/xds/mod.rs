@@ -44,8 +44,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chi_discovery::DiscoveryClient;
 use chi_discovery::routing::Geo;
+use chi_discovery::{DiscoveryClient, OutagePolicy};
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -83,7 +83,8 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     let registry = source.connect().await?;
     let client = DiscoveryClient::builder()
         .retry(source.config.retry)
-        .build(registry.clone());
+        .outage(OutagePolicy::with_restart_grace(args.restart_grace))
+        .build(registry);
     let shape = Shape {
         strategy: source.config.load_balancer.strategy,
         rds: args.rds,
@@ -96,11 +97,7 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         health_check_enabled: source.config.load_balancer.health_check_enabled,
         hash_key_header: Arc::from(source.config.load_balancer.hash_key_header.as_str()),
     };
-    let server = XdsServer::new(
-        Hub::new(client, registry, args.restart_grace),
-        shape.clone(),
-        args.max_streams,
-    );
+    let server = XdsServer::new(Hub::new(client), shape.clone(), args.max_streams);
     let closing = server.closing.clone();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

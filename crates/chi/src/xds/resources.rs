@@ -192,14 +192,16 @@ impl Shape {
     /// version routing).
     pub(crate) fn revision(&self, kind: Kind, name: &str, view: &ServiceView) -> Option<u64> {
         view.instances.as_ref()?;
+        // The view's digest: each version's fingerprint.
+        let by_version = &view.digest;
         match (self.split(name).1, kind) {
-            (Some(v), Kind::Endpoints) => view.by_version.get(v).copied(),
-            (Some(v), Kind::Cluster) => view.by_version.contains_key(v).then_some(0),
+            (Some(v), Kind::Endpoints) => by_version.get(v).copied(),
+            (Some(v), Kind::Cluster) => by_version.contains_key(v).then_some(0),
             (Some(_), _) => None,
             (None, Kind::Endpoints) => Some(view.revision),
             (None, Kind::Listener | Kind::Route) if self.versions.is_some() => {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                view.by_version.keys().for_each(|v| v.hash(&mut h));
+                by_version.keys().for_each(|v| v.hash(&mut h));
                 Some(h.finish())
             }
             (None, _) => Some(0),
@@ -211,8 +213,9 @@ impl Shape {
     pub(crate) fn all_names(&self, kind: Kind, service: &str, view: &ServiceView) -> Vec<String> {
         let mut names = vec![service.to_owned()];
         if kind == Kind::Cluster && self.versions.is_some() {
+            // The view's digest: each version's fingerprint.
             names.extend(
-                view.by_version
+                view.digest
                     .keys()
                     .map(|v| format!("{service}{VERSION_SEP}{v}")),
             );

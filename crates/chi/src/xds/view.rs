@@ -1,31 +1,20 @@
 //! One service as the ADS streams see it: its instances, and what the resources built from them
 //! depend on. Both the resources (`resources`, which read it) and the registry watches (`state`,
-//! which publish it) use it, so it sits below both.
-
-use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+//! which follow it) use it, so it sits below both.
 
 use chi_discovery::Instance;
+use chi_discovery::discovery::shared::View;
 use chi_discovery::routing::serves_version;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 
-/// One service as the streams see it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct ServiceView {
-    /// `None` until the service has had an instance: a name nobody registered yet is not
-    /// served (its resources "do not exist"), and is pushed once it appears.
-    pub(crate) instances: Option<Arc<Vec<Instance>>>,
-    /// The registry answered at least once: `instances: None` then means "does not exist"
-    /// rather than "not read yet" (incremental xDS tells a client a resource is gone only then).
-    pub(crate) known: bool,
-    /// Changes with every change of `instances`; drawn from the hub's counter, so a service
-    /// followed again after a pause never repeats a revision of its earlier watch (encoded
-    /// resources are cached by revision).
-    pub(crate) revision: u64,
-    /// Each version some instance has (its `version` field) -> a fingerprint of the instances
-    /// serving it, so a per-version cluster's endpoints are pushed only when they change.
-    pub(crate) by_version: Arc<BTreeMap<String, u64>>,
-}
+/// One service as the streams see it: the library's shared view (its instances, whether the
+/// registry knows it, its revision), with each version's fingerprint as its digest.
+pub(crate) type ServiceView = View<ByVersion>;
+
+/// Each version some instance has (its `version` field) -> a fingerprint of the instances
+/// serving it, so a per-version cluster's endpoints are pushed only when they change.
+pub(crate) type ByVersion = BTreeMap<String, u64>;
 
 /// The versions the instances have (their `version` field, when not empty), sorted.
 pub(crate) fn versions_of(instances: &[Instance]) -> BTreeSet<&str> {
@@ -38,7 +27,7 @@ pub(crate) fn versions_of(instances: &[Instance]) -> BTreeSet<&str> {
 
 /// Per version (of the `version` fields), a hash of what the endpoints of the instances serving
 /// it depend on.
-pub(crate) fn fingerprints(list: &[Instance]) -> BTreeMap<String, u64> {
+pub(crate) fn fingerprints(list: &[Instance]) -> ByVersion {
     versions_of(list)
         .into_iter()
         .map(|v| {

@@ -1,4 +1,5 @@
-//! Protection against the empty answers of a registry that just came back.
+//! An adapter's side of the outage policy ([`super`]): the empty answers of a server that just
+//! came back.
 //!
 //! A restarted server (a Consul dev agent, an rnacos node, a Nacos server after a reconnect)
 //! answers "no instances" until the registrants notice and register again. Believing it would
@@ -13,22 +14,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Recovery;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
 
-/// Whether the server answers, and since when.
-#[derive(Clone, Copy)]
-enum Up {
-    /// Answering and never failed since this client started: believed at once.
-    Always,
-    /// Answering again since then.
-    Since(Instant),
-    /// Not answering (its last call failed to reach it).
-    Down,
-}
-
 struct State {
-    up: Up,
+    /// Whether the server answers, and since when.
+    up: Recovery,
     /// Services last seen with instances.
     had: HashSet<String>,
 }
@@ -43,9 +35,9 @@ impl EmptyGuard {
     /// otherwise the grace period runs from now (Nacos, whose SDK may still be syncing).
     pub(crate) fn new(trusted_at_start: bool) -> Self {
         let up = if trusted_at_start {
-            Up::Always
+            Recovery::Trusted
         } else {
-            Up::Since(Instant::now())
+            Recovery::Since(Instant::now())
         };
         EmptyGuard {
             state: Mutex::new(State {
@@ -64,9 +56,8 @@ impl EmptyGuard {
     pub(crate) fn note<T>(&self, outcome: &Result<T>) {
         let mut st = self.state();
         match outcome {
-            Ok(_) if matches!(st.up, Up::Down) => st.up = Up::Since(Instant::now()),
-            Ok(_) => {}
-            Err(Error::Unavailable { .. } | Error::Timeout { .. }) => st.up = Up::Down,
+            Ok(_) => st.up.answered(Instant::now()),
+            Err(Error::Unavailable { .. } | Error::Timeout { .. }) => st.up.failed(),
             Err(_) => {}
         }
     }
@@ -74,9 +65,8 @@ impl EmptyGuard {
     /// Marks the server down whatever the error was (a watch whose check failed), or although it
     /// answered (a Consul server that knows no leader): the grace period starts again at the
     /// next answer.
-    #[cfg(any(feature = "consul", feature = "nacos"))]
     pub(crate) fn down(&self) {
-        self.state().up = Up::Down;
+        self.state().up.failed();
     }
 
     /// True when `list` may be believed: it has instances, or the service had none, or the
@@ -87,51 +77,10 @@ impl EmptyGuard {
             st.had.insert(service.to_owned());
             return true;
         }
-        let trusted = match st.up {
-            Up::Always => true,
-            Up::Since(t) => t.elapsed() >= grace,
-            Up::Down => false,
-        };
-        if st.had.contains(service) && !trusted {
+        if st.had.contains(service) && !st.up.is_trusted(grace, Instant::now()) {
             return false;
         }
         st.had.remove(service);
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn one() -> Vec<Instance> {
-        vec![Instance::new("svc", "127.0.0.1", 80)]
-    }
-
-    #[test]
-    fn an_empty_answer_after_a_failure_is_believed_only_after_the_grace() {
-        let guard = EmptyGuard::new(true);
-        assert!(guard.believe("svc", &one(), Duration::from_secs(60)));
-        guard.note::<()>(&Err(Error::Timeout {
-            backend: "x".into(),
-            after: Duration::from_secs(1),
-        }));
-        guard.note(&Ok(()));
-        assert!(!guard.believe("svc", &[], Duration::from_secs(60)));
-        assert!(guard.believe("svc", &[], Duration::ZERO));
-        // Once believed empty, the service had no instances: later empties are believed.
-        assert!(guard.believe("svc", &[], Duration::from_secs(60)));
-        // A service never seen with instances is believed empty at once.
-        assert!(guard.believe("other", &[], Duration::from_secs(60)));
-    }
-
-    #[test]
-    fn trusted_at_start_or_not() {
-        let consul = EmptyGuard::new(true);
-        assert!(consul.believe("svc", &one(), Duration::from_secs(60)));
-        assert!(consul.believe("svc", &[], Duration::from_secs(60)));
-        let nacos = EmptyGuard::new(false);
-        assert!(nacos.believe("svc", &one(), Duration::from_secs(60)));
-        assert!(!nacos.believe("svc", &[], Duration::from_secs(60)));
     }
 }

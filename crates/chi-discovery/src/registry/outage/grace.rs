@@ -1,5 +1,5 @@
-//! The restart grace: one service's instances as a follower serves them, where instances that
-//! were there before a registry outage outlive the resync for a while.
+//! A follower's side of the outage policy ([`super`]): the restart grace, where instances that
+//! were served before a registry outage outlive the resync for a while.
 //!
 //! A Consul dev agent or an rnacos node that restarts comes back without its ephemeral
 //! instances, and their owners register them again one by one within their keep-alive period.
@@ -15,22 +15,28 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::instance::Instance;
-use crate::registry::Change;
 use tokio::time::Instant;
 
-/// One service's instances: the registry's view plus the ones held by the grace.
+use super::Recovery;
+use crate::instance::Instance;
+use crate::registry::{Change, diff};
+
+/// One service's instances as served: the registry's view plus the ones held by the grace.
+///
+/// Feed it the registry's changes ([`Grace::apply`]) and failures ([`Grace::failed`]); it answers
+/// the changes of what it serves, and [`Grace::expire`] the removals due when the grace ends
+/// ([`Grace::deadline`]). With no recovery running (no failure since the last grace ended, or a
+/// zero grace), a change passes as it is.
 #[derive(Debug)]
 pub struct Grace {
     period: Duration,
-    /// The registry's view, as the watch's changes built it.
+    recovery: Recovery,
+    /// The registry's view, as its changes built it.
     view: HashMap<String, Instance>,
-    /// Instances served before the failure that the registry lacks now, kept until `until`.
+    /// Instances served before the failure that the registry lacks now, kept while it recovers.
     held: HashMap<String, Instance>,
-    /// What was served when the registry failed, until the grace after it ends.
-    before: Option<HashMap<String, Instance>>,
-    /// The end of the grace, set by the registry's first answer after the failure.
-    until: Option<Instant>,
+    /// What was served when the registry failed, while it recovers.
+    before: HashMap<String, Instance>,
 }
 
 impl Grace {
@@ -38,10 +44,10 @@ impl Grace {
     pub fn new(period: Duration) -> Grace {
         Grace {
             period,
+            recovery: Recovery::Trusted,
             view: HashMap::new(),
             held: HashMap::new(),
-            before: None,
-            until: None,
+            before: HashMap::new(),
         }
     }
 
@@ -50,33 +56,34 @@ impl Grace {
         if self.period.is_zero() {
             return;
         }
-        let now = self.current();
-        self.before.get_or_insert_with(HashMap::new).extend(now);
-        self.until = None;
+        let served = self.served();
+        self.before.extend(served);
+        self.recovery.failed();
     }
 
-    /// Applies one change of the watch; how many instances it started holding.
-    pub fn apply(&mut self, change: Change, now: Instant) -> usize {
-        let Some(before) = &self.before else {
-            change.apply(&mut self.view);
-            return 0;
-        };
-        // The registry answers again: the grace runs from here.
-        self.until.get_or_insert(now + self.period);
-        let mut newly = 0;
+    /// Applies one change of the registry, which answered at `now`, and answers the changes of
+    /// the served list it makes: the change itself outside a recovery; while one runs, a `Reset`
+    /// of everything served after a `Reset`, else the difference (held removals left out).
+    pub fn apply(&mut self, change: Change, now: Instant) -> Vec<Change> {
+        if !self.recovery.is_recovering() {
+            change.clone().apply(&mut self.view);
+            return vec![change];
+        }
+        // The registry answers again: the grace runs from its first answer.
+        self.recovery.answered(now);
+        let served = self.served();
+        let reset = matches!(change, Change::Reset(_));
         match change {
-            Change::Remove(i) if before.contains_key(&i.id) => {
+            Change::Remove(i) if self.before.contains_key(&i.id) => {
                 if let Some(gone) = self.view.remove(&i.id) {
                     self.held.insert(i.id.clone(), gone);
-                    newly += 1;
                 }
             }
             Change::Reset(list) => {
                 Change::Reset(list).apply(&mut self.view);
-                for (id, instance) in before {
+                for (id, instance) in &self.before {
                     if !self.view.contains_key(id) && !self.held.contains_key(id) {
                         self.held.insert(id.clone(), instance.clone());
-                        newly += 1;
                     }
                 }
             }
@@ -85,28 +92,38 @@ impl Grace {
         let view = &self.view;
         // Back in the registry: served from the view again, no longer held.
         self.held.retain(|id, _| !view.contains_key(id));
-        newly
+        if reset {
+            vec![Change::Reset(self.list())]
+        } else {
+            diff(&served, &self.list())
+        }
     }
 
     /// When the grace ends, while one runs.
     pub fn deadline(&self) -> Option<Instant> {
-        self.until
+        self.recovery.ends(self.period)
     }
 
-    /// Ends the grace when it is over: the held instances are removed; whether any was.
-    pub fn expire(&mut self, now: Instant) -> bool {
-        if self.until.is_none_or(|until| until > now) {
-            return false;
+    /// Ends the grace when it is over at `now`: the held instances are removed, and their
+    /// removals answered (by id).
+    pub fn expire(&mut self, now: Instant) -> Vec<Change> {
+        if self.deadline().is_none_or(|end| end > now) {
+            return Vec::new();
         }
-        self.until = None;
-        self.before = None;
-        let removed = !self.held.is_empty();
-        self.held.clear();
-        removed
+        self.recovery = Recovery::Trusted;
+        self.before.clear();
+        let mut gone: Vec<Instance> = self.held.drain().map(|(_, i)| i).collect();
+        gone.sort_by(|a, b| a.id.cmp(&b.id));
+        gone.into_iter().map(Change::Remove).collect()
     }
 
-    /// The instances served: the view plus the held ones.
-    fn current(&self) -> HashMap<String, Instance> {
+    /// How many instances the grace holds now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The instances served, by id: the view plus the held ones.
+    fn served(&self) -> HashMap<String, Instance> {
         let mut all = self.view.clone();
         all.extend(self.held.iter().map(|(id, i)| (id.clone(), i.clone())));
         all
