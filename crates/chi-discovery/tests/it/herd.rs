@@ -208,10 +208,12 @@ async fn watches_reopen_spread_over_the_backoff_window_after_a_restart() {
     let shortest = delays.iter().min().copied().unwrap_or_default();
     let longest = delays.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "[reliability] herd: {WATCHERS} watches, etcd down {DOWN:?}: first reopenings \
-         {shortest:?} to {longest:?} after their break, std dev {spread:.0} ms, at most \
-         {busiest_first} of {WATCHERS} within 50 ms; {} reopenings during the outage, at most \
-         {busiest_outage} within 50 ms",
+        "[reliability] herd: {WATCHERS} watches, etcd down {DOWN:?}: first reopenings {:.0} to \
+         {:.0} ms after their break, std dev {spread:.0} ms, at most {busiest_first} of \
+         {WATCHERS} within 50 ms; {} reopenings during the outage, at most {busiest_outage} \
+         within 50 ms",
+        shortest.as_secs_f64() * 1e3,
+        longest.as_secs_f64() * 1e3,
         outage.len()
     );
 

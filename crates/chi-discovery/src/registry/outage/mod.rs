@@ -13,10 +13,11 @@
 //! > believed gone; additions and updates are believed at once. Once the grace is over, what the
 //! > registry says goes, an empty list included (services do scale to zero).
 //!
-//! [`Recovery`] is that clock. Two places apply the rule, each with what it can see:
+//! One clock, `Recovery`, tells where a registry stands. Two places apply the rule, each with
+//! what it can see:
 //!
 //! - an adapter, whose every answer is a whole list, holds an *empty* answer for a service that
-//!   had instances ([`EmptyGuard`], in the Consul and Nacos adapters): the caller keeps its last
+//!   had instances (`EmptyGuard`, in the Consul and Nacos adapters): the caller keeps its last
 //!   list. Its grace is the time the backend's registrants take to come back, which the adapter
 //!   knows (Consul's `check_ttl`, Nacos' `empty_grace`);
 //! - a follower of a service, which knows what it served, holds the *removals* ([`Grace`]): the
