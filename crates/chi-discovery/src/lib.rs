@@ -3,7 +3,8 @@
 //! Service discovery and client-side load balancing for Rust services.
 //!
 //! - [`registry`]: one [`Registry`] abstraction over the embedded [`registry::Memory`] registry
-//!   (the default), Consul, etcd v3 and Nacos (cargo features `consul`, `etcd`, `nacos`), and a
+//!   (the default), Consul, etcd v3, Nacos and ZooKeeper (cargo features `consul`, `etcd`,
+//!   `nacos`, `zookeeper`), DNS SRV and A records, read-only (feature `dns`), and a
 //!   [`registry::MultiRegistry`] that writes to several at once.
 //! - [`ServiceManager`]: registers instances, keeps them alive, re-registers them when a registry
 //!   lost them, deregisters them on shutdown.

@@ -95,6 +95,33 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
             format!("{:?}", n.password.clone().unwrap_or_default()),
         );
     }
+    if let Some(z) = &config.registries.zookeeper {
+        let zp = format!("{sd}.registries.zookeeper");
+        out.insert(format!("{zp}.servers"), z.servers.join(","));
+        out.insert(format!("{zp}.root"), z.root().to_owned());
+        out.insert(format!("{zp}.layout"), z.layout.as_str().to_owned());
+        out.insert(format!("{zp}.session_timeout"), d(z.session_timeout));
+        out.insert(format!("{zp}.watch"), z.watch.as_str().to_owned());
+        out.insert(
+            format!("{zp}.password"),
+            format!("{:?}", z.password.clone().unwrap_or_default()),
+        );
+    }
+    if let Some(c) = &config.registries.chi {
+        out.insert(format!("{sd}.registries.chi.address"), c.address.clone());
+    }
+    if let Some(dns) = &config.registries.dns {
+        out.insert(format!("{sd}.registries.dns"), dns.identity());
+        out.insert(
+            format!("{sd}.registries.dns.refresh"),
+            format!(
+                "the records' TTL within {}..{} (query timeout {})",
+                d(dns.min_refresh),
+                d(dns.max_refresh),
+                d(dns.timeout)
+            ),
+        );
+    }
     let c = &config.cache;
     out.insert(format!("{sd}.discovery.cache.ttl"), d(c.ttl));
     out.insert(
@@ -173,6 +200,27 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
             .collect::<Vec<_>>()
             .join(" "),
     );
+    if !rt.client_regions.is_empty() {
+        out.insert(
+            format!("{sd}.routing.client_regions"),
+            rt.client_regions
+                .blocks()
+                .map(|(net, region)| format!("{net}={region}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    if !rt.trusted_proxies.is_empty() {
+        out.insert(
+            format!("{sd}.routing.trusted_proxies"),
+            rt.trusted_proxies
+                .nets()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
     out.into_iter().collect()
 }
 
@@ -193,5 +241,32 @@ mod tests {
             !shown.contains("consul-secret") && !shown.contains("etcd-secret"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn describe_shows_zookeeper_without_its_password() {
+        let yaml = r#"
+service_discovery:
+  registries:
+    zookeeper:
+      enabled: true
+      servers: ["127.0.0.1:2181"]
+      layout: dubbo
+      username: chi
+      password: zk-secret
+"#;
+        let config = Config::from_yaml_with_env(yaml, |_| None).expect("config");
+        let shown = describe(&config);
+        let get = |k: &str| {
+            let key = format!("service_discovery.registries.zookeeper.{k}");
+            shown
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("root").as_deref(), Some("/dubbo"));
+        assert_eq!(get("layout").as_deref(), Some("dubbo"));
+        assert_eq!(get("session_timeout").as_deref(), Some("10s"));
+        assert!(!format!("{shown:?}").contains("zk-secret"), "{shown:?}");
     }
 }

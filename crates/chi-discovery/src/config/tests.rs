@@ -145,6 +145,14 @@ mod last_good;
 #[path = "tests_picks.rs"]
 mod picks;
 
+/// `routing.client_regions` and `routing.trusted_proxies`.
+#[path = "tests_client_regions.rs"]
+mod client_regions;
+
+/// `registries.chi` and `chi://` URLs: a running `chi agent` as a registry.
+#[path = "tests_chi.rs"]
+mod chi;
+
 #[test]
 fn bad_duration() {
     assert_err(
@@ -609,7 +617,7 @@ fn registry_urls() {
         ("10.0.0.1", 8848)
     );
     for (bad, part) in [
-        ("zookeeper://h:1", "unknown registry scheme \"zookeeper\""),
+        ("eureka://h:1", "unknown registry scheme \"eureka\""),
         ("consul://h", "host:port"),
         ("consul://user:tok@h:8500", "credentials in the URL"),
         ("localhost:8500", "expected memory, etcd://"),

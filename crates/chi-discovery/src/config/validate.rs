@@ -13,7 +13,9 @@ use crate::error::Result;
 use crate::instance::{CheckTarget, CheckedBy, HealthCheck, ServiceConfig};
 use crate::registry::Registries;
 use crate::retry::RetryPolicy;
-use crate::routing::{SlowStartConfig, ZoneAwareConfig};
+use crate::routing::{ClientRegions, SlowStartConfig, TrustedProxies, ZoneAwareConfig};
+
+use ipnet::IpNet;
 
 pub(super) fn registration(r: raw::Registration, at: &Field) -> Result<ServiceConfig> {
     let name = r.name.ok_or_else(|| at.join("name").err("is required"))?;
@@ -382,11 +384,63 @@ pub(super) fn routing(r: raw::Routing, at: &Field) -> Result<RoutingConfig> {
             }
         }
     }
+    let mut blocks: Vec<(IpNet, String)> = Vec::new();
+    for (block, region) in r.client_regions {
+        let bp = at.join("client_regions").key(&block);
+        let net = address_block(&block, &bp)?;
+        if blocks.iter().any(|(n, _)| *n == net) {
+            return Err(bp.err(format!("block {net} is listed twice")));
+        }
+        let region = region.trim().to_owned();
+        if region.is_empty() {
+            return Err(bp.err("must name a region, got \"\""));
+        }
+        if !r.regions.is_empty() && !r.regions.contains_key(&region) {
+            let known: Vec<&str> = r.regions.keys().map(String::as_str).collect();
+            return Err(bp.err(format!(
+                "must be a region of routing.regions ({}), got {region:?}",
+                known.join(", ")
+            )));
+        }
+        blocks.push((net, region));
+    }
+    let trusted_proxies = r
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .map(|(i, block)| address_block(block, &at.join("trusted_proxies").index(i)))
+        .collect::<Result<Vec<_>>>()?;
     let enable_geo_routing = r.enable_geo_routing.unwrap_or(false);
     Ok(RoutingConfig {
         enable_version_routing,
         enable_geo_routing,
         default_version,
         regions: r.regions,
+        client_regions: ClientRegions::new(blocks),
+        trusted_proxies: TrustedProxies::new(trusted_proxies),
     })
+}
+
+/// An address block in CIDR notation (`10.1.0.0/16`, `2001:db8::/32`), or one address (a block
+/// of one). Host bits set (`10.1.2.3/16`) are refused as the typo they usually are.
+fn address_block(value: &str, at: &Field) -> Result<IpNet> {
+    let v = value.trim();
+    let net = match v.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => match v.parse::<std::net::IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => {
+                return Err(at.err(format!(
+                    "expected an address block such as \"10.1.0.0/16\" or \"2001:db8::/32\", got {value:?}"
+                )));
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(at.err(format!(
+            "must start at the block's first address, got {value:?} (the block is {})",
+            net.trunc()
+        )));
+    }
+    Ok(net)
 }

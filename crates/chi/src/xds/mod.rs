@@ -28,6 +28,7 @@
 //! stale-on-error rule and restart grace (the library's `registry::outage::Grace`), and count
 //! against one bound on streams.
 
+pub(crate) mod clients;
 mod delta;
 mod follow;
 mod resources;
@@ -64,6 +65,7 @@ use crate::cli::XdsArgs;
 use crate::failure::Failure;
 use crate::source::Source;
 
+use clients::{ClientLog, Clients};
 use delta::DeltaSession;
 use follow::{Following, Woken};
 use resources::{ClientPlace, Shape};
@@ -84,7 +86,7 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     let client = DiscoveryClient::builder()
         .retry(source.config.retry)
         .outage(OutagePolicy::with_restart_grace(args.restart_grace))
-        .build(registry);
+        .build(registry.clone());
     let shape = Shape {
         strategy: source.config.load_balancer.strategy,
         rds: args.rds,
@@ -99,6 +101,14 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     };
     let server = XdsServer::new(Hub::new(client), shape.clone(), args.max_streams);
     let closing = server.closing.clone();
+    if let Some(admin) = args.admin {
+        let feed = crate::console::XdsFeed {
+            clients: server.clients(),
+            strategy: shape.strategy,
+        };
+        let bound = crate::console::serve_xds(admin, registry.clone(), feed).await?;
+        println!("xds admin on http://{bound}");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| {
@@ -131,6 +141,8 @@ pub(crate) struct XdsServer {
     versions: Arc<AtomicU64>,
     closing: Closing,
     encoded: Arc<Encoded>,
+    /// What each open stream was sent and answered (read by the console).
+    clients: Arc<Clients>,
 }
 
 /// Tells every stream that the server is going away.
@@ -156,7 +168,13 @@ impl XdsServer {
             versions: Arc::new(AtomicU64::new(first_version())),
             closing: Closing(Arc::new(watch::Sender::new(false))),
             encoded: Arc::new(Encoded::new(shape_uses_place)),
+            clients: Arc::new(Clients::default()),
         }
+    }
+
+    /// Every open stream's client and what it was sent and answered (read-only).
+    pub(crate) fn clients(&self) -> Arc<Clients> {
+        self.clients.clone()
     }
 
     pub(crate) fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
@@ -184,21 +202,22 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        self.open(request, |tx| AdsStream::new(self.parts(), tx))
+        self.open(request, |tx, log| AdsStream::new(self.parts(log), tx))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        self.open(request, |tx| DeltaSession::new(self.parts(), tx))
+        self.open(request, |tx, log| DeltaSession::new(self.parts(log), tx))
     }
 }
 
 impl XdsServer {
     /// What a new stream shares with the server.
-    fn parts(&self) -> Parts {
+    fn parts(&self, log: Arc<ClientLog>) -> Parts {
         Parts {
+            log,
             following: Following::new(self.hub.clone()),
             shape: self.shape.clone(),
             versions: self.versions.clone(),
@@ -215,7 +234,7 @@ impl XdsServer {
     fn open<S: Session>(
         &self,
         request: Request<Streaming<S::Request>>,
-        session: impl FnOnce(mpsc::Sender<Result<S::Response, Status>>) -> S,
+        session: impl FnOnce(mpsc::Sender<Result<S::Response, Status>>, Arc<ClientLog>) -> S,
     ) -> Result<Response<Responses<S::Response>>, Status> {
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
@@ -225,12 +244,15 @@ impl XdsServer {
         })?;
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let session = session(tx.clone());
+        let log = self.clients.open(S::VARIANT, peer);
+        let session = session(tx.clone(), log.clone());
+        let clients = self.clients.clone();
         let requests = request.into_inner();
         let closing = self.closing.0.subscribe();
         tokio::spawn(async move {
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream opened");
             drive(session, requests, closing, tx).await;
+            clients.close(&log);
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream closed");
             drop(permit);
         });
@@ -240,6 +262,8 @@ impl XdsServer {
 
 /// What a stream of either variant takes from the server, and what it knows of its client.
 pub(crate) struct Parts {
+    /// Where the stream notes what it sent and how the client answered.
+    log: Arc<ClientLog>,
     following: Following,
     shape: Shape,
     /// The server's version counter: every response takes the next value, so a version is never
@@ -263,6 +287,7 @@ impl Parts {
             return false;
         };
         let (id, place) = node_of(node);
+        self.log.heard(&id, place.as_ref());
         self.node = id;
         match place.filter(|p| *p != self.place) {
             Some(place) => {

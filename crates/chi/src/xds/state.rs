@@ -25,6 +25,7 @@ use envoy_types::pb::google::protobuf::Any;
 
 use super::resources::{ClientPlace, Kind};
 use super::view::{ByVersion, ServiceView, fingerprints};
+use crate::sync;
 use tokio::sync::watch;
 
 /// How often the service catalogue is read for wildcard (all-services) subscriptions.
@@ -138,10 +139,7 @@ impl Encoded {
     ) -> (Any, u64) {
         let place = (self.by_place && kind == Kind::Endpoints).then(|| place.clone());
         let key = (kind, name.to_owned(), revision, place);
-        let mut map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = sync::lock(&self.map);
         if let Some(built) = map.get(&key) {
             return built.clone();
         }
@@ -149,10 +147,7 @@ impl Encoded {
         let any = build();
         let hash = content_hash(&any);
         let built = (any, hash);
-        map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map = sync::lock(&self.map);
         if map.len() >= ENCODED_MAX {
             map.clear();
         }
