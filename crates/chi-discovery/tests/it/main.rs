@@ -6,6 +6,16 @@
 //! `scripts/reliability --soak`) makes its long phases longer.
 
 mod health;
+#[cfg(all(
+    feature = "orca",
+    feature = "grpc",
+    feature = "tower",
+    feature = "http",
+    feature = "axum"
+))]
+mod orca;
+#[cfg(all(feature = "orca", feature = "grpc", feature = "tower"))]
+mod orca_grpc_js;
 mod outage;
 
 #[cfg(feature = "consul")]
