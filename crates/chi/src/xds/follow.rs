@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
 
-use super::state::{Catalog, Hub, ServiceView};
+use super::state::{Catalog, Hub};
+use super::view::ServiceView;
 
 /// What woke a stream up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,9 @@ impl Following {
             if self.views.contains_key(&name) {
                 continue;
             }
-            let rx = self.hub.subscribe(&name);
+            let Some(rx) = self.hub.subscribe(&name) else {
+                continue;
+            };
             self.views.insert(name.clone(), rx.borrow().clone());
             self.changes.insert(name, WatchStream::from_changes(rx));
         }

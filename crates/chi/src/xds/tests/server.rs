@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chi_discovery::{DiscoveryClient, Registry, RetryPolicy};
+use chi_discovery::{DiscoveryClient, OutagePolicy, Registry, RetryPolicy};
 use hyper_util::rt::TokioIo;
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
@@ -69,8 +69,9 @@ pub(crate) async fn serve_with_grace(
     };
     let client = DiscoveryClient::builder()
         .retry(retry)
+        .outage(OutagePolicy::with_restart_grace(grace))
         .build(registry.clone());
-    let hub = Hub::new(client, registry.clone(), grace);
+    let hub = Hub::new(client);
     let server = XdsServer::new(hub, shape, max_streams);
     let closing = server.closing.clone();
     let clients = server.clients();
