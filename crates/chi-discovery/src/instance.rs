@@ -184,6 +184,14 @@ impl Instance {
         }
         Ok(())
     }
+
+    /// Checks an instance about to be registered: [`Instance::validate`], and its tags and
+    /// metadata within the bounds of [`crate::limits`] (reads of instances others registered
+    /// skip those).
+    pub fn validate_registration(&self) -> Result<()> {
+        self.validate()?;
+        crate::limits::check_sizes(self)
+    }
 }
 
 /// The id chi derives when none is given: `name-address-port`.

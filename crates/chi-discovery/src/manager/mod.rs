@@ -210,7 +210,7 @@ impl ServiceManager {
         instance: Instance,
         check: Option<&HealthCheck>,
     ) -> Result<RegistrationReport> {
-        instance.validate()?;
+        instance.validate_registration()?;
         let plan = checks::plan(&self.inner.backends, check)?;
         let probe = plan.local.as_ref().map(probe_for).transpose()?;
         self.ensure_task();

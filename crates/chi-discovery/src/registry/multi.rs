@@ -111,7 +111,7 @@ impl Registry for MultiRegistry {
     }
 
     async fn register(&self, instance: &Instance) -> Result<()> {
-        instance.validate()?;
+        instance.validate_registration()?;
         let results = join_all(self.members.iter().map(|m| m.register(instance))).await;
         self.registered_or_report(instance, results)
     }
@@ -126,7 +126,7 @@ impl Registry for MultiRegistry {
         instance: &Instance,
         checks: &[HealthCheck],
     ) -> Result<()> {
-        instance.validate()?;
+        instance.validate_registration()?;
         let results = join_all(
             self.members
                 .iter()
