@@ -149,6 +149,10 @@ mod picks;
 #[path = "tests_client_regions.rs"]
 mod client_regions;
 
+/// Durations, tags and metadata within their bounds.
+#[path = "tests_bounds.rs"]
+mod bounds;
+
 #[test]
 fn bad_duration() {
     assert_err(
