@@ -12,7 +12,9 @@
 //! | `DELETE /v1/services/{name}/instances/{id}` | deregister |
 //! | `POST /v1/services/{name}/instances/{id}/keepalive` | keep alive (body: instance and health) |
 //!
-//! It binds to loopback by default: whoever reaches it can register instances.
+//! It binds to loopback by default: whoever reaches it can register instances. It is served
+//! through a [`Door`]: its connections, requests, timeouts and request bodies are bounded
+//! (`--max-body`: a larger JSON body is `413`, naming the bound).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use chi_discovery::{Instance, Liveness, Registry};
 use futures_util::StreamExt;
 
 use crate::failure::Failure;
+use crate::limits::{Door, Reason};
 use crate::remote::{Alive, Event, HEARTBEAT, KeepAlive};
 
 /// Answers `/health`: healthy or not, and a JSON body.
@@ -42,18 +45,16 @@ struct AdminState {
     metrics: MetricsFn,
 }
 
-/// Binds the admin port and serves it in the background; returns the bound address.
+/// Binds the admin port and serves it through `door` in the background, request bodies capped
+/// at `max_body` bytes; returns the bound address.
 pub(crate) async fn serve(
     addr: SocketAddr,
     registry: Arc<dyn Registry>,
     health: HealthFn,
     metrics: MetricsFn,
+    (door, max_body): (Door, usize),
 ) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Failure::failed(format!("cannot listen on the admin address {addr}: {e}"))
-            .hint("pick another with --admin 127.0.0.1:PORT (port 0 picks a free one)")
-    })?;
-    let bound = listener.local_addr()?;
+    let (listener, bound) = bind(addr).await?;
     let state = AdminState {
         registry,
         health,
@@ -74,12 +75,70 @@ pub(crate) async fn serve(
             post(keep_alive),
         )
         .with_state(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("admin server stopped: {e}");
-        }
-    });
+    door.serve_router(listener, capped(app, &door, max_body));
     Ok(bound)
+}
+
+/// Binds an admin port that serves `/health` and `/metrics` only (`chi xds --admin`), through
+/// `door`; returns the bound address.
+pub(crate) async fn serve_health(
+    addr: SocketAddr,
+    health: HealthFn,
+    metrics: MetricsFn,
+    door: Door,
+) -> anyhow::Result<SocketAddr> {
+    let (listener, bound) = bind(addr).await?;
+    let app = Router::new()
+        .route(
+            "/health",
+            get(move || {
+                let (ok, body) = health();
+                let status = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                std::future::ready((status, Json(body)))
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || std::future::ready(exposition(&metrics))),
+        );
+    door.serve_router(listener, capped(app, &door, 1024));
+    Ok(bound)
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::failed(format!("cannot listen on the admin address {addr}: {e}"))
+            .hint("pick another with --admin 127.0.0.1:PORT (port 0 picks a free one)")
+    })?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}
+
+/// `router` with request bodies capped at `max_body` bytes: a declared length over it is
+/// refused before reading, a chunked body once it passes it, both with a `413` that says the
+/// bound (axum's own says only "length limit exceeded").
+pub(crate) fn capped(router: Router, door: &Door, max_body: usize) -> Router {
+    let door = door.clone();
+    let message: Arc<str> = Arc::from(format!(
+        "chi {}: the request body is over the limit: at most {max_body} bytes (--max-body)\n",
+        door.server()
+    ));
+    router
+        .layer(axum::middleware::map_response(move |resp: Response| {
+            let (door, message) = (door.clone(), message.clone());
+            async move {
+                if resp.status() != StatusCode::PAYLOAD_TOO_LARGE {
+                    return resp;
+                }
+                door.count(Reason::BodySize);
+                (StatusCode::PAYLOAD_TOO_LARGE, message.to_string()).into_response()
+            }
+        }))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
 }
 
 fn error(status: StatusCode, e: impl std::fmt::Display) -> Response {
@@ -97,12 +156,16 @@ async fn health_handler(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> Response {
+    exposition(&s.metrics)
+}
+
+fn exposition(metrics: &MetricsFn) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        (s.metrics)(),
+        metrics(),
     )
         .into_response()
 }

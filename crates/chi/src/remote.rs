@@ -340,6 +340,7 @@ mod tests {
             memory.clone(),
             Arc::new(|| (true, serde_json::Value::Null)),
             Arc::new(String::new),
+            (crate::limits::Door::for_tests("agent"), 256 << 10),
         )
         .await
         .expect("admin");
