@@ -4,7 +4,7 @@
 //!
 //! - [`registry`]: one [`Registry`] abstraction over the embedded [`registry::Memory`] registry
 //!   (the default), Consul, etcd v3, Nacos and ZooKeeper (cargo features `consul`, `etcd`,
-//!   `nacos`, `zookeeper`), and a
+//!   `nacos`, `zookeeper`), DNS SRV and A records, read-only (feature `dns`), and a
 //!   [`registry::MultiRegistry`] that writes to several at once.
 //! - [`ServiceManager`]: registers instances, keeps them alive, re-registers them when a registry
 //!   lost them, deregisters them on shutdown.

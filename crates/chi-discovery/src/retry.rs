@@ -5,7 +5,7 @@
 //! clients recovering from the same outage do not retry in lockstep. Retries run through the
 //! `backon` crate; only transient errors ([`Error::is_transient`]) are retried.
 //!
-//! [`Backoff`] is the same curve for loops that never give up (a watch reopening its stream, a
+//! `Backoff`, inside the crate, is the same curve for loops that never give up (a watch reopening its stream, a
 //! blocking query after an error): it counts consecutive failures, answers the next jittered
 //! delay, and starts over after a success. Every adapter's watch uses it, so a fix to the curve
 //! (or the jitter) lands everywhere at once.
@@ -59,7 +59,7 @@ impl RetryPolicy {
 
     /// A [`Backoff`] on this policy's curve (its `max_attempts` does not apply: a backoff never
     /// gives up).
-    pub fn backoff(&self) -> Backoff {
+    pub(crate) fn backoff(&self) -> Backoff {
         Backoff::new(self.initial_interval, self.max_interval).multiplier(self.multiplier)
     }
 
@@ -90,28 +90,22 @@ impl RetryPolicy {
 
 /// Delays for a loop that retries until it succeeds: `initial * multiplier^(n-1)` after the
 /// `n`-th consecutive failure, capped at `max`, each one jittered by ±25 %.
-///
-/// ```
-/// # use std::time::Duration;
-/// use chi_discovery::retry::Backoff;
-///
-/// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-/// let first = backoff.next_delay();
-/// assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125));
-/// backoff.reset(); // after a success
-/// assert_eq!(backoff.failures(), 0);
-/// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     multiplier: f64,
     failures: u32,
 }
 
+// `failures` and `reset` serve the adapters' watch loops, which come with their features.
+#[cfg_attr(
+    not(all(feature = "consul", feature = "etcd", feature = "chi")),
+    allow(dead_code)
+)]
 impl Backoff {
     /// Doubling from `initial` up to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial,
             max,
@@ -121,7 +115,7 @@ impl Backoff {
     }
 
     /// Another growth factor (values below 1 are taken as 1).
-    pub fn multiplier(mut self, multiplier: f64) -> Self {
+    pub(crate) fn multiplier(mut self, multiplier: f64) -> Self {
         self.multiplier = if multiplier.is_finite() {
             multiplier.max(1.0)
         } else {
@@ -131,17 +125,17 @@ impl Backoff {
     }
 
     /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Starts over: the next delay is the initial one again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 
     /// The delay after the `failures`-th consecutive failure (1-based), without jitter.
-    pub fn nominal(&self, failures: u32) -> Duration {
+    pub(crate) fn nominal(&self, failures: u32) -> Duration {
         let exp = failures.saturating_sub(1).min(64) as i32;
         let secs = self.initial.as_secs_f64() * self.multiplier.powi(exp);
         let capped = secs.min(self.max.as_secs_f64());
@@ -149,7 +143,7 @@ impl Backoff {
     }
 
     /// Counts one more failure and answers how long to wait before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         jitter(self.nominal(self.failures))
     }

@@ -2,7 +2,8 @@
 //!
 //! - real registries on loopback: `etcd` (feature `etcd`), [`consul`], [`nacos`] and [`zookeeper`]
 //!   start the real servers as child processes on free ports ([`Proc`] kills them on drop);
-//!   [`zookeeper::Kazoo`] is a foreign ZooKeeper client (Python's kazoo);
+//!   [`zookeeper::Kazoo`] is a foreign ZooKeeper client (Python's kazoo); [`dns`] starts dnsmasq
+//!   and bind9's `named` the same way;
 //! - [`proxy::Proxy`]: a TCP forwarder that cuts clients off from a server (a partition);
 //! - [`grpc::HealthServer`]: a tonic server with the standard gRPC health service, for probes;
 //! - [`fault::Faulty`]: a [`Registry`](chi_discovery::Registry) wrapper that fails every call on
@@ -23,6 +24,7 @@
 //! copy instead of including each other's files.
 
 pub mod consul;
+pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod fault;

@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 
 use crate::admin;
 use crate::cli::AgentArgs;
+use crate::console::{AgentFeed, Console, WriteGate};
 use crate::failure::Failure;
 use crate::limits::{Door, Limits, Refusal, Refusals};
 use crate::source::Source;
@@ -50,8 +51,19 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     };
-    if source.remote.is_none()
-        && let Some(m) = &mut source.config.registries.memory
+    if source.config.registries.dns.is_some()
+        && source.config.registries.writable().is_empty()
+    {
+        return Err(Failure::bad_input(format!(
+            "cannot register {}: DNS is read-only (it serves discovery only) and it is the only registry",
+            service.name
+        ))
+        .hint(
+            "register in consul://, etcd://, nacos:// or a chi:// agent; read DNS with chi discover, watch, select, proxy or xds --registry dns://...",
+        )
+        .into());
+    }
+    if let Some(m) = &mut source.config.registries.memory
         && m.ttl.is_none()
     {
         m.ttl = Some(MEMORY_TTL);
@@ -61,10 +73,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let registry = source.connect().await?;
     let manager = Arc::new(ServiceManager::new(registry.clone()).with_retry(source.config.retry));
     let instance = service.instance();
-    let backends = match &source.remote {
-        Some(base) => base.replace("http://", "chi://"),
-        None => source.config.registries.enabled().join(", "),
-    };
+    let backends = source.backends();
     // Every change of where the registration stands on each backend, from the first attempt
     // on: subscribed before registering.
     tokio::spawn(print_standing(manager.subscribe()));
@@ -90,11 +99,17 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         (MAX_CONNECTIONS, MAX_REQUESTS),
     );
     let door = Door::new("agent", limits, Refusal::Http, &refusals);
+    let feed = AgentFeed {
+        manager: manager.clone(),
+        strategy: source.config.load_balancer.strategy,
+    };
+    let gate = WriteGate::from_flag(args.console_writes);
+    let console = Console::new("agent", registry.clone(), Arc::new(feed), gate).routes();
     let bound = admin::serve(
         args.admin,
         registry.clone(),
-        health,
-        metrics,
+        (health, metrics),
+        console,
         (door, args.max_body as usize),
     )
     .await?;

@@ -107,6 +107,21 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
             format!("{:?}", z.password.clone().unwrap_or_default()),
         );
     }
+    if let Some(c) = &config.registries.chi {
+        out.insert(format!("{sd}.registries.chi.address"), c.address.clone());
+    }
+    if let Some(dns) = &config.registries.dns {
+        out.insert(format!("{sd}.registries.dns"), dns.identity());
+        out.insert(
+            format!("{sd}.registries.dns.refresh"),
+            format!(
+                "the records' TTL within {}..{} (query timeout {})",
+                d(dns.min_refresh),
+                d(dns.max_refresh),
+                d(dns.timeout)
+            ),
+        );
+    }
     let c = &config.cache;
     out.insert(format!("{sd}.discovery.cache.ttl"), d(c.ttl));
     out.insert(

@@ -9,6 +9,7 @@ mod agent;
 mod check;
 mod cli;
 mod config_check;
+mod console;
 mod discover;
 mod failure;
 mod limits;
@@ -16,9 +17,9 @@ mod output;
 mod pick;
 mod progress;
 mod proxy;
-mod remote;
 mod select;
 mod source;
+mod sync;
 mod watch;
 mod xds;
 

@@ -20,9 +20,10 @@
 //! The registries come out as each adapter's own config type in a [`Registries`]; connecting
 //! them is the registry side's job ([`Registries::connect`], [`crate::registry::connect()`]), so
 //! this module parses and checks only. `raw` mirrors the file, `validate` checks the general
-//! sections, `registries` the registry blocks.
+//! sections, `registries` the registry blocks (`dns` the DNS block and URL).
 
 mod depth;
+mod dns;
 pub mod raw;
 mod registries;
 mod validate;
@@ -169,6 +170,7 @@ impl Config {
         registries.apply_registration(registration.as_ref());
         registries::validate_consul(&registries, registration.as_ref(), &p)?;
         registries::validate_checked_by(&registries, registration.as_ref(), &p)?;
+        dns::validate_registration(&registries, registration.as_ref(), &p)?;
         let disc = sd.discovery.unwrap_or_default();
         let dp = p.join("discovery");
         let cache = validate::cache(

@@ -69,6 +69,8 @@ pub struct Registries {
     pub etcd: Option<Etcd>,
     pub nacos: Option<Nacos>,
     pub zookeeper: Option<crate::registry::zookeeper::RawZookeeper>,
+    pub chi: Option<Chi>,
+    pub dns: Option<Dns>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +117,14 @@ pub struct Nacos {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Chi {
+    #[serde(default)]
+    pub enabled: bool,
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NacosServer {
     pub ip: Option<String>,
     pub port: Option<u16>,
@@ -129,6 +139,21 @@ pub struct NacosClient {
     pub password: Option<Secret>,
     pub group_name: Option<String>,
     pub cluster_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    #[serde(default)]
+    pub enabled: bool,
+    pub server: Option<String>,
+    pub resolv_conf: Option<String>,
+    pub srv: Option<String>,
+    pub a: Option<String>,
+    pub port: Option<u16>,
+    pub min_refresh: Option<String>,
+    pub max_refresh: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

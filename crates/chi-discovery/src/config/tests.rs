@@ -153,6 +153,10 @@ mod client_regions;
 #[path = "tests_bounds.rs"]
 mod bounds;
 
+/// `registries.chi` and `chi://` URLs: a running `chi agent` as a registry.
+#[path = "tests_chi.rs"]
+mod chi;
+
 #[test]
 fn bad_duration() {
     assert_err(

@@ -188,6 +188,7 @@ impl Cache {
     }
 
     /// The snapshot of `service` without counting a read (a scrape is no use of the service).
+    #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
     pub(crate) fn peek(&self, service: &str) -> Option<Snapshot> {
         self.map.load().get(service).map(|e| e.load())
     }

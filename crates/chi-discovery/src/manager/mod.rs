@@ -17,6 +17,9 @@
 //! [`RegistrationReport::require_complete`] makes it an error), and every change of a backend's
 //! standing (registered, failing, registered again after a loss) is logged and sent to
 //! [`ServiceManager::subscribe`]rs; [`ServiceManager::status`] has the current state.
+//! A read-only member ([`Registry::read_only`], DNS) is left out: nothing is registered there,
+//! nothing retried, and it never shows as a failed backend; with only read-only registries a
+//! registration is refused.
 //!
 //! A registration's [`HealthCheck`] runs where its registry expects it (the `checks` module): Consul's agent
 //! runs it itself (and reaps the instance after `deregister_critical_service_after`); for etcd,
@@ -69,7 +72,10 @@ impl std::fmt::Debug for ServiceManager {
 }
 
 pub(crate) struct Inner {
+    /// The backends that take writes.
     backends: Vec<Arc<dyn Registry>>,
+    /// The read-only ones' names (DNS), for the refusal when there is no other.
+    read_only: String,
     /// Runs the probes of registrations whose check no backend runs itself.
     checker: HealthChecker,
     interval: Duration,
@@ -134,10 +140,7 @@ impl ServiceManager {
     /// A manager over `registry` (a [`MultiRegistry`](crate::registry::MultiRegistry)'s members
     /// are tracked one by one). Keep-alives run at the fastest interval the backends ask for.
     pub fn new(registry: Arc<dyn Registry>) -> Self {
-        let backends: Vec<Arc<dyn Registry>> = match registry.members() {
-            Some(members) => members.to_vec(),
-            None => vec![registry],
-        };
+        let (backends, read_only) = crate::registry::multi::split_writers(&registry);
         let interval = backends
             .iter()
             .map(|b| b.keep_alive_interval())
@@ -148,6 +151,7 @@ impl ServiceManager {
             inner: Arc::new(Inner {
                 checker: HealthChecker::builder().build_for_own(),
                 backends,
+                read_only,
                 interval,
                 retry: RetryPolicy::default(),
                 state: Mutex::new(HashMap::new()),
@@ -192,7 +196,8 @@ impl ServiceManager {
     /// retried in the background (with the [`RetryPolicy`]'s backoff) until they hold it or
     /// [`ServiceManager::deregister`] is called; [`ServiceManager::subscribe`] tells when they
     /// do. A check that cannot run (`checked_by: registry` on etcd, an HTTP check without the
-    /// `http` feature) is an error before anything is registered.
+    /// `http` feature) is an error before anything is registered, and so is a registry that is
+    /// read-only (DNS) with no writable one beside it.
     pub async fn register(&self, config: ServiceConfig) -> Result<RegistrationReport> {
         self.register_checked(config.instance(), config.health_check.as_ref())
             .await
@@ -211,6 +216,9 @@ impl ServiceManager {
         check: Option<&HealthCheck>,
     ) -> Result<RegistrationReport> {
         instance.validate_registration()?;
+        if self.inner.backends.is_empty() {
+            return Err(crate::registry::read_only(&self.inner.read_only));
+        }
         let plan = checks::plan(&self.inner.backends, check)?;
         let probe = plan.local.as_ref().map(probe_for).transpose()?;
         self.ensure_task();

@@ -463,3 +463,76 @@ async fn a_slow_backend_does_not_delay_the_keep_alives_of_the_others() {
     assert_eq!(drain(&mut events), [], "no churn on either backend");
     assert_eq!(m.status()[0].backends[0].reregistrations, 0);
 }
+
+/// A registry that only reads, as DNS does: every write fails.
+struct ReadOnly(Memory);
+
+#[async_trait::async_trait]
+impl Registry for ReadOnly {
+    fn backend(&self) -> &str {
+        "dns"
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    async fn register(&self, _: &Instance) -> Result<()> {
+        Err(crate::registry::read_only("dns"))
+    }
+    async fn deregister(&self, _: &str, _: &str) -> Result<()> {
+        Err(crate::registry::read_only("dns"))
+    }
+    async fn keep_alive(&self, _: &Instance, _: HealthStatus) -> Result<Liveness> {
+        Err(crate::registry::read_only("dns"))
+    }
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+        self.0.instances(service).await
+    }
+    async fn services(&self) -> Result<Vec<String>> {
+        self.0.services().await
+    }
+    async fn watch(&self, service: &str) -> Result<crate::registry::WatchStream> {
+        self.0.watch(service).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_only_member_is_never_a_failed_backend() {
+    let writable = Memory::new();
+    let multi = crate::registry::MultiRegistry::new(vec![
+        Arc::new(ReadOnly(Memory::new())),
+        Arc::new(writable.clone()),
+    ]);
+    let m = ServiceManager::new(Arc::new(multi)).with_interval(Duration::from_secs(1));
+    let report = m.register(cfg(1)).await.expect("register");
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(
+        report.results.len(),
+        1,
+        "only the writable member: {report:?}"
+    );
+    assert_eq!(report.results[0].0, "memory");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = m.status();
+    let backends: Vec<(&str, bool, u32)> = status[0]
+        .backends
+        .iter()
+        .map(|b| (b.backend.as_str(), b.registered, b.failures))
+        .collect();
+    assert_eq!(backends, vec![("memory", true, 0)]);
+    assert_eq!(writable.instances("svc").await.expect("list").len(), 1);
+    m.shutdown().await;
+    assert!(writable.instances("svc").await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn only_read_only_registries_refuse_the_registration() {
+    let m = ServiceManager::new(Arc::new(ReadOnly(Memory::new())));
+    let err = m.register(cfg(1)).await.unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("`dns`") && text.contains("read-only"),
+        "{text}"
+    );
+    assert!(m.status().is_empty(), "nothing is left to retry");
+}

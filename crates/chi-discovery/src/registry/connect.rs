@@ -2,14 +2,17 @@
 //!
 //! This is the registry side of the config file: [`crate::config`] parses and checks, and hands
 //! over a [`Registries`] holding each adapter's own config type ([`ConsulConfig`],
-//! [`EtcdConfig`], [`NacosConfig`], [`ZookeeperConfig`], [`MemoryConfig`]); connecting them is done here, next to
-//! the adapters, so the parser needs none of the backends' clients. A backend whose cargo
-//! feature is off is a config error naming its YAML path when it is connected.
+//! [`EtcdConfig`], [`NacosConfig`], [`ZookeeperConfig`], [`AgentConfig`], [`MemoryConfig`]);
+//! connecting them is done here, next to the adapters, so the parser needs none of the backends'
+//! clients. A backend whose cargo feature is off is a config error naming its YAML path when it
+//! is connected.
 
 use std::sync::Arc;
 
 use super::Registry;
+use super::chi::AgentConfig;
 use super::consul::ConsulConfig;
+use super::dns::DnsConfig;
 use super::etcd::EtcdConfig;
 use super::memory::{Memory, MemoryConfig};
 use super::multi::MultiRegistry;
@@ -32,11 +35,16 @@ pub struct Registries {
     pub nacos: Option<NacosConfig>,
     /// ZooKeeper, when enabled.
     pub zookeeper: Option<ZookeeperConfig>,
+    /// A running `chi agent` (`chi://`), when enabled.
+    pub chi: Option<AgentConfig>,
+    /// DNS, when enabled: read-only, it serves discovery and takes no registration.
+    pub dns: Option<DnsConfig>,
 }
 
 impl Registries {
     /// Names of the enabled backends, in write order (`consul`, `etcd`, `nacos`, `zookeeper`,
-    /// `memory`).
+    /// `chi`,
+    /// `memory`); `dns`, read-only, after the writable ones it is merged with.
     pub fn enabled(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if self.consul.is_some() {
@@ -51,16 +59,30 @@ impl Registries {
         if self.zookeeper.is_some() {
             v.push("zookeeper");
         }
+        if self.chi.is_some() {
+            v.push("chi");
+        }
         if self.memory.is_some() {
             v.push("memory");
         }
+        if self.dns.is_some() {
+            v.push("dns");
+        }
+        v
+    }
+
+    /// The enabled backends that take registrations: [`Registries::enabled`] without the
+    /// read-only `dns`.
+    pub fn writable(&self) -> Vec<&'static str> {
+        let mut v = self.enabled();
+        v.retain(|b| *b != "dns");
         v
     }
 
     /// A stable identity of the enabled registries, for telling which registry a stored list came
     /// from (the discovery cache's last-known-good file): the backends in write order with what
     /// selects their data (Consul's address and datacenter; etcd's endpoints and prefix; Nacos'
-    /// servers, namespace, group and cluster). Never a secret: no token, password or user, and
+    /// servers, namespace, group and cluster; the agent's address). Never a secret: no token, password or user, and
     /// no `user:password@` part of a URL. Endpoints are sorted, so listing them in another order
     /// names the same registry.
     pub fn identity(&self) -> String {
@@ -103,8 +125,17 @@ impl Registries {
         if let Some(z) = &self.zookeeper {
             parts.push(super::zookeeper::identity(z));
         }
-        if self.memory.is_some() || parts.is_empty() {
+        if let Some(c) = &self.chi {
+            parts.push(format!(
+                "chi(address={})",
+                without_userinfo(c.address.trim())
+            ));
+        }
+        if self.memory.is_some() || (parts.is_empty() && self.dns.is_none()) {
             parts.push("memory".to_owned());
+        }
+        if let Some(d) = &self.dns {
+            parts.push(d.identity());
         }
         parts.join("+")
     }
@@ -199,8 +230,15 @@ pub async fn connect(registries: &Registries) -> Result<Arc<dyn Registry>> {
         .into_iter()
         .flatten()
         .collect();
+    // The agent's client connects on first use.
+    if let Some(c) = &registries.chi {
+        members.push(chi(c)?);
+    }
     if let Some(m) = &registries.memory {
         members.push(Arc::new(Memory::from_config(m)));
+    }
+    if let Some(d) = &registries.dns {
+        members.push(dns(d)?);
     }
     match members.len() {
         0 => Ok(Arc::new(Memory::new())),
@@ -233,7 +271,9 @@ where
     feature = "consul",
     feature = "etcd",
     feature = "nacos",
-    feature = "zookeeper"
+    feature = "zookeeper",
+    feature = "chi",
+    feature = "dns"
 )))]
 fn feature_missing(field: &str, backend: &str) -> crate::error::Error {
     crate::error::Error::config(
@@ -284,6 +324,26 @@ async fn zookeeper(z: &ZookeeperConfig) -> Result<Arc<dyn Registry>> {
 #[cfg(not(feature = "zookeeper"))]
 async fn zookeeper(_: &ZookeeperConfig) -> Result<Arc<dyn Registry>> {
     Err(feature_missing(super::zookeeper::FIELD, "zookeeper"))
+}
+
+#[cfg(feature = "chi")]
+fn chi(c: &AgentConfig) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(super::chi::Agent::new(c.clone())?))
+}
+
+#[cfg(not(feature = "chi"))]
+fn chi(_: &AgentConfig) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing(super::chi::FIELD, "chi"))
+}
+
+#[cfg(feature = "dns")]
+fn dns(d: &DnsConfig) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(super::dns::Dns::new(d.clone())?))
+}
+
+#[cfg(not(feature = "dns"))]
+fn dns(_: &DnsConfig) -> Result<Arc<dyn Registry>> {
+    Err(feature_missing(super::dns::FIELD, "dns"))
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub use geo::{Geo, GeoStep, Place};
 pub use on_pick::OnPick;
 pub use routers::Routers;
 pub use service::{Admitted, ServiceState, ServiceStateConfig};
-pub use slow_start::SlowStartConfig;
+pub use slow_start::{Ramp, SlowStartConfig};
 pub use smart::{Decision, Routed, Smart, Subset};
 pub use spill::{Spill, ZoneAwareConfig};
 pub use stage::{Stage, Usable};

@@ -9,6 +9,10 @@ mod outage;
 
 #[cfg(feature = "consul")]
 mod consul;
+#[cfg(feature = "dns")]
+mod dns;
+#[cfg(feature = "dns")]
+mod dns_watch;
 #[cfg(feature = "etcd")]
 mod etcd;
 #[cfg(feature = "nacos")]

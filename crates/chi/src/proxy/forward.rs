@@ -309,6 +309,7 @@ impl Proxy {
             }
         };
         target.selections.inc();
+        target.picks.record();
         let to = (instance.address.as_str(), instance.port);
         let sent = async {
             let sender = upstream::connection(&target.idle, worker, to, CONNECT_TIMEOUT).await?;

@@ -28,9 +28,12 @@
 //!   [`ServiceState`](chi_discovery::routing::ServiceState) and more) and per instance;
 //! - `sweep`: gives ejected instances back to routing when their ejection ends;
 //! - `metrics`: the proxy's metric families beside the library's;
+//! - `console`: what the console at `/ui` on the admin port shows of the proxy (picks per
+//!   instance over the last minute, ejections, breaker refusals, slow-start ramps);
 //! - `upstream`: kept-alive connections to the instances, per worker.
 
 mod body;
+mod console;
 mod forward;
 mod headers;
 mod metrics;
@@ -88,6 +91,8 @@ struct Proxy {
     /// The proxies whose `X-Forwarded-For` tells that address (`routing.trusted_proxies`).
     trusted_proxies: TrustedProxies,
     metrics: ProxyMetrics,
+    /// Picks per instance over the last minute (the console's chart).
+    picks: Arc<crate::console::picks::Picks>,
 }
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
@@ -131,6 +136,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         client_regions: source.config.routing.client_regions.clone(),
         trusted_proxies: source.config.routing.trusted_proxies.clone(),
         metrics,
+        picks: crate::console::picks::Picks::start(),
     });
     tokio::spawn(sweep::sweep_ejections(Arc::downgrade(&proxy)));
 
@@ -138,11 +144,12 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     // Load the named services before serving, so the first requests do not wait.
     let warm = progress::services(&args.warm_up, registry.as_ref()).await?;
     progress::warm_up(&proxy.client, &warm).await;
+    let console = console::console(&proxy, registry.clone());
     let admin_addr = admin::serve(
         args.admin,
         registry,
-        health,
-        exposition,
+        (health, exposition),
+        console,
         (admin_door, ADMIN_BODY),
     )
     .await?;

@@ -15,6 +15,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 use super::body::UpBody;
+use crate::sync;
 
 /// A connection to one instance, ready to send a request.
 pub(super) type Sender = SendRequest<UpBody>;
@@ -41,14 +42,11 @@ impl Idle {
     }
 
     fn take(&self, worker: usize) -> Option<Sender> {
-        self.slot(worker)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
+        sync::lock(self.slot(worker)).pop()
     }
 
     fn put(&self, worker: usize, sender: Sender) {
-        let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = sync::lock(self.slot(worker));
         if idle.len() < MAX_IDLE {
             idle.push(sender);
         }

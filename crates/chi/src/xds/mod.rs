@@ -27,6 +27,7 @@
 //! watches ([`state`], [`follow`]), keep the same update order, zone priorities, version routes,
 //! stale-on-error rule and restart grace ([`grace`]), and count against one bound on streams.
 
+pub(crate) mod clients;
 mod delta;
 mod follow;
 mod grace;
@@ -65,6 +66,7 @@ use crate::failure::Failure;
 use crate::limits::{ConnInfo, Door, Limits, Reason, Refusal, Refusals};
 use crate::source::Source;
 
+use clients::{ClientLog, Clients};
 use delta::DeltaSession;
 use follow::{Following, Woken};
 use resources::{ClientPlace, Shape};
@@ -107,7 +109,7 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     );
     let door = Door::new("xds", limits, Refusal::Grpc, &refusals);
     let server = XdsServer::new(
-        Hub::new(client, registry, args.restart_grace),
+        Hub::new(client, registry.clone(), args.restart_grace),
         shape.clone(),
         args.max_streams,
     )
@@ -115,7 +117,12 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     let closing = server.closing.clone();
     if let Some(admin) = args.admin {
         let door = Door::new("xds_admin", limits.admin(), Refusal::Http, &refusals);
-        let bound = admin::serve_health(admin, healthy(), exposition(&refusals), door).await?;
+        let feed = crate::console::XdsFeed {
+            clients: server.clients(),
+            strategy: shape.strategy,
+        };
+        let metrics = exposition(&refusals);
+        let bound = crate::console::serve_xds(admin, registry.clone(), feed, metrics, door).await?;
         println!("xds admin on http://{bound}");
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -140,11 +147,6 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| Failure::failed(format!("the xDS server stopped: {e}")))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `/health` of `chi xds --admin`: it serves while it runs.
-fn healthy() -> admin::HealthFn {
-    Arc::new(|| (true, serde_json::json!({"status": "ok"})))
 }
 
 /// `/metrics` of `chi xds --admin`: the refusals of its ports.
@@ -172,6 +174,8 @@ pub(crate) struct XdsServer {
     encoded: Arc<Encoded>,
     /// Streams refused and ended by a bound (`chi_refused_total{server="xds"}`).
     refusals: Refusals,
+    /// What each open stream was sent and answered (read by the console).
+    clients: Arc<Clients>,
 }
 
 /// Tells every stream that the server is going away.
@@ -198,6 +202,7 @@ impl XdsServer {
             closing: Closing(Arc::new(watch::Sender::new(false))),
             encoded: Arc::new(Encoded::new(shape_uses_place)),
             refusals: Refusals::default(),
+            clients: Arc::new(Clients::default()),
         }
     }
 
@@ -205,6 +210,11 @@ impl XdsServer {
     pub(crate) fn counting(mut self, refusals: Refusals) -> XdsServer {
         self.refusals = refusals;
         self
+    }
+
+    /// Every open stream's client and what it was sent and answered (read-only).
+    pub(crate) fn clients(&self) -> Arc<Clients> {
+        self.clients.clone()
     }
 
     pub(crate) fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
@@ -232,21 +242,22 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        self.open(request, |tx| AdsStream::new(self.parts(), tx))
+        self.open(request, |tx, log| AdsStream::new(self.parts(log), tx))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        self.open(request, |tx| DeltaSession::new(self.parts(), tx))
+        self.open(request, |tx, log| DeltaSession::new(self.parts(log), tx))
     }
 }
 
 impl XdsServer {
     /// What a new stream shares with the server.
-    fn parts(&self) -> Parts {
+    fn parts(&self, log: Arc<ClientLog>) -> Parts {
         Parts {
+            log,
             following: Following::new(self.hub.clone()),
             shape: self.shape.clone(),
             versions: self.versions.clone(),
@@ -263,7 +274,7 @@ impl XdsServer {
     fn open<S: Session>(
         &self,
         request: Request<Streaming<S::Request>>,
-        session: impl FnOnce(mpsc::Sender<Result<S::Response, Status>>) -> S,
+        session: impl FnOnce(mpsc::Sender<Result<S::Response, Status>>, Arc<ClientLog>) -> S,
     ) -> Result<Response<Responses<S::Response>>, Status> {
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             self.refusals.count("xds", Reason::Streams);
@@ -278,13 +289,16 @@ impl XdsServer {
         let in_flight = conn.as_ref().map(|c| c.activity.start());
         let peer = conn.map(|c| c.peer).or_else(|| request.remote_addr());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let session = session(tx.clone());
+        let log = self.clients.open(S::VARIANT, peer);
+        let session = session(tx.clone(), log.clone());
+        let clients = self.clients.clone();
         let requests = request.into_inner();
         let closing = self.closing.0.subscribe();
         let refusals = self.refusals.clone();
         tokio::spawn(async move {
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream opened");
             drive(session, requests, closing, tx, refusals).await;
+            clients.close(&log);
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream closed");
             drop((permit, in_flight));
         });
@@ -294,6 +308,8 @@ impl XdsServer {
 
 /// What a stream of either variant takes from the server, and what it knows of its client.
 pub(crate) struct Parts {
+    /// Where the stream notes what it sent and how the client answered.
+    log: Arc<ClientLog>,
     following: Following,
     shape: Shape,
     /// The server's version counter: every response takes the next value, so a version is never
@@ -317,6 +333,7 @@ impl Parts {
             return false;
         };
         let (id, place) = node_of(node);
+        self.log.heard(&id, place.as_ref());
         self.node = id;
         match place.filter(|p| *p != self.place) {
             Some(place) => {

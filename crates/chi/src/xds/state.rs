@@ -26,6 +26,7 @@ use envoy_types::pb::google::protobuf::Any;
 
 use super::grace::Served;
 use super::resources::{ClientPlace, Kind, versions_of};
+use crate::sync;
 use tokio::sync::watch;
 
 /// How often the service catalogue is read for wildcard (all-services) subscriptions.
@@ -108,9 +109,7 @@ impl Hub {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<ServiceView>>> {
         // A panic while holding the lock leaves a map that is still consistent (every
         // operation on it is a single insert or remove).
-        self.services
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sync::lock(&self.services)
     }
 
     /// The channel of `service`, starting its registry watch if no stream follows it yet.
@@ -317,10 +316,7 @@ impl Encoded {
     ) -> (Any, u64) {
         let place = (self.by_place && kind == Kind::Endpoints).then(|| place.clone());
         let key = (kind, name.to_owned(), revision, place);
-        let mut map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = sync::lock(&self.map);
         if let Some(built) = map.get(&key) {
             return built.clone();
         }
@@ -328,10 +324,7 @@ impl Encoded {
         let any = build();
         let hash = content_hash(&any);
         let built = (any, hash);
-        map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map = sync::lock(&self.map);
         if map.len() >= ENCODED_MAX {
             map.clear();
         }

@@ -42,7 +42,7 @@
 //! the index is reset to 0 when it goes backwards (a new cluster, a snapshot restore) and raised
 //! to 1 when Consul answers 0; an answer that arrives early without a new index is a spurious
 //! wake-up and backs off exponentially with jitter, so a misbehaving server cannot drive a tight
-//! loop; failures back off with jitter too (both with [`Backoff`](crate::retry::Backoff)). Every answer is a whole list, turned into
+//! loop; failures back off with jitter too (both with `retry::Backoff`). Every answer is a whole list, turned into
 //! `Add / Remove / Update` with [`diff`](crate::registry::diff); after an error the next answer is sent as a `Reset`.
 //!
 //! # An agent that just came back

@@ -9,9 +9,9 @@
 //! ```
 //!
 //! with `prefix` defaulting to `/chi/services`. Service names and ids go through
-//! [`validate_name`] (no `/`, no `..`, no control characters), so a name can never reach a key
-//! outside its own service's directory, and `{prefix}/{service}/` (with the trailing slash) never
-//! matches a service whose name merely starts with the same letters.
+//! `instance::validate_name` (no `/`, no `..`, no control characters), so a name can never reach
+//! a key outside its own service's directory, and `{prefix}/{service}/` (with the trailing slash)
+//! never matches a service whose name merely starts with the same letters.
 //!
 //! # Leases
 //!

@@ -6,7 +6,7 @@
 //! - [`dubbo`]: `ROOT/INTERFACE/providers/URL-ENCODED-URL`, everything in the provider URL.
 //!
 //! Names become node names verbatim (Curator and Dubbo readers expect them so), which is why
-//! they pass [`validate_node_name`] besides chi's own [`validate_name`]: ZooKeeper refuses some
+//! they pass [`validate_node_name`] besides chi's own `validate_name`: ZooKeeper refuses some
 //! characters in paths that chi allows elsewhere. Decoding only ever yields valid instances of
 //! the service asked for: foreign or corrupt nodes are skipped with a warning, never served.
 
@@ -90,9 +90,10 @@ fn truncate(s: &str) -> String {
     }
 }
 
-/// chi's name rule ([`validate_name`]) plus ZooKeeper's own for node names: no character in
-/// U+E000..U+F8FF or U+FFF0..U+FFFF, and none beyond U+FFFF (ZooKeeper checks Java's UTF-16,
-/// where those are surrogates, private-use or special characters it refuses).
+/// chi's name rule ([`is_valid_name`](crate::instance::is_valid_name)) plus ZooKeeper's own for
+/// node names: no character in U+E000..U+F8FF or U+FFF0..U+FFFF, and none beyond U+FFFF
+/// (ZooKeeper checks Java's UTF-16, where those are surrogates, private-use or special characters
+/// it refuses).
 pub fn validate_node_name(what: &'static str, value: &str) -> Result<()> {
     validate_name(what, value)?;
     if let Some(c) = value.chars().find(|c| {
