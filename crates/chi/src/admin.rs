@@ -81,7 +81,11 @@ pub(crate) async fn serve(
 
 /// Binds `addr` and serves `app` on it through `door` in the background; returns the bound
 /// address.
-pub(crate) async fn listen(addr: SocketAddr, app: Router, door: Door) -> anyhow::Result<SocketAddr> {
+pub(crate) async fn listen(
+    addr: SocketAddr,
+    app: Router,
+    door: Door,
+) -> anyhow::Result<SocketAddr> {
     let (listener, bound) = bind(addr).await?;
     door.serve_router(listener, app);
     Ok(bound)
@@ -285,7 +289,10 @@ mod tests {
         let addr = serve(
             "127.0.0.1:0".parse().expect("addr"),
             memory.clone(),
-            (Arc::new(|| (true, serde_json::Value::Null)), Arc::new(String::new)),
+            (
+                Arc::new(|| (true, serde_json::Value::Null)),
+                Arc::new(String::new),
+            ),
             Router::new(),
             (Door::for_tests("agent"), 256 << 10),
         )

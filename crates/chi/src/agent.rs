@@ -51,9 +51,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     };
-    if source.config.registries.dns.is_some()
-        && source.config.registries.writable().is_empty()
-    {
+    if source.config.registries.dns.is_some() && source.config.registries.writable().is_empty() {
         return Err(Failure::bad_input(format!(
             "cannot register {}: DNS is read-only (it serves discovery only) and it is the only registry",
             service.name

@@ -113,6 +113,7 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         shape.clone(),
         args.max_streams,
     )
+    .unknown_names(args.max_unknown_names)
     .counting(refusals.clone());
     let closing = server.closing.clone();
     if let Some(admin) = args.admin {
@@ -169,6 +170,8 @@ pub(crate) struct XdsServer {
     shape: Shape,
     streams: Arc<Semaphore>,
     max_streams: u32,
+    /// Most names one stream may follow that the registry does not know.
+    max_unknown: usize,
     versions: Arc<AtomicU64>,
     closing: Closing,
     encoded: Arc<Encoded>,
@@ -198,12 +201,20 @@ impl XdsServer {
             shape,
             streams: Arc::new(Semaphore::new(max_streams as usize)),
             max_streams,
+            max_unknown: MAX_NAMES,
             versions: Arc::new(AtomicU64::new(first_version())),
             closing: Closing(Arc::new(watch::Sender::new(false))),
             encoded: Arc::new(Encoded::new(shape_uses_place)),
             refusals: Refusals::default(),
             clients: Arc::new(Clients::default()),
         }
+    }
+
+    /// Lets each stream follow at most `n` names the registry does not know (by default, as
+    /// many as one request may carry).
+    pub(crate) fn unknown_names(mut self, n: u32) -> XdsServer {
+        self.max_unknown = n as usize;
+        self
     }
 
     /// Counts refused and ended streams into `refusals`.
@@ -258,7 +269,7 @@ impl XdsServer {
     fn parts(&self, log: Arc<ClientLog>) -> Parts {
         Parts {
             log,
-            following: Following::new(self.hub.clone()),
+            following: Following::new(self.hub.clone(), self.max_unknown),
             shape: self.shape.clone(),
             versions: self.versions.clone(),
             encoded: self.encoded.clone(),

@@ -129,6 +129,22 @@ impl Hub {
         rx
     }
 
+    /// True when some stream follows `service` and it has instances.
+    pub(crate) fn has_instances(&self, service: &str) -> bool {
+        self.lock()
+            .get(service)
+            .is_some_and(|tx| tx.borrow().instances.is_some())
+    }
+
+    /// The catalogue, waiting at most `wait` for the registry's first list.
+    pub(crate) async fn catalog_within(self: &Arc<Self>, wait: Duration) -> Catalog {
+        let mut rx = self.catalog();
+        if rx.borrow().is_none() {
+            let _ = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
+        }
+        rx.borrow().clone()
+    }
+
     /// Every service name the registry lists, refreshed every few seconds once asked for.
     pub(crate) fn catalog(self: &Arc<Self>) -> watch::Receiver<Catalog> {
         if !self.catalog_started.swap(true, Ordering::AcqRel) {

@@ -239,3 +239,51 @@ async fn silent_and_idle_xds_connections_are_closed() {
     assert!(closed.is_some(), "a silent connection stays open");
     assert!(xds.metric("chi_refused_total", "reason=\"header_timeout\"") >= 1.0);
 }
+
+/// Open file descriptors of `pid` (`/proc/PID/fd`).
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// One request naming 1,000 services nobody registered made `chi xds` open 1,000 watch
+/// connections to its agent (fds 13 -> 1,015). Past `--max-unknown-names` (default 100) the
+/// stream ends with `RESOURCE_EXHAUSTED`, counted, and no watch opens; a stream naming a few
+/// unknown services and a known one is served.
+#[tokio::test]
+async fn a_stream_naming_too_many_unknown_services_is_refused() {
+    let agent = agent(&[], &[]);
+    assert_eq!(
+        super::register(&agent.admin, "known", "known-1", 8001, "").0,
+        204
+    );
+    let xds = xds(&agent.url(), &[], &[]);
+    let before = fds(xds.pid());
+    let names: Vec<String> = (0..1000).map(|n| format!("made-up-{n}")).collect();
+    let status = match stream(channel(&xds.addr).await, eds(names)).await {
+        Ok(s) => end_of(s).await,
+        Err(status) => status,
+    };
+    let after = fds(xds.pid());
+    println!("[bounds] chi xds: 1000 unknown names refused ({status:?}); fds {before} -> {after}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("at most 100 (--max-unknown-names)"),
+        "{status:?}"
+    );
+    assert!(after <= before + 5, "fds {before} -> {after}");
+    assert!(xds.metric("chi_refused_total", "reason=\"unknown_names\"") >= 1.0);
+
+    let mut few: Vec<String> = (0..5).map(|n| format!("made-up-{n}")).collect();
+    few.push("known".into());
+    let mut s = stream(channel(&xds.addr).await, eds(few))
+        .await
+        .expect("within the bound");
+    let first = tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("an answer")
+        .expect("not refused")
+        .expect("a response");
+    assert_eq!(first.resources.len(), 1, "the known service");
+}
