@@ -179,6 +179,21 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
         format!("{sd}.metrics.per_instance_labels"),
         config.metrics.per_instance_labels.to_string(),
     );
+    if l.strategy.uses_load_reports() {
+        let o = &l.orca;
+        out.insert(
+            format!("{sd}.load_balancer.orca"),
+            format!(
+                "blackout_period={} weight_expiration_period={} weight_update_period={} error_utilization_penalty={} out_of_band={} oob_reporting_period={}",
+                d(o.blackout_period),
+                d(o.weight_expiration_period),
+                d(o.update_period()),
+                o.error_utilization_penalty,
+                o.out_of_band,
+                d(o.oob_reporting_period)
+            ),
+        );
+    }
     let rt = &config.routing;
     out.insert(
         format!("{sd}.routing.enable_version_routing"),
@@ -227,6 +242,25 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_shows_the_orca_rules_of_the_strategy() {
+        let yaml = "service_discovery:\n  load_balancer:\n    strategy: orca_weighted_round_robin\n    orca:\n      weight_update_period: 10ms\n";
+        let config = Config::from_yaml_with_env(yaml, |_| None).expect("config");
+        let orca = describe(&config)
+            .into_iter()
+            .find(|(k, _)| k == "service_discovery.load_balancer.orca")
+            .map(|(_, v)| v)
+            .expect("shown");
+        assert!(
+            orca.starts_with(
+                "blackout_period=10s weight_expiration_period=3m weight_update_period=100ms "
+            ),
+            "{orca}"
+        );
+        let plain = Config::from_yaml_with_env("", |_| None).expect("config");
+        assert!(!format!("{:?}", describe(&plain)).contains("orca"));
+    }
 
     #[test]
     fn describe_redacts_secrets() {

@@ -102,6 +102,8 @@ pub struct LoadBalancerConfig {
     /// (`hash_key_header`, default `X-Hash-Key`): read by [`Chi::http`](crate::Chi::http), the
     /// tower service of a [`Chi`](crate::Chi) and `chi proxy`. Stored lowercase.
     pub hash_key_header: http::HeaderName,
+    /// Settings of `orca_weighted_round_robin` (`orca`).
+    pub orca: crate::balance::OrcaConfig,
 }
 
 impl Default for Config {
@@ -123,6 +125,7 @@ impl Default for Config {
                 subset_size: None,
                 slow_start: None,
                 hash_key_header: http::HeaderName::from_static(crate::routing::HASH_KEY_HEADER),
+                orca: crate::balance::OrcaConfig::default(),
             },
             routing: RoutingConfig::default(),
             metrics: MetricsConfig::default(),

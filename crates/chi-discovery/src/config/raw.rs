@@ -193,6 +193,18 @@ pub struct LoadBalancer {
     pub subset_size: Option<usize>,
     pub slow_start: Option<SlowStart>,
     pub hash_key_header: Option<String>,
+    pub orca: Option<Orca>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Orca {
+    pub blackout_period: Option<String>,
+    pub weight_expiration_period: Option<String>,
+    pub weight_update_period: Option<String>,
+    pub error_utilization_penalty: Option<f64>,
+    pub out_of_band: Option<bool>,
+    pub oob_reporting_period: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

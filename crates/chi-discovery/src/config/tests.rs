@@ -137,9 +137,11 @@ fn file_secrets_are_used_without_environment() {
 
 // ---- bad configs: each names the field, the value and what was expected ----
 
-/// `discovery.cache.last_known_good_dir`.
 #[path = "tests_last_good.rs"]
 mod last_good;
+/// `discovery.cache.last_known_good_dir`.
+#[path = "tests_orca.rs"]
+mod orca;
 
 /// `load_balancer.hash_key_header` and `metrics.per_instance_labels`.
 #[path = "tests_picks.rs"]

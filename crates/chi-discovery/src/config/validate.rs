@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{
-    Field, LoadBalancerConfig, RoutingConfig, name_field, opt_duration, positive_duration, raw,
+    Field, LoadBalancerConfig, RoutingConfig, duration, name_field, opt_duration,
+    positive_duration, raw,
 };
-use crate::balance::{ConsistentHashConfig, Strategy};
+use crate::balance::{ConsistentHashConfig, OrcaConfig, Strategy};
 use crate::discovery::{CacheConfig, LastKnownGood};
 use crate::error::Result;
 use crate::instance::{CheckTarget, CheckedBy, HealthCheck, ServiceConfig};
@@ -308,6 +309,7 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
         .slow_start
         .map(|s| slow_start(s, &at.join("slow_start")))
         .transpose()?;
+    let orca = orca(l.orca.unwrap_or_default(), &at.join("orca"))?;
     let max_requests = l.circuit_breaker.and_then(|c| c.max_requests);
     if max_requests == Some(0) {
         return Err(at
@@ -327,6 +329,7 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
         zone_aware,
         max_requests_per_instance: max_requests,
         slow_start,
+        orca,
         subset_size: match l.subset_size {
             Some(0) => {
                 return Err(at
@@ -374,6 +377,43 @@ fn slow_start(s: raw::SlowStart, at: &Field) -> Result<SlowStartConfig> {
         aggression,
         min_weight_percent,
     })
+}
+
+/// `load_balancer.orca`: the rules of `orca_weighted_round_robin` (gRFC A58's defaults).
+fn orca(o: raw::Orca, at: &Field) -> Result<OrcaConfig> {
+    let d = OrcaConfig::default();
+    let blackout_period = match o.blackout_period.as_deref() {
+        Some(v) => duration(v, &at.join("blackout_period"))?,
+        None => d.blackout_period,
+    };
+    let config = OrcaConfig {
+        blackout_period,
+        weight_expiration_period: opt_duration(
+            o.weight_expiration_period.as_deref(),
+            &at.join("weight_expiration_period"),
+            d.weight_expiration_period,
+        )?,
+        weight_update_period: opt_duration(
+            o.weight_update_period.as_deref(),
+            &at.join("weight_update_period"),
+            d.weight_update_period,
+        )?,
+        error_utilization_penalty: o
+            .error_utilization_penalty
+            .unwrap_or(d.error_utilization_penalty),
+        out_of_band: o.out_of_band.unwrap_or(d.out_of_band),
+        oob_reporting_period: opt_duration(
+            o.oob_reporting_period.as_deref(),
+            &at.join("oob_reporting_period"),
+            d.oob_reporting_period,
+        )?,
+    };
+    // One set of rules, the balancer's: its messages start with the field's name.
+    config.validate().map_err(|m| match m.split_once(": ") {
+        Some((field, message)) => at.join(field).err(message),
+        None => at.err(m),
+    })?;
+    Ok(config)
 }
 
 fn zone_aware(z: raw::ZoneAware, at: &Field) -> Result<ZoneAwareConfig> {

@@ -195,6 +195,13 @@ impl<B: Stage> Routed<B> {
         self.subset.leaf().balancer.strategy()
     }
 
+    /// Where the picked instance's load reports go, for `orca_weighted_round_robin` (`None` for
+    /// the other strategies): hand it the response's report under the instance's id
+    /// (`orca::feed_to` with feature `orca`).
+    pub fn load_reports(&self) -> Option<&Arc<crate::balance::LoadReports>> {
+        self.subset.leaf().balancer.load_reports()
+    }
+
     /// The balancer's guard (e.g. an in-flight count), kept alive by the `Routed`.
     pub fn guard(&self) -> &B::Guard {
         &self.guard

@@ -5,6 +5,16 @@
 //! `multi_real`, `zookeeper_faults`) is part of this binary; `CHI_SOAK=1` (via `scripts/reliability --soak`) makes its long phases longer.
 
 mod health;
+#[cfg(all(
+    feature = "orca",
+    feature = "grpc",
+    feature = "tower",
+    feature = "http",
+    feature = "axum"
+))]
+mod orca;
+#[cfg(all(feature = "orca", feature = "grpc", feature = "tower"))]
+mod orca_grpc_js;
 mod outage;
 
 #[cfg(feature = "consul")]

@@ -30,6 +30,7 @@
 //! - `metrics`: the proxy's metric families beside the library's;
 //! - `console`: what the console at `/ui` on the admin port shows of the proxy (picks per
 //!   instance over the last minute, ejections, breaker refusals, slow-start ramps);
+//! - `orca`: the backends' load reports, handed to `orca_weighted_round_robin`;
 //! - `upstream`: kept-alive connections to the instances, per worker.
 
 mod body;
@@ -37,6 +38,7 @@ mod console;
 mod forward;
 mod headers;
 mod metrics;
+mod orca;
 mod response;
 mod route;
 mod service;

@@ -31,6 +31,7 @@ pub(crate) mod clients;
 mod delta;
 mod follow;
 mod grace;
+mod policy;
 mod resources;
 mod sotw;
 mod state;
@@ -100,6 +101,7 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
             .then(|| Arc::from(source.config.routing.default_version.as_str())),
         health_check_enabled: source.config.load_balancer.health_check_enabled,
         hash_key_header: Arc::from(source.config.load_balancer.hash_key_header.as_str()),
+        orca: source.config.load_balancer.orca,
     };
     let refusals = Refusals::default();
     let limits = Limits::from_args(
