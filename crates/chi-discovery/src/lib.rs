@@ -67,7 +67,7 @@ pub mod stack;
 mod util;
 
 pub use advertise::host_address;
-pub use discovery::{DiscoveryClient, Snapshot, Watcher};
+pub use discovery::{DiscoveryClient, OutagePolicy, Snapshot, Watcher};
 pub use error::{Error, Result};
 pub use instance::{
     CheckTarget, CheckedBy, Filter, HealthCheck, HealthStatus, Instance, ServiceConfig,

@@ -19,6 +19,7 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let registry = source.connect().await?;
     let client = DiscoveryClient::builder()
         .retry(source.config.retry)
+        .outage(source.config.outage)
         .build(registry);
     let mut watcher = client.watch(&args.name).await.map_err(|e| {
         Failure::failed(format!("cannot watch `{}`: {e}", args.name))

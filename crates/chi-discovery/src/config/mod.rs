@@ -32,7 +32,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::balance::{ConsistentHashConfig, Strategy};
-use crate::discovery::CacheConfig;
+use crate::discovery::{CacheConfig, OutagePolicy};
 use crate::error::{Error, Result};
 use crate::instance::{ServiceConfig, validate_name};
 use crate::retry::RetryPolicy;
@@ -54,6 +54,9 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Retries of registry calls (`discovery.retry`).
     pub retry: RetryPolicy,
+    /// What discovery believes of a registry back from an outage: its restart grace
+    /// (`discovery.restart_grace`, default `0s`: off).
+    pub outage: OutagePolicy,
     /// Balancer (`load_balancer`).
     pub load_balancer: LoadBalancerConfig,
     /// Routing (`routing`).
@@ -116,6 +119,7 @@ impl Default for Config {
             },
             cache: CacheConfig::default(),
             retry: RetryPolicy::default(),
+            outage: OutagePolicy::default(),
             load_balancer: LoadBalancerConfig {
                 strategy: Strategy::default(),
                 health_check_enabled: true,
@@ -182,6 +186,11 @@ impl Config {
             &registries,
         )?;
         let retry = validate::retry(disc.retry.unwrap_or_default(), &dp.join("retry"))?;
+        let restart_grace = disc
+            .restart_grace
+            .map(|v| duration(&v, &dp.join("restart_grace")))
+            .transpose()?;
+        let outage = OutagePolicy::with_restart_grace(restart_grace.unwrap_or_default());
         let load_balancer = validate::load_balancer(
             sd.load_balancer.unwrap_or_default(),
             &p.join("load_balancer"),
@@ -202,6 +211,7 @@ impl Config {
             registries,
             cache,
             retry,
+            outage,
             load_balancer,
             routing,
             metrics,

@@ -161,6 +161,7 @@ pub struct Dns {
 pub struct Discovery {
     pub cache: Option<Cache>,
     pub retry: Option<Retry>,
+    pub restart_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

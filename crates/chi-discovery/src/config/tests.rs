@@ -169,6 +169,23 @@ fn bad_duration() {
 }
 
 #[test]
+fn restart_grace_is_off_unless_set() {
+    assert!(!load(SPEC).expect("loads").outage.is_on());
+    let set = spec_with("    retry:\n", "    restart_grace: \"15s\"\n    retry:\n");
+    let c = load(&set).expect("loads");
+    assert_eq!(c.outage.restart_grace, Duration::from_secs(15));
+    assert_eq!(
+        c.outage.probe_period,
+        crate::discovery::OutagePolicy::default().probe_period
+    );
+    assert_err(
+        &spec_with("    retry:\n", "    restart_grace: \"soon\"\n    retry:\n"),
+        "service_discovery.discovery.restart_grace",
+        &["invalid duration \"soon\""],
+    );
+}
+
+#[test]
 fn zero_duration() {
     assert_err(
         &spec_with("initial_interval: \"1s\"", "initial_interval: \"0s\""),

@@ -20,6 +20,11 @@
 //! With [`CacheConfig::last_known_good`] set, every changed list the registry answered is also
 //! queued for the service's last-known-good file ([`super::last_good`]); the queue is a channel
 //! send, the writing happens on a thread of its own.
+//!
+//! With a restart grace in the client's outage policy, every answer and watch event goes through
+//! a [`Grace`] per service: after a failed refresh, a watch error or a failed probe, instances
+//! the registry lacks stay in the list until the grace is over (checked at each refresh and at
+//! the end of a watch's grace); that side of the cache is in `outage.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +36,8 @@ use tokio::time::Instant;
 
 use super::last_good::{LastKnownGood, Store};
 use crate::instance::{HealthStatus, Instance};
+use crate::registry::Change;
+use crate::registry::outage::Grace;
 use crate::snapshot::{Snapshot, SnapshotData};
 use crate::util::lock;
 
@@ -135,13 +142,19 @@ pub(crate) struct Cache {
     overlay: std::sync::Mutex<HashMap<String, HashMap<String, HealthStatus>>>,
     /// The last-known-good files, when configured.
     pub(crate) last_good: Option<Arc<Store>>,
+    /// The restart grace of the outage policy (zero: off).
+    grace: Duration,
+    /// With a grace: what the registry said of each service, and what the grace holds.
+    graces: std::sync::Mutex<HashMap<String, Grace>>,
     /// Open watches per service: a watched service is in use.
     watched: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl Cache {
-    pub(crate) fn new(config: CacheConfig) -> Self {
+    pub(crate) fn new(config: CacheConfig, grace: Duration) -> Self {
         Cache {
+            grace,
+            graces: std::sync::Mutex::new(HashMap::new()),
             map: ArcSwap::from_pointee(Map::default()),
             write: std::sync::Mutex::new(()),
             clock: AtomicU64::new(0),
@@ -263,6 +276,7 @@ impl Cache {
                 .is_some_and(|e| e.last_read.load(Ordering::Relaxed) <= round)
             {
                 map.remove(name);
+                lock(&self.graces).remove(&**name);
                 gone += 1;
                 self.count(&self.counters.expiries);
                 tracing::debug!(service = %name, ttl = ?self.config.ttl, "unused for the TTL: left the discovery cache");
@@ -277,6 +291,15 @@ impl Cache {
     /// scale to zero). Returns the snapshot now served. When the list changed (or the service
     /// is new to the cache) and last-known-good files are on, the answer is queued for the file.
     pub(crate) fn store(&self, service: &str, instances: Vec<Instance>) -> Snapshot {
+        if self.grace.is_zero() {
+            return self.save(service, instances);
+        }
+        let served = self.through_grace(service, Change::Reset(instances));
+        self.save(service, served)
+    }
+
+    /// Stores `instances` as what the registry answered for `service` (see [`Cache::store`]).
+    fn save(&self, service: &str, instances: Vec<Instance>) -> Snapshot {
         let Some(last_good) = &self.last_good else {
             return self.replace(service, instances);
         };
@@ -365,7 +388,8 @@ impl Cache {
         }
     }
 
-    /// Marks the list of `service` stale (a refresh or watch failed). The list itself stays.
+    /// Marks the list of `service` stale (a refresh or watch failed, or its TTL passed). The list
+    /// itself stays.
     pub(crate) fn mark_stale(&self, service: &str) {
         if let Some(entry) = self.entry(service) {
             let current = entry.load();
@@ -385,8 +409,13 @@ impl Cache {
         }
     }
 
-    /// Applies a function to the list of `service` (a watch event) and stores the result.
-    pub(crate) fn update(&self, service: &str, f: impl FnOnce(&mut HashMap<String, Instance>)) {
+    /// Applies a watch event to the list of `service` and stores the result.
+    pub(crate) fn update(&self, service: &str, change: Change) {
+        if !self.grace.is_zero() {
+            let served = self.through_grace(service, change);
+            self.save(service, served);
+            return;
+        }
         let mut view: HashMap<String, Instance> = self
             .entry(service)
             .map(|e| {
@@ -397,10 +426,10 @@ impl Cache {
                     .collect()
             })
             .unwrap_or_default();
-        f(&mut view);
+        change.apply(&mut view);
         let mut list: Vec<Instance> = view.into_values().collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
-        self.store(service, list);
+        self.save(service, list);
     }
 
     /// Puts `snap` in the cache as the list of `service` and returns what is served; an entry
@@ -430,6 +459,7 @@ impl Cache {
             match victim {
                 Some(v) => {
                     map.remove(&v);
+                    lock(&self.graces).remove(&*v);
                     self.count(&self.counters.evictions);
                     tracing::debug!(service = %v, "evicted from the discovery cache");
                 }
@@ -443,6 +473,7 @@ impl Cache {
     /// Drops `service` from the cache.
     pub(crate) fn remove(&self, service: &str) {
         let _guard = lock(&self.write);
+        lock(&self.graces).remove(service);
         let mut map: Map = (**self.map.load()).clone();
         if map.remove(service).is_some() {
             self.map.store(Arc::new(map));
@@ -499,69 +530,6 @@ fn same_list(a: &[Instance], b: &[Instance]) -> bool {
     a == b
 }
 
+mod outage;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn inst(id: &str) -> Instance {
-        Instance::new("s", "h", 1).with_id(id)
-    }
-
-    #[tokio::test]
-    async fn store_keeps_revision_when_unchanged() {
-        let c = Cache::new(CacheConfig::default());
-        let a = c.store("s", vec![inst("a"), inst("b")]);
-        let b = c.store("s", vec![inst("b"), inst("a")]);
-        assert_eq!(a.revision(), b.revision());
-        let d = c.store("s", vec![inst("a")]);
-        assert_ne!(a.revision(), d.revision());
-        assert_eq!(c.get("s").expect("cached").len(), 1);
-    }
-
-    #[tokio::test]
-    async fn stale_marking_keeps_the_list() {
-        let c = Cache::new(CacheConfig::default());
-        c.store("s", vec![inst("a")]);
-        c.mark_stale("s");
-        let s = c.get("s").expect("cached");
-        assert!(s.is_stale());
-        assert_eq!(s.len(), 1);
-        let s = c.store("s", vec![inst("a")]);
-        assert!(!s.is_stale());
-        assert_eq!(c.stats().stale_serves, 1);
-    }
-
-    #[tokio::test]
-    async fn evicts_least_recently_read() {
-        let c = Cache::new(CacheConfig {
-            max_size: 2,
-            ..CacheConfig::default()
-        });
-        c.store("a", vec![]);
-        c.sweep(Instant::now());
-        c.store("b", vec![]);
-        c.sweep(Instant::now());
-        let _ = c.get("a");
-        c.sweep(Instant::now());
-        c.store("c", vec![]);
-        let mut names = c.names();
-        names.sort();
-        assert_eq!(names, vec!["a", "c"]);
-        assert_eq!(c.stats().evictions, 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn ttl_marks_stale() {
-        let c = Cache::new(CacheConfig {
-            ttl: Duration::from_secs(5),
-            ..CacheConfig::default()
-        });
-        c.store("s", vec![inst("a")]);
-        tokio::time::advance(Duration::from_secs(4)).await;
-        c.mark_stale_past_ttl(Instant::now());
-        assert!(!c.get("s").expect("cached").is_stale());
-        tokio::time::advance(Duration::from_secs(2)).await;
-        c.mark_stale_past_ttl(Instant::now());
-        assert!(c.get("s").expect("cached").is_stale());
-    }
-}
+mod tests;

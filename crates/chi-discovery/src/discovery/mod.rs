@@ -12,11 +12,20 @@
 //!   scale to zero), so clients stop calling instances that are gone;
 //! - with [`CacheConfig::last_known_good`] set, each service's last good list is also kept in a
 //!   file ([`last_good`]), and a process that starts while the registry cannot answer serves
-//!   that list, marked stale, until the first live answer replaces it.
+//!   that list, marked stale, until the first live answer replaces it;
+//! - with a restart grace in the client's [`OutagePolicy`] (`docs/DESIGN.md` §4), a registry
+//!   that comes back from a failure without part of its instances is not believed at once: its
+//!   watches and its cache keep those instances for the grace, then drop the ones that did not
+//!   come back.
+//!
+//! Many consumers of one service (an xDS server's streams, a proxy's connections) share one
+//! registry watch per service through [`shared`].
 
 pub mod cache;
 mod health;
 pub mod last_good;
+mod probe;
+pub mod shared;
 mod watch;
 
 use std::future::Future;
@@ -28,9 +37,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 
+pub use crate::registry::outage::OutagePolicy;
 pub use crate::snapshot::Snapshot;
 pub use cache::{CacheConfig, CacheStats};
 pub use last_good::LastKnownGood;
+pub use shared::Shared;
 pub use watch::Watcher;
 
 use crate::error::{Error, Result};
@@ -55,6 +66,7 @@ impl std::fmt::Debug for DiscoveryClient {
             .field("registry", &self.inner.registry.backend())
             .field("cache", &self.inner.cache.config)
             .field("retry", &self.inner.retry)
+            .field("outage", &self.inner.outage)
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +75,9 @@ pub(crate) struct Inner {
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) cache: Cache,
     pub(crate) retry: RetryPolicy,
+    pub(crate) outage: OutagePolicy,
+    /// What the registry probe saw (with a restart grace).
+    pub(crate) outages: probe::Outages,
     request_timeout: Duration,
     hooks: ArcSwap<Vec<RequestHook>>,
     has_hooks: AtomicBool,
@@ -86,6 +101,7 @@ pub struct WarmUp {
 pub struct ClientBuilder {
     cache: CacheConfig,
     retry: RetryPolicy,
+    outage: OutagePolicy,
     request_timeout: Duration,
 }
 
@@ -102,6 +118,13 @@ impl ClientBuilder {
         self
     }
 
+    /// What to believe of a registry that comes back from a failure (default: a resync is
+    /// believed as it is; see [`OutagePolicy`]).
+    pub fn outage(mut self, outage: OutagePolicy) -> Self {
+        self.outage = outage;
+        self
+    }
+
     /// Deadline of one registry call (default 5 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -113,8 +136,10 @@ impl ClientBuilder {
         DiscoveryClient {
             inner: Arc::new(Inner {
                 registry,
-                cache: Cache::new(self.cache),
+                cache: Cache::new(self.cache, self.outage.restart_grace),
                 retry: self.retry,
+                outage: self.outage,
+                outages: probe::Outages::new(),
                 request_timeout: self.request_timeout,
                 hooks: ArcSwap::from_pointee(Vec::new()),
                 has_hooks: AtomicBool::new(false),
@@ -136,6 +161,7 @@ impl DiscoveryClient {
         ClientBuilder {
             cache: CacheConfig::default(),
             retry: RetryPolicy::default(),
+            outage: OutagePolicy::default(),
             request_timeout: Duration::from_secs(5),
         }
     }
@@ -143,6 +169,11 @@ impl DiscoveryClient {
     /// The registry behind this client.
     pub fn registry(&self) -> &Arc<dyn Registry> {
         &self.inner.registry
+    }
+
+    /// The client's outage policy.
+    pub fn outage(&self) -> &OutagePolicy {
+        &self.inner.outage
     }
 
     /// All instances of `service`. From the cache when it holds the service (no lock, no
@@ -243,7 +274,8 @@ impl DiscoveryClient {
 
     /// Watches `service`: a [`Watcher`] that yields `Reset` first, then changes, with errors in
     /// line; it reconnects with backoff on its own, resyncing with a `Reset`. Events also update
-    /// the cache.
+    /// the cache. Each call opens a registry watch of its own; [`Shared`] shares one per service
+    /// among many subscribers.
     pub async fn watch(&self, service: &str) -> Result<Watcher> {
         validate_name("service name", service)?;
         Ok(watch::spawn(self.inner.clone(), service.to_owned()))
@@ -374,7 +406,7 @@ impl Inner {
                     .refresh_errors
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%service, error = %e, "refresh failed; serving the last good list");
-                self.cache.mark_stale(service);
+                self.cache.failed(service);
                 match self.cache.entry(service) {
                     Some(entry) => Ok(entry.load()),
                     None => Err(e),
@@ -384,11 +416,14 @@ impl Inner {
     }
 
     /// One round of the refresher: the services unused for the TTL leave, the others are
-    /// refreshed, and lists not refreshed within the TTL are marked stale.
+    /// refreshed, graces that are over end, and lists not refreshed within the TTL are marked
+    /// stale.
     async fn refresh_all(&self) {
         let names = self.cache.sweep(tokio::time::Instant::now());
         join_all(names.iter().map(|n| self.refresh(n))).await;
-        self.cache.mark_stale_past_ttl(tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        self.cache.settle(now);
+        self.cache.mark_stale_past_ttl(now);
     }
 }
 

@@ -34,10 +34,9 @@ use crate::error::{Error, Result};
 use crate::instance::{HealthCheck, HealthStatus, Instance};
 
 mod connect;
-#[cfg(any(feature = "consul", feature = "nacos"))]
-mod empty;
 pub mod memory;
 pub mod multi;
+pub mod outage;
 mod pending;
 // The adapters' watch pump: which of its parts a build uses depends on the adapters it has.
 #[cfg_attr(

@@ -14,7 +14,7 @@
 //! - a [`ServiceManager`] with the configured retry, which registers `registration` (with its
 //!   health check, run where each registry expects it) when [`Chi::register`] is called: a server
 //!   registers once it listens, not before;
-//! - a [`DiscoveryClient`] with the configured cache and retry;
+//! - a [`DiscoveryClient`] with the configured cache, retry and restart grace;
 //! - [`Routers`]: one [`Smart`](crate::routing::Smart) router per service with the configured
 //!   strategy, routing and `health_check_enabled`, and (feature `http`) an
 //!   [`HttpRouter`](crate::integration::HttpRouter) that calls peers by name with them;
@@ -104,6 +104,7 @@ impl Chi {
         let discovery = DiscoveryClient::builder()
             .cache(config.cache.clone())
             .retry(config.retry)
+            .outage(config.outage)
             .build(registry.clone());
         let clients = follow_clients(&config, &discovery, &routers);
         let on_pick = OnPick::new();
@@ -315,6 +316,7 @@ fn follow_clients(
         return None;
     }
     let discovery = discovery.clone();
+    let mut backoff = config.retry.backoff();
     Some(AbortOnDrop::spawn(async move {
         loop {
             match discovery.watch(&name).await {
@@ -323,6 +325,7 @@ fn follow_clients(
                         if item.is_ok()
                             && let Some(snapshot) = discovery.cached(&name)
                         {
+                            backoff.reset();
                             let ids: Vec<&str> =
                                 snapshot.instances().iter().map(|i| i.id.as_str()).collect();
                             source.set_clients(&ids);
@@ -333,7 +336,7 @@ fn follow_clients(
                     tracing::warn!(service = %name, error = %e, "subsetting: cannot follow the clients yet")
                 }
             }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }))
 }

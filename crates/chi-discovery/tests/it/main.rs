@@ -1,8 +1,9 @@
 //! Integration tests: one binary, one module per area. Registry tests run against real servers
 //! that `chi_test_support` starts on loopback.
 //!
-//! The reliability suite (`faults`, `cluster`, `partition`, `churn`, `stub`, `names`, `secrets`,
-//! `multi_real`, `zookeeper_faults`) is part of this binary; `CHI_SOAK=1` (via `scripts/reliability --soak`) makes its long phases longer.
+//! The reliability suite (`faults`, `cluster`, `partition`, `churn`, `herd`, `stub`, `names`,
+//! `secrets`, `multi_real`, `zookeeper_faults`) is part of this binary; `CHI_SOAK=1` (via
+//! `scripts/reliability --soak`) makes its long phases longer.
 
 mod health;
 #[cfg(all(
@@ -40,6 +41,8 @@ mod churn;
 mod cluster;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]
 mod faults;
+#[cfg(feature = "etcd")]
+mod herd;
 #[cfg(feature = "etcd")]
 mod last_good;
 #[cfg(all(feature = "etcd", feature = "consul", feature = "nacos"))]

@@ -1,14 +1,17 @@
 //! The layers above the registry through an outage: the discovery cache serves its last good list
-//! (stale, never emptied), watches report the error and resync, the manager retries the backend
-//! that failed. The outage is `chi_test_support`'s `Faulty` wrapper around the embedded registry.
+//! (stale, never emptied), watches report the error and resync, a restart grace holds what a
+//! registry back from an outage lacks, the manager retries the backend that failed. The outage is
+//! `chi_test_support`'s `Faulty` wrapper around the embedded registry.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chi_discovery::discovery::CacheConfig;
+use chi_discovery::discovery::shared::View;
+use chi_discovery::discovery::{CacheConfig, Shared};
 use chi_discovery::registry::{Memory, MultiRegistry};
 use chi_discovery::{
-    Change, DiscoveryClient, Error, Instance, Registry, RetryPolicy, ServiceConfig, ServiceManager,
+    Change, DiscoveryClient, Error, Instance, OutagePolicy, Registry, RetryPolicy, ServiceConfig,
+    ServiceManager,
 };
 use chi_test_support::fault::Faulty;
 use proptest::prelude::*;
@@ -248,6 +251,157 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+// The restart grace (the client's outage policy): a registry back from an outage without part of
+// its instances is not believed at once, by the watches, the cache or the shared watches.
+
+const GRACE: Duration = Duration::from_secs(30);
+
+/// A client of `reg` with a restart grace and quick reconnects.
+fn graced(reg: &Faulty<Memory>) -> DiscoveryClient {
+    DiscoveryClient::builder()
+        .retry(RetryPolicy {
+            initial_interval: Duration::from_millis(50),
+            max_interval: Duration::from_millis(200),
+            ..RetryPolicy::none()
+        })
+        .cache(CacheConfig {
+            refresh_interval: Duration::from_secs(1),
+            ..CacheConfig::default()
+        })
+        .outage(OutagePolicy::with_restart_grace(GRACE))
+        .build(Arc::new(reg.clone()))
+}
+
+/// a, b and c registered in a registry that can go down.
+async fn three() -> Faulty<Memory> {
+    let reg = Faulty::new(Memory::new());
+    for id in ["a", "b", "c"] {
+        reg.register(&inst(id)).await.expect("register");
+    }
+    reg
+}
+
+/// The registry restarts: down, b and c gone with the old process, d registered, back.
+async fn restart_without_b_and_c(reg: &Faulty<Memory>) {
+    reg.set_outage(true);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    reg.inner()
+        .deregister("svc", "b")
+        .await
+        .expect("deregister");
+    reg.inner()
+        .deregister("svc", "c")
+        .await
+        .expect("deregister");
+    reg.inner().register(&inst("d")).await.expect("register");
+    reg.set_outage(false);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_holds_the_removals_of_a_resync_for_the_restart_grace() {
+    let reg = three().await;
+    let c = graced(&reg);
+    let mut w = c.watch("svc").await.expect("watch");
+    let first = w.next().await.expect("item").expect("ok");
+    assert_eq!(first, Change::Reset(vec![inst("a"), inst("b"), inst("c")]));
+
+    restart_without_b_and_c(&reg).await;
+    assert!(
+        w.next().await.expect("item").is_err(),
+        "the outage, in line"
+    );
+    // The resync keeps b and c, and brings d at once.
+    let resync = w.next().await.expect("item").expect("ok");
+    let answered = tokio::time::Instant::now();
+    assert_eq!(
+        resync,
+        Change::Reset(vec![inst("a"), inst("b"), inst("c"), inst("d")])
+    );
+    // b's owner registers it again: no event. c never comes back: removed when the grace ends.
+    reg.register(&inst("b")).await.expect("register");
+    let gone = w.next().await.expect("item").expect("ok");
+    assert_eq!(gone, Change::Remove(inst("c")));
+    assert_eq!(answered.elapsed(), GRACE, "exactly when the grace ends");
+    // After the grace a removal goes out at once.
+    reg.deregister("svc", "a").await.expect("deregister");
+    assert_eq!(
+        w.next().await.expect("item").expect("ok"),
+        Change::Remove(inst("a"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_keeps_the_missing_for_the_restart_grace() {
+    let reg = three().await;
+    let c = graced(&reg);
+    assert_eq!(c.discover("svc").await.expect("discover").len(), 3);
+    reg.set_outage(true);
+    // A refresh fails: the list is stale, and the next answer starts the grace.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(c.cached("svc").expect("cached").is_stale());
+    reg.inner()
+        .deregister("svc", "b")
+        .await
+        .expect("deregister");
+    reg.set_outage(false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = c.cached("svc").expect("cached");
+    assert!(!held.is_stale());
+    assert_eq!(ids(&held), vec!["a", "b", "c"], "b is held");
+    // Still held just before the grace ends, gone at the first refresh after it.
+    tokio::time::sleep(GRACE - Duration::from_secs(2)).await;
+    assert_eq!(ids(&c.cached("svc").expect("cached")), vec!["a", "b", "c"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ids(&c.cached("svc").expect("cached")), vec!["a", "c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_grace_a_resync_is_believed_as_it_is() {
+    let reg = three().await;
+    let c = DiscoveryClient::builder()
+        .retry(RetryPolicy {
+            initial_interval: Duration::from_millis(50),
+            ..RetryPolicy::none()
+        })
+        .build(Arc::new(reg.clone()));
+    let mut w = c.watch("svc").await.expect("watch");
+    let _ = w.next().await;
+    restart_without_b_and_c(&reg).await;
+    assert!(w.next().await.expect("item").is_err());
+    assert_eq!(
+        w.next().await.expect("item").expect("ok"),
+        Change::Reset(vec![inst("a"), inst("d")])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_watch_keeps_the_missing_for_the_restart_grace() {
+    let reg = three().await;
+    let shared = Shared::new(graced(&reg));
+    let mut rx = shared.subscribe("svc").expect("subscribe");
+    rx.changed().await.expect("a list");
+    let listed = |rx: &mut tokio::sync::watch::Receiver<View>| -> Vec<String> {
+        ids(rx.borrow_and_update().instances.as_deref().expect("listed"))
+    };
+    assert_eq!(listed(&mut rx), vec!["a", "b", "c"]);
+
+    restart_without_b_and_c(&reg).await;
+    // d comes at once, b and c stay.
+    rx.changed().await.expect("a list");
+    let answered = tokio::time::Instant::now();
+    assert_eq!(listed(&mut rx), vec!["a", "b", "c", "d"]);
+    // b comes back: nothing to publish; c leaves when the grace ends.
+    reg.register(&inst("b")).await.expect("register");
+    rx.changed().await.expect("a list");
+    assert_eq!(answered.elapsed(), GRACE);
+    assert_eq!(listed(&mut rx), vec!["a", "b", "d"]);
+    // The client's cache followed the same rule.
+    assert_eq!(
+        ids(&shared.client().cached("svc").expect("cached")),
+        vec!["a", "b", "d"]
+    );
 }
 
 // The service manager.

@@ -106,6 +106,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let client = DiscoveryClient::builder()
         .cache(source.config.cache)
         .retry(source.config.retry)
+        .outage(source.config.outage)
         .build(registry.clone());
     let refusals = Refusals::default();
     let (metrics, exposition) = ProxyMetrics::register(&client, source.config.metrics, &refusals);

@@ -22,7 +22,8 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
 use tonic::Status;
 
-use super::state::{Catalog, Hub, ServiceView};
+use super::state::{Catalog, Hub};
+use super::view::ServiceView;
 
 /// What woke a stream up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +62,8 @@ impl Following {
     }
 
     /// Refuses, with `RESOURCE_EXHAUSTED`, to follow `named` when more than the bound of its
-    /// names are unknown: in no list of the registry's services and without instances. Costs
+    /// names are unknown: in no list of the registry's services, nor with instances on this
+    /// stream. Costs
     /// nothing when `named` is within the bound; otherwise one look per name at the catalogue
     /// (read every few seconds for the whole server, not per stream).
     pub(crate) async fn bound_unknown(&self, named: &BTreeSet<String>) -> Result<(), Status> {
@@ -72,7 +74,6 @@ impl Following {
         let known = |name: &String| {
             catalog.as_ref().is_some_and(|c| c.contains(name))
                 || self.views.get(name).is_some_and(|v| v.instances.is_some())
-                || self.hub.has_instances(name)
         };
         let unknown = named.iter().filter(|n| !known(n)).count();
         if unknown <= self.max_unknown {
@@ -116,7 +117,9 @@ impl Following {
             if self.views.contains_key(&name) {
                 continue;
             }
-            let rx = self.hub.subscribe(&name);
+            let Some(rx) = self.hub.subscribe(&name) else {
+                continue;
+            };
             self.views.insert(name.clone(), rx.borrow().clone());
             self.changes.insert(name, WatchStream::from_changes(rx));
         }

@@ -25,18 +25,19 @@
 //! Both variants build their resources with [`resources`] (shaped as gRPC proposal A27,
 //! "xDS-Based Global Load Balancing", expects them), share the encoded bytes and the registry
 //! watches ([`state`], [`follow`]), keep the same update order, zone priorities, version routes,
-//! stale-on-error rule and restart grace ([`grace`]), and count against one bound on streams.
+//! stale-on-error rule and restart grace (the library's `registry::outage::Grace`), and count
+//! against one bound on streams.
 
 pub(crate) mod clients;
 mod delta;
 mod follow;
-mod grace;
 mod policy;
 mod resources;
 mod sotw;
 mod state;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,8 +46,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chi_discovery::DiscoveryClient;
 use chi_discovery::routing::Geo;
+use chi_discovery::{DiscoveryClient, OutagePolicy};
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -89,6 +90,7 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     let registry = source.connect().await?;
     let client = DiscoveryClient::builder()
         .retry(source.config.retry)
+        .outage(OutagePolicy::with_restart_grace(args.restart_grace))
         .build(registry.clone());
     let shape = Shape {
         strategy: source.config.load_balancer.strategy,
@@ -110,13 +112,9 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         (MAX_CONNECTIONS, args.max_streams as usize),
     );
     let door = Door::new("xds", limits, Refusal::Grpc, &refusals);
-    let server = XdsServer::new(
-        Hub::new(client, registry.clone(), args.restart_grace),
-        shape.clone(),
-        args.max_streams,
-    )
-    .unknown_names(args.max_unknown_names)
-    .counting(refusals.clone());
+    let server = XdsServer::new(Hub::new(client), shape.clone(), args.max_streams)
+        .unknown_names(args.max_unknown_names)
+        .counting(refusals.clone());
     let closing = server.closing.clone();
     if let Some(admin) = args.admin {
         let door = Door::new("xds_admin", limits.admin(), Refusal::Http, &refusals);

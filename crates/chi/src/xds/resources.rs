@@ -29,7 +29,7 @@
 //! Envoy reads the same Cluster and ClusterLoadAssignment over ADS (CDS + EDS), with its own
 //! static listeners.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -76,7 +76,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
-use super::state::ServiceView;
+use super::view::{ServiceView, versions_of};
 
 /// Between a service and a version in the name of a per-version cluster (`order-service@v2`).
 pub(crate) const VERSION_SEP: char = '@';
@@ -169,15 +169,6 @@ impl Default for Shape {
     }
 }
 
-/// The versions the instances have (their `version` field, when not empty), sorted.
-pub(crate) fn versions_of(instances: &[Instance]) -> BTreeSet<&str> {
-    instances
-        .iter()
-        .map(|i| i.version.as_str())
-        .filter(|v| !v.is_empty())
-        .collect()
-}
-
 /// Where a client is: the `locality` of the `node` in its bootstrap.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub(crate) struct ClientPlace {
@@ -206,14 +197,16 @@ impl Shape {
     /// version routing).
     pub(crate) fn revision(&self, kind: Kind, name: &str, view: &ServiceView) -> Option<u64> {
         view.instances.as_ref()?;
+        // The view's digest: each version's fingerprint.
+        let by_version = &view.digest;
         match (self.split(name).1, kind) {
-            (Some(v), Kind::Endpoints) => view.by_version.get(v).copied(),
-            (Some(v), Kind::Cluster) => view.by_version.contains_key(v).then_some(0),
+            (Some(v), Kind::Endpoints) => by_version.get(v).copied(),
+            (Some(v), Kind::Cluster) => by_version.contains_key(v).then_some(0),
             (Some(_), _) => None,
             (None, Kind::Endpoints) => Some(view.revision),
             (None, Kind::Listener | Kind::Route) if self.versions.is_some() => {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                view.by_version.keys().for_each(|v| v.hash(&mut h));
+                by_version.keys().for_each(|v| v.hash(&mut h));
                 Some(h.finish())
             }
             (None, _) => Some(0),
@@ -225,8 +218,9 @@ impl Shape {
     pub(crate) fn all_names(&self, kind: Kind, service: &str, view: &ServiceView) -> Vec<String> {
         let mut names = vec![service.to_owned()];
         if kind == Kind::Cluster && self.versions.is_some() {
+            // The view's digest: each version's fingerprint.
             names.extend(
-                view.by_version
+                view.digest
                     .keys()
                     .map(|v| format!("{service}{VERSION_SEP}{v}")),
             );

@@ -1,8 +1,8 @@
 //! The library's `chi://` adapter (`chi_discovery::registry::chi`) against a real `chi agent`
 //! process: what a program linking the library sees when it registers and discovers through a
 //! running agent, alone, from a config file, or beside another registry; a watch across an agent
-//! restart; and hostile names (docs/DESIGN.md §9), which must fare exactly as they do in the
-//! agent's own embedded registry.
+//! restart, and an agent back empty (its empty lists held for the grace); and hostile names
+//! (docs/DESIGN.md §9), which must fare exactly as they do in the agent's own embedded registry.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -203,6 +203,91 @@ async fn a_watch_resets_after_the_agent_restarts() {
     ids.sort();
     assert_eq!(ids, ["ledger-127.0.0.1-19072", "ledger-127.0.0.1-19073"]);
     manager.shutdown().await;
+}
+
+/// An agent on its embedded registry restarted comes back without the registrations it held.
+/// Its empty list for a service that had instances is not believed for the adapter's grace (a
+/// read fails, so the caller keeps its last list; the watch sends no empty reset), an instance
+/// registered again is believed at once, and after the grace the empty list is believed
+/// (services do scale to zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_back_empty_is_not_believed_for_the_grace() {
+    let mut host = Agent::start(&registration("ledger-host", 19081, "v1", ""), &[]);
+    let admin = host.admin.clone();
+    let agent = client(&host);
+    let mine = Instance::new("ledger", "127.0.0.1", 19083).with_id("ledger-lib");
+    agent.register(&mine).await.expect("register");
+    let list = agent.instances("ledger").await.expect("instances");
+    assert_eq!(sorted(&list), ["ledger-lib"]);
+    let mut watch = agent.watch("ledger").await.expect("watch");
+    match next(&mut watch).await {
+        Ok(Change::Reset(list)) => assert_eq!(sorted(&list), ["ledger-lib"]),
+        other => panic!("expected the first reset, got {other:?}"),
+    }
+
+    let (ok, _) = host.proc.terminate();
+    assert!(ok, "the agent exits 0 on SIGTERM");
+    match next(&mut watch).await {
+        Err(e) => assert!(matches!(e, Error::Unavailable { .. }), "{e}"),
+        Ok(other) => panic!("expected the break as an error, got {other:?}"),
+    }
+
+    // Every answer of the new agent comes after this instant, so its grace ends after
+    // `restarted + EMPTY_GRACE`.
+    let restarted = tokio::time::Instant::now();
+    let _back = Agent::start_on(&admin, &registration("ledger-host", 19082, "v1", ""), &[]);
+    let e = agent
+        .instances("ledger")
+        .await
+        .expect_err("an empty list from an agent back from a failure is not believed yet");
+    assert!(
+        matches!(&e, Error::Unavailable { .. }) && e.to_string().contains("not believed"),
+        "{e}"
+    );
+
+    // Registered again: the watch's next item is the reset with it, no empty one before it.
+    agent.register(&mine).await.expect("register again");
+    match next(&mut watch).await {
+        Ok(Change::Reset(list)) => assert_eq!(sorted(&list), ["ledger-lib"]),
+        other => panic!("expected a reset with the instance back, got {other:?}"),
+    }
+
+    // Really gone: the removal is believed at once, and an empty read once the grace is over.
+    agent
+        .deregister("ledger", "ledger-lib")
+        .await
+        .expect("deregister");
+    match next(&mut watch).await {
+        Ok(Change::Remove(i)) => assert_eq!(i.id, "ledger-lib"),
+        other => panic!("expected the removal, got {other:?}"),
+    }
+    let deadline = restarted + chi::EMPTY_GRACE + Duration::from_secs(10);
+    loop {
+        match agent.instances("ledger").await {
+            Ok(list) => {
+                assert!(list.is_empty(), "{list:?}");
+                let after = restarted.elapsed();
+                assert!(
+                    after >= chi::EMPTY_GRACE,
+                    "the empty list was believed {after:?} after the restart, within the grace"
+                );
+                println!(
+                    "[reliability] chi agent back empty: the empty list believed {:.2} s after the restart began (grace {} s)",
+                    after.as_secs_f64(),
+                    chi::EMPTY_GRACE.as_secs()
+                );
+                break;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("not believed"), "{e}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the empty list is still not believed, long after the grace: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// What one hostile case did.

@@ -29,6 +29,17 @@
 //! backoff from 100 ms to 5 s; every new connection starts with the agent's `Reset`, so a watch
 //! across an agent restart resyncs to what the new agent holds.
 //!
+//! # An agent back empty
+//!
+//! An agent on the embedded registry loses every registration when it restarts, and answers "no
+//! instances" until its registrants find their registrations lost at their next keep-alive and
+//! register again. As with Consul and Nacos, the adapter's `EmptyGuard` (the outage policy,
+//! `registry::outage`) holds such an answer for a service that had instances: after a failed call
+//! or a lost watch, an empty list is believed only once the agent has answered for
+//! [`EMPTY_GRACE`] (three keep-alive periods). Until then a read fails (the caller keeps its last
+//! list), and a reopened watch sends no empty `Reset`: it opens again, on the retry curve, and
+//! resyncs once the list has instances again or the grace is over.
+//!
 //! # Layout
 //!
 //! As in every adapter: `config` (the settings and their checks), `convert` (changes and
@@ -49,7 +60,9 @@ pub use config::{AgentConfig, DEFAULT_ADDRESS, FIELD};
 
 #[cfg(feature = "chi")]
 use {
+    super::outage::EmptyGuard,
     super::{Liveness, Registry, WatchStream},
+    crate::error::Error,
     crate::error::Result,
     crate::instance::{HealthStatus, Instance},
     async_trait::async_trait,
@@ -65,6 +78,12 @@ const BACKEND: &str = "chi";
 /// Keep-alive period asked of managers registering through an agent.
 #[cfg(feature = "chi")]
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// How long an agent back from a failure must have answered before its empty list for a service
+/// that had instances is believed: its registrants register again at their next keep-alive
+/// (every 2 s, the interval this adapter asks of them); three periods leave room for one missed
+/// round.
+#[cfg(feature = "chi")]
+pub const EMPTY_GRACE: Duration = KEEP_ALIVE.saturating_mul(3);
 
 /// The registry of a running `chi agent`. Cheap to clone; clones share the connection pool.
 #[derive(Debug, Clone)]
@@ -72,6 +91,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(2);
 pub struct Agent {
     client: Arc<Client>,
     config: AgentConfig,
+    /// The agent's empty answers after a failure (shared by clones and the watches).
+    empty: Arc<EmptyGuard>,
 }
 
 #[cfg(feature = "chi")]
@@ -81,7 +102,14 @@ impl Agent {
         Ok(Agent {
             client: Arc::new(Client::new(&config)?),
             config,
+            empty: Arc::new(EmptyGuard::new(true)),
         })
+    }
+
+    /// Notes whether the agent answered (for the [`EMPTY_GRACE`]) and passes the answer on.
+    fn note<T>(&self, answer: Result<T>) -> Result<T> {
+        self.empty.note(&answer);
+        answer
     }
 
     /// The configuration.
@@ -102,13 +130,13 @@ impl Registry for Agent {
         instance.validate_registration()?;
         let url = self.client.url(&instance.name, Some(&instance.id), None)?;
         let req = self.client.call(Method::PUT, url).json(instance);
-        self.client.send(req).await.map(drop)
+        self.note(self.client.send(req).await).map(drop)
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<()> {
         let url = self.client.url(service, Some(id), None)?;
         let req = self.client.call(Method::DELETE, url);
-        self.client.send(req).await.map(drop)
+        self.note(self.client.send(req).await).map(drop)
     }
 
     async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
@@ -120,7 +148,7 @@ impl Registry for Agent {
             health,
         };
         let req = self.client.call(Method::POST, url).json(&body);
-        let alive: Alive = self.client.json(req).await?;
+        let alive: Alive = self.note(self.client.json(req).await)?;
         Ok(alive.into())
     }
 
@@ -130,23 +158,42 @@ impl Registry for Agent {
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
         let url = self.client.url(service, None, None)?;
-        self.client.json(self.client.call(Method::GET, url)).await
+        let list: Vec<Instance> =
+            self.note(self.client.json(self.client.call(Method::GET, url)).await)?;
+        if !self.empty.believe(service, &list, EMPTY_GRACE) {
+            return Err(not_believed(&self.client, service));
+        }
+        Ok(list)
     }
 
     async fn services(&self) -> Result<Vec<String>> {
         let url = self.client.services_url();
-        self.client.json(self.client.call(Method::GET, url)).await
+        self.note(self.client.json(self.client.call(Method::GET, url)).await)
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream> {
         // The first line must come now, so a bad address fails the call, not the stream.
-        let opened = watch::open(&self.client, service).await?;
+        let opened = self.note(watch::open(&self.client, service).await)?;
+        if !self.empty.believe(service, &opened.1, EMPTY_GRACE) {
+            return Err(not_believed(&self.client, service));
+        }
         Ok(watch::spawn(
             self.client.clone(),
+            self.empty.clone(),
             service.to_owned(),
             opened,
         ))
     }
+}
+
+/// The error of an empty list not believed yet (see the module docs).
+#[cfg(feature = "chi")]
+fn not_believed(client: &Client, service: &str) -> Error {
+    client.err(format!(
+        "no instance of `{service}` from an agent that came back less than {} ago; not \
+         believed until its registrants had time to register again",
+        humantime::format_duration(EMPTY_GRACE)
+    ))
 }
 
 #[cfg(all(test, feature = "chi"))]

@@ -1,17 +1,21 @@
 //! The watch task: one long-lived response of JSON lines ([`Event`]s), pushed by the agent as
 //! changes happen, with a heartbeat while nothing does. A connection that goes quiet or ends is
 //! reported once, in line, and opened again with [`Backoff`]; each new connection begins with the
-//! agent's `Reset`, which is what resyncs the consumer. The task runs under
+//! agent's `Reset`, which is what resyncs the consumer, unless it is an empty list the adapter's
+//! `EmptyGuard` does not believe yet (an agent back empty, see the module docs of
+//! [`super`]): then the watch opens again on the retry curve. The task runs under
 //! [`watch_task`](crate::registry::watch_task), so it ends when the consumer drops the stream.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::EMPTY_GRACE;
 use super::client::Client;
 use super::convert::change;
 use super::wire::{Event, HEARTBEAT};
 use crate::error::{Result, display_chain};
 use crate::instance::Instance;
+use crate::registry::outage::EmptyGuard;
 use crate::registry::{Change, WatchStream, watch_task};
 use crate::retry::Backoff;
 
@@ -38,6 +42,7 @@ pub(super) async fn open(client: &Client, service: &str) -> Result<(Lines, Vec<I
 /// across reconnections, until the consumer leaves.
 pub(super) fn spawn(
     client: Arc<Client>,
+    empty: Arc<EmptyGuard>,
     service: String,
     opened: (Lines, Vec<Instance>),
 ) -> WatchStream {
@@ -51,8 +56,14 @@ pub(super) fn spawn(
                     if !tx.sleep(backoff.next_delay()).await {
                         return;
                     }
-                    match open(&client, &service).await {
-                        Ok(o) => o,
+                    let reopened = open(&client, &service).await;
+                    empty.note(&reopened);
+                    match reopened {
+                        Ok(o) if empty.believe(&service, &o.1, EMPTY_GRACE) => o,
+                        Ok(_) => {
+                            tracing::debug!(%service, "the agent came back without instances of the service; not believed yet");
+                            continue;
+                        }
                         Err(e) => {
                             tracing::debug!(%service, "watch not open again yet: {e}");
                             continue;
@@ -86,6 +97,8 @@ pub(super) fn spawn(
                     return;
                 }
             };
+            // The agent may have restarted: its next empty answers wait for the grace.
+            empty.down();
             if !tx.send(Err(client.err(lost))).await {
                 return;
             }

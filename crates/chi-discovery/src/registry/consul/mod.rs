@@ -93,7 +93,7 @@ mod wire;
 
 #[cfg(feature = "consul")]
 use {
-    super::empty::EmptyGuard,
+    super::outage::EmptyGuard,
     super::{Liveness, Registry, WatchStream},
     crate::error::{Error, Result},
     crate::instance::{Filter, HealthCheck, HealthStatus, Instance, validate_name},

@@ -2,8 +2,8 @@
 //! documented rules (see the module docs of `registry::consul`).
 //!
 //! The first query is made in [`start`], so an unreachable agent fails the `watch` call itself;
-//! the loop then runs under [`watch_task`] and ends when the consumer drops the stream. Errors
-//! and spurious wake-ups each back off with their own [`Backoff`].
+//! the loop then runs under [`watch_task`] and ends when the consumer drops the stream. Errors,
+//! spurious wake-ups and empty lists held back each back off with their own [`Backoff`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,6 +78,8 @@ pub(super) async fn start(inner: Arc<Inner>, service: String) -> Result<WatchStr
             // change that lands during the pause is still seen within 2 s (the next query with
             // the old index answers at once).
             spurious: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+            hold: Backoff::new(Duration::from_millis(200), Duration::from_millis(400))
+                .multiplier(1.0),
             tx,
         }
         .run()
@@ -95,6 +97,9 @@ struct Task {
     failures: Backoff,
     /// Consecutive blocking queries that came back early without a new index.
     spurious: Backoff,
+    /// The pause before asking again for an empty list not believed yet: 200 to 400 ms, jittered,
+    /// so the watches of a restarted agent do not all ask at the same instants.
+    hold: Backoff,
     tx: Sender<Result<Change>>,
 }
 
@@ -123,7 +128,7 @@ impl Task {
                     }
                     pause = Some(delay);
                 }
-                Step::Hold => pause = Some(Duration::from_millis(200)),
+                Step::Hold => pause = Some(self.hold.next_delay()),
             }
         }
     }

@@ -19,6 +19,7 @@ use nacos_sdk::api::plugin::{AuthContext, AuthPlugin, LoginIdentityContext, Requ
 use tokio::time::Instant;
 
 use super::NacosError;
+use crate::retry::Backoff;
 use crate::secret::Secret;
 
 /// The header nacos-sdk sends the token in.
@@ -134,9 +135,11 @@ impl Login {
     }
 
     /// Keeps the token fresh: logs in again at half its lifetime, every few seconds after a
-    /// failure. Ends when nacos-sdk lets go of the plugin.
+    /// failure (2 to 4 s, jittered: the clients of a Nacos that restarted do not all log in at the
+    /// same instant). Ends when nacos-sdk lets go of the plugin.
     pub(crate) async fn refresh_loop(login: Weak<Login>) {
         const RETRY: Duration = Duration::from_secs(2);
+        let mut retry = Backoff::new(RETRY, 2 * RETRY).multiplier(1.0);
         loop {
             let wait = match login.upgrade() {
                 Some(l) => match &**l.token.load() {
@@ -147,10 +150,13 @@ impl Login {
             };
             tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
             let Some(l) = login.upgrade() else { return };
-            if let Err(e) = Login::login(&l).await {
-                drop(l);
-                tracing::warn!(error = %e, "nacos token refresh failed; retrying");
-                tokio::time::sleep(RETRY).await;
+            match Login::login(&l).await {
+                Ok(()) => retry.reset(),
+                Err(e) => {
+                    drop(l);
+                    tracing::warn!(error = %e, "nacos token refresh failed; retrying");
+                    tokio::time::sleep(retry.next_delay()).await;
+                }
             }
         }
     }

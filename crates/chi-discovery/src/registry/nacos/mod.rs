@@ -106,7 +106,7 @@ mod watch;
 
 #[cfg(feature = "nacos")]
 use {
-    super::empty::EmptyGuard,
+    super::outage::EmptyGuard,
     super::{Liveness, Registry, WatchStream, diff},
     crate::error::{Error, Result},
     crate::instance::{HealthStatus, Instance, validate_name},

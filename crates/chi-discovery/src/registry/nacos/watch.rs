@@ -25,7 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::{Shared, diff};
 use crate::error::Result;
 use crate::instance::Instance;
-use crate::registry::empty::EmptyGuard;
+use crate::registry::outage::EmptyGuard;
 use crate::registry::watch_task::{self, Sender};
 use crate::registry::{Change, WatchStream};
 

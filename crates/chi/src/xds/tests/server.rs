@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chi_discovery::{DiscoveryClient, Registry, RetryPolicy};
+use chi_discovery::{DiscoveryClient, OutagePolicy, Registry, RetryPolicy};
 use hyper_util::rt::TokioIo;
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
@@ -88,8 +88,9 @@ async fn start(
     };
     let client = DiscoveryClient::builder()
         .retry(retry)
+        .outage(OutagePolicy::with_restart_grace(grace))
         .build(registry.clone());
-    let hub = Hub::new(client, registry.clone(), grace);
+    let hub = Hub::new(client);
     let mut server = XdsServer::new(hub, shape, max_streams);
     if let Some(n) = max_unknown {
         server = server.unknown_names(n);
