@@ -90,6 +90,7 @@ pub mod health;
 pub mod instance;
 pub mod integration;
 mod keyed;
+pub mod limits;
 pub mod manager;
 #[cfg(feature = "metrics")]
 pub mod metrics;

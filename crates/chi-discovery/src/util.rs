@@ -2,8 +2,10 @@
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Locks `m`, poisoned or not. chi's mutexes guard maps and counters that a panicking holder
 /// cannot leave in a state worse than losing them (a half-done update is overwritten by the next
@@ -33,5 +35,31 @@ impl AbortOnDrop {
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The longest wait chi's timers take: about 30 years, "never" for a running process (tokio's own
+/// "far future" is the same).
+pub(crate) const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// `at + d` with `d` cut at [`FOREVER`], so a duration near `Duration::MAX` given through the API
+/// means "never" instead of overflowing the clock (the `+` of `Instant` panics then).
+pub(crate) fn after(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d.min(FOREVER)).unwrap_or(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_near_max_after_now_is_far_away_not_a_panic() {
+        let now = Instant::now();
+        let far = after(now, Duration::MAX);
+        assert_eq!(far - now, FOREVER);
+        assert_eq!(
+            after(now, Duration::from_secs(3)) - now,
+            Duration::from_secs(3)
+        );
     }
 }

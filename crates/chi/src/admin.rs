@@ -14,7 +14,9 @@
 //! | `POST /v1/services/{name}/instances/{id}/keepalive` | keep alive (body: instance and health) |
 //! | `GET /ui` ... | the console ([`crate::console`]) |
 //!
-//! It binds to loopback by default: whoever reaches it can register instances.
+//! It binds to loopback by default: whoever reaches it can register instances. It is served
+//! through a [`Door`]: its connections, requests, timeouts and request bodies are bounded
+//! (`--max-body`: a larger JSON body is `413`, naming the bound).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use chi_discovery::{Instance, Registry};
 use futures_util::StreamExt;
 
 use crate::failure::Failure;
+use crate::limits::{Door, Reason};
 
 /// Answers `/health`: healthy or not, and a JSON body.
 pub(crate) type HealthFn = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
@@ -43,14 +46,14 @@ struct AdminState {
     metrics: MetricsFn,
 }
 
-/// Binds the admin port and serves it, with the console's routes, in the background; returns
-/// the bound address.
+/// Binds the admin port and serves it, with the console's routes, through `door` in the
+/// background, request bodies capped at `max_body` bytes; returns the bound address.
 pub(crate) async fn serve(
     addr: SocketAddr,
     registry: Arc<dyn Registry>,
-    health: HealthFn,
-    metrics: MetricsFn,
+    (health, metrics): (HealthFn, MetricsFn),
     console: Router,
+    (door, max_body): (Door, usize),
 ) -> anyhow::Result<SocketAddr> {
     let state = AdminState {
         registry,
@@ -73,22 +76,59 @@ pub(crate) async fn serve(
         )
         .with_state(state)
         .merge(console);
-    listen(addr, app).await
+    listen(addr, capped(app, &door, max_body), door).await
 }
 
-/// Binds `addr` and serves `app` on it in the background; returns the bound address.
-pub(crate) async fn listen(addr: SocketAddr, app: Router) -> anyhow::Result<SocketAddr> {
+/// Binds `addr` and serves `app` on it through `door` in the background; returns the bound
+/// address.
+pub(crate) async fn listen(
+    addr: SocketAddr,
+    app: Router,
+    door: Door,
+) -> anyhow::Result<SocketAddr> {
+    let (listener, bound) = bind(addr).await?;
+    door.serve_router(listener, app);
+    Ok(bound)
+}
+
+/// `GET /metrics` answering `metrics` (`chi xds --admin`).
+pub(crate) fn metrics_route(metrics: MetricsFn) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || std::future::ready(exposition(&metrics))),
+    )
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Failure::failed(format!("cannot listen on the admin address {addr}: {e}"))
             .hint("pick another with --admin 127.0.0.1:PORT (port 0 picks a free one)")
     })?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("admin server stopped: {e}");
-        }
-    });
-    Ok(bound)
+    Ok((listener, bound))
+}
+
+/// `router` with request bodies capped at `max_body` bytes: a declared length over it is
+/// refused before reading, a chunked body once it passes it, both with a `413` that says the
+/// bound (axum's own says only "length limit exceeded").
+pub(crate) fn capped(router: Router, door: &Door, max_body: usize) -> Router {
+    let door = door.clone();
+    let message: Arc<str> = Arc::from(format!(
+        "chi {}: the request body is over the limit: at most {max_body} bytes (--max-body)\n",
+        door.server()
+    ));
+    router
+        .layer(axum::middleware::map_response(move |resp: Response| {
+            let (door, message) = (door.clone(), message.clone());
+            async move {
+                if resp.status() != StatusCode::PAYLOAD_TOO_LARGE {
+                    return resp;
+                }
+                door.count(Reason::BodySize);
+                (StatusCode::PAYLOAD_TOO_LARGE, message.to_string()).into_response()
+            }
+        }))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
 }
 
 fn error(status: StatusCode, e: impl std::fmt::Display) -> Response {
@@ -106,12 +146,16 @@ async fn health_handler(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> Response {
+    exposition(&s.metrics)
+}
+
+fn exposition(metrics: &MetricsFn) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        (s.metrics)(),
+        metrics(),
     )
         .into_response()
 }
@@ -245,9 +289,12 @@ mod tests {
         let addr = serve(
             "127.0.0.1:0".parse().expect("addr"),
             memory.clone(),
-            Arc::new(|| (true, serde_json::Value::Null)),
-            Arc::new(String::new),
+            (
+                Arc::new(|| (true, serde_json::Value::Null)),
+                Arc::new(String::new),
+            ),
             Router::new(),
+            (Door::for_tests("agent"), 256 << 10),
         )
         .await
         .expect("admin");

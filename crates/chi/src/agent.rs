@@ -19,11 +19,16 @@ use crate::admin;
 use crate::cli::AgentArgs;
 use crate::console::{AgentFeed, Console, WriteGate};
 use crate::failure::Failure;
+use crate::limits::{Door, Limits, Refusal, Refusals};
 use crate::source::Source;
 
 /// Registrations in an agent's embedded registry expire this long after their last keep-alive,
 /// so an agent that died without deregistering (kill -9) leaves no ghost behind.
 const MEMORY_TTL: Duration = Duration::from_secs(10);
+/// Connections and requests the agent's port serves at once by default (`--max-connections`,
+/// `--max-requests`; a `chi://` watch is a request for as long as it is open).
+const MAX_CONNECTIONS: usize = 1024;
+const MAX_REQUESTS: usize = 1024;
 
 type Labels = Vec<(String, String)>;
 
@@ -84,14 +89,28 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 
     let health_manager = manager.clone();
     let health: admin::HealthFn = Arc::new(move || health_body(&health_manager));
-    let metrics = agent_metrics(manager.clone());
+    let refusals = Refusals::default();
+    let metrics = agent_metrics(manager.clone(), &refusals);
+    let limits = Limits::from_args(
+        &args.conn,
+        Some(&args.requests),
+        (MAX_CONNECTIONS, MAX_REQUESTS),
+    );
+    let door = Door::new("agent", limits, Refusal::Http, &refusals);
     let feed = AgentFeed {
         manager: manager.clone(),
         strategy: source.config.load_balancer.strategy,
     };
     let gate = WriteGate::from_flag(args.console_writes);
     let console = Console::new("agent", registry.clone(), Arc::new(feed), gate).routes();
-    let bound = admin::serve(args.admin, registry.clone(), health, metrics, console).await?;
+    let bound = admin::serve(
+        args.admin,
+        registry.clone(),
+        (health, metrics),
+        console,
+        (door, args.max_body as usize),
+    )
+    .await?;
     println!(
         "chi agent: {} ({} at {}) in {backends}; admin on http://{bound}",
         instance.id,
@@ -131,8 +150,10 @@ async fn print_standing(mut events: broadcast::Receiver<BackendEvent>) {
                     e.id, e.backend
                 ),
                 BackendChange::Failing { error } => eprintln!(
-                    "warning: {} does not hold {} ({error}); retrying in the background",
-                    e.backend, e.id
+                    "warning: {} does not hold {} ({}); retrying in the background",
+                    e.backend,
+                    e.id,
+                    crate::output::clean(error)
                 ),
                 _ => println!("{}: {} {:?}", e.backend, e.id, e.change),
             },
@@ -177,9 +198,11 @@ fn health_body(manager: &ServiceManager) -> (bool, serde_json::Value) {
     (served && !unhealthy, body)
 }
 
-/// `/metrics` of the agent: registration state per backend and own health, read at scrape time.
-fn agent_metrics(manager: Arc<ServiceManager>) -> admin::MetricsFn {
+/// `/metrics` of the agent: registration state per backend and own health, read at scrape time,
+/// and the refusals of its port.
+fn agent_metrics(manager: Arc<ServiceManager>, refusals: &Refusals) -> admin::MetricsFn {
     let mut registry = Metrics::default();
+    refusals.register(&mut registry);
     let registered = Family::<Labels, Gauge>::default();
     let reregistrations = Family::<Labels, Gauge>::default();
     let health = Family::<Labels, Gauge>::default();

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::limits::{ConnArgs, RequestArgs};
+
 const ABOUT: &str = "Service discovery and client-side load balancing from the command line";
 
 const REGISTRY_HELP: &str = "Registry: memory (embedded, this process only), etcd://host:port[,host:port], \
@@ -92,6 +94,13 @@ pub(crate) struct AgentArgs {
     /// (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR")]
     pub(crate) admin: SocketAddr,
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
+    #[command(flatten)]
+    pub(crate) requests: RequestArgs,
+    /// Largest request body (JSON) the registry API takes, in bytes; more is answered 413.
+    #[arg(long, env = "CHI_MAX_BODY", default_value_t = 256 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1024..=(64 << 20)))]
+    pub(crate) max_body: u32,
     /// Let the console at /ui deregister instances. Without it the console is read-only; with
     /// it, whoever reaches the admin port may (as with the /v1 API).
     #[arg(long)]
@@ -177,23 +186,34 @@ fn humantime_like(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-/// A number and a unit (`ms`, `s`, `m`), zero included.
+/// A number and a unit (`ms`, `s`, `m`), zero included, at most one day (as in the config
+/// file: a longer timeout or grace is a mistake, and one near `u64::MAX` seconds would overflow
+/// the clock it is added to).
 fn duration_units(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("{s:?}: add a unit, e.g. 3s or 500ms"))?;
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a duration such as 3s or 500ms"))?;
-    let d = match unit {
-        "ms" => std::time::Duration::from_millis(n),
-        "s" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_secs(n * 60),
+    let too_long = || format!("must be at most 1 day (24h), got {s}");
+    let n: u64 = num.parse().map_err(|e: std::num::ParseIntError| {
+        if *e.kind() == std::num::IntErrorKind::PosOverflow {
+            too_long()
+        } else {
+            format!("{s:?}: expected a duration such as 3s or 500ms")
+        }
+    })?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
         _ => return Err(format!("{s:?}: unknown unit {unit:?}, expected ms, s or m")),
     };
-    Ok(d)
+    let max = u64::try_from(chi_discovery::config::MAX_DURATION.as_millis()).unwrap_or(u64::MAX);
+    match ms {
+        Some(ms) if ms <= max => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(too_long()),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -258,7 +278,7 @@ pub(crate) struct ProxyArgs {
     pub(crate) retry_all_methods: bool,
     /// Worker threads serving requests, each with its own event loop and upstream connection
     /// pool (like nginx's worker_processes). Default: one per CPU.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS))]
     pub(crate) workers: Option<u16>,
     /// Services to load into the discovery cache before serving (comma-separated, or `all` for
     /// every service the registry lists); progress goes to stderr.
@@ -269,7 +289,15 @@ pub(crate) struct ProxyArgs {
     /// is an IP address or `localhost` falls back to the path).
     #[arg(long, value_enum, default_value_t = RouteBy::Path, value_name = "RULE")]
     pub(crate) route_by: RouteBy,
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
+    #[command(flatten)]
+    pub(crate) requests: RequestArgs,
 }
+
+/// Most `chi proxy --workers`: each is a thread with its own event loop and upstream connections,
+/// and more than a few per core only adds memory and context switches.
+pub(crate) const MAX_WORKERS: i64 = 256;
 
 /// What names the service of a proxied request (`chi proxy --route-by`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -305,8 +333,44 @@ pub(crate) struct XdsArgs {
     /// additions go out at once. 0s turns it off.
     #[arg(long, default_value = "10s", value_parser = parse_duration_or_zero, value_name = "DURATION")]
     pub(crate) restart_grace: std::time::Duration,
-    /// Admin HTTP address serving /health and the console at /ui (the connected clients, what
-    /// each was sent, ACKed or NACKed); off unless given (port 0 picks a free one).
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
+    /// HTTP/2 PING to every client this often; one that does not answer within the same time is
+    /// dropped (0s: no PINGs).
+    #[arg(long, env = "CHI_KEEPALIVE", default_value = "30s", value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    pub(crate) keepalive: std::time::Duration,
+    /// Most names one ADS stream may follow that the registry does not know (yet); a request
+    /// past it ends the stream with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CHI_MAX_UNKNOWN_NAMES", default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub(crate) max_unknown_names: u32,
+    /// Admin HTTP address serving /health, /metrics and the console at /ui (the connected
+    /// clients, what each was sent, ACKed or NACKed); off unless given (port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin: Option<SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{parse_duration, parse_duration_or_zero};
+
+    #[test]
+    fn durations_are_bounded_at_one_day() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1440m"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        for huge in [
+            "18446744073709551615s",
+            "18446744073709551616s",
+            "307445734561825861m",
+            "86401s",
+        ] {
+            assert_eq!(
+                parse_duration_or_zero(huge),
+                Err(format!("must be at most 1 day (24h), got {huge}")),
+            );
+        }
+        assert!(parse_duration("10x").is_err_and(|e| e.contains("unknown unit")));
+    }
 }

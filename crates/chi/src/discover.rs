@@ -25,9 +25,9 @@ pub(crate) async fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
                 .hint("is the registry up? -v shows the retries")
         })?;
     match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&instances)?),
+        Format::Json => println!("{}", output::json(&instances, true)?),
         Format::Table if instances.is_empty() => {
-            eprintln!("no instances of `{}` match", args.name);
+            eprintln!("no instances of `{}` match", output::clean(&args.name));
         }
         Format::Table => print!("{}", output::instance_table(&instances)),
     }

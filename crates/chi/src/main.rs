@@ -12,6 +12,7 @@ mod config_check;
 mod console;
 mod discover;
 mod failure;
+mod limits;
 mod output;
 mod pick;
 mod progress;
@@ -68,14 +69,14 @@ fn main() -> ExitCode {
 fn report(e: anyhow::Error) -> ExitCode {
     match e.downcast_ref::<Failure>() {
         Some(f) => {
-            eprintln!("error: {}", f.message);
+            eprintln!("error: {}", crate::output::clean(&f.message));
             if let Some(hint) = &f.hint {
-                eprintln!("hint: {hint}");
+                eprintln!("hint: {}", crate::output::clean(hint));
             }
             ExitCode::from(f.code)
         }
         None => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::output::clean(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

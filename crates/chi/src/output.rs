@@ -1,5 +1,11 @@
 //! Tables and JSON for instances, and durations as people read them.
+//!
+//! Everything printed from a registry (names, ids, tags, metadata, a registry's error text) is
+//! someone else's data: a tag holding `ESC [ 2 J` would clear the reader's terminal, and a
+//! right-to-left override would reorder what they read. [`clean`] escapes such characters in
+//! text and tables, [`json`] in JSON (where it stays valid JSON of the same value).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -40,10 +46,69 @@ pub(crate) fn human(d: Duration) -> String {
     }
 }
 
-/// A left-aligned text table: a header row, then rows, columns two spaces apart.
+/// True for characters a terminal acts on instead of showing: control characters (C0, DEL, C1:
+/// ESC and CSI start escape sequences) and the bidirectional formatting characters (Unicode
+/// UAX #9), which reorder the text around them.
+fn hostile(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every [`hostile`] character escaped as Rust writes it (`\n`, `\u{1b}`); the text
+/// itself when it has none (no copy).
+pub(crate) fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(hostile) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' | '\r' | '\t' => out.extend(c.escape_debug()),
+            c if hostile(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `value` as pretty JSON, with the [`hostile`] characters serde_json leaves as they are (DEL,
+/// C1, bidirectional formatting) written as `\uXXXX`: the same JSON value, safe on a terminal.
+pub(crate) fn json<T: serde::Serialize + ?Sized>(
+    value: &T,
+    pretty: bool,
+) -> serde_json::Result<String> {
+    let text = if pretty {
+        serde_json::to_string_pretty(value)?
+    } else {
+        serde_json::to_string(value)?
+    };
+    // serde_json escapes C0 controls inside strings; the only raw one it writes is the pretty
+    // layout's newline.
+    let escape = |c: char| c != '\n' && hostile(c);
+    if !text.chars().any(escape) {
+        return Ok(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escape(c) {
+            // Only inside strings: serde_json writes no such character elsewhere.
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// A left-aligned text table: a header row, then rows, columns two spaces apart. Cells are
+/// [`clean`]ed.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -62,8 +127,8 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     };
     line(&mut header.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
+    for row in &rows {
+        line(&mut row.iter().map(|c| c.as_ref()));
     }
     out
 }
@@ -106,7 +171,28 @@ pub(crate) fn instance_table(instances: &[Instance]) -> String {
 mod tests {
     use std::time::Duration;
 
-    use super::human;
+    use super::{clean, human, json, table};
+
+    #[test]
+    fn terminal_controls_from_registry_data_are_escaped() {
+        assert_eq!(clean("plain-ünï"), "plain-ünï");
+        assert_eq!(
+            clean("a\u{1b}[2Jb\u{9b}31mc\nd\u{7f}e\u{202e}f"),
+            "a\\u{1b}[2Jb\\u{9b}31mc\\nd\\u{7f}e\\u{202e}f"
+        );
+        let t = table(&["ID"], &[vec!["x\u{1b}]0;owned\u{7}".to_owned()]]);
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+        let j = json(
+            &serde_json::json!({"tag": "\u{1b}[2J\u{9b}\u{202e}"}),
+            false,
+        )
+        .expect("json");
+        let pretty = json(&serde_json::json!({"a": 1}), true).expect("json");
+        assert_eq!(pretty, "{\n  \"a\": 1\n}", "the layout stays");
+        assert_eq!(j, r#"{"tag":"\u001b[2J\u009b\u202e"}"#);
+        let back: serde_json::Value = serde_json::from_str(&j).expect("still JSON");
+        assert_eq!(back["tag"], "\u{1b}[2J\u{9b}\u{202e}");
+    }
 
     #[test]
     fn durations_read_as_people_write_them() {

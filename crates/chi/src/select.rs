@@ -91,7 +91,7 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
                 "unpicked": misses,
                 "picks": picks,
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            println!("{}", output::json(&out, true)?);
         }
         Format::Table => {
             let rows: Vec<Vec<String>> = counts
@@ -111,7 +111,7 @@ pub(crate) async fn run(args: SelectArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "{} picks of `{}` with {}:",
                 args.count,
-                args.name,
+                output::clean(&args.name),
                 routers.strategy()
             );
             print!(

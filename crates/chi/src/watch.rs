@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::agent::Shutdown;
 use crate::cli::{Format, WatchArgs};
 use crate::failure::Failure;
+use crate::output;
 use crate::source::Source;
 
 pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
@@ -29,8 +30,8 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             () = shutdown.wait() => return Ok(ExitCode::SUCCESS),
             item = watcher.next() => match item {
                 None => return Err(Failure::failed(format!("the watch of `{}` ended", args.name)).into()),
-                Some(Err(e)) => eprintln!("warning: {e} (the watch resumes with a reset)"),
-                Some(Ok(change)) => println!("{}", line(change, args.output)),
+                Some(Err(e)) => eprintln!("warning: {} (the watch resumes with a reset)", output::clean(&e.to_string())),
+                Some(Ok(change)) => println!("{}", output::clean(&line(change, args.output))),
             }
         }
     }
@@ -39,7 +40,7 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
 fn line(change: Change, format: Format) -> String {
     if let Format::Json = format {
         // The same JSON lines the agent streams to `chi://` watches.
-        return serde_json::to_string(&Event::from(change))
+        return output::json(&Event::from(change), false)
             .unwrap_or_else(|e| json!({"type": "error", "message": e.to_string()}).to_string());
     }
     let (kind, one) = match &change {

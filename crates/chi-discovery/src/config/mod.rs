@@ -22,6 +22,7 @@
 //! this module parses and checks only. `raw` mirrors the file, `validate` checks the general
 //! sections, `registries` the registry blocks (`dns` the DNS block and URL).
 
+mod depth;
 mod dns;
 pub mod raw;
 mod registries;
@@ -37,6 +38,7 @@ use crate::retry::RetryPolicy;
 use crate::routing::Routers;
 
 pub use crate::registry::{MemoryConfig, Registries};
+pub use depth::MAX_DEPTH;
 
 /// The balancer's and routing's settings live with the routers that read them; named here too,
 /// beside the other sections.
@@ -191,8 +193,10 @@ impl Config {
     }
 }
 
-/// YAML -> raw mirror, with the YAML path in every error.
+/// YAML -> raw mirror, with the YAML path in every error. A file nesting deeper than
+/// [`MAX_DEPTH`] is refused before parsing (see `depth`).
 pub fn parse(text: &str) -> Result<raw::File> {
+    depth::check(text)?;
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -225,12 +229,26 @@ impl Field {
     }
 }
 
+/// The longest duration any field of the file takes. Every duration of chi's config (TTLs,
+/// intervals, timeouts, backoffs, windows) is seconds to hours; a longer one is a mistake, and
+/// one near `u64::MAX` seconds would overflow the clock arithmetic it feeds.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Why `d` (written `value`) is too long, when it is longer than [`MAX_DURATION`].
+pub(crate) fn too_long(d: Duration, value: &str) -> Option<String> {
+    (d > MAX_DURATION).then(|| format!("must be at most 1 day (24h), got {:?}", value.trim()))
+}
+
 pub(crate) fn duration(value: &str, at: &Field) -> Result<Duration> {
-    humantime::parse_duration(value.trim()).map_err(|_| {
+    let d = humantime::parse_duration(value.trim()).map_err(|_| {
         at.err(format!(
-            "invalid duration {value:?}, expected a duration such as \"30s\", \"500ms\" or \"1m\""
+            "invalid duration {value:?}, expected a duration such as \"30s\", \"500ms\" or \"1m\" (at most 1 day)"
         ))
-    })
+    })?;
+    match too_long(d, value) {
+        Some(message) => Err(at.err(message)),
+        None => Ok(d),
+    }
 }
 
 pub(crate) fn positive_duration(value: &str, at: &Field) -> Result<Duration> {

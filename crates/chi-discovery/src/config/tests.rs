@@ -152,6 +152,10 @@ mod picks;
 #[path = "tests_client_regions.rs"]
 mod client_regions;
 
+/// Durations, tags and metadata within their bounds.
+#[path = "tests_bounds.rs"]
+mod bounds;
+
 /// `registries.chi` and `chi://` URLs: a running `chi agent` as a registry.
 #[path = "tests_chi.rs"]
 mod chi;

@@ -37,6 +37,7 @@ pub(super) fn registration(r: raw::Registration, at: &Field) -> Result<ServiceCo
             return Err(at.join("tags").index(i).err("must not be empty"));
         }
     }
+    sizes(&r.tags, &r.meta, at)?;
     let health_check = r
         .health_check
         .map(|h| health_check(h, &at.join("health_check")))
@@ -52,6 +53,52 @@ pub(super) fn registration(r: raw::Registration, at: &Field) -> Result<ServiceCo
         weight: r.weight.unwrap_or(crate::instance::DEFAULT_WEIGHT),
         health_check,
     })
+}
+
+/// The bounds of [`crate::limits`] on a registration's tags and metadata, reported at the field.
+fn sizes(
+    tags: &[String],
+    meta: &std::collections::BTreeMap<String, String>,
+    at: &Field,
+) -> Result<()> {
+    use crate::limits::{
+        MAX_META, MAX_META_KEY_BYTES, MAX_META_VALUE_BYTES, MAX_TAG_BYTES, MAX_TAGS,
+    };
+    if tags.len() > MAX_TAGS {
+        return Err(at
+            .join("tags")
+            .err(format!("at most {MAX_TAGS} tags, got {}", tags.len())));
+    }
+    if let Some((i, t)) = tags
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.len() > MAX_TAG_BYTES)
+    {
+        return Err(at.join("tags").index(i).err(format!(
+            "must be at most {MAX_TAG_BYTES} bytes, got {}",
+            t.len()
+        )));
+    }
+    if meta.len() > MAX_META {
+        return Err(at
+            .join("meta")
+            .err(format!("at most {MAX_META} pairs, got {}", meta.len())));
+    }
+    for (k, v) in meta {
+        if k.len() > MAX_META_KEY_BYTES {
+            return Err(at.join("meta").err(format!(
+                "keys must be at most {MAX_META_KEY_BYTES} bytes, got one of {}",
+                k.len()
+            )));
+        }
+        if v.len() > MAX_META_VALUE_BYTES {
+            return Err(at.join("meta").key(k).err(format!(
+                "must be at most {MAX_META_VALUE_BYTES} bytes, got {}",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn health_check(h: raw::HealthCheck, at: &Field) -> Result<HealthCheck> {

@@ -215,7 +215,7 @@ impl ServiceManager {
         instance: Instance,
         check: Option<&HealthCheck>,
     ) -> Result<RegistrationReport> {
-        instance.validate()?;
+        instance.validate_registration()?;
         if self.inner.backends.is_empty() {
             return Err(crate::registry::read_only(&self.inner.read_only));
         }

@@ -91,7 +91,9 @@ impl Memory {
         Memory {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
-                ttl,
+                // A TTL near `Duration::MAX` means never; cut, it cannot overflow the reaper's
+                // clock.
+                ttl: ttl.map(|t| t.min(crate::util::FOREVER)),
                 reaper_started: AtomicBool::new(false),
             }),
         }
@@ -167,9 +169,12 @@ impl Registry for Memory {
     }
 
     async fn register(&self, instance: &Instance) -> Result<()> {
-        instance.validate()?;
+        instance.validate_registration()?;
         self.start_reaper();
-        let deadline = self.inner.ttl.map(|ttl| Instant::now() + ttl);
+        let deadline = self
+            .inner
+            .ttl
+            .map(|ttl| crate::util::after(Instant::now(), ttl));
         let mut state = self.inner.lock();
         let svc = state
             .services
@@ -205,7 +210,10 @@ impl Registry for Memory {
     }
 
     async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
-        let deadline = self.inner.ttl.map(|ttl| Instant::now() + ttl);
+        let deadline = self
+            .inner
+            .ttl
+            .map(|ttl| crate::util::after(Instant::now(), ttl));
         let mut state = self.inner.lock();
         let Some(svc) = state.services.get_mut(&instance.name) else {
             return Ok(Liveness::Lost);
@@ -271,6 +279,22 @@ struct WatchState {
     inner: Arc<Inner>,
     service: String,
     first: Option<Vec<Instance>>,
+}
+
+/// A watch that ends lets go of its service's entry when it was the last watcher of a service
+/// without instances: a name nobody registered costs nothing once its watchers left (each entry
+/// holds a broadcast buffer of [`WATCH_BUFFER`] changes, about 190 KiB).
+impl Drop for WatchState {
+    fn drop(&mut self) {
+        let mut state = self.inner.lock();
+        let unused = state.services.get(&self.service).is_some_and(|s| {
+            // This watch's own receiver is still counted.
+            s.instances.is_empty() && s.events.receiver_count() <= 1
+        });
+        if unused {
+            state.services.remove(&self.service);
+        }
+    }
 }
 
 async fn next_change(mut st: WatchState) -> Option<(Result<Change>, WatchState)> {
@@ -392,6 +416,39 @@ mod tests {
             w.next().await.expect("item").expect("ok"),
             Change::Remove(inst("a"))
         );
+    }
+
+    #[tokio::test]
+    async fn watches_of_unknown_names_leave_nothing_behind() {
+        let reg = Memory::new();
+        let mut watches = Vec::new();
+        for n in 0..100 {
+            watches.push(reg.watch(&format!("nobody-{n}")).await.expect("watch"));
+        }
+        let twice = reg.watch("nobody-0").await.expect("watch");
+        assert_eq!(reg.inner.lock().services.len(), 100);
+        drop(watches);
+        assert_eq!(reg.inner.lock().services.len(), 1, "one name still watched");
+        drop(twice);
+        assert!(reg.inner.lock().services.is_empty());
+        // A service with instances stays when its watchers go.
+        reg.register(&inst("a")).await.expect("register");
+        drop(reg.watch("svc").await.expect("watch"));
+        assert_eq!(reg.instances("svc").await.expect("list").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_ttl_near_the_largest_duration_means_never() {
+        let reg = Memory::with_ttl(Duration::MAX);
+        reg.register(&inst("a")).await.expect("register");
+        assert_eq!(
+            reg.keep_alive(&inst("a"), HealthStatus::Healthy)
+                .await
+                .expect("keep alive"),
+            Liveness::Alive
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(reg.instances("svc").await.expect("list").len(), 1);
     }
 
     #[tokio::test]

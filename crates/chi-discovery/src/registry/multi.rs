@@ -152,7 +152,7 @@ impl Registry for MultiRegistry {
     }
 
     async fn register(&self, instance: &Instance) -> Result<()> {
-        instance.validate()?;
+        instance.validate_registration()?;
         let writers = self.writers()?;
         let results = join_all(writers.iter().map(|&i| self.members[i].register(instance))).await;
         self.registered_or_report(instance, &writers, results)
@@ -171,7 +171,7 @@ impl Registry for MultiRegistry {
         instance: &Instance,
         checks: &[HealthCheck],
     ) -> Result<()> {
-        instance.validate()?;
+        instance.validate_registration()?;
         let writers = self.writers()?;
         let results = join_all(
             writers

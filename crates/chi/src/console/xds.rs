@@ -16,6 +16,9 @@ use super::model::Balancing;
 use super::{Console, Feed, WriteGate};
 use crate::xds::clients::{ClientStatus, Clients};
 
+/// Largest request body of the admin port: it takes none.
+const XDS_ADMIN_BODY: usize = 1024;
+
 /// What `chi xds` tells its console.
 pub(crate) struct XdsFeed {
     pub(crate) clients: Arc<Clients>,
@@ -39,11 +42,14 @@ impl Feed for XdsFeed {
     }
 }
 
-/// Serves `/health` and the console on `addr` in the background; returns the bound address.
+/// Serves `/health`, `/metrics` and the console on `addr` through `door` in the background;
+/// returns the bound address.
 pub(crate) async fn serve_xds(
     addr: SocketAddr,
     registry: Arc<dyn Registry>,
     feed: XdsFeed,
+    metrics: crate::admin::MetricsFn,
+    door: crate::limits::Door,
 ) -> anyhow::Result<SocketAddr> {
     let gate = WriteGate::ReadOnly {
         how: "chi xds's console never writes",
@@ -54,6 +60,8 @@ pub(crate) async fn serve_xds(
             "/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
+        .merge(crate::admin::metrics_route(metrics))
         .merge(console.routes());
-    crate::admin::listen(addr, app).await
+    let app = crate::admin::capped(app, &door, XDS_ADMIN_BODY);
+    crate::admin::listen(addr, app, door).await
 }

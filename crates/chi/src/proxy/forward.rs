@@ -1,9 +1,11 @@
 //! One request through the proxy: which service, which instance, and the attempts.
 //!
-//! The request is read once (its body kept to replay it on a retry; most requests, GETs, have
-//! none) and its headers are made ready once; every attempt then copies them, picks an instance
-//! that no earlier attempt of the request tried, and sends. An attempt fails on a connect error,
-//! a timeout, or a 502/503/504; each outcome feeds the outlier detector. Routing costs no
+//! The request's headers are made ready once and its body read up to a small bound (kept to
+//! replay it on a retry; a longer body streams to one instance, see [`super::body`]); every
+//! attempt then copies the headers, picks an instance that no earlier attempt of the request
+//! tried, and sends. An attempt fails on a connect error, a timeout (counted from the end of a
+//! streamed body, as Envoy's route timeout starts once the request is complete), or a
+//! 502/503/504; each outcome feeds the outlier detector. Routing costs no
 //! allocation per request: the service and path are borrowed from the request, the instance from
 //! the routed leaf, and its `Host` value and connections from its [`Target`].
 
@@ -11,28 +13,24 @@ use crate::output::human;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chi_discovery::Snapshot;
-use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use super::Proxy;
+use super::body::{RequestBody, UpBody};
 use super::headers::{client_address, forwarded_for, strip_hop_by_hop};
 use super::response::{ProxyBody, plain, upstream_response};
 use super::route::{forwarded_path, target};
 use super::service::{Service, Target};
 use super::upstream;
 use crate::cli::RouteBy;
+use crate::limits::{BodyError, Timed};
 use crate::pick::{self, Picked};
 use chi_discovery::Instance;
 use chi_discovery::routing::{Slot, Usable};
 
-/// Largest request body the proxy buffers (bodies are kept to replay them on retries).
-const MAX_BODY: usize = 16 << 20;
 /// How long connecting to an instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -62,20 +60,20 @@ struct Outgoing {
     /// its value in place with the instance's (a map cloned to its length would grow to take a
     /// new entry).
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
     /// A failed attempt may be retried after the request reached the instance.
     retry_any: bool,
 }
 
 impl Outgoing {
-    /// This request, to `target`.
-    fn to(&self, target: &Target) -> Request<Full<Bytes>> {
-        let mut up = Request::new(Full::new(self.body.clone()));
+    /// This request, to `target`; `None` when its body streamed to an earlier attempt.
+    fn to(&self, target: &Target) -> Option<Request<UpBody>> {
+        let mut up = Request::new(self.body.take()?);
         *up.method_mut() = self.method.clone();
         *up.uri_mut() = Uri::from(self.path.clone());
         *up.headers_mut() = self.headers.clone();
         up.headers_mut().insert(header::HOST, target.host.clone());
-        up
+        Some(up)
     }
 }
 
@@ -106,7 +104,7 @@ impl Proxy {
     pub(super) async fn handle(
         &self,
         worker: usize,
-        req: Request<Incoming>,
+        req: Request<Timed>,
         peer: SocketAddr,
         peer_ip: Option<&HeaderValue>,
     ) -> Response<ProxyBody> {
@@ -174,23 +172,17 @@ impl Proxy {
         worker: usize,
         service: &Service,
         first: Snapshot,
-        (parts, body): (hyper::http::request::Parts, Incoming),
+        (parts, body): (hyper::http::request::Parts, Timed),
         path: PathAndQuery,
         (peer, peer_ip): (SocketAddr, Option<&HeaderValue>),
     ) -> Response<ProxyBody> {
-        // A body is kept to replay it on a retry; most requests (GET) have none to read.
-        let body = if body.is_end_stream() {
-            Bytes::new()
-        } else {
-            match Limited::new(body, MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return plain(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("chi proxy: cannot read the request body: {e}"),
-                    );
-                }
+        // Most requests (GET) have no body to read; a small one is kept whole for retries.
+        let body = match RequestBody::read(body).await {
+            Ok(b) => b,
+            Err(e @ BodyError::TimedOut(_)) => {
+                return plain(StatusCode::REQUEST_TIMEOUT, format!("chi proxy: {e}"));
             }
+            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("chi proxy: {e}")),
         };
         let mut headers = parts.headers;
         // Where a request that does not say is from: its client's address, read before this hop
@@ -319,16 +311,31 @@ impl Proxy {
         target.selections.inc();
         target.picks.record();
         let to = (instance.address.as_str(), instance.port);
-        let sent = upstream::send(
-            target.idle.clone(),
-            worker,
-            to,
-            CONNECT_TIMEOUT,
-            request.to(&target),
-        );
-        let (error, stop) = match tokio::time::timeout(self.attempt_timeout, sent).await {
+        let sent = async {
+            let sender = upstream::connection(&target.idle, worker, to, CONNECT_TIMEOUT).await?;
+            // The body is taken only now: a streamed one survives a failed connect.
+            let Some(req) = request.to(&target) else {
+                return Err(upstream::SendError::Spent);
+            };
+            upstream::send(sender, target.idle.clone(), worker, req).await
+        };
+        // The answer is awaited for the attempt timeout from the end of a streamed body (a
+        // large upload may take longer than that to arrive), from the start otherwise.
+        let deadline = async {
+            if let Some(state) = request.body.streaming() {
+                state.ended().await;
+            }
+            tokio::time::sleep(self.attempt_timeout).await;
+        };
+        let outcome = tokio::select! {
+            sent = sent => Ok(sent),
+            () = deadline => Err(()),
+        };
+        // A streamed body went with this attempt: no other may follow.
+        let spent = !request.body.replayable() && request.body.take_is_spent();
+        let (error, stop) = match outcome {
             Ok(Ok((resp, lease)))
-                if !failed_status(resp.status()) || last || !request.retry_any =>
+                if !failed_status(resp.status()) || last || !request.retry_any || spent =>
             {
                 self.record(service, id, !failed_status(resp.status()));
                 return Attempt::Answered(upstream_response(resp, picked, slot, &target, lease));
@@ -336,12 +343,12 @@ impl Proxy {
             Ok(Ok((resp, _))) => (format!("{id} answered {}", resp.status()), false),
             Ok(Err(e)) => {
                 // A request that surely did not reach the instance may go to another.
-                let stop = !(request.retry_any || e.nothing_sent());
+                let stop = spent || !(request.retry_any || e.nothing_sent());
                 (format!("{id}: {e}"), stop)
             }
-            Err(_) => (
+            Err(()) => (
                 format!("{id}: no answer within {}", human(self.attempt_timeout)),
-                !request.retry_any,
+                spent || !request.retry_any,
             ),
         };
         self.record(service, id, false);

@@ -28,6 +28,9 @@ static HOP_BY_HOP: [HeaderName; HOPS] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// Removes the hop-by-hop headers, and `Content-Length` beside `Transfer-Encoding`: a message
+/// with both is framed by its chunks, and a proxy must drop the length before forwarding it
+/// (RFC 9112 §6.1 and §6.3), or the next hop trusts a stale length and cuts the body.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names marks the hop-by-hop ones present; most messages have none, and
     // a backend's answer usually has only `Connection: keep-alive`. Nothing is allocated then.
@@ -73,6 +76,9 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if here {
             headers.remove(name);
         }
+    }
+    if present[5] {
+        headers.remove(header::CONTENT_LENGTH);
     }
 }
 
@@ -148,6 +154,20 @@ mod tests {
         plain.insert("x-keep", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut plain);
         assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn a_length_beside_chunked_framing_is_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["content-length"], "5", "a length alone stays");
     }
 
     #[test]

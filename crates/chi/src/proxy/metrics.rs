@@ -47,8 +47,10 @@ impl ProxyMetrics {
     pub(super) fn register(
         client: &DiscoveryClient,
         config: MetricsConfig,
+        refusals: &crate::limits::Refusals,
     ) -> (ProxyMetrics, admin::MetricsFn) {
         let mut registry = Registry::default();
+        refusals.register(&mut registry);
         let requests = Family::<Labels, Counter>::default();
         let attempts = Family::<Labels, Counter>::default();
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(

@@ -17,8 +17,10 @@
 //!
 //! One concern per file, so each can be read (and tuned) alone:
 //!
-//! - `workers`: the accept loop and the worker threads, each with its own event loop;
+//! - `workers`: the accept loop and the worker threads, each with its own event loop; the
+//!   listener's bounds ([`crate::limits::Door`]) admit connections and time them;
 //! - `route`: which service a request names, and the path it is forwarded with;
+//! - `body`: the request body, kept whole for retries when small, streamed when not;
 //! - `forward`: one request: its body and headers, then the attempts and their retries;
 //! - `response`: the upstream's answer on its way back, and the proxy's own short answers;
 //! - `headers`: hop-by-hop headers and `X-Forwarded-For`;
@@ -31,6 +33,7 @@
 //! - `orca`: the backends' load reports, handed to `orca_weighted_round_robin`;
 //! - `upstream`: kept-alive connections to the instances, per worker.
 
+mod body;
 mod console;
 mod forward;
 mod headers;
@@ -55,12 +58,20 @@ use crate::admin;
 use crate::agent::Shutdown;
 use crate::cli::{ProxyArgs, RouteBy};
 use crate::failure::Failure;
+use crate::limits::{Door, Limits, Refusal, Refusals};
 use crate::progress;
 use crate::source::Source;
 use chi_discovery::routing::{ClientRegions, Routers, TrustedProxies};
 
 use self::metrics::ProxyMetrics;
 use self::service::Service;
+
+/// Connections and requests the proxy serves at once by default (`--max-connections`,
+/// `--max-requests`).
+const MAX_CONNECTIONS: usize = 4096;
+const MAX_REQUESTS: usize = 4096;
+/// Largest request body of the admin port (it takes none it needs).
+const ADMIN_BODY: usize = 64 << 10;
 
 /// Everything the workers share.
 struct Proxy {
@@ -97,7 +108,15 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .retry(source.config.retry)
         .outage(source.config.outage)
         .build(registry.clone());
-    let (metrics, exposition) = ProxyMetrics::register(&client, source.config.metrics);
+    let refusals = Refusals::default();
+    let (metrics, exposition) = ProxyMetrics::register(&client, source.config.metrics, &refusals);
+    let limits = Limits::from_args(
+        &args.conn,
+        Some(&args.requests),
+        (MAX_CONNECTIONS, MAX_REQUESTS),
+    );
+    let door = Door::new("proxy", limits, Refusal::Http, &refusals);
+    let admin_door = Door::new("proxy_admin", limits.admin(), Refusal::Http, &refusals);
 
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
@@ -129,7 +148,14 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let warm = progress::services(&args.warm_up, registry.as_ref()).await?;
     progress::warm_up(&proxy.client, &warm).await;
     let console = console::console(&proxy, registry.clone());
-    let admin_addr = admin::serve(args.admin, registry, health, exposition, console).await?;
+    let admin_addr = admin::serve(
+        args.admin,
+        registry,
+        (health, exposition),
+        console,
+        (admin_door, ADMIN_BODY),
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -138,9 +164,9 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 .hint("pick another address with --listen 127.0.0.1:PORT")
         })?;
     let bound = listener.local_addr()?;
-    let queues = workers::start(&proxy)?;
+    let queues = workers::start(&proxy, &door)?;
     println!(
         "chi proxy: listening on http://{bound} ({workers} worker(s)); admin on http://{admin_addr}"
     );
-    workers::deal(listener, queues, shutdown).await
+    workers::deal(listener, &door, queues, shutdown).await
 }

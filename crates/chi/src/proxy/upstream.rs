@@ -9,17 +9,16 @@ use crate::output::human;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+use super::body::UpBody;
 use crate::sync;
 
 /// A connection to one instance, ready to send a request.
-type Sender = SendRequest<Full<Bytes>>;
+pub(super) type Sender = SendRequest<UpBody>;
 
 /// Idle connections kept per instance and worker; more are closed when they come back.
 const MAX_IDLE: usize = 512;
@@ -61,6 +60,8 @@ pub(crate) enum SendError {
     Connect(String),
     /// The connection failed while sending or waiting for the response head.
     Http(hyper::Error),
+    /// The request's body streamed to an earlier attempt: it cannot be sent again.
+    Spent,
 }
 
 impl SendError {
@@ -69,6 +70,7 @@ impl SendError {
         match self {
             SendError::Connect(_) => true,
             SendError::Http(e) => e.is_canceled(),
+            SendError::Spent => true,
         }
     }
 }
@@ -78,6 +80,7 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Connect(e) => write!(f, "cannot connect: {e}"),
             SendError::Http(e) => f.write_str(&chi_discovery::error::display_chain(e)),
+            SendError::Spent => f.write_str("the request body went to an earlier attempt"),
         }
     }
 }
@@ -97,15 +100,14 @@ impl Lease {
     }
 }
 
-/// Sends `req` to `host:port` on an idle connection of `worker`, or on a new one.
-pub(crate) async fn send(
-    idle: Arc<Idle>,
+/// An idle connection of `worker` to `host:port`, or a new one. Nothing is sent yet, so a
+/// request whose body can go only once keeps it when this fails.
+pub(crate) async fn connection(
+    idle: &Idle,
     worker: usize,
     (host, port): (&str, u16),
     connect_timeout: Duration,
-    req: Request<Full<Bytes>>,
-) -> Result<(Response<Incoming>, Lease), SendError> {
-    let mut sender = None;
+) -> Result<Sender, SendError> {
     while let Some(mut s) = idle.take(worker) {
         if s.is_closed() {
             continue;
@@ -113,14 +115,19 @@ pub(crate) async fn send(
         // A connection whose last response just ended may still be settling; it is ready (or
         // closed) as soon as its task has run.
         if s.ready().await.is_ok() {
-            sender = Some(s);
-            break;
+            return Ok(s);
         }
     }
-    let mut sender = match sender {
-        Some(s) => s,
-        None => connect(host, port, connect_timeout).await?,
-    };
+    connect(host, port, connect_timeout).await
+}
+
+/// Sends `req` on `sender`, a connection of `worker` to an instance whose idle list is `idle`.
+pub(crate) async fn send(
+    mut sender: Sender,
+    idle: Arc<Idle>,
+    worker: usize,
+    req: Request<UpBody>,
+) -> Result<(Response<Incoming>, Lease), SendError> {
     let resp = sender.send_request(req).await.map_err(SendError::Http)?;
     Ok((
         resp,
@@ -147,7 +154,11 @@ async fn connect(host: &str, port: u16, timeout: Duration) -> Result<Sender, Sen
             }
         };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+    // Response bodies stream back in chunks cut from this connection's read buffer: bounded
+    // as the client side's (see `limits::READ_BUFFER`).
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(crate::limits::READ_BUFFER)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| SendError::Connect(chi_discovery::error::display_chain(&e)))?;
     tokio::spawn(async move {

@@ -12,19 +12,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::Proxy;
 use crate::agent::Shutdown;
 use crate::failure::Failure;
+use crate::limits::{Door, Ticket};
 
-/// A connection for a worker: the socket and the peer address.
-type Accepted = (std::net::TcpStream, SocketAddr);
+/// A connection for a worker: the socket, the peer address, and its place under the door's
+/// connection bound (the queues hold at most that many).
+type Accepted = (std::net::TcpStream, SocketAddr, Ticket);
 
-/// Starts `proxy.workers` worker threads; returns the queue of each.
-pub(super) fn start(proxy: &Arc<Proxy>) -> anyhow::Result<Vec<UnboundedSender<Accepted>>> {
+/// Starts `proxy.workers` worker threads serving through `door`; returns the queue of each.
+pub(super) fn start(
+    proxy: &Arc<Proxy>,
+    door: &Door,
+) -> anyhow::Result<Vec<UnboundedSender<Accepted>>> {
     let mut queues = Vec::with_capacity(proxy.workers);
     for n in 0..proxy.workers {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -32,17 +36,20 @@ pub(super) fn start(proxy: &Arc<Proxy>) -> anyhow::Result<Vec<UnboundedSender<Ac
             .build()?;
         let (tx, rx) = unbounded_channel();
         let proxy = proxy.clone();
+        let door = door.clone();
         std::thread::Builder::new()
             .name(format!("chi-proxy-{n}"))
-            .spawn(move || runtime.block_on(serve(proxy, n, rx)))?;
+            .spawn(move || runtime.block_on(serve(proxy, door, n, rx)))?;
         queues.push(tx);
     }
     Ok(queues)
 }
 
-/// Accepts connections and deals them to the workers in turn, until SIGINT or SIGTERM.
+/// Accepts connections, lets `door` admit or refuse each, and deals them to the workers in
+/// turn, until SIGINT or SIGTERM.
 pub(super) async fn deal(
     listener: TcpListener,
+    door: &Door,
     queues: Vec<UnboundedSender<Accepted>>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<ExitCode> {
@@ -60,6 +67,9 @@ pub(super) async fn deal(
             },
         };
         let _ = stream.set_nodelay(true);
+        let Some((stream, ticket)) = door.admit(stream) else {
+            continue;
+        };
         // The worker registers the socket with its own event loop.
         let stream = match stream.into_std() {
             Ok(s) => s,
@@ -71,7 +81,7 @@ pub(super) async fn deal(
         let Some(queue) = queues.get(next) else {
             return Err(Failure::failed("chi proxy has no worker").into());
         };
-        if queue.send((stream, peer)).is_err() {
+        if queue.send((stream, peer, ticket)).is_err() {
             return Err(Failure::failed(format!("proxy worker {next} stopped")).into());
         }
         next = (next + 1) % queues.len();
@@ -79,8 +89,13 @@ pub(super) async fn deal(
 }
 
 /// One worker: serves the connections dealt to it on its own (single-threaded) runtime.
-async fn serve(proxy: Arc<Proxy>, worker: usize, mut accepted: UnboundedReceiver<Accepted>) {
-    while let Some((stream, peer)) = accepted.recv().await {
+async fn serve(
+    proxy: Arc<Proxy>,
+    door: Door,
+    worker: usize,
+    mut accepted: UnboundedReceiver<Accepted>,
+) {
+    while let Some((stream, peer, ticket)) = accepted.recv().await {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -91,6 +106,7 @@ async fn serve(proxy: Arc<Proxy>, worker: usize, mut accepted: UnboundedReceiver
         let proxy = proxy.clone();
         // X-Forwarded-For of this connection, made once for all its requests.
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
+        let door = door.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
@@ -99,13 +115,7 @@ async fn serve(proxy: Arc<Proxy>, worker: usize, mut accepted: UnboundedReceiver
                     Ok::<_, Infallible>(proxy.handle(worker, req, peer, peer_ip.as_ref()).await)
                 }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
+            door.serve(stream, ticket, service).await;
         });
     }
 }

@@ -205,18 +205,18 @@ impl Session for DeltaSession {
                 kind.short()
             )));
         }
-        self.refollow();
+        let (named, wildcard) = self.wanted();
+        self.parts
+            .following
+            .bound_unknown(&named)
+            .await
+            .map_err(StreamEnd::Refused)?;
+        self.parts.following.follow(named, wildcard);
         self.push().await
     }
 
     fn refollow(&mut self) {
-        let named = self
-            .types
-            .values()
-            .flat_map(|ts| ts.names.iter().chain(ts.held.keys()))
-            .map(|n| self.parts.shape.split(n).0.to_owned())
-            .collect();
-        let wildcard = self.types.values().any(|t| t.wildcard);
+        let (named, wildcard) = self.wanted();
         self.parts.following.follow(named, wildcard);
     }
 
@@ -248,6 +248,18 @@ impl Session for DeltaSession {
 }
 
 impl DeltaSession {
+    /// The services the stream's subscriptions (and what the client holds) name, and whether
+    /// the catalogue too (wildcards).
+    fn wanted(&self) -> (BTreeSet<String>, bool) {
+        let named = self
+            .types
+            .values()
+            .flat_map(|ts| ts.names.iter().chain(ts.held.keys()))
+            .map(|n| self.parts.shape.split(n).0.to_owned())
+            .collect();
+        (named, self.types.values().any(|t| t.wildcard))
+    }
+
     /// What the client needs of `kind` now, recorded as sent.
     fn delta(&mut self, kind: Kind) -> Delta {
         let mut delta = Delta::default();

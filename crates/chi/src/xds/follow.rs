@@ -5,14 +5,22 @@
 //! catalogue while a wildcard subscription is open, and a wake-up when any of it changes. This
 //! holds those watches (shared through [`Hub`]) so that the two protocols differ only in what
 //! they send.
+//!
+//! A name costs a registry watch for as long as some stream follows it, whether or not the
+//! registry knows it: a stream may follow a bounded number of names the registry does not know
+//! (`chi xds --max-unknown-names`, [`Following::bound_unknown`]), so that a few names asked for
+//! before their services register are fine, and a request naming thousands of made-up services
+//! is refused with `RESOURCE_EXHAUSTED` before any watch opens for it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
+use tonic::Status;
 
 use super::state::{Catalog, Hub};
 use super::view::ServiceView;
@@ -33,16 +41,49 @@ pub(crate) struct Following {
     pub(crate) views: HashMap<String, ServiceView>,
     changes: StreamMap<String, WatchStream<ServiceView>>,
     catalog: Option<watch::Receiver<Catalog>>,
+    /// Most followed names the registry does not know.
+    max_unknown: usize,
 }
 
+/// How long a stream waits for the registry's first list of services, to tell the names it knows
+/// from those it does not; without one by then, only names with instances count as known.
+const CATALOG_WAIT: Duration = Duration::from_secs(2);
+
 impl Following {
-    pub(crate) fn new(hub: Arc<Hub>) -> Following {
+    /// Follows services through `hub`, at most `max_unknown` of them unknown to the registry.
+    pub(crate) fn new(hub: Arc<Hub>, max_unknown: usize) -> Following {
         Following {
             hub,
             views: HashMap::new(),
             changes: StreamMap::new(),
             catalog: None,
+            max_unknown,
         }
+    }
+
+    /// Refuses, with `RESOURCE_EXHAUSTED`, to follow `named` when more than the bound of its
+    /// names are unknown: in no list of the registry's services, nor with instances on this
+    /// stream. Costs
+    /// nothing when `named` is within the bound; otherwise one look per name at the catalogue
+    /// (read every few seconds for the whole server, not per stream).
+    pub(crate) async fn bound_unknown(&self, named: &BTreeSet<String>) -> Result<(), Status> {
+        if named.len() <= self.max_unknown {
+            return Ok(());
+        }
+        let catalog = self.hub.catalog_within(CATALOG_WAIT).await;
+        let known = |name: &String| {
+            catalog.as_ref().is_some_and(|c| c.contains(name))
+                || self.views.get(name).is_some_and(|v| v.instances.is_some())
+        };
+        let unknown = named.iter().filter(|n| !known(n)).count();
+        if unknown <= self.max_unknown {
+            return Ok(());
+        }
+        Err(Status::resource_exhausted(format!(
+            "{unknown} of the {} services this stream asks for are not in the registry; at most {} (--max-unknown-names)",
+            named.len(),
+            self.max_unknown
+        )))
     }
 
     /// The catalogue, when a wildcard subscription asked for it and the registry listed its

@@ -61,9 +61,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::admin;
 use crate::agent::Shutdown;
 use crate::cli::XdsArgs;
 use crate::failure::Failure;
+use crate::limits::{ConnInfo, Door, Limits, Reason, Refusal, Refusals};
 use crate::source::Source;
 
 use clients::{ClientLog, Clients};
@@ -75,6 +77,8 @@ use state::{Encoded, Hub};
 
 /// Most names one request may carry; more is refused as a malformed request.
 const MAX_NAMES: usize = 10_000;
+/// Connections `chi xds` serves at once by default (`--max-connections`).
+const MAX_CONNECTIONS: usize = 1024;
 /// Responses queued per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 16;
 
@@ -101,14 +105,25 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         hash_key_header: Arc::from(source.config.load_balancer.hash_key_header.as_str()),
         orca: source.config.load_balancer.orca,
     };
-    let server = XdsServer::new(Hub::new(client), shape.clone(), args.max_streams);
+    let refusals = Refusals::default();
+    let limits = Limits::from_args(
+        &args.conn,
+        None,
+        (MAX_CONNECTIONS, args.max_streams as usize),
+    );
+    let door = Door::new("xds", limits, Refusal::Grpc, &refusals);
+    let server = XdsServer::new(Hub::new(client), shape.clone(), args.max_streams)
+        .unknown_names(args.max_unknown_names)
+        .counting(refusals.clone());
     let closing = server.closing.clone();
     if let Some(admin) = args.admin {
+        let door = Door::new("xds_admin", limits.admin(), Refusal::Http, &refusals);
         let feed = crate::console::XdsFeed {
             clients: server.clients(),
             strategy: shape.strategy,
         };
-        let bound = crate::console::serve_xds(admin, registry.clone(), feed).await?;
+        let metrics = exposition(&refusals);
+        let bound = crate::console::serve_xds(admin, registry.clone(), feed, metrics, door).await?;
         println!("xds admin on http://{bound}");
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -120,10 +135,12 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     let bound: SocketAddr = listener.local_addr()?;
     println!("xds on grpc://{bound}");
     tracing::info!(%bound, strategy = shape.strategy.as_str(), rds = shape.rds, geo = shape.geo.is_enabled(), max_streams = args.max_streams, restart_grace = ?args.restart_grace, "serving ADS");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let keepalive = Some(args.keepalive).filter(|k| !k.is_zero());
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(keepalive)
         .add_service(server.into_service())
-        .serve_with_incoming_shutdown(incoming, async move {
+        .serve_with_incoming_shutdown(door.incoming(listener), async move {
             shutdown.wait().await;
             // ADS streams never end by themselves: end them, so the graceful shutdown completes.
             closing.close();
@@ -133,6 +150,19 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `/metrics` of `chi xds --admin`: the refusals of its ports.
+fn exposition(refusals: &Refusals) -> admin::MetricsFn {
+    let mut registry = prometheus_client::registry::Registry::default();
+    refusals.register(&mut registry);
+    Arc::new(move || {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    })
+}
+
 /// The ADS service: shared services plus a bound on concurrent streams.
 #[derive(Debug, Clone)]
 pub(crate) struct XdsServer {
@@ -140,9 +170,13 @@ pub(crate) struct XdsServer {
     shape: Shape,
     streams: Arc<Semaphore>,
     max_streams: u32,
+    /// Most names one stream may follow that the registry does not know.
+    max_unknown: usize,
     versions: Arc<AtomicU64>,
     closing: Closing,
     encoded: Arc<Encoded>,
+    /// Streams refused and ended by a bound (`chi_refused_total{server="xds"}`).
+    refusals: Refusals,
     /// What each open stream was sent and answered (read by the console).
     clients: Arc<Clients>,
 }
@@ -167,11 +201,26 @@ impl XdsServer {
             shape,
             streams: Arc::new(Semaphore::new(max_streams as usize)),
             max_streams,
+            max_unknown: MAX_NAMES,
             versions: Arc::new(AtomicU64::new(first_version())),
             closing: Closing(Arc::new(watch::Sender::new(false))),
             encoded: Arc::new(Encoded::new(shape_uses_place)),
+            refusals: Refusals::default(),
             clients: Arc::new(Clients::default()),
         }
+    }
+
+    /// Lets each stream follow at most `n` names the registry does not know (by default, as
+    /// many as one request may carry).
+    pub(crate) fn unknown_names(mut self, n: u32) -> XdsServer {
+        self.max_unknown = n as usize;
+        self
+    }
+
+    /// Counts refused and ended streams into `refusals`.
+    pub(crate) fn counting(mut self, refusals: Refusals) -> XdsServer {
+        self.refusals = refusals;
+        self
     }
 
     /// Every open stream's client and what it was sent and answered (read-only).
@@ -220,7 +269,7 @@ impl XdsServer {
     fn parts(&self, log: Arc<ClientLog>) -> Parts {
         Parts {
             log,
-            following: Following::new(self.hub.clone()),
+            following: Following::new(self.hub.clone(), self.max_unknown),
             shape: self.shape.clone(),
             versions: self.versions.clone(),
             encoded: self.encoded.clone(),
@@ -239,24 +288,30 @@ impl XdsServer {
         session: impl FnOnce(mpsc::Sender<Result<S::Response, Status>>, Arc<ClientLog>) -> S,
     ) -> Result<Response<Responses<S::Response>>, Status> {
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            self.refusals.count("xds", Reason::Streams);
             Status::resource_exhausted(format!(
                 "this chi xds serves at most {} ADS streams (--max-streams); try another server or later",
                 self.max_streams
             ))
         })?;
-        let peer = request.remote_addr();
+        // The stream counts as its connection's request in flight while it is open, so the
+        // connection is not idle.
+        let conn = request.extensions().get::<ConnInfo>().cloned();
+        let in_flight = conn.as_ref().map(|c| c.activity.start());
+        let peer = conn.map(|c| c.peer).or_else(|| request.remote_addr());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let log = self.clients.open(S::VARIANT, peer);
         let session = session(tx.clone(), log.clone());
         let clients = self.clients.clone();
         let requests = request.into_inner();
         let closing = self.closing.0.subscribe();
+        let refusals = self.refusals.clone();
         tokio::spawn(async move {
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream opened");
-            drive(session, requests, closing, tx).await;
+            drive(session, requests, closing, tx, refusals).await;
             clients.close(&log);
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream closed");
-            drop(permit);
+            drop((permit, in_flight));
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -350,6 +405,7 @@ async fn drive<S: Session>(
     mut requests: Streaming<S::Request>,
     mut closing: watch::Receiver<bool>,
     tx: mpsc::Sender<Result<S::Response, Status>>,
+    refusals: Refusals,
 ) {
     let end = loop {
         let step = tokio::select! {
@@ -358,7 +414,7 @@ async fn drive<S: Session>(
                 Some(Ok(request)) => session.on_request(request).await,
                 Some(Err(status)) => {
                     tracing::debug!(variant = S::VARIANT, "ADS stream error from the client: {status}");
-                    Err(StreamEnd::Gone)
+                    Err(client_error(status))
                 }
                 None => Err(StreamEnd::Gone),
             },
@@ -381,12 +437,33 @@ async fn drive<S: Session>(
                 "refused an ADS request: {}",
                 status.message()
             );
+            let reason = match status.code() {
+                tonic::Code::ResourceExhausted => Reason::UnknownNames,
+                _ => Reason::BadRequest,
+            };
+            refusals.count("xds", reason);
             let _ = tx.send(Err(status)).await;
         }
         StreamEnd::Closing => {
             let status = Status::unavailable("chi xds is shutting down");
             let _ = tx.send(Err(status)).await;
         }
+    }
+}
+
+/// How a stream ends on an error reading its requests: a request that does not decode (or
+/// that tonic refused) ends it with `INVALID_ARGUMENT`, not a silent `OK`; a client that reset
+/// or cancelled the stream is simply gone.
+fn client_error(status: Status) -> StreamEnd {
+    match status.code() {
+        tonic::Code::Internal
+        | tonic::Code::InvalidArgument
+        | tonic::Code::OutOfRange
+        | tonic::Code::ResourceExhausted => StreamEnd::Refused(Status::invalid_argument(format!(
+            "cannot read the request: {}",
+            status.message()
+        ))),
+        _ => StreamEnd::Gone,
     }
 }
 

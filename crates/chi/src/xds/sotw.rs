@@ -134,20 +134,31 @@ impl AdsStream {
         }
         ts.wildcard = wildcard;
         ts.names = names;
-        self.follow_wanted();
+        let (named, wildcard) = self.wanted();
+        self.parts
+            .following
+            .bound_unknown(&named)
+            .await
+            .map_err(StreamEnd::Refused)?;
+        self.parts.following.follow(named, wildcard);
         self.push().await
     }
 
-    /// Follows the services some type of this stream wants: named ones, plus the catalogue for
-    /// wildcards.
-    fn follow_wanted(&mut self) {
+    /// The services some type of this stream wants: named ones, and whether the catalogue too
+    /// (wildcards).
+    fn wanted(&self) -> (BTreeSet<String>, bool) {
         let named = self
             .types
             .values()
             .flat_map(|ts| ts.names.iter())
             .map(|n| self.parts.shape.split(n).0.to_owned())
             .collect();
-        let wildcard = self.types.values().any(|t| t.wildcard);
+        (named, self.types.values().any(|t| t.wildcard))
+    }
+
+    /// Follows the services some type of this stream wants.
+    fn follow_wanted(&mut self) {
+        let (named, wildcard) = self.wanted();
         self.parts.following.follow(named, wildcard);
     }
 

@@ -73,6 +73,15 @@ impl Hub {
         }
     }
 
+    /// The catalogue, waiting at most `wait` for the registry's first list.
+    pub(crate) async fn catalog_within(self: &Arc<Self>, wait: Duration) -> Catalog {
+        let mut rx = self.catalog();
+        if rx.borrow().is_none() {
+            let _ = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
+        }
+        rx.borrow().clone()
+    }
+
     /// Every service name the registry lists, refreshed every few seconds once asked for.
     pub(crate) fn catalog(self: &Arc<Self>) -> watch::Receiver<Catalog> {
         if !self.catalog_started.swap(true, Ordering::AcqRel) {

@@ -193,6 +193,10 @@ pub(super) async fn run_instance(
                 }
             }
         }
-        tokio::time::sleep_until(started + jittered(interval, inner.jitter)).await;
+        tokio::time::sleep_until(crate::util::after(
+            started,
+            jittered(interval, inner.jitter),
+        ))
+        .await;
     }
 }

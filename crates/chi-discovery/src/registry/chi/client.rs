@@ -12,6 +12,10 @@ use super::wire::check_names;
 use crate::error::{Error, Result};
 
 /// A client of one agent's registry API.
+/// How long a kept-alive connection to the agent may wait for the next call: under the agent's
+/// default header timeout (`chi agent --header-timeout`, 30 s).
+const IDLE: std::time::Duration = std::time::Duration::from_secs(20);
+
 #[derive(Debug)]
 pub(super) struct Client {
     /// The agent's base URL, for messages.
@@ -33,10 +37,14 @@ impl Client {
         if let Ok(mut path) = services.path_segments_mut() {
             path.pop_if_empty().extend(["v1", "services"]);
         }
+        // The agent closes a kept-alive connection that waits 30 s for its next request (its
+        // header timeout): an idle one is let go sooner here, so no call goes out on a
+        // connection the agent is closing.
         let builder = || {
             reqwest::Client::builder()
                 .no_proxy()
                 .connect_timeout(config.request_timeout)
+                .pool_idle_timeout(IDLE)
         };
         let build = |b: reqwest::ClientBuilder| {
             b.build()

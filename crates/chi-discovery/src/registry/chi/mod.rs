@@ -126,6 +126,8 @@ impl Registry for Agent {
     }
 
     async fn register(&self, instance: &Instance) -> Result<()> {
+        // Refused here as by every adapter (an error naming the field), not as the agent's 400.
+        instance.validate_registration()?;
         let url = self.client.url(&instance.name, Some(&instance.id), None)?;
         let req = self.client.call(Method::PUT, url).json(instance);
         self.note(self.client.send(req).await).map(drop)

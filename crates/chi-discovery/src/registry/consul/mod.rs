@@ -274,7 +274,7 @@ impl Registry for Consul {
         instance: &Instance,
         checks: &[HealthCheck],
     ) -> Result<()> {
-        instance.validate()?;
+        instance.validate_registration()?;
         if !self.inner.config.allow_other_check_hosts {
             for c in checks {
                 check_target_is_own(instance, &c.target)?;
@@ -298,7 +298,7 @@ impl Registry for Consul {
     }
 
     async fn register(&self, instance: &Instance) -> Result<()> {
-        instance.validate()?;
+        instance.validate_registration()?;
         let reg = self.registration(instance);
         self.inner.client.register(&reg).await?;
         Ok(())

@@ -121,7 +121,8 @@ impl Inner {
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let n = self.clients.len();
-        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        let deadline =
+            crate::util::after(tokio::time::Instant::now(), self.settings.request_timeout);
         let mut attempt = 0;
         loop {
             let i = self.current.load(Ordering::Relaxed) % n;

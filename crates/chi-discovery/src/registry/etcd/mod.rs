@@ -316,7 +316,7 @@ impl Registry for Etcd {
     }
 
     async fn register(&self, instance: &Instance) -> Result<()> {
-        instance.validate()?;
+        instance.validate_registration()?;
         self.inner.put(instance).await
     }
 

@@ -426,7 +426,7 @@ impl Registry for Nacos {
     }
 
     async fn register(&self, instance: &Instance) -> Result<()> {
-        instance.validate()?;
+        instance.validate_registration()?;
         check_service(&instance.name)?;
         let si = convert::to_nacos(instance, &self.shared.config.cluster_name)?;
         let key = (instance.name.clone(), instance.id.clone());

@@ -176,7 +176,8 @@ async fn release(shared: &Shared, service: &str) {
 impl Task {
     async fn run(mut self, mut release: Release) {
         let period = self.shared.config.watch_check_interval;
-        let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+        let period = period.min(crate::util::FOREVER);
+        let mut tick = tokio::time::interval_at(crate::util::after(Instant::now(), period), period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let Some(nudges) = release.nudges() else {
             return;

@@ -48,6 +48,9 @@ impl At {
     }
     fn duration(&self, value: &str) -> Result<Duration> {
         match humantime::parse_duration(value.trim()) {
+            Ok(d) if d > crate::config::MAX_DURATION => Err(self.err(
+                crate::config::too_long(d, value).unwrap_or_else(|| "is too long".to_owned()),
+            )),
             Ok(d) if !d.is_zero() => Ok(d),
             Ok(_) => Err(self.err(format!("must be greater than zero, got {value:?}"))),
             Err(_) => Err(self.err(format!(

@@ -33,7 +33,7 @@ pub(crate) fn encode(
     instance: &Instance,
     now_ms: i64,
 ) -> Result<(String, Vec<u8>)> {
-    instance.validate()?;
+    instance.validate_registration()?;
     validate_node_name("service name", &instance.name)?;
     match layout {
         Layout::Curator => {

@@ -43,6 +43,7 @@ mod registry;
 mod routing;
 mod server;
 mod sotw;
+mod unknown;
 
 use client::{Delta, Reply, Sotw, Variant};
 use registry::Flaky;

@@ -60,6 +60,25 @@ pub(crate) async fn serve_with_grace(
     max_streams: u32,
     grace: Duration,
 ) -> Fixture {
+    start(registry, shape, (max_streams, None), grace).await
+}
+
+/// A server over `registry` whose streams may each follow at most `max_unknown` names the
+/// registry does not know.
+pub(crate) async fn serve_bounded(
+    registry: Arc<dyn Registry>,
+    shape: Shape,
+    max_unknown: u32,
+) -> Fixture {
+    start(registry, shape, (8, Some(max_unknown)), Duration::ZERO).await
+}
+
+async fn start(
+    registry: Arc<dyn Registry>,
+    shape: Shape,
+    (max_streams, max_unknown): (u32, Option<u32>),
+    grace: Duration,
+) -> Fixture {
     pause_clock();
     let registry = Counted::new(registry);
     let retry = RetryPolicy {
@@ -72,7 +91,10 @@ pub(crate) async fn serve_with_grace(
         .outage(OutagePolicy::with_restart_grace(grace))
         .build(registry.clone());
     let hub = Hub::new(client);
-    let server = XdsServer::new(hub, shape, max_streams);
+    let mut server = XdsServer::new(hub, shape, max_streams);
+    if let Some(n) = max_unknown {
+        server = server.unknown_names(n);
+    }
     let closing = server.closing.clone();
     let clients = server.clients();
     let service = server.into_service();
