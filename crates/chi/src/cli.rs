@@ -83,7 +83,10 @@ pub(crate) enum Format {
 #[command(
     after_help = "Examples:\n  chi agent -c chi-config.yaml\n  chi agent -c chi-config.yaml --admin 127.0.0.1:9901\n\n\
 With the embedded `memory` registry the agent serves it on the admin port, so other commands can use it:\n  \
-chi discover user-service --registry chi://127.0.0.1:9901"
+chi discover user-service --registry chi://127.0.0.1:9901\n\n\
+Beyond loopback, set a write token (and a read token to keep lists private):\n  \
+CHI_AGENT_WRITE_TOKEN=... CHI_AGENT_READ_TOKEN=... chi agent -c chi-config.yaml --admin 0.0.0.0:9901\n  \
+CHI_AGENT_TOKEN=... chi discover user-service --registry chi://agent.internal:9901"
 )]
 pub(crate) struct AgentArgs {
     #[command(flatten)]
@@ -93,9 +96,14 @@ pub(crate) struct AgentArgs {
     #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR")]
     pub(crate) admin: SocketAddr,
     /// Let the console at /ui deregister instances. Without it the console is read-only; with
-    /// it, whoever reaches the admin port may (as with the /v1 API).
+    /// it, whoever may write through the /v1 API may (the write token, when one is set).
     #[arg(long)]
     pub(crate) console_writes: bool,
+    /// Serve the registry API on an address beyond loopback without a write token
+    /// (service_discovery.agent.write_token or CHI_AGENT_WRITE_TOKEN): anyone who reaches it
+    /// may then register and deregister anything. Also lets forward_writes go without one.
+    #[arg(long)]
+    pub(crate) insecure: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 
 mod admin;
 mod agent;
+mod auth;
 mod check;
 mod cli;
 mod config_check;

@@ -28,6 +28,26 @@ pub struct ServiceDiscovery {
     pub load_balancer: Option<LoadBalancer>,
     pub routing: Option<Routing>,
     pub metrics: Option<Metrics>,
+    pub agent: Option<Agent>,
+}
+
+/// `service_discovery.agent`: who may use `chi agent`'s registry API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub read_token: Option<Secret>,
+    pub write_token: Option<Secret>,
+    #[serde(default)]
+    pub write_scopes: Vec<WriteScope>,
+    pub forward_writes: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteScope {
+    pub token: Option<Secret>,
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +141,7 @@ pub struct Chi {
     #[serde(default)]
     pub enabled: bool,
     pub address: Option<String>,
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -88,7 +88,10 @@ impl Registries {
                         "expected chi://host:port (the admin address a `chi agent` prints), got {url:?}"
                     )));
                 }
-                out.chi = Some(AgentConfig::new(rest));
+                out.chi = Some(AgentConfig {
+                    token: env_secret(env, chi::ENV_TOKEN, None).unwrap_or_default(),
+                    ..AgentConfig::new(rest)
+                });
             }
             other => {
                 return Err(field.err(format!(
@@ -292,7 +295,10 @@ pub(super) fn registries(
     if let Some(c) = r.chi.filter(|c| c.enabled) {
         let address = non_empty(c.address).unwrap_or_else(|| chi::DEFAULT_ADDRESS.into());
         host_port(&address, &at.join("chi").join("address"))?;
-        let config = AgentConfig::new(address);
+        let config = AgentConfig {
+            token: env_secret(env, chi::ENV_TOKEN, c.token).unwrap_or_default(),
+            ..AgentConfig::new(address)
+        };
         config.validate()?;
         out.chi = Some(config);
     }

@@ -76,3 +76,22 @@ fn chi_urls() {
         );
     }
 }
+
+#[test]
+fn the_agents_token_comes_from_the_file_or_the_environment() {
+    let with_token = CHI.replace(
+        "      address: \"127.0.0.1:9901\"\n",
+        "      address: \"127.0.0.1:9901\"\n      token: \"file-token\"\n",
+    );
+    let c = Config::from_yaml_with_env(&with_token, |_| None).expect("loads");
+    assert_eq!(c.registries.chi.expect("chi").token.expose(), "file-token");
+    let env = |k: &str| (k == "CHI_AGENT_TOKEN").then(|| "env-token".to_owned());
+    let c = Config::from_yaml_with_env(&with_token, env).expect("loads");
+    assert!(!c.registries.identity().contains("token"));
+    let agent = c.registries.chi.expect("chi");
+    assert_eq!(agent.token.expose(), "env-token");
+    assert!(!format!("{agent:?}").contains("env-token"));
+    // A URL never carries it: from the environment only.
+    let r = Registries::from_url("chi://127.0.0.1:9901", &env).expect("url");
+    assert_eq!(r.chi.expect("chi").token.expose(), "env-token");
+}

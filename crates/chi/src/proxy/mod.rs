@@ -129,7 +129,8 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let warm = progress::services(&args.warm_up, registry.as_ref()).await?;
     progress::warm_up(&proxy.client, &warm).await;
     let console = console::console(&proxy, registry.clone());
-    let admin_addr = admin::serve(args.admin, registry, health, exposition, console).await?;
+    // Health, metrics and the console only: the admin port takes no registry writes.
+    let admin_addr = admin::serve(args.admin, None, health, exposition, console).await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

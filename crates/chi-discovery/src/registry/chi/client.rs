@@ -10,6 +10,7 @@ use super::BACKEND;
 use super::config::AgentConfig;
 use super::wire::check_names;
 use crate::error::{Error, Result};
+use crate::secret::Secret;
 
 /// A client of one agent's registry API.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub(super) struct Client {
     /// For watches: no deadline on the whole response (it lasts), only on connecting; the watch
     /// bounds the wait for each line itself.
     streams: reqwest::Client,
+    /// Sent as `Authorization: Bearer` when not empty.
+    token: Secret,
 }
 
 impl Client {
@@ -47,6 +50,7 @@ impl Client {
             services,
             http: build(builder().timeout(config.request_timeout))?,
             streams: build(builder())?,
+            token: config.token.clone(),
         })
     }
 
@@ -76,12 +80,21 @@ impl Client {
 
     /// A call to `url` with `method`, under the call deadline.
     pub(super) fn call(&self, method: reqwest::Method, url: Url) -> RequestBuilder {
-        self.http.request(method, url)
+        self.authorized(self.http.request(method, url))
+    }
+
+    /// `req` with the token, if there is one (reqwest marks the header sensitive).
+    fn authorized(&self, req: RequestBuilder) -> RequestBuilder {
+        if self.token.is_empty() {
+            req
+        } else {
+            req.bearer_auth(self.token.expose())
+        }
     }
 
     /// A watch request: only connecting has a deadline.
     pub(super) fn stream(&self, url: Url) -> RequestBuilder {
-        self.streams.get(url)
+        self.authorized(self.streams.get(url))
     }
 
     /// Sends `req`; a status other than 2xx is an error carrying the agent's message.

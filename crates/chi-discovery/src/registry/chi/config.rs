@@ -10,12 +10,16 @@ use std::time::Duration;
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::secret::Secret;
 
 /// YAML path of the `chi` block, the prefix of every config error of this adapter.
 pub const FIELD: &str = "service_discovery.registries.chi";
 const ADDRESS_FIELD: &str = "service_discovery.registries.chi.address";
 /// The admin address of a `chi agent` started without `--admin`.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9901";
+/// The environment variable holding the token sent to the agent (it wins over
+/// `service_discovery.registries.chi.token`).
+pub const ENV_TOKEN: &str = "CHI_AGENT_TOKEN";
 
 /// How to reach a running `chi agent`.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +29,9 @@ pub struct AgentConfig {
     pub address: String,
     /// Deadline of one call, and of connecting a watch (a watch itself lasts).
     pub request_timeout: Duration,
+    /// The token sent as `Authorization: Bearer` with every call, when the agent asks for one
+    /// (its `service_discovery.agent` tokens); empty: none is sent. Never part of the URL.
+    pub token: Secret,
 }
 
 impl Default for AgentConfig {
@@ -33,6 +40,7 @@ impl Default for AgentConfig {
         AgentConfig {
             address: DEFAULT_ADDRESS.into(),
             request_timeout: Duration::from_secs(5),
+            token: Secret::default(),
         }
     }
 }
@@ -43,6 +51,14 @@ impl AgentConfig {
         AgentConfig {
             address: address.into(),
             ..AgentConfig::default()
+        }
+    }
+
+    /// The same agent, calling with `token` (`Authorization: Bearer`).
+    pub fn with_token(self, token: impl Into<Secret>) -> Self {
+        AgentConfig {
+            token: token.into(),
+            ..self
         }
     }
 
