@@ -14,7 +14,7 @@ name TEMPLATE gives, {service} replaced, e.g. 'dns://10.96.0.10?srv=_{service}._
 no SERVER: the system resolver), or chi://host:port (the admin address of a running `chi agent`, \
 which serves its embedded registry). Credentials come from CHI_CONSUL_TOKEN, CHI_ETCD_USERNAME, \
 CHI_ETCD_PASSWORD, CHI_NACOS_USERNAME, CHI_NACOS_PASSWORD, CHI_ZOOKEEPER_USERNAME, \
-CHI_ZOOKEEPER_PASSWORD or the config file, never from a flag";
+CHI_ZOOKEEPER_PASSWORD, CHI_AGENT_TOKEN (chi://) or the config file, never from a flag";
 
 /// `chi`: the command-line tool of chi-discovery.
 #[derive(Debug, Parser)]

@@ -5,6 +5,7 @@
 
 mod agent;
 mod agent_multi;
+mod auth;
 mod check;
 mod config;
 mod console;
