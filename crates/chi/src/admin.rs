@@ -86,13 +86,15 @@ fn deny(r: Refusal) -> Response {
 }
 
 /// Binds the admin port and serves `/health`, `/metrics`, the registry API when `api` is given,
-/// and `extra` (the console's routes) in the background; returns the bound address.
+/// and `extra` (the console's routes) in the background, over TLS with `tls`; returns the bound
+/// address.
 pub(crate) async fn serve(
     addr: SocketAddr,
     api: Option<RegistryApi>,
     health: HealthFn,
     metrics: MetricsFn,
     extra: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<SocketAddr> {
     let state = AdminState { health, metrics };
     let mut app = Router::new()
@@ -103,7 +105,22 @@ pub(crate) async fn serve(
     if let Some(api) = api {
         app = app.merge(registry_api(api));
     }
-    listen(addr, app).await
+    match tls {
+        Some(acceptor) => {
+            let listener = bind(addr).await?;
+            let bound = listener.local_addr()?;
+            tokio::spawn(crate::tls::serve(listener, app, acceptor));
+            Ok(bound)
+        }
+        None => listen(addr, app).await,
+    }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    Ok(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::failed(format!("cannot listen on the admin address {addr}: {e}"))
+            .hint("pick another with --admin 127.0.0.1:PORT (port 0 picks a free one)")
+    })?)
 }
 
 /// The `/v1` routes.
@@ -379,6 +396,7 @@ mod tests {
                 out
             }),
             Router::new(),
+            None,
         )
         .await
         .expect("admin");

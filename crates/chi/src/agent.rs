@@ -114,9 +114,18 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         access,
         writes_off: writes_off(&source, &backends),
     };
-    let bound = admin::serve(args.admin, Some(api), health, metrics, console).await?;
+    let tls = source
+        .config
+        .agent
+        .tls
+        .as_ref()
+        .map(crate::tls::acceptor)
+        .transpose()
+        .map_err(|e| Failure::bad_input(format!("{e:#}")))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let bound = admin::serve(args.admin, Some(api), health, metrics, console, tls).await?;
     println!(
-        "chi agent: {} ({} at {}) in {backends}; admin on http://{bound}",
+        "chi agent: {} ({} at {}) in {backends}; admin on {scheme}://{bound}",
         instance.id,
         instance.name,
         instance.authority()

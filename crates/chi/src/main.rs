@@ -20,6 +20,7 @@ mod proxy;
 mod select;
 mod source;
 mod sync;
+mod tls;
 mod watch;
 mod xds;
 

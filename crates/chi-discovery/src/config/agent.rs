@@ -10,14 +10,20 @@
 //!       - token: "..."
 //!         services: ["orders-*", "billing"]
 //!     forward_writes: false    # an agent fronting consul/etcd/nacos/zookeeper/chi: pass writes on
+//!     tls:                     # HTTPS on the admin port (PEM files, reloaded when they change)
+//!       cert: "/etc/chi/agent.pem"
+//!       key: "/etc/chi/agent-key.pem"
+//!       client_ca: "/etc/chi/clients-ca.pem"   # optional: clients must show a certificate it signed
 //! ```
 //!
 //! The tokens may come from the environment instead (`CHI_AGENT_READ_TOKEN`,
 //! `CHI_AGENT_WRITE_TOKEN`, which win over the file). They are [`Secret`]s: never printed. The
 //! binary compares them in constant time; this module only checks and holds them.
 
-use super::Field;
+use std::path::PathBuf;
+
 use super::raw;
+use super::{Field, non_empty};
 use crate::error::Result;
 use crate::secret::Secret;
 
@@ -38,6 +44,20 @@ pub struct AgentSettings {
     /// An agent whose registry is not its embedded one passes the API's writes on to it only
     /// when this is true (they would go out with the agent's own credentials).
     pub forward_writes: bool,
+    /// HTTPS on the admin port, when set.
+    pub tls: Option<ServerTls>,
+}
+
+/// `agent.tls`: the admin port's certificate and key, and the CA its clients' certificates
+/// must chain to (mTLS), as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, a client must present a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl AgentSettings {
@@ -132,11 +152,31 @@ pub(super) fn settings(
             services: s.services,
         });
     }
+    let tls = a.tls.map(|t| server_tls(t, &at.join("tls"))).transpose()?;
     Ok(AgentSettings {
         read_token,
         write_token,
         write_scopes,
         forward_writes: a.forward_writes.unwrap_or(false),
+        tls,
+    })
+}
+
+fn server_tls(t: raw::TlsFiles, at: &Field) -> Result<ServerTls> {
+    if t.ca.is_some() {
+        return Err(at
+            .join("ca")
+            .err("is a client's setting; the agent's clients' CA is client_ca"));
+    }
+    let file = |v: Option<String>, key: &str| {
+        non_empty(v)
+            .map(PathBuf::from)
+            .ok_or_else(|| at.join(key).err("is required with tls (a PEM file)"))
+    };
+    Ok(ServerTls {
+        cert: file(t.cert, "cert")?,
+        key: file(t.key, "key")?,
+        client_ca: non_empty(t.client_ca).map(PathBuf::from),
     })
 }
 
@@ -212,6 +252,11 @@ mod tests {
                 "    write_scopes:\n      - token: \"t\"\n",
                 "service_discovery.agent.write_scopes[0].services",
                 "at least one",
+            ),
+            (
+                "    tls:\n      cert: \"a.pem\"\n",
+                "service_discovery.agent.tls.key",
+                "is required",
             ),
             (
                 "    write_scopes:\n      - token: \"t\"\n        services: [\"a\", \"\"]\n",

@@ -39,7 +39,7 @@ use crate::instance::{ServiceConfig, validate_name};
 use crate::retry::RetryPolicy;
 
 pub use crate::registry::{MemoryConfig, Registries};
-pub use agent::{AgentSettings, ENV_READ_TOKEN, ENV_WRITE_TOKEN, WriteScope};
+pub use agent::{AgentSettings, ENV_READ_TOKEN, ENV_WRITE_TOKEN, ServerTls, WriteScope};
 
 /// Routing's settings live with the routers; named here too, beside the other sections.
 pub use crate::routing::RoutingConfig;

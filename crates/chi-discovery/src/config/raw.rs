@@ -40,6 +40,7 @@ pub struct Agent {
     #[serde(default)]
     pub write_scopes: Vec<WriteScope>,
     pub forward_writes: Option<bool>,
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +143,17 @@ pub struct Chi {
     pub enabled: bool,
     pub address: Option<String>,
     pub token: Option<Secret>,
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of a TLS client (`ca`, `cert`, `key`) or server (`cert`, `key`, `client_ca`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

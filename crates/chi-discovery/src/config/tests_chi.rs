@@ -32,7 +32,10 @@ fn bad_chi_addresses_name_the_field() {
     for (address, part) in [
         ("\"localhost\"", "expected host:port"),
         ("\"127.0.0.1:0\"", "expected host:port"),
-        ("\"https://127.0.0.1:9901\"", "the scheme must be http"),
+        (
+            "\"ftp://127.0.0.1:9901\"",
+            "the scheme must be http or https",
+        ),
     ] {
         assert_err(
             &CHI.replace("\"127.0.0.1:9901\"", address),

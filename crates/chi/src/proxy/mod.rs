@@ -130,7 +130,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     progress::warm_up(&proxy.client, &warm).await;
     let console = console::console(&proxy, registry.clone());
     // Health, metrics and the console only: the admin port takes no registry writes.
-    let admin_addr = admin::serve(args.admin, None, health, exposition, console).await?;
+    let admin_addr = admin::serve(args.admin, None, health, exposition, console, None).await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

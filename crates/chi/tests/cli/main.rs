@@ -5,6 +5,7 @@
 
 mod agent;
 mod agent_multi;
+mod agent_tls;
 mod auth;
 mod check;
 mod config;

@@ -7,7 +7,7 @@ use reqwest::{RequestBuilder, Response, Url};
 use serde::de::DeserializeOwned;
 
 use super::BACKEND;
-use super::config::AgentConfig;
+use super::config::{AgentConfig, FIELD};
 use super::wire::check_names;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -28,6 +28,46 @@ pub(super) struct Client {
     token: Secret,
 }
 
+/// The CA and client identity of `config.tls`, read from their PEM files now.
+fn tls_settings(
+    config: &AgentConfig,
+) -> Result<(Option<reqwest::Certificate>, Option<reqwest::Identity>)> {
+    let Some(tls) = &config.tls else {
+        return Ok((None, None));
+    };
+    let read = |path: &std::path::Path, key: &str| {
+        std::fs::read(path).map_err(|e| {
+            Error::config(
+                format!("{FIELD}.tls.{key}"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    };
+    let ca = match &tls.ca {
+        Some(p) => Some(
+            reqwest::Certificate::from_pem(&read(p, "ca")?).map_err(|e| {
+                Error::config(format!("{FIELD}.tls.ca"), format!("{}: {e}", p.display()))
+            })?,
+        ),
+        None => None,
+    };
+    let identity = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read(cert, "cert")?;
+            pem.push(b'\n');
+            pem.extend(read(key, "key")?);
+            Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Error::config(
+                    format!("{FIELD}.tls.cert"),
+                    format!("{} with {}: {e}", cert.display(), key.display()),
+                )
+            })?)
+        }
+        _ => None,
+    };
+    Ok((ca, identity))
+}
+
 impl Client {
     /// Checks `config` and builds the HTTP clients; does not connect.
     pub(super) fn new(config: &AgentConfig) -> Result<Client> {
@@ -36,10 +76,18 @@ impl Client {
         if let Ok(mut path) = services.path_segments_mut() {
             path.pop_if_empty().extend(["v1", "services"]);
         }
+        let tls = tls_settings(config)?;
         let builder = || {
-            reqwest::Client::builder()
+            let mut b = reqwest::Client::builder()
                 .no_proxy()
-                .connect_timeout(config.request_timeout)
+                .connect_timeout(config.request_timeout);
+            if let Some(ca) = &tls.0 {
+                b = b.add_root_certificate(ca.clone());
+            }
+            if let Some(id) = &tls.1 {
+                b = b.identity(id.clone());
+            }
+            b
         };
         let build = |b: reqwest::ClientBuilder| {
             b.build()
