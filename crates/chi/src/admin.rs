@@ -412,6 +412,7 @@ mod tests {
                 services: vec!["orders-*".into()],
             }],
             forward_writes: false,
+            tls: None,
         }
     }
 

@@ -236,6 +236,7 @@ mod tests {
                 services: vec!["orders-*".into()],
             }],
             forward_writes: false,
+            tls: None,
         })
     }
 
