@@ -62,17 +62,19 @@ pub(crate) struct RegistryApi {
 }
 
 impl RegistryApi {
-    /// Lets a call through, or the refusal as a response.
-    fn allow(&self, headers: &HeaderMap, need: Need<'_>) -> Result<(), Response> {
-        self.access.check(headers, need).map_err(deny)?;
-        if let (Need::Write(_), Some(why)) = (need, &self.writes_off) {
-            return Err(deny(self.access.refuse(
+    /// Lets a call through (`None`), or answers the refusal.
+    fn refuses(&self, headers: &HeaderMap, need: Need<'_>) -> Option<Response> {
+        if let Err(r) = self.access.check(headers, need) {
+            return Some(deny(r));
+        }
+        match (need, &self.writes_off) {
+            (Need::Write(_), Some(why)) => Some(deny(self.access.refuse(
                 StatusCode::FORBIDDEN,
                 "forwarding_off",
                 why.clone(),
-            )));
+            ))),
+            _ => None,
         }
-        Ok(())
     }
 }
 
@@ -181,7 +183,7 @@ async fn metrics_handler(State(s): State<AdminState>) -> Response {
 }
 
 async fn services(State(s): State<RegistryApi>, headers: HeaderMap) -> Response {
-    if let Err(r) = s.allow(&headers, Need::Read) {
+    if let Some(r) = s.refuses(&headers, Need::Read) {
         return r;
     }
     match s.registry.services().await {
@@ -203,7 +205,7 @@ async fn instances(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = s.allow(&headers, Need::Read) {
+    if let Some(r) = s.refuses(&headers, Need::Read) {
         return r;
     }
     if let Some(r) = invalid(&name, None) {
@@ -221,7 +223,7 @@ async fn watch(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = s.allow(&headers, Need::Read) {
+    if let Some(r) = s.refuses(&headers, Need::Read) {
         return r;
     }
     if let Some(r) = invalid(&name, None) {
@@ -296,7 +298,7 @@ async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = s.allow(&headers, Need::Write(&name)) {
+    if let Some(r) = s.refuses(&headers, Need::Write(&name)) {
         return r;
     }
     let instance: Instance = match json_body(&headers, body).await {
@@ -320,7 +322,7 @@ async fn deregister(
     Path((name, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = s.allow(&headers, Need::Write(&name)) {
+    if let Some(r) = s.refuses(&headers, Need::Write(&name)) {
         return r;
     }
     if let Some(r) = invalid(&name, Some(&id)) {
@@ -338,7 +340,7 @@ async fn keep_alive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = s.allow(&headers, Need::Write(&name)) {
+    if let Some(r) = s.refuses(&headers, Need::Write(&name)) {
         return r;
     }
     let body: KeepAlive = match json_body(&headers, body).await {

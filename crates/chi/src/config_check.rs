@@ -115,11 +115,17 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
         );
         if let Some(t) = &c.tls {
             let path = |p: &Option<std::path::PathBuf>| {
-                p.as_ref().map_or("-".to_owned(), |p| p.display().to_string())
+                p.as_ref()
+                    .map_or("-".to_owned(), |p| p.display().to_string())
             };
             out.insert(
                 format!("{sd}.registries.chi.tls"),
-                format!("ca={} cert={} key={}", path(&t.ca), path(&t.cert), path(&t.key)),
+                format!(
+                    "ca={} cert={} key={}",
+                    path(&t.ca),
+                    path(&t.cert),
+                    path(&t.key)
+                ),
             );
         }
     }
@@ -150,7 +156,9 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
                 t.key.display(),
                 t.client_ca
                     .as_ref()
-                    .map_or("- (no client certificates)".to_owned(), |p| p.display().to_string())
+                    .map_or("- (no client certificates)".to_owned(), |p| p
+                        .display()
+                        .to_string())
             ),
         );
     }
