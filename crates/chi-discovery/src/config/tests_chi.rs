@@ -44,9 +44,35 @@ fn bad_chi_addresses_name_the_field() {
         );
     }
     assert_err(
-        &CHI.replace("enabled: true", "enabled: true\n      token: x"),
-        "service_discovery.registries.chi.token",
-        &["unknown field `token`"],
+        &CHI.replace("enabled: true", "enabled: true\n      tokn: x"),
+        "service_discovery.registries.chi.tokn",
+        &["unknown field `tokn`"],
+    );
+    // TLS: the agent's own setting is refused on a client, and the files need https.
+    assert_err(
+        &CHI.replace(
+            "enabled: true",
+            "enabled: true\n      tls:\n        client_ca: ca.pem",
+        ),
+        "service_discovery.registries.chi.tls.client_ca",
+        &["the agent's setting"],
+    );
+    assert_err(
+        &CHI.replace(
+            "enabled: true",
+            "enabled: true\n      tls:\n        ca: ca.pem",
+        ),
+        "service_discovery.registries.chi.address",
+        &["must be an https:// URL with tls"],
+    );
+    assert_err(
+        &CHI.replace("\"127.0.0.1:9901\"", "\"https://127.0.0.1:9901\"")
+            .replace(
+                "enabled: true",
+                "enabled: true\n      tls:\n        cert: c.pem",
+            ),
+        "service_discovery.registries.chi.tls",
+        &["cert and key go together"],
     );
 }
 
