@@ -1,7 +1,7 @@
 //! `chi agent`: the sidecar. Registers the configured service in every enabled registry, runs its
 //! health check, keeps the registration alive (re-registering after registry loss), serves
-//! `/health`, `/metrics` and the registry API on the admin port, and deregisters on SIGINT or
-//! SIGTERM.
+//! `/health`, `/metrics` and the registry API on the admin port (behind the tokens of
+//! `service_discovery.agent`, [`crate::auth`]), and deregisters on SIGINT or SIGTERM.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry as Metrics;
 use tokio::sync::broadcast;
 
 use crate::admin;
+use crate::auth::{Access, Need};
 use crate::cli::AgentArgs;
 use crate::console::{AgentFeed, Console, WriteGate};
 use crate::failure::Failure;
@@ -68,6 +69,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     // `--registry consul://...` replaced the config's registries: the TTL check still applies.
     source.config.registries.apply_registration(Some(&service));
+    guard_the_door(&args, &source.config.agent)?;
     let registry = source.connect().await?;
     let manager = Arc::new(ServiceManager::new(registry.clone()).with_retry(source.config.retry));
     let instance = service.instance();
@@ -90,29 +92,60 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let health_manager = manager.clone();
     let health: admin::HealthFn = Arc::new(move || health_body(&health_manager));
     let refusals = Refusals::default();
-    let metrics = agent_metrics(manager.clone(), &refusals);
     let limits = Limits::from_args(
         &args.conn,
         Some(&args.requests),
         (MAX_CONNECTIONS, MAX_REQUESTS),
     );
     let door = Door::new("agent", limits, Refusal::Http, &refusals);
+    let access = Arc::new(Access::new(&source.config.agent));
+    let metrics = agent_metrics(manager.clone(), &refusals, &access);
     let feed = AgentFeed {
         manager: manager.clone(),
         strategy: source.config.load_balancer.strategy,
     };
-    let gate = WriteGate::from_flag(args.console_writes);
-    let console = Console::new("agent", registry.clone(), Arc::new(feed), gate).routes();
+    let gate = WriteGate::new(args.console_writes, access.clone());
+    let mut console = Console::new("agent", registry.clone(), Arc::new(feed), gate).routes();
+    if access.guards_reads() {
+        // The console shows what `/v1` lists: the same read token.
+        let reads = access.clone();
+        console = console.route_layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let reads = reads.clone();
+                async move {
+                    match reads.check(req.headers(), Need::Read) {
+                        Ok(()) => next.run(req).await,
+                        Err(r) => axum::response::IntoResponse::into_response(r),
+                    }
+                }
+            },
+        ));
+    }
+    let api = admin::RegistryApi {
+        registry: registry.clone(),
+        access,
+        writes_off: writes_off(&source, &backends),
+    };
+    let tls = source
+        .config
+        .agent
+        .tls
+        .as_ref()
+        .map(crate::tls::acceptor)
+        .transpose()
+        .map_err(|e| Failure::bad_input(format!("{e:#}")))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let bound = admin::serve(
         args.admin,
-        registry.clone(),
+        Some(api),
         (health, metrics),
         console,
         (door, args.max_body as usize),
+        tls,
     )
     .await?;
     println!(
-        "chi agent: {} ({} at {}) in {backends}; admin on http://{bound}",
+        "chi agent: {} ({} at {}) in {backends}; admin on {scheme}://{bound}",
         instance.id,
         instance.name,
         instance.authority()
@@ -134,6 +167,58 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// Refuses to serve the registry API beyond loopback, or to forward writes to another
+/// registry, without a write token, unless `--insecure` says so (then warns, loudly).
+fn guard_the_door(
+    args: &AgentArgs,
+    settings: &chi_discovery::config::AgentSettings,
+) -> anyhow::Result<()> {
+    let wide = !args.admin.ip().is_loopback();
+    if settings.guards_writes() {
+        return Ok(());
+    }
+    if settings.forward_writes && !args.insecure {
+        return Err(Failure::bad_input(
+            "service_discovery.agent.forward_writes: needs a write token, else anyone who reaches the \
+             admin port writes to the registry behind it with this agent's credentials",
+        )
+        .hint("set service_discovery.agent.write_token (or CHI_AGENT_WRITE_TOKEN), or start with --insecure")
+        .into());
+    }
+    if wide && !args.insecure {
+        return Err(Failure::bad_input(format!(
+            "refusing to serve the registry API on {} without a write token: anyone who reaches it \
+             could register and deregister any service",
+            args.admin
+        ))
+        .hint(
+            "set CHI_AGENT_WRITE_TOKEN (or service_discovery.agent.write_token), bind --admin \
+             127.0.0.1:PORT, or start with --insecure to allow it anyway",
+        )
+        .into());
+    }
+    if wide {
+        eprintln!(
+            "WARNING: --insecure: the registry API on {} takes writes from ANYONE who reaches it \
+             (no write token); set CHI_AGENT_WRITE_TOKEN to require one",
+            args.admin
+        );
+    }
+    Ok(())
+}
+
+/// Why the registry API refuses writes: an agent fronting a registry other than its embedded
+/// one passes them on only with `service_discovery.agent.forward_writes`.
+fn writes_off(source: &Source, backends: &str) -> Option<String> {
+    let embedded = source.config.registries.enabled() == ["memory"];
+    (!embedded && !source.config.agent.forward_writes).then(|| {
+        format!(
+            "this agent fronts {backends} and does not pass writes on to it; register there \
+             directly, or set service_discovery.agent.forward_writes: true (with a write token)"
+        )
     })
 }
 
@@ -199,10 +284,15 @@ fn health_body(manager: &ServiceManager) -> (bool, serde_json::Value) {
 }
 
 /// `/metrics` of the agent: registration state per backend and own health, read at scrape time,
-/// and the refusals of its port.
-fn agent_metrics(manager: Arc<ServiceManager>, refusals: &Refusals) -> admin::MetricsFn {
+/// the refusals of its port and of its tokens.
+fn agent_metrics(
+    manager: Arc<ServiceManager>,
+    refusals: &Refusals,
+    access: &Access,
+) -> admin::MetricsFn {
     let mut registry = Metrics::default();
     refusals.register(&mut registry);
+    access.register_metrics(&mut registry);
     let registered = Family::<Labels, Gauge>::default();
     let reregistrations = Family::<Labels, Gauge>::default();
     let health = Family::<Labels, Gauge>::default();

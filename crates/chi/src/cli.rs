@@ -16,7 +16,7 @@ name TEMPLATE gives, {service} replaced, e.g. 'dns://10.96.0.10?srv=_{service}._
 no SERVER: the system resolver), or chi://host:port (the admin address of a running `chi agent`, \
 which serves its embedded registry). Credentials come from CHI_CONSUL_TOKEN, CHI_ETCD_USERNAME, \
 CHI_ETCD_PASSWORD, CHI_NACOS_USERNAME, CHI_NACOS_PASSWORD, CHI_ZOOKEEPER_USERNAME, \
-CHI_ZOOKEEPER_PASSWORD or the config file, never from a flag";
+CHI_ZOOKEEPER_PASSWORD, CHI_AGENT_TOKEN (chi://) or the config file, never from a flag";
 
 /// `chi`: the command-line tool of chi-discovery.
 #[derive(Debug, Parser)]
@@ -85,7 +85,10 @@ pub(crate) enum Format {
 #[command(
     after_help = "Examples:\n  chi agent -c chi-config.yaml\n  chi agent -c chi-config.yaml --admin 127.0.0.1:9901\n\n\
 With the embedded `memory` registry the agent serves it on the admin port, so other commands can use it:\n  \
-chi discover user-service --registry chi://127.0.0.1:9901"
+chi discover user-service --registry chi://127.0.0.1:9901\n\n\
+Beyond loopback, set a write token (and a read token to keep lists private):\n  \
+CHI_AGENT_WRITE_TOKEN=... CHI_AGENT_READ_TOKEN=... chi agent -c chi-config.yaml --admin 0.0.0.0:9901\n  \
+CHI_AGENT_TOKEN=... chi discover user-service --registry chi://agent.internal:9901"
 )]
 pub(crate) struct AgentArgs {
     #[command(flatten)]
@@ -102,9 +105,14 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "CHI_MAX_BODY", default_value_t = 256 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1024..=(64 << 20)))]
     pub(crate) max_body: u32,
     /// Let the console at /ui deregister instances. Without it the console is read-only; with
-    /// it, whoever reaches the admin port may (as with the /v1 API).
+    /// it, whoever may write through the /v1 API may (the write token, when one is set).
     #[arg(long)]
     pub(crate) console_writes: bool,
+    /// Serve the registry API on an address beyond loopback without a write token
+    /// (service_discovery.agent.write_token or CHI_AGENT_WRITE_TOKEN): anyone who reaches it
+    /// may then register and deregister anything. Also lets forward_writes go without one.
+    #[arg(long)]
+    pub(crate) insecure: bool,
 }
 
 #[derive(Debug, Args)]

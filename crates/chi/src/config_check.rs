@@ -109,6 +109,58 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
     }
     if let Some(c) = &config.registries.chi {
         out.insert(format!("{sd}.registries.chi.address"), c.address.clone());
+        out.insert(
+            format!("{sd}.registries.chi.token"),
+            format!("{:?}", c.token),
+        );
+        if let Some(t) = &c.tls {
+            let path = |p: &Option<std::path::PathBuf>| {
+                p.as_ref()
+                    .map_or("-".to_owned(), |p| p.display().to_string())
+            };
+            out.insert(
+                format!("{sd}.registries.chi.tls"),
+                format!(
+                    "ca={} cert={} key={}",
+                    path(&t.ca),
+                    path(&t.cert),
+                    path(&t.key)
+                ),
+            );
+        }
+    }
+    let a = &config.agent;
+    let secret = |s: &Option<chi_discovery::Secret>| format!("{:?}", s.clone().unwrap_or_default());
+    out.insert(format!("{sd}.agent.read_token"), secret(&a.read_token));
+    out.insert(format!("{sd}.agent.write_token"), secret(&a.write_token));
+    for (i, scope) in a.write_scopes.iter().enumerate() {
+        out.insert(
+            format!("{sd}.agent.write_scopes[{i}]"),
+            format!(
+                "token={:?} services=[{}]",
+                scope.token,
+                scope.services.join(",")
+            ),
+        );
+    }
+    out.insert(
+        format!("{sd}.agent.forward_writes"),
+        a.forward_writes.to_string(),
+    );
+    if let Some(t) = &a.tls {
+        out.insert(
+            format!("{sd}.agent.tls"),
+            format!(
+                "cert={} key={} client_ca={}",
+                t.cert.display(),
+                t.key.display(),
+                t.client_ca
+                    .as_ref()
+                    .map_or("- (no client certificates)".to_owned(), |p| p
+                        .display()
+                        .to_string())
+            ),
+        );
     }
     if let Some(dns) = &config.registries.dns {
         out.insert(format!("{sd}.registries.dns"), dns.identity());
@@ -275,6 +327,32 @@ mod tests {
             !shown.contains("consul-secret") && !shown.contains("etcd-secret"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn describe_shows_the_agents_tokens_redacted() {
+        let yaml = "service_discovery:\n  registries:\n    chi:\n      enabled: true\n      token: client-secret\n  agent:\n    tls:\n      cert: a.pem\n      key: a-key.pem\n    read_token: read-secret\n    write_scopes:\n      - token: scope-secret\n        services: [\"orders-*\"]\n";
+        let config = Config::from_yaml_with_env(yaml, |_| None).expect("config");
+        let shown = describe(&config);
+        let get = |k: &str| {
+            shown
+                .iter()
+                .find(|(key, _)| *key == format!("service_discovery.{k}"))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("registries.chi.token").as_deref(), Some("\"***\""));
+        assert_eq!(get("agent.read_token").as_deref(), Some("\"***\""));
+        assert_eq!(get("agent.write_token").as_deref(), Some("\"\""));
+        assert_eq!(
+            get("agent.write_scopes[0]").as_deref(),
+            Some("token=\"***\" services=[orders-*]")
+        );
+        assert_eq!(get("agent.forward_writes").as_deref(), Some("false"));
+        assert_eq!(
+            get("agent.tls").as_deref(),
+            Some("cert=a.pem key=a-key.pem client_ca=- (no client certificates)")
+        );
+        assert!(!format!("{shown:?}").contains("-secret"), "{shown:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod admin;
 mod agent;
+mod auth;
 mod check;
 mod cli;
 mod config_check;
@@ -20,6 +21,7 @@ mod proxy;
 mod select;
 mod source;
 mod sync;
+mod tls;
 mod watch;
 mod xds;
 

@@ -11,8 +11,9 @@
 //!
 //! Secrets can come from the environment instead of the file, and the environment wins:
 //! `CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`, `CHI_ETCD_PASSWORD`, `CHI_NACOS_USERNAME`,
-//! `CHI_NACOS_PASSWORD`, `CHI_ZOOKEEPER_USERNAME`, `CHI_ZOOKEEPER_PASSWORD` (each adapter's
-//! `ENV_*` constants).
+//! `CHI_NACOS_PASSWORD`, `CHI_ZOOKEEPER_USERNAME`, `CHI_ZOOKEEPER_PASSWORD`, `CHI_AGENT_TOKEN`
+//! (each adapter's `ENV_*` constants), and `chi agent`'s own `CHI_AGENT_READ_TOKEN` and
+//! `CHI_AGENT_WRITE_TOKEN` ([`AgentSettings`]).
 //!
 //! Every section is optional; what is missing takes the defaults (the adapters' own, for the
 //! registries). With no registry enabled the embedded one is used.
@@ -22,6 +23,7 @@
 //! this module parses and checks only. `raw` mirrors the file, `validate` checks the general
 //! sections, `registries` the registry blocks (`dns` the DNS block and URL).
 
+mod agent;
 mod depth;
 mod dns;
 pub mod raw;
@@ -38,6 +40,7 @@ use crate::retry::RetryPolicy;
 use crate::routing::Routers;
 
 pub use crate::registry::{MemoryConfig, Registries};
+pub use agent::{AgentSettings, ENV_READ_TOKEN, ENV_WRITE_TOKEN, ServerTls, WriteScope};
 pub use depth::MAX_DEPTH;
 
 /// The balancer's and routing's settings live with the routers that read them; named here too,
@@ -64,6 +67,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Metrics (`metrics`).
     pub metrics: MetricsConfig,
+    /// Who may use `chi agent`'s registry API (`agent`).
+    pub agent: AgentSettings,
 }
 
 /// `metrics`: how the Prometheus metrics are labelled (the metrics themselves need the
@@ -98,6 +103,7 @@ impl Default for Config {
             load_balancer: LoadBalancerConfig::default(),
             routing: RoutingConfig::default(),
             metrics: MetricsConfig::default(),
+            agent: AgentSettings::default(),
         }
     }
 }
@@ -161,6 +167,7 @@ impl Config {
             &p.join("load_balancer"),
         )?;
         let routing = validate::routing(sd.routing.unwrap_or_default(), &p.join("routing"))?;
+        let agent = agent::settings(sd.agent.unwrap_or_default(), &p.join("agent"), env)?;
         let metrics = sd.metrics.unwrap_or_default();
         let metrics = MetricsConfig {
             per_instance_labels: metrics.per_instance_labels.unwrap_or(true),
@@ -180,6 +187,7 @@ impl Config {
             load_balancer,
             routing,
             metrics,
+            agent,
         })
     }
 }

@@ -28,6 +28,27 @@ pub struct ServiceDiscovery {
     pub load_balancer: Option<LoadBalancer>,
     pub routing: Option<Routing>,
     pub metrics: Option<Metrics>,
+    pub agent: Option<Agent>,
+}
+
+/// `service_discovery.agent`: who may use `chi agent`'s registry API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub read_token: Option<Secret>,
+    pub write_token: Option<Secret>,
+    #[serde(default)]
+    pub write_scopes: Vec<WriteScope>,
+    pub forward_writes: Option<bool>,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteScope {
+    pub token: Option<Secret>,
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +142,18 @@ pub struct Chi {
     #[serde(default)]
     pub enabled: bool,
     pub address: Option<String>,
+    pub token: Option<Secret>,
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of a TLS client (`ca`, `cert`, `key`) or server (`cert`, `key`, `client_ca`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

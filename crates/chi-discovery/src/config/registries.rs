@@ -88,7 +88,10 @@ impl Registries {
                         "expected chi://host:port (the admin address a `chi agent` prints), got {url:?}"
                     )));
                 }
-                out.chi = Some(AgentConfig::new(rest));
+                out.chi = Some(AgentConfig {
+                    token: env_secret(env, chi::ENV_TOKEN, None).unwrap_or_default(),
+                    ..AgentConfig::new(rest)
+                });
             }
             other => {
                 return Err(field.err(format!(
@@ -292,7 +295,28 @@ pub(super) fn registries(
     if let Some(c) = r.chi.filter(|c| c.enabled) {
         let address = non_empty(c.address).unwrap_or_else(|| chi::DEFAULT_ADDRESS.into());
         host_port(&address, &at.join("chi").join("address"))?;
-        let config = AgentConfig::new(address);
+        let tls = match c.tls {
+            Some(t) if t.client_ca.is_some() => {
+                return Err(at.join("chi").join("tls").join("client_ca").err(
+                    "is the agent's setting (service_discovery.agent.tls); a client names the \
+                     agent's CA in ca",
+                ));
+            }
+            Some(t) => {
+                let path = |v: Option<String>| non_empty(v).map(std::path::PathBuf::from);
+                Some(chi::AgentTls {
+                    ca: path(t.ca),
+                    cert: path(t.cert),
+                    key: path(t.key),
+                })
+            }
+            None => None,
+        };
+        let config = AgentConfig {
+            token: env_secret(env, chi::ENV_TOKEN, c.token).unwrap_or_default(),
+            tls,
+            ..AgentConfig::new(address)
+        };
         config.validate()?;
         out.chi = Some(config);
     }

@@ -32,7 +32,10 @@ fn bad_chi_addresses_name_the_field() {
     for (address, part) in [
         ("\"localhost\"", "expected host:port"),
         ("\"127.0.0.1:0\"", "expected host:port"),
-        ("\"https://127.0.0.1:9901\"", "the scheme must be http"),
+        (
+            "\"ftp://127.0.0.1:9901\"",
+            "the scheme must be http or https",
+        ),
     ] {
         assert_err(
             &CHI.replace("\"127.0.0.1:9901\"", address),
@@ -41,9 +44,35 @@ fn bad_chi_addresses_name_the_field() {
         );
     }
     assert_err(
-        &CHI.replace("enabled: true", "enabled: true\n      token: x"),
-        "service_discovery.registries.chi.token",
-        &["unknown field `token`"],
+        &CHI.replace("enabled: true", "enabled: true\n      tokn: x"),
+        "service_discovery.registries.chi.tokn",
+        &["unknown field `tokn`"],
+    );
+    // TLS: the agent's own setting is refused on a client, and the files need https.
+    assert_err(
+        &CHI.replace(
+            "enabled: true",
+            "enabled: true\n      tls:\n        client_ca: ca.pem",
+        ),
+        "service_discovery.registries.chi.tls.client_ca",
+        &["the agent's setting"],
+    );
+    assert_err(
+        &CHI.replace(
+            "enabled: true",
+            "enabled: true\n      tls:\n        ca: ca.pem",
+        ),
+        "service_discovery.registries.chi.address",
+        &["must be an https:// URL with tls"],
+    );
+    assert_err(
+        &CHI.replace("\"127.0.0.1:9901\"", "\"https://127.0.0.1:9901\"")
+            .replace(
+                "enabled: true",
+                "enabled: true\n      tls:\n        cert: c.pem",
+            ),
+        "service_discovery.registries.chi.tls",
+        &["cert and key go together"],
     );
 }
 
@@ -75,4 +104,23 @@ fn chi_urls() {
             "{bad}: {err}"
         );
     }
+}
+
+#[test]
+fn the_agents_token_comes_from_the_file_or_the_environment() {
+    let with_token = CHI.replace(
+        "      address: \"127.0.0.1:9901\"\n",
+        "      address: \"127.0.0.1:9901\"\n      token: \"file-token\"\n",
+    );
+    let c = Config::from_yaml_with_env(&with_token, |_| None).expect("loads");
+    assert_eq!(c.registries.chi.expect("chi").token.expose(), "file-token");
+    let env = |k: &str| (k == "CHI_AGENT_TOKEN").then(|| "env-token".to_owned());
+    let c = Config::from_yaml_with_env(&with_token, env).expect("loads");
+    assert!(!c.registries.identity().contains("token"));
+    let agent = c.registries.chi.expect("chi");
+    assert_eq!(agent.token.expose(), "env-token");
+    assert!(!format!("{agent:?}").contains("env-token"));
+    // A URL never carries it: from the environment only.
+    let r = Registries::from_url("chi://127.0.0.1:9901", &env).expect("url");
+    assert_eq!(r.chi.expect("chi").token.expose(), "env-token");
 }

@@ -195,7 +195,7 @@ async fn deregister(
     Path((name, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = c.gate.check(&headers) {
+    if let Err(refusal) = c.gate.check(&headers, &name) {
         tracing::warn!(service = %name, %id, "console write refused: {}", refusal.message);
         return (refusal.status, refusal.message).into_response();
     }

@@ -3,18 +3,22 @@
 //! Today there is one action, deregistering an instance
 //! (`DELETE /ui/api/services/{name}/instances/{id}`), and [`WriteGate::check`] refuses it unless
 //! the process was started with an explicit flag (`chi agent --console-writes`); `chi proxy` and
-//! `chi xds` consoles never write. Tokens plug in here: a `Token` variant holding the process's
-//! write token (a `Secret`), checked in constant time against `Authorization: Bearer`, with the
-//! same refusal for a missing or wrong one; the page then sends the token the user typed.
+//! `chi xds` consoles never write. When the agent has write tokens the gate is
+//! [`WriteGate::Token`]: the same check as the `/v1` API ([`crate::auth::Access`], constant
+//! time, scopes included), so the console writes no more than the token would through `/v1`; the
+//! page asks for the token on a 401 and sends it as `Authorization: Bearer`.
 //!
 //! Whatever the gate says, a write must come from the console's own page: a request marked as
 //! cross-site by the browser (`Sec-Fetch-Site`), or whose `Origin` is not the host it was sent
 //! to, is refused; and the action is a `DELETE` with the `x-chi-console` header, which a page
 //! of another origin cannot send without a CORS preflight that this server never grants.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, StatusCode, header};
 
 use super::model::Writes;
+use crate::auth::{Access, Need};
 
 /// The header the console's page sends with every write.
 pub(crate) const WRITE_HEADER: &str = "x-chi-console";
@@ -27,8 +31,10 @@ pub(crate) enum WriteGate {
         /// What would allow writes (said in the refusal).
         how: &'static str,
     },
-    /// Whoever reaches the admin port (started with the explicit flag).
+    /// Whoever reaches the admin port (started with the explicit flag, no write token set).
     Open,
+    /// Whoever holds a token that may write the service (the flag, and write tokens set).
+    Token(Arc<Access>),
 }
 
 /// Why a write was refused: the status and a body that says what to do.
@@ -39,9 +45,12 @@ pub(crate) struct Refusal {
 }
 
 impl WriteGate {
-    /// `chi agent`'s gate: open with `--console-writes`, else read-only.
-    pub(crate) fn from_flag(console_writes: bool) -> WriteGate {
-        if console_writes {
+    /// `chi agent`'s gate: with `--console-writes`, the write tokens when there are some, else
+    /// open; without it, read-only.
+    pub(crate) fn new(console_writes: bool, access: Arc<Access>) -> WriteGate {
+        if console_writes && access.guards_writes() {
+            WriteGate::Token(access)
+        } else if console_writes {
             WriteGate::Open
         } else {
             WriteGate::ReadOnly {
@@ -61,11 +70,15 @@ impl WriteGate {
                 allowed: true,
                 why: "writes allowed for whoever reaches this port (--console-writes)".to_owned(),
             },
+            WriteGate::Token(_) => Writes {
+                allowed: true,
+                why: "writes allowed with a write token (--console-writes)".to_owned(),
+            },
         }
     }
 
-    /// Lets a write with `headers` through, or says why not.
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+    /// Lets a write of `service` with `headers` through, or says why not.
+    pub(crate) fn check(&self, headers: &HeaderMap, service: &str) -> Result<(), Refusal> {
         same_origin(headers)?;
         match self {
             WriteGate::ReadOnly { how } => Err(Refusal {
@@ -73,6 +86,14 @@ impl WriteGate {
                 message: format!("this console is read-only: {how}"),
             }),
             WriteGate::Open => Ok(()),
+            WriteGate::Token(access) => {
+                access
+                    .check(headers, Need::Write(service))
+                    .map_err(|r| Refusal {
+                        status: r.status,
+                        message: r.message,
+                    })
+            }
         }
     }
 }
@@ -110,6 +131,9 @@ fn same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
 
 #[cfg(test)]
 mod tests {
+    use chi_discovery::Secret;
+    use chi_discovery::config::{AgentSettings, WriteScope};
+
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -126,7 +150,7 @@ mod tests {
             how: "start chi agent with --console-writes",
         };
         let r = gate
-            .check(&headers(&[(WRITE_HEADER, "1"), ("host", "h:1")]))
+            .check(&headers(&[(WRITE_HEADER, "1"), ("host", "h:1")]), "web")
             .expect_err("refused");
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         assert!(r.message.contains("--console-writes"), "{}", r.message);
@@ -137,14 +161,14 @@ mod tests {
     fn open_takes_only_the_pages_own_writes() {
         let gate = WriteGate::Open;
         let own = [(WRITE_HEADER, "1"), ("host", "127.0.0.1:9901")];
-        assert!(gate.check(&headers(&own)).is_ok());
+        assert!(gate.check(&headers(&own), "web").is_ok());
         let same = [
             (WRITE_HEADER, "1"),
             ("host", "127.0.0.1:9901"),
             ("origin", "http://127.0.0.1:9901"),
             ("sec-fetch-site", "same-origin"),
         ];
-        assert!(gate.check(&headers(&same)).is_ok());
+        assert!(gate.check(&headers(&same), "web").is_ok());
         for bad in [
             &[("host", "127.0.0.1:9901")][..],
             &[
@@ -159,10 +183,55 @@ mod tests {
             ],
         ] {
             assert_eq!(
-                gate.check(&headers(bad)).map_err(|r| r.status),
+                gate.check(&headers(bad), "web").map_err(|r| r.status),
                 Err(StatusCode::FORBIDDEN),
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn with_tokens_the_console_writes_what_the_token_may() {
+        let access = Arc::new(Access::new(&AgentSettings {
+            write_scopes: vec![WriteScope {
+                token: Secret::new("orders-token"),
+                services: vec!["orders-*".into()],
+            }],
+            ..AgentSettings::default()
+        }));
+        let gate = WriteGate::new(true, access.clone());
+        assert!(matches!(gate, WriteGate::Token(_)));
+        let page = |token: Option<&'static str>| {
+            let mut h = headers(&[(WRITE_HEADER, "1"), ("host", "127.0.0.1:9901")]);
+            if let Some(t) = token {
+                h.insert(header::AUTHORIZATION, t.parse().expect("header"));
+            }
+            h
+        };
+        let status = |h: &HeaderMap, service| gate.check(h, service).map_err(|r| r.status);
+        assert_eq!(
+            status(&page(None), "orders-api"),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            status(&page(Some("Bearer wrong")), "orders-api"),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            status(&page(Some("Bearer orders-token")), "billing"),
+            Err(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            status(&page(Some("Bearer orders-token")), "orders-api"),
+            Ok(())
+        );
+        // Without the flag the tokens open nothing.
+        let closed = WriteGate::new(false, access);
+        assert_eq!(
+            closed
+                .check(&page(Some("Bearer orders-token")), "orders-api")
+                .map_err(|r| r.status),
+            Err(StatusCode::FORBIDDEN)
+        );
     }
 }

@@ -138,10 +138,11 @@ impl Door {
         ))
     }
 
-    /// Serves one admitted HTTP/1.1 or HTTP/2 (h2c) connection with `service` under this door's
-    /// bounds, until it ends or the header or idle timeout closes it.
-    pub(crate) async fn serve<S, B>(&self, stream: TcpStream, ticket: Ticket, service: S)
+    /// Serves one admitted HTTP/1.1 or HTTP/2 connection (plain TCP, or TLS over it) with
+    /// `service` under this door's bounds, until it ends or the header or idle timeout closes it.
+    pub(crate) async fn serve<IO, S, B>(&self, stream: IO, ticket: Ticket, service: S)
     where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::Service<Request<Timed>, Response = Response<B>, Error = Infallible>
             + Send
             + Sync

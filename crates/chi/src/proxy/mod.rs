@@ -148,12 +148,14 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let warm = progress::services(&args.warm_up, registry.as_ref()).await?;
     progress::warm_up(&proxy.client, &warm).await;
     let console = console::console(&proxy, registry.clone());
+    // Health, metrics and the console only: the admin port takes no registry writes.
     let admin_addr = admin::serve(
         args.admin,
-        registry,
+        None,
         (health, exposition),
         console,
         (admin_door, ADMIN_BODY),
+        None,
     )
     .await?;
 

@@ -14,6 +14,9 @@ use crate::real::block_on;
 use crate::support::{Proc, chi, discover_json, http_get, http_server, ids, yaml};
 
 const SERVICE: &str = "agent-multi";
+/// The agent's write token: its API passes writes on to the registries behind it (the config's
+/// `forward_writes`) for the holder only.
+const TOKEN: &str = "agent-multi-write-token";
 
 fn config(port: u16, consul: &str, etcd: &str, nacos: u16) -> String {
     format!(
@@ -38,6 +41,9 @@ fn config(port: u16, consul: &str, etcd: &str, nacos: u16) -> String {
       server_configs:
         - ip: "127.0.0.1"
           port: {nacos}
+  agent:
+    write_token: "{TOKEN}"
+    forward_writes: true
 "#
     )
 }
@@ -52,14 +58,14 @@ fn sample(metrics: &str, name: &str, backend: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// `PUT` of a JSON body on the admin port; the status and body.
+/// `PUT` of a JSON body on the admin port, with the write token; the status and body.
 fn http_put(addr: &str, path: &str, json: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     write!(
         s,
         "PUT {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{json}",
+         authorization: Bearer {TOKEN}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
         json.len()
     )
     .expect("write");

@@ -5,6 +5,8 @@
 
 mod agent;
 mod agent_multi;
+mod agent_tls;
+mod auth;
 mod bounds;
 mod check;
 mod config;

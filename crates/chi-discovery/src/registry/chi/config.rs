@@ -5,17 +5,22 @@
 //! [`AgentConfig`] by hand are refused for the same reasons, with errors at the same YAML path
 //! (`service_discovery.registries.chi...`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::secret::Secret;
 
 /// YAML path of the `chi` block, the prefix of every config error of this adapter.
 pub const FIELD: &str = "service_discovery.registries.chi";
 const ADDRESS_FIELD: &str = "service_discovery.registries.chi.address";
 /// The admin address of a `chi agent` started without `--admin`.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9901";
+/// The environment variable holding the token sent to the agent (it wins over
+/// `service_discovery.registries.chi.token`).
+pub const ENV_TOKEN: &str = "CHI_AGENT_TOKEN";
 
 /// How to reach a running `chi agent`.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +30,22 @@ pub struct AgentConfig {
     pub address: String,
     /// Deadline of one call, and of connecting a watch (a watch itself lasts).
     pub request_timeout: Duration,
+    /// The token sent as `Authorization: Bearer` with every call, when the agent asks for one
+    /// (its `service_discovery.agent` tokens); empty: none is sent. Never part of the URL.
+    pub token: Secret,
+    /// TLS files, for an `https://` address.
+    pub tls: Option<AgentTls>,
+}
+
+/// The PEM files of a `chi://` client of an agent serving HTTPS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentTls {
+    /// The CA that signed the agent's certificate (beside the built-in web roots).
+    pub ca: Option<PathBuf>,
+    /// A client certificate, for an agent that verifies its clients (`agent.tls.client_ca`).
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    pub key: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -33,6 +54,8 @@ impl Default for AgentConfig {
         AgentConfig {
             address: DEFAULT_ADDRESS.into(),
             request_timeout: Duration::from_secs(5),
+            token: Secret::default(),
+            tls: None,
         }
     }
 }
@@ -43,6 +66,14 @@ impl AgentConfig {
         AgentConfig {
             address: address.into(),
             ..AgentConfig::default()
+        }
+    }
+
+    /// The same agent, calling with `token` (`Authorization: Bearer`).
+    pub fn with_token(self, token: impl Into<Secret>) -> Self {
+        AgentConfig {
+            token: token.into(),
+            ..self
         }
     }
 
@@ -59,11 +90,26 @@ impl AgentConfig {
                 "must be > 0",
             ));
         }
-        base_url(&self.address)
+        let url = base_url(&self.address)?;
+        if let Some(tls) = &self.tls {
+            if url.scheme() != "https" {
+                return Err(Error::config(
+                    ADDRESS_FIELD,
+                    format!("`{}`: must be an https:// URL with tls", self.address),
+                ));
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(Error::config(
+                    format!("{FIELD}.tls"),
+                    "cert and key go together (a client certificate and its key)",
+                ));
+            }
+        }
+        Ok(url)
     }
 }
 
-/// `127.0.0.1:9901` → `http://127.0.0.1:9901/`; an `http://` URL is taken as it is.
+/// `127.0.0.1:9901` → `http://127.0.0.1:9901/`; an `http://` or `https://` URL is taken as it is.
 fn base_url(address: &str) -> Result<Url> {
     let address = address.trim();
     if address.is_empty() {
@@ -80,10 +126,10 @@ fn base_url(address: &str) -> Result<Url> {
             format!("`{address}` is not host:port or an http:// URL: {e}"),
         )
     })?;
-    if url.scheme() != "http" || url.cannot_be_a_base() {
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
         return Err(Error::config(
             ADDRESS_FIELD,
-            format!("`{address}`: the scheme must be http"),
+            format!("`{address}`: the scheme must be http or https"),
         ));
     }
     if !url.username().is_empty()
@@ -109,6 +155,7 @@ mod tests {
             ("127.0.0.1:9901", "http://127.0.0.1:9901/"),
             ("http://agent.local:9901/", "http://agent.local:9901/"),
             ("http://h:1/chi", "http://h:1/chi"),
+            ("https://agent.local:9901", "https://agent.local:9901/"),
             (" [::1]:9901 ", "http://[::1]:9901/"),
         ] {
             let got = AgentConfig::new(address).checked().expect(address);
@@ -120,8 +167,7 @@ mod tests {
     fn bad_addresses_name_the_field() {
         for (address, part) in [
             ("", "must not be empty"),
-            ("https://h:1", "the scheme must be http"),
-            ("ftp://h:1", "the scheme must be http"),
+            ("ftp://h:1", "the scheme must be http or https"),
             ("http://u:p@h:1", "without credentials"),
             ("h:1?x=1", "without credentials, a query"),
             ("h:99999", "not host:port"),

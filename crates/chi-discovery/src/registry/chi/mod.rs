@@ -56,7 +56,7 @@ mod client;
 #[cfg(feature = "chi")]
 mod watch;
 
-pub use config::{AgentConfig, DEFAULT_ADDRESS, FIELD};
+pub use config::{AgentConfig, AgentTls, DEFAULT_ADDRESS, ENV_TOKEN, FIELD};
 
 #[cfg(feature = "chi")]
 use {

@@ -36,3 +36,15 @@ async fn an_agent_nobody_runs_is_unavailable_naming_its_address() {
     );
     assert!(agent.watch("web").await.is_err(), "a watch fails at once");
 }
+
+#[test]
+fn the_token_never_prints_and_never_enters_the_url() {
+    let config = AgentConfig::new("127.0.0.1:9901").with_token("s3cret-agent-token");
+    let agent = Agent::new(config).expect("agent");
+    let shown = format!("{agent:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("***"), "{shown}");
+    let url = agent.client.url("web", Some("web-1"), None).expect("url");
+    assert!(!url.as_str().contains("s3cret"), "{url}");
+    assert_eq!(agent.config().token.expose(), "s3cret-agent-token");
+}

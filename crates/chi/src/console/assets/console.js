@@ -164,14 +164,26 @@ function connect() {
   });
 }
 
+/** The write token the user typed, when the agent asked for one; never stored. */
+let writeToken = '';
+
 async function deregister(button) {
   const { service, id } = button.dataset;
   if (!window.confirm(`Deregister ${id} of ${service}? Its owner may register it again.`)) return;
   button.disabled = true;
   try {
-    const response = await fetch(
-      `/ui/api/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,
-      { method: 'DELETE', headers: { 'x-chi-console': 'write' } });
+    const url = `/ui/api/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`;
+    const send = () => {
+      const headers = { 'x-chi-console': 'write' };
+      if (writeToken) headers.authorization = `Bearer ${writeToken}`;
+      return fetch(url, { method: 'DELETE', headers });
+    };
+    let response = await send();
+    if (response.status === 401) {
+      // The agent has write tokens: ask for one (kept in this page only) and try once more.
+      writeToken = window.prompt('This agent needs a write token to deregister:') || '';
+      if (writeToken) response = await send();
+    }
     const body = await response.text();
     notice.textContent = response.ok
       ? `Deregistered ${id} of ${service}.`
