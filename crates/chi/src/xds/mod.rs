@@ -32,6 +32,7 @@ pub(crate) mod clients;
 mod delta;
 mod follow;
 mod policy;
+mod resilience;
 mod resources;
 mod sotw;
 mod state;
@@ -46,6 +47,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use chi_discovery::health::OutlierConfig;
 use chi_discovery::routing::Geo;
 use chi_discovery::{DiscoveryClient, OutagePolicy};
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
@@ -100,6 +102,10 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         health_check_enabled: source.config.load_balancer.health_check_enabled,
         hash_key_header: Arc::from(source.config.load_balancer.hash_key_header.as_str()),
         orca: source.config.load_balancer.orca,
+        // The config file has no outlier section: the library's defaults, as `chi proxy` uses.
+        outlier: OutlierConfig::default(),
+        max_requests: source.config.load_balancer.max_requests_per_instance,
+        retry: source.config.retry,
     };
     let server = XdsServer::new(Hub::new(client), shape.clone(), args.max_streams);
     let closing = server.closing.clone();

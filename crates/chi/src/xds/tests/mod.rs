@@ -40,6 +40,7 @@ mod delta;
 mod grace;
 mod load_balancer;
 mod registry;
+mod resilience;
 mod routing;
 mod server;
 mod sotw;
