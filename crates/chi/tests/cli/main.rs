@@ -23,3 +23,4 @@ mod xds;
 mod xds_health;
 mod xds_orca;
 mod xds_real;
+mod xds_resilience;

@@ -3,7 +3,9 @@
 
     grpc_peer.py serve NAME...   one gRPC server per NAME on 127.0.0.1, a free port each; prints
                                  "backend NAME PORT" per server, serves until stdin closes.
-                                 The unary method /chi.test.Echo/Who answers the server's NAME.
+                                 The unary method /chi.test.Echo/Who answers the server's NAME;
+                                 a server whose NAME starts with "failing" fails every call
+                                 with UNAVAILABLE instead.
     grpc_peer.py client TARGET   a channel to TARGET (e.g. xds:///order-service, with
                                  GRPC_XDS_BOOTSTRAP set); reads commands on stdin:
                                  "call N [VERSION]" makes N calls (with the header
@@ -32,9 +34,14 @@ def serve(names):
     for name in names:
         server = grpc.server(ThreadPoolExecutor(max_workers=4))
         answer = name.encode()
+        if name.startswith("failing"):
+            def who(_req, ctx, n=name):
+                ctx.abort(grpc.StatusCode.UNAVAILABLE, f"{n} fails every call")
+        else:
+            def who(_req, _ctx, a=answer):
+                return a
         handler = grpc.method_handlers_generic_handler(
-            SERVICE,
-            {"Who": grpc.unary_unary_rpc_method_handler(lambda _req, _ctx, a=answer: a)},
+            SERVICE, {"Who": grpc.unary_unary_rpc_method_handler(who)}
         )
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
