@@ -26,9 +26,11 @@
 //! "xDS-Based Global Load Balancing", expects them), share the encoded bytes and the registry
 //! watches ([`state`], [`follow`]), keep the same update order, zone priorities, version routes,
 //! stale-on-error rule and restart grace (the library's `registry::outage::Grace`), and count
-//! against one bound on streams.
+//! against one bound on streams. The same port serves the Client Status Discovery Service
+//! ([`csds`], gRFC A40): what each connected client was sent and whether it ACKed it.
 
 pub(crate) mod clients;
+mod csds;
 mod delta;
 mod follow;
 mod policy;
@@ -127,8 +129,10 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     println!("xds on grpc://{bound}");
     tracing::info!(%bound, strategy = shape.strategy.as_str(), rds = shape.rds, geo = shape.geo.is_enabled(), max_streams = args.max_streams, restart_grace = ?args.restart_grace, "serving ADS");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let csds = csds::Csds::new(server.clients());
     tonic::transport::Server::builder()
         .add_service(server.into_service())
+        .add_service(csds.into_service())
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.wait().await;
             // ADS streams never end by themselves: end them, so the graceful shutdown completes.

@@ -20,6 +20,7 @@ mod registry_chi;
 mod select;
 mod support;
 mod xds;
+mod xds_csds;
 mod xds_health;
 mod xds_orca;
 mod xds_real;

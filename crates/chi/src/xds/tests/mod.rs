@@ -36,6 +36,7 @@ use super::resources::{ClientPlace, Shape};
 
 mod client;
 mod clients;
+mod csds;
 mod delta;
 mod grace;
 mod load_balancer;
