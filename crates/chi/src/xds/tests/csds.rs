@@ -11,6 +11,16 @@ use crate::xds::clients::Clients;
 use crate::xds::csds::Csds;
 use crate::xds::resources::Kind;
 
+/// (type URL, name, version, config status, client status, NACK detail) of one resource.
+type Row<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    ConfigStatus,
+    ClientConfigStatus,
+    Option<&'a str>,
+);
+
 fn names(names: &[&str]) -> Vec<String> {
     names.iter().map(|n| (*n).to_owned()).collect()
 }
@@ -45,14 +55,7 @@ fn each_client_says_what_it_was_sent_and_what_it_answered() {
     let a = &answer.config[0];
     assert_eq!(a.node.as_ref().map(|n| n.id.as_str()), Some("node-a"));
     assert!(a.client_scope.is_empty());
-    let got: Vec<(
-        &str,
-        &str,
-        &str,
-        ConfigStatus,
-        ClientConfigStatus,
-        Option<&str>,
-    )> = a
+    let got: Vec<Row<'_>> = a
         .generic_xds_configs
         .iter()
         .map(|c| {
