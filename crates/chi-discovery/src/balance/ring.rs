@@ -41,6 +41,11 @@ pub struct RingHash {
 }
 
 impl RingHash {
+    /// Fewest points a ring has, however few its instances (Envoy's `minimum_ring_size` default).
+    pub const MIN_SIZE: u64 = MIN_RING;
+    /// Most points a ring has, however many its instances.
+    pub const MAX_SIZE: u64 = MAX_RING;
+
     /// The ring for `instances` with the default hasher.
     pub fn new(instances: &[Instance]) -> Self {
         Self::build(instances, default_hash, Arc::new(ThreadRandom))

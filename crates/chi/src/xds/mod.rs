@@ -26,12 +26,15 @@
 //! "xDS-Based Global Load Balancing", expects them), share the encoded bytes and the registry
 //! watches ([`state`], [`follow`]), keep the same update order, zone priorities, version routes,
 //! stale-on-error rule and restart grace (the library's `registry::outage::Grace`), and count
-//! against one bound on streams.
+//! against one bound on streams. The same port serves the Client Status Discovery Service
+//! ([`csds`], gRFC A40): what each connected client was sent and whether it ACKed it.
 
 pub(crate) mod clients;
+mod csds;
 mod delta;
 mod follow;
 mod policy;
+mod resilience;
 mod resources;
 mod sotw;
 mod state;
@@ -46,6 +49,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use chi_discovery::health::OutlierConfig;
 use chi_discovery::routing::Geo;
 use chi_discovery::{DiscoveryClient, OutagePolicy};
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
@@ -104,6 +108,10 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
         health_check_enabled: source.config.load_balancer.health_check_enabled,
         hash_key_header: Arc::from(source.config.load_balancer.hash_key_header.as_str()),
         orca: source.config.load_balancer.orca,
+        // The config file has no outlier section: the library's defaults, as `chi proxy` uses.
+        outlier: OutlierConfig::default(),
+        max_requests: source.config.load_balancer.max_requests_per_instance,
+        retry: source.config.retry,
     };
     let refusals = Refusals::default();
     let limits = Limits::from_args(
@@ -136,10 +144,12 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     println!("xds on grpc://{bound}");
     tracing::info!(%bound, strategy = shape.strategy.as_str(), rds = shape.rds, geo = shape.geo.is_enabled(), max_streams = args.max_streams, restart_grace = ?args.restart_grace, "serving ADS");
     let keepalive = Some(args.keepalive).filter(|k| !k.is_zero());
+    let csds = csds::Csds::new(server.clients());
     tonic::transport::Server::builder()
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(keepalive)
         .add_service(server.into_service())
+        .add_service(csds.into_service())
         .serve_with_incoming_shutdown(door.incoming(listener), async move {
             shutdown.wait().await;
             // ADS streams never end by themselves: end them, so the graceful shutdown completes.

@@ -14,15 +14,25 @@
 //! endpoint-picking policy as its child in each locality. Inside it, round robin follows as the
 //! fallback for a client without weighted round robin (gRPC's Node client registers it only with
 //! `GRPC_EXPERIMENTAL_XDS_WRR_LB=true`).
+//!
+//! The strategies `lb_policy` does name get their settings in the Cluster's typed `lb_config`
+//! ([`lb_config`]): the ring bounds of ring hash (gRFC A42) and the choices of least request
+//! (gRFC A48).
 
-use chi_discovery::balance::{OrcaConfig, Strategy};
+use chi_discovery::balance::{OrcaConfig, RingHash, Strategy};
 use envoy_types::pb::envoy::config::cluster::v3::LoadBalancingPolicy;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::ring_hash_lb_config::HashFunction;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    LbConfig, LeastRequestLbConfig, RingHashLbConfig,
+};
 use envoy_types::pb::envoy::config::cluster::v3::load_balancing_policy::Policy;
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::wrr_locality::v3::WrrLocality;
-use envoy_types::pb::google::protobuf::{BoolValue, Duration, FloatValue};
+use envoy_types::pb::google::protobuf::{
+    BoolValue, Duration, FloatValue, UInt32Value, UInt64Value,
+};
 use envoy_types::util::pack_any;
 
 /// The extension names Envoy registers the policies under.
@@ -47,6 +57,42 @@ pub(crate) fn load_balancing_policy(
         )])),
         _ => None,
     }
+}
+
+/// The Cluster's typed `lb_config` for `lb_policy`: RING_HASH with chi's own ring bounds
+/// (gRFC A42's `ring_hash_lb_config`, xxHash, the only hash gRPC accepts), LEAST_REQUEST with
+/// the choices chi makes (gRFC A48's `least_request_lb_config.choice_count`: 2 for `p2c` and
+/// `peak_ewma`, which draw two; `least_connections` compares them all, so the most a gRPC client
+/// accepts, 10); `None` for the others.
+pub(crate) fn lb_config(strategy: Strategy) -> Option<LbConfig> {
+    match strategy {
+        Strategy::ConsistentHash | Strategy::RingHash | Strategy::Maglev => {
+            Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value {
+                    value: RingHash::MIN_SIZE,
+                }),
+                maximum_ring_size: Some(UInt64Value {
+                    value: RingHash::MAX_SIZE,
+                }),
+                hash_function: HashFunction::XxHash as i32,
+            }))
+        }
+        Strategy::P2c | Strategy::PeakEwma => Some(least_request(2)),
+        Strategy::LeastConnections => Some(least_request(LEAST_CONNECTIONS_CHOICES)),
+        _ => None,
+    }
+}
+
+/// The most choices gRPC's least-request policy takes (A48 caps `choice_count` at 10).
+pub(crate) const LEAST_CONNECTIONS_CHOICES: u32 = 10;
+
+fn least_request(choice_count: u32) -> LbConfig {
+    LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+        choice_count: Some(UInt32Value {
+            value: choice_count,
+        }),
+        ..Default::default()
+    })
 }
 
 /// `load_balancer.orca` as `client_side_weighted_round_robin`'s settings, every one set.
@@ -81,7 +127,7 @@ fn policy(name: &str, typed_config: envoy_types::pb::google::protobuf::Any) -> P
     }
 }
 
-fn duration(d: std::time::Duration) -> Duration {
+pub(crate) fn duration(d: std::time::Duration) -> Duration {
     Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),

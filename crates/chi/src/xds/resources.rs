@@ -10,7 +10,9 @@
 //!    and whose default route (prefix `""`) sends everything to cluster `NAME`.
 //! 3. **Cluster** `NAME` of type EDS with `eds_config` = ADS, and the `lb_policy` mapped from chi's
 //!    configured strategy where xDS has one (`orca_weighted_round_robin` also as a
-//!    `load_balancing_policy`: `client_side_weighted_round_robin` with the config's settings).
+//!    `load_balancing_policy`: `client_side_weighted_round_robin` with the config's settings),
+//!    the policy's settings (`lb_config`), and chi's outlier detection and circuit breaker
+//!    ([`super::resilience`]; the routes carry its retry policy).
 //! 4. **ClusterLoadAssignment** `NAME`: one locality per (region, zone) of the instances' metadata,
 //!    each with `load_balancing_weight` and `priority` set (A27 ignores localities without a
 //!    weight), endpoints with an IP socket address, their weight and their health (with the
@@ -38,6 +40,8 @@ use chi_discovery::balance::{OrcaConfig, Strategy};
 use chi_discovery::routing::{
     Geo, HASH_KEY_HEADER, Route as ChiRoute, VERSION_HEADER, serves_version,
 };
+use chi_discovery::health::OutlierConfig;
+use chi_discovery::retry::RetryPolicy;
 use chi_discovery::{HealthStatus, Instance};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -152,10 +156,18 @@ pub(crate) struct Shape {
     /// The config's `load_balancer.orca`: the settings of `client_side_weighted_round_robin`
     /// when the strategy is `orca_weighted_round_robin`.
     pub(crate) orca: OrcaConfig,
+    /// chi's outlier detection, as the Cluster's `outlier_detection`.
+    pub(crate) outlier: OutlierConfig,
+    /// The config's `load_balancer.circuit_breaker.max_requests`, as the Cluster's
+    /// `circuit_breakers`.
+    pub(crate) max_requests: Option<u32>,
+    /// The config's `discovery.retry`, as the routes' `retry_policy`.
+    pub(crate) retry: RetryPolicy,
 }
 
 impl Default for Shape {
-    /// Round robin, routes inline, no geo or version routing, health checks on, `x-hash-key`.
+    /// Round robin, routes inline, no geo or version routing, health checks on, `x-hash-key`,
+    /// chi's default outlier detection, no circuit breaker, no retries.
     fn default() -> Self {
         Shape {
             strategy: Strategy::RoundRobin,
@@ -165,6 +177,9 @@ impl Default for Shape {
             health_check_enabled: true,
             hash_key_header: Arc::from(HASH_KEY_HEADER),
             orca: OrcaConfig::default(),
+            outlier: OutlierConfig::default(),
+            max_requests: None,
+            retry: RetryPolicy::none(),
         }
     }
 }
@@ -325,6 +340,7 @@ impl Shape {
             action: Some(Action::Route(RouteAction {
                 cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
                 hash_policy: hash_policy.clone(),
+                retry_policy: super::resilience::retry_policy(&self.retry),
                 ..Default::default()
             })),
             ..Default::default()
@@ -369,6 +385,9 @@ impl Shape {
             }),
             lb_policy: lb_policy(self.strategy) as i32,
             load_balancing_policy: super::policy::load_balancing_policy(self.strategy, &self.orca),
+            lb_config: super::policy::lb_config(self.strategy),
+            outlier_detection: Some(super::resilience::outlier_detection(&self.outlier)),
+            circuit_breakers: super::resilience::circuit_breakers(self.max_requests),
             ..Default::default()
         }
     }

@@ -23,6 +23,8 @@ mod registry_chi;
 mod select;
 mod support;
 mod xds;
+mod xds_csds;
 mod xds_health;
 mod xds_orca;
 mod xds_real;
+mod xds_resilience;

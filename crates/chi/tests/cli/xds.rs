@@ -101,6 +101,17 @@ impl Client {
         self.call_version(n, None)
     }
 
+    /// Starts `n` calls 10 ms apart, all in flight together on slow backends; the answers per
+    /// backend name, and the failures.
+    pub(crate) fn burst(&mut self, n: u32) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let stdin = self.proc.child.stdin.as_mut().expect("client stdin");
+        writeln!(stdin, "burst {n}").expect("write to the client");
+        stdin.flush().expect("flush");
+        let line = self.proc.wait_line("a result line", |l| l.starts_with('{'));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON result");
+        (tally(&v, "counts"), tally(&v, "errors"))
+    }
+
     /// Makes `n` calls, with `x-service-version: version` when given.
     fn call_version(
         &mut self,

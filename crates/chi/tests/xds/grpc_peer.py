@@ -3,7 +3,10 @@
 
     grpc_peer.py serve NAME...   one gRPC server per NAME on 127.0.0.1, a free port each; prints
                                  "backend NAME PORT" per server, serves until stdin closes.
-                                 The unary method /chi.test.Echo/Who answers the server's NAME.
+                                 The unary method /chi.test.Echo/Who answers the server's NAME;
+                                 a server whose NAME starts with "failing" fails every call
+                                 with UNAVAILABLE instead, and one whose NAME starts with "slow"
+                                 answers after 300 ms.
     grpc_peer.py client TARGET   a channel to TARGET (e.g. xds:///order-service, with
                                  GRPC_XDS_BOOTSTRAP set); reads commands on stdin:
                                  "call N [VERSION]" makes N calls (with the header
@@ -11,7 +14,10 @@
                                  line {"counts": {NAME: calls}, "errors": {CODE: calls}};
                                  "first NAME" calls back to back until one lands on NAME
                                  (for at most 30 s) and prints the same line at once, with
-                                 "landed": true or false.
+                                 "landed": true or false;
+                                 "burst N" starts N calls 10 ms apart (together in flight on
+                                 the slow backends) and prints the same line when all are
+                                 done.
 
 No generated code: the messages are raw bytes.
 """
@@ -32,9 +38,18 @@ def serve(names):
     for name in names:
         server = grpc.server(ThreadPoolExecutor(max_workers=4))
         answer = name.encode()
+        if name.startswith("failing"):
+            def who(_req, ctx, n=name):
+                ctx.abort(grpc.StatusCode.UNAVAILABLE, f"{n} fails every call")
+        elif name.startswith("slow"):
+            def who(_req, _ctx, a=answer):
+                time.sleep(0.3)
+                return a
+        else:
+            def who(_req, _ctx, a=answer):
+                return a
         handler = grpc.method_handlers_generic_handler(
-            SERVICE,
-            {"Who": grpc.unary_unary_rpc_method_handler(lambda _req, _ctx, a=answer: a)},
+            SERVICE, {"Who": grpc.unary_unary_rpc_method_handler(who)}
         )
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
@@ -55,6 +70,9 @@ def client(target):
         if len(words) == 2 and words[0] == "first":
             print(json.dumps(first(who, words[1])), flush=True)
             continue
+        if len(words) == 2 and words[0] == "burst":
+            print(json.dumps(burst(who, int(words[1]))), flush=True)
+            continue
         if len(words) not in (2, 3) or words[0] != "call":
             print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
             continue
@@ -71,6 +89,23 @@ def client(target):
                     print(f"rpc error: {code} {e.details()}", file=sys.stderr, flush=True)
         print(json.dumps({"counts": counts, "errors": errors}), flush=True)
     channel.close()
+
+
+def burst(who, n):
+    """`n` calls started 10 ms apart; their answers."""
+    counts, errors = {}, {}
+    futures = []
+    for _ in range(n):
+        futures.append(who.future(b"", timeout=5))
+        time.sleep(0.01)
+    for future in futures:
+        try:
+            name = future.result().decode()
+            counts[name] = counts.get(name, 0) + 1
+        except grpc.RpcError as e:
+            code = str(e.code())
+            errors[code] = errors.get(code, 0) + 1
+    return {"counts": counts, "errors": errors}
 
 
 def first(who, wanted):

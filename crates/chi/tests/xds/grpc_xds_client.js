@@ -4,7 +4,11 @@
 //                                     GRPC_XDS_BOOTSTRAP set); reads commands on stdin:
 //                                     "call N [VERSION]" makes N calls of /chi.test.Echo/Who (with
 //                                     x-service-version: VERSION when given) and prints one JSON
-//                                     line {"counts": {NAME: calls}, "errors": {CODE: calls}}.
+//                                     line {"counts": {NAME: calls}, "errors": {CODE: calls}};
+//                                     "burst N" starts N calls 10 ms apart (together in flight
+//                                     on slow backends; a call is counted in flight once it
+//                                     started, not when picked) and prints the same line when
+//                                     all are done.
 //
 // The modules come from NODE_PATH (scripts/xds-clients installs them outside the clone).
 'use strict';
@@ -34,11 +38,10 @@ function call(version) {
   });
 }
 
-async function batch(n, version) {
+function tally(results) {
   const counts = {};
   const errors = {};
-  for (let i = 0; i < n; i++) {
-    const r = await call(version);
+  for (const r of results) {
     if (r.error) {
       if (!errors[r.error]) process.stderr.write(`rpc error: ${r.error} ${r.details}\n`);
       errors[r.error] = (errors[r.error] || 0) + 1;
@@ -49,11 +52,30 @@ async function batch(n, version) {
   return { counts, errors };
 }
 
+async function batch(n, version) {
+  const results = [];
+  for (let i = 0; i < n; i++) results.push(await call(version));
+  return tally(results);
+}
+
+async function burst(n) {
+  const calls = [];
+  for (let i = 0; i < n; i++) {
+    calls.push(call());
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  return tally(await Promise.all(calls));
+}
+
 const lines = readline.createInterface({ input: process.stdin });
 let queue = Promise.resolve();
 lines.on('line', (line) => {
   queue = queue.then(async () => {
     const words = line.trim().split(/\s+/);
+    if (words.length === 2 && words[0] === 'burst') {
+      console.log(JSON.stringify(await burst(parseInt(words[1], 10))));
+      return;
+    }
     if (words.length < 2 || words.length > 3 || words[0] !== 'call') {
       console.log(JSON.stringify({ error: `unknown command ${JSON.stringify(line)}` }));
       return;

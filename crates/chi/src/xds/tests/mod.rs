@@ -36,10 +36,12 @@ use super::resources::{ClientPlace, Shape};
 
 mod client;
 mod clients;
+mod csds;
 mod delta;
 mod grace;
 mod load_balancer;
 mod registry;
+mod resilience;
 mod routing;
 mod server;
 mod sotw;
