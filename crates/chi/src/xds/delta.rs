@@ -298,13 +298,13 @@ impl DeltaSession {
             let Some(list) = view.instances.as_ref() else {
                 continue;
             };
-            let (any, hash) =
+            let built =
                 self.parts
                     .encoded
                     .get(kind, name, revision, &self.parts.place, || {
                         shape.build(kind, name, list, &self.parts.place)
                     });
-            let version = format!("{hash:016x}");
+            let version = format!("{:016x}", built.hash);
             let unchanged = held.is_some_and(|h| h.version == version);
             ts.held.insert(
                 name.clone(),
@@ -317,7 +317,7 @@ impl DeltaSession {
                 delta.upserts.push(Resource {
                     name: name.clone(),
                     version,
-                    resource: Some(any),
+                    resource: Some(built.any.clone()),
                     ..Default::default()
                 });
             }

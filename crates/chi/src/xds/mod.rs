@@ -36,6 +36,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 mod view;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,7 +49,7 @@ use chi_discovery::routing::Geo;
 use chi_discovery::{DiscoveryClient, OutagePolicy};
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    AggregatedDiscoveryService,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -67,8 +68,8 @@ use crate::source::Source;
 use delta::DeltaSession;
 use follow::{Following, Woken};
 use resources::{ClientPlace, Shape};
-use sotw::AdsStream;
 use state::{Encoded, Hub};
+use wire::AdsService;
 
 /// Most names one request may carry; more is refused as a malformed request.
 const MAX_NAMES: usize = 10_000;
@@ -159,8 +160,10 @@ impl XdsServer {
         }
     }
 
-    pub(crate) fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
+    /// The gRPC service: state-of-the-world streams written from shared bytes ([`wire`]), the
+    /// incremental ones through tonic's generated server.
+    pub(crate) fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
 }
 
@@ -180,18 +183,25 @@ impl AggregatedDiscoveryService for XdsServer {
     type StreamAggregatedResourcesStream = ResponseStream;
     type DeltaAggregatedResourcesStream = DeltaStream;
 
+    /// Never called: [`AdsService`] answers this method before the generated server sees it.
     async fn stream_aggregated_resources(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
+        _request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        self.open(request, |tx| AdsStream::new(self.parts(), tx))
+        Err(Status::internal(
+            "state-of-the-world streams are served by chi's own ADS service",
+        ))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        self.open(request, |tx| DeltaSession::new(self.parts(), tx))
+        let peer = request.remote_addr();
+        let responses = self.open(peer, request.into_inner(), |tx| {
+            DeltaSession::new(self.parts(), tx)
+        })?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
     }
 }
 
@@ -214,19 +224,18 @@ impl XdsServer {
     /// closes.
     fn open<S: Session>(
         &self,
-        request: Request<Streaming<S::Request>>,
+        peer: Option<SocketAddr>,
+        requests: Streaming<S::Request>,
         session: impl FnOnce(mpsc::Sender<Result<S::Response, Status>>) -> S,
-    ) -> Result<Response<Responses<S::Response>>, Status> {
+    ) -> Result<mpsc::Receiver<Result<S::Response, Status>>, Status> {
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "this chi xds serves at most {} ADS streams (--max-streams); try another server or later",
                 self.max_streams
             ))
         })?;
-        let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let session = session(tx.clone());
-        let requests = request.into_inner();
         let closing = self.closing.0.subscribe();
         tokio::spawn(async move {
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream opened");
@@ -234,7 +243,7 @@ impl XdsServer {
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream closed");
             drop(permit);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
 
