@@ -34,12 +34,11 @@ use chi_discovery::instance::validate_name;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::follow::Following;
 use super::resources::Kind;
-use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane};
+use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd, control_plane};
 
 /// The wildcard name.
 const WILDCARD: &str = "*";
@@ -96,14 +95,14 @@ struct Delta {
 pub(crate) struct DeltaSession {
     /// The server's parts and what is known of the client.
     parts: Parts,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: Outbox<DeltaDiscoveryResponse>,
     types: BTreeMap<Kind, DeltaState>,
 }
 
 impl DeltaSession {
     pub(crate) fn new(
         parts: Parts,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        tx: Outbox<DeltaDiscoveryResponse>,
     ) -> DeltaSession {
         DeltaSession {
             parts,

@@ -201,7 +201,8 @@ impl AggregatedDiscoveryService for XdsServer {
         let responses = self.open(peer, request.into_inner(), |tx| {
             DeltaSession::new(self.parts(), tx)
         })?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+        let responses = ReceiverStream::new(responses).map(|r| r.map_err(|status| *status));
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
@@ -226,8 +227,8 @@ impl XdsServer {
         &self,
         peer: Option<SocketAddr>,
         requests: Streaming<S::Request>,
-        session: impl FnOnce(mpsc::Sender<Result<S::Response, Status>>) -> S,
-    ) -> Result<mpsc::Receiver<Result<S::Response, Status>>, Status> {
+        session: impl FnOnce(Outbox<S::Response>) -> S,
+    ) -> Result<mpsc::Receiver<Sent<S::Response>>, Status> {
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "this chi xds serves at most {} ADS streams (--max-streams); try another server or later",
@@ -292,6 +293,12 @@ impl Parts {
 
 type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// What a stream's task hands to the response body: a response, or the status that ends the
+/// stream (boxed: a channel's buffer is sized by its largest item, and a `Status` is large).
+pub(crate) type Sent<T> = Result<T, Box<Status>>;
+/// The sending end of a stream's responses.
+pub(crate) type Outbox<T> = mpsc::Sender<Sent<T>>;
+
 /// Why a stream ends early.
 #[derive(Debug)]
 pub(crate) enum StreamEnd {
@@ -331,7 +338,7 @@ async fn drive<S: Session>(
     mut session: S,
     mut requests: Streaming<S::Request>,
     mut closing: watch::Receiver<bool>,
-    tx: mpsc::Sender<Result<S::Response, Status>>,
+    tx: Outbox<S::Response>,
 ) {
     let end = loop {
         let step = tokio::select! {
@@ -363,11 +370,11 @@ async fn drive<S: Session>(
                 "refused an ADS request: {}",
                 status.message()
             );
-            let _ = tx.send(Err(status)).await;
+            let _ = tx.send(Err(Box::new(status))).await;
         }
         StreamEnd::Closing => {
             let status = Status::unavailable("chi xds is shutting down");
-            let _ = tx.send(Err(status)).await;
+            let _ = tx.send(Err(Box::new(status))).await;
         }
     }
 }

@@ -5,27 +5,26 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chi_discovery::instance::validate_name;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::follow::Following;
 use super::resources::Kind;
 use super::state::TypeState;
 use super::wire::Packed;
-use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane};
+use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd, control_plane};
 
 /// One state-of-the-world ADS stream: what the client asked for and what it was sent.
 pub(crate) struct AdsStream {
     /// The server's parts and what is known of the client.
     parts: Parts,
-    tx: mpsc::Sender<Result<Packed, Status>>,
+    tx: Outbox<Packed>,
     types: BTreeMap<Kind, TypeState>,
 }
 
 impl AdsStream {
     pub(crate) fn new(
         parts: Parts,
-        tx: mpsc::Sender<Result<Packed, Status>>,
+        tx: Outbox<Packed>,
     ) -> AdsStream {
         AdsStream {
             parts,

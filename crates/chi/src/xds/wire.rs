@@ -38,7 +38,7 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 
-use super::XdsServer;
+use super::{Sent, XdsServer};
 use super::sotw::AdsStream;
 
 /// The state-of-the-world method's path.
@@ -93,13 +93,13 @@ impl Packed {
 /// The response body of one state-of-the-world stream: the pieces of each [`Packed`] response
 /// as they come from the stream's task, then the status in the trailers.
 pub(crate) struct SotwBody {
-    responses: mpsc::Receiver<Result<Packed, Status>>,
+    responses: mpsc::Receiver<Sent<Packed>>,
     pieces: std::vec::IntoIter<Bytes>,
     done: bool,
 }
 
 impl SotwBody {
-    pub(crate) fn new(responses: mpsc::Receiver<Result<Packed, Status>>) -> SotwBody {
+    pub(crate) fn new(responses: mpsc::Receiver<Sent<Packed>>) -> SotwBody {
         SotwBody {
             responses,
             pieces: Vec::new().into_iter(),
@@ -129,7 +129,7 @@ impl http_body::Body for SotwBody {
                     this.pieces = packed.pieces.into_iter();
                     continue;
                 }
-                Some(Err(status)) => status,
+                Some(Err(status)) => *status,
                 None => Status::ok(""),
             };
             this.done = true;
