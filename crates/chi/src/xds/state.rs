@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chi_discovery::DiscoveryClient;
@@ -113,7 +113,7 @@ async fn poll_catalog(hub: std::sync::Weak<Hub>) {
 pub(crate) struct Encoded {
     /// The encoding depends on the client's locality (geo priorities).
     by_place: bool,
-    map: Mutex<HashMap<EncodedKey, Arc<Built>>>,
+    map: Mutex<HashMap<EncodedKey, Arc<OnceLock<Arc<Built>>>>>,
 }
 
 /// One resource at one revision, encoded.
@@ -168,24 +168,19 @@ impl Encoded {
     ) -> Arc<Built> {
         let place = (self.by_place && kind == Kind::Endpoints).then(|| place.clone());
         let key = (kind, name.to_owned(), revision, place);
-        let mut map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(built) = map.get(&key) {
-            return built.clone();
-        }
-        drop(map);
-        let built = Arc::new(Built::new(build()));
-        map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() >= ENCODED_MAX {
-            map.clear();
-        }
-        map.insert(key, built.clone());
-        built
+        let cell = {
+            let mut map = self
+                .map
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if map.len() >= ENCODED_MAX && !map.contains_key(&key) {
+                map.clear();
+            }
+            map.entry(key).or_default().clone()
+        };
+        // The streams a change wakes all ask for the new revision at once: the first builds it,
+        // the others wait for it instead of building it too.
+        cell.get_or_init(|| Arc::new(Built::new(build()))).clone()
     }
 }
 
