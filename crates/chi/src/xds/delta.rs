@@ -100,10 +100,7 @@ pub(crate) struct DeltaSession {
 }
 
 impl DeltaSession {
-    pub(crate) fn new(
-        parts: Parts,
-        tx: Outbox<DeltaDiscoveryResponse>,
-    ) -> DeltaSession {
+    pub(crate) fn new(parts: Parts, tx: Outbox<DeltaDiscoveryResponse>) -> DeltaSession {
         DeltaSession {
             parts,
             tx,
@@ -297,12 +294,12 @@ impl DeltaSession {
             let Some(list) = view.instances.as_ref() else {
                 continue;
             };
-            let built =
-                self.parts
-                    .encoded
-                    .get(kind, name, revision, &self.parts.place, || {
-                        shape.build(kind, name, list, &self.parts.place)
-                    });
+            let built = self
+                .parts
+                .encoded
+                .get(kind, name, revision, &self.parts.place, || {
+                    shape.build(kind, name, list, &self.parts.place)
+                });
             let version = format!("{:016x}", built.hash);
             let unchanged = held.is_some_and(|h| h.version == version);
             ts.held.insert(

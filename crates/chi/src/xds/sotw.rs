@@ -22,10 +22,7 @@ pub(crate) struct AdsStream {
 }
 
 impl AdsStream {
-    pub(crate) fn new(
-        parts: Parts,
-        tx: Outbox<Packed>,
-    ) -> AdsStream {
+    pub(crate) fn new(parts: Parts, tx: Outbox<Packed>) -> AdsStream {
         AdsStream {
             parts,
             tx,

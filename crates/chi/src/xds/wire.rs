@@ -38,11 +38,12 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 
-use super::{Sent, XdsServer};
 use super::sotw::AdsStream;
+use super::{Sent, XdsServer};
 
 /// The state-of-the-world method's path.
-const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 /// Largest request accepted (tonic's default for its generated servers).
 const MAX_REQUEST: usize = 4 * 1024 * 1024;
 /// Resources smaller than this are copied into the response's own piece instead of being sent
