@@ -6,9 +6,14 @@
 //! `select/*` measures the algorithm alone (a selector's `pick`, guard included); `pick/*` the whole
 //! [`Balancer`] path, which adds reading the current table and a revision check. `select_busy/*`
 //! and `pick_busy/*` hold requests on every instance first: least connections must then find the
-//! least loaded among busy instances, the case its idle figures hide.
+//! least loaded among busy instances, the case its idle figures hide. `pick_reported/*` is
+//! `orca_weighted_round_robin` with every instance reporting its load (`pick/` of it has no
+//! reports: a table of equal weights), `rebuild/orca_weighted_round_robin/*` the build of its
+//! table from the reports.
 //!
 //! Run: `cargo bench -p chi-discovery --bench balance -- --warm-up-time 0.5 --measurement-time 1 --noplot`.
+//! The weighted picks beside the atomic:
+//! `cargo bench -p chi-discovery --bench balance -- --noplot 'baseline/atomic.*/1t|pick/weighted.*/1t|orca_weighted_round_robin'`.
 //! The issue-20 goals alone, baselines first:
 //! `cargo bench -p chi-discovery --bench balance -- --noplot 'baseline/.*/1t|pick/(round_robin|random|p2c)/1t/(10|100|1000)$|busy/least_connections/1t/10000'`.
 //!
@@ -22,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use chi_discovery::Instance;
 use chi_discovery::balance::{
-    Balancer, BalancerConfig, ConsistentHash, ConsistentHashConfig, Request, RingHash, Strategy,
-    ThreadRandom, default_hash,
+    Balancer, BalancerConfig, ConsistentHash, ConsistentHashConfig, LoadReports, LoadSink,
+    OrcaConfig, OrcaWeightedRoundRobin, ReportedLoad, Request, RingHash, Strategy, ThreadRandom,
+    default_hash,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
@@ -265,6 +271,61 @@ fn rebuild(c: &mut Criterion) {
     g.finish();
 }
 
+/// `orca_weighted_round_robin` with every instance reporting (utilization 0.1 to 0.9 at 100
+/// qps, no blackout): the pick over a table of unequal weights, the table refreshed every second
+/// by the picks as in service (its cost is in the figures, spread over the picks), and the
+/// build of a table from the reports.
+fn orca(c: &mut Criterion) {
+    let config = OrcaConfig {
+        blackout_period: Duration::ZERO,
+        ..OrcaConfig::default()
+    };
+    let reporting = |list: &[Instance]| {
+        let reports = Arc::new(LoadReports::new(config));
+        for (i, instance) in list.iter().enumerate() {
+            let load = ReportedLoad {
+                qps: 100.0,
+                cpu_utilization: 0.1 + 0.1 * (i % 9) as f64,
+                ..ReportedLoad::default()
+            };
+            reports.record(&instance.id, &load);
+        }
+        reports
+    };
+    let mut g = c.benchmark_group("pick_reported/orca_weighted_round_robin");
+    for n in SIZES {
+        let list = instances(n);
+        let balancer = Balancer::with_config(BalancerConfig {
+            load_reports: Some(reporting(&list)),
+            ..BalancerConfig::new(Strategy::OrcaWeightedRoundRobin)
+        })
+        .expect("valid");
+        let _ = balancer.pick_in(&list, 1, &Request::new());
+        for threads in [1usize, 2] {
+            g.bench_function(BenchmarkId::new(format!("{threads}t"), n), |b| {
+                b.iter_custom(|iters| {
+                    on_threads(threads, iters, |i| {
+                        let k = key(i);
+                        let pick = balancer.pick_in(&list, 1, &Request::with_key(&k));
+                        black_box(pick.as_ref().map(|p| p.index()));
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+    let mut g = c.benchmark_group("rebuild/orca_weighted_round_robin");
+    for n in SIZES {
+        let list = instances(n);
+        let reports = reporting(&list);
+        let rng = ThreadRandom;
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| OrcaWeightedRoundRobin::build(black_box(&list), reports.clone(), &rng))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     baselines,
@@ -272,6 +333,7 @@ criterion_group!(
     busy,
     busy_pick,
     busy_health_off,
-    rebuild
+    rebuild,
+    orca
 );
 criterion_main!(benches);

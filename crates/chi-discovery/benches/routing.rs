@@ -62,6 +62,7 @@ fn config() -> RoutingConfig {
         enable_geo_routing: true,
         default_version: "v1".into(),
         regions,
+        ..RoutingConfig::default()
     }
 }
 

@@ -83,9 +83,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stops.insert(name, (report.id, stop));
     }
     println!(
-        "registered {} instances (keep-alive every {:?})",
+        "registered {} instances (keep-alive every {})",
         stops.len(),
-        registry_interval(&registry)
+        human(registry_interval(&registry))
     );
 
     // 2. Discovery with a cache, and active health checks laid over it.
@@ -100,9 +100,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await;
     let snapshot = client.discover(SERVICE).await?;
     println!(
-        "\ndiscover(\"{SERVICE}\") -> {} instances (health checked in {:?}):",
+        "\ndiscover(\"{SERVICE}\") -> {} instances (health checked in {}):",
         snapshot.len(),
-        all_healthy
+        all_healthy.map_or_else(|| "more than 5 s".to_owned(), human)
     );
     for i in snapshot.iter() {
         println!("{}", row(i));
@@ -160,8 +160,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await;
     println!(
-        "\nwest-a stopped: out of healthy_only discovery after {:?} (3 failed checks x 200 ms)",
-        gone.unwrap_or(killed.elapsed())
+        "\nwest-a stopped: out of healthy_only discovery after {} (3 failed checks x 200 ms)",
+        human(gone.unwrap_or(killed.elapsed()))
     );
     let rr = Balancer::new(Strategy::RoundRobin);
     let snapshot = client.discover(SERVICE).await?;
@@ -215,6 +215,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn registry_interval(r: &Memory) -> Duration {
     use chi_discovery::Registry;
     r.keep_alive_interval()
+}
+
+/// `d` as people read it: `20.9 ms`, `1.5 s` (where `{:?}` prints `20.888951ms`).
+fn human(d: Duration) -> String {
+    let (v, unit) = match d.as_secs_f64() {
+        s if s >= 1.0 => (s, "s"),
+        s if s >= 1e-3 => (s * 1e3, "ms"),
+        s => (s * 1e6, "µs"),
+    };
+    let digits = if v >= 100.0 || v.fract() == 0.0 { 0 } else { 1 };
+    format!("{v:.digits$} {unit}")
 }
 
 fn ids(list: &[chi_discovery::Instance]) -> Vec<&str> {

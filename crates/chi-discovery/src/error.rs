@@ -40,6 +40,23 @@ pub enum Error {
         failures: Vec<(String, Error)>,
     },
 
+    /// A registration is held by some backends of a multi-registry and not by others. A
+    /// [`ServiceManager`](crate::ServiceManager) keeps retrying the backends that failed (see
+    /// [`RegistrationReport::require_complete`](crate::manager::RegistrationReport::require_complete)).
+    #[error(
+        "instance `{id}` is registered in {} but not in {}",
+        registered.join(", "),
+        display_failures(failures)
+    )]
+    PartialRegistration {
+        /// The instance's id.
+        id: String,
+        /// The backends that hold it.
+        registered: Vec<String>,
+        /// `(backend, error)` for every backend that does not.
+        failures: Vec<(String, Error)>,
+    },
+
     /// A registry call did not answer in time.
     #[error("registry `{backend}` did not answer within {after:?}")]
     Timeout {
@@ -166,7 +183,9 @@ impl Error {
         match self {
             Error::Registry { .. } | Error::Timeout { .. } | Error::Unavailable { .. } => true,
             Error::WatchClosed { .. } => true,
-            Error::Backends { failures } => failures.iter().any(|(_, e)| e.is_transient()),
+            Error::Backends { failures } | Error::PartialRegistration { failures, .. } => {
+                failures.iter().any(|(_, e)| e.is_transient())
+            }
             Error::NoInstance { .. } | Error::Config { .. } | Error::Invalid { .. } => false,
             Error::Serve { .. } => false,
             Error::Overloaded { .. } => true,

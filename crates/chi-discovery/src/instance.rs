@@ -191,10 +191,17 @@ pub fn default_id(name: &str, address: &str, port: u16) -> String {
     format!("{name}-{address}-{port}")
 }
 
+/// True when `name` is a service name (or instance id) chi accepts: the rule of
+/// [`Instance::validate`] (docs/DESIGN.md §9), for code that must tell a name every registry
+/// takes from one none does before asking one, as `chi xds` does with the names clients send.
+pub fn is_valid_name(name: &str) -> bool {
+    validate_name("name", name).is_ok()
+}
+
 /// Checks a service name or instance id: 1..=256 characters, no `/`, no `..`, no control
 /// characters, not only whitespace. Every backend builds keys or URLs from these, so this is what
 /// keeps a name from escaping its prefix.
-pub fn validate_name(what: &'static str, value: &str) -> Result<()> {
+pub(crate) fn validate_name(what: &'static str, value: &str) -> Result<()> {
     if value.trim().is_empty() {
         return Err(Error::invalid(what, value, "must not be empty"));
     }
@@ -297,12 +304,14 @@ pub struct HealthCheck {
     /// Who runs the check (default [`CheckedBy::Auto`]).
     #[serde(default)]
     pub checked_by: CheckedBy,
-    /// Successes in a row that make an unhealthy instance healthy when chi probes (`None`: the
-    /// checker's default, 2).
+    /// Successes in a row that make an unhealthy instance healthy (`None`: when chi probes, the
+    /// checker's default, 2; Consul's agent, running the check itself, gets it as
+    /// `SuccessBeforePassing`, and without it counts every result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rise: Option<u32>,
-    /// Failures in a row that make a healthy instance unhealthy when chi probes (`None`: the
-    /// checker's default, 3).
+    /// Failures in a row that make a healthy instance unhealthy (`None`: when chi probes, the
+    /// checker's default, 3; Consul's agent gets it as `FailuresBeforeCritical`, and without it
+    /// counts every result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fall: Option<u32>,
 }

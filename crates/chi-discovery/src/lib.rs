@@ -3,19 +3,22 @@
 //! Service discovery and client-side load balancing for Rust services.
 //!
 //! - [`registry`]: one [`Registry`] abstraction over the embedded [`registry::Memory`] registry
-//!   (the default), Consul, etcd v3 and Nacos (cargo features `consul`, `etcd`, `nacos`), and a
+//!   (the default), Consul, etcd v3, Nacos and ZooKeeper (cargo features `consul`, `etcd`,
+//!   `nacos`, `zookeeper`), DNS SRV and A records, read-only (feature `dns`), and a
 //!   [`registry::MultiRegistry`] that writes to several at once.
 //! - [`ServiceManager`]: registers instances, keeps them alive, re-registers them when a registry
 //!   lost them, deregisters them on shutdown.
 //! - [`DiscoveryClient`]: discovery with filters, a cache of immutable snapshots that keeps serving
 //!   the last good list through registry outages, watches and retries.
 //! - [`balance`]: round robin, random, smooth weighted round robin, least connections, consistent
-//!   hashing with bounded loads, ring hash, Maglev, P2C and peak EWMA; built once per membership
-//!   change, picked without locks.
+//!   hashing with bounded loads, ring hash, Maglev, P2C, peak EWMA, and weighted round robin by
+//!   the servers' load reports (ORCA); built once per membership change, picked without locks.
 //! - [`health`]: HTTP, TCP and gRPC probes (HTTP and gRPC behind the default features `http` and
 //!   `grpc`) with rise/fall thresholds, outlier detection and the panic threshold.
 //! - [`routing`]: version and region/zone routing and the smart router that chains them before
 //!   the balancer.
+//! - `orca` (feature `orca`, on by default): ORCA load reports, read from responses and
+//!   out-of-band streams, and attached to this service's own responses.
 //! - `metrics` (feature `metrics`): Prometheus metrics into a registry the caller passes in.
 //! - [`integration`]: tower's `Discover` over a chi watch (feature `tower`), and an HTTP helper
 //!   (feature `http`), both on by default.
@@ -52,6 +55,8 @@ mod keyed;
 pub mod manager;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "orca")]
+pub mod orca;
 pub mod registry;
 pub mod retry;
 pub mod routing;

@@ -3,7 +3,8 @@
 //! One curve serves every loop that tries again: [`RetryPolicy::run`] (a registry call, up to
 //! `max_attempts`), and every loop that never gives up: the discovery watch reopening after a
 //! break, the manager registering on a backend that failed, the adapters' watch tasks, the
-//! stack's follower of its own service, the Nacos login. Each holds a [`Backoff`], which counts
+//! stack's follower of its own service, the Nacos login. Each holds a `Backoff` (inside the
+//! crate; [`RetryPolicy::run`] and [`RetryPolicy::delay`] draw from one), which counts
 //! consecutive failures, answers the next delay, and starts over after a success (the manager,
 //! which keeps a failure count per backend anyway, draws with [`RetryPolicy::delay`]); a fix to
 //! the curve lands everywhere at once.
@@ -36,8 +37,8 @@
 //! - The ceiling is at least twice the floor, so a multiplier of 1 (a constant delay) is spread
 //!   too; only `max_interval == initial_interval` leaves no room for jitter.
 //!
-//! The randomness comes from a small generator per [`Backoff`], seeded from the thread's
-//! generator, or from a number ([`Backoff::seeded`]) for a sequence that repeats.
+//! The randomness comes from a small generator per `Backoff`, seeded from the thread's
+//! generator, or from a number (`Backoff::seeded`, for tests) for a sequence that repeats.
 
 use std::future::Future;
 use std::time::Duration;
@@ -92,12 +93,12 @@ impl RetryPolicy {
 
     /// A [`Backoff`] on this policy's curve (its `max_attempts` does not apply: a backoff never
     /// gives up).
-    pub fn backoff(&self) -> Backoff {
+    pub(crate) fn backoff(&self) -> Backoff {
         Backoff::new(self.initial_interval, self.max_interval).multiplier(self.multiplier)
     }
 
     /// Runs `op` until it succeeds, fails with a non-transient error, or the attempts run out;
-    /// the waits between attempts are a [`Backoff`]'s.
+    /// the waits between attempts are drawn on the curve of the [module docs](self).
     pub async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -118,19 +119,8 @@ impl RetryPolicy {
 /// uniformly between `initial` and [`Backoff::ceiling`]`(n)`, which grows by the multiplier up to
 /// `max` (see the [module docs](self) for why this curve). It counts the failures, and starts over
 /// after a success.
-///
-/// ```
-/// # use std::time::Duration;
-/// use chi_discovery::retry::Backoff;
-///
-/// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-/// let first = backoff.next_delay();
-/// assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
-/// backoff.reset(); // after a success
-/// assert_eq!(backoff.failures(), 0);
-/// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     multiplier: f64,
@@ -138,9 +128,14 @@ pub struct Backoff {
     rng: SmallRng,
 }
 
+// `failures` and `reset` serve the adapters' watch loops, which come with their features.
+#[cfg_attr(
+    not(all(feature = "consul", feature = "etcd", feature = "chi")),
+    allow(dead_code)
+)]
 impl Backoff {
     /// Doubling from `initial` up to `max` (a `max` below `initial` is taken as `initial`).
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial,
             max: max.max(initial),
@@ -151,7 +146,7 @@ impl Backoff {
     }
 
     /// Another growth factor (values below 1 are taken as 1).
-    pub fn multiplier(mut self, multiplier: f64) -> Self {
+    pub(crate) fn multiplier(mut self, multiplier: f64) -> Self {
         self.multiplier = if multiplier.is_finite() {
             multiplier.max(1.0)
         } else {
@@ -161,31 +156,32 @@ impl Backoff {
     }
 
     /// Draws the jitter from a generator seeded with `seed`: the same seed gives the same delays
-    /// (for tests and simulations).
-    pub fn seeded(mut self, seed: u64) -> Self {
+    /// (for tests).
+    #[cfg(test)]
+    pub(crate) fn seeded(mut self, seed: u64) -> Self {
         self.rng = SmallRng::seed_from_u64(seed);
         self
     }
 
     /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Starts over: the next delay is drawn from the first range again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 
     /// The longest delay after the `failures`-th consecutive failure (1-based):
     /// `initial * max(multiplier^failures, 2)`, at most `max`. The shortest is `initial`.
-    pub fn ceiling(&self, failures: u32) -> Duration {
+    pub(crate) fn ceiling(&self, failures: u32) -> Duration {
         let growth = self.multiplier.powi(failures.min(1024) as i32).max(2.0);
         scale(self.initial, growth).min(self.max)
     }
 
     /// Counts one more failure and answers how long to wait before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         uniform(self.initial, self.ceiling(self.failures), &mut self.rng)
     }

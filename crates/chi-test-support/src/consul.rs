@@ -1,8 +1,9 @@
 //! A real Consul 1.8 dev agent on loopback, on free ports, for one test.
 //!
 //! `-dev` keeps everything in memory, so a restart is a fresh agent that has forgotten every
-//! registration: exactly the "agent restarted" case the adapter must survive. DNS and gRPC are
-//! off (`-1`); HTTP, Serf LAN/WAN and the server RPC port are free ports, so tests run in parallel.
+//! registration: exactly the "agent restarted" case the adapter must survive. DNS (but with
+//! [`ConsulAgent::start_with_dns`]) and gRPC are off (`-1`); HTTP, Serf LAN/WAN and the server RPC
+//! port are free ports, so tests run in parallel.
 //!
 //! [`ConsulCluster`] is three servers and a client agent, for the tests of leader loss.
 
@@ -24,6 +25,8 @@ pub struct ConsulAgent {
     pub https_port: Option<u16>,
     /// The master token when ACLs are on.
     pub master_token: Option<String>,
+    /// The DNS interface's port (UDP and TCP) when it is on.
+    pub dns_port: Option<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -32,6 +35,7 @@ enum Flavor {
     Plain,
     Acl(String),
     Tls,
+    Dns,
 }
 
 impl ConsulAgent {
@@ -54,6 +58,13 @@ impl ConsulAgent {
         Self::spawn(Flavor::Tls).await
     }
 
+    /// A dev agent that also serves its DNS interface on [`ConsulAgent::dns_port`]
+    /// (`_NAME._tcp.service.consul` SRV and `NAME.service.consul` A records of passing
+    /// instances, TTL 0).
+    pub async fn start_with_dns() -> ConsulAgent {
+        Self::spawn(Flavor::Dns).await
+    }
+
     /// Where the TLS files are.
     pub fn tls_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
@@ -61,7 +72,7 @@ impl ConsulAgent {
 
     async fn spawn(flavor: Flavor) -> ConsulAgent {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(5);
+        let ports = free_ports(6);
         let mut args: Vec<String> = [
             "agent",
             "-dev",
@@ -91,8 +102,15 @@ impl ConsulAgent {
         }
         let mut master_token = None;
         let mut https_port = None;
+        let mut dns_port = None;
         match flavor {
             Flavor::Plain => {}
+            Flavor::Dns => {
+                if let Some(i) = args.iter().position(|a| a == "-dns-port") {
+                    args[i + 1] = ports[5].to_string();
+                }
+                dns_port = Some(ports[5]);
+            }
             Flavor::Acl(token) => {
                 // Consul 1.8 syntax: `acl.tokens.master` (renamed `initial_management` in 1.11).
                 args.push("-hcl".into());
@@ -129,6 +147,7 @@ impl ConsulAgent {
             http_port: ports[0],
             https_port,
             master_token,
+            dns_port,
             dir,
         };
         agent.wait_ready().await;

@@ -133,6 +133,10 @@ impl<R: Registry> Registry for Faulty<R> {
         self.inner.keep_alive_interval()
     }
 
+    fn read_only(&self) -> bool {
+        self.inner.read_only()
+    }
+
     async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
         self.check_up()?;
         self.inner.instances(service).await

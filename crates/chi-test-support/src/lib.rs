@@ -1,7 +1,10 @@
 //! Test support shared by chi's crates (not published).
 //!
-//! - real registries on loopback: `etcd` (feature `etcd`), [`consul`] and [`nacos`] start the real servers as
-//!   child processes on free ports ([`Proc`] kills them on drop);
+//! - real registries on loopback: `etcd` (feature `etcd`), [`consul`], [`nacos`] and [`zookeeper`]
+//!   start the real servers as child processes on free ports ([`Proc`] kills them on drop);
+//!   [`zookeeper::Kazoo`] is a foreign ZooKeeper client (Python's kazoo); [`dns`] starts dnsmasq
+//!   and bind9's `named` the same way;
+//! - [`proxy::Proxy`]: a TCP forwarder that cuts clients off from a server (a partition);
 //! - [`grpc::HealthServer`]: a tonic server with the standard gRPC health service, for probes;
 //! - [`fault::Faulty`]: a [`Registry`](chi_discovery::Registry) wrapper that fails every call on
 //!   demand, to rehearse an outage in the layers above the registry;
@@ -21,12 +24,15 @@
 //! copy instead of including each other's files.
 
 pub mod consul;
+pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod fault;
 pub mod grpc;
 pub mod nacos;
 mod process;
+pub mod proxy;
+pub mod zookeeper;
 
 pub use process::{Proc, binary};
 

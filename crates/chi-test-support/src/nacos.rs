@@ -25,7 +25,7 @@ pub struct NacosServer {
     pub proc: Proc,
     /// The admin user and password, when auth is on.
     pub auth: Option<(String, String)>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// An HTTP port whose +1000 (gRPC) neighbour is free as well, and a console port; the
@@ -114,7 +114,7 @@ impl NacosServer {
             http_port,
             proc,
             auth,
-            _dir: dir,
+            dir,
         };
         server.wait_ready();
         server
@@ -152,6 +152,15 @@ impl NacosServer {
     /// SIGKILL.
     pub fn kill(&mut self) {
         self.proc.kill();
+    }
+
+    /// Deletes its data directory (kill it first): it restarts as a brand-new server.
+    pub fn wipe(&mut self) {
+        assert!(!self.proc.is_running(), "wipe a killed server only");
+        let db = self.dir.path().join("db");
+        if db.exists() {
+            std::fs::remove_dir_all(&db).expect("remove the data dir");
+        }
     }
 
     /// Starts again on the same ports and data directory.

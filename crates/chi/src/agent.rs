@@ -7,14 +7,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chi_discovery::manager::{BackendChange, BackendEvent};
 use chi_discovery::{HealthStatus, ServiceManager};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as Metrics;
+use tokio::sync::broadcast;
 
 use crate::admin;
 use crate::cli::AgentArgs;
+use crate::console::{AgentFeed, Console, WriteGate};
 use crate::failure::Failure;
 use crate::source::Source;
 
@@ -27,7 +30,14 @@ type Labels = Vec<(String, String)>;
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install()?;
     let mut source = Source::resolve(&args.source)?;
-    let Some(service) = source.config.registration.clone() else {
+    // `0.0.0.0` / `::` as written in a config file: advertise this host's address instead
+    // (registries refuse an unspecified address), as `Chi` does.
+    let Some(service) = source
+        .config
+        .registration
+        .clone()
+        .map(chi_discovery::ServiceConfig::advertised)
+    else {
         return Err(Failure::bad_input(
             "nothing to register: the config has no service_discovery.registration",
         )
@@ -36,8 +46,17 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     };
-    if source.remote.is_none()
-        && let Some(m) = &mut source.config.registries.memory
+    if source.config.registries.dns.is_some() && source.config.registries.writable().is_empty() {
+        return Err(Failure::bad_input(format!(
+            "cannot register {}: DNS is read-only (it serves discovery only) and it is the only registry",
+            service.name
+        ))
+        .hint(
+            "register in consul://, etcd://, nacos:// or a chi:// agent; read DNS with chi discover, watch, select, proxy or xds --registry dns://...",
+        )
+        .into());
+    }
+    if let Some(m) = &mut source.config.registries.memory
         && m.ttl.is_none()
     {
         m.ttl = Some(MEMORY_TTL);
@@ -47,10 +66,10 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let registry = source.connect().await?;
     let manager = Arc::new(ServiceManager::new(registry.clone()).with_retry(source.config.retry));
     let instance = service.instance();
-    let backends = match &source.remote {
-        Some(base) => base.replace("http://", "chi://"),
-        None => source.config.registries.enabled().join(", "),
-    };
+    let backends = source.backends();
+    // Every change of where the registration stands on each backend, from the first attempt
+    // on: subscribed before registering.
+    tokio::spawn(print_standing(manager.subscribe()));
     // The check runs where each registry expects it: Consul's agent runs it, for the others the
     // manager probes here and reports the verdict with its keep-alives.
     let registered = manager.register(service.clone()).await;
@@ -59,48 +78,20 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             .hint("see service_discovery.registration and its health_check")
             .into());
     }
-    match registered {
-        Ok(report) => {
-            for (backend, result) in &report.results {
-                match result {
-                    Ok(()) => println!("registered {} in {backend}", instance.id),
-                    Err(e) => eprintln!(
-                        "warning: not registered in {backend} yet ({e}); retrying in the background"
-                    ),
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("warning: not registered anywhere yet ({e}); retrying in the background")
-        }
+    if let Err(e) = registered {
+        eprintln!("warning: not registered anywhere yet ({e}); retrying in the background")
     }
 
     let health_manager = manager.clone();
-    let health: admin::HealthFn = Arc::new(move || {
-        let status = health_manager.status();
-        let registered = status
-            .iter()
-            .any(|s| s.backends.iter().any(|b| b.registered));
-        let unhealthy = status.iter().any(|s| s.health == HealthStatus::Unhealthy);
-        let body = serde_json::json!({
-            "status": if registered && !unhealthy { "ok" } else { "degraded" },
-            "registrations": status.iter().map(|s| serde_json::json!({
-                "id": s.instance.id,
-                "name": s.instance.name,
-                "health": s.health,
-                "backends": s.backends.iter().map(|b| serde_json::json!({
-                    "backend": b.backend,
-                    "registered": b.registered,
-                    "failures": b.failures,
-                    "last_error": b.last_error,
-                    "reregistrations": b.reregistrations,
-                })).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        });
-        (registered && !unhealthy, body)
-    });
+    let health: admin::HealthFn = Arc::new(move || health_body(&health_manager));
     let metrics = agent_metrics(manager.clone());
-    let bound = admin::serve(args.admin, registry.clone(), health, metrics).await?;
+    let feed = AgentFeed {
+        manager: manager.clone(),
+        strategy: source.config.load_balancer.strategy,
+    };
+    let gate = WriteGate::from_flag(args.console_writes);
+    let console = Console::new("agent", registry.clone(), Arc::new(feed), gate).routes();
+    let bound = admin::serve(args.admin, registry.clone(), health, metrics, console).await?;
     println!(
         "chi agent: {} ({} at {}) in {backends}; admin on http://{bound}",
         instance.id,
@@ -125,6 +116,65 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Prints each change of the registration's standing on a backend as it happens: `registered
+/// ID in BACKEND` and `re-registered ID in BACKEND` on stdout, a failing backend (the first
+/// failure of a run, with the error) on stderr.
+async fn print_standing(mut events: broadcast::Receiver<BackendEvent>) {
+    loop {
+        match events.recv().await {
+            Ok(e) => match &e.change {
+                BackendChange::Registered => println!("registered {} in {}", e.id, e.backend),
+                BackendChange::Reregistered => println!(
+                    "re-registered {} in {} (the registry had lost it)",
+                    e.id, e.backend
+                ),
+                BackendChange::Failing { error } => eprintln!(
+                    "warning: {} does not hold {} ({error}); retrying in the background",
+                    e.backend, e.id
+                ),
+                _ => println!("{}: {} {:?}", e.backend, e.id, e.change),
+            },
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                eprintln!("warning: {n} registration changes not shown (see /health)")
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// `/health`: `ok` (200) when every backend holds every registration, its last call worked and
+/// the service is not unhealthy; `partial` (200) when some backend does not (the others serve
+/// it; the missing ones are retried); `degraded` (503) when none holds it or it is unhealthy.
+fn health_body(manager: &ServiceManager) -> (bool, serde_json::Value) {
+    let status = manager.status();
+    let all = status.iter().all(|s| s.backends.iter().all(|b| b.is_up()));
+    let served = status.iter().all(|s| s.backends.iter().any(|b| b.is_up()));
+    let unhealthy = status.iter().any(|s| s.health == HealthStatus::Unhealthy);
+    let verdict = match (served && !unhealthy, all) {
+        (true, true) => "ok",
+        (true, false) => "partial",
+        (false, _) => "degraded",
+    };
+    let body = serde_json::json!({
+        "status": verdict,
+        "registrations": status.iter().map(|s| serde_json::json!({
+            "id": s.instance.id,
+            "name": s.instance.name,
+            "health": s.health,
+            "backends": s.backends.iter().map(|b| serde_json::json!({
+                "backend": b.backend,
+                "registered": b.registered,
+                "up": b.is_up(),
+                "failures": b.failures,
+                "last_error": b.last_error,
+                "reregistrations": b.reregistrations,
+                "errors": b.errors,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    });
+    (served && !unhealthy, body)
 }
 
 /// `/metrics` of the agent: registration state per backend and own health, read at scrape time.

@@ -1,6 +1,7 @@
 //! `chi check URL`: one health check now, with the library's probes.
 //! Exit 0 healthy, 1 unhealthy, 2 bad input; one line of reason either way.
 
+use crate::output::human;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +23,7 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let took = start.elapsed();
     match result {
         Ok(()) => {
-            println!("healthy: {} answered in {took:.1?}", args.url);
+            println!("healthy: {} answered in {}", args.url, human(took));
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

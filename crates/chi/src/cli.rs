@@ -8,9 +8,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const ABOUT: &str = "Service discovery and client-side load balancing from the command line";
 
 const REGISTRY_HELP: &str = "Registry: memory (embedded, this process only), etcd://host:port[,host:port], \
-consul://host:port, nacos://host:port, or chi://host:port (the admin address of a running `chi agent`, \
+consul://host:port, nacos://host:port, zookeeper://host:port[,host:port][/root][?layout=curator|dubbo], \
+dns://[SERVER[:PORT]]?srv=TEMPLATE or ?a=TEMPLATE&port=N (read-only: SRV or A/AAAA records at the \
+name TEMPLATE gives, {service} replaced, e.g. 'dns://10.96.0.10?srv=_{service}._tcp.svc.cluster.local'; \
+no SERVER: the system resolver), or chi://host:port (the admin address of a running `chi agent`, \
 which serves its embedded registry). Credentials come from CHI_CONSUL_TOKEN, CHI_ETCD_USERNAME, \
-CHI_ETCD_PASSWORD, CHI_NACOS_USERNAME, CHI_NACOS_PASSWORD or the config file, never from a flag";
+CHI_ETCD_PASSWORD, CHI_NACOS_USERNAME, CHI_NACOS_PASSWORD, CHI_ZOOKEEPER_USERNAME, \
+CHI_ZOOKEEPER_PASSWORD or the config file, never from a flag";
 
 /// `chi`: the command-line tool of chi-discovery.
 #[derive(Debug, Parser)]
@@ -84,14 +88,20 @@ chi discover user-service --registry chi://127.0.0.1:9901"
 pub(crate) struct AgentArgs {
     #[command(flatten)]
     pub(crate) source: SourceArgs,
-    /// Admin HTTP address: /health, /metrics and the registry API under /v1 (port 0 picks a free one).
+    /// Admin HTTP address: /health, /metrics, the registry API under /v1 and the console at /ui
+    /// (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR")]
     pub(crate) admin: SocketAddr,
+    /// Let the console at /ui deregister instances. Without it the console is read-only; with
+    /// it, whoever reaches the admin port may (as with the /v1 API).
+    #[arg(long)]
+    pub(crate) console_writes: bool,
 }
 
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  chi discover user-service --registry consul://127.0.0.1:8500\n  \
+chi discover user-service --registry 'dns://127.0.0.1:8600?srv=_{service}._tcp.service.consul'\n  \
 chi discover user-service --tag v1 --meta region=us-east-1 --healthy -o json --registry chi://127.0.0.1:9901\n\n\
 JSON output: an array of objects with id, name, version, address, port, tags, meta, weight, health"
 )]
@@ -237,7 +247,7 @@ pub(crate) struct ProxyArgs {
     /// Address to serve HTTP/1.1 and HTTP/2 (h2c) on.
     #[arg(long, default_value = "127.0.0.1:15001", value_name = "ADDR")]
     pub(crate) listen: SocketAddr,
-    /// Admin HTTP address: /health, /metrics (port 0 picks a free one).
+    /// Admin HTTP address: /health, /metrics and the console at /ui (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:9902", value_name = "ADDR")]
     pub(crate) admin: SocketAddr,
     /// Timeout of one upstream attempt (to the response head).
@@ -295,4 +305,8 @@ pub(crate) struct XdsArgs {
     /// additions go out at once. 0s turns it off.
     #[arg(long, default_value = "10s", value_parser = parse_duration_or_zero, value_name = "DURATION")]
     pub(crate) restart_grace: std::time::Duration,
+    /// Admin HTTP address serving /health and the console at /ui (the connected clients, what
+    /// each was sent, ACKed or NACKed); off unless given (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin: Option<SocketAddr>,
 }

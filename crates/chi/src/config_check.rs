@@ -95,6 +95,33 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
             format!("{:?}", n.password.clone().unwrap_or_default()),
         );
     }
+    if let Some(z) = &config.registries.zookeeper {
+        let zp = format!("{sd}.registries.zookeeper");
+        out.insert(format!("{zp}.servers"), z.servers.join(","));
+        out.insert(format!("{zp}.root"), z.root().to_owned());
+        out.insert(format!("{zp}.layout"), z.layout.as_str().to_owned());
+        out.insert(format!("{zp}.session_timeout"), d(z.session_timeout));
+        out.insert(format!("{zp}.watch"), z.watch.as_str().to_owned());
+        out.insert(
+            format!("{zp}.password"),
+            format!("{:?}", z.password.clone().unwrap_or_default()),
+        );
+    }
+    if let Some(c) = &config.registries.chi {
+        out.insert(format!("{sd}.registries.chi.address"), c.address.clone());
+    }
+    if let Some(dns) = &config.registries.dns {
+        out.insert(format!("{sd}.registries.dns"), dns.identity());
+        out.insert(
+            format!("{sd}.registries.dns.refresh"),
+            format!(
+                "the records' TTL within {}..{} (query timeout {})",
+                d(dns.min_refresh),
+                d(dns.max_refresh),
+                d(dns.timeout)
+            ),
+        );
+    }
     let c = &config.cache;
     out.insert(format!("{sd}.discovery.cache.ttl"), d(c.ttl));
     out.insert(
@@ -152,6 +179,21 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
         format!("{sd}.metrics.per_instance_labels"),
         config.metrics.per_instance_labels.to_string(),
     );
+    if l.strategy.uses_load_reports() {
+        let o = &l.orca;
+        out.insert(
+            format!("{sd}.load_balancer.orca"),
+            format!(
+                "blackout_period={} weight_expiration_period={} weight_update_period={} error_utilization_penalty={} out_of_band={} oob_reporting_period={}",
+                d(o.blackout_period),
+                d(o.weight_expiration_period),
+                d(o.update_period()),
+                o.error_utilization_penalty,
+                o.out_of_band,
+                d(o.oob_reporting_period)
+            ),
+        );
+    }
     let rt = &config.routing;
     out.insert(
         format!("{sd}.routing.enable_version_routing"),
@@ -173,12 +215,52 @@ pub(crate) fn describe(config: &Config) -> Vec<(String, String)> {
             .collect::<Vec<_>>()
             .join(" "),
     );
+    if !rt.client_regions.is_empty() {
+        out.insert(
+            format!("{sd}.routing.client_regions"),
+            rt.client_regions
+                .blocks()
+                .map(|(net, region)| format!("{net}={region}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    if !rt.trusted_proxies.is_empty() {
+        out.insert(
+            format!("{sd}.routing.trusted_proxies"),
+            rt.trusted_proxies
+                .nets()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
     out.into_iter().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_shows_the_orca_rules_of_the_strategy() {
+        let yaml = "service_discovery:\n  load_balancer:\n    strategy: orca_weighted_round_robin\n    orca:\n      weight_update_period: 10ms\n";
+        let config = Config::from_yaml_with_env(yaml, |_| None).expect("config");
+        let orca = describe(&config)
+            .into_iter()
+            .find(|(k, _)| k == "service_discovery.load_balancer.orca")
+            .map(|(_, v)| v)
+            .expect("shown");
+        assert!(
+            orca.starts_with(
+                "blackout_period=10s weight_expiration_period=3m weight_update_period=100ms "
+            ),
+            "{orca}"
+        );
+        let plain = Config::from_yaml_with_env("", |_| None).expect("config");
+        assert!(!format!("{:?}", describe(&plain)).contains("orca"));
+    }
 
     #[test]
     fn describe_redacts_secrets() {
@@ -193,5 +275,32 @@ mod tests {
             !shown.contains("consul-secret") && !shown.contains("etcd-secret"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn describe_shows_zookeeper_without_its_password() {
+        let yaml = r#"
+service_discovery:
+  registries:
+    zookeeper:
+      enabled: true
+      servers: ["127.0.0.1:2181"]
+      layout: dubbo
+      username: chi
+      password: zk-secret
+"#;
+        let config = Config::from_yaml_with_env(yaml, |_| None).expect("config");
+        let shown = describe(&config);
+        let get = |k: &str| {
+            let key = format!("service_discovery.registries.zookeeper.{k}");
+            shown
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("root").as_deref(), Some("/dubbo"));
+        assert_eq!(get("layout").as_deref(), Some("dubbo"));
+        assert_eq!(get("session_timeout").as_deref(), Some("10s"));
+        assert!(!format!("{shown:?}").contains("zk-secret"), "{shown:?}");
     }
 }

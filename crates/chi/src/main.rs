@@ -9,15 +9,16 @@ mod agent;
 mod check;
 mod cli;
 mod config_check;
+mod console;
 mod discover;
 mod failure;
 mod output;
 mod pick;
 mod progress;
 mod proxy;
-mod remote;
 mod select;
 mod source;
+mod sync;
 mod watch;
 mod xds;
 

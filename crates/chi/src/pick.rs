@@ -3,7 +3,7 @@
 //! after a failed one avoids the instances already tried). `chi proxy` and `chi select` share it,
 //! so a preview with `chi select` shows what the proxy does.
 
-use chi_discovery::balance::{Balancer, Strategy, usable_by_health};
+use chi_discovery::balance::{Balancer, LoadReports, Strategy, usable_by_health};
 use chi_discovery::config::Config;
 use chi_discovery::routing::{
     REGION_HEADER, Route, Routed, Routers, Smart, Usable, VERSION_HEADER, ZONE_HEADER,
@@ -28,6 +28,15 @@ impl Picked {
         match self {
             Picked::Routed(r) => r.instance(),
             Picked::Other(s, i) => &s.instances()[*i],
+        }
+    }
+
+    /// Where the instance's load reports go (`orca_weighted_round_robin`; none for a retry's
+    /// fallback pick, which no balancer made).
+    pub(crate) fn load_reports(&self) -> Option<&std::sync::Arc<LoadReports>> {
+        match self {
+            Picked::Routed(r) => r.load_reports(),
+            Picked::Other(..) => None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Today's long work is the warm-up of the discovery cache (`chi proxy --warm-up`).
 
+use crate::output::human;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -122,7 +123,7 @@ async fn warm_up_to(client: &DiscoveryClient, services: &[String], live: bool) -
     if live {
         eprint!("\r");
     }
-    eprintln!("{} in {:.1?}", summary.line(), start.elapsed());
+    eprintln!("{} in {}", summary.line(), human(start.elapsed()));
     for failure in &failures {
         eprintln!("warning: warm-up of {failure}");
     }

@@ -2,13 +2,13 @@
 
 use std::process::ExitCode;
 
+use chi_discovery::registry::chi::wire::Event;
 use chi_discovery::{Change, DiscoveryClient, Instance};
 use serde_json::json;
 
 use crate::agent::Shutdown;
 use crate::cli::{Format, WatchArgs};
 use crate::failure::Failure;
-use crate::remote::Event;
 use crate::source::Source;
 
 pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {

@@ -1,7 +1,8 @@
 //! Propagation latency: the time from `register` on one client to the `Add` event on another
 //! client's watch, p50/p99 over N registrations, beside the floor of the same backend measured in
 //! the same run with its raw client (an etcd put -> watch event, a Consul register -> blocking
-//! query answer, a nacos-sdk register -> subscribe push).
+//! query answer, a nacos-sdk register -> subscribe push, a zookeeper-client ephemeral create ->
+//! persistent watch event).
 //!
 //! Run with real registries on loopback (the script starts them):
 //!
@@ -17,6 +18,8 @@ mod consul;
 mod etcd;
 #[cfg(feature = "nacos")]
 mod nacos;
+#[cfg(feature = "zookeeper")]
+mod zookeeper;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +40,12 @@ fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
 
 /// chi's path: `writer.register` -> `Add` on `reader`'s watch, `n` times, one at a time.
 #[cfg_attr(
-    not(any(feature = "etcd", feature = "consul", feature = "nacos")),
+    not(any(
+        feature = "etcd",
+        feature = "consul",
+        feature = "nacos",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 async fn measure_chi(
@@ -77,7 +85,12 @@ async fn measure_chi(
 }
 
 #[cfg_attr(
-    not(any(feature = "etcd", feature = "consul", feature = "nacos")),
+    not(any(
+        feature = "etcd",
+        feature = "consul",
+        feature = "nacos",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 fn report(backend: &str, floor: Vec<Duration>, chi: Vec<Duration>) {
@@ -117,7 +130,12 @@ async fn main() {
         "|---------|-----------|-----------|-----------|-----------|--------|-----------------|"
     );
     #[cfg_attr(
-        not(any(feature = "etcd", feature = "consul", feature = "nacos")),
+        not(any(
+            feature = "etcd",
+            feature = "consul",
+            feature = "nacos",
+            feature = "zookeeper"
+        )),
         allow(unused_mut)
     )]
     let mut ran = false;
@@ -149,9 +167,27 @@ async fn main() {
         let chi = measure_chi(w, r, "bench-nacos", n).await;
         report("nacos", floor, chi.unwrap_or_else(|e| panic!("nacos: {e}")));
     }
+    #[cfg(feature = "zookeeper")]
+    if let Some(addr) = arg("--zookeeper") {
+        use chi_discovery::registry::zookeeper::WatchMode;
+        ran = true;
+        let floor = zookeeper::floor(&addr, n).await;
+        for (label, mode, service) in [
+            ("zookeeper", WatchMode::Persistent, "bench-zk"),
+            ("zookeeper one-shot", WatchMode::Oneshot, "bench-zk-oneshot"),
+        ] {
+            let (w, r) = zookeeper::registries(&addr, mode).await;
+            let chi = measure_chi(w, r, service, n).await;
+            report(
+                label,
+                floor.clone(),
+                chi.unwrap_or_else(|e| panic!("{label}: {e}")),
+            );
+        }
+    }
     if !ran {
         eprintln!(
-            "give at least one of --etcd ADDR, --consul ADDR, --nacos ADDR (and build with --all-features)"
+            "give at least one of --etcd ADDR, --consul ADDR, --nacos ADDR, --zookeeper ADDR (and build with --all-features)"
         );
         std::process::exit(2);
     }

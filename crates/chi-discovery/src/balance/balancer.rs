@@ -11,9 +11,13 @@
 //! Each thread keeps its own reference to the current selector (`table_cache.rs`), checked
 //! against a generation counter the balancer bumps after every swap, so a pick reads one counter
 //! instead of taking arc-swap's two read-modify-writes.
+//!
+//! A selector may also replace itself for the same list through a [`Publisher`]: what
+//! `orca_weighted_round_robin` does when its weights change, so that its picks, too, read an
+//! immutable table through the per-thread cache.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -22,8 +26,9 @@ use super::load::now_ns;
 use super::table_cache::{self, next_id};
 use super::{
     ANY, BY_HEALTH, ConsistentHash, ConsistentHashConfig, InFlight, KeyHasher, LeastConnections,
-    Loads, Maglev, P2c, P2cCost, PeakEwmaConfig, Random, RandomSource, Request, RingHash,
-    RoundRobin, Select, Strategy, ThreadRandom, WeightedRandom, WeightedRoundRobin, default_hash,
+    LoadReports, Loads, Maglev, OrcaConfig, OrcaWeightedRoundRobin, P2c, P2cCost, PeakEwmaConfig,
+    Random, RandomSource, Request, RingHash, RoundRobin, Select, Strategy, ThreadRandom,
+    WeightedRandom, WeightedRoundRobin, default_hash,
 };
 use crate::error::{Error, Result};
 use crate::instance::Instance;
@@ -46,6 +51,12 @@ pub struct BalancerConfig {
     pub rng: Arc<dyn RandomSource>,
     /// Settings of [`Strategy::PeakEwma`].
     pub peak_ewma: PeakEwmaConfig,
+    /// Settings of [`Strategy::OrcaWeightedRoundRobin`].
+    pub orca: OrcaConfig,
+    /// The reported loads [`Strategy::OrcaWeightedRoundRobin`] weighs by, shared by the balancers
+    /// of one service ([`Routers`](crate::routing::Routers) makes one per service). `None`: a
+    /// balancer of that strategy makes its own, with [`orca`](Self::orca)'s rules.
+    pub load_reports: Option<Arc<LoadReports>>,
 }
 
 impl BalancerConfig {
@@ -58,6 +69,8 @@ impl BalancerConfig {
             hasher: default_hash,
             rng: Arc::new(ThreadRandom),
             peak_ewma: PeakEwmaConfig::default(),
+            orca: OrcaConfig::default(),
+            load_reports: None,
         }
     }
 
@@ -69,21 +82,27 @@ impl BalancerConfig {
         if self.peak_ewma.decay.is_zero() {
             return Err("peak_ewma.decay: must be > 0".into());
         }
+        self.orca.validate().map_err(|e| format!("orca.{e}"))?;
         Ok(())
     }
 
     /// Builds the selector of this strategy for `instances`, keeping the load cells of
     /// `previous` (by instance id) for load-aware strategies.
+    ///
+    /// An `orca_weighted_round_robin` selector built here keeps the weights it was built with: a
+    /// [`Balancer`] swaps in its successor every update period.
     pub fn build(&self, instances: &[Instance], previous: Option<&Loads>) -> Box<dyn Select> {
-        self.build_as(instances, previous, true)
+        self.build_as(instances, previous, None, true)
     }
 
     /// [`build`](Self::build); a selector that will not be the current one (`current: false`,
     /// for one pick from an outdated list) leaves the cells' least-connections tree alone.
+    /// `publisher` lets a selector replace itself in the balancer (new weights).
     fn build_as(
         &self,
         instances: &[Instance],
         previous: Option<&Loads>,
+        publisher: Option<Publisher>,
         current: bool,
     ) -> Box<dyn Select> {
         let rng = self.rng.clone();
@@ -130,6 +149,15 @@ impl BalancerConfig {
                 rng,
                 self.peak_ewma,
             )),
+            Strategy::OrcaWeightedRoundRobin => {
+                let reports = match &self.load_reports {
+                    Some(r) => r.clone(),
+                    None => Arc::new(LoadReports::new(self.orca)),
+                };
+                Box::new(
+                    OrcaWeightedRoundRobin::build(instances, reports, &*rng).publishing(publisher),
+                )
+            }
         }
     }
 }
@@ -140,25 +168,76 @@ pub(super) struct State {
     selector: Box<dyn Select>,
 }
 
+/// A balancer's current table, shared with the selectors that replace themselves in it.
+struct Current {
+    state: ArcSwapOption<State>,
+    /// Bumped after every store to `state`: threads' cached copies of an older one are stale.
+    generation: AtomicU64,
+    /// Taken to replace the table.
+    rebuild: Mutex<()>,
+}
+
+/// How a selector replaces itself in the balancer that picks from it, for the same list: what
+/// `orca_weighted_round_robin` does every update period, so that its picks read an immutable
+/// table like every other strategy's (through the per-thread cache, no arc-swap load).
+#[derive(Clone)]
+pub(crate) struct Publisher {
+    current: Weak<Current>,
+    revision: u64,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Makes `selector` the balancer's table while the balancer still picks from this
+    /// revision. False when it does not, is gone, or is replacing its table right now (the
+    /// caller may try again later: a pick that rebuilds holds the lock while it picks).
+    pub(crate) fn publish(&self, selector: Box<dyn Select>) -> bool {
+        let Some(current) = self.current.upgrade() else {
+            return false;
+        };
+        let Ok(_lock) = current.rebuild.try_lock() else {
+            return false;
+        };
+        if current
+            .state
+            .load()
+            .as_ref()
+            .is_none_or(|s| s.revision != self.revision)
+        {
+            return false;
+        }
+        current.state.store(Some(Arc::new(State {
+            revision: self.revision,
+            selector,
+        })));
+        current.generation.fetch_add(1, Ordering::Release);
+        true
+    }
+}
+
 /// One strategy for one service: picks an instance per request from the service's current list.
 ///
 /// Use one `Balancer` per service (and per routing subset): it keeps one table, for the latest
 /// revision it saw.
 pub struct Balancer {
     config: BalancerConfig,
-    state: ArcSwapOption<State>,
-    /// Bumped after every store to `state`: threads' cached copies of an older one are stale.
-    generation: AtomicU64,
+    current: Arc<Current>,
     /// Process-unique, the key of the per-thread cache.
     id: u64,
-    rebuild: Mutex<()>,
 }
 
 impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balancer")
             .field("strategy", &self.config.strategy)
-            .field("revision", &self.state.load().as_ref().map(|s| s.revision))
+            .field("revision", &self.revision())
             .finish()
     }
 }
@@ -235,13 +314,18 @@ impl Balancer {
         Ok(Self::from_config(config))
     }
 
-    fn from_config(config: BalancerConfig) -> Self {
+    fn from_config(mut config: BalancerConfig) -> Self {
+        if config.strategy.uses_load_reports() && config.load_reports.is_none() {
+            config.load_reports = Some(Arc::new(LoadReports::new(config.orca)));
+        }
         Balancer {
             config,
-            state: ArcSwapOption::const_empty(),
-            generation: AtomicU64::new(0),
+            current: Arc::new(Current {
+                state: ArcSwapOption::const_empty(),
+                generation: AtomicU64::new(0),
+                rebuild: Mutex::new(()),
+            }),
             id: next_id(),
-            rebuild: Mutex::new(()),
         }
     }
 
@@ -255,9 +339,20 @@ impl Balancer {
         self.config.strategy
     }
 
+    /// Where the load reports of [`Strategy::OrcaWeightedRoundRobin`] go (`None` for the other
+    /// strategies): hand it each response's report, by instance id ([`LoadSink::record`]).
+    ///
+    /// [`LoadSink::record`]: super::LoadSink::record
+    pub fn load_reports(&self) -> Option<&Arc<LoadReports>> {
+        self.config
+            .load_reports
+            .as_ref()
+            .filter(|_| self.config.strategy.uses_load_reports())
+    }
+
     /// The revision of the current table, if one was built.
     pub fn revision(&self) -> Option<u64> {
-        self.state.load().as_ref().map(|s| s.revision)
+        self.current.state.load().as_ref().map(|s| s.revision)
     }
 
     /// Picks from `snapshot`, by `key` for hashing strategies, skipping instances known to be
@@ -305,10 +400,10 @@ impl Balancer {
         revision: u64,
         request: &Request<'_>,
     ) -> Option<Pick<'a>> {
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.current.generation.load(Ordering::Acquire);
         let state = match table_cache::take(self.id, generation) {
             Some(state) => state,
-            None => match self.state.load_full() {
+            None => match self.current.state.load_full() {
                 Some(state) => state,
                 None => return self.pick_slow(instances, revision, request),
             },
@@ -328,8 +423,8 @@ impl Balancer {
         revision: u64,
         request: &Request<'_>,
     ) -> Option<Pick<'a>> {
-        let _lock = lock(&self.rebuild);
-        let current = self.state.load_full();
+        let _lock = lock(&self.current.rebuild);
+        let current = self.current.state.load_full();
         match current.as_deref() {
             Some(state) if state.revision == revision => {
                 self.finish_pick(&*state.selector, instances, request)
@@ -338,17 +433,23 @@ impl Balancer {
                 // An older list than the table's: answer from a throwaway table.
                 let selector = self
                     .config
-                    .build_as(instances, state.selector.loads(), false);
+                    .build_as(instances, state.selector.loads(), None, false);
                 self.finish_pick(&*selector, instances, request)
             }
             _ => {
                 let previous = current.as_deref().and_then(|s| s.selector.loads());
+                let publisher = Publisher {
+                    current: Arc::downgrade(&self.current),
+                    revision,
+                };
                 let state = Arc::new(State {
                     revision,
-                    selector: self.config.build(instances, previous),
+                    selector: self
+                        .config
+                        .build_as(instances, previous, Some(publisher), true),
                 });
-                self.state.store(Some(state.clone()));
-                self.generation.fetch_add(1, Ordering::Release);
+                self.current.state.store(Some(state.clone()));
+                self.current.generation.fetch_add(1, Ordering::Release);
                 self.finish_pick(&*state.selector, instances, request)
             }
         }

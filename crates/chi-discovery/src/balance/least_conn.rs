@@ -15,8 +15,10 @@
 //! The tree covers the pool the balancer's own picks draw from: the healthy instances, or every
 //! candidate when health checking is off ([`LeastConnections::over_all`]). A request with its
 //! own predicate, or with the other library predicate when the two pools differ, gets the exact
-//! scan: O(n) loads, starting at a random candidate so that ties spread. So does a selector built by a [`Balancer`](super::Balancer) only
-//! to answer one pick for an outdated list (it does not take the cells over from the current one).
+//! scan: O(n) loads, ties broken uniformly by reservoir sampling (Vitter's algorithm R with a
+//! reservoir of one: the k-th equal candidate replaces the kept one with probability 1/k). So
+//! does a selector built by a [`Balancer`](super::Balancer) only to answer one pick for an
+//! outdated list (it does not take the cells over from the current one).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -204,7 +206,7 @@ pub(crate) fn lighter(a: u64, wa: u32, b: u64, wb: u32) -> bool {
 
 impl LeastConnections {
     /// The lightest of `candidates` that `request` accepts (all of them when `check` is false),
-    /// scanning from a random one so that ties spread.
+    /// each of equal ones as likely as the others.
     fn scan(
         &self,
         candidates: &[u32],
@@ -212,36 +214,29 @@ impl LeastConnections {
         request: &Request<'_>,
         check: bool,
     ) -> Option<usize> {
-        let n = candidates.len();
-        if n == 0 {
-            return None;
-        }
-        let start = if n == 1 {
-            0
-        } else {
-            bounded(self.rng.next_u64(), n)
-        };
         let mut best: Option<(usize, u64, u32)> = None;
-        for k in 0..n {
-            let j = if start + k >= n {
-                start + k - n
-            } else {
-                start + k
-            };
-            let idx = candidates[j] as usize;
+        // Accepted candidates at the best cost so far.
+        let mut ties = 0usize;
+        for &idx in candidates {
+            let idx = idx as usize;
             let load = self.loads.get(idx).map_or(0, |l| l.in_flight());
             let w = self.weights.get(idx).copied().unwrap_or(1);
-            if let Some((_, bl, bw)) = best
-                && !lighter(load, w, bl, bw)
-            {
-                continue;
-            }
-            // The predicate only for an instance that would win: most of a scan is loads.
+            let tie = match best {
+                Some((_, bl, bw)) if lighter(bl, bw, load, w) => continue,
+                Some((_, bl, bw)) => !lighter(load, w, bl, bw),
+                None => false,
+            };
+            // The predicate only for an instance that may win: most of a scan is loads.
             if check && !accepts(instances, request, idx) {
                 continue;
             }
-            if load == 0 {
-                return Some(idx);
+            if tie {
+                ties += 1;
+                if bounded(self.rng.next_u64(), ties) != 0 {
+                    continue;
+                }
+            } else {
+                ties = 1;
             }
             best = Some((idx, load, w));
         }

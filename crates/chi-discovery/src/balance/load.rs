@@ -20,6 +20,12 @@
 //! is `estimate * (in_flight + 1)`. Reads compute the decay without writing; concurrent samples
 //! are merged last-writer-wins, a lossy but lock-free update (one sample in a race is lost, which
 //! an average tolerates).
+//!
+//! An instance with no sample yet is *cold*: its estimate is `default_rtt`, a prior rather than a
+//! measurement, so it does not decay, and its first sample replaces it. (Decaying it from the
+//! instant the cell was made, as tower does, ranks cold instances by their creation instants: on
+//! an idle fleet the first-made one won every comparison, and an instance that joined later
+//! never won one while the others stayed cold.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +57,9 @@ impl Default for PeakEwmaConfig {
     }
 }
 
+/// The stamp of a cold cell (no sample yet): its estimate is the default, undecayed.
+pub(crate) const COLD: u64 = u64::MAX;
+
 pub(crate) fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
@@ -65,7 +74,8 @@ pub struct Load {
     in_flight: AtomicU64,
     /// Peak-EWMA estimate in nanoseconds, as `f64` bits.
     ewma: AtomicU64,
-    /// When `ewma` was last written (ns since the process epoch).
+    /// When `ewma` was last written (ns since the process epoch), [`COLD`] before the first
+    /// sample.
     stamp: AtomicU64,
     /// The decay of the settings the cell was made with, for [`Pick`](super::Pick)s, which do not
     /// carry the settings (a smaller pick is a cheaper one to return).
@@ -88,7 +98,7 @@ impl Load {
         Load {
             in_flight: AtomicU64::new(0),
             ewma: AtomicU64::new((config.default_rtt.as_nanos() as f64).to_bits()),
-            stamp: AtomicU64::new(now_ns()),
+            stamp: AtomicU64::new(COLD),
             decay: config.decay,
             tracked: AtomicBool::new(false),
             tree: ArcSwapOption::const_empty(),
@@ -132,12 +142,15 @@ impl Load {
     #[inline]
     fn estimate_at(&self, now: u64, decay_ns: f64) -> f64 {
         let ewma = f64::from_bits(self.ewma.load(Ordering::Relaxed));
-        let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
-        ewma * (-elapsed / decay_ns).exp()
+        match self.stamp.load(Ordering::Relaxed) {
+            COLD => ewma,
+            stamp => ewma * (-(now.saturating_sub(stamp) as f64) / decay_ns).exp(),
+        }
     }
 
-    /// The estimate as last written and when: `(ns, stamp)`. Two estimates decay by the same
-    /// clock, so comparing them needs no clock read (see `P2c`).
+    /// The estimate as last written and when: `(ns, stamp)`, the stamp [`COLD`] while the cell
+    /// has no sample. Two estimates decay by the same clock, so comparing them needs no clock read
+    /// (see `P2c`).
     #[inline]
     pub(crate) fn raw_estimate(&self) -> (f64, u64) {
         (
@@ -167,11 +180,12 @@ impl Load {
         let decay = decay.as_nanos().max(1) as f64;
         let sample = rtt.as_nanos() as f64;
         let old = f64::from_bits(self.ewma.load(Ordering::Relaxed));
-        let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
-        let next = if sample > old {
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        // The first sample replaces the default (a prior, not a measurement); a peak at once.
+        let next = if stamp == COLD || sample > old {
             sample
         } else {
-            let w = (-elapsed / decay).exp();
+            let w = (-(now.saturating_sub(stamp) as f64) / decay).exp();
             old * w + sample * (1.0 - w)
         };
         self.ewma.store(next.to_bits(), Ordering::Relaxed);

@@ -9,9 +9,12 @@
 //! exact for weights up to 1,024 and otherwise exact to within 2^-20 requests per unit of weight
 //! (flooring is monotone, so a heavier instance never looks lighter: near-equal costs may only tie).
 //!
-//! Finding the lightest instance walks down from the root, to the lighter child at each level and
-//! to a random one when the two are equal, so that ties (an idle set, a set evenly loaded) spread
-//! over the instances rather than all going to the first: O(log n) loads.
+//! Finding the lightest instance walks down from the root, to the lighter child at each level and,
+//! when the two are equal, toward a position drawn uniformly before the walk: O(log n) loads. Ties
+//! (an idle set, a set evenly loaded) so spread over the instances rather than all going to the
+//! first, and evenly: when every position ties, the walk ends on the drawn one. (A coin per level
+//! gave a position beside the padding of a tree whose size is not a power of two twice the share
+//! of the others: with 3 positions, 1/2, 1/4, 1/4.)
 //!
 //! Updates come from the requests themselves: taking or dropping an [`InFlight`](super::InFlight)
 //! guard changes the instance's count and then refreshes its leaf and, while the value changes,
@@ -32,7 +35,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::Load;
+use super::{Load, bounded};
 
 /// Bits of a node's version.
 const VERSION_BITS: u32 = 24;
@@ -66,6 +69,8 @@ pub(crate) struct LoadTree {
     nodes: Box<[AtomicU64]>,
     weights: Box<[u32]>,
     leaves: usize,
+    /// The positions (`n`); the others are padding.
+    len: usize,
 }
 
 impl LoadTree {
@@ -87,19 +92,24 @@ impl LoadTree {
                 .collect(),
             weights: weights.into(),
             leaves,
+            len: costs.len(),
         }
     }
 
-    /// The position of a least-cost leaf, ties broken by the bits of `random`; `None` when every
-    /// leaf is absent.
+    /// The position of a least-cost leaf, ties broken toward the position `random` draws;
+    /// `None` when every leaf is absent.
     #[inline]
-    pub(crate) fn lightest(&self, mut random: u64) -> Option<usize> {
+    pub(crate) fn lightest(&self, random: u64) -> Option<usize> {
+        // The leaf path to `target` is its bits, from the top one of `leaves - 1` down.
+        let target = bounded(random, self.len.max(1));
+        let mut level = self.leaves.trailing_zeros();
         let mut i = 1;
         while i < self.leaves {
+            level -= 1;
             let left = cost_of(self.nodes[2 * i].load(Ordering::Relaxed));
             let right = cost_of(self.nodes[2 * i + 1].load(Ordering::Relaxed));
-            i = 2 * i + usize::from(right < left || (right == left && random & 1 == 1));
-            random = random.rotate_right(1);
+            let toward_right = (target >> level) & 1 == 1;
+            i = 2 * i + usize::from(right < left || (right == left && toward_right));
         }
         let node = self.nodes.get(i)?.load(Ordering::Relaxed);
         (cost_of(node) < ABSENT).then(|| i - self.leaves)

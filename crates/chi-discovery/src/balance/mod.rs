@@ -25,6 +25,9 @@
 //!   Load Balancer*, NSDI 2016), weighted.
 //! - [`P2c`]: power of two choices (Mitzenmacher 2001) over in-flight requests, and the same with
 //!   Finagle's / linkerd's *peak EWMA* latency cost.
+//! - [`OrcaWeightedRoundRobin`]: weighted round robin by the load the servers report (ORCA, gRPC's
+//!   gRFC A58 `weighted_round_robin`): reports feed a service's [`LoadReports`], and the table is
+//!   rebuilt from them every update period (see [`orca`]).
 //!
 //! Every selector:
 //! - returns `None` on an empty set (never panics); [`Balancer::pick_or_err`] turns that into
@@ -123,6 +126,7 @@ mod least_conn;
 mod load;
 mod maglev;
 mod min_tree;
+pub mod orca;
 mod p2c;
 mod random;
 mod ring;
@@ -143,6 +147,10 @@ pub use hash::{KeyHasher, default_hash};
 pub use least_conn::LeastConnections;
 pub use load::{InFlight, Load, Loads, PeakEwmaConfig};
 pub use maglev::Maglev;
+pub use orca::{
+    LoadReporter, LoadReports, LoadSink, OobHandle, OrcaConfig, OrcaWeightedRoundRobin, OutOfBand,
+    ReportedLoad,
+};
 pub use p2c::{P2c, P2cCost};
 pub use random::Random;
 pub use ring::RingHash;
@@ -376,11 +384,13 @@ pub enum Strategy {
     P2c,
     /// [`P2c`] over peak-EWMA latency cost.
     PeakEwma,
+    /// [`OrcaWeightedRoundRobin`]: weights from the servers' load reports.
+    OrcaWeightedRoundRobin,
 }
 
 impl Strategy {
     /// Every strategy, in the order of the docs.
-    pub const ALL: [Strategy; 10] = [
+    pub const ALL: [Strategy; 11] = [
         Strategy::RoundRobin,
         Strategy::Random,
         Strategy::WeightedRoundRobin,
@@ -391,6 +401,7 @@ impl Strategy {
         Strategy::Maglev,
         Strategy::P2c,
         Strategy::PeakEwma,
+        Strategy::OrcaWeightedRoundRobin,
     ];
 
     /// The config name.
@@ -406,6 +417,7 @@ impl Strategy {
             Strategy::Maglev => "maglev",
             Strategy::P2c => "p2c",
             Strategy::PeakEwma => "peak_ewma",
+            Strategy::OrcaWeightedRoundRobin => "orca_weighted_round_robin",
         }
     }
 
@@ -415,6 +427,12 @@ impl Strategy {
             self,
             Strategy::ConsistentHash | Strategy::RingHash | Strategy::Maglev
         )
+    }
+
+    /// True for the strategies weighed by the servers' load reports (their balancers take
+    /// reports through [`Balancer::load_reports`]).
+    pub fn uses_load_reports(&self) -> bool {
+        matches!(self, Strategy::OrcaWeightedRoundRobin)
     }
 
     /// True for the strategies that count requests in flight (their picks carry an [`InFlight`]).

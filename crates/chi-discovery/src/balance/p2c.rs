@@ -9,7 +9,9 @@
 //! - [`P2cCost::PeakEwma`]: Finagle's peak EWMA, `latency estimate * (in flight + 1)` (see
 //!   [`Load`](super::Load)), which steers away from slow instances before their queues grow.
 //!
-//! Costs are divided by the instance weight. Ties go to the first draw, itself random. The two
+//! Costs are divided by the instance weight. Ties go to the first draw, itself random, so equal
+//! instances share evenly (peak EWMA's instances without a latency sample tie: see
+//! [`Load`](super::Load)). The two
 //! draws come from the candidates the request accepts, precomputed at build for the library's own
 //! predicates (see `usable.rs`), so a pick reads two load cells and nothing else. With a request's
 //! own predicate they come from every candidate: refused draws are redrawn a few times, then the
@@ -18,6 +20,7 @@
 use std::sync::Arc;
 
 use super::least_conn::lighter;
+use super::load::{COLD, now_ns};
 use super::usable::{Pool, Pools};
 use super::{
     Loads, PeakEwmaConfig, RandomSource, Request, Select, ThreadRandom, accepts, bounded, scan_from,
@@ -92,10 +95,21 @@ impl P2c {
             P2cCost::PeakEwma => {
                 // cost_x = e_x * exp(-(now - s_x) / tau) * (in_flight_x + 1) / w_x. Both decay by
                 // the same clock, so cost_b < cost_a compares without reading it and with one exp.
+                // A cold cell does not decay (its estimate is the default as of now): two cold
+                // ones compare undecayed, and only a cold one against a sampled one reads the
+                // clock.
                 let (ea, sa) = la.raw_estimate();
                 let (eb, sb) = lb.raw_estimate();
                 let ka = ea * (la.in_flight() + 1) as f64 / f64::from(wa);
                 let kb = eb * (lb.in_flight() + 1) as f64 / f64::from(wb);
+                let (sa, sb) = match (sa == COLD, sb == COLD) {
+                    (false, false) => (sa, sb),
+                    (true, true) => return kb < ka,
+                    _ => {
+                        let now = now_ns();
+                        (sa.min(now), sb.min(now))
+                    }
+                };
                 let shift = ((sb as f64 - sa as f64) / self.decay_ns).clamp(-700.0, 700.0);
                 kb * shift.exp() < ka
             }

@@ -36,7 +36,7 @@ const MIN_WINDOW: u64 = 1 << 16;
 /// Largest schedule (4 bytes a slot: 8 MiB).
 const MAX_WINDOW: u64 = 1 << 21;
 /// Slots walked past unusable instances before scanning the candidates.
-const WALK: usize = 32;
+pub(crate) const WALK: usize = 32;
 
 /// Smooth weighted round robin over a precomputed schedule.
 #[derive(Debug)]
@@ -63,18 +63,7 @@ impl WeightedRoundRobin {
             .iter()
             .map(|&i| u64::from(instances[i as usize].effective_weight()))
             .collect();
-        let g = weights.iter().copied().fold(0, gcd).max(1);
-        let weights: Vec<u64> = weights.iter().map(|w| w / g).collect();
-        let total: u64 = weights.iter().sum();
-        let n = candidates.len() as u64;
-        let (schedule, exact) = if n == 0 {
-            (Vec::new(), true)
-        } else if total.saturating_mul(n) <= EXACT_BUDGET {
-            (nginx_sequence(&candidates, &weights, total), true)
-        } else {
-            let window = total.min(MIN_WINDOW.max(64 * n)).min(MAX_WINDOW);
-            (edf_sequence(&candidates, &weights, window), false)
-        };
+        let (schedule, exact) = schedule(&candidates, &weights, EXACT_BUDGET);
         WeightedRoundRobin {
             modulo: FastMod::new(schedule.len()),
             schedule: schedule.into(),
@@ -92,6 +81,26 @@ impl WeightedRoundRobin {
     /// True when the schedule is nginx's exact sequence (false: the EDF approximation).
     pub fn is_exact(&self) -> bool {
         self.exact
+    }
+}
+
+/// One period of the smooth sequence of `weights` (index-aligned with `candidates`, each at least
+/// 1), as instance indices: nginx's exact sequence when `period * n` is within `budget`, else the
+/// EDF window (see the module docs). True when exact. Also the table of
+/// `orca_weighted_round_robin`, whose weights come from load reports instead of the instances
+/// (with a smaller budget: it is rebuilt every update period).
+pub(crate) fn schedule(candidates: &[u32], weights: &[u64], budget: u64) -> (Vec<u32>, bool) {
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let weights: Vec<u64> = weights.iter().map(|w| (w / g).max(1)).collect();
+    let total: u64 = weights.iter().sum();
+    let n = candidates.len() as u64;
+    if n == 0 {
+        (Vec::new(), true)
+    } else if total.saturating_mul(n) <= budget {
+        (nginx_sequence(candidates, &weights, total), true)
+    } else {
+        let window = total.min(MIN_WINDOW.max(64 * n)).min(MAX_WINDOW);
+        (edf_sequence(candidates, &weights, window), false)
     }
 }
 

@@ -11,7 +11,8 @@
 //!
 //! Secrets can come from the environment instead of the file, and the environment wins:
 //! `CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`, `CHI_ETCD_PASSWORD`, `CHI_NACOS_USERNAME`,
-//! `CHI_NACOS_PASSWORD` (each adapter's `ENV_*` constants).
+//! `CHI_NACOS_PASSWORD`, `CHI_ZOOKEEPER_USERNAME`, `CHI_ZOOKEEPER_PASSWORD` (each adapter's
+//! `ENV_*` constants).
 //!
 //! Every section is optional; what is missing takes the defaults (the adapters' own, for the
 //! registries). With no registry enabled the embedded one is used.
@@ -19,8 +20,9 @@
 //! The registries come out as each adapter's own config type in a [`Registries`]; connecting
 //! them is the registry side's job ([`Registries::connect`], [`crate::registry::connect()`]), so
 //! this module parses and checks only. `raw` mirrors the file, `validate` checks the general
-//! sections, `registries` the registry blocks.
+//! sections, `registries` the registry blocks (`dns` the DNS block and URL).
 
+mod dns;
 pub mod raw;
 mod registries;
 mod validate;
@@ -101,6 +103,8 @@ pub struct LoadBalancerConfig {
     /// (`hash_key_header`, default `X-Hash-Key`): read by [`Chi::http`](crate::Chi::http), the
     /// tower service of a [`Chi`](crate::Chi) and `chi proxy`. Stored lowercase.
     pub hash_key_header: http::HeaderName,
+    /// Settings of `orca_weighted_round_robin` (`orca`).
+    pub orca: crate::balance::OrcaConfig,
 }
 
 impl Default for Config {
@@ -123,6 +127,7 @@ impl Default for Config {
                 subset_size: None,
                 slow_start: None,
                 hash_key_header: http::HeaderName::from_static(crate::routing::HASH_KEY_HEADER),
+                orca: crate::balance::OrcaConfig::default(),
             },
             routing: RoutingConfig::default(),
             metrics: MetricsConfig::default(),
@@ -170,6 +175,7 @@ impl Config {
         registries.apply_registration(registration.as_ref());
         registries::validate_consul(&registries, registration.as_ref(), &p)?;
         registries::validate_checked_by(&registries, registration.as_ref(), &p)?;
+        dns::validate_registration(&registries, registration.as_ref(), &p)?;
         let disc = sd.discovery.unwrap_or_default();
         let dp = p.join("discovery");
         let cache = validate::cache(
@@ -235,6 +241,10 @@ impl Field {
     }
     pub(crate) fn index(&self, i: usize) -> Field {
         Field(format!("{}[{i}]", self.0))
+    }
+    /// A map key that is no plain name (`client_regions["10.1.0.0/16"]`).
+    pub(crate) fn key(&self, key: &str) -> Field {
+        Field(format!("{}[{key:?}]", self.0))
     }
     pub(crate) fn err(&self, message: impl Into<String>) -> Error {
         Error::config(self.0.clone(), message)

@@ -68,6 +68,9 @@ pub struct Registries {
     pub consul: Option<Consul>,
     pub etcd: Option<Etcd>,
     pub nacos: Option<Nacos>,
+    pub zookeeper: Option<crate::registry::zookeeper::RawZookeeper>,
+    pub chi: Option<Chi>,
+    pub dns: Option<Dns>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +117,14 @@ pub struct Nacos {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Chi {
+    #[serde(default)]
+    pub enabled: bool,
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NacosServer {
     pub ip: Option<String>,
     pub port: Option<u16>,
@@ -128,6 +139,21 @@ pub struct NacosClient {
     pub password: Option<Secret>,
     pub group_name: Option<String>,
     pub cluster_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    #[serde(default)]
+    pub enabled: bool,
+    pub server: Option<String>,
+    pub resolv_conf: Option<String>,
+    pub srv: Option<String>,
+    pub a: Option<String>,
+    pub port: Option<u16>,
+    pub min_refresh: Option<String>,
+    pub max_refresh: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +194,18 @@ pub struct LoadBalancer {
     pub subset_size: Option<usize>,
     pub slow_start: Option<SlowStart>,
     pub hash_key_header: Option<String>,
+    pub orca: Option<Orca>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Orca {
+    pub blackout_period: Option<String>,
+    pub weight_expiration_period: Option<String>,
+    pub weight_update_period: Option<String>,
+    pub error_utilization_penalty: Option<f64>,
+    pub out_of_band: Option<bool>,
+    pub oob_reporting_period: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +249,12 @@ pub struct Routing {
     pub default_version: Option<String>,
     #[serde(default)]
     pub regions: IndexMap<String, Vec<String>>,
+    /// Address block (`10.1.0.0/16`, `2001:db8::/32`) -> region.
+    #[serde(default)]
+    pub client_regions: IndexMap<String, String>,
+    /// Address blocks of the proxies whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,17 +5,24 @@
 use super::{Field, name_field, non_empty, positive_duration, raw};
 use crate::error::{Error, Result};
 use crate::instance::{CheckTarget, CheckedBy, ServiceConfig};
+use crate::registry::chi::{self, AgentConfig};
 use crate::registry::consul::{self, Consistency, ConsulConfig};
 use crate::registry::etcd::{self, EtcdConfig};
 use crate::registry::nacos::{self, NacosConfig, NacosServerConfig};
+use crate::registry::zookeeper;
 use crate::registry::{MemoryConfig, Registries};
 use crate::secret::Secret;
 
 impl Registries {
     /// Parses a registry URL as the CLI's `--registry` takes it: `memory`,
-    /// `etcd://host:port[,host:port]`, `consul://host:port`, `nacos://host:port`. Credentials come
-    /// from the environment (`CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`, `CHI_ETCD_PASSWORD`,
-    /// `CHI_NACOS_USERNAME`, `CHI_NACOS_PASSWORD`), never from the URL.
+    /// `etcd://host:port[,host:port]`, `consul://host:port`, `nacos://host:port`,
+    /// `zookeeper://host:port[,host:port][/root][?layout=curator|dubbo&watch=auto|persistent|oneshot]`,
+    /// `chi://host:port` (the admin address of a running `chi agent`), or
+    /// `dns://[SERVER[:PORT]]?srv=TEMPLATE` or `dns://[SERVER[:PORT]]?a=TEMPLATE&port=N` (see
+    /// [`crate::registry::dns`]).
+    /// Credentials come from the environment (`CHI_CONSUL_TOKEN`, `CHI_ETCD_USERNAME`,
+    /// `CHI_ETCD_PASSWORD`, `CHI_NACOS_USERNAME`, `CHI_NACOS_PASSWORD`, `CHI_ZOOKEEPER_USERNAME`,
+    /// `CHI_ZOOKEEPER_PASSWORD`), never from the URL.
     pub fn from_url(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Registries> {
         let field = Field("--registry".into());
         let (scheme, rest) = match url.split_once("://") {
@@ -23,7 +30,7 @@ impl Registries {
             None if url == "memory" => ("memory", ""),
             None => {
                 return Err(field.err(format!(
-                    "expected memory, etcd://host:port[,host:port], consul://host:port or nacos://host:port, got {url:?}"
+                    "expected memory, etcd://host:port[,host:port], consul://host:port, nacos://host:port, zookeeper://host:port[,host:port][/root], chi://host:port or dns://[server]?srv=TEMPLATE, got {url:?}"
                 )));
             }
         };
@@ -35,6 +42,7 @@ impl Registries {
         let mut out = Registries::default();
         match scheme {
             "memory" => out.memory = Some(MemoryConfig::default()),
+            "dns" => out.dns = Some(super::dns::from_url(rest)?),
             "consul" => {
                 host_port(rest, &field)?;
                 out.consul = Some(ConsulConfig {
@@ -55,6 +63,10 @@ impl Registries {
                     ..EtcdConfig::default()
                 });
             }
+            "zookeeper" => {
+                let at = zookeeper::At::new("--registry");
+                out.zookeeper = Some(zookeeper::from_url(rest, &at, env)?);
+            }
             "nacos" => {
                 host_port(rest, &field)?;
                 let (ip, port) = rest.rsplit_once(':').unwrap_or((rest, ""));
@@ -69,9 +81,18 @@ impl Registries {
                     ..NacosConfig::default()
                 });
             }
+            "chi" => {
+                host_port(rest, &field)?;
+                if rest.contains('/') {
+                    return Err(field.err(format!(
+                        "expected chi://host:port (the admin address a `chi agent` prints), got {url:?}"
+                    )));
+                }
+                out.chi = Some(AgentConfig::new(rest));
+            }
             other => {
                 return Err(field.err(format!(
-                    "unknown registry scheme {other:?}, expected memory, etcd, consul or nacos"
+                    "unknown registry scheme {other:?}, expected memory, etcd, consul, nacos, zookeeper, chi or dns"
                 )));
             }
         }
@@ -120,7 +141,7 @@ pub(super) fn validate_checked_by(
     if check.checked_by != CheckedBy::Registry || !check.is_active() {
         return Ok(());
     }
-    let mut enabled = registries.enabled();
+    let mut enabled = registries.writable();
     if enabled.is_empty() {
         enabled.push("memory");
     }
@@ -268,8 +289,26 @@ pub(super) fn registries(
             ..NacosConfig::default()
         });
     }
+    if let Some(c) = r.chi.filter(|c| c.enabled) {
+        let address = non_empty(c.address).unwrap_or_else(|| chi::DEFAULT_ADDRESS.into());
+        host_port(&address, &at.join("chi").join("address"))?;
+        let config = AgentConfig::new(address);
+        config.validate()?;
+        out.chi = Some(config);
+    }
+    if let Some(d) = r.dns.filter(|d| d.enabled) {
+        out.dns = Some(super::dns::block(d, &at.join("dns"))?);
+    }
     let memory_enabled = r.memory.as_ref().is_some_and(|m| m.enabled);
-    let nothing_else = out.consul.is_none() && out.etcd.is_none() && out.nacos.is_none();
+    if let Some(z) = r.zookeeper {
+        out.zookeeper = z.validate(env)?;
+    }
+    let nothing_else = out.consul.is_none()
+        && out.etcd.is_none()
+        && out.nacos.is_none()
+        && out.zookeeper.is_none()
+        && out.chi.is_none()
+        && out.dns.is_none();
     if memory_enabled || nothing_else {
         let ttl = r
             .memory

@@ -137,13 +137,23 @@ fn file_secrets_are_used_without_environment() {
 
 // ---- bad configs: each names the field, the value and what was expected ----
 
-/// `discovery.cache.last_known_good_dir`.
 #[path = "tests_last_good.rs"]
 mod last_good;
+/// `discovery.cache.last_known_good_dir`.
+#[path = "tests_orca.rs"]
+mod orca;
 
 /// `load_balancer.hash_key_header` and `metrics.per_instance_labels`.
 #[path = "tests_picks.rs"]
 mod picks;
+
+/// `routing.client_regions` and `routing.trusted_proxies`.
+#[path = "tests_client_regions.rs"]
+mod client_regions;
+
+/// `registries.chi` and `chi://` URLs: a running `chi agent` as a registry.
+#[path = "tests_chi.rs"]
+mod chi;
 
 #[test]
 fn bad_duration() {
@@ -609,7 +619,7 @@ fn registry_urls() {
         ("10.0.0.1", 8848)
     );
     for (bad, part) in [
-        ("zookeeper://h:1", "unknown registry scheme \"zookeeper\""),
+        ("eureka://h:1", "unknown registry scheme \"eureka\""),
         ("consul://h", "host:port"),
         ("consul://user:tok@h:8500", "credentials in the URL"),
         ("localhost:8500", "expected memory, etcd://"),

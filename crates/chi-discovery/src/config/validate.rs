@@ -5,15 +5,18 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{
-    Field, LoadBalancerConfig, RoutingConfig, name_field, opt_duration, positive_duration, raw,
+    Field, LoadBalancerConfig, RoutingConfig, duration, name_field, opt_duration,
+    positive_duration, raw,
 };
-use crate::balance::{ConsistentHashConfig, Strategy};
+use crate::balance::{ConsistentHashConfig, OrcaConfig, Strategy};
 use crate::discovery::{CacheConfig, LastKnownGood};
 use crate::error::Result;
 use crate::instance::{CheckTarget, CheckedBy, HealthCheck, ServiceConfig};
 use crate::registry::Registries;
 use crate::retry::RetryPolicy;
-use crate::routing::{SlowStartConfig, ZoneAwareConfig};
+use crate::routing::{ClientRegions, SlowStartConfig, TrustedProxies, ZoneAwareConfig};
+
+use ipnet::IpNet;
 
 pub(super) fn registration(r: raw::Registration, at: &Field) -> Result<ServiceConfig> {
     let name = r.name.ok_or_else(|| at.join("name").err("is required"))?;
@@ -259,6 +262,7 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
         .slow_start
         .map(|s| slow_start(s, &at.join("slow_start")))
         .transpose()?;
+    let orca = orca(l.orca.unwrap_or_default(), &at.join("orca"))?;
     let max_requests = l.circuit_breaker.and_then(|c| c.max_requests);
     if max_requests == Some(0) {
         return Err(at
@@ -278,6 +282,7 @@ pub(super) fn load_balancer(l: raw::LoadBalancer, at: &Field) -> Result<LoadBala
         zone_aware,
         max_requests_per_instance: max_requests,
         slow_start,
+        orca,
         subset_size: match l.subset_size {
             Some(0) => {
                 return Err(at
@@ -325,6 +330,43 @@ fn slow_start(s: raw::SlowStart, at: &Field) -> Result<SlowStartConfig> {
         aggression,
         min_weight_percent,
     })
+}
+
+/// `load_balancer.orca`: the rules of `orca_weighted_round_robin` (gRFC A58's defaults).
+fn orca(o: raw::Orca, at: &Field) -> Result<OrcaConfig> {
+    let d = OrcaConfig::default();
+    let blackout_period = match o.blackout_period.as_deref() {
+        Some(v) => duration(v, &at.join("blackout_period"))?,
+        None => d.blackout_period,
+    };
+    let config = OrcaConfig {
+        blackout_period,
+        weight_expiration_period: opt_duration(
+            o.weight_expiration_period.as_deref(),
+            &at.join("weight_expiration_period"),
+            d.weight_expiration_period,
+        )?,
+        weight_update_period: opt_duration(
+            o.weight_update_period.as_deref(),
+            &at.join("weight_update_period"),
+            d.weight_update_period,
+        )?,
+        error_utilization_penalty: o
+            .error_utilization_penalty
+            .unwrap_or(d.error_utilization_penalty),
+        out_of_band: o.out_of_band.unwrap_or(d.out_of_band),
+        oob_reporting_period: opt_duration(
+            o.oob_reporting_period.as_deref(),
+            &at.join("oob_reporting_period"),
+            d.oob_reporting_period,
+        )?,
+    };
+    // One set of rules, the balancer's: its messages start with the field's name.
+    config.validate().map_err(|m| match m.split_once(": ") {
+        Some((field, message)) => at.join(field).err(message),
+        None => at.err(m),
+    })?;
+    Ok(config)
 }
 
 fn zone_aware(z: raw::ZoneAware, at: &Field) -> Result<ZoneAwareConfig> {
@@ -382,11 +424,63 @@ pub(super) fn routing(r: raw::Routing, at: &Field) -> Result<RoutingConfig> {
             }
         }
     }
+    let mut blocks: Vec<(IpNet, String)> = Vec::new();
+    for (block, region) in r.client_regions {
+        let bp = at.join("client_regions").key(&block);
+        let net = address_block(&block, &bp)?;
+        if blocks.iter().any(|(n, _)| *n == net) {
+            return Err(bp.err(format!("block {net} is listed twice")));
+        }
+        let region = region.trim().to_owned();
+        if region.is_empty() {
+            return Err(bp.err("must name a region, got \"\""));
+        }
+        if !r.regions.is_empty() && !r.regions.contains_key(&region) {
+            let known: Vec<&str> = r.regions.keys().map(String::as_str).collect();
+            return Err(bp.err(format!(
+                "must be a region of routing.regions ({}), got {region:?}",
+                known.join(", ")
+            )));
+        }
+        blocks.push((net, region));
+    }
+    let trusted_proxies = r
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .map(|(i, block)| address_block(block, &at.join("trusted_proxies").index(i)))
+        .collect::<Result<Vec<_>>>()?;
     let enable_geo_routing = r.enable_geo_routing.unwrap_or(false);
     Ok(RoutingConfig {
         enable_version_routing,
         enable_geo_routing,
         default_version,
         regions: r.regions,
+        client_regions: ClientRegions::new(blocks),
+        trusted_proxies: TrustedProxies::new(trusted_proxies),
     })
+}
+
+/// An address block in CIDR notation (`10.1.0.0/16`, `2001:db8::/32`), or one address (a block
+/// of one). Host bits set (`10.1.2.3/16`) are refused as the typo they usually are.
+fn address_block(value: &str, at: &Field) -> Result<IpNet> {
+    let v = value.trim();
+    let net = match v.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => match v.parse::<std::net::IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => {
+                return Err(at.err(format!(
+                    "expected an address block such as \"10.1.0.0/16\" or \"2001:db8::/32\", got {value:?}"
+                )));
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(at.err(format!(
+            "must start at the block's first address, got {value:?} (the block is {})",
+            net.trunc()
+        )));
+    }
+    Ok(net)
 }

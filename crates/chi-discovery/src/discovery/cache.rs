@@ -9,6 +9,14 @@
 //! All work happens when membership changes: a refresh or a watch event builds a new snapshot and
 //! swaps it in. A failed refresh never replaces a list: the old one is kept and marked stale.
 //!
+//! The TTL bounds two things. A list not refreshed successfully within it is served marked stale.
+//! And a service nobody uses within it leaves the cache and is no longer refreshed
+//! (`Cache::sweep`, counted as an expiry): in use means read (a `discover`, `cached` or
+//! explicit `refresh` of it) or watched. The recency stamp of reads is the refresher's round
+//! counter, so a read still costs no clock: a round that finds a service read since the round
+//! before counts it used as of that round, which is never earlier than the read. A service in use
+//! is never expired, so through a registry outage it keeps serving its last good list.
+//!
 //! With [`CacheConfig::last_known_good`] set, every changed list the registry answered is also
 //! queued for the service's last-known-good file ([`super::last_good`]); the queue is a channel
 //! send, the writing happens on a thread of its own.
@@ -16,7 +24,7 @@
 //! With a restart grace in the client's outage policy, every answer and watch event goes through
 //! a [`Grace`] per service: after a failed refresh, a watch error or a failed probe, instances
 //! the registry lacks stay in the list until the grace is over (checked at each refresh and at
-//! the end of a watch's grace).
+//! the end of a watch's grace); that side of the cache is in `outage.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,10 +44,12 @@ use crate::util::lock;
 /// Cache settings: the Go sketch's `CacheConfig`, and where to keep last good lists on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
-    /// How long a list counts as fresh without a successful refresh; past it the list is still
-    /// served (the last good list) but marked stale.
+    /// How long a list counts as fresh without a successful refresh (past it the list is still
+    /// served, the last good list, but marked stale), and how long a service nobody reads or
+    /// watches stays cached (then it leaves at the next refresh round and is no longer
+    /// refreshed; a later read fetches it anew).
     pub ttl: Duration,
-    /// How often every cached service is refreshed from the registry in the background.
+    /// How often every cached service in use is refreshed from the registry in the background.
     pub refresh_interval: Duration,
     /// How many services the cache holds; the least recently read one is evicted beyond that.
     pub max_size: usize,
@@ -79,6 +89,8 @@ pub struct CacheStats {
     pub refresh_errors: u64,
     /// Services evicted to stay within `max_size`.
     pub evictions: u64,
+    /// Services that left because nobody read or watched them within `ttl`.
+    pub expiries: u64,
     /// Services cached now.
     pub size: u64,
 }
@@ -91,6 +103,7 @@ pub(crate) struct Counters {
     pub(crate) refreshes: AtomicU64,
     pub(crate) refresh_errors: AtomicU64,
     pub(crate) evictions: AtomicU64,
+    pub(crate) expiries: AtomicU64,
 }
 
 /// The map is keyed by service names the process itself asks for, so a fast non-DoS-resistant
@@ -100,10 +113,13 @@ type Map = HashMap<Arc<str>, Arc<Entry>, rustc_hash::FxBuildHasher>;
 /// One cached service.
 pub(crate) struct Entry {
     pub(crate) snapshot: ArcSwap<SnapshotData>,
-    /// Coarse clock tick of the last read, for LRU eviction.
+    /// Refresher round of the last read, for LRU eviction and for the TTL of unused services.
     last_read: AtomicU64,
     /// Successful refreshes never happened since this instant: for TTL / stale marking.
     last_ok: std::sync::Mutex<Instant>,
+    /// No read nor watch of the service since this instant, as far as the refresher's rounds
+    /// tell (never earlier than the truth): for the TTL of unused services.
+    used: std::sync::Mutex<Instant>,
 }
 
 impl Entry {
@@ -117,7 +133,7 @@ pub(crate) struct Cache {
     map: ArcSwap<Map>,
     /// Serialises writers of `map` (readers never take it).
     write: std::sync::Mutex<()>,
-    /// Coarse clock, advanced by the refresher; reads stamp entries with it.
+    /// Coarse clock: the refresher's rounds ([`Cache::sweep`]); reads stamp entries with it.
     clock: AtomicU64,
     revision: AtomicU64,
     pub(crate) config: CacheConfig,
@@ -130,6 +146,8 @@ pub(crate) struct Cache {
     grace: Duration,
     /// With a grace: what the registry said of each service, and what the grace holds.
     graces: std::sync::Mutex<HashMap<String, Grace>>,
+    /// Open watches per service: a watched service is in use.
+    watched: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl Cache {
@@ -143,6 +161,7 @@ impl Cache {
             revision: AtomicU64::new(0),
             counters: Counters::default(),
             overlay: std::sync::Mutex::new(HashMap::new()),
+            watched: std::sync::Mutex::new(HashMap::new()),
             last_good: config
                 .last_known_good
                 .clone()
@@ -162,16 +181,45 @@ impl Cache {
     pub(crate) fn get(&self, service: &str) -> Option<Snapshot> {
         let map = self.map.load();
         let entry = map.get(service)?;
-        let now = self.clock.load(Ordering::Relaxed);
-        if entry.last_read.load(Ordering::Relaxed) != now {
-            entry.last_read.store(now, Ordering::Relaxed);
-        }
+        self.stamp(entry);
         let snap = entry.load();
         self.count(&self.counters.hits);
         if snap.is_stale() {
             self.count(&self.counters.stale_serves);
         }
         Some(snap)
+    }
+
+    /// Marks `entry` read in the current round (written only when it changed, so steady-state
+    /// hits do not dirty a shared cache line).
+    #[inline]
+    fn stamp(&self, entry: &Entry) {
+        let now = self.clock.load(Ordering::Relaxed);
+        if entry.last_read.load(Ordering::Relaxed) != now {
+            entry.last_read.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The snapshot of `service` without counting a read (a scrape is no use of the service).
+    #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
+    pub(crate) fn peek(&self, service: &str) -> Option<Snapshot> {
+        self.map.load().get(service).map(|e| e.load())
+    }
+
+    /// Counts a read of `service` that did not go through [`Cache::get`] (an explicit refresh).
+    pub(crate) fn touch(&self, service: &str) {
+        if let Some(entry) = self.map.load().get(service) {
+            self.stamp(entry);
+        }
+    }
+
+    /// Counts a watch of `service` as a use of it until the returned guard drops.
+    pub(crate) fn watching(&self, service: &str) -> Watching<'_> {
+        *lock(&self.watched).entry(service.to_owned()).or_default() += 1;
+        Watching {
+            cache: self,
+            service: service.to_owned(),
+        }
     }
 
     /// The entry of `service`, for holders that read it repeatedly.
@@ -187,8 +235,56 @@ impl Cache {
         self.revision.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub(crate) fn tick_clock(&self) {
-        self.clock.fetch_add(1, Ordering::Relaxed);
+    /// One round of the refresher, at `now`: services read since the last round or watched count
+    /// as used now; those unused for the TTL leave the cache (expiries). Returns the services to
+    /// refresh.
+    pub(crate) fn sweep(&self, now: Instant) -> Vec<Arc<str>> {
+        // Reads since the last round stamped `round`; from here on they stamp `round + 1`.
+        let round = self.clock.fetch_add(1, Ordering::Relaxed);
+        let mut keep = Vec::new();
+        let mut unused = Vec::new();
+        {
+            let watched = lock(&self.watched);
+            for (name, entry) in self.map.load().iter() {
+                let mut used = lock(&entry.used);
+                if entry.last_read.load(Ordering::Relaxed) >= round || watched.contains_key(&**name)
+                {
+                    *used = now;
+                }
+                if now.saturating_duration_since(*used) >= self.config.ttl {
+                    unused.push(name.clone());
+                } else {
+                    keep.push(name.clone());
+                }
+            }
+        }
+        if !unused.is_empty() {
+            self.expire(&unused, round);
+        }
+        keep
+    }
+
+    /// Drops the services of `names` that nobody read since round `round` began.
+    fn expire(&self, names: &[Arc<str>], round: u64) {
+        let _guard = lock(&self.write);
+        let mut map: Map = (**self.map.load()).clone();
+        let mut gone = 0;
+        for name in names {
+            // A read that came after the round began keeps the service.
+            if map
+                .get(name)
+                .is_some_and(|e| e.last_read.load(Ordering::Relaxed) <= round)
+            {
+                map.remove(name);
+                lock(&self.graces).remove(&**name);
+                gone += 1;
+                self.count(&self.counters.expiries);
+                tracing::debug!(service = %name, ttl = ?self.config.ttl, "unused for the TTL: left the discovery cache");
+            }
+        }
+        if gone > 0 {
+            self.map.store(Arc::new(map));
+        }
     }
 
     /// Stores a fresh list from a healthy registry answer (an empty list included: services do
@@ -200,18 +296,6 @@ impl Cache {
         }
         let served = self.through_grace(service, Change::Reset(instances));
         self.save(service, served)
-    }
-
-    /// The list `change` leaves served, through the grace of `service`.
-    fn through_grace(&self, service: &str, change: Change) -> Vec<Instance> {
-        let now = Instant::now();
-        let mut graces = lock(&self.graces);
-        let grace = graces
-            .entry(service.to_owned())
-            .or_insert_with(|| Grace::new(self.grace));
-        grace.expire(now);
-        grace.apply(change, now);
-        grace.list()
     }
 
     /// Stores `instances` as what the registry answered for `service` (see [`Cache::store`]).
@@ -304,49 +388,6 @@ impl Cache {
         }
     }
 
-    /// A refresh or a watch of `service` failed: its list is marked stale (and stays), and its
-    /// grace starts with the next answer.
-    pub(crate) fn failed(&self, service: &str) {
-        self.mark_stale(service);
-        if !self.grace.is_zero()
-            && let Some(grace) = lock(&self.graces).get_mut(service)
-        {
-            grace.failed();
-        }
-    }
-
-    /// The registry failed for every service (a failed probe): every grace starts over.
-    pub(crate) fn failed_all(&self) {
-        if self.grace.is_zero() {
-            return;
-        }
-        for grace in lock(&self.graces).values_mut() {
-            grace.failed();
-        }
-    }
-
-    /// Ends the graces that are over at `now`: the instances they held leave the lists.
-    pub(crate) fn settle(&self, now: Instant) {
-        if self.grace.is_zero() {
-            return;
-        }
-        let over: Vec<(String, Vec<Instance>)> = lock(&self.graces)
-            .iter_mut()
-            .filter_map(|(name, grace)| {
-                (!grace.expire(now).is_empty()).then(|| (name.clone(), grace.list()))
-            })
-            .collect();
-        for (name, list) in over {
-            if let Some(entry) = self.entry(&name) {
-                let stale = entry.load().is_stale();
-                self.save(&name, list);
-                if stale {
-                    self.mark_stale(&name);
-                }
-            }
-        }
-    }
-
     /// Marks the list of `service` stale (a refresh or watch failed, or its TTL passed). The list
     /// itself stays.
     pub(crate) fn mark_stale(&self, service: &str) {
@@ -359,7 +400,7 @@ impl Cache {
     }
 
     /// Marks stale every entry whose last successful refresh is older than the TTL.
-    pub(crate) fn expire(&self, now: Instant) {
+    pub(crate) fn mark_stale_past_ttl(&self, now: Instant) {
         for (name, entry) in self.map.load().iter() {
             let last_ok = *lock(&entry.last_ok);
             if now.saturating_duration_since(last_ok) > self.config.ttl {
@@ -406,6 +447,7 @@ impl Cache {
                 snapshot: ArcSwap::new(snap.0),
                 last_read: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
                 last_ok: std::sync::Mutex::new(Instant::now()),
+                used: std::sync::Mutex::new(Instant::now()),
             }),
         );
         while map.len() > self.config.max_size.max(1) {
@@ -452,7 +494,26 @@ impl Cache {
             refreshes: c.refreshes.load(Ordering::Relaxed),
             refresh_errors: c.refresh_errors.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
+            expiries: c.expiries.load(Ordering::Relaxed),
             size: self.map.load().len() as u64,
+        }
+    }
+}
+
+/// A watch of one service, counted as a use of it while this lives.
+pub(crate) struct Watching<'c> {
+    cache: &'c Cache,
+    service: String,
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        let mut watched = lock(&self.cache.watched);
+        if let Some(n) = watched.get_mut(&self.service) {
+            *n -= 1;
+            if *n == 0 {
+                watched.remove(&self.service);
+            }
         }
     }
 }
@@ -469,75 +530,6 @@ fn same_list(a: &[Instance], b: &[Instance]) -> bool {
     a == b
 }
 
+mod outage;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn inst(id: &str) -> Instance {
-        Instance::new("s", "h", 1).with_id(id)
-    }
-
-    #[tokio::test]
-    async fn store_keeps_revision_when_unchanged() {
-        let c = Cache::new(CacheConfig::default(), Duration::ZERO);
-        let a = c.store("s", vec![inst("a"), inst("b")]);
-        let b = c.store("s", vec![inst("b"), inst("a")]);
-        assert_eq!(a.revision(), b.revision());
-        let d = c.store("s", vec![inst("a")]);
-        assert_ne!(a.revision(), d.revision());
-        assert_eq!(c.get("s").expect("cached").len(), 1);
-    }
-
-    #[tokio::test]
-    async fn stale_marking_keeps_the_list() {
-        let c = Cache::new(CacheConfig::default(), Duration::ZERO);
-        c.store("s", vec![inst("a")]);
-        c.mark_stale("s");
-        let s = c.get("s").expect("cached");
-        assert!(s.is_stale());
-        assert_eq!(s.len(), 1);
-        let s = c.store("s", vec![inst("a")]);
-        assert!(!s.is_stale());
-        assert_eq!(c.stats().stale_serves, 1);
-    }
-
-    #[tokio::test]
-    async fn evicts_least_recently_read() {
-        let c = Cache::new(
-            CacheConfig {
-                max_size: 2,
-                ..CacheConfig::default()
-            },
-            Duration::ZERO,
-        );
-        c.store("a", vec![]);
-        c.tick_clock();
-        c.store("b", vec![]);
-        c.tick_clock();
-        let _ = c.get("a");
-        c.tick_clock();
-        c.store("c", vec![]);
-        let mut names = c.names();
-        names.sort();
-        assert_eq!(names, vec!["a", "c"]);
-        assert_eq!(c.stats().evictions, 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn ttl_marks_stale() {
-        let c = Cache::new(
-            CacheConfig {
-                ttl: Duration::from_secs(5),
-                ..CacheConfig::default()
-            },
-            Duration::ZERO,
-        );
-        c.store("s", vec![inst("a")]);
-        tokio::time::advance(Duration::from_secs(4)).await;
-        c.expire(Instant::now());
-        assert!(!c.get("s").expect("cached").is_stale());
-        tokio::time::advance(Duration::from_secs(2)).await;
-        c.expire(Instant::now());
-        assert!(c.get("s").expect("cached").is_stale());
-    }
-}
+mod tests;

@@ -3,7 +3,8 @@
 //!
 //! [`DiscoveryClient::discover`] answers from the cache ([`cache`]) when it can; a miss asks the
 //! registry (with retries per [`RetryPolicy`]) and caches the answer. A background task refreshes
-//! every cached service each `refresh_interval`. The rules of stale-on-error:
+//! every cached service in use each `refresh_interval`; a service nobody read or watched within
+//! the cache's `ttl` leaves the cache instead ([`CacheConfig::ttl`]). The rules of stale-on-error:
 //!
 //! - a registry error, a timeout or a lost watch never replaces a list; the last good list keeps
 //!   being served, marked [`Snapshot::is_stale`];
@@ -255,7 +256,10 @@ impl DiscoveryClient {
         validate_name("service name", service)?;
         // What this caches is kept fresh like every other entry.
         self.ensure_refresher();
-        self.inner.refresh(service).await
+        let snap = self.inner.refresh(service).await;
+        // Asked for: in use, as a read is.
+        self.inner.cache.touch(service);
+        snap
     }
 
     /// Loads `services` into the cache concurrently, so the first requests do not wait.
@@ -298,6 +302,13 @@ impl DiscoveryClient {
     /// Cache counters.
     pub fn cache_stats(&self) -> CacheStats {
         self.inner.cache.stats()
+    }
+
+    /// The cached snapshot of `service` without counting a read: for metrics, which must not
+    /// keep a service in use (nor count cache hits).
+    #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
+    pub(crate) fn peek(&self, service: &str) -> Option<Snapshot> {
+        self.inner.cache.peek(service)
     }
 
     /// Names of the services in the cache.
@@ -404,13 +415,15 @@ impl Inner {
         }
     }
 
+    /// One round of the refresher: the services unused for the TTL leave, the others are
+    /// refreshed, graces that are over end, and lists not refreshed within the TTL are marked
+    /// stale.
     async fn refresh_all(&self) {
-        self.cache.tick_clock();
-        let names = self.cache.names();
+        let names = self.cache.sweep(tokio::time::Instant::now());
         join_all(names.iter().map(|n| self.refresh(n))).await;
         let now = tokio::time::Instant::now();
         self.cache.settle(now);
-        self.cache.expire(now);
+        self.cache.mark_stale_past_ttl(now);
     }
 }
 

@@ -158,3 +158,7 @@ async fn health_overlay_survives_refresh_until_cleared() {
     let refreshed = c.refresh("svc").await.expect("refresh");
     assert_eq!(refreshed[0].health, HealthStatus::Healthy);
 }
+
+/// The TTL of unused services: expiry, refreshing what is used, outages.
+#[path = "tests_ttl.rs"]
+mod ttl;

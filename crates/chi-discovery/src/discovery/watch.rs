@@ -68,6 +68,8 @@ pub(super) fn spawn(inner: Arc<Inner>, service: String) -> Watcher {
 }
 
 async fn run(inner: Arc<Inner>, service: String, tx: mpsc::Sender<Result<Change>>) {
+    // A watched service is in use: the cache keeps it past its TTL until the watch ends.
+    let _in_use = inner.cache.watching(&service);
     let mut backoff = inner.retry.backoff();
     let mut held = inner.outage.is_on().then(|| Held::new(&inner));
     loop {

@@ -12,6 +12,11 @@
 //!    `preStop` sleep, Envoy's drain time), then stops accepting and waits for the requests in
 //!    flight (hyper's graceful shutdown).
 //!
+//! With [`Server::orca`] (features `orca` and `tower`), every response of the app carries this
+//! process's load report (`endpoint-load-metrics`, or the `-bin` trailer of gRPC answers), so
+//! clients that balance by reports (`orca_weighted_round_robin`, Envoy, gRPC) weigh it by its
+//! load; the health path is not counted.
+//!
 //! ```no_run
 //! # async fn demo() -> chi_discovery::Result<()> {
 //! use axum::{Router, routing::get};
@@ -45,6 +50,8 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 pub struct Server<'a> {
     chi: &'a Chi,
     grace: Duration,
+    #[cfg(all(feature = "orca", feature = "tower"))]
+    orca: Option<Arc<crate::orca::ServerMetrics>>,
 }
 
 impl<'a> Server<'a> {
@@ -53,7 +60,17 @@ impl<'a> Server<'a> {
         Server {
             chi,
             grace: DEFAULT_GRACE,
+            #[cfg(all(feature = "orca", feature = "tower"))]
+            orca: None,
         }
+    }
+
+    /// Attaches the load report of `metrics` to every response (see the module docs);
+    /// handlers add their request's own values through `Extension<CallMetrics>`.
+    #[cfg(all(feature = "orca", feature = "tower"))]
+    pub fn orca(mut self, metrics: Arc<crate::orca::ServerMetrics>) -> Self {
+        self.orca = Some(metrics);
+        self
     }
 
     /// How long to keep serving after deregistering, before draining: at least the time peers
@@ -101,6 +118,11 @@ impl<'a> Server<'a> {
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "the listener".to_owned());
         let serving = Arc::new(AtomicBool::new(true));
+        #[cfg(all(feature = "orca", feature = "tower"))]
+        let app = match &self.orca {
+            Some(metrics) => app.layer(crate::orca::ReportLayer::new(metrics.clone())),
+            None => app,
+        };
         let app = match self.health_path() {
             Some(path) => {
                 let flag = serving.clone();

@@ -27,6 +27,11 @@
 //!
 //! tonic's generated clients take it as their transport: [`Chi::grpc`](crate::Chi::grpc) is a
 //! `Balance` over one lazily connected `Channel` per instance.
+//!
+//! With `orca_weighted_round_robin`, each request carries the picked instance's
+//! [`LoadReporter`](crate::balance::LoadReporter) as an extension: an instance service wrapped in
+//! `orca::FeedLayer::from_request()` (feature `orca`) hands the answer's load report (gRPC's
+//! trailer, or the header) back to the balancer.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -202,7 +207,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
             let shared = &this.shared;
@@ -217,6 +222,12 @@ where
                 let service = this.endpoint(&snapshot, admitted.routed.instance())?;
                 (admitted, service)
             };
+            // `orca_weighted_round_robin`: where the answer's load report goes, for a
+            // `FeedLayer::from_request` in the instance's service.
+            if let Some(reports) = admitted.routed.load_reports() {
+                let reporter = reports.reporter(&admitted.routed.instance().id);
+                request.extensions_mut().insert(reporter);
+            }
             let result = service.oneshot(request).await.map_err(Into::into);
             shared
                 .state

@@ -91,6 +91,16 @@ impl<B: Stage> Resolved<B> {
     pub fn report(&self, success: bool) {
         self.outliers.record(&self.instance().id, success);
     }
+
+    /// Hands the response's load report (`endpoint-load-metrics`) to the balancer that picked,
+    /// when it weighs by reports (`orca_weighted_round_robin`; feature `orca`). True when one
+    /// was taken.
+    #[cfg(feature = "orca")]
+    pub fn report_load(&self, headers: &http::HeaderMap) -> bool {
+        self.routed
+            .load_reports()
+            .is_some_and(|r| crate::orca::feed_to(headers, &**r, &self.instance().id))
+    }
 }
 
 impl<B: Stage> HttpRouter<B> {
@@ -244,6 +254,8 @@ impl<B: Stage> HttpRouter<B> {
         match result {
             Ok(response) => {
                 target.report(!response.status().is_server_error());
+                #[cfg(feature = "orca")]
+                target.report_load(response.headers());
                 Ok(response)
             }
             Err(source) => {

@@ -1,16 +1,25 @@
 //! The registration lifecycle: register, keep alive, re-register, deregister on shutdown.
 //!
-//! A [`ServiceManager`] owns the instances this process registered. One background task keeps each
-//! of them alive on each backend at the backend's [`keep_alive_interval`](Registry::keep_alive_interval):
+//! A [`ServiceManager`] owns the instances this process registered. A background loop per backend
+//! keeps each of them alive there, at the fastest
+//! [`keep_alive_interval`](Registry::keep_alive_interval) the backends ask for:
 //!
-//! - a backend that answers [`Liveness::Lost`] (lease expired, agent restarted, registry wiped) gets
-//!   the instance registered again at once;
+//! - a backend that answers [`Liveness::Lost`](crate::registry::Liveness::Lost) (lease expired,
+//!   agent restarted, registry wiped) gets the instance registered again at once;
 //! - a backend that failed to register is retried with exponential backoff ([`RetryPolicy`]) until
 //!   it succeeds, while the other backends keep serving the registration;
 //! - [`ServiceManager::shutdown`] deregisters everything, on every backend.
 //!
 //! With a [`MultiRegistry`](crate::registry::MultiRegistry) the manager tracks every member apart
-//! (through [`Registry::members`]), so one dead backend is retried alone.
+//! (through [`Registry::members`]), each in a loop of its own (the `round` module), so one dead
+//! backend is retried alone and never slows the keep-alives of the others. A registration held
+//! by some backends only is a success that says so ([`RegistrationReport`];
+//! [`RegistrationReport::require_complete`] makes it an error), and every change of a backend's
+//! standing (registered, failing, registered again after a loss) is logged and sent to
+//! [`ServiceManager::subscribe`]rs; [`ServiceManager::status`] has the current state.
+//! A read-only member ([`Registry::read_only`], DNS) is left out: nothing is registered there,
+//! nothing retried, and it never shows as a failed backend; with only read-only registries a
+//! registration is refused.
 //!
 //! A registration's [`HealthCheck`] runs where its registry expects it (the `checks` module): Consul's agent
 //! runs it itself (and reaps the instance after `deregister_critical_service_after`); for etcd,
@@ -22,18 +31,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::future::join_all;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::health::{HealthChecker, HealthSink, InstanceHealth, OwnCheck, probe_for};
+use crate::health::{HealthChecker, HealthSink, OwnCheck, probe_for};
 use crate::instance::{HealthCheck, HealthStatus, Instance, ServiceConfig};
-use crate::keyed::KeyedLocks;
-use crate::registry::{Liveness, Registry};
+use crate::keyed::{KeyGuard, KeyedLocks};
+use crate::registry::Registry;
 use crate::retry::RetryPolicy;
 use crate::util::{AbortOnDrop, lock};
+
+pub use report::{
+    BackendChange, BackendEvent, BackendStatus, RegistrationReport, RegistrationStatus,
+};
 
 /// Registers instances and keeps them registered.
 pub struct ServiceManager {
@@ -60,19 +72,27 @@ impl std::fmt::Debug for ServiceManager {
 }
 
 pub(crate) struct Inner {
+    /// The backends that take writes.
     backends: Vec<Arc<dyn Registry>>,
+    /// The read-only ones' names (DNS), for the refusal when there is no other.
+    read_only: String,
     /// Runs the probes of registrations whose check no backend runs itself.
     checker: HealthChecker,
     interval: Duration,
     retry: RetryPolicy,
     state: Mutex<HashMap<String, Managed>>,
-    wake: Notify,
+    /// Per backend: wakes its keep-alive loop before its interval is up.
+    wake: Vec<Notify>,
+    /// Changes of a backend's standing, for [`ServiceManager::subscribe`].
+    events: broadcast::Sender<BackendEvent>,
     /// Source of [`Managed::generation`].
     generations: std::sync::atomic::AtomicU64,
-    /// One lock per instance id, held across every backend write of that instance
-    /// (registration, keep-alive, deregistration), so that two writers never race and an older
-    /// copy never lands after a newer one or after a deregistration.
-    writes: KeyedLocks<String>,
+    /// One lock per instance id and backend, held across every write of that instance to that
+    /// backend (registration, keep-alive, deregistration), so that two writers never race and
+    /// an older copy never lands after a newer one or after a deregistration. Registering and
+    /// deregistering take every backend's lock of the id, in backend order; a keep-alive round
+    /// takes its own backend's only, so a backend whose calls hang holds up no other.
+    writes: KeyedLocks<(String, usize)>,
 }
 
 struct Managed {
@@ -96,6 +116,7 @@ struct BackendState {
     next_attempt: Instant,
     last_error: Option<String>,
     reregistrations: u64,
+    errors: u64,
 }
 
 impl BackendState {
@@ -107,85 +128,36 @@ impl BackendState {
             next_attempt: Instant::now(),
             last_error: None,
             reregistrations: 0,
+            errors: 0,
         }
     }
 }
 
-/// The outcome of one registration on each backend.
-#[derive(Debug)]
-pub struct RegistrationReport {
-    /// The registered instance's id.
-    pub id: String,
-    /// `(backend, result)` for every backend, in the registry's order.
-    pub results: Vec<(String, Result<()>)>,
-}
-
-impl RegistrationReport {
-    /// True if every backend holds the registration.
-    pub fn is_complete(&self) -> bool {
-        self.results.iter().all(|(_, r)| r.is_ok())
-    }
-
-    /// Backends that failed (they are retried in the background).
-    pub fn failures(&self) -> impl Iterator<Item = (&str, &Error)> {
-        self.results
-            .iter()
-            .filter_map(|(b, r)| r.as_ref().err().map(|e| (b.as_str(), e)))
-    }
-}
-
-/// Where one registration stands on one backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendStatus {
-    /// Backend name.
-    pub backend: String,
-    /// True when the backend holds the registration.
-    pub registered: bool,
-    /// Consecutive failures since the last success.
-    pub failures: u32,
-    /// The last error, if the last attempt failed.
-    pub last_error: Option<String>,
-    /// How many times the instance was registered again after the backend lost it.
-    pub reregistrations: u64,
-}
-
-/// One managed registration and its per-backend status.
-#[derive(Debug, Clone)]
-pub struct RegistrationStatus {
-    /// The instance.
-    pub instance: Instance,
-    /// Health reported with keep-alives.
-    pub health: HealthStatus,
-    /// True when chi probes the registration in this process (no backend runs its check).
-    pub probed_here: bool,
-    /// What that probe knows (`None` before its first verdict, or with no probe).
-    pub probe: Option<InstanceHealth>,
-    /// One entry per backend.
-    pub backends: Vec<BackendStatus>,
-}
+/// Events a subscriber may fall behind by before it misses some.
+const EVENTS: usize = 1024;
 
 impl ServiceManager {
     /// A manager over `registry` (a [`MultiRegistry`](crate::registry::MultiRegistry)'s members
     /// are tracked one by one). Keep-alives run at the fastest interval the backends ask for.
     pub fn new(registry: Arc<dyn Registry>) -> Self {
-        let backends: Vec<Arc<dyn Registry>> = match registry.members() {
-            Some(members) => members.to_vec(),
-            None => vec![registry],
-        };
+        let (backends, read_only) = crate::registry::multi::split_writers(&registry);
         let interval = backends
             .iter()
             .map(|b| b.keep_alive_interval())
             .min()
             .unwrap_or(Duration::from_secs(5));
+        let wake = backends.iter().map(|_| Notify::new()).collect();
         ServiceManager {
             inner: Arc::new(Inner {
                 checker: HealthChecker::builder().build_for_own(),
                 backends,
+                read_only,
                 interval,
                 retry: RetryPolicy::default(),
                 state: Mutex::new(HashMap::new()),
                 writes: KeyedLocks::new(),
-                wake: Notify::new(),
+                wake,
+                events: broadcast::channel(EVENTS).0,
                 generations: std::sync::atomic::AtomicU64::new(0),
             }),
             task: Mutex::new(None),
@@ -211,11 +183,21 @@ impl ServiceManager {
     /// Registers the instance described by `config` on every backend, with its health check
     /// where each backend runs it.
     ///
-    /// Returns the per-backend report when at least one backend holds the registration, and
-    /// [`Error::Backends`] when none does; either way the instance stays managed, and failed
-    /// backends are retried in the background until [`ServiceManager::deregister`]. A check
-    /// that cannot run (`checked_by: registry` on etcd, an HTTP check without the `http`
-    /// feature) is an error before anything is registered.
+    /// - Every backend holds it: `Ok`, a [complete](RegistrationReport::is_complete) report.
+    /// - Some do (a partial registration): `Ok` too, since the instance can be discovered, with
+    ///   a report that names the backends that hold it
+    ///   ([`registered`](RegistrationReport::registered)) and those that failed, with their
+    ///   errors ([`failures`](RegistrationReport::failures)); each failure is logged at warn
+    ///   level. For all or nothing, `.require_complete()?` turns it into
+    ///   [`Error::PartialRegistration`].
+    /// - None does: [`Error::Backends`], with every backend's error.
+    ///
+    /// In the last two cases the instance stays managed, and the backends that failed are
+    /// retried in the background (with the [`RetryPolicy`]'s backoff) until they hold it or
+    /// [`ServiceManager::deregister`] is called; [`ServiceManager::subscribe`] tells when they
+    /// do. A check that cannot run (`checked_by: registry` on etcd, an HTTP check without the
+    /// `http` feature) is an error before anything is registered, and so is a registry that is
+    /// read-only (DNS) with no writable one beside it.
     pub async fn register(&self, config: ServiceConfig) -> Result<RegistrationReport> {
         self.register_checked(config.instance(), config.health_check.as_ref())
             .await
@@ -234,10 +216,13 @@ impl ServiceManager {
         check: Option<&HealthCheck>,
     ) -> Result<RegistrationReport> {
         instance.validate()?;
+        if self.inner.backends.is_empty() {
+            return Err(crate::registry::read_only(&self.inner.read_only));
+        }
         let plan = checks::plan(&self.inner.backends, check)?;
         let probe = plan.local.as_ref().map(probe_for).transpose()?;
         self.ensure_task();
-        let _write = self.inner.writes.lock(&instance.id).await;
+        let _write = self.inner.lock_writes(&instance.id).await;
         let results = join_all(
             self.inner
                 .backends
@@ -249,27 +234,17 @@ impl ServiceManager {
         let now = Instant::now();
         let mut states = Vec::with_capacity(results.len());
         let mut report = Vec::with_capacity(results.len());
-        for ((backend, result), checks) in self
-            .inner
-            .backends
-            .iter()
-            .zip(results)
-            .zip(plan.registry_checks)
-        {
+        let mut changes = Vec::with_capacity(results.len());
+        for (idx, (result, checks)) in results.into_iter().zip(plan.registry_checks).enumerate() {
             let mut st = BackendState::new(checks);
-            match &result {
-                Ok(()) => st.registered = true,
-                Err(e) => {
-                    tracing::warn!(backend = backend.backend(), id = %instance.id, error = %e, "registration failed; will retry");
-                    st.failures = 1;
-                    st.next_attempt = now + self.inner.retry.delay(1);
-                    st.last_error = Some(e.to_string());
-                }
-            }
+            let outcome = result.as_ref().map(|()| true);
+            changes
+                .extend(round::settle(&mut st, outcome, now, &self.inner.retry).map(|c| (idx, c)));
             states.push(st);
-            report.push((backend.backend().to_owned(), result));
+            report.push((self.inner.backends[idx].backend().to_owned(), result));
         }
         let id = instance.id.clone();
+        let instance_copy = instance.clone();
         let generation = self
             .inner
             .generations
@@ -301,7 +276,10 @@ impl ServiceManager {
                 },
             );
         }
-        self.inner.wake.notify_one();
+        self.inner.wake_all();
+        for (idx, change) in changes {
+            self.inner.report(&instance_copy, idx, change);
+        }
         let report = RegistrationReport {
             id,
             results: report,
@@ -329,6 +307,14 @@ impl ServiceManager {
         self.inner.set_health(id, None, health);
     }
 
+    /// The changes of every registration's standing on each backend from now on (see
+    /// [`BackendEvent`]): a backend that took it, one that started failing, one that had lost
+    /// it and holds it again. A subscriber that falls more than 1,024 events behind misses the
+    /// oldest ([`broadcast`] semantics); [`ServiceManager::status`] has the current state.
+    pub fn subscribe(&self) -> broadcast::Receiver<BackendEvent> {
+        self.inner.events.subscribe()
+    }
+
     /// Every managed registration and where it stands on each backend.
     pub fn status(&self) -> Vec<RegistrationStatus> {
         let state = self.inner.lock();
@@ -350,6 +336,7 @@ impl ServiceManager {
                         failures: s.failures,
                         last_error: s.last_error.clone(),
                         reregistrations: s.reregistrations,
+                        errors: s.errors,
                     })
                     .collect(),
             })
@@ -358,9 +345,10 @@ impl ServiceManager {
         out
     }
 
-    /// Runs one keep-alive round now (the background task does this every interval).
+    /// Runs one keep-alive round on every backend now (the background loops do this every
+    /// interval).
     pub async fn tick(&self) {
-        self.inner.round().await;
+        join_all((0..self.inner.backends.len()).map(|idx| self.inner.round(idx))).await;
     }
 
     /// Stops keeping instances alive and deregisters all of them from every backend.
@@ -394,17 +382,11 @@ impl ServiceManager {
         }
         let weak = Arc::downgrade(&self.inner);
         let interval = self.inner.interval;
+        let loops: Vec<_> = (0..self.inner.backends.len())
+            .map(|idx| round::run(weak.clone(), idx, interval))
+            .collect();
         *slot = Some(AbortOnDrop::spawn(async move {
-            loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let wake = inner.wake.notified();
-                tokio::pin!(wake);
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = &mut wake => {}
-                }
-                inner.round().await;
-            }
+            join_all(loops).await;
         }));
     }
 }
@@ -420,28 +402,6 @@ impl HealthSink for ServiceManager {
     async fn deregister(&self, service: &str, id: &str) -> Result<()> {
         ServiceManager::deregister(self, service, id).await
     }
-}
-
-/// How many keep-alive / registration calls one round runs at once. Unbounded, a process with
-/// 1,000 instances opened hundreds of HTTP connections to its Consul agent each round, and the
-/// agent closes connections beyond `limits.http_max_conns_per_client` (200): registrations
-/// failed with "connection closed before message completed" and kept failing on retry.
-const ROUND_CONCURRENCY: usize = 64;
-
-enum Work {
-    KeepAlive,
-    Register,
-}
-
-/// One call of a round: keep alive or register one instance on one backend.
-struct Job {
-    id: String,
-    generation: u64,
-    idx: usize,
-    instance: Instance,
-    health: HealthStatus,
-    checks: Vec<HealthCheck>,
-    work: Work,
 }
 
 impl Inner {
@@ -460,12 +420,28 @@ impl Inner {
             _ => false,
         };
         if changed {
-            self.wake.notify_one();
+            self.wake_all();
+        }
+    }
+
+    /// The write locks of `id` on every backend, taken in backend order.
+    async fn lock_writes(&self, id: &str) -> Vec<KeyGuard<'_, (String, usize)>> {
+        let mut guards = Vec::with_capacity(self.backends.len());
+        for idx in 0..self.backends.len() {
+            guards.push(self.writes.lock(&(id.to_owned(), idx)).await);
+        }
+        guards
+    }
+
+    /// Wakes every backend's keep-alive loop.
+    fn wake_all(&self) {
+        for wake in &self.wake {
+            wake.notify_one();
         }
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<()> {
-        let _write = self.writes.lock(&id.to_owned()).await;
+        let _write = self.lock_writes(id).await;
         // Kept until the end: when chi's own probe deregisters a critical instance, it runs
         // inside the probe's task, which dropping the registration aborts.
         let removed = self.lock().remove(id);
@@ -483,105 +459,10 @@ impl Inner {
             Err(Error::Backends { failures })
         }
     }
-
-    /// One pass over every (instance, backend): keep alive what is registered, register what is
-    /// due. Calls run concurrently (at most [`ROUND_CONCURRENCY`] at once) and without the lock
-    /// held.
-    async fn round(&self) {
-        let now = Instant::now();
-        let jobs: Vec<Job> = {
-            let state = self.lock();
-            let mut jobs = Vec::new();
-            for (id, m) in state.iter() {
-                for (idx, st) in m.backends.iter().enumerate() {
-                    let work = if st.registered {
-                        Work::KeepAlive
-                    } else if st.next_attempt <= now {
-                        Work::Register
-                    } else {
-                        continue;
-                    };
-                    let mut instance = m.instance.clone();
-                    instance.health = m.health;
-                    jobs.push(Job {
-                        id: id.clone(),
-                        generation: m.generation,
-                        idx,
-                        instance,
-                        health: m.health,
-                        checks: st.checks.clone(),
-                        work,
-                    });
-                }
-            }
-            jobs
-        };
-        let results: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(|Job { id, generation, idx, instance: inst, health, checks, work }| async move {
-            let backend = &self.backends[idx];
-            let _write = self.writes.lock(&id).await;
-            // Under the lock, with what is managed now: deregistered or replaced meanwhile,
-            // this job is stale and the next round does what is due.
-            let unchanged = self
-                .lock()
-                .get(&id)
-                .is_some_and(|m| m.generation == generation && m.health == health);
-            if !unchanged {
-                return (id, generation, idx, None);
-            }
-            let outcome = match work {
-                Work::KeepAlive => match backend.keep_alive(&inst, health).await {
-                    Ok(Liveness::Alive) => Ok(false),
-                    Ok(Liveness::Lost) => {
-                        tracing::info!(backend = backend.backend(), %id, "registration lost; registering again");
-                        backend.register_with_checks(&inst, &checks).await.map(|()| true)
-                    }
-                    Err(e) => Err(e),
-                },
-                Work::Register => backend.register_with_checks(&inst, &checks).await.map(|()| true),
-            };
-            (id, generation, idx, Some(outcome))
-        }))
-        .buffer_unordered(ROUND_CONCURRENCY)
-        .collect()
-        .await;
-
-        // Every call ran under its instance's write lock, after checking that the instance was
-        // still the one the job was made for; a deregistration or a new registration waited for
-        // it. What changed since then made a new state: this outcome belongs to the old one.
-        let now = Instant::now();
-        let mut state = self.lock();
-        for (id, generation, idx, outcome) in results {
-            let Some(outcome) = outcome else {
-                continue;
-            };
-            let Some(m) = state.get_mut(&id).filter(|m| m.generation == generation) else {
-                continue;
-            };
-            let st = &mut m.backends[idx];
-            match outcome {
-                Ok(registered_again) => {
-                    if registered_again && st.registered {
-                        st.reregistrations += 1;
-                    }
-                    st.registered = true;
-                    st.failures = 0;
-                    st.last_error = None;
-                }
-                Err(e) => {
-                    st.failures = st.failures.saturating_add(1);
-                    st.next_attempt = now + self.retry.delay(st.failures);
-                    st.last_error = Some(e.to_string());
-                    if !st.registered {
-                        tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "registration retry failed");
-                    } else {
-                        tracing::warn!(backend = self.backends[idx].backend(), %id, error = %e, "keep-alive failed");
-                    }
-                }
-            }
-        }
-    }
 }
 
 mod checks;
+mod report;
+mod round;
 #[cfg(test)]
 mod tests;

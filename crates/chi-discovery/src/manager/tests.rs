@@ -1,7 +1,9 @@
 use super::*;
-use crate::registry::Memory;
+use crate::registry::{Liveness, Memory};
 use crate::util::lock;
 use std::sync::Mutex;
+
+use tokio::sync::broadcast;
 
 fn cfg(port: u16) -> ServiceConfig {
     ServiceConfig::new("svc", "127.0.0.1", port)
@@ -263,4 +265,274 @@ async fn checked_by_registry_on_a_registry_without_checks_is_refused() {
     );
     assert!(m.status().is_empty());
     assert!(health_in(&reg).await.is_none(), "nothing registered");
+}
+
+/// A backend that can be switched down (every call fails, as an unreachable server's would) or
+/// slow (keep-alives take ten seconds), named `name`.
+#[derive(Clone)]
+struct Switch {
+    name: &'static str,
+    inner: Memory,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    slow: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Switch {
+    fn new(name: &'static str, inner: Memory) -> Self {
+        Switch {
+            name,
+            inner,
+            down: Arc::default(),
+            slow: Arc::default(),
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Unavailable {
+                backend: self.name.into(),
+                message: "switched off".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for Switch {
+    fn backend(&self) -> &str {
+        self.name
+    }
+    async fn register(&self, instance: &Instance) -> Result<()> {
+        self.check()?;
+        self.inner.register(instance).await
+    }
+    async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+        self.check()?;
+        self.inner.deregister(service, id).await
+    }
+    async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
+        if self.slow.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        self.check()?;
+        self.inner.keep_alive(instance, health).await
+    }
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+        self.check()?;
+        self.inner.instances(service).await
+    }
+    async fn services(&self) -> Result<Vec<String>> {
+        self.check()?;
+        self.inner.services().await
+    }
+    async fn watch(&self, service: &str) -> Result<crate::registry::WatchStream> {
+        self.check()?;
+        self.inner.watch(service).await
+    }
+}
+
+fn pair(a: &Switch, b: &Switch) -> Arc<dyn Registry> {
+    Arc::new(crate::registry::MultiRegistry::new(vec![
+        Arc::new(a.clone()),
+        Arc::new(b.clone()),
+    ]))
+}
+
+fn drain(events: &mut broadcast::Receiver<BackendEvent>) -> Vec<(String, BackendChange)> {
+    let mut out = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        out.push((e.backend, e.change));
+    }
+    out
+}
+
+/// A partial registration is a success that names who holds it and who failed;
+/// `require_complete` makes it an error naming both, and the manager still retries the
+/// missing backend until it holds the instance.
+#[tokio::test(start_paused = true)]
+async fn a_partial_registration_says_so_and_require_complete_makes_it_an_error() {
+    let (a, b) = (
+        Switch::new("a", Memory::new()),
+        Switch::new("b", Memory::new()),
+    );
+    b.set_down(true);
+    let m = ServiceManager::new(pair(&a, &b)).with_interval(Duration::from_millis(500));
+    let report = m.register(cfg(1)).await.expect("a holds it");
+    assert!(!report.is_complete());
+    assert_eq!(report.registered().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(report.failures().map(|(b, _)| b).collect::<Vec<_>>(), ["b"]);
+    let err = report.require_complete().unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, Error::PartialRegistration { id, registered, failures }
+            if id == "svc-127.0.0.1-1" && registered == &["a"] && failures.len() == 1 && failures[0].0 == "b"),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("registered in a but not in [b]") && text.contains("switched off"),
+        "{text}"
+    );
+    assert!(err.is_transient());
+
+    b.set_down(false);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(b.inner.instances("svc").await.expect("list").len(), 1);
+    assert!(m.status()[0].backends.iter().all(BackendStatus::is_up));
+
+    let complete = m.register(cfg(2)).await.expect("both");
+    assert_eq!(
+        complete.require_complete().expect("complete").id,
+        "svc-127.0.0.1-2"
+    );
+}
+
+/// Each change of a backend's standing is one event: registered, the first failure of a run
+/// (not every failure), registered again once calls work, re-registered after a loss; the
+/// other backend, untouched, says nothing after its first registration.
+#[tokio::test(start_paused = true)]
+async fn every_change_of_standing_is_one_event() {
+    let (a, b) = (
+        Switch::new("a", Memory::new()),
+        Switch::new("b", Memory::new()),
+    );
+    let m = ServiceManager::new(pair(&a, &b)).with_interval(Duration::from_millis(500));
+    let mut events = m.subscribe();
+    let id = m.register(cfg(1)).await.expect("register").id;
+    assert_eq!(
+        drain(&mut events),
+        [
+            ("a".to_owned(), BackendChange::Registered),
+            ("b".to_owned(), BackendChange::Registered)
+        ]
+    );
+
+    b.set_down(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = drain(&mut events);
+    assert!(
+        matches!(&got[..], [(backend, BackendChange::Failing { error })] if backend == "b" && error.contains("switched off")),
+        "{got:?}"
+    );
+    let st = &m.status()[0].backends[1];
+    assert!(
+        st.registered && !st.is_up() && st.failures >= 5 && st.errors == u64::from(st.failures),
+        "{st:?}"
+    );
+
+    // Back, still holding it: calls work again.
+    b.set_down(false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        drain(&mut events),
+        [("b".to_owned(), BackendChange::Registered)]
+    );
+
+    // Back empty: registered again.
+    b.inner.deregister("svc", &id).await.expect("wipe");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        drain(&mut events),
+        [("b".to_owned(), BackendChange::Reregistered)]
+    );
+    let st = &m.status()[0].backends;
+    assert_eq!((st[0].reregistrations, st[0].errors), (0, 0), "{st:?}");
+    assert_eq!(st[1].reregistrations, 1, "{st:?}");
+}
+
+/// A backend whose keep-alives hang does not hold back the others': each backend has its own
+/// loop. (One round over both waited ten seconds per round, and the embedded registry's 3 s
+/// TTL ran out.)
+#[tokio::test(start_paused = true)]
+async fn a_slow_backend_does_not_delay_the_keep_alives_of_the_others() {
+    let a = Switch::new("a", Memory::with_ttl(Duration::from_secs(3)));
+    let b = Switch::new("b", Memory::new());
+    b.slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    let m = ServiceManager::new(pair(&a, &b)).with_interval(Duration::from_secs(1));
+    let mut events = m.subscribe();
+    m.register(cfg(1)).await.expect("register");
+    drain(&mut events);
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(a.inner.instances("svc").await.expect("list").len(), 1);
+    }
+    assert_eq!(drain(&mut events), [], "no churn on either backend");
+    assert_eq!(m.status()[0].backends[0].reregistrations, 0);
+}
+
+/// A registry that only reads, as DNS does: every write fails.
+struct ReadOnly(Memory);
+
+#[async_trait::async_trait]
+impl Registry for ReadOnly {
+    fn backend(&self) -> &str {
+        "dns"
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    async fn register(&self, _: &Instance) -> Result<()> {
+        Err(crate::registry::read_only("dns"))
+    }
+    async fn deregister(&self, _: &str, _: &str) -> Result<()> {
+        Err(crate::registry::read_only("dns"))
+    }
+    async fn keep_alive(&self, _: &Instance, _: HealthStatus) -> Result<Liveness> {
+        Err(crate::registry::read_only("dns"))
+    }
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+        self.0.instances(service).await
+    }
+    async fn services(&self) -> Result<Vec<String>> {
+        self.0.services().await
+    }
+    async fn watch(&self, service: &str) -> Result<crate::registry::WatchStream> {
+        self.0.watch(service).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_only_member_is_never_a_failed_backend() {
+    let writable = Memory::new();
+    let multi = crate::registry::MultiRegistry::new(vec![
+        Arc::new(ReadOnly(Memory::new())),
+        Arc::new(writable.clone()),
+    ]);
+    let m = ServiceManager::new(Arc::new(multi)).with_interval(Duration::from_secs(1));
+    let report = m.register(cfg(1)).await.expect("register");
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(
+        report.results.len(),
+        1,
+        "only the writable member: {report:?}"
+    );
+    assert_eq!(report.results[0].0, "memory");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = m.status();
+    let backends: Vec<(&str, bool, u32)> = status[0]
+        .backends
+        .iter()
+        .map(|b| (b.backend.as_str(), b.registered, b.failures))
+        .collect();
+    assert_eq!(backends, vec![("memory", true, 0)]);
+    assert_eq!(writable.instances("svc").await.expect("list").len(), 1);
+    m.shutdown().await;
+    assert!(writable.instances("svc").await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn only_read_only_registries_refuse_the_registration() {
+    let m = ServiceManager::new(Arc::new(ReadOnly(Memory::new())));
+    let err = m.register(cfg(1)).await.unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("`dns`") && text.contains("read-only"),
+        "{text}"
+    );
+    assert!(m.status().is_empty(), "nothing is left to retry");
 }

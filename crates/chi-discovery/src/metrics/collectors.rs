@@ -84,6 +84,11 @@ impl Collector for ClientCollector {
                 "Services evicted",
                 s.evictions,
             ),
+            (
+                "chi_discovery_cache_expiries",
+                "Services that left the cache unused for the TTL",
+                s.expiries,
+            ),
         ] {
             counter(&mut encoder, name, help, &[(Vec::new(), v)])?;
         }
@@ -97,9 +102,9 @@ impl Collector for ClientCollector {
         names.sort();
         let mut rows = Vec::new();
         for name in names {
-            // `cached` counts as a cache hit; read the snapshot without it would need a new
-            // hook, and a scrape's few hits are noise next to real traffic.
-            let Some(snap) = self.client.cached(&name) else {
+            // Not `cached`: a scrape is neither a cache hit nor a use that keeps the service
+            // cached past its TTL.
+            let Some(snap) = self.client.peek(&name) else {
                 continue;
             };
             let mut counts = [0i64; 3];
@@ -125,6 +130,16 @@ impl Collector for ClientCollector {
     }
 }
 
+/// One label set's registration figures, summed over its instances.
+#[derive(Default)]
+struct Row {
+    registered: i64,
+    up: i64,
+    failures: i64,
+    reregistrations: u64,
+    errors: u64,
+}
+
 pub(super) type StatusFn = Box<dyn Fn() -> Vec<RegistrationStatus> + Send + Sync>;
 
 pub(super) struct RegistrationCollector {
@@ -143,7 +158,7 @@ impl fmt::Debug for RegistrationCollector {
 impl Collector for RegistrationCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         // Aggregate by label set, so dropping the instance label sums instances.
-        let mut rows: std::collections::BTreeMap<Labels, (i64, i64, u64)> = Default::default();
+        let mut rows: std::collections::BTreeMap<Labels, Row> = Default::default();
         for st in (self.status)() {
             for b in &st.backends {
                 let mut labels = service(&st.instance.name);
@@ -152,31 +167,48 @@ impl Collector for RegistrationCollector {
                 }
                 labels.push(("backend", b.backend.clone()));
                 let row = rows.entry(labels).or_default();
-                row.0 += i64::from(b.registered);
-                row.1 += i64::from(b.failures);
-                row.2 += b.reregistrations;
+                row.registered += i64::from(b.registered);
+                row.up += i64::from(b.is_up());
+                row.failures += i64::from(b.failures);
+                row.reregistrations += b.reregistrations;
+                row.errors += b.errors;
             }
         }
-        let registered: Vec<_> = rows.iter().map(|(l, r)| (l.clone(), r.0)).collect();
-        let failures: Vec<_> = rows.iter().map(|(l, r)| (l.clone(), r.1)).collect();
-        let rereg: Vec<_> = rows.iter().map(|(l, r)| (l.clone(), r.2)).collect();
+        let column = |f: fn(&Row) -> i64| -> Vec<(Labels, i64)> {
+            rows.iter().map(|(l, r)| (l.clone(), f(r))).collect()
+        };
+        let total = |f: fn(&Row) -> u64| -> Vec<(Labels, u64)> {
+            rows.iter().map(|(l, r)| (l.clone(), f(r))).collect()
+        };
         gauge(
             &mut encoder,
             "chi_registration_registered",
             "1 when the backend holds the registration (summed per service without instance labels)",
-            &registered,
+            &column(|r| r.registered),
+        )?;
+        gauge(
+            &mut encoder,
+            "chi_registration_backend_up",
+            "1 when the backend holds the registration and its last call succeeded (summed per service without instance labels)",
+            &column(|r| r.up),
         )?;
         gauge(
             &mut encoder,
             "chi_registration_failures",
             "Consecutive registration / keep-alive failures",
-            &failures,
+            &column(|r| r.failures),
         )?;
         counter(
             &mut encoder,
             "chi_registration_reregistrations",
             "Registrations made again after the backend lost them",
-            &rereg,
+            &total(|r| r.reregistrations),
+        )?;
+        counter(
+            &mut encoder,
+            "chi_registration_errors",
+            "Failed registration and keep-alive calls",
+            &total(|r| r.errors),
         )
     }
 }

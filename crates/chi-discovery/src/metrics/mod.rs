@@ -10,15 +10,17 @@
 //! | `service_discovery_request_duration_seconds` | histogram | `service` | [`DiscoveryClient::on_request`] |
 //! | `load_balancer_selections_total` | counter | `service`, `instance`, `strategy` | [`Metrics::record_selection`] |
 //! | `chi_routing_decisions_total` | counter | `service`, `version`, `geo`, `panic` | [`Metrics::record_route`] (or [`Metrics::record_routed`], which also records the selection) |
-//! | `chi_discovery_cache_{hits,misses,stale_serves,refreshes,refresh_errors,evictions}_total` | counter | | [`DiscoveryClient::cache_stats`], read at scrape |
+//! | `chi_discovery_cache_{hits,misses,stale_serves,refreshes,refresh_errors,evictions,expiries}_total` | counter | | [`DiscoveryClient::cache_stats`], read at scrape |
 //! | `chi_discovery_cache_size` | gauge | | same |
 //! | `chi_discovery_instances` | gauge | `service`, `health` | the cached snapshots, read at scrape |
 //! | `chi_watch_events_total` | counter | `service`, `kind` (`reset`/`add`/`remove`/`update`) | [`Metrics::record_watch`] |
 //! | `chi_watch_errors_total` | counter | `service` | [`Metrics::record_watch`] |
 //! | `chi_health_check_transitions_total` | counter | `service`, `to` | [`HealthChecker::subscribe`], via [`Metrics::follow_health`] |
 //! | `chi_registration_registered` | gauge (0/1) | `service`, `instance`, `backend` | [`ServiceManager::status`](crate::ServiceManager::status), read at scrape |
-//! | `chi_registration_failures` | gauge | `service`, `instance`, `backend` | same |
-//! | `chi_registration_reregistrations_total` | counter | `service`, `instance`, `backend` | same |
+//! | `chi_registration_backend_up` | gauge (0/1) | `service`, `instance`, `backend` | same: registered and the last registration / keep-alive call succeeded |
+//! | `chi_registration_failures` | gauge | `service`, `instance`, `backend` | same: failed calls in a row |
+//! | `chi_registration_reregistrations_total` | counter | `service`, `instance`, `backend` | same: registered again after the backend lost it |
+//! | `chi_registration_errors_total` | counter | `service`, `instance`, `backend` | same: failed registration / keep-alive calls |
 //! | `chi_circuit_breaker_overflows_total` | counter | `service` | the circuit breakers' counts ([`Breaker::overflows`](crate::routing::Breaker::overflows)), read at scrape, via [`Metrics::register_overflows`] |
 //!
 //! The first three keep the Go sketch's names and labels. Values that already live in chi (cache

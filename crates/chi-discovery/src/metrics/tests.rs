@@ -245,28 +245,92 @@ fn a_routed_pick_records_decision_and_selection() {
     assert_eq!(value(&s, "chi_routing_decisions_total", &route), Some(1.0));
 }
 
-#[tokio::test]
+/// A backend that is down: every call fails.
+struct Down;
+
+#[async_trait::async_trait]
+impl crate::Registry for Down {
+    fn backend(&self) -> &str {
+        "down"
+    }
+    async fn register(&self, _: &Instance) -> Result<()> {
+        Err(self.err())
+    }
+    async fn deregister(&self, _: &str, _: &str) -> Result<()> {
+        Err(self.err())
+    }
+    async fn keep_alive(&self, _: &Instance, _: HealthStatus) -> Result<crate::Liveness> {
+        Err(self.err())
+    }
+    async fn instances(&self, _: &str) -> Result<Vec<Instance>> {
+        Err(self.err())
+    }
+    async fn services(&self) -> Result<Vec<String>> {
+        Err(self.err())
+    }
+    async fn watch(&self, _: &str) -> Result<crate::registry::WatchStream> {
+        Err(self.err())
+    }
+}
+
+impl Down {
+    fn err(&self) -> Error {
+        Error::Unavailable {
+            backend: "down".into(),
+            message: "switched off".into(),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn registration_state_per_backend() {
-    let manager = Arc::new(ServiceManager::new(Arc::new(Memory::new())));
-    manager
+    let multi = crate::registry::MultiRegistry::new(vec![Arc::new(Memory::new()), Arc::new(Down)]);
+    let manager =
+        Arc::new(ServiceManager::new(Arc::new(multi)).with_interval(Duration::from_secs(3600)));
+    let report = manager
         .register(ServiceConfig::new("user-service", "10.0.0.1", 8080))
         .await
         .expect("register");
+    assert!(!report.is_complete());
     let mut registry = Registry::default();
     let m = Metrics::register(&mut registry, MetricsConfig::default());
     let mgr = manager.clone();
     m.register_registrations(&mut registry, move || mgr.status());
     let s = scrape(&registry);
-    let labels = [
-        ("service", "user-service"),
-        ("instance", "user-service-10.0.0.1-8080"),
-        ("backend", "memory"),
-    ];
-    assert_eq!(value(&s, "chi_registration_registered", &labels), Some(1.0));
-    assert_eq!(value(&s, "chi_registration_failures", &labels), Some(0.0));
+    let labels = |backend| {
+        [
+            ("service", "user-service"),
+            ("instance", "user-service-10.0.0.1-8080"),
+            ("backend", backend),
+        ]
+    };
+    for (backend, up, errors) in [("memory", 1.0, 0.0), ("down", 0.0, 1.0)] {
+        let labels = labels(backend);
+        assert_eq!(value(&s, "chi_registration_registered", &labels), Some(up));
+        assert_eq!(value(&s, "chi_registration_backend_up", &labels), Some(up));
+        assert_eq!(
+            value(&s, "chi_registration_failures", &labels),
+            Some(errors)
+        );
+        assert_eq!(
+            value(&s, "chi_registration_errors_total", &labels),
+            Some(errors)
+        );
+        assert_eq!(
+            value(&s, "chi_registration_reregistrations_total", &labels),
+            Some(0.0)
+        );
+    }
+    // A second failed attempt, once the backoff allows it: one more error, two in a row.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    manager.tick().await;
+    let s = scrape(&registry);
     assert_eq!(
-        value(&s, "chi_registration_reregistrations_total", &labels),
-        Some(0.0)
+        value(&s, "chi_registration_errors_total", &labels("down")),
+        Some(2.0)
     );
-    manager.shutdown().await;
+    assert_eq!(
+        value(&s, "chi_registration_failures", &labels("down")),
+        Some(2.0)
+    );
 }

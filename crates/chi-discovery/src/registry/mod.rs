@@ -1,8 +1,9 @@
 //! The registry abstraction and its backends.
 //!
 //! A [`Registry`] is where instances are written and read: the embedded [`Memory`] registry (the
-//! zero-setup default), Consul, etcd v3 and Nacos behind cargo features, and [`MultiRegistry`],
-//! which writes to several at once.
+//! zero-setup default), Consul, etcd v3, Nacos, ZooKeeper and a running `chi agent` ([`chi`],
+//! `chi://`) behind cargo features, DNS (read-only, feature `dns`), and [`MultiRegistry`], which
+//! writes to several at once.
 //!
 //! The trait is small and object-safe (`Arc<dyn Registry>` is what [`connect()`] builds from the
 //! config's [`Registries`]). Keep-alive
@@ -15,11 +16,13 @@
 //! [`Change::Reset`] with the full list, and after any reconnect or lost events the stream sends a
 //! `Reset` again, so a consumer never misses a change and never applies one twice.
 //!
-//! The three adapters share one layout: `mod.rs` is the [`Registry`], `config.rs` its settings
+//! The adapters share one layout: `mod.rs` is the [`Registry`], `config.rs` its settings
 //! (always compiled, so the config file parses the same way in every build), `convert.rs` the
 //! mapping to and from the backend's data, `watch.rs` the watch task, plus what only that backend
-//! needs (`api`/`wire`/`tls` for Consul, `client`/`tls` for etcd, `auth` for Nacos). Every watch
-//! task runs under [`watch_task`] and backs off with [`Backoff`](crate::retry::Backoff).
+//! needs (`api`/`wire`/`tls` for Consul, `client`/`tls` for etcd, `auth` for Nacos,
+//! `session`/`nodes` for ZooKeeper, `resolve` for DNS, `client`/`wire` for chi, whose `wire` the
+//! agent's server shares). Every watch task runs under the crate's `watch_task` (the task stops
+//! when its stream is dropped) and backs off with `retry::Backoff`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,13 +37,28 @@ mod connect;
 pub mod memory;
 pub mod multi;
 pub mod outage;
-pub mod watch_task;
+mod pending;
+// The adapters' watch pump: which of its parts a build uses depends on the adapters it has.
+#[cfg_attr(
+    not(all(
+        feature = "consul",
+        feature = "etcd",
+        feature = "nacos",
+        feature = "zookeeper",
+        feature = "chi"
+    )),
+    allow(dead_code)
+)]
+pub(crate) mod watch_task;
 
 // Each adapter's config type is always there (the config file is parsed the same way in every
 // build); the adapter itself comes with its cargo feature.
+pub mod chi;
 pub mod consul;
+pub mod dns;
 pub mod etcd;
 pub mod nacos;
+pub mod zookeeper;
 
 pub use connect::{Registries, connect};
 pub use memory::{Memory, MemoryConfig};
@@ -149,11 +167,28 @@ pub trait Registry: Send + Sync + 'static {
         self.register(instance).await
     }
 
+    /// True when this registry only reads (DNS): its writes fail with [`read_only`]'s error, a
+    /// [`MultiRegistry`] writes to its other members only, and the
+    /// [`ServiceManager`](crate::ServiceManager) leaves it out of registration.
+    fn read_only(&self) -> bool {
+        false
+    }
+
     /// The backends behind this registry, for per-backend bookkeeping (a [`MultiRegistry`]
     /// answers its members; a plain backend `None`).
     fn members(&self) -> Option<&[std::sync::Arc<dyn Registry>]> {
         None
     }
+}
+
+/// The error of a write to a read-only registry (`backend`: its name, or several).
+pub fn read_only(backend: &str) -> Error {
+    Error::invalid(
+        "registry",
+        backend,
+        "is read-only: it serves discovery only (its records are published by their own \
+         server); register in a writable registry: consul, etcd, nacos or memory",
+    )
 }
 
 /// Turns two full lists into the changes that lead from `old` to `new` (by id; an instance whose

@@ -1,9 +1,14 @@
 //! Several registries behind one: writes go to all of them, reads merge them.
 //!
 //! One registry over several (consul, etcd, nacos). Writes fan out concurrently and
-//! one failing backend never stops the others: the call reports every failure
-//! ([`Error::Backends`]), and the [`ServiceManager`](crate::ServiceManager), which sees the
+//! one failing backend never stops the others: a registration some members took and others
+//! did not is [`Error::PartialRegistration`] (naming both), a write that failed everywhere
+//! [`Error::Backends`]; and the [`ServiceManager`](crate::ServiceManager), which sees the
 //! members through [`Registry::members`], keeps retrying only the backends that failed.
+//!
+//! A read-only member (DNS, [`Registry::read_only`]) takes no writes: registrations, keep-alives
+//! and deregistrations go to the other members, and a multi-registry of read-only members only is
+//! read-only itself.
 //!
 //! Reads return the union of the members' lists with duplicates merged by instance id (the first
 //! member listed wins, so list the registry you trust most first). A member that fails a read
@@ -48,9 +53,18 @@ impl MultiRegistry {
     }
 
     fn collect_failures<T>(&self, results: Vec<Result<T>>) -> Split<T> {
+        self.collect_from(0..self.members.len(), results)
+    }
+
+    /// [`MultiRegistry::collect_failures`] of the members `indices` (in the order of `results`).
+    fn collect_from<T>(
+        &self,
+        indices: impl IntoIterator<Item = usize>,
+        results: Vec<Result<T>>,
+    ) -> Split<T> {
         let mut ok = Vec::new();
         let mut failures = Vec::new();
-        for (idx, r) in results.into_iter().enumerate() {
+        for (idx, r) in indices.into_iter().zip(results) {
             match r {
                 Ok(v) => ok.push((idx, v)),
                 Err(e) => failures.push((self.members[idx].backend().to_owned(), e)),
@@ -59,8 +73,42 @@ impl MultiRegistry {
         (ok, failures)
     }
 
-    fn all_or_report(&self, results: Vec<Result<()>>) -> Result<()> {
-        let (_, failures) = self.collect_failures(results);
+    /// The indices of the members that take writes; none is the read-only error.
+    fn writers(&self) -> Result<Vec<usize>> {
+        let writers: Vec<usize> = (0..self.members.len())
+            .filter(|&i| !self.members[i].read_only())
+            .collect();
+        if writers.is_empty() {
+            let names: Vec<&str> = self.members.iter().map(|m| m.backend()).collect();
+            return Err(super::read_only(&names.join(", ")));
+        }
+        Ok(writers)
+    }
+
+    /// `Ok` when every writer took `instance`, else which did and which did not.
+    fn registered_or_report(
+        &self,
+        instance: &Instance,
+        writers: &[usize],
+        results: Vec<Result<()>>,
+    ) -> Result<()> {
+        let (ok, failures) = self.collect_from(writers.iter().copied(), results);
+        match (ok.is_empty(), failures.is_empty()) {
+            (_, true) => Ok(()),
+            (true, false) => Err(Error::Backends { failures }),
+            (false, false) => Err(Error::PartialRegistration {
+                id: instance.id.clone(),
+                registered: ok
+                    .into_iter()
+                    .map(|(idx, ())| self.members[idx].backend().to_owned())
+                    .collect(),
+                failures,
+            }),
+        }
+    }
+
+    fn all_or_report(&self, writers: &[usize], results: Vec<Result<()>>) -> Result<()> {
+        let (_, failures) = self.collect_from(writers.iter().copied(), results);
         if failures.is_empty() {
             Ok(())
         } else {
@@ -71,6 +119,17 @@ impl MultiRegistry {
 
 /// Successes by member index, and failures by backend name.
 type Split<T> = (Vec<(usize, T)>, Vec<(String, Error)>);
+
+/// The backends of `registry` (its members, or itself) that take writes, and the names of those
+/// that do not (`"dns"`), for the [`ServiceManager`](crate::ServiceManager).
+pub(crate) fn split_writers(registry: &Arc<dyn Registry>) -> (Vec<Arc<dyn Registry>>, String) {
+    let all = registry
+        .members()
+        .map_or_else(|| vec![registry.clone()], <[_]>::to_vec);
+    let (read_only, writers): (Vec<_>, Vec<_>) = all.into_iter().partition(|b| b.read_only());
+    let names: Vec<&str> = read_only.iter().map(|b| b.backend()).collect();
+    (writers, names.join(", "))
+}
 
 /// Union by id, first list wins.
 fn merge<'a>(lists: impl IntoIterator<Item = &'a [Instance]>) -> Vec<Instance> {
@@ -94,13 +153,17 @@ impl Registry for MultiRegistry {
 
     async fn register(&self, instance: &Instance) -> Result<()> {
         instance.validate()?;
-        let results = join_all(self.members.iter().map(|m| m.register(instance))).await;
-        self.all_or_report(results)
+        let writers = self.writers()?;
+        let results = join_all(writers.iter().map(|&i| self.members[i].register(instance))).await;
+        self.registered_or_report(instance, &writers, results)
     }
 
-    /// Only when every member runs it.
+    /// Only when every member that takes writes runs it.
     fn runs_check(&self, check: &HealthCheck) -> bool {
-        self.members.iter().all(|m| m.runs_check(check))
+        self.members
+            .iter()
+            .filter(|m| !m.read_only())
+            .all(|m| m.runs_check(check))
     }
 
     async fn register_with_checks(
@@ -109,23 +172,36 @@ impl Registry for MultiRegistry {
         checks: &[HealthCheck],
     ) -> Result<()> {
         instance.validate()?;
+        let writers = self.writers()?;
         let results = join_all(
-            self.members
+            writers
                 .iter()
-                .map(|m| m.register_with_checks(instance, checks)),
+                .map(|&i| self.members[i].register_with_checks(instance, checks)),
         )
         .await;
-        self.all_or_report(results)
+        self.registered_or_report(instance, &writers, results)
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<()> {
-        let results = join_all(self.members.iter().map(|m| m.deregister(service, id))).await;
-        self.all_or_report(results)
+        let writers = self.writers()?;
+        let results = join_all(
+            writers
+                .iter()
+                .map(|&i| self.members[i].deregister(service, id)),
+        )
+        .await;
+        self.all_or_report(&writers, results)
     }
 
     async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
-        let results = join_all(self.members.iter().map(|m| m.keep_alive(instance, health))).await;
-        let (ok, failures) = self.collect_failures(results);
+        let writers = self.writers()?;
+        let results = join_all(
+            writers
+                .iter()
+                .map(|&i| self.members[i].keep_alive(instance, health)),
+        )
+        .await;
+        let (ok, failures) = self.collect_from(writers, results);
         if ok.iter().any(|(_, l)| *l == Liveness::Lost) {
             return Ok(Liveness::Lost);
         }
@@ -139,9 +215,14 @@ impl Registry for MultiRegistry {
     fn keep_alive_interval(&self) -> std::time::Duration {
         self.members
             .iter()
+            .filter(|m| !m.read_only())
             .map(|m| m.keep_alive_interval())
             .min()
             .unwrap_or(std::time::Duration::from_secs(5))
+    }
+
+    fn read_only(&self) -> bool {
+        self.members.iter().all(|m| m.read_only())
     }
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
@@ -290,6 +371,76 @@ mod tests {
         let b = Memory::new();
         let multi = MultiRegistry::new(vec![Arc::new(a.clone()), Arc::new(b.clone())]);
         (a, b, multi)
+    }
+
+    /// A member that only reads, as DNS: its writes fail.
+    struct ReadOnly(Memory);
+
+    #[async_trait]
+    impl Registry for ReadOnly {
+        fn backend(&self) -> &str {
+            "dns"
+        }
+        fn read_only(&self) -> bool {
+            true
+        }
+        async fn register(&self, _: &Instance) -> Result<()> {
+            Err(crate::registry::read_only("dns"))
+        }
+        async fn deregister(&self, _: &str, _: &str) -> Result<()> {
+            Err(crate::registry::read_only("dns"))
+        }
+        async fn keep_alive(&self, _: &Instance, _: HealthStatus) -> Result<Liveness> {
+            Err(crate::registry::read_only("dns"))
+        }
+        async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+            self.0.instances(service).await
+        }
+        async fn services(&self) -> Result<Vec<String>> {
+            self.0.services().await
+        }
+        async fn watch(&self, service: &str) -> Result<WatchStream> {
+            self.0.watch(service).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_only_member_serves_reads_and_takes_no_writes() {
+        let dns = Memory::new();
+        dns.register(&inst("from-dns")).await.expect("seed");
+        let writable = Memory::new();
+        let multi = MultiRegistry::new(vec![
+            Arc::new(ReadOnly(dns.clone())),
+            Arc::new(writable.clone()),
+        ]);
+        assert!(!multi.read_only());
+        multi
+            .register(&inst("mine"))
+            .await
+            .expect("the writable member takes it");
+        assert_eq!(
+            multi
+                .keep_alive(&inst("mine"), HealthStatus::Healthy)
+                .await
+                .expect("alive"),
+            Liveness::Alive
+        );
+        let mut ids: Vec<String> = multi
+            .instances("svc")
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["from-dns", "mine"]);
+        multi.deregister("svc", "mine").await.expect("deregister");
+        assert!(writable.instances("svc").await.expect("read").is_empty());
+
+        let only_dns = MultiRegistry::new(vec![Arc::new(ReadOnly(dns))]);
+        assert!(only_dns.read_only());
+        let err = only_dns.register(&inst("x")).await.unwrap_err().to_string();
+        assert!(err.contains("`dns`") && err.contains("read-only"), "{err}");
     }
 
     #[tokio::test]

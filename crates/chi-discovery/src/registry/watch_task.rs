@@ -22,33 +22,28 @@ use super::{Change, WatchStream};
 use crate::error::Result;
 
 /// Items a watch task may run ahead of its consumer.
-pub const BUFFER: usize = 256;
+pub(crate) const BUFFER: usize = 256;
 
 /// The task's end of the channel.
 #[derive(Debug)]
-pub struct Sender<T> {
+pub(crate) struct Sender<T> {
     tx: mpsc::Sender<T>,
 }
 
 impl<T> Sender<T> {
     /// Sends `item`, waiting while the consumer is `BUFFER` items behind. False when the
     /// consumer is gone: the task should end.
-    pub async fn send(&self, item: T) -> bool {
+    pub(crate) async fn send(&self, item: T) -> bool {
         self.tx.send(item).await.is_ok()
     }
 
     /// Completes when the consumer is gone.
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         self.tx.closed().await;
     }
 
-    /// True when the consumer is gone.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
     /// Waits `delay`, or less when the consumer leaves first. False when it left.
-    pub async fn sleep(&self, delay: Duration) -> bool {
+    pub(crate) async fn sleep(&self, delay: Duration) -> bool {
         tokio::select! {
             () = tokio::time::sleep(delay) => true,
             () = self.tx.closed() => false,
@@ -58,7 +53,7 @@ impl<T> Sender<T> {
 
 /// The consumer's end: a stream of what the task sends. Dropping it aborts the task.
 #[derive(Debug)]
-pub struct TaskStream<T> {
+pub(crate) struct TaskStream<T> {
     rx: mpsc::Receiver<T>,
     task: JoinHandle<()>,
 }
@@ -79,7 +74,7 @@ impl<T> Drop for TaskStream<T> {
 
 /// Spawns `task` with the sending end of a channel of `buffer` items and answers the receiving
 /// end. The stream ends when the task returns (after the items it sent).
-pub fn spawn<T, F, Fut>(buffer: usize, task: F) -> TaskStream<T>
+pub(crate) fn spawn<T, F, Fut>(buffer: usize, task: F) -> TaskStream<T>
 where
     T: Send + 'static,
     F: FnOnce(Sender<T>) -> Fut,
@@ -91,7 +86,7 @@ where
 }
 
 /// [`spawn`] for a registry watch: a [`WatchStream`] of [`BUFFER`] changes.
-pub fn spawn_watch<F, Fut>(task: F) -> WatchStream
+pub(crate) fn spawn_watch<F, Fut>(task: F) -> WatchStream
 where
     F: FnOnce(Sender<Result<Change>>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,

@@ -4,6 +4,8 @@
 
 use indexmap::IndexMap;
 
+use super::{ClientRegions, TrustedProxies};
+
 /// `routing`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutingConfig {
@@ -15,6 +17,10 @@ pub struct RoutingConfig {
     pub default_version: String,
     /// Regions and their zones, in the order written (the order is the fallback order).
     pub regions: IndexMap<String, Vec<String>>,
+    /// The region of a client that names none, from its address (`client_regions`).
+    pub client_regions: ClientRegions,
+    /// The proxies whose `X-Forwarded-For` tells the client's address (`trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for RoutingConfig {
@@ -24,6 +30,8 @@ impl Default for RoutingConfig {
             enable_geo_routing: false,
             default_version: String::new(),
             regions: IndexMap::new(),
+            client_regions: ClientRegions::default(),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }

@@ -6,7 +6,8 @@
 //!   `default_version`, or a weighted canary split such as v1 90 / v2 10); an instance matches by
 //!   its `version` field or by a tag equal to the version, as the Go sketch's `VersionRouter` filters
 //!   by tag.
-//! - [`Geo`]: the client's zone and region (`X-Client-Zone`, `X-Client-Region`, or given);
+//! - [`Geo`]: the client's zone and region (`X-Client-Zone`, `X-Client-Region`, or given; else
+//!   its address through `routing.client_regions`, see [`ClientRegions`]);
 //!   instances in the same zone first, then the same region, then the neighbour regions in the
 //!   order the config's `regions` topology lists them, and only then any region at all (the
 //!   Go sketch's "all other regions", kept as the last resort instead of the first).
@@ -25,6 +26,7 @@
 //! A caller that also learns from outcomes keeps one [`ServiceState`] per service: the router
 //! with the service's outlier detector, and an [`OnPick`] told every pick (the metrics).
 
+mod address;
 mod breaker;
 mod config;
 mod geo;
@@ -39,13 +41,14 @@ mod stage;
 mod subset;
 mod version;
 
+pub use address::{ClientRegions, TrustedProxies};
 pub use breaker::{Breaker, Slot};
 pub use config::RoutingConfig;
 pub use geo::{Geo, GeoStep, Place};
 pub use on_pick::OnPick;
 pub use routers::Routers;
 pub use service::{Admitted, ServiceState, ServiceStateConfig};
-pub use slow_start::SlowStartConfig;
+pub use slow_start::{Ramp, SlowStartConfig};
 pub use smart::{Decision, Routed, Smart, Subset};
 pub use spill::{Spill, ZoneAwareConfig};
 pub use stage::{Stage, Usable};

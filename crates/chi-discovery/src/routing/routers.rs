@@ -6,7 +6,7 @@
 //! their routers here, so `health_check_enabled`, the strategy and the header of the hash key
 //! mean the same everywhere.
 
-use crate::balance::{Balancer, BalancerConfig, Strategy};
+use crate::balance::{Balancer, BalancerConfig, LoadReports, Strategy};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -38,6 +38,7 @@ impl Routers {
         let mut balancer = BalancerConfig::new(strategy);
         balancer.health_check_enabled = lb.health_check_enabled;
         balancer.consistent_hash = lb.consistent_hash;
+        balancer.orca = lb.orca;
         balancer.validate().map_err(|e| {
             let (field, message) = e.split_once(": ").unwrap_or(("", e.as_str()));
             Error::config(
@@ -61,7 +62,11 @@ impl Routers {
     /// A new router for one service: version and region routing, then one balancer per routed
     /// subset; unhealthy instances skipped unless `health_check_enabled` is `false`.
     pub fn router(&self) -> Smart<Balancer> {
-        let config = self.balancer.clone();
+        let mut config = self.balancer.clone();
+        // One store of load reports per service, shared by the balancers of its subsets.
+        if config.strategy.uses_load_reports() {
+            config.load_reports = Some(Arc::new(reports(&config)));
+        }
         let skip_unhealthy = config.health_check_enabled;
         let router = Smart::from_config(&self.routing, move || {
             Balancer::with_config(config.clone()).unwrap_or_else(|_| Balancer::new(config.strategy))
@@ -121,4 +126,18 @@ impl Routers {
     pub fn health_check_enabled(&self) -> bool {
         self.balancer.health_check_enabled
     }
+}
+
+/// A service's store of load reports; with `orca.out_of_band` it follows the instances its
+/// balancers pick from over gRPC (features `orca` and `grpc`; without them only reports handed
+/// in by the caller count).
+fn reports(config: &BalancerConfig) -> LoadReports {
+    let reports = LoadReports::new(config.orca);
+    #[cfg(all(feature = "orca", feature = "grpc"))]
+    if config.orca.out_of_band {
+        return reports.out_of_band(Arc::new(crate::orca::oob::Streams::new(
+            config.orca.oob_reporting_period,
+        )));
+    }
+    reports
 }

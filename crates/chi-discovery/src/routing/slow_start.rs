@@ -73,6 +73,18 @@ pub(super) struct Ramps {
     since: Mutex<Option<FxHashMap<String, Instant>>>,
 }
 
+/// One instance ramping up now: what [`Smart::ramps`](super::Smart::ramps) reports (for a
+/// console or a log; picks never read it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ramp {
+    /// The instance's id.
+    pub id: String,
+    /// Its weight factor now, below 1 (see [`SlowStartConfig::factor`]).
+    pub factor: f64,
+    /// Time left until it has its full weight.
+    pub remaining: Duration,
+}
+
 /// Scale of the weights while something ramps: enough resolution for a 1 % step of weight 1.
 pub(super) const SCALE: u32 = 100;
 
@@ -101,6 +113,31 @@ impl Ramps {
                 out.insert(i.id.clone(), f);
             }
         }
+        out
+    }
+}
+
+impl Ramps {
+    /// The instances ramping at `now`, by id; reads only (the next plan forgets the ones that
+    /// left).
+    pub(super) fn ramping(&self, config: &SlowStartConfig, now: Instant) -> Vec<Ramp> {
+        let guard = lock(&self.since);
+        let Some(since) = guard.as_ref() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Ramp> = since
+            .iter()
+            .filter_map(|(id, start)| {
+                let elapsed = now.saturating_duration_since(*start);
+                let factor = config.factor(elapsed);
+                (factor < 1.0).then(|| Ramp {
+                    id: id.clone(),
+                    factor,
+                    remaining: config.window.saturating_sub(elapsed),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
 }
@@ -204,6 +241,34 @@ mod routed {
         .slow_start(config);
         let joined = Snapshot::new(fleet(5), 2);
         assert!((share(&fresh, &joined, 5, 1_000) - 0.2).abs() < 0.01);
+    }
+
+    /// `Smart::ramps` tells who ramps, at what factor and for how long, and nothing once the
+    /// window is over.
+    #[tokio::test(start_paused = true)]
+    async fn ramps_report_who_ramps() {
+        let config = SlowStartConfig::new(Duration::from_secs(10));
+        let router = Smart::from_config(&RoutingConfig::default(), || {
+            Balancer::new(Strategy::WeightedRoundRobin)
+        })
+        .slow_start(config);
+        assert!(router.ramps().is_empty(), "no plan yet");
+        assert!(
+            router
+                .pick(&Snapshot::new(fleet(4), 1), &Route::default())
+                .is_some()
+        );
+        assert!(router.ramps().is_empty(), "the first instances are warm");
+        let joined = Snapshot::new(fleet(5), 2);
+        assert!(router.pick(&joined, &Route::default()).is_some());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let ramps = router.ramps();
+        assert_eq!(ramps.len(), 1, "{ramps:?}");
+        assert_eq!(ramps[0].id, joined.instances()[4].id);
+        assert!((ramps[0].factor - 0.5).abs() < 1e-9, "{ramps:?}");
+        assert_eq!(ramps[0].remaining, Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(router.ramps().is_empty(), "the window is over");
     }
 
     /// Round robin and random ignore weights; while an instance ramps they are stood in for by

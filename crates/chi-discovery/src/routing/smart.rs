@@ -24,7 +24,7 @@ use arc_swap::{ArcSwap, Guard};
 
 use super::RoutingConfig;
 use super::plan::{Leaf, MakeLeaf, Plan, Rules};
-use super::slow_start::{Ramps, SlowStartConfig};
+use super::slow_start::{Ramp, Ramps, SlowStartConfig};
 use super::spill::ZoneAwareConfig;
 use super::stage::any_instance;
 use super::subset::SubsetSource;
@@ -195,6 +195,13 @@ impl<B: Stage> Routed<B> {
         self.subset.leaf().balancer.strategy()
     }
 
+    /// Where the picked instance's load reports go, for `orca_weighted_round_robin` (`None` for
+    /// the other strategies): hand it the response's report under the instance's id
+    /// (`orca::feed_to` with feature `orca`).
+    pub fn load_reports(&self) -> Option<&Arc<crate::balance::LoadReports>> {
+        self.subset.leaf().balancer.load_reports()
+    }
+
     /// The balancer's guard (e.g. an in-flight count), kept alive by the `Routed`.
     pub fn guard(&self) -> &B::Guard {
         &self.guard
@@ -333,6 +340,15 @@ impl<B: Stage> Smart<B> {
     /// [`skip_unhealthy`](Self::skip_unhealthy)).
     pub fn skips_unhealthy(&self) -> bool {
         self.skip_unhealthy
+    }
+
+    /// The instances ramping up now under slow start (none without it); reads only, for a
+    /// console or a log.
+    pub fn ramps(&self) -> Vec<Ramp> {
+        match &self.slow_start {
+            Some((config, ramps)) => ramps.ramping(config, tokio::time::Instant::now()),
+            None => Vec::new(),
+        }
     }
 
     /// The version rules.

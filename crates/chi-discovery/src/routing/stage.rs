@@ -1,7 +1,9 @@
 //! The last stage of a [`Smart`](super::Smart) router: a balancer, or any closure, picking one
 //! instance of a routed subset, and the per-pick predicate that may refuse some of them.
 
-use crate::balance::{Balancer, InFlight, Request};
+use std::sync::Arc;
+
+use crate::balance::{Balancer, InFlight, LoadReports, Request};
 use crate::instance::Instance;
 
 /// A per-pick predicate: which instances of a leaf may be picked now.
@@ -35,6 +37,12 @@ pub trait Stage: Send + Sync + 'static {
         key: Option<&[u8]>,
         usable: &Usable<'_>,
     ) -> Option<(usize, Self::Guard)>;
+
+    /// Where this stage takes the servers' load reports (`orca_weighted_round_robin`), if it
+    /// does.
+    fn load_reports(&self) -> Option<&Arc<LoadReports>> {
+        None
+    }
 }
 
 impl<F> Stage for F
@@ -83,5 +91,9 @@ impl Stage for Balancer {
         let request = Request { key, usable };
         let mut pick = self.pick_in(instances, revision, &request)?;
         Some((pick.index(), pick.take_in_flight()))
+    }
+
+    fn load_reports(&self) -> Option<&Arc<LoadReports>> {
+        Balancer::load_reports(self)
     }
 }

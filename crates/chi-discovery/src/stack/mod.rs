@@ -123,8 +123,10 @@ impl Chi {
         }
     }
 
-    /// Registers the config's `registration` with its health check in every registry. The
-    /// report says which registries hold it; failed ones are retried in the background.
+    /// Registers the config's `registration` with its health check in every registry, as
+    /// [`ServiceManager::register`]: `Ok` when at least one registry holds it, with a report
+    /// that names those that do not (a partial registration; they are retried in the
+    /// background); `.require_complete()?` makes a partial registration an error.
     pub async fn register(&self) -> Result<RegistrationReport> {
         let Some(registration) = &self.config.registration else {
             return Err(Error::config(

@@ -112,7 +112,11 @@ async fn ttl_marks_unrefreshed_lists_stale() {
         .build(Arc::new(reg.clone()));
     let _ = c.discover("svc").await.expect("discover");
     reg.set_outage(true);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Read within the TTL: a service in use is never dropped from the cache.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(c.cached("svc").is_some());
+    }
     let snap = c.cached("svc").expect("still cached");
     assert!(snap.is_stale());
     assert_eq!(snap.len(), 1, "never emptied by an outage");
@@ -459,14 +463,26 @@ async fn writes_to_all_and_reports_each_failure() {
     b.set_outage(true);
     let err = multi.register(&inst("y")).await.unwrap_err();
     match &err {
-        Error::Backends { failures } => {
+        Error::PartialRegistration {
+            id,
+            registered,
+            failures,
+        } => {
+            assert_eq!(id, "y");
+            assert_eq!(registered, &["memory"]);
             assert_eq!(failures.len(), 1);
             assert_eq!(failures[0].0, "memory");
         }
-        other => panic!("expected Backends, got {other:?}"),
+        other => panic!("expected PartialRegistration, got {other:?}"),
     }
     // The healthy member still got it.
     assert_eq!(a.instances("svc").await.expect("a").len(), 2);
+    // Nobody took it: every failure.
+    a.set_outage(true);
+    match multi.register(&inst("z")).await.unwrap_err() {
+        Error::Backends { failures } => assert_eq!(failures.len(), 2),
+        other => panic!("expected Backends, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! - The `user_order` example's scenario (its `scenario.rs`, included here as is):
 //!   `user-service` v1 and v2 in two regions and an `order-service` calling it by name through
-//!   `Chi::http`, on the embedded registry, Consul, etcd and Nacos (real servers on loopback).
+//!   `Chi::http`, on the embedded registry, Consul, etcd, Nacos and ZooKeeper (real servers on
+//!   loopback).
 //!   Each routed request must be answered by exactly the instances its headers select: the
 //!   version asked for, the client's region, the default version when none is asked, the
 //!   nearest listed region for a region with no instance, the default version for a version
@@ -107,6 +108,14 @@ async fn the_scenario_on_nacos() {
     let _heavy = chi_test_support::heavy().await;
     let server = chi_test_support::nacos::NacosServer::start();
     scenario_on(&format!("nacos://{}", server.addr())).await;
+}
+
+#[cfg(feature = "zookeeper")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenario_on_zookeeper() {
+    let _heavy = chi_test_support::heavy().await;
+    let server = chi_test_support::zookeeper::ZkServer::start().await;
+    scenario_on(&format!("zookeeper://{}", server.addr())).await;
 }
 
 #[cfg(feature = "consul")]

@@ -7,6 +7,7 @@
 //! allocation per request: the service and path are borrowed from the request, the instance from
 //! the routed subset, and its `Host` value and connections from its [`Target`].
 
+use crate::output::human;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use super::Proxy;
-use super::headers::{forwarded_for, strip_hop_by_hop};
+use super::headers::{client_address, forwarded_for, strip_hop_by_hop};
 use super::response::{ProxyBody, plain, upstream_response};
 use super::route::{forwarded_path, target};
 use super::service::{Service, Target};
@@ -192,6 +193,14 @@ impl Proxy {
             }
         };
         let mut headers = parts.headers;
+        // Where a request that does not say is from: its client's address, read before this hop
+        // joins `X-Forwarded-For`.
+        let placed = if self.client_regions.is_empty() {
+            None
+        } else {
+            let client = client_address(&headers, peer, &self.trusted_proxies);
+            self.client_regions.region_of(client)
+        };
         strip_hop_by_hop(&mut headers);
         forwarded_for(&mut headers, peer, peer_ip);
         let retry_any = self.retry_all_methods || idempotent(&parts.method);
@@ -202,20 +211,26 @@ impl Proxy {
             body,
             retry_any,
         };
-        self.attempts(worker, service, first, &request).await
+        self.attempts(worker, service, first, &request, placed)
+            .await
     }
 
     /// Up to `max_attempts` attempts, each on an instance no earlier one tried; a retry sees the
-    /// latest snapshot (ejections are laid over it).
+    /// latest snapshot (ejections are laid over it). `placed`: the client's region by its
+    /// address, for a request that names no region nor zone.
     async fn attempts(
         &self,
         worker: usize,
         service: &Service,
         first: Snapshot,
         request: &Outgoing,
+        placed: Option<&str>,
     ) -> Response<ProxyBody> {
         let name = service.name.as_str();
-        let route = pick::route_of(&request.headers, self.routers.hash_key_header());
+        let mut route = pick::route_of(&request.headers, self.routers.hash_key_header());
+        if route.region.is_none() && route.zone.is_none() {
+            route.region = placed;
+        }
         let mut tried: Vec<String> = Vec::new();
         let mut last_error = String::from("no instance could be picked");
         let mut first = Some(first);
@@ -302,6 +317,7 @@ impl Proxy {
             }
         };
         target.selections.inc();
+        target.picks.record();
         let to = (instance.address.as_str(), instance.port);
         let sent = upstream::send(
             target.idle.clone(),
@@ -324,7 +340,7 @@ impl Proxy {
                 (format!("{id}: {e}"), stop)
             }
             Err(_) => (
-                format!("{id}: no answer within {:?}", self.attempt_timeout),
+                format!("{id}: no answer within {}", human(self.attempt_timeout)),
                 !request.retry_any,
             ),
         };

@@ -1,11 +1,13 @@
 //! Header rules of a proxy hop: the hop-by-hop headers go (RFC 9110 §7.6.1), `X-Forwarded-For`
-//! gains the client's address, and answers name the instance that gave them.
+//! gains the client's address (and tells it, when a trusted proxy sent it), and answers name the
+//! instance that gave them.
 //!
 //! Kept apart because they run on every request and every response, and were measured: the
 //! common case (no hop-by-hop header, no earlier `X-Forwarded-For`) allocates nothing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use chi_discovery::routing::TrustedProxies;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Header naming the instance that answered, on every proxied response.
@@ -72,6 +74,24 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// The client's address: the peer's, or when the peer is a trusted proxy, what its
+/// `X-Forwarded-For` says (the rightmost address of no trusted proxy; see
+/// [`TrustedProxies::client`]). Read before this hop adds the peer to the header.
+pub(super) fn client_address(
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    trusted: &TrustedProxies,
+) -> IpAddr {
+    if trusted.is_empty() {
+        return peer.ip();
+    }
+    let forwarded = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    trusted.client(peer.ip(), forwarded)
 }
 
 /// Adds the client's address to `X-Forwarded-For`; `peer_ip` is that address as a header value,

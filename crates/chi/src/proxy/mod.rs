@@ -6,7 +6,9 @@
 //! `user-service.anything`, not an IP address or `localhost`), the path going as it is. The
 //! routing headers (`X-Service-Version`, `X-Client-Region`, `X-Client-Zone`) and the configured
 //! balancer pick an instance ([`crate::pick`]); `X-Hash-Key` (or the header the config's
-//! `load_balancer.hash_key_header` names) is the key of hashing strategies. A
+//! `load_balancer.hash_key_header` names) is the key of hashing strategies. A request that names
+//! no region nor zone is placed by its client's address (`routing.client_regions`): the peer's,
+//! or the one `X-Forwarded-For` gives when the peer is one of `routing.trusted_proxies`. A
 //! failed attempt (connect error, timeout, 502/503/504) is retried on another instance, up to
 //! `discovery.retry.max_attempts` attempts, for idempotent methods (all methods with
 //! `--retry-all-methods`; a refused connection is retried for every method, as nothing was sent).
@@ -24,11 +26,16 @@
 //!   [`ServiceState`](chi_discovery::routing::ServiceState) and more) and per instance;
 //! - `sweep`: gives ejected instances back to routing when their ejection ends;
 //! - `metrics`: the proxy's metric families beside the library's;
+//! - `console`: what the console at `/ui` on the admin port shows of the proxy (picks per
+//!   instance over the last minute, ejections, breaker refusals, slow-start ramps);
+//! - `orca`: the backends' load reports, handed to `orca_weighted_round_robin`;
 //! - `upstream`: kept-alive connections to the instances, per worker.
 
+mod console;
 mod forward;
 mod headers;
 mod metrics;
+mod orca;
 mod response;
 mod route;
 mod service;
@@ -50,7 +57,7 @@ use crate::cli::{ProxyArgs, RouteBy};
 use crate::failure::Failure;
 use crate::progress;
 use crate::source::Source;
-use chi_discovery::routing::Routers;
+use chi_discovery::routing::{ClientRegions, Routers, TrustedProxies};
 
 use self::metrics::ProxyMetrics;
 use self::service::Service;
@@ -70,7 +77,13 @@ struct Proxy {
     attempt_timeout: Duration,
     /// What names the service of a request.
     route_by: RouteBy,
+    /// The region of a client that names none, by its address (`routing.client_regions`).
+    client_regions: ClientRegions,
+    /// The proxies whose `X-Forwarded-For` tells that address (`routing.trusted_proxies`).
+    trusted_proxies: TrustedProxies,
     metrics: ProxyMetrics,
+    /// Picks per instance over the last minute (the console's chart).
+    picks: Arc<crate::console::picks::Picks>,
 }
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
@@ -104,7 +117,10 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         retry_all_methods: args.retry_all_methods,
         attempt_timeout: args.timeout,
         route_by: args.route_by,
+        client_regions: source.config.routing.client_regions.clone(),
+        trusted_proxies: source.config.routing.trusted_proxies.clone(),
         metrics,
+        picks: crate::console::picks::Picks::start(),
     });
     tokio::spawn(sweep::sweep_ejections(Arc::downgrade(&proxy)));
 
@@ -112,7 +128,8 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     // Load the named services before serving, so the first requests do not wait.
     let warm = progress::services(&args.warm_up, registry.as_ref()).await?;
     progress::warm_up(&proxy.client, &warm).await;
-    let admin_addr = admin::serve(args.admin, registry, health, exposition).await?;
+    let console = console::console(&proxy, registry.clone());
+    let admin_addr = admin::serve(args.admin, registry, health, exposition, console).await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -52,6 +52,7 @@ pub(super) fn upstream_response(
     lease: Lease,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
+    super::orca::headers(&picked, &parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     if let Some(v) = &target.upstream {
         parts.headers.insert(UPSTREAM_HEADER, v.clone());

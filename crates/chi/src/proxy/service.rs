@@ -19,6 +19,8 @@ use prometheus_client::metrics::counter::Counter;
 use super::Proxy;
 use super::metrics::ServiceMetrics;
 use super::upstream::Idle;
+use crate::console::picks;
+use crate::sync;
 
 /// Per-service state of the proxy.
 pub(super) struct Service {
@@ -48,6 +50,8 @@ pub(super) struct Target {
     pub(super) idle: Arc<Idle>,
     /// The library's `load_balancer_selections` counter of this instance.
     pub(super) selections: Counter,
+    /// Its picks over the last minute, for the console.
+    pub(super) picks: picks::Counter,
 }
 
 impl Target {
@@ -60,15 +64,10 @@ impl Target {
 impl Proxy {
     /// The state of service `name`, made on its first request.
     pub(super) fn service(&self, name: &str) -> Arc<Service> {
-        if let Some(s) = self
-            .services
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(s) = sync::read(&self.services).get(name) {
             return s.clone();
         }
-        let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = sync::write(&self.services);
         if let Some(s) = map.get(name) {
             return s.clone();
         }
@@ -98,11 +97,7 @@ impl Proxy {
                 id,
                 "instance ejected after consecutive failures"
             );
-            service
-                .marked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(id.to_owned());
+            sync::lock(&service.marked).push(id.to_owned());
             self.client
                 .set_health(name, id, Some(HealthStatus::Unhealthy));
         }
@@ -167,6 +162,7 @@ impl Proxy {
                 &instance.id,
                 self.routers.strategy().as_str(),
             ),
+            picks: self.picks.counter(&service.name, &instance.id),
         })
     }
 }

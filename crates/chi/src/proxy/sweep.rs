@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::Proxy;
 use super::service::Service;
+use crate::sync;
 
 /// Ends ejections in the discovery overlay once the detector lets an instance back in; ends
 /// with the proxy.
@@ -18,16 +19,10 @@ pub(super) async fn sweep_ejections(proxy: Weak<Proxy>) {
     loop {
         tick.tick().await;
         let Some(proxy) = proxy.upgrade() else { return };
-        let services: Vec<Arc<Service>> = proxy
-            .services
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let services: Vec<Arc<Service>> = sync::read(&proxy.services).values().cloned().collect();
         for service in services {
             let name = service.name.as_str();
-            let mut marked = service.marked.lock().unwrap_or_else(|e| e.into_inner());
+            let mut marked = sync::lock(&service.marked);
             marked.retain(|id| {
                 let still = service.state.outliers().is_ejected(id);
                 if !still {

@@ -5,6 +5,7 @@
 //! instance ([`Idle`], one per proxy target) has one idle list per worker, so a worker takes and
 //! returns connections by index, with a lock no other thread touches, and never hashes.
 
+use crate::output::human;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+
+use crate::sync;
 
 /// A connection to one instance, ready to send a request.
 type Sender = SendRequest<Full<Bytes>>;
@@ -40,14 +43,11 @@ impl Idle {
     }
 
     fn take(&self, worker: usize) -> Option<Sender> {
-        self.slot(worker)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
+        sync::lock(self.slot(worker)).pop()
     }
 
     fn put(&self, worker: usize, sender: Sender) {
-        let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = sync::lock(self.slot(worker));
         if idle.len() < MAX_IDLE {
             idle.push(sender);
         }
@@ -141,7 +141,8 @@ async fn connect(host: &str, port: u16, timeout: Duration) -> Result<Sender, Sen
             Ok(Err(e)) => return Err(SendError::Connect(format!("{host}:{port}: {e}"))),
             Err(_) => {
                 return Err(SendError::Connect(format!(
-                    "{host}:{port}: no connection within {timeout:?}"
+                    "{host}:{port}: no connection within {}",
+                    human(timeout)
                 )));
             }
         };

@@ -30,7 +30,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use chi_discovery::instance::validate_name;
+use chi_discovery::instance::is_valid_name;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
@@ -151,7 +151,7 @@ impl Session for DeltaSession {
             }
         }
         let ts = self.types.entry(kind).or_default();
-        answer(&self.parts.node, kind, ts, &request);
+        answer(&self.parts, kind, ts, &request);
         let first = !ts.subscribed;
         ts.subscribed = true;
         if first {
@@ -359,6 +359,9 @@ impl DeltaSession {
             .chain(removed.iter().map(|n| format!("-{n}")))
             .collect();
         tracing::debug!(kind = kind.short(), %nonce, resources = ?summary, "delta push");
+        let names: Vec<String> = resources.iter().map(|r| r.name.clone()).collect();
+        let shown = version.to_string();
+        self.parts.log.sent(kind, &shown, &nonce, &names, &removed);
         if let Some(ts) = self.types.get_mut(&kind) {
             if ts.pending.len() >= PENDING_MAX {
                 ts.pending.pop_front();
@@ -416,7 +419,7 @@ fn refuse(message: String) -> StreamEnd {
 
 /// A name chi can serve: a valid service name (`NAME@VERSION` included); others are ignored.
 fn is_name(kind: Kind, name: &str) -> bool {
-    let ok = validate_name("resource name", name).is_ok();
+    let ok = is_valid_name(name);
     if !ok {
         tracing::debug!(
             kind = kind.short(),
@@ -427,8 +430,10 @@ fn is_name(kind: Kind, name: &str) -> bool {
     ok
 }
 
-/// Logs the ACK or NACK `request` carries, if any, and forgets the responses it answers.
-fn answer(node: &str, kind: Kind, ts: &mut DeltaState, request: &DeltaDiscoveryRequest) {
+/// Logs the ACK or NACK `request` carries, if any (and notes it in the stream's log), and
+/// forgets the responses it answers.
+fn answer(parts: &Parts, kind: Kind, ts: &mut DeltaState, request: &DeltaDiscoveryRequest) {
+    let node = parts.node.as_str();
     let nonce = request.response_nonce.as_str();
     let answered = if nonce.is_empty() {
         None
@@ -447,6 +452,11 @@ fn answer(node: &str, kind: Kind, ts: &mut DeltaState, request: &DeltaDiscoveryR
             }
         }
     };
+    match (&request.error_detail, &answered) {
+        (Some(error), _) => parts.log.answered(kind, nonce, None, Some(&error.message)),
+        (None, Some(_)) => parts.log.answered(kind, nonce, None, None),
+        (None, None) => {}
+    }
     match (&request.error_detail, answered) {
         (Some(error), answered) => tracing::warn!(
             node,

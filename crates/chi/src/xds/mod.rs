@@ -28,8 +28,10 @@
 //! stale-on-error rule and restart grace (the library's `registry::outage::Grace`), and count
 //! against one bound on streams.
 
+pub(crate) mod clients;
 mod delta;
 mod follow;
+mod policy;
 mod resources;
 mod sotw;
 mod state;
@@ -63,6 +65,7 @@ use crate::cli::XdsArgs;
 use crate::failure::Failure;
 use crate::source::Source;
 
+use clients::{ClientLog, Clients};
 use delta::DeltaSession;
 use follow::{Following, Woken};
 use resources::{ClientPlace, Shape};
@@ -83,7 +86,7 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     let client = DiscoveryClient::builder()
         .retry(source.config.retry)
         .outage(OutagePolicy::with_restart_grace(args.restart_grace))
-        .build(registry);
+        .build(registry.clone());
     let shape = Shape {
         strategy: source.config.load_balancer.strategy,
         rds: args.rds,
@@ -95,9 +98,18 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
             .then(|| Arc::from(source.config.routing.default_version.as_str())),
         health_check_enabled: source.config.load_balancer.health_check_enabled,
         hash_key_header: Arc::from(source.config.load_balancer.hash_key_header.as_str()),
+        orca: source.config.load_balancer.orca,
     };
     let server = XdsServer::new(Hub::new(client), shape.clone(), args.max_streams);
     let closing = server.closing.clone();
+    if let Some(admin) = args.admin {
+        let feed = crate::console::XdsFeed {
+            clients: server.clients(),
+            strategy: shape.strategy,
+        };
+        let bound = crate::console::serve_xds(admin, registry.clone(), feed).await?;
+        println!("xds admin on http://{bound}");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| {
@@ -130,6 +142,8 @@ pub(crate) struct XdsServer {
     versions: Arc<AtomicU64>,
     closing: Closing,
     encoded: Arc<Encoded>,
+    /// What each open stream was sent and answered (read by the console).
+    clients: Arc<Clients>,
 }
 
 /// Tells every stream that the server is going away.
@@ -155,7 +169,13 @@ impl XdsServer {
             versions: Arc::new(AtomicU64::new(first_version())),
             closing: Closing(Arc::new(watch::Sender::new(false))),
             encoded: Arc::new(Encoded::new(shape_uses_place)),
+            clients: Arc::new(Clients::default()),
         }
+    }
+
+    /// Every open stream's client and what it was sent and answered (read-only).
+    pub(crate) fn clients(&self) -> Arc<Clients> {
+        self.clients.clone()
     }
 
     /// The gRPC service: state-of-the-world streams written from shared bytes ([`wire`]), the
@@ -196,8 +216,8 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
         let peer = request.remote_addr();
-        let responses = self.open(peer, request.into_inner(), |tx| {
-            DeltaSession::new(self.parts(), tx)
+        let responses = self.open(peer, request.into_inner(), |tx, log| {
+            DeltaSession::new(self.parts(log), tx)
         })?;
         let responses = ReceiverStream::new(responses).map(|r| r.map_err(|status| *status));
         Ok(Response::new(Box::pin(responses)))
@@ -206,8 +226,9 @@ impl AggregatedDiscoveryService for XdsServer {
 
 impl XdsServer {
     /// What a new stream shares with the server.
-    fn parts(&self) -> Parts {
+    fn parts(&self, log: Arc<ClientLog>) -> Parts {
         Parts {
+            log,
             following: Following::new(self.hub.clone()),
             shape: self.shape.clone(),
             versions: self.versions.clone(),
@@ -225,7 +246,7 @@ impl XdsServer {
         &self,
         peer: Option<SocketAddr>,
         requests: Streaming<S::Request>,
-        session: impl FnOnce(Outbox<S::Response>) -> S,
+        session: impl FnOnce(Outbox<S::Response>, Arc<ClientLog>) -> S,
     ) -> Result<mpsc::Receiver<Sent<S::Response>>, Status> {
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
@@ -234,11 +255,14 @@ impl XdsServer {
             ))
         })?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let session = session(tx.clone());
+        let log = self.clients.open(S::VARIANT, peer);
+        let session = session(tx.clone(), log.clone());
+        let clients = self.clients.clone();
         let closing = self.closing.0.subscribe();
         tokio::spawn(async move {
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream opened");
             drive(session, requests, closing, tx).await;
+            clients.close(&log);
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream closed");
             drop(permit);
         });
@@ -248,6 +272,8 @@ impl XdsServer {
 
 /// What a stream of either variant takes from the server, and what it knows of its client.
 pub(crate) struct Parts {
+    /// Where the stream notes what it sent and how the client answered.
+    log: Arc<ClientLog>,
     following: Following,
     shape: Shape,
     /// The server's version counter: every response takes the next value, so a version is never
@@ -271,6 +297,7 @@ impl Parts {
             return false;
         };
         let (id, place) = node_of(node);
+        self.log.heard(&id, place.as_ref());
         self.node = id;
         match place.filter(|p| *p != self.place) {
             Some(place) => {

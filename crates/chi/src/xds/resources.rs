@@ -9,7 +9,8 @@
 //! 2. **RouteConfiguration** `NAME`: one virtual host whose `domains` match the target's authority
 //!    and whose default route (prefix `""`) sends everything to cluster `NAME`.
 //! 3. **Cluster** `NAME` of type EDS with `eds_config` = ADS, and the `lb_policy` mapped from chi's
-//!    configured strategy where xDS has one.
+//!    configured strategy where xDS has one (`orca_weighted_round_robin` also as a
+//!    `load_balancing_policy`: `client_side_weighted_round_robin` with the config's settings).
 //! 4. **ClusterLoadAssignment** `NAME`: one locality per (region, zone) of the instances' metadata,
 //!    each with `load_balancing_weight` and `priority` set (A27 ignores localities without a
 //!    weight), endpoints with an IP socket address, their weight and their health (with the
@@ -33,7 +34,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use chi_discovery::balance::Strategy;
+use chi_discovery::balance::{OrcaConfig, Strategy};
 use chi_discovery::routing::{
     Geo, HASH_KEY_HEADER, Route as ChiRoute, VERSION_HEADER, serves_version,
 };
@@ -148,6 +149,9 @@ pub(crate) struct Shape {
     /// The header ring-hash routes hash: the config's `load_balancer.hash_key_header`, the
     /// header `chi proxy` and the library read the key from (`x-hash-key` by default).
     pub(crate) hash_key_header: Arc<str>,
+    /// The config's `load_balancer.orca`: the settings of `client_side_weighted_round_robin`
+    /// when the strategy is `orca_weighted_round_robin`.
+    pub(crate) orca: OrcaConfig,
 }
 
 impl Default for Shape {
@@ -160,6 +164,7 @@ impl Default for Shape {
             versions: None,
             health_check_enabled: true,
             hash_key_header: Arc::from(HASH_KEY_HEADER),
+            orca: OrcaConfig::default(),
         }
     }
 }
@@ -348,7 +353,8 @@ impl Shape {
         }
     }
 
-    /// Cluster `name`: type EDS, endpoints over ADS, the strategy as `lb_policy`.
+    /// Cluster `name`: type EDS, endpoints over ADS, the strategy as `lb_policy` and, where that
+    /// enum has no word for it, as `load_balancing_policy` ([`super::policy`]).
     pub(crate) fn cluster(&self, name: &str) -> Cluster {
         Cluster {
             name: name.to_owned(),
@@ -362,6 +368,7 @@ impl Shape {
                 nanos: 0,
             }),
             lb_policy: lb_policy(self.strategy) as i32,
+            load_balancing_policy: super::policy::load_balancing_policy(self.strategy, &self.orca),
             ..Default::default()
         }
     }
@@ -379,7 +386,8 @@ fn ads() -> ConfigSource {
 /// chi's strategy as the Cluster's `lb_policy`. Only the policies gRPC's clients accept are used
 /// (gRPC rejects a Cluster with RANDOM or MAGLEV): round robin and random become `ROUND_ROBIN`
 /// (which weighs endpoints), the hashing strategies `RING_HASH`, and the load-aware ones
-/// `LEAST_REQUEST`.
+/// `LEAST_REQUEST`; `orca_weighted_round_robin` is `ROUND_ROBIN` for a client that does not read
+/// the Cluster's `load_balancing_policy`.
 pub(crate) fn lb_policy(strategy: Strategy) -> LbPolicy {
     match strategy {
         Strategy::ConsistentHash | Strategy::RingHash | Strategy::Maglev => LbPolicy::RingHash,

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chi_discovery::instance::validate_name;
+use chi_discovery::instance::is_valid_name;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tonic::Status;
 
@@ -86,6 +86,10 @@ impl AdsStream {
             return Ok(());
         }
         if let Some(error) = &request.error_detail {
+            let nonce = &request.response_nonce;
+            self.parts
+                .log
+                .answered(kind, nonce, None, Some(&error.message));
             tracing::warn!(
                 node,
                 kind = kind.short(),
@@ -98,6 +102,8 @@ impl AdsStream {
         } else if echoes {
             tracing::debug!(node, kind = kind.short(), version = %request.version_info, "ACK");
             ts.accepted = Some(request.version_info.clone());
+            let (nonce, version) = (&request.response_nonce, &request.version_info);
+            self.parts.log.answered(kind, nonce, Some(version), None);
         }
         let first = !ts.subscribed;
         ts.subscribed = true;
@@ -106,7 +112,7 @@ impl AdsStream {
         for name in request.resource_names {
             if name == "*" {
                 star = true;
-            } else if validate_name("service name", &name).is_ok() {
+            } else if is_valid_name(&name) {
                 names.insert(name);
             } else {
                 tracing::debug!(
@@ -221,6 +227,7 @@ impl AdsStream {
             ts.nonce = nonce.clone();
             let version = ts.version.to_string();
             tracing::debug!(kind = kind.short(), %version, names = ?send, "push");
+            self.parts.log.sent(kind, &version, &nonce, &send, &[]);
             ts.sent = Some(content);
             let head = DiscoveryResponse {
                 version_info: version,

@@ -27,6 +27,7 @@ use prost::Message;
 
 use super::resources::{ClientPlace, Kind};
 use super::view::{ByVersion, ServiceView, fingerprints};
+use crate::sync;
 use tokio::sync::watch;
 
 /// How often the service catalogue is read for wildcard (all-services) subscriptions.
@@ -169,10 +170,7 @@ impl Encoded {
         let place = (self.by_place && kind == Kind::Endpoints).then(|| place.clone());
         let key = (kind, name.to_owned(), revision, place);
         let cell = {
-            let mut map = self
-                .map
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut map = sync::lock(&self.map);
             if map.len() >= ENCODED_MAX && !map.contains_key(&key) {
                 map.clear();
             }

@@ -198,7 +198,7 @@ impl AdsService {
             Streaming::new_request(RequestDecoder, request.into_body(), None, Some(MAX_REQUEST));
         match self
             .server
-            .open(peer, requests, |tx| AdsStream::new(self.server.parts(), tx))
+            .open(peer, requests, |tx, log| AdsStream::new(self.server.parts(log), tx))
         {
             Ok(responses) => {
                 let mut response = http::Response::new(Body::new(SotwBody::new(responses)));

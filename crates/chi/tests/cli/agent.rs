@@ -246,7 +246,7 @@ fn commands_on_the_embedded_registry_alone_explain_themselves() {
     }
     let out = run(&["discover", "x", "--registry", "chi://nohost"]);
     assert_eq!(out.status.code(), Some(2));
-    let out = run(&["discover", "x", "--registry", "zookeeper://h:1"]);
+    let out = run(&["discover", "x", "--registry", "eureka://h:1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("hint:"));
 }

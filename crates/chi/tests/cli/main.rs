@@ -4,15 +4,22 @@
 //! port and the other commands (and other agents) reach it with `--registry chi://host:port`.
 
 mod agent;
+mod agent_multi;
 mod check;
 mod config;
+mod console;
 mod crash;
+mod dns;
 mod names;
+mod orca;
 mod proxy;
+mod proxy_client_region;
 mod proxy_picks;
 mod real;
+mod registry_chi;
 mod select;
 mod support;
 mod xds;
 mod xds_health;
+mod xds_orca;
 mod xds_real;

@@ -1,5 +1,5 @@
-//! The CLI against real etcd, Consul and rnacos on loopback: agent, discover, watch,
-//! deregistration.
+//! The CLI against real etcd, Consul, rnacos and ZooKeeper on loopback: agent, discover, watch,
+//! select, deregistration.
 //!
 //! The servers are `chi_test_support`'s: binaries from `CHI_ETCD_BIN` /
 //! `CHI_CONSUL_BIN` / `CHI_NACOS_BIN`, else `${CHI_CACHE:-$HOME/.cache/chi}/bin`
@@ -18,8 +18,12 @@ pub(crate) struct Server {
 impl Server {
     /// Kill -9: the registry vanishes without a goodbye to its clients.
     pub(crate) fn kill(&mut self) {
-        use chi_test_support::{consul::ConsulAgent, etcd::Etcd, nacos::NacosServer};
+        use chi_test_support::{
+            consul::ConsulAgent, etcd::Etcd, nacos::NacosServer, zookeeper::ZkServer,
+        };
         if let Some(s) = self.server.downcast_mut::<ConsulAgent>() {
+            s.kill();
+        } else if let Some(s) = self.server.downcast_mut::<ZkServer>() {
             s.kill();
         } else if let Some(s) = self.server.downcast_mut::<Etcd>() {
             s.members.iter_mut().for_each(|m| m.kill());
@@ -33,9 +37,13 @@ impl Server {
     /// Starts it again on the same ports (and data directory: etcd and rnacos keep their data, a
     /// Consul dev agent comes back empty) and waits until it serves.
     pub(crate) fn restart(&mut self) {
-        use chi_test_support::{consul::ConsulAgent, etcd::Etcd, nacos::NacosServer};
+        use chi_test_support::{
+            consul::ConsulAgent, etcd::Etcd, nacos::NacosServer, zookeeper::ZkServer,
+        };
         if let Some(s) = self.server.downcast_mut::<ConsulAgent>() {
             block_on(s.restart());
+        } else if let Some(s) = self.server.downcast_mut::<ZkServer>() {
+            s.restart();
         } else if let Some(s) = self.server.downcast_mut::<Etcd>() {
             s.members.iter_mut().for_each(|m| m.restart());
         } else if let Some(s) = self.server.downcast_mut::<NacosServer>() {
@@ -76,6 +84,15 @@ pub(crate) fn nacos() -> Server {
     let server = chi_test_support::nacos::NacosServer::start();
     Server {
         url: format!("nacos://{}", server.addr()),
+        server: Box::new(server),
+    }
+}
+
+/// A ZooKeeper 3.8 server; `layout` picks the URL's layout (`curator` or `dubbo`).
+pub(crate) fn zookeeper(layout: &str) -> Server {
+    let server = block_on(chi_test_support::zookeeper::ZkServer::start());
+    Server {
+        url: format!("zookeeper://{}?layout={layout}", server.addr()),
         server: Box::new(server),
     }
 }
@@ -144,4 +161,40 @@ fn cli_against_real_consul() {
 fn cli_against_real_nacos() {
     let server = nacos();
     scenario(&server.url);
+}
+
+#[test]
+fn cli_against_real_zookeeper_in_both_layouts() {
+    for layout in ["curator", "dubbo"] {
+        let server = zookeeper(layout);
+        scenario(&server.url);
+        // `select` reads the same registry.
+        let mut a = Agent::start(
+            &registration("cli-real", 19203, "v1", ""),
+            &["--registry", &server.url],
+        );
+        eventually("the instance listed", || {
+            discover_json(&server.url, "cli-real", &[]).len() == 1
+        });
+        let out = chi()
+            .args([
+                "select",
+                "cli-real",
+                "--count",
+                "3",
+                "-o",
+                "json",
+                "--registry",
+                &server.url,
+            ])
+            .output()
+            .expect("run chi select");
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && shown.contains("19203"),
+            "{layout}: {shown}"
+        );
+        let (ok, _) = a.proc.terminate();
+        assert!(ok, "{:?}", a.proc.seen);
+    }
 }

@@ -65,8 +65,11 @@ impl Lang {
             }
             Lang::GrpcJs(modules) => {
                 let mut cmd = Command::new("node");
+                // grpc-js-xds 1.14 registers client_side_weighted_round_robin only with
+                // GRPC_EXPERIMENTAL_XDS_WRR_LB (orca_weighted_round_robin's clusters).
                 cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/xds/grpc_xds_client.js"))
-                    .env("NODE_PATH", modules);
+                    .env("NODE_PATH", modules)
+                    .env("GRPC_EXPERIMENTAL_XDS_WRR_LB", "true");
                 cmd
             }
         }

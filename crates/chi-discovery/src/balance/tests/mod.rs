@@ -12,6 +12,7 @@ use crate::instance::{HealthStatus, Instance};
 use crate::snapshot::Snapshot;
 
 mod cache;
+mod fair;
 mod hashing;
 mod least_loaded;
 mod pools;

@@ -51,6 +51,8 @@ pub(super) fn registration(
             interval: Some(go_duration(c.interval)),
             timeout: Some(go_duration(c.timeout)),
             deregister_critical_service_after: dereg,
+            success_before_passing: c.rise,
+            failures_before_critical: c.fall,
             ..CheckDefinition::default()
         };
         match &c.target {

@@ -28,7 +28,10 @@
 //!   [`Registry::register_with_checks`]; the agent runs them itself. A `Ttl` target maps onto chi's
 //!   TTL check. `deregister_critical_service_after` becomes Consul's
 //!   `DeregisterCriticalServiceAfter` (Consul 1.8 clamps it to at least one minute and its reaper
-//!   runs every 30 s, so a critical instance goes 60–90 s after it turned critical).
+//!   runs every 30 s, so a critical instance goes 60–90 s after it turned critical); `rise` and
+//!   `fall` become `SuccessBeforePassing` and `FailuresBeforeCritical` (Consul 1.7+), so the
+//!   agent's check flips after as many results in a row as chi's own probe would. Left out,
+//!   Consul's default applies: every result counts at once.
 //! - Health is aggregated over the node's and the service's checks: any `critical` →
 //!   [`HealthStatus::Unhealthy`], else any `passing`/`warning` → `Healthy` (Consul DNS serves
 //!   `warning` instances too), no checks at all → `Unknown`.
@@ -39,7 +42,7 @@
 //! the index is reset to 0 when it goes backwards (a new cluster, a snapshot restore) and raised
 //! to 1 when Consul answers 0; an answer that arrives early without a new index is a spurious
 //! wake-up and backs off exponentially with jitter, so a misbehaving server cannot drive a tight
-//! loop; failures back off with jitter too (both with [`Backoff`](crate::retry::Backoff)). Every answer is a whole list, turned into
+//! loop; failures back off with jitter too (both with `retry::Backoff`). Every answer is a whole list, turned into
 //! `Add / Remove / Update` with [`diff`](crate::registry::diff); after an error the next answer is sent as a `Reset`.
 //!
 //! # An agent that just came back

@@ -85,8 +85,8 @@ fn registration_carries_checks_version_and_weight() {
         .with_weight(0);
     let checks = vec![
         HealthCheck::http("/health").every(Duration::from_millis(1500)),
-        HealthCheck::tcp(),
-        HealthCheck::grpc("pkg.Svc"),
+        HealthCheck::tcp().thresholds(2, 3),
+        HealthCheck::grpc("pkg.Svc").thresholds(1, 5),
         HealthCheck::ttl(Duration::from_secs(1)).deregister_after(Duration::from_secs(60)),
     ];
     let reg = registration(&inst, &checks, &config());
@@ -105,6 +105,15 @@ fn registration_carries_checks_version_and_weight() {
     assert_eq!(checks[3]["Status"], "passing");
     assert_eq!(checks[3]["DeregisterCriticalServiceAfter"], "60s");
     assert!(checks[0].get("TTL").is_none());
+    // rise / fall: Consul's own thresholds; none given, none sent (Consul's default).
+    assert_eq!(checks[1]["SuccessBeforePassing"], 2);
+    assert_eq!(checks[1]["FailuresBeforeCritical"], 3);
+    assert_eq!(checks[2]["SuccessBeforePassing"], 1);
+    assert_eq!(checks[2]["FailuresBeforeCritical"], 5);
+    for c in [&checks[0], &checks[3]] {
+        assert!(c.get("SuccessBeforePassing").is_none(), "{c}");
+        assert!(c.get("FailuresBeforeCritical").is_none(), "{c}");
+    }
 }
 
 #[test]

@@ -67,6 +67,18 @@ pub(crate) struct CheckDefinition {
         skip_serializing_if = "Option::is_none"
     )]
     pub(crate) deregister_critical_service_after: Option<String>,
+    /// Passing results in a row before the check turns passing (Consul 1.7+).
+    #[serde(
+        rename = "SuccessBeforePassing",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) success_before_passing: Option<u32>,
+    /// Failing results in a row before the check turns critical (Consul 1.7+).
+    #[serde(
+        rename = "FailuresBeforeCritical",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) failures_before_critical: Option<u32>,
 }
 
 /// One element of a `/v1/health/service/:name` answer.

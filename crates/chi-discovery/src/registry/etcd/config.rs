@@ -170,6 +170,18 @@ impl EtcdConfig {
     }
 }
 
+impl EtcdConfig {
+    /// How often the lease is renewed: [`keep_alive_every`] its TTL.
+    pub(crate) fn keep_alive_interval(&self) -> Duration {
+        keep_alive_every(self.lease_ttl)
+    }
+}
+
+/// A third of the lease's TTL (at least 300 ms): two renewals may fail before it runs out.
+pub(super) fn keep_alive_every(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 3).max(Duration::from_millis(300))
+}
+
 /// The validated settings an [`Etcd`] runs with.
 #[derive(Debug)]
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]

@@ -9,9 +9,9 @@
 //! ```
 //!
 //! with `prefix` defaulting to `/chi/services`. Service names and ids go through
-//! [`validate_name`] (no `/`, no `..`, no control characters), so a name can never reach a key
-//! outside its own service's directory, and `{prefix}/{service}/` (with the trailing slash) never
-//! matches a service whose name merely starts with the same letters.
+//! `instance::validate_name` (no `/`, no `..`, no control characters), so a name can never reach
+//! a key outside its own service's directory, and `{prefix}/{service}/` (with the trailing slash)
+//! never matches a service whose name merely starts with the same letters.
 //!
 //! # Leases
 //!
@@ -411,7 +411,7 @@ impl Registry for Etcd {
     }
 
     fn keep_alive_interval(&self) -> Duration {
-        (self.inner.settings.lease_ttl / 3).max(Duration::from_millis(300))
+        config::keep_alive_every(self.inner.settings.lease_ttl)
     }
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>> {

@@ -1,9 +1,9 @@
 //! An adapter's side of the outage policy ([`super`]): the empty answers of a server that just
 //! came back.
 //!
-//! A restarted server (a Consul dev agent, an rnacos node, a Nacos server after a reconnect)
-//! answers "no instances" until the registrants notice and register again. Believing it would
-//! empty every client's list meanwhile. So an empty answer for a service that had instances is
+//! A restarted server (a Consul dev agent, an rnacos node, a Nacos server after a reconnect, a
+//! `chi agent` on its embedded registry) answers "no instances" until the registrants notice and
+//! register again. Believing it would empty every client's list meanwhile. So an empty answer for a service that had instances is
 //! believed only once the server has answered without a transport failure for a grace period
 //! (the idea of Nacos' own push-empty protection). A healthy server's "zero instances" is
 //! honoured after that.
@@ -18,6 +18,7 @@ use super::Recovery;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
 
+#[derive(Debug)]
 struct State {
     /// Whether the server answers, and since when.
     up: Recovery,
@@ -26,6 +27,7 @@ struct State {
 }
 
 /// What one adapter knows about its server's empty answers.
+#[derive(Debug)]
 pub(crate) struct EmptyGuard {
     state: Mutex<State>,
 }

@@ -17,16 +17,18 @@
 //! what it can see:
 //!
 //! - an adapter, whose every answer is a whole list, holds an *empty* answer for a service that
-//!   had instances (`EmptyGuard`, in the Consul and Nacos adapters): the caller keeps its last
-//!   list. Its grace is the time the backend's registrants take to come back, which the adapter
-//!   knows (Consul's `check_ttl`, Nacos' `empty_grace`);
+//!   had instances (`EmptyGuard`, in the Consul, Nacos and chi:// adapters): the caller keeps
+//!   its last list. Its grace is the time the backend's registrants take to come back, which the
+//!   adapter knows (Consul's `check_ttl`, Nacos' `empty_grace`, three keep-alive periods of a
+//!   `chi agent`'s registrants). ZooKeeper, etcd and DNS servers keep their data across a
+//!   restart, so their empty answers are believed;
 //! - a follower of a service, which knows what it served, holds the *removals* ([`Grace`]): the
 //!   discovery client's watches and cache, and the watches shared per service
 //!   (`discovery::shared`, which `chi xds` serves), with the grace of [`OutagePolicy`].
 //!
 //! Neither ever empties a list because of an error: an error only starts the recovery.
 
-#[cfg(any(feature = "consul", feature = "nacos"))]
+#[cfg(any(feature = "consul", feature = "nacos", feature = "chi"))]
 mod empty;
 pub mod grace;
 #[cfg(test)]
@@ -36,7 +38,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-#[cfg(any(feature = "consul", feature = "nacos"))]
+#[cfg(any(feature = "consul", feature = "nacos", feature = "chi"))]
 pub(crate) use empty::EmptyGuard;
 pub use grace::Grace;
 
@@ -106,7 +108,12 @@ impl Recovery {
         }
     }
 
-    /// True when the registry's answers are believed at `now` with a grace of `grace`.
+    /// True when the registry's answers are believed at `now` with a grace of `grace` (read by
+    /// the adapters' `EmptyGuard`, which comes with their features).
+    #[cfg_attr(
+        not(any(feature = "consul", feature = "nacos", feature = "chi")),
+        allow(dead_code)
+    )]
     pub(crate) fn is_trusted(&self, grace: Duration, now: Instant) -> bool {
         match self {
             Recovery::Trusted => true,

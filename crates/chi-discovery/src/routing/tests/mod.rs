@@ -56,6 +56,7 @@ fn config() -> RoutingConfig {
         enable_geo_routing: true,
         default_version: "v1".into(),
         regions,
+        ..RoutingConfig::default()
     }
 }
 

@@ -3,11 +3,14 @@
 //!
 //! - `health_check_enabled`: with checks on, an unhealthy instance goes as UNHEALTHY (clients
 //!   skip it); with checks off, as UNKNOWN (clients use it), as chi's own balancers then pick it;
-//! - `hash_key_header`: the header ring-hash routes hash, the one `chi proxy` reads the key from.
+//! - `hash_key_header`: the header ring-hash routes hash, the one `chi proxy` reads the key from;
+//! - `orca`: the settings of `client_side_weighted_round_robin`, the policy
+//!   `orca_weighted_round_robin` goes as (inside `wrr_locality`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use chi_discovery::balance::Strategy;
+use chi_discovery::balance::{OrcaConfig, Strategy};
 use chi_discovery::{HealthStatus, Instance};
 use envoy_types::pb::envoy::config::core::v3::HealthStatus as XdsHealth;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
@@ -16,7 +19,13 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
-use prost::Message;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, LoadBalancingPolicy};
+use envoy_types::pb::envoy::extensions::load_balancing_policies::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin;
+use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
+use envoy_types::pb::envoy::extensions::load_balancing_policies::wrr_locality::v3::WrrLocality;
+use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration};
+use prost::{Message, Name};
 
 use crate::xds::resources::{ClientPlace, Kind, Shape};
 
@@ -142,4 +151,108 @@ fn ring_hash_routes_hash_the_configured_header() {
         hashed_headers(&Shape::default()).is_empty(),
         "round robin hashes nothing"
     );
+}
+
+/// The Cluster `shape` sends, as a client decodes it.
+fn cluster(shape: &Shape) -> Cluster {
+    let any = shape.build(
+        Kind::Cluster,
+        "order-service",
+        &fleet(),
+        &ClientPlace::default(),
+    );
+    Cluster::decode(any.value.as_slice()).expect("a CDS resource")
+}
+
+/// The name and packed config of each policy of a list.
+fn policies(list: &LoadBalancingPolicy) -> Vec<(&str, &Any)> {
+    list.policies
+        .iter()
+        .map(|p| {
+            let ext = p
+                .typed_extension_config
+                .as_ref()
+                .expect("a typed extension");
+            (
+                ext.name.as_str(),
+                ext.typed_config.as_ref().expect("a typed config"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn orca_weighted_round_robin_goes_as_client_side_wrr_with_the_orca_settings() {
+    let orca = OrcaConfig {
+        blackout_period: Duration::from_secs(2),
+        weight_expiration_period: Duration::from_secs(30),
+        weight_update_period: Duration::from_millis(20),
+        error_utilization_penalty: 0.5,
+        out_of_band: true,
+        oob_reporting_period: Duration::from_millis(1500),
+    };
+    let sent = cluster(&Shape {
+        strategy: Strategy::OrcaWeightedRoundRobin,
+        orca,
+        ..Shape::default()
+    });
+    assert_eq!(
+        sent.lb_policy,
+        LbPolicy::RoundRobin as i32,
+        "round robin for a client that reads only lb_policy"
+    );
+    let top = sent.load_balancing_policy.expect("a load_balancing_policy");
+    let top = policies(&top);
+    assert_eq!(top.len(), 1, "{top:?}");
+    assert_eq!(top[0].0, "envoy.load_balancing_policies.wrr_locality");
+    assert_eq!(top[0].1.type_url, WrrLocality::type_url());
+    let wrr_locality = WrrLocality::decode(top[0].1.value.as_slice()).expect("WrrLocality");
+    let inner = wrr_locality
+        .endpoint_picking_policy
+        .expect("an endpoint-picking policy");
+    let inner = policies(&inner);
+    let names: Vec<&str> = inner.iter().map(|p| p.0).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.load_balancing_policies.client_side_weighted_round_robin",
+            "envoy.load_balancing_policies.round_robin"
+        ]
+    );
+    assert_eq!(
+        inner[0].1.type_url,
+        ClientSideWeightedRoundRobin::type_url()
+    );
+    assert_eq!(inner[1].1.type_url, RoundRobin::type_url());
+    let wrr = ClientSideWeightedRoundRobin::decode(inner[0].1.value.as_slice()).expect("CSWRR");
+    let secs = |d: Option<ProtoDuration>| {
+        let d = d.expect("a duration");
+        d.seconds as f64 + f64::from(d.nanos) / 1e9
+    };
+    assert_eq!(wrr.enable_oob_load_report.map(|b| b.value), Some(true));
+    assert_eq!(secs(wrr.oob_reporting_period), 1.5);
+    assert_eq!(secs(wrr.blackout_period), 2.0);
+    assert_eq!(secs(wrr.weight_expiration_period), 30.0);
+    assert_eq!(
+        secs(wrr.weight_update_period),
+        0.1,
+        "the update period in force (at least 100 ms, as A58 raises it)"
+    );
+    assert_eq!(wrr.error_utilization_penalty.map(|f| f.value), Some(0.5));
+
+    for strategy in [
+        Strategy::RoundRobin,
+        Strategy::WeightedRoundRobin,
+        Strategy::RingHash,
+    ] {
+        let sent = cluster(&Shape {
+            strategy,
+            orca,
+            ..Shape::default()
+        });
+        assert_eq!(
+            sent.load_balancing_policy, None,
+            "{strategy:?}: lb_policy says it all"
+        );
+    }
 }

@@ -35,6 +35,7 @@ use prost::Message;
 use super::resources::{ClientPlace, Shape};
 
 mod client;
+mod clients;
 mod delta;
 mod grace;
 mod load_balancer;

@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::client::{Client, Variant};
 use super::registry::Counted;
+use crate::xds::clients::Clients;
 use crate::xds::resources::Shape;
 use crate::xds::state::Hub;
 use crate::xds::{Closing, XdsServer};
@@ -35,6 +36,8 @@ pub(crate) struct Fixture {
     connections: mpsc::UnboundedSender<DuplexStream>,
     registry: Arc<Counted>,
     closing: Closing,
+    /// The server's book of its clients.
+    pub(crate) clients: Arc<Clients>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -71,6 +74,7 @@ pub(crate) async fn serve_with_grace(
     let hub = Hub::new(client);
     let server = XdsServer::new(hub, shape, max_streams);
     let closing = server.closing.clone();
+    let clients = server.clients();
     let service = server.into_service();
     let (connections, incoming) = mpsc::unbounded_channel();
     let server = tokio::spawn(async move {
@@ -84,6 +88,7 @@ pub(crate) async fn serve_with_grace(
         connections,
         registry,
         closing,
+        clients,
         server,
     }
 }
