@@ -196,10 +196,9 @@ impl AdsService {
             .and_then(TcpConnectInfo::remote_addr);
         let requests =
             Streaming::new_request(RequestDecoder, request.into_body(), None, Some(MAX_REQUEST));
-        match self
-            .server
-            .open(peer, requests, |tx, log| AdsStream::new(self.server.parts(log), tx))
-        {
+        match self.server.open(peer, requests, |tx, log| {
+            AdsStream::new(self.server.parts(log), tx)
+        }) {
             Ok(responses) => {
                 let mut response = http::Response::new(Body::new(SotwBody::new(responses)));
                 response.headers_mut().insert(
