@@ -39,6 +39,7 @@ use prometheus_client::registry::Registry;
 
 use crate::cli::parse_duration;
 
+pub(crate) use activity::InFlight;
 pub(crate) use body::{BodyError, BodyState, Timed};
 pub(crate) use door::{Door, READ_BUFFER, Ticket};
 pub(crate) use refuse::Refusal;

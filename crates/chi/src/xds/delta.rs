@@ -34,12 +34,11 @@ use chi_discovery::instance::is_valid_name;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::follow::Following;
 use super::resources::Kind;
-use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane};
+use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd, control_plane};
 
 /// The wildcard name.
 const WILDCARD: &str = "*";
@@ -96,15 +95,12 @@ struct Delta {
 pub(crate) struct DeltaSession {
     /// The server's parts and what is known of the client.
     parts: Parts,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: Outbox<DeltaDiscoveryResponse>,
     types: BTreeMap<Kind, DeltaState>,
 }
 
 impl DeltaSession {
-    pub(crate) fn new(
-        parts: Parts,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    ) -> DeltaSession {
+    pub(crate) fn new(parts: Parts, tx: Outbox<DeltaDiscoveryResponse>) -> DeltaSession {
         DeltaSession {
             parts,
             tx,
@@ -310,13 +306,13 @@ impl DeltaSession {
             let Some(list) = view.instances.as_ref() else {
                 continue;
             };
-            let (any, hash) =
-                self.parts
-                    .encoded
-                    .get(kind, name, revision, &self.parts.place, || {
-                        shape.build(kind, name, list, &self.parts.place)
-                    });
-            let version = format!("{hash:016x}");
+            let built = self
+                .parts
+                .encoded
+                .get(kind, name, revision, &self.parts.place, || {
+                    shape.build(kind, name, list, &self.parts.place)
+                });
+            let version = format!("{:016x}", built.hash);
             let unchanged = held.is_some_and(|h| h.version == version);
             ts.held.insert(
                 name.clone(),
@@ -329,7 +325,7 @@ impl DeltaSession {
                 delta.upserts.push(Resource {
                     name: name.clone(),
                     version,
-                    resource: Some(any),
+                    resource: Some(built.any.clone()),
                     ..Default::default()
                 });
             }

@@ -41,6 +41,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 mod view;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,9 +54,7 @@ use chi_discovery::health::OutlierConfig;
 use chi_discovery::routing::Geo;
 use chi_discovery::{DiscoveryClient, OutagePolicy};
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -69,15 +68,15 @@ use crate::admin;
 use crate::agent::Shutdown;
 use crate::cli::XdsArgs;
 use crate::failure::Failure;
-use crate::limits::{ConnInfo, Door, Limits, Reason, Refusal, Refusals};
+use crate::limits::{ConnInfo, Door, InFlight, Limits, Reason, Refusal, Refusals};
 use crate::source::Source;
 
 use clients::{ClientLog, Clients};
 use delta::DeltaSession;
 use follow::{Following, Woken};
 use resources::{ClientPlace, Shape};
-use sotw::AdsStream;
 use state::{Encoded, Hub};
+use wire::AdsService;
 
 /// Most names one request may carry; more is refused as a malformed request.
 const MAX_NAMES: usize = 10_000;
@@ -238,8 +237,10 @@ impl XdsServer {
         self.clients.clone()
     }
 
-    pub(crate) fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
+    /// The gRPC service: state-of-the-world streams written from shared bytes ([`wire`]), the
+    /// incremental ones through tonic's generated server.
+    pub(crate) fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
 }
 
@@ -259,18 +260,29 @@ impl AggregatedDiscoveryService for XdsServer {
     type StreamAggregatedResourcesStream = ResponseStream;
     type DeltaAggregatedResourcesStream = DeltaStream;
 
+    /// Never called: [`AdsService`] answers this method before the generated server sees it.
     async fn stream_aggregated_resources(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
+        _request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        self.open(request, |tx, log| AdsStream::new(self.parts(log), tx))
+        Err(Status::internal(
+            "state-of-the-world streams are served by chi's own ADS service",
+        ))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        self.open(request, |tx, log| DeltaSession::new(self.parts(log), tx))
+        let caller = Caller::new(
+            request.extensions().get::<ConnInfo>(),
+            request.remote_addr(),
+        );
+        let responses = self.open(caller, request.into_inner(), |tx, log| {
+            DeltaSession::new(self.parts(log), tx)
+        })?;
+        let responses = ReceiverStream::new(responses).map(|r| r.map_err(|status| *status));
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
@@ -294,9 +306,10 @@ impl XdsServer {
     /// closes.
     fn open<S: Session>(
         &self,
-        request: Request<Streaming<S::Request>>,
-        session: impl FnOnce(mpsc::Sender<Result<S::Response, Status>>, Arc<ClientLog>) -> S,
-    ) -> Result<Response<Responses<S::Response>>, Status> {
+        caller: Caller,
+        requests: Streaming<S::Request>,
+        session: impl FnOnce(Outbox<S::Response>, Arc<ClientLog>) -> S,
+    ) -> Result<mpsc::Receiver<Sent<S::Response>>, Status> {
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             self.refusals.count("xds", Reason::Streams);
             Status::resource_exhausted(format!(
@@ -304,16 +317,11 @@ impl XdsServer {
                 self.max_streams
             ))
         })?;
-        // The stream counts as its connection's request in flight while it is open, so the
-        // connection is not idle.
-        let conn = request.extensions().get::<ConnInfo>().cloned();
-        let in_flight = conn.as_ref().map(|c| c.activity.start());
-        let peer = conn.map(|c| c.peer).or_else(|| request.remote_addr());
+        let Caller { peer, in_flight } = caller;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let log = self.clients.open(S::VARIANT, peer);
         let session = session(tx.clone(), log.clone());
         let clients = self.clients.clone();
-        let requests = request.into_inner();
         let closing = self.closing.0.subscribe();
         let refusals = self.refusals.clone();
         tokio::spawn(async move {
@@ -323,7 +331,24 @@ impl XdsServer {
             tracing::debug!(?peer, variant = S::VARIANT, "ADS stream closed");
             drop((permit, in_flight));
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
+    }
+}
+
+/// Who opened a stream: the client's address, and its connection's requests in flight, which
+/// the stream counts in while it is open, so the connection's idle timeout leaves it alone.
+pub(crate) struct Caller {
+    peer: Option<SocketAddr>,
+    in_flight: Option<InFlight>,
+}
+
+impl Caller {
+    /// From the connection the door admitted (`conn`), else the address tonic saw.
+    pub(crate) fn new(conn: Option<&ConnInfo>, fallback: Option<SocketAddr>) -> Caller {
+        Caller {
+            peer: conn.map(|c| c.peer).or(fallback),
+            in_flight: conn.map(|c| c.activity.start()),
+        }
     }
 }
 
@@ -375,6 +400,12 @@ impl Parts {
 
 type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// What a stream's task hands to the response body: a response, or the status that ends the
+/// stream (boxed: a channel's buffer is sized by its largest item, and a `Status` is large).
+pub(crate) type Sent<T> = Result<T, Box<Status>>;
+/// The sending end of a stream's responses.
+pub(crate) type Outbox<T> = mpsc::Sender<Sent<T>>;
+
 /// Why a stream ends early.
 #[derive(Debug)]
 pub(crate) enum StreamEnd {
@@ -414,7 +445,7 @@ async fn drive<S: Session>(
     mut session: S,
     mut requests: Streaming<S::Request>,
     mut closing: watch::Receiver<bool>,
-    tx: mpsc::Sender<Result<S::Response, Status>>,
+    tx: Outbox<S::Response>,
     refusals: Refusals,
 ) {
     let end = loop {
@@ -452,11 +483,11 @@ async fn drive<S: Session>(
                 _ => Reason::BadRequest,
             };
             refusals.count("xds", reason);
-            let _ = tx.send(Err(status)).await;
+            let _ = tx.send(Err(Box::new(status))).await;
         }
         StreamEnd::Closing => {
             let status = Status::unavailable("chi xds is shutting down");
-            let _ = tx.send(Err(status)).await;
+            let _ = tx.send(Err(Box::new(status))).await;
         }
     }
 }

@@ -5,27 +5,24 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chi_discovery::instance::is_valid_name;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::follow::Following;
 use super::resources::Kind;
 use super::state::TypeState;
-use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane};
+use super::wire::Packed;
+use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd, control_plane};
 
 /// One state-of-the-world ADS stream: what the client asked for and what it was sent.
 pub(crate) struct AdsStream {
     /// The server's parts and what is known of the client.
     parts: Parts,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: Outbox<Packed>,
     types: BTreeMap<Kind, TypeState>,
 }
 
 impl AdsStream {
-    pub(crate) fn new(
-        parts: Parts,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    ) -> AdsStream {
+    pub(crate) fn new(parts: Parts, tx: Outbox<Packed>) -> AdsStream {
         AdsStream {
             parts,
             tx,
@@ -39,7 +36,7 @@ impl AdsStream {
 
 impl Session for AdsStream {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = Packed;
     const VARIANT: &'static str = "sotw";
 
     fn following(&mut self) -> &mut Following {
@@ -217,20 +214,20 @@ impl AdsStream {
                 }
                 continue;
             }
-            let resources = send
+            let resources: Vec<_> = send
                 .iter()
                 .filter_map(|name| {
                     let service = self.parts.shape.split(name).0;
                     let view = self.parts.following.views.get(service)?;
                     let list = view.instances.as_ref()?;
                     let revision = content.get(name).copied().unwrap_or(0);
-                    let (any, _) =
+                    let built =
                         self.parts
                             .encoded
                             .get(kind, name, revision, &self.parts.place, || {
                                 self.parts.shape.build(kind, name, list, &self.parts.place)
                             });
-                    Some(any)
+                    Some(built.framed.clone())
                 })
                 .collect();
             let (nonce, version) = self.parts.stamp();
@@ -243,14 +240,14 @@ impl AdsStream {
             tracing::debug!(kind = kind.short(), %version, names = ?send, "push");
             self.parts.log.sent(kind, &version, &nonce, &send, &[]);
             ts.sent = Some(content);
-            let response = DiscoveryResponse {
+            let head = DiscoveryResponse {
                 version_info: version,
-                resources,
                 type_url: kind.type_url().to_owned(),
                 nonce,
                 control_plane: Some(control_plane()),
                 ..Default::default()
             };
+            let response = Packed::new(&head, &resources).map_err(StreamEnd::Refused)?;
             self.tx
                 .send(Ok(response))
                 .await

@@ -15,13 +15,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chi_discovery::DiscoveryClient;
 use chi_discovery::discovery::Shared;
 
+use bytes::{Bytes, BytesMut};
 use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
 
 use super::resources::{ClientPlace, Kind};
 use super::view::{ByVersion, ServiceView, fingerprints};
@@ -115,11 +117,39 @@ async fn poll_catalog(hub: std::sync::Weak<Hub>) {
 }
 
 /// Resources encoded once and shared by every stream that sends the same content: a change to a
-/// service followed by a thousand streams is encoded once, not a thousand times.
+/// service followed by ten thousand streams is encoded once, not ten thousand times, and the
+/// state-of-the-world streams send the very same bytes ([`Built::framed`]), so a stream holds
+/// references to them, not copies.
 pub(crate) struct Encoded {
     /// The encoding depends on the client's locality (geo priorities).
     by_place: bool,
-    map: Mutex<HashMap<EncodedKey, (Any, u64)>>,
+    map: Mutex<HashMap<EncodedKey, Arc<OnceLock<Arc<Built>>>>>,
+}
+
+/// One resource at one revision, encoded.
+#[derive(Debug)]
+pub(crate) struct Built {
+    /// The packed resource (incremental xDS wraps it in a `Resource`).
+    pub(crate) any: Any,
+    /// The same resource as a `resources` field (tag 2) of a `DiscoveryResponse`: the bytes a
+    /// state-of-the-world response carries, shared by every stream that sends it.
+    pub(crate) framed: Bytes,
+    /// Its [`content_hash`] (incremental xDS's per-resource version).
+    pub(crate) hash: u64,
+}
+
+impl Built {
+    fn new(any: Any) -> Built {
+        let hash = content_hash(&any);
+        // `DiscoveryResponse.resources` is field 2, length-delimited.
+        let mut framed = BytesMut::with_capacity(any.encoded_len() + 11);
+        prost::encoding::message::encode(2, &any, &mut framed);
+        Built {
+            any,
+            framed: framed.freeze(),
+            hash,
+        }
+    }
 }
 
 /// Kind, resource name, revision, and the client's place when it matters.
@@ -137,7 +167,7 @@ impl Encoded {
     }
 
     /// The resource `kind` `name` at `revision` for a client at `place`, built by `build` the
-    /// first time, with its [`content_hash`] (incremental xDS's per-resource version).
+    /// first time.
     pub(crate) fn get(
         &self,
         kind: Kind,
@@ -145,23 +175,19 @@ impl Encoded {
         revision: u64,
         place: &ClientPlace,
         build: impl FnOnce() -> Any,
-    ) -> (Any, u64) {
+    ) -> Arc<Built> {
         let place = (self.by_place && kind == Kind::Endpoints).then(|| place.clone());
         let key = (kind, name.to_owned(), revision, place);
-        let mut map = sync::lock(&self.map);
-        if let Some(built) = map.get(&key) {
-            return built.clone();
-        }
-        drop(map);
-        let any = build();
-        let hash = content_hash(&any);
-        let built = (any, hash);
-        map = sync::lock(&self.map);
-        if map.len() >= ENCODED_MAX {
-            map.clear();
-        }
-        map.insert(key, built.clone());
-        built
+        let cell = {
+            let mut map = sync::lock(&self.map);
+            if map.len() >= ENCODED_MAX && !map.contains_key(&key) {
+                map.clear();
+            }
+            map.entry(key).or_default().clone()
+        };
+        // The streams a change wakes all ask for the new revision at once: the first builds it,
+        // the others wait for it instead of building it too.
+        cell.get_or_init(|| Arc::new(Built::new(build()))).clone()
     }
 }
 

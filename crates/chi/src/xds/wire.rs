@@ -1,0 +1,240 @@
+//! State-of-the-world responses written from shared bytes.
+//!
+//! A push to ten thousand streams sends the same resources ten thousand times. Through tonic's
+//! generated server every stream would encode its own copy of each response into its own encode
+//! buffer, and that buffer keeps the capacity of the largest response the stream ever sent (a
+//! `BytesMut` reuses its allocation): hundreds of KiB per stream after a first response that
+//! holds every endpoint. Here a response is [`Packed`]: a small head of its own (the gRPC message
+//! prefix, version, type, nonce, control plane) followed by the resources' encoded bytes, shared
+//! with every other stream through [`Built::framed`](super::state::Built). The body hands those
+//! pieces to HTTP/2 as they are, so a stream holds references to shared bytes, never a copy, and
+//! nothing of the size of its largest message outlives the sending of it.
+//!
+//! The pieces concatenate to exactly the `DiscoveryResponse` prost would encode, with the
+//! repeated `resources` field after the others: protobuf readers accept fields in any order
+//! (protobuf encoding guide, "Field Order"). The wire framing is gRPC's (grpc/grpc
+//! `doc/PROTOCOL-HTTP2.md`): each message is a one-byte compression flag, a four-byte big-endian
+//! length and the message; the status goes out in the trailers.
+//!
+//! [`AdsService`] serves `StreamAggregatedResources` this way and hands the incremental variant
+//! (`DeltaAggregatedResources`) to tonic's generated server.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryServiceServer, SERVICE_NAME,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use http_body::Frame;
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codec::{BufferSettings, DecodeBuf, Decoder, Streaming};
+use tonic::codegen::{BoxFuture, Service};
+use tonic::server::NamedService;
+use tonic::transport::server::TcpConnectInfo;
+
+use super::sotw::AdsStream;
+use super::{Caller, Sent, XdsServer};
+use crate::limits::ConnInfo;
+
+/// The state-of-the-world method's path.
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+/// Largest request accepted (tonic's default for its generated servers).
+const MAX_REQUEST: usize = 4 * 1024 * 1024;
+/// Resources smaller than this are copied into the response's own piece instead of being sent
+/// as a piece of their own: each piece becomes an HTTP/2 DATA frame with a 9-byte header.
+const INLINE: usize = 1024;
+/// The gRPC message prefix: compression flag and length.
+const PREFIX: usize = 5;
+
+/// One encoded `DiscoveryResponse`: the pieces that, concatenated, are its gRPC message.
+#[derive(Debug)]
+pub(crate) struct Packed {
+    pieces: Vec<Bytes>,
+}
+
+impl Packed {
+    /// `head` (a response without resources) followed by `resources`, each the encoded
+    /// `resources` field of one resource.
+    pub(crate) fn new(head: &DiscoveryResponse, resources: &[Bytes]) -> Result<Packed, Status> {
+        let total = head.encoded_len() + resources.iter().map(Bytes::len).sum::<usize>();
+        let length = u32::try_from(total).map_err(|_| {
+            Status::resource_exhausted(format!(
+                "a response of {total} bytes is over gRPC's limit of 4 GiB"
+            ))
+        })?;
+        let mut pieces = Vec::new();
+        let mut own = BytesMut::with_capacity(PREFIX + head.encoded_len());
+        own.put_u8(0);
+        own.put_u32(length);
+        head.encode(&mut own)
+            .map_err(|e| Status::internal(format!("cannot encode a response: {e}")))?;
+        for resource in resources {
+            if resource.len() < INLINE {
+                own.extend_from_slice(resource);
+            } else {
+                if !own.is_empty() {
+                    pieces.push(own.split().freeze());
+                }
+                pieces.push(resource.clone());
+            }
+        }
+        if !own.is_empty() {
+            pieces.push(own.freeze());
+        }
+        Ok(Packed { pieces })
+    }
+}
+
+/// The response body of one state-of-the-world stream: the pieces of each [`Packed`] response
+/// as they come from the stream's task, then the status in the trailers.
+pub(crate) struct SotwBody {
+    responses: mpsc::Receiver<Sent<Packed>>,
+    pieces: std::vec::IntoIter<Bytes>,
+    done: bool,
+}
+
+impl SotwBody {
+    pub(crate) fn new(responses: mpsc::Receiver<Sent<Packed>>) -> SotwBody {
+        SotwBody {
+            responses,
+            pieces: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+}
+
+impl http_body::Body for SotwBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(piece) = this.pieces.next() {
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let status = match ready!(this.responses.poll_recv(cx)) {
+                Some(Ok(packed)) => {
+                    this.pieces = packed.pieces.into_iter();
+                    continue;
+                }
+                Some(Err(status)) => *status,
+                None => Status::ok(""),
+            };
+            this.done = true;
+            let mut trailers = http::HeaderMap::new();
+            if let Err(e) = status.add_header(&mut trailers) {
+                tracing::debug!("cannot write the status of an ADS stream: {e}");
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+    }
+}
+
+/// Decodes `DiscoveryRequest`s with a small read buffer: requests are a few KiB at most, and
+/// every open stream keeps its buffer.
+struct RequestDecoder;
+
+impl Decoder for RequestDecoder {
+    type Item = DiscoveryRequest;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<DiscoveryRequest>, Status> {
+        DiscoveryRequest::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("a malformed DiscoveryRequest: {e}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(1024, 32 * 1024)
+    }
+}
+
+/// The ADS service: state-of-the-world streams through [`SotwBody`], the incremental variant
+/// through tonic's generated server.
+#[derive(Debug, Clone)]
+pub(crate) struct AdsService {
+    server: XdsServer,
+    generated: AggregatedDiscoveryServiceServer<XdsServer>,
+}
+
+impl AdsService {
+    pub(crate) fn new(server: XdsServer) -> AdsService {
+        AdsService {
+            generated: AggregatedDiscoveryServiceServer::new(server.clone()),
+            server,
+        }
+    }
+
+    /// Opens a state-of-the-world stream, or refuses it with a trailers-only response.
+    fn sotw(&self, request: http::Request<Body>) -> http::Response<Body> {
+        if let Some(encoding) = request
+            .headers()
+            .get("grpc-encoding")
+            .filter(|e| e.as_bytes() != b"identity")
+        {
+            return Status::unimplemented(format!(
+                "chi xds does not read compressed requests (grpc-encoding {encoding:?})"
+            ))
+            .into_http();
+        }
+        let extensions = request.extensions();
+        let caller = Caller::new(
+            extensions.get::<ConnInfo>(),
+            extensions
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr),
+        );
+        let requests =
+            Streaming::new_request(RequestDecoder, request.into_body(), None, Some(MAX_REQUEST));
+        match self.server.open(caller, requests, |tx, log| {
+            AdsStream::new(self.server.parts(log), tx)
+        }) {
+            Ok(responses) => {
+                let mut response = http::Response::new(Body::new(SotwBody::new(responses)));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                response
+            }
+            Err(status) => status.into_http(),
+        }
+    }
+}
+
+impl NamedService for AdsService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl Service<http::Request<Body>> for AdsService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<http::Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() == SOTW_PATH {
+            let response = self.sotw(request);
+            Box::pin(std::future::ready(Ok(response)))
+        } else {
+            self.generated.call(request)
+        }
+    }
+}
