@@ -28,9 +28,9 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::{FromRequest, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use chi_discovery::registry::chi::wire::{Alive, Event, HEARTBEAT, KeepAlive, check_names};
@@ -296,20 +296,7 @@ async fn watch(
 
 /// The JSON body of a write, read only after the token check passed (so a caller without a
 /// token cannot make the agent read a body), with axum's own checks and refusals.
-async fn json_body<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, Response> {
-    let request = axum::http::Request::builder()
-        .header(
-            header::CONTENT_TYPE,
-            headers
-                .get(header::CONTENT_TYPE)
-                .cloned()
-                .unwrap_or(HeaderValue::from_static("")),
-        )
-        .body(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+async fn json_body<T: serde::de::DeserializeOwned>(request: Request) -> Result<T, Response> {
     Json::<T>::from_request(request, &())
         .await
         .map(|Json(v)| v)
@@ -332,13 +319,12 @@ fn mismatch(name: &str, id: &str, instance: &Instance) -> Option<Response> {
 async fn register(
     State(s): State<RegistryApi>,
     Path((name, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    if let Some(r) = s.refuses(&headers, Need::Write(&name)) {
+    if let Some(r) = s.refuses(request.headers(), Need::Write(&name)) {
         return r;
     }
-    let instance: Instance = match json_body(&headers, body).await {
+    let instance: Instance = match json_body(request).await {
         Ok(i) => i,
         Err(r) => return r,
     };
@@ -374,13 +360,12 @@ async fn deregister(
 async fn keep_alive(
     State(s): State<RegistryApi>,
     Path((name, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    if let Some(r) = s.refuses(&headers, Need::Write(&name)) {
+    if let Some(r) = s.refuses(request.headers(), Need::Write(&name)) {
         return r;
     }
-    let body: KeepAlive = match json_body(&headers, body).await {
+    let body: KeepAlive = match json_body(request).await {
         Ok(b) => b,
         Err(r) => return r,
     };
