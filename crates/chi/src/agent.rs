@@ -131,7 +131,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .agent
         .tls
         .as_ref()
-        .map(crate::tls::acceptor)
+        .map(|tls| crate::tls::acceptor(tls, &crate::tls::AGENT))
         .transpose()
         .map_err(|e| Failure::bad_input(format!("{e:#}")))?;
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -320,7 +320,8 @@ pub(crate) enum RouteBy {
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  chi xds --listen 127.0.0.1:18000 --registry consul://127.0.0.1:8500\n  \
-chi xds -c chi-config.yaml --listen 0.0.0.0:18000 --max-streams 4096\n\n\
+chi xds -c chi-config.yaml --listen 0.0.0.0:18000 --max-streams 4096\n  \
+chi xds -c chi-config.yaml --listen 0.0.0.0:18000 --tls-cert xds.pem --tls-key xds.key --tls-client-ca clients-ca.pem\n\n\
 gRPC clients: GRPC_XDS_BOOTSTRAP=bootstrap.json, target xds:///SERVICE (see the README's `chi xds` section).\n\
 The config's load_balancer.strategy becomes the clusters' lb_policy."
 )]
@@ -355,6 +356,27 @@ pub(crate) struct XdsArgs {
     /// clients, what each was sent, ACKed or NACKed); off unless given (port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin: Option<SocketAddr>,
+    /// Serve ADS over TLS with this certificate chain (PEM, leaf first); reloaded when the file
+    /// changes. Printed as `xds on grpcs://ADDR`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates this CA (PEM) signed (mTLS): a client without one gets nothing.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_client_ca: Option<std::path::PathBuf>,
+}
+
+impl XdsArgs {
+    /// The TLS of the ADS port, when --tls-cert and --tls-key are given.
+    pub(crate) fn tls(&self) -> Option<chi_discovery::config::ServerTls> {
+        Some(chi_discovery::config::ServerTls {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,12 @@ const STREAM_BUFFER: usize = 16;
 /// `chi xds`: serves ADS until interrupted.
 pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install()?;
+    // The certificate first: a file that does not load is an error before anything starts.
+    let tls = args
+        .tls()
+        .map(|tls| crate::tls::acceptor(&tls, &crate::tls::XDS))
+        .transpose()
+        .map_err(|e| Failure::bad_input(format!("{e:#}")))?;
     let source = Source::resolve(&args.source)?;
     source.require_shared("xds")?;
     let registry = source.connect().await?;
@@ -140,22 +146,32 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
                 .hint("pick another --listen address (port 0 picks a free one)")
         })?;
     let bound: SocketAddr = listener.local_addr()?;
-    println!("xds on grpc://{bound}");
-    tracing::info!(%bound, strategy = shape.strategy.as_str(), rds = shape.rds, geo = shape.geo.is_enabled(), max_streams = args.max_streams, restart_grace = ?args.restart_grace, "serving ADS");
+    let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
+    println!("xds on {scheme}://{bound}");
+    tracing::info!(%bound, tls = tls.is_some(), mtls = args.tls_client_ca.is_some(), strategy = shape.strategy.as_str(), rds = shape.rds, geo = shape.geo.is_enabled(), max_streams = args.max_streams, restart_grace = ?args.restart_grace, "serving ADS");
     let keepalive = Some(args.keepalive).filter(|k| !k.is_zero());
     let csds = csds::Csds::new(server.clients());
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(keepalive)
         .add_service(server.into_service())
-        .add_service(csds.into_service())
-        .serve_with_incoming_shutdown(door.incoming(listener), async move {
-            shutdown.wait().await;
-            // ADS streams never end by themselves: end them, so the graceful shutdown completes.
-            closing.close();
-        })
-        .await
-        .map_err(|e| Failure::failed(format!("the xDS server stopped: {e}")))?;
+        .add_service(csds.into_service());
+    let stop = async move {
+        shutdown.wait().await;
+        // ADS streams never end by themselves: end them, so the graceful shutdown completes.
+        closing.close();
+    };
+    let incoming = door.incoming(listener);
+    let served = match tls {
+        // The handshake after the door admits the connection, so its bounds hold over TLS too.
+        Some(acceptor) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::incoming(incoming, acceptor), stop)
+                .await
+        }
+        None => router.serve_with_incoming_shutdown(incoming, stop).await,
+    };
+    served.map_err(|e| Failure::failed(format!("the xDS server stopped: {e}")))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,15 +13,15 @@ use rcgen::{
 
 use crate::support::{Proc, chi, eventually, registration, yaml};
 
-/// A CA that signs certificates into a directory.
-struct Ca {
+/// A CA that signs certificates into a directory (also `chi xds`'s TLS tests).
+pub(crate) struct Ca {
     cert: Certificate,
     key: KeyPair,
-    pem: String,
+    pub(crate) pem: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -35,7 +35,7 @@ impl Ca {
     }
 
     /// A leaf for `127.0.0.1` and `localhost` (`server`) or a client: its PEM and key's PEM.
-    fn leaf(&self, server: bool) -> (String, String) {
+    pub(crate) fn leaf(&self, server: bool) -> (String, String) {
         let key = KeyPair::generate().expect("key");
         let mut params =
             CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
@@ -50,7 +50,8 @@ impl Ca {
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+/// Writes `text` to `dir/name`; that path.
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
     path

@@ -28,3 +28,4 @@ mod xds_health;
 mod xds_orca;
 mod xds_real;
 mod xds_resilience;
+mod xds_tls;

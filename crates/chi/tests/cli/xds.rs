@@ -477,11 +477,23 @@ pub(crate) fn assert_spread(
 
 /// A gRPC bootstrap file for a client in `zone` of eu-west-1, talking to `chi xds` at `server`.
 pub(crate) fn write_bootstrap(dir: &Path, server: &str, zone: &str) -> PathBuf {
-    let path = dir.join("bootstrap.json");
+    let insecure = serde_json::json!({"type": "insecure"});
+    write_bootstrap_as(dir, "bootstrap.json", server, zone, insecure)
+}
+
+/// [`write_bootstrap`] to `dir/name`, reaching the server with `channel_creds` (one entry).
+pub(crate) fn write_bootstrap_as(
+    dir: &Path,
+    name: &str,
+    server: &str,
+    zone: &str,
+    channel_creds: serde_json::Value,
+) -> PathBuf {
+    let path = dir.join(name);
     let json = serde_json::json!({
         "xds_servers": [{
             "server_uri": server,
-            "channel_creds": [{"type": "insecure"}],
+            "channel_creds": [channel_creds],
             "server_features": ["xds_v3"],
         }],
         "node": {"id": format!("chi-test-client-{zone}"), "locality": {"region": "eu-west-1", "zone": zone}},
