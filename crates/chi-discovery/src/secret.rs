@@ -29,6 +29,25 @@ impl Secret {
     }
 }
 
+/// Fills `username` and `password`, where the config leaves them empty, from the environment
+/// variables `vars` (user, password): a password need not sit in a file.
+pub(crate) fn credentials_from_env(
+    username: &mut Option<String>,
+    password: &mut Option<Secret>,
+    (user_var, pass_var): (&str, &str),
+) {
+    if username.as_deref().is_none_or(str::is_empty)
+        && let Ok(user) = std::env::var(user_var)
+    {
+        *username = Some(user);
+    }
+    if password.as_ref().is_none_or(Secret::is_empty)
+        && let Ok(pass) = std::env::var(pass_var)
+    {
+        *password = Some(Secret::new(pass));
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.is_empty() {

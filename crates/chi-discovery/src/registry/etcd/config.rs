@@ -89,16 +89,11 @@ impl EtcdConfig {
     /// Fills `username` and `password` from `CHI_ETCD_USERNAME` / `CHI_ETCD_PASSWORD` when the
     /// config leaves them empty, so the password need not sit in a file.
     pub fn with_env_credentials(mut self) -> Self {
-        if self.username.as_deref().is_none_or(str::is_empty)
-            && let Ok(user) = std::env::var(ENV_USERNAME)
-        {
-            self.username = Some(user);
-        }
-        if self.password.as_ref().is_none_or(Secret::is_empty)
-            && let Ok(pass) = std::env::var(ENV_PASSWORD)
-        {
-            self.password = Some(Secret::new(pass));
-        }
+        crate::secret::credentials_from_env(
+            &mut self.username,
+            &mut self.password,
+            (ENV_USERNAME, ENV_PASSWORD),
+        );
         self
     }
 
