@@ -1,4 +1,5 @@
 use super::*;
+use crate::registry::testing::ReadOnly;
 use crate::registry::{Liveness, Memory};
 use crate::util::lock;
 use std::sync::Mutex;
@@ -462,37 +463,6 @@ async fn a_slow_backend_does_not_delay_the_keep_alives_of_the_others() {
     }
     assert_eq!(drain(&mut events), [], "no churn on either backend");
     assert_eq!(m.status()[0].backends[0].reregistrations, 0);
-}
-
-/// A registry that only reads, as DNS does: every write fails.
-struct ReadOnly(Memory);
-
-#[async_trait::async_trait]
-impl Registry for ReadOnly {
-    fn backend(&self) -> &str {
-        "dns"
-    }
-    fn read_only(&self) -> bool {
-        true
-    }
-    async fn register(&self, _: &Instance) -> Result<()> {
-        Err(crate::registry::read_only("dns"))
-    }
-    async fn deregister(&self, _: &str, _: &str) -> Result<()> {
-        Err(crate::registry::read_only("dns"))
-    }
-    async fn keep_alive(&self, _: &Instance, _: HealthStatus) -> Result<Liveness> {
-        Err(crate::registry::read_only("dns"))
-    }
-    async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
-        self.0.instances(service).await
-    }
-    async fn services(&self) -> Result<Vec<String>> {
-        self.0.services().await
-    }
-    async fn watch(&self, service: &str) -> Result<crate::registry::WatchStream> {
-        self.0.watch(service).await
-    }
 }
 
 #[tokio::test(start_paused = true)]

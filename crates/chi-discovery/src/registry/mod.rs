@@ -214,6 +214,9 @@ pub fn diff(old: &HashMap<String, Instance>, new: &[Instance]) -> Vec<Change> {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

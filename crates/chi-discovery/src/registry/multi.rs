@@ -361,6 +361,7 @@ where
 mod tests {
     use super::*;
     use crate::registry::Memory;
+    use crate::registry::testing::ReadOnly;
 
     fn inst(id: &str) -> Instance {
         Instance::new("svc", "127.0.0.1", 8000).with_id(id)
@@ -371,37 +372,6 @@ mod tests {
         let b = Memory::new();
         let multi = MultiRegistry::new(vec![Arc::new(a.clone()), Arc::new(b.clone())]);
         (a, b, multi)
-    }
-
-    /// A member that only reads, as DNS: its writes fail.
-    struct ReadOnly(Memory);
-
-    #[async_trait]
-    impl Registry for ReadOnly {
-        fn backend(&self) -> &str {
-            "dns"
-        }
-        fn read_only(&self) -> bool {
-            true
-        }
-        async fn register(&self, _: &Instance) -> Result<()> {
-            Err(crate::registry::read_only("dns"))
-        }
-        async fn deregister(&self, _: &str, _: &str) -> Result<()> {
-            Err(crate::registry::read_only("dns"))
-        }
-        async fn keep_alive(&self, _: &Instance, _: HealthStatus) -> Result<Liveness> {
-            Err(crate::registry::read_only("dns"))
-        }
-        async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
-            self.0.instances(service).await
-        }
-        async fn services(&self) -> Result<Vec<String>> {
-            self.0.services().await
-        }
-        async fn watch(&self, service: &str) -> Result<WatchStream> {
-            self.0.watch(service).await
-        }
     }
 
     #[tokio::test]
