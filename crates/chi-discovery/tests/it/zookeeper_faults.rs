@@ -252,13 +252,14 @@ async fn a_restarted_server_is_served_stale_then_resynced() {
         .await;
         assert!(owner_of.is_some(), "{id} is not the new session's node");
     }
+    // The watch reopens on the jittered retry curve, so its Reset may come after the cache
+    // (which polls) already converged: wait for it with a deadline, not for a quiet gap.
+    let deadline = Instant::now() + Duration::from_secs(15);
     let mut seen_reset = false;
-    while let Ok(Some(item)) =
-        tokio::time::timeout(Duration::from_millis(300), watcher.next()).await
+    while !seen_reset
+        && let Ok(Some(item)) = tokio::time::timeout_at(deadline.into(), watcher.next()).await
     {
-        if let Ok(Change::Reset(_)) = item {
-            seen_reset = true;
-        }
+        seen_reset = matches!(item, Ok(Change::Reset(_)));
     }
     assert!(seen_reset, "the resumed watch must resync with a Reset");
     manager.shutdown().await;
