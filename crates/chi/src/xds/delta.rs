@@ -29,6 +29,7 @@
 //!   the client was told to drop.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use chi_discovery::instance::is_valid_name;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -208,7 +209,7 @@ impl Session for DeltaSession {
             .await
             .map_err(StreamEnd::Refused)?;
         self.parts.following.follow(named, wildcard);
-        self.push().await
+        self.push(None).await
     }
 
     fn refollow(&mut self) {
@@ -216,7 +217,9 @@ impl Session for DeltaSession {
         self.parts.following.follow(named, wildcard);
     }
 
-    async fn push(&mut self) -> Result<(), StreamEnd> {
+    /// Looks at every followed service whatever `_changed` says: a delta stream answers with
+    /// what differs from what the client holds, which a changed view alone does not tell.
+    async fn push(&mut self, _changed: Option<&BTreeSet<Arc<str>>>) -> Result<(), StreamEnd> {
         let mut deltas: BTreeMap<Kind, Delta> = BTreeMap::new();
         for kind in Kind::PUSH_ORDER {
             let delta = self.delta(kind);
@@ -276,7 +279,7 @@ impl DeltaSession {
             && let Some(all) = &catalog
         {
             for service in all.iter() {
-                if let Some(view) = views.get(service) {
+                if let Some(view) = views.get(service.as_str()) {
                     for name in shape.all_names(kind, service, view) {
                         wanted.entry(name).or_insert(false);
                     }

@@ -26,10 +26,11 @@ use super::state::{Catalog, Hub};
 use super::view::ServiceView;
 
 /// What woke a stream up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Woken {
-    /// One or more service views changed (already applied to [`Following::views`]).
-    Views,
+    /// These services' views changed (already applied to [`Following::views`]): a push looks
+    /// at them only, not at every service the stream follows.
+    Views(BTreeSet<Arc<str>>),
     /// The catalogue changed: wildcard subscriptions cover other services now.
     Catalog,
 }
@@ -37,9 +38,10 @@ pub(crate) enum Woken {
 /// The service views and the catalogue one stream follows.
 pub(crate) struct Following {
     hub: Arc<Hub>,
-    /// The last view of each followed service.
-    pub(crate) views: HashMap<String, ServiceView>,
-    changes: StreamMap<String, WatchStream<ServiceView>>,
+    /// The last view of each followed service. The name is allocated once and shared with
+    /// `changes` (and with the set of changed services a wake-up reports).
+    pub(crate) views: HashMap<Arc<str>, ServiceView>,
+    changes: StreamMap<Arc<str>, WatchStream<ServiceView>>,
     catalog: Option<watch::Receiver<Catalog>>,
     /// Most followed names the registry does not know.
     max_unknown: usize,
@@ -73,7 +75,10 @@ impl Following {
         let catalog = self.hub.catalog_within(CATALOG_WAIT).await;
         let known = |name: &String| {
             catalog.as_ref().is_some_and(|c| c.contains(name))
-                || self.views.get(name).is_some_and(|v| v.instances.is_some())
+                || self
+                    .views
+                    .get(name.as_str())
+                    .is_some_and(|v| v.instances.is_some())
         };
         let unknown = named.iter().filter(|n| !known(n)).count();
         if unknown <= self.max_unknown {
@@ -103,10 +108,10 @@ impl Following {
                 named.extend(all.iter().cloned());
             }
         }
-        let stale: Vec<String> = self
+        let stale: Vec<Arc<str>> = self
             .views
             .keys()
-            .filter(|n| !named.contains(*n))
+            .filter(|n| !named.contains(&***n))
             .cloned()
             .collect();
         for name in stale {
@@ -114,12 +119,13 @@ impl Following {
             self.changes.remove(&name);
         }
         for name in named {
-            if self.views.contains_key(&name) {
+            if self.views.contains_key(name.as_str()) {
                 continue;
             }
             let Some(rx) = self.hub.subscribe(&name) else {
                 continue;
             };
+            let name: Arc<str> = name.into();
             self.views.insert(name.clone(), rx.borrow().clone());
             self.changes.insert(name, WatchStream::from_changes(rx));
         }
@@ -145,10 +151,13 @@ impl Following {
             () = catalog_changed => return Woken::Catalog,
         };
         let (name, view) = first;
-        self.views.insert(name, view);
+        let mut changed = BTreeSet::new();
+        self.views.insert(name.clone(), view);
+        changed.insert(name);
         while let Some(Some((name, view))) = self.changes.next().now_or_never() {
-            self.views.insert(name, view);
+            self.views.insert(name.clone(), view);
+            changed.insert(name);
         }
-        Woken::Views
+        Woken::Views(changed)
     }
 }

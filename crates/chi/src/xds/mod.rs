@@ -43,6 +43,7 @@ mod tests;
 mod view;
 mod wire;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -451,8 +452,13 @@ pub(crate) trait Session: Send + 'static {
     ) -> impl Future<Output = Result<(), StreamEnd>> + Send;
     /// Follows the services the stream's subscriptions name now (after the catalogue changed).
     fn refollow(&mut self);
-    /// Sends what changed since the last push, in the order that drops no traffic.
-    fn push(&mut self) -> impl Future<Output = Result<(), StreamEnd>> + Send;
+    /// Sends what changed since the last push, in the order that drops no traffic. With
+    /// `changed`, only those services' views changed since the last push (and nothing else did:
+    /// no request, no new catalogue), so only their resources need a look.
+    fn push(
+        &mut self,
+        changed: Option<&BTreeSet<Arc<str>>>,
+    ) -> impl Future<Output = Result<(), StreamEnd>> + Send;
 }
 
 /// Runs `session` until the client leaves, a request is refused or the server closes; the
@@ -475,11 +481,12 @@ async fn drive<S: Session>(
                 }
                 None => Err(StreamEnd::Gone),
             },
-            woken = session.following().changed() => {
-                if woken == Woken::Catalog {
+            woken = session.following().changed() => match woken {
+                Woken::Catalog => {
                     session.refollow();
+                    session.push(None).await
                 }
-                session.push().await
+                Woken::Views(changed) => session.push(Some(&changed)).await,
             }
         };
         if let Err(end) = step {

@@ -2,6 +2,8 @@
 //! the rules it keeps are listed in the [module docs](super).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use chi_discovery::instance::is_valid_name;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -51,8 +53,8 @@ impl Session for AdsStream {
         self.follow_wanted();
     }
 
-    async fn push(&mut self) -> Result<(), StreamEnd> {
-        self.push().await
+    async fn push(&mut self, changed: Option<&BTreeSet<Arc<str>>>) -> Result<(), StreamEnd> {
+        self.push(changed).await
     }
 }
 
@@ -138,7 +140,7 @@ impl AdsStream {
             .await
             .map_err(StreamEnd::Refused)?;
         self.parts.following.follow(named, wildcard);
-        self.push().await
+        self.push(None).await
     }
 
     /// The services some type of this stream wants: named ones, and whether the catalogue too
@@ -159,8 +161,11 @@ impl AdsStream {
         self.parts.following.follow(named, wildcard);
     }
 
-    /// Sends, type by type in push order, every response whose content changed.
-    async fn push(&mut self) -> Result<(), StreamEnd> {
+    /// Sends, type by type in push order, every response whose content changed. With
+    /// `changed` (only those services' views changed since the last push), a type answered
+    /// before is patched where those services are: the work is per changed service, not per
+    /// followed one.
+    async fn push(&mut self, changed: Option<&BTreeSet<Arc<str>>>) -> Result<(), StreamEnd> {
         let catalog = self.parts.following.catalog();
         for kind in Kind::PUSH_ORDER {
             let Some(ts) = self.types.get(&kind) else {
@@ -171,88 +176,187 @@ impl AdsStream {
                 // empty answer now would delete every cluster a reconnecting client has).
                 continue;
             }
-            let mut names: BTreeSet<String> = ts.names.clone();
-            if ts.wildcard
-                && let Some(all) = &catalog
-            {
-                for service in all.iter() {
-                    if let Some(view) = self.parts.following.views.get(service) {
-                        names.extend(self.parts.shape.all_names(kind, service, view));
-                    }
+            let send = match (changed, ts.sent.is_some()) {
+                (Some(changed), true) => {
+                    let Some(send) = self.patch(kind, changed, catalog.as_deref()) else {
+                        continue;
+                    };
+                    send
                 }
-            }
-            let content: BTreeMap<String, u64> = names
-                .into_iter()
-                .filter_map(|name| {
-                    let view = self
-                        .parts
-                        .following
-                        .views
-                        .get(self.parts.shape.split(&name).0)?;
-                    let revision = self.parts.shape.revision(kind, &name, view)?;
-                    Some((name, revision))
-                })
-                .collect();
-            // Listeners and clusters go out whole; endpoints and routes only where they changed
-            // (or were newly asked for): the client keeps the others.
-            let send: Vec<String> = match &ts.sent {
-                Some(sent) if *sent == content => continue,
-                Some(sent) if !kind.is_full_state() => content
-                    .iter()
-                    .filter(|(name, revision)| sent.get(*name) != Some(*revision))
-                    .map(|(name, _)| name.clone())
-                    .collect(),
-                // Nothing sent yet: answer a wildcard at once (possibly empty, so Envoy can
-                // finish starting); named resources when one of them exists.
-                None if content.is_empty() && !ts.wildcard => continue,
-                _ => content.keys().cloned().collect(),
-            };
-            if send.is_empty() && !kind.is_full_state() {
-                // Only names the client dropped: nothing to tell it.
-                if let Some(ts) = self.types.get_mut(&kind) {
+                _ => {
+                    let content = self.content(kind, catalog.as_deref());
+                    let Some(ts) = self.types.get_mut(&kind) else {
+                        continue;
+                    };
+                    // Listeners and clusters go out whole; endpoints and routes only where they
+                    // changed (or were newly asked for): the client keeps the others.
+                    let send: Vec<String> = match &ts.sent {
+                        Some(sent) if *sent == content => continue,
+                        Some(sent) if !kind.is_full_state() => content
+                            .iter()
+                            .filter(|(name, revision)| sent.get(*name) != Some(*revision))
+                            .map(|(name, _)| name.clone())
+                            .collect(),
+                        // Nothing sent yet: answer a wildcard at once (possibly empty, so Envoy
+                        // can finish starting); named resources when one of them exists.
+                        None if content.is_empty() && !ts.wildcard => continue,
+                        _ => content.keys().cloned().collect(),
+                    };
                     ts.sent = Some(content);
+                    if send.is_empty() && !kind.is_full_state() {
+                        // Only names the client dropped: nothing to tell it.
+                        continue;
+                    }
+                    send
                 }
-                continue;
-            }
-            let resources: Vec<_> = send
-                .iter()
-                .filter_map(|name| {
-                    let service = self.parts.shape.split(name).0;
-                    let view = self.parts.following.views.get(service)?;
-                    let list = view.instances.as_ref()?;
-                    let revision = content.get(name).copied().unwrap_or(0);
-                    let built =
-                        self.parts
-                            .encoded
-                            .get(kind, name, revision, &self.parts.place, || {
-                                self.parts.shape.build(kind, name, list, &self.parts.place)
-                            });
-                    Some(built.framed.clone())
-                })
-                .collect();
-            let (nonce, version) = self.parts.stamp();
-            let Some(ts) = self.types.get_mut(&kind) else {
-                continue;
             };
-            ts.version = version;
-            ts.nonce = nonce.clone();
-            let version = ts.version.to_string();
-            tracing::debug!(kind = kind.short(), %version, names = ?send, "push");
-            self.parts.log.sent(kind, &version, &nonce, &send, &[]);
-            ts.sent = Some(content);
-            let head = DiscoveryResponse {
-                version_info: version,
-                type_url: kind.type_url().to_owned(),
-                nonce,
-                control_plane: Some(control_plane()),
-                ..Default::default()
-            };
-            let response = Packed::new(&head, &resources).map_err(StreamEnd::Refused)?;
-            self.tx
-                .send(Ok(response))
-                .await
-                .map_err(|_| StreamEnd::Gone)?;
+            self.send(kind, send).await?;
         }
         Ok(())
+    }
+
+    /// Everything of `kind` the stream wants now: name -> revision of each resource that exists.
+    fn content(&self, kind: Kind, catalog: Option<&BTreeSet<String>>) -> BTreeMap<String, u64> {
+        let Some(ts) = self.types.get(&kind) else {
+            return BTreeMap::new();
+        };
+        let views = &self.parts.following.views;
+        let shape = &self.parts.shape;
+        let mut names: BTreeSet<String> = ts.names.clone();
+        if ts.wildcard
+            && let Some(all) = catalog
+        {
+            for service in all {
+                if let Some(view) = views.get(service.as_str()) {
+                    names.extend(shape.all_names(kind, service, view));
+                }
+            }
+        }
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let view = views.get(shape.split(&name).0)?;
+                let revision = shape.revision(kind, &name, view)?;
+                Some((name, revision))
+            })
+            .collect()
+    }
+
+    /// Brings what was sent of `kind` up to date with the views of the `changed` services only
+    /// (nothing else changed since the last push); the names to send, `None` when nothing is
+    /// to be sent.
+    fn patch(
+        &mut self,
+        kind: Kind,
+        changed: &BTreeSet<Arc<str>>,
+        catalog: Option<&BTreeSet<String>>,
+    ) -> Option<Vec<String>> {
+        let views = &self.parts.following.views;
+        let shape = &self.parts.shape;
+        let ts = self.types.get_mut(&kind)?;
+        let sent = ts.sent.as_mut()?;
+        // The names of each changed service: `service` itself and `service@version`, which
+        // sort right after it (or with other names starting with `service` in between, which
+        // `split` tells apart).
+        let of = |name: &str, service: &str| shape.split(name).0 == service;
+        let mut fresh: Vec<(String, Option<u64>)> = Vec::new();
+        for service in changed {
+            let service: &str = service;
+            let view = views.get(service);
+            let mut names: BTreeSet<&str> = ts
+                .names
+                .range::<str, _>((Bound::Included(service), Bound::Unbounded))
+                .take_while(|n| n.starts_with(service))
+                .filter(|n| of(n.as_str(), service))
+                .map(String::as_str)
+                .collect();
+            names.extend(
+                sent.range::<str, _>((Bound::Included(service), Bound::Unbounded))
+                    .map(|(n, _)| n)
+                    .take_while(|n| n.starts_with(service))
+                    .filter(|n| of(n.as_str(), service))
+                    .map(String::as_str),
+            );
+            let all = match (ts.wildcard, catalog, view) {
+                (true, Some(c), Some(view)) if c.contains(service) => {
+                    shape.all_names(kind, service, view)
+                }
+                _ => Vec::new(),
+            };
+            names.extend(all.iter().map(String::as_str));
+            for name in names {
+                let wanted = ts.names.contains(name) || all.iter().any(|a| a == name);
+                let revision = view
+                    .filter(|_| wanted)
+                    .and_then(|v| shape.revision(kind, name, v));
+                if sent.get(name).copied() != revision {
+                    fresh.push((name.to_owned(), revision));
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return None;
+        }
+        let mut send = Vec::new();
+        for (name, revision) in fresh {
+            match revision {
+                Some(r) => {
+                    sent.insert(name.clone(), r);
+                    send.push(name);
+                }
+                None => {
+                    sent.remove(&name);
+                }
+            }
+        }
+        if kind.is_full_state() {
+            return Some(sent.keys().cloned().collect());
+        }
+        // Only names that stopped existing: the client keeps the others, nothing to tell it.
+        (!send.is_empty()).then_some(send)
+    }
+
+    /// Sends the resources `send` of `kind`, at the revisions recorded as sent.
+    async fn send(&mut self, kind: Kind, send: Vec<String>) -> Result<(), StreamEnd> {
+        let Some(content) = self.types.get(&kind).and_then(|ts| ts.sent.as_ref()) else {
+            return Ok(());
+        };
+        let resources: Vec<_> = send
+            .iter()
+            .filter_map(|name| {
+                let service = self.parts.shape.split(name).0;
+                let view = self.parts.following.views.get(service)?;
+                let list = view.instances.as_ref()?;
+                let revision = content.get(name).copied().unwrap_or(0);
+                let built = self
+                    .parts
+                    .encoded
+                    .get(kind, name, revision, &self.parts.place, || {
+                        self.parts.shape.build(kind, name, list, &self.parts.place)
+                    });
+                Some(built.framed.clone())
+            })
+            .collect();
+        let (nonce, version) = self.parts.stamp();
+        let Some(ts) = self.types.get_mut(&kind) else {
+            return Ok(());
+        };
+        ts.version = version;
+        ts.nonce = nonce.clone();
+        let version = ts.version.to_string();
+        tracing::debug!(kind = kind.short(), %version, names = ?send, "push");
+        self.parts.log.sent(kind, &version, &nonce, &send, &[]);
+        let head = DiscoveryResponse {
+            version_info: version,
+            type_url: kind.type_url().to_owned(),
+            nonce,
+            control_plane: Some(control_plane()),
+            ..Default::default()
+        };
+        let response = Packed::new(&head, &resources).map_err(StreamEnd::Refused)?;
+        self.tx
+            .send(Ok(response))
+            .await
+            .map_err(|_| StreamEnd::Gone)
     }
 }

@@ -334,3 +334,75 @@ async fn a_service_followed_again_is_served_as_it_is_now() {
     ads.subscribe(Kind::Endpoints, &[SERVICE]).await;
     assert_eq!(ports(&ads.recv().await), vec![7001, 7002]);
 }
+
+/// A change patches only the changed service's resources: its per-version clusters come and go
+/// in the whole CDS answer, and its per-version endpoints are sent alone, the other service's not.
+#[tokio::test]
+async fn a_change_patches_the_per_version_names_of_its_service_only() {
+    let memory = memory_with([inst("a", 7001, "z1").with_version("v1"), other()]).await;
+    let shape = Shape {
+        strategy: Strategy::RoundRobin,
+        rds: false,
+        geo: Arc::new(Geo::disabled()),
+        versions: Some(Arc::from("")),
+        ..Shape::default()
+    };
+    let f = serve(memory.clone(), shape, 8).await;
+    let mut ads = f.open::<Sotw>().await;
+    ads.subscribe(Kind::Cluster, &[]).await;
+    let clusters = |r: &DiscoveryResponse| -> Vec<String> {
+        decode::<Cluster>(r).into_iter().map(|c| c.name).collect()
+    };
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        let r = ads.recv().await;
+        names = clusters(&r);
+        ads.ack(&r).await;
+        if names.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(names, vec![SERVICE, "order-service@v1", "other"]);
+    let eds_names = [SERVICE, "order-service@v1", "order-service@v2", "other"];
+    ads.subscribe(Kind::Endpoints, &eds_names).await;
+    let eds = ads.recv().await;
+    assert_eq!(
+        decode::<ClusterLoadAssignment>(&eds).len(),
+        3,
+        "v2 has no instance yet"
+    );
+    ads.ack(&eds).await;
+
+    register(&memory, inst("b", 7002, "z1").with_version("v2")).await;
+    let cds = ads.recv().await;
+    assert_eq!(
+        clusters(&cds),
+        vec![SERVICE, "order-service@v1", "order-service@v2", "other"]
+    );
+    ads.ack(&cds).await;
+    let eds = ads.recv().await;
+    let mut sent: Vec<String> = decode::<ClusterLoadAssignment>(&eds)
+        .into_iter()
+        .map(|c| c.cluster_name)
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        vec![SERVICE, "order-service@v2"],
+        "v1 and other unchanged"
+    );
+    ads.ack(&eds).await;
+
+    memory.deregister(SERVICE, "a").await.expect("deregister");
+    let cds = ads.recv().await;
+    assert_eq!(clusters(&cds), vec![SERVICE, "order-service@v2", "other"]);
+    ads.ack(&cds).await;
+    let eds = ads.recv().await;
+    let sent: Vec<String> = decode::<ClusterLoadAssignment>(&eds)
+        .into_iter()
+        .map(|c| c.cluster_name)
+        .collect();
+    assert_eq!(sent, vec![SERVICE], "a vanished assignment is not sent");
+    ads.ack(&eds).await;
+    ads.quiet().await;
+}
