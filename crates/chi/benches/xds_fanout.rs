@@ -47,6 +47,11 @@ impl Drop for Killed {
 
 /// Starts `chi ARGS` and returns it with the first stdout line containing `marker`.
 fn start(args: &[&str], marker: &str) -> (Killed, String) {
+    let (child, mut lines) = start_all(args, marker);
+    (child, lines.pop().unwrap_or_default())
+}
+
+fn start_all(args: &[&str], marker: &str) -> (Killed, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chi"))
         .args(args)
         .env_remove("CHI_REGISTRY")
@@ -58,14 +63,17 @@ fn start(args: &[&str], marker: &str) -> (Killed, String) {
         .expect("spawn chi");
     let out = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(out).lines();
-    let line = loop {
+    let mut seen = Vec::new();
+    loop {
         let line = lines.next().expect("a line").expect("read");
-        if line.contains(marker) {
-            break line;
+        let done = line.contains(marker);
+        seen.push(line);
+        if done {
+            break;
         }
-    };
+    }
     std::thread::spawn(move || for _ in lines {});
-    (Killed(child), line)
+    (Killed(child), seen)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -93,6 +101,53 @@ async fn register(http: &reqwest::Client, admin: &str, service: &str, id: &str, 
         .await
         .expect("PUT");
     assert!(r.status().is_success(), "register: {}", r.status());
+}
+
+/// Says which streams missed a change (by connection) and, for a few of them, what `chi xds`'s
+/// console says it last sent them and heard from them (times from the change's registration).
+async fn missed(http: &reqwest::Client, xds_admin: &str, got: &[bool], t0: Instant) {
+    let missing: Vec<usize> = (0..got.len()).filter(|s| !got[*s]).collect();
+    let mut per_connection = std::collections::BTreeMap::new();
+    for s in &missing {
+        *per_connection
+            .entry(s / STREAMS_PER_CONNECTION)
+            .or_insert(0) += 1;
+    }
+    eprintln!(
+        "{} streams missed the change; per connection: {per_connection:?}",
+        missing.len()
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let t0_ms = now_ms - t0.elapsed().as_millis() as i64;
+    let Ok(reply) = http
+        .get(format!("http://{xds_admin}/ui/api/state"))
+        .send()
+        .await
+    else {
+        return;
+    };
+    let state: serde_json::Value = reply.json().await.unwrap_or_default();
+    let clients = state["xds"].as_array().cloned().unwrap_or_default();
+    for s in missing.iter().take(5) {
+        let node = format!("bench-{s}");
+        for t in clients
+            .iter()
+            .filter(|c| c["node"] == node.as_str())
+            .flat_map(|c| c["types"].as_array().cloned().unwrap_or_default())
+        {
+            let at = |v: &serde_json::Value| v["at"].as_i64().unwrap_or(t0_ms) - t0_ms;
+            eprintln!(
+                "  {node} {}: sent nonce {} at {} ms; last answer nonce {} at {} ms",
+                t["kind"],
+                t["sent"]["nonce"],
+                at(&t["sent"]),
+                t["answer"]["nonce"],
+                at(&t["answer"])
+            );
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -137,7 +192,9 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
     let config = dir.join("host.yaml");
     std::fs::write(
         &config,
-        "service_discovery:\n  registration:\n    name: \"bench-host\"\n    address: \"127.0.0.1\"\n    port: 1\n",
+        // The agent's embedded registry expires a registration 10 s after its last keep-alive
+        // by default; the bench registers once, so its instances must outlive the run.
+        "service_discovery:\n  registries:\n    memory:\n      enabled: true\n      ttl: 1h\n  registration:\n    name: \"bench-host\"\n    address: \"127.0.0.1\"\n    port: 1\n",
     )
     .expect("config");
     let config = config.to_string_lossy().into_owned();
@@ -173,7 +230,7 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
 
     let registry = format!("chi://{admin}");
     let max = (streams + 10).to_string();
-    let (xds, line) = start(
+    let (xds, lines) = start_all(
         &[
             "xds",
             "--registry",
@@ -182,10 +239,20 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
             "127.0.0.1:0",
             "--max-streams",
             &max,
+            "--admin",
+            "127.0.0.1:0",
         ],
         "xds on grpc://",
     );
+
+    let line = lines.last().cloned().unwrap_or_default();
     let xds_addr = line.trim_start_matches("xds on grpc://").trim().to_owned();
+    let xds_admin = lines[0]
+        .rsplit("http://")
+        .next()
+        .expect("admin")
+        .trim()
+        .to_owned();
     let pid = xds.0.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = rss_kib(pid);
@@ -331,6 +398,9 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
             }
         }
         last_all.push(t0.elapsed());
+        if n < streams {
+            missed(&http, &xds_admin, &got, t0).await;
+        }
         assert_eq!(
             n, streams,
             "change {c}: only {n} of {streams} streams got it"
