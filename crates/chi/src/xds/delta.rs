@@ -280,7 +280,7 @@ impl DeltaSession {
         {
             for service in all.iter() {
                 if let Some(view) = views.get(service.as_str()) {
-                    for name in shape.all_names(kind, service, view) {
+                    for name in shape.all_names(kind, service, &view) {
                         wanted.entry(name).or_insert(false);
                     }
                 }
@@ -291,7 +291,7 @@ impl DeltaSession {
             let Some(view) = views.get(service).filter(|v| v.known) else {
                 continue; // not read yet: decide nothing
             };
-            let Some(revision) = shape.revision(kind, name, view) else {
+            let Some(revision) = shape.revision(kind, name, &view) else {
                 // Known not to exist: tell a client that holds it, or that named it and was
                 // not told yet.
                 let held = ts.held.remove(name).is_some();

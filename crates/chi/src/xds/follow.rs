@@ -3,8 +3,8 @@
 //! A state-of-the-world stream and an incremental one want the same thing from the registry:
 //! the current view of every service some resource name of theirs points at, plus the service
 //! catalogue while a wildcard subscription is open, and a wake-up when any of it changes. This
-//! holds those watches (shared through [`Hub`]) so that the two protocols differ only in what
-//! they send.
+//! holds the stream's place in those watches (shared through [`Hub`], which tells the stream's
+//! one [`Inbox`] which services changed) so that the two protocols differ only in what they send.
 //!
 //! A name costs a registry watch for as long as some stream follows it, whether or not the
 //! registry knows it: a stream may follow a bounded number of names the registry does not know
@@ -16,19 +16,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use tokio::sync::watch;
-use tokio_stream::wrappers::WatchStream;
-use tokio_stream::{StreamExt, StreamMap};
 use tonic::Status;
 
-use super::state::{Catalog, Hub};
+use super::state::{Catalog, Followed, Hub, Inbox};
 use super::view::ServiceView;
 
 /// What woke a stream up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Woken {
-    /// These services' views changed (already applied to [`Following::views`]): a push looks
+    /// These services' views changed (read them through [`Following::views`]): a push looks
     /// at them only, not at every service the stream follows.
     Views(BTreeSet<Arc<str>>),
     /// The catalogue changed: wildcard subscriptions cover other services now.
@@ -38,13 +35,23 @@ pub(crate) enum Woken {
 /// The service views and the catalogue one stream follows.
 pub(crate) struct Following {
     hub: Arc<Hub>,
-    /// The last view of each followed service. The name is allocated once and shared with
-    /// `changes` (and with the set of changed services a wake-up reports).
-    pub(crate) views: HashMap<Arc<str>, ServiceView>,
-    changes: StreamMap<Arc<str>, WatchStream<ServiceView>>,
+    /// Each followed service, through which its current view is read.
+    pub(crate) views: Views,
+    /// Where the hub marks the services that changed.
+    inbox: Arc<Inbox>,
     catalog: Option<watch::Receiver<Catalog>>,
     /// Most followed names the registry does not know.
     max_unknown: usize,
+}
+
+/// The services one stream follows, by name.
+pub(crate) struct Views(HashMap<Arc<str>, Arc<Followed>>);
+
+impl Views {
+    /// The current view of `service`, when the stream follows it.
+    pub(crate) fn get(&self, service: &str) -> Option<Arc<ServiceView>> {
+        self.0.get(service).map(|f| f.view())
+    }
 }
 
 /// How long a stream waits for the registry's first list of services, to tell the names it knows
@@ -54,10 +61,11 @@ const CATALOG_WAIT: Duration = Duration::from_secs(2);
 impl Following {
     /// Follows services through `hub`, at most `max_unknown` of them unknown to the registry.
     pub(crate) fn new(hub: Arc<Hub>, max_unknown: usize) -> Following {
+        let inbox = hub.inbox();
         Following {
             hub,
-            views: HashMap::new(),
-            changes: StreamMap::new(),
+            views: Views(HashMap::new()),
+            inbox,
             catalog: None,
             max_unknown,
         }
@@ -108,34 +116,27 @@ impl Following {
                 named.extend(all.iter().cloned());
             }
         }
-        let stale: Vec<Arc<str>> = self
-            .views
-            .keys()
-            .filter(|n| !named.contains(&***n))
-            .cloned()
-            .collect();
-        for name in stale {
-            self.views.remove(&name);
-            self.changes.remove(&name);
-        }
+        let inbox = &self.inbox;
+        self.views.0.retain(|name, followed| {
+            let keep = named.contains(&**name);
+            if !keep {
+                followed.unfollow(inbox);
+            }
+            keep
+        });
         for name in named {
-            if self.views.contains_key(name.as_str()) {
+            if self.views.0.contains_key(name.as_str()) {
                 continue;
             }
-            let Some(rx) = self.hub.subscribe(&name) else {
-                continue;
-            };
-            let name: Arc<str> = name.into();
-            self.views.insert(name.clone(), rx.borrow().clone());
-            self.changes.insert(name, WatchStream::from_changes(rx));
+            if let Some(followed) = self.hub.follow(&name, &self.inbox) {
+                self.views.0.insert(followed.name.clone(), followed);
+            }
         }
     }
 
-    /// Waits for the next change. Every view change that is ready is applied at once, so a
-    /// stream that just subscribed to thousands of names answers once, not once per name.
-    /// Cancel safe: a change is applied in the poll that takes it.
+    /// Waits for the next change: the services that changed since the last one (however many
+    /// changed meanwhile, one wake-up), or the catalogue. Cancel safe.
     pub(crate) async fn changed(&mut self) -> Woken {
-        let changes = &mut self.changes;
         let catalog = &mut self.catalog;
         let catalog_changed = async {
             let changed = match catalog {
@@ -146,18 +147,17 @@ impl Following {
                 std::future::pending::<()>().await;
             }
         };
-        let first = tokio::select! {
-            Some(change) = changes.next() => change,
-            () = catalog_changed => return Woken::Catalog,
-        };
-        let (name, view) = first;
-        let mut changed = BTreeSet::new();
-        self.views.insert(name.clone(), view);
-        changed.insert(name);
-        while let Some(Some((name, view))) = self.changes.next().now_or_never() {
-            self.views.insert(name.clone(), view);
-            changed.insert(name);
+        tokio::select! {
+            changed = self.inbox.changed() => Woken::Views(changed),
+            () = catalog_changed => Woken::Catalog,
         }
-        Woken::Views(changed)
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        for followed in self.views.0.values() {
+            followed.unfollow(&self.inbox);
+        }
     }
 }

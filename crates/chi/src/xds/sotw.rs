@@ -109,6 +109,12 @@ impl AdsStream {
         }
         let first = !ts.subscribed;
         ts.subscribed = true;
+        if !first && !ts.wildcard && same_names(&request.resource_names, &ts.names) {
+            // An ACK or NACK of the same subscription, as clients send them: the names in
+            // order, compared in one pass without building a set. Nothing new to send (changes
+            // are pushed when they happen).
+            return Ok(());
+        }
         let mut names = BTreeSet::new();
         let mut star = false;
         for name in request.resource_names {
@@ -228,7 +234,7 @@ impl AdsStream {
         {
             for service in all {
                 if let Some(view) = views.get(service.as_str()) {
-                    names.extend(shape.all_names(kind, service, view));
+                    names.extend(shape.all_names(kind, service, &view));
                 }
             }
         }
@@ -236,7 +242,7 @@ impl AdsStream {
             .into_iter()
             .filter_map(|name| {
                 let view = views.get(shape.split(&name).0)?;
-                let revision = shape.revision(kind, &name, view)?;
+                let revision = shape.revision(kind, &name, &view)?;
                 Some((name, revision))
             })
             .collect()
@@ -277,7 +283,7 @@ impl AdsStream {
                     .filter(|n| of(n.as_str(), service))
                     .map(String::as_str),
             );
-            let all = match (ts.wildcard, catalog, view) {
+            let all = match (ts.wildcard, catalog, &view) {
                 (true, Some(c), Some(view)) if c.contains(service) => {
                     shape.all_names(kind, service, view)
                 }
@@ -287,6 +293,7 @@ impl AdsStream {
             for name in names {
                 let wanted = ts.names.contains(name) || all.iter().any(|a| a == name);
                 let revision = view
+                    .as_ref()
                     .filter(|_| wanted)
                     .and_then(|v| shape.revision(kind, name, v));
                 if sent.get(name).copied() != revision {
@@ -359,4 +366,10 @@ impl AdsStream {
             .await
             .map_err(|_| StreamEnd::Gone)
     }
+}
+
+/// Whether `asked` (a request's names) is exactly `names`: true only when `asked` lists them
+/// in their order, each once (any other order or form is told by building the set).
+fn same_names(asked: &[String], names: &BTreeSet<String>) -> bool {
+    asked.len() == names.len() && asked.iter().zip(names).all(|(a, n)| a == n)
 }

@@ -8,19 +8,29 @@
 //! for the restart grace of the discovery client's outage policy (`--restart-grace`). The hub
 //! also reads the service catalogue for wildcard subscriptions.
 //!
+//! A change reaches the streams through the hub, not through a receiver per stream and service:
+//! each followed service ([`Followed`]) has one task that takes the registry's view, keeps it
+//! as the service's current view and drops the service's name into the [`Inbox`] of every
+//! stream that follows it. A stream has one inbox and one wake-up however many services it
+//! follows, so what it costs per followed service is two map entries (about 50 bytes), and a
+//! change to a service followed by ten thousand streams is ten thousand inbox marks done by one
+//! task, after which each woken stream looks at the services in its inbox only. (A receiver per
+//! stream and service cost about 600 bytes each and a poll of every one of them at each wake-up.)
+//!
 //! [`TypeState`] is one stream's bookkeeping for one resource type, as the xDS protocol wants it
 //! (envoyproxy/envoy `api/xds_protocol.rst`, "ACK/NACK and resource type instance version"):
 //! the names asked for, the version and nonce of the last response, the last version the client
 //! accepted, and what the last response held, so a push happens only on change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use chi_discovery::DiscoveryClient;
 use chi_discovery::discovery::Shared;
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -28,7 +38,8 @@ use prost::Message;
 use super::resources::{ClientPlace, Kind};
 use super::view::{ByVersion, ServiceView, fingerprints};
 use crate::sync;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
 
 /// How often the service catalogue is read for wildcard (all-services) subscriptions.
 const CATALOG_PERIOD: Duration = Duration::from_secs(5);
@@ -36,6 +47,11 @@ const CATALOG_PERIOD: Duration = Duration::from_secs(5);
 /// The services followed for the streams of one server.
 pub(crate) struct Hub {
     shared: Shared<ByVersion>,
+    /// Every service some stream follows (an entry outlives its last follower by a moment: a
+    /// dead one is replaced by the next follow).
+    followed: Mutex<HashMap<Arc<str>, Weak<Followed>>>,
+    /// Numbers the inboxes.
+    inboxes: AtomicU64,
     /// `None` until the registry listed its services once.
     catalog: watch::Sender<Catalog>,
     catalog_started: AtomicBool,
@@ -58,21 +74,54 @@ impl Hub {
     pub(crate) fn new(client: DiscoveryClient) -> Arc<Hub> {
         Arc::new(Hub {
             shared: Shared::with_digest(client, fingerprints),
+            followed: Mutex::new(HashMap::new()),
+            inboxes: AtomicU64::new(0),
             catalog: watch::Sender::new(None),
             catalog_started: AtomicBool::new(false),
         })
     }
 
-    /// The views of `service`, starting its registry watch if no stream follows it yet; `None`
-    /// for a name that is not a valid chi name (the streams check names before).
-    pub(crate) fn subscribe(&self, service: &str) -> Option<watch::Receiver<ServiceView>> {
-        match self.shared.subscribe(service) {
-            Ok(rx) => Some(rx),
+    /// A new stream's inbox.
+    pub(crate) fn inbox(&self) -> Arc<Inbox> {
+        Arc::new(Inbox {
+            id: self.inboxes.fetch_add(1, Ordering::Relaxed),
+            changed: Mutex::new(BTreeSet::new()),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Follows `service` for `inbox`, starting its registry watch if no stream follows it yet;
+    /// `None` for a name that is not a valid chi name (the streams check names before).
+    pub(crate) fn follow(
+        self: &Arc<Self>,
+        service: &str,
+        inbox: &Arc<Inbox>,
+    ) -> Option<Arc<Followed>> {
+        let mut followed = sync::lock(&self.followed);
+        if let Some(live) = followed.get(service).and_then(Weak::upgrade) {
+            sync::lock(&live.followers).insert(inbox.id, inbox.clone());
+            return Some(live);
+        }
+        let mut rx = match self.shared.subscribe(service) {
+            Ok(rx) => rx,
             Err(e) => {
                 tracing::debug!(%service, "not followed: {e}");
-                None
+                return None;
             }
-        }
+        };
+        let name: Arc<str> = Arc::from(service);
+        let view = rx.borrow_and_update().clone();
+        let live = Arc::new(Followed {
+            name: name.clone(),
+            view: ArcSwap::from_pointee(view),
+            followers: Mutex::new(HashMap::from([(inbox.id, inbox.clone())])),
+            hub: Arc::downgrade(self),
+            forwarder: OnceLock::new(),
+        });
+        let task = tokio::spawn(forward(rx, Arc::downgrade(&live)));
+        let _ = live.forwarder.set(task.abort_handle());
+        followed.insert(name, Arc::downgrade(&live));
+        Some(live)
     }
 
     /// The catalogue, waiting at most `wait` for the registry's first list.
@@ -90,6 +139,93 @@ impl Hub {
             tokio::spawn(poll_catalog(Arc::downgrade(self)));
         }
         self.catalog.subscribe()
+    }
+}
+
+/// One service some streams follow: its current view, and the inboxes of those streams.
+pub(crate) struct Followed {
+    /// The service's name, shared with every stream that follows it.
+    pub(crate) name: Arc<str>,
+    view: ArcSwap<ServiceView>,
+    followers: Mutex<HashMap<u64, Arc<Inbox>>>,
+    hub: Weak<Hub>,
+    /// The task that forwards the registry's views (aborted with the last follower: its
+    /// receiver goes, and with it the registry watch).
+    forwarder: OnceLock<AbortHandle>,
+}
+
+impl Followed {
+    /// The service's current view.
+    pub(crate) fn view(&self) -> Arc<ServiceView> {
+        self.view.load_full()
+    }
+
+    /// `inbox` is told of changes no more.
+    pub(crate) fn unfollow(&self, inbox: &Inbox) {
+        sync::lock(&self.followers).remove(&inbox.id);
+    }
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        if let Some(task) = self.forwarder.get() {
+            task.abort();
+        }
+        if let Some(hub) = self.hub.upgrade() {
+            let mut followed = sync::lock(&hub.followed);
+            if followed
+                .get(&self.name)
+                .is_some_and(|w| w.strong_count() == 0)
+            {
+                followed.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// Takes each view the registry publishes for a service, keeps it as the service's current
+/// view and marks the service changed in every follower's inbox.
+async fn forward(mut rx: watch::Receiver<ServiceView>, followed: Weak<Followed>) {
+    while rx.changed().await.is_ok() {
+        let view = Arc::new(rx.borrow_and_update().clone());
+        let Some(followed) = followed.upgrade() else {
+            return;
+        };
+        followed.view.store(view);
+        // The inboxes are copied out, so a stream that follows or lets go meanwhile does not
+        // wait for ten thousand marks.
+        let inboxes: Vec<Arc<Inbox>> = sync::lock(&followed.followers).values().cloned().collect();
+        for inbox in inboxes {
+            inbox.mark(&followed.name);
+        }
+    }
+}
+
+/// Where the hub tells one stream which of its services changed.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    id: u64,
+    changed: Mutex<BTreeSet<Arc<str>>>,
+    notify: Notify,
+}
+
+impl Inbox {
+    fn mark(&self, service: &Arc<str>) {
+        sync::lock(&self.changed).insert(service.clone());
+        self.notify.notify_one();
+    }
+
+    /// The services that changed since the last call, waiting for one when none did. Cancel
+    /// safe: the names are taken in the poll that returns them.
+    pub(crate) async fn changed(&self) -> BTreeSet<Arc<str>> {
+        loop {
+            let changed = std::mem::take(&mut *sync::lock(&self.changed));
+            if !changed.is_empty() {
+                return changed;
+            }
+            // A mark between the look above and this wait leaves a permit: no change is missed.
+            self.notify.notified().await;
+        }
     }
 }
 
