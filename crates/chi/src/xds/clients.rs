@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::by_kind::ByKind;
 use super::resources::{ClientPlace, Kind};
 use crate::sync;
 
@@ -74,7 +75,7 @@ pub(crate) struct ClientLog {
 struct Seen {
     node: String,
     place: Option<ClientPlace>,
-    types: BTreeMap<Kind, Exchange>,
+    types: ByKind<Exchange>,
 }
 
 impl ClientLog {
@@ -111,7 +112,7 @@ impl ClientLog {
             removed: removed.iter().take(NAMES_KEPT).cloned().collect(),
             at: unix_ms(SystemTime::now()),
         };
-        self.lock().types.entry(kind).or_default().sent = Some(sent);
+        self.lock().types.entry(kind).sent = Some(sent);
     }
 
     /// The client answered the response `nonce` of `kind`: an ACK (`error: None`, with the
@@ -130,7 +131,7 @@ impl ClientLog {
             error: error.map(str::to_owned),
             at: unix_ms(SystemTime::now()),
         };
-        self.lock().types.entry(kind).or_default().answer = Some(answer);
+        self.lock().types.entry(kind).answer = Some(answer);
     }
 
     fn status(&self) -> ClientStatus {

@@ -37,6 +37,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tonic::Status;
 
+use super::by_kind::ByKind;
 use super::follow::Following;
 use super::resources::Kind;
 use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd, control_plane};
@@ -97,7 +98,7 @@ pub(crate) struct DeltaSession {
     /// The server's parts and what is known of the client.
     parts: Parts,
     tx: Outbox<DeltaDiscoveryResponse>,
-    types: BTreeMap<Kind, DeltaState>,
+    types: ByKind<DeltaState>,
 }
 
 impl DeltaSession {
@@ -105,7 +106,7 @@ impl DeltaSession {
         DeltaSession {
             parts,
             tx,
-            types: BTreeMap::new(),
+            types: ByKind::default(),
         }
     }
 }
@@ -151,7 +152,7 @@ impl Session for DeltaSession {
                 ts.held.values_mut().for_each(|h| h.revision = None);
             }
         }
-        let ts = self.types.entry(kind).or_default();
+        let ts = self.types.entry(kind);
         answer(&self.parts, kind, ts, &request);
         let first = !ts.subscribed;
         ts.subscribed = true;

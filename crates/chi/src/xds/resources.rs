@@ -104,6 +104,16 @@ impl Kind {
     pub(crate) const PUSH_ORDER: [Kind; 4] =
         [Kind::Cluster, Kind::Endpoints, Kind::Listener, Kind::Route];
 
+    /// The kind's place in [`Kind::PUSH_ORDER`].
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            Kind::Cluster => 0,
+            Kind::Endpoints => 1,
+            Kind::Listener => 2,
+            Kind::Route => 3,
+        }
+    }
+
     pub(crate) const fn type_url(self) -> &'static str {
         match self {
             Kind::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",

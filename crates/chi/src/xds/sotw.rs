@@ -9,6 +9,7 @@ use chi_discovery::instance::is_valid_name;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tonic::Status;
 
+use super::by_kind::ByKind;
 use super::follow::Following;
 use super::resources::Kind;
 use super::state::TypeState;
@@ -20,7 +21,7 @@ pub(crate) struct AdsStream {
     /// The server's parts and what is known of the client.
     parts: Parts,
     tx: Outbox<Packed>,
-    types: BTreeMap<Kind, TypeState>,
+    types: ByKind<TypeState>,
 }
 
 impl AdsStream {
@@ -28,10 +29,7 @@ impl AdsStream {
         AdsStream {
             parts,
             tx,
-            types: Kind::PUSH_ORDER
-                .into_iter()
-                .map(|k| (k, TypeState::default()))
-                .collect(),
+            types: ByKind::default(),
         }
     }
 }
@@ -73,7 +71,7 @@ impl AdsStream {
         }
         self.parts.heard(request.node.as_ref());
         let node = self.parts.node.as_str();
-        let ts = self.types.entry(kind).or_default();
+        let ts = self.types.entry(kind);
         // Before the first response of this type on this stream, any nonce is one a reconnecting
         // client kept from an earlier stream: the request is an initial one, not a stale one.
         let answered = !ts.nonce.is_empty();
@@ -360,7 +358,8 @@ impl AdsStream {
             control_plane: Some(control_plane()),
             ..Default::default()
         };
-        let response = Packed::new(&head, &resources).map_err(StreamEnd::Refused)?;
+        let response =
+            Packed::new(&head, &resources, &self.parts.encoded).map_err(StreamEnd::Refused)?;
         self.tx
             .send(Ok(response))
             .await

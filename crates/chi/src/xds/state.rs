@@ -260,6 +260,8 @@ pub(crate) struct Encoded {
     /// The encoding depends on the client's locality (geo priorities).
     by_place: bool,
     map: Mutex<HashMap<EncodedKey, Arc<OnceLock<Arc<Built>>>>>,
+    /// Resources sent together, joined once: see [`Encoded::joined`].
+    joined: Mutex<Joined>,
 }
 
 /// One resource at one revision, encoded.
@@ -299,6 +301,7 @@ impl Encoded {
         Encoded {
             by_place,
             map: Mutex::new(HashMap::new()),
+            joined: Mutex::new(Joined::default()),
         }
     }
 
@@ -324,6 +327,49 @@ impl Encoded {
         // The streams a change wakes all ask for the new revision at once: the first builds it,
         // the others wait for it instead of building it too.
         cell.get_or_init(|| Arc::new(Built::new(build()))).clone()
+    }
+}
+
+/// The joined bytes of resources that responses carry together, by the identity of the pieces.
+#[derive(Default)]
+struct Joined {
+    /// (address, length) of each piece -> the pieces (held, so no address is reused while
+    /// its entry lives) and their concatenation.
+    map: HashMap<Vec<(usize, usize)>, (Vec<Bytes>, Bytes)>,
+    /// Bytes held by the joined copies.
+    bytes: usize,
+}
+
+/// Most bytes the joined copies hold before the cache starts over.
+const JOINED_MAX_BYTES: usize = 64 << 20;
+
+impl Encoded {
+    /// `pieces` (resources of one response) as one piece, shared with every response that
+    /// carries the very same pieces: a first response listing every endpoint of fifty services
+    /// goes to ten thousand streams as one buffer, not as fifty pieces each (every piece a
+    /// frame queued in HTTP/2, whose queue keeps its largest size for the connection's life).
+    pub(crate) fn joined(&self, pieces: &[Bytes]) -> Bytes {
+        let key: Vec<(usize, usize)> = pieces
+            .iter()
+            .map(|p| (p.as_ptr() as usize, p.len()))
+            .collect();
+        let mut joined = sync::lock(&self.joined);
+        if let Some((_, bytes)) = joined.map.get(&key) {
+            return bytes.clone();
+        }
+        let total: usize = pieces.iter().map(Bytes::len).sum();
+        if joined.bytes + total > JOINED_MAX_BYTES {
+            joined.map.clear();
+            joined.bytes = 0;
+        }
+        let mut body = BytesMut::with_capacity(total);
+        for piece in pieces {
+            body.extend_from_slice(piece);
+        }
+        let body = body.freeze();
+        joined.bytes += total;
+        joined.map.insert(key, (pieces.to_vec(), body.clone()));
+        body
     }
 }
 

@@ -39,6 +39,7 @@ use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 
 use super::sotw::AdsStream;
+use super::state::Encoded;
 use super::{Caller, Sent, XdsServer};
 use crate::limits::ConnInfo;
 
@@ -61,8 +62,13 @@ pub(crate) struct Packed {
 
 impl Packed {
     /// `head` (a response without resources) followed by `resources`, each the encoded
-    /// `resources` field of one resource.
-    pub(crate) fn new(head: &DiscoveryResponse, resources: &[Bytes]) -> Result<Packed, Status> {
+    /// `resources` field of one resource; several resources go as one piece joined by
+    /// `encoded` (shared with the other streams sending the same).
+    pub(crate) fn new(
+        head: &DiscoveryResponse,
+        resources: &[Bytes],
+        encoded: &Encoded,
+    ) -> Result<Packed, Status> {
         let total = head.encoded_len() + resources.iter().map(Bytes::len).sum::<usize>();
         let length = u32::try_from(total).map_err(|_| {
             Status::resource_exhausted(format!(
@@ -75,6 +81,14 @@ impl Packed {
         own.put_u32(length);
         head.encode(&mut own)
             .map_err(|e| Status::internal(format!("cannot encode a response: {e}")))?;
+        let joined;
+        let resources = match resources {
+            [_, _, ..] => {
+                joined = [encoded.joined(resources)];
+                &joined[..]
+            }
+            one => one,
+        };
         for resource in resources {
             if resource.len() < INLINE {
                 own.extend_from_slice(resource);
