@@ -101,15 +101,15 @@ impl ClientLog {
         kind: Kind,
         version: &str,
         nonce: &str,
-        resources: &[String],
+        resources: &[impl AsRef<str>],
         removed: &[String],
     ) {
         let sent = Sent {
             version: version.to_owned(),
             nonce: nonce.to_owned(),
             count: resources.len(),
-            resources: resources.iter().take(NAMES_KEPT).cloned().collect(),
-            removed: removed.iter().take(NAMES_KEPT).cloned().collect(),
+            resources: kept(resources),
+            removed: kept(removed),
             at: unix_ms(SystemTime::now()),
         };
         self.lock().types.entry(kind).sent = Some(sent);
@@ -215,6 +215,15 @@ pub(crate) struct Answer {
     pub(crate) error: Option<String>,
     /// Unix milliseconds.
     pub(crate) at: u64,
+}
+
+/// The first [`NAMES_KEPT`] of `names`.
+fn kept(names: &[impl AsRef<str>]) -> Vec<String> {
+    names
+        .iter()
+        .take(NAMES_KEPT)
+        .map(|n| n.as_ref().to_owned())
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch.

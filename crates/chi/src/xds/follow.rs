@@ -12,7 +12,7 @@
 //! before their services register are fine, and a request naming thousands of made-up services
 //! is refused with `RESOURCE_EXHAUSTED` before any watch opens for it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,13 +44,23 @@ pub(crate) struct Following {
     max_unknown: usize,
 }
 
-/// The services one stream follows, by name.
-pub(crate) struct Views(HashMap<Arc<str>, Arc<Followed>>);
+/// The services one stream follows, sorted by name (a sorted list of pointers: 8 bytes a
+/// service, where a map cost about 30).
+pub(crate) struct Views(Vec<Arc<Followed>>);
 
 impl Views {
+    fn find(&self, service: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|f| (*f.name).cmp(service))
+    }
+
     /// The current view of `service`, when the stream follows it.
     pub(crate) fn get(&self, service: &str) -> Option<Arc<ServiceView>> {
-        self.0.get(service).map(|f| f.view())
+        self.find(service).ok().map(|i| self.0[i].view())
+    }
+
+    /// The name of `service` as every stream that follows it shares it.
+    pub(crate) fn name(&self, service: &str) -> Option<Arc<str>> {
+        self.find(service).ok().map(|i| self.0[i].name.clone())
     }
 }
 
@@ -64,7 +74,7 @@ impl Following {
         let inbox = hub.inbox();
         Following {
             hub,
-            views: Views(HashMap::new()),
+            views: Views(Vec::new()),
             inbox,
             catalog: None,
             max_unknown,
@@ -117,19 +127,19 @@ impl Following {
             }
         }
         let inbox = &self.inbox;
-        self.views.0.retain(|name, followed| {
-            let keep = named.contains(&**name);
+        self.views.0.retain(|followed| {
+            let keep = named.contains(&*followed.name);
             if !keep {
                 followed.unfollow(inbox);
             }
             keep
         });
         for name in named {
-            if self.views.0.contains_key(name.as_str()) {
+            let Err(at) = self.views.find(&name) else {
                 continue;
-            }
+            };
             if let Some(followed) = self.hub.follow(&name, &self.inbox) {
-                self.views.0.insert(followed.name.clone(), followed);
+                self.views.0.insert(at, followed);
             }
         }
     }
@@ -156,7 +166,7 @@ impl Following {
 
 impl Drop for Following {
     fn drop(&mut self) {
-        for followed in self.views.0.values() {
+        for followed in &self.views.0 {
             followed.unfollow(&self.inbox);
         }
     }

@@ -119,7 +119,7 @@ impl AdsStream {
             if name == "*" {
                 star = true;
             } else if is_valid_name(&name) {
-                names.insert(name);
+                names.insert(Arc::<str>::from(name));
             } else {
                 tracing::debug!(
                     kind = kind.short(),
@@ -144,6 +144,7 @@ impl AdsStream {
             .await
             .map_err(StreamEnd::Refused)?;
         self.parts.following.follow(named, wildcard);
+        self.share_names(kind);
         self.push(None).await
     }
 
@@ -157,6 +158,18 @@ impl AdsStream {
             .map(|n| self.parts.shape.split(n).0.to_owned())
             .collect();
         (named, self.types.values().any(|t| t.wildcard))
+    }
+
+    /// Holds the names of `kind` that are service names as the followed services share them
+    /// (one allocation for every stream, not one per stream).
+    fn share_names(&mut self, kind: Kind) {
+        let views = &self.parts.following.views;
+        if let Some(ts) = self.types.get_mut(&kind) {
+            ts.names = std::mem::take(&mut ts.names)
+                .into_iter()
+                .map(|n| views.name(&n).unwrap_or(n))
+                .collect();
+        }
     }
 
     /// Follows the services some type of this stream wants.
@@ -194,7 +207,7 @@ impl AdsStream {
                     };
                     // Listeners and clusters go out whole; endpoints and routes only where they
                     // changed (or were newly asked for): the client keeps the others.
-                    let send: Vec<String> = match &ts.sent {
+                    let send: Vec<Arc<str>> = match &ts.sent {
                         Some(sent) if *sent == content => continue,
                         Some(sent) if !kind.is_full_state() => content
                             .iter()
@@ -220,19 +233,25 @@ impl AdsStream {
     }
 
     /// Everything of `kind` the stream wants now: name -> revision of each resource that exists.
-    fn content(&self, kind: Kind, catalog: Option<&BTreeSet<String>>) -> BTreeMap<String, u64> {
+    fn content(&self, kind: Kind, catalog: Option<&BTreeSet<String>>) -> BTreeMap<Arc<str>, u64> {
         let Some(ts) = self.types.get(&kind) else {
             return BTreeMap::new();
         };
         let views = &self.parts.following.views;
         let shape = &self.parts.shape;
-        let mut names: BTreeSet<String> = ts.names.clone();
+        let mut names: BTreeSet<Arc<str>> = ts.names.clone();
         if ts.wildcard
             && let Some(all) = catalog
         {
             for service in all {
                 if let Some(view) = views.get(service.as_str()) {
-                    names.extend(shape.all_names(kind, service, &view));
+                    let shared = |n: String| views.name(&n).unwrap_or_else(|| n.into());
+                    names.extend(
+                        shape
+                            .all_names(kind, service, &view)
+                            .into_iter()
+                            .map(shared),
+                    );
                 }
             }
         }
@@ -254,7 +273,7 @@ impl AdsStream {
         kind: Kind,
         changed: &BTreeSet<Arc<str>>,
         catalog: Option<&BTreeSet<String>>,
-    ) -> Option<Vec<String>> {
+    ) -> Option<Vec<Arc<str>>> {
         let views = &self.parts.following.views;
         let shape = &self.parts.shape;
         let ts = self.types.get_mut(&kind)?;
@@ -263,39 +282,39 @@ impl AdsStream {
         // sort right after it (or with other names starting with `service` in between, which
         // `split` tells apart).
         let of = |name: &str, service: &str| shape.split(name).0 == service;
-        let mut fresh: Vec<(String, Option<u64>)> = Vec::new();
+        let mut fresh: Vec<(Arc<str>, Option<u64>)> = Vec::new();
         for service in changed {
             let service: &str = service;
             let view = views.get(service);
-            let mut names: BTreeSet<&str> = ts
+            let mut names: BTreeSet<&Arc<str>> = ts
                 .names
                 .range::<str, _>((Bound::Included(service), Bound::Unbounded))
                 .take_while(|n| n.starts_with(service))
-                .filter(|n| of(n.as_str(), service))
-                .map(String::as_str)
+                .filter(|n| of(n, service))
                 .collect();
             names.extend(
                 sent.range::<str, _>((Bound::Included(service), Bound::Unbounded))
                     .map(|(n, _)| n)
                     .take_while(|n| n.starts_with(service))
-                    .filter(|n| of(n.as_str(), service))
-                    .map(String::as_str),
+                    .filter(|n| of(n, service)),
             );
-            let all = match (ts.wildcard, catalog, &view) {
-                (true, Some(c), Some(view)) if c.contains(service) => {
-                    shape.all_names(kind, service, view)
-                }
+            let all: Vec<Arc<str>> = match (ts.wildcard, catalog, &view) {
+                (true, Some(c), Some(view)) if c.contains(service) => shape
+                    .all_names(kind, service, view)
+                    .into_iter()
+                    .map(|n| views.name(&n).unwrap_or_else(|| n.into()))
+                    .collect(),
                 _ => Vec::new(),
             };
-            names.extend(all.iter().map(String::as_str));
+            names.extend(all.iter());
             for name in names {
-                let wanted = ts.names.contains(name) || all.iter().any(|a| a == name);
+                let wanted = ts.names.contains(name) || all.contains(name);
                 let revision = view
                     .as_ref()
                     .filter(|_| wanted)
                     .and_then(|v| shape.revision(kind, name, v));
                 if sent.get(name).copied() != revision {
-                    fresh.push((name.to_owned(), revision));
+                    fresh.push((name.clone(), revision));
                 }
             }
         }
@@ -322,7 +341,7 @@ impl AdsStream {
     }
 
     /// Sends the resources `send` of `kind`, at the revisions recorded as sent.
-    async fn send(&mut self, kind: Kind, send: Vec<String>) -> Result<(), StreamEnd> {
+    async fn send(&mut self, kind: Kind, send: Vec<Arc<str>>) -> Result<(), StreamEnd> {
         let Some(content) = self.types.get(&kind).and_then(|ts| ts.sent.as_ref()) else {
             return Ok(());
         };
@@ -369,6 +388,6 @@ impl AdsStream {
 
 /// Whether `asked` (a request's names) is exactly `names`: true only when `asked` lists them
 /// in their order, each once (any other order or form is told by building the set).
-fn same_names(asked: &[String], names: &BTreeSet<String>) -> bool {
-    asked.len() == names.len() && asked.iter().zip(names).all(|(a, n)| a == n)
+fn same_names(asked: &[String], names: &BTreeSet<Arc<str>>) -> bool {
+    asked.len() == names.len() && asked.iter().zip(names).all(|(a, n)| a.as_str() == &**n)
 }

@@ -404,7 +404,7 @@ pub(crate) struct TypeState {
     /// Every service (LDS, CDS); set by a first request without names, or by `*`.
     pub(crate) wildcard: bool,
     /// The names asked for.
-    pub(crate) names: BTreeSet<String>,
+    pub(crate) names: BTreeSet<Arc<str>>,
     /// Version of the last response of this type (drawn from the server's counter).
     pub(crate) version: u64,
     /// Nonce of the last response; a request echoing another one is stale.
@@ -412,5 +412,5 @@ pub(crate) struct TypeState {
     /// The last version the client accepted.
     pub(crate) accepted: Option<String>,
     /// The last response: name -> revision of what was sent; `None` before any response.
-    pub(crate) sent: Option<BTreeMap<String, u64>>,
+    pub(crate) sent: Option<BTreeMap<Arc<str>, u64>>,
 }
