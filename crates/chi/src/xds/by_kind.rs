@@ -1,15 +1,16 @@
-//! One value per resource type, held inline.
+//! One value per resource type.
 //!
 //! A stream keeps its bookkeeping per resource type (what it was sent, what the client
 //! answered). In a `BTreeMap<Kind, T>` even one entry allocates a node of eleven, a few KiB per
-//! stream when `T` is a few hundred bytes; ten thousand streams make that tens of MiB. Four
-//! slots inline cost exactly four.
+//! stream when `T` is a few hundred bytes; ten thousand streams make that tens of MiB. Here
+//! four pointer-sized slots, and a value allocated only for the types the client asked for
+//! (most ask for one or two).
 
 use super::resources::Kind;
 
 /// A value for some of the four resource types.
 #[derive(Debug, Clone)]
-pub(crate) struct ByKind<T>([Option<T>; 4]);
+pub(crate) struct ByKind<T>([Option<Box<T>>; 4]);
 
 impl<T> Default for ByKind<T> {
     fn default() -> Self {
@@ -20,11 +21,11 @@ impl<T> Default for ByKind<T> {
 impl<T> ByKind<T> {
     /// The value of `kind`, when it has one.
     pub(crate) fn get(&self, kind: &Kind) -> Option<&T> {
-        self.0[kind.index()].as_ref()
+        self.0[kind.index()].as_deref()
     }
 
     pub(crate) fn get_mut(&mut self, kind: &Kind) -> Option<&mut T> {
-        self.0[kind.index()].as_mut()
+        self.0[kind.index()].as_deref_mut()
     }
 
     /// The value of `kind`, made the default first if it has none.
@@ -32,7 +33,7 @@ impl<T> ByKind<T> {
     where
         T: Default,
     {
-        self.0[kind.index()].get_or_insert_with(T::default)
+        self.0[kind.index()].get_or_insert_with(Box::default)
     }
 
     /// The kinds that have a value, in push order, with it.
@@ -40,15 +41,15 @@ impl<T> ByKind<T> {
         Kind::PUSH_ORDER
             .into_iter()
             .zip(&self.0)
-            .filter_map(|(k, v)| Some((k, v.as_ref()?)))
+            .filter_map(|(k, v)| Some((k, v.as_deref()?)))
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
-        self.0.iter().flatten()
+        self.0.iter().flatten().map(|v| &**v)
     }
 
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.0.iter_mut().flatten()
+        self.0.iter_mut().flatten().map(|v| &mut **v)
     }
 }
 
