@@ -25,18 +25,90 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::Any;
 use futures_util::StreamExt;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const SOTW: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const STREAMS_PER_CONNECTION: usize = 100;
+
+/// What a bench stream reads of a `DiscoveryResponse`: its version and nonce, and the resources
+/// as slices of the received bytes (decoded only until the initial state is complete). The
+/// streams stand in for clients on other machines; sharing this one with the server, they
+/// should cost it as little CPU as they can.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Response {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    resources: Vec<Bytes>,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// Requests as encoded bytes (a `DiscoveryRequest`), answers as [`Response`].
+#[derive(Clone, Copy)]
+struct BenchCodec;
+
+impl Codec for BenchCodec {
+    type Encode = Bytes;
+    type Decode = Response;
+    type Encoder = BenchCodec;
+    type Decoder = BenchCodec;
+
+    fn encoder(&mut self) -> BenchCodec {
+        *self
+    }
+
+    fn decoder(&mut self) -> BenchCodec {
+        *self
+    }
+}
+
+impl Encoder for BenchCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for BenchCodec {
+    type Item = Response;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Response>, Status> {
+        Response::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::new(Code::Internal, e.to_string()))
+    }
+}
+
+/// A `DiscoveryRequest` for every service's endpoints, as bytes: the subscription (names and
+/// type, the same on every request of every stream) encoded once, then the version and nonce
+/// it answers, and the node on a stream's first request only (as gRPC's clients send it).
+fn request(subscription: &[u8], node: Option<&Node>, version: &str, nonce: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(subscription.len() + version.len() + nonce.len() + 64);
+    prost::encoding::string::encode(1, &version.to_owned(), &mut b);
+    if let Some(node) = node {
+        prost::encoding::message::encode(2, node, &mut b);
+    }
+    b.put_slice(subscription);
+    prost::encoding::string::encode(5, &nonce.to_owned(), &mut b);
+    b.freeze()
+}
 
 struct Killed(Child);
 
@@ -273,28 +345,33 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
         channels.push(channel);
     }
     let names = Arc::new(names);
+    let subscription = {
+        let mut b = BytesMut::new();
+        prost::encoding::string::encode_repeated(3, &names, &mut b);
+        prost::encoding::string::encode(4, &EDS.to_owned(), &mut b);
+        b.freeze()
+    };
     let open = |s: usize| {
         let channel = channels[s / STREAMS_PER_CONNECTION].clone();
         let (names, arrivals_tx, ready_tx) = (names.clone(), arrivals_tx.clone(), ready_tx.clone());
+        let subscription = subscription.clone();
         tokio::spawn(async move {
-            let mut client = AggregatedDiscoveryServiceClient::new(channel);
+            let mut client = tonic::client::Grpc::new(channel);
             let (tx, rx) = mpsc::channel(8);
-            let request = |version: String, nonce: String| DiscoveryRequest {
-                version_info: version,
-                node: Some(Node {
-                    id: format!("bench-{s}"),
-                    ..Default::default()
-                }),
-                resource_names: names.to_vec(),
-                type_url: EDS.to_owned(),
-                response_nonce: nonce,
+            let node = Node {
+                id: format!("bench-{s}"),
                 ..Default::default()
             };
-            tx.send(request(String::new(), String::new()))
+            tx.send(request(&subscription, Some(&node), "", ""))
                 .await
                 .expect("send");
+            client.ready().await.expect("ready");
             let mut responses = client
-                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .streaming(
+                    tonic::Request::new(ReceiverStream::new(rx)),
+                    http::uri::PathAndQuery::from_static(SOTW),
+                    BenchCodec,
+                )
                 .await
                 .expect("stream")
                 .into_inner();
@@ -307,7 +384,10 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
                 if ready {
                     let _ = arrivals_tx.send((s, now));
                 } else {
-                    for any in &r.resources {
+                    for resource in &r.resources {
+                        let Ok(any) = Any::decode(resource.clone()) else {
+                            continue;
+                        };
                         if let Ok(cla) = ClusterLoadAssignment::decode(any.value.as_slice()) {
                             known.insert(cla.cluster_name);
                         }
@@ -317,7 +397,8 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
                         let _ = ready_tx.send(());
                     }
                 }
-                if tx.send(request(r.version_info, r.nonce)).await.is_err() {
+                let ack = request(&subscription, None, &r.version_info, &r.nonce);
+                if tx.send(ack).await.is_err() {
                     return;
                 }
             }
