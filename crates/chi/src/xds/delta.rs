@@ -310,12 +310,13 @@ impl DeltaSession {
             let Some(list) = view.instances.as_ref() else {
                 continue;
             };
-            let built = self
-                .parts
-                .encoded
-                .get(kind, name, revision, &self.parts.place, || {
-                    shape.build(kind, name, list, &self.parts.place)
-                });
+            let built = self.parts.encoded.get(
+                kind,
+                &Arc::from(name.as_str()),
+                revision,
+                &self.parts.place,
+                || shape.build(kind, name, list, &self.parts.place),
+            );
             let version = format!("{:016x}", built.hash);
             let unchanged = held.is_some_and(|h| h.version == version);
             ts.held.insert(

@@ -6,15 +6,15 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use chi_discovery::instance::is_valid_name;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
 use super::by_kind::ByKind;
 use super::follow::Following;
 use super::resources::Kind;
 use super::state::TypeState;
-use super::wire::Packed;
-use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd, control_plane};
+use super::wire::{Head, Packed};
+use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd};
 
 /// One state-of-the-world ADS stream: what the client asked for and what it was sent.
 pub(crate) struct AdsStream {
@@ -370,12 +370,10 @@ impl AdsStream {
         let version = ts.version.to_string();
         tracing::debug!(kind = kind.short(), %version, names = ?send, "push");
         self.parts.log.sent(kind, &version, &nonce, &send, &[]);
-        let head = DiscoveryResponse {
-            version_info: version,
-            type_url: kind.type_url().to_owned(),
-            nonce,
-            control_plane: Some(control_plane()),
-            ..Default::default()
+        let head = Head {
+            version: &version,
+            type_url: kind.type_url(),
+            nonce: &nonce,
         };
         let response =
             Packed::new(&head, &resources, &self.parts.encoded).map_err(StreamEnd::Refused)?;

@@ -291,7 +291,7 @@ impl Built {
 }
 
 /// Kind, resource name, revision, and the client's place when it matters.
-type EncodedKey = (Kind, String, u64, Option<ClientPlace>);
+type EncodedKey = (Kind, Arc<str>, u64, Option<ClientPlace>);
 
 /// Entries kept before the cache starts over (old revisions are never asked for again).
 const ENCODED_MAX: usize = 8192;
@@ -310,13 +310,13 @@ impl Encoded {
     pub(crate) fn get(
         &self,
         kind: Kind,
-        name: &str,
+        name: &Arc<str>,
         revision: u64,
         place: &ClientPlace,
         build: impl FnOnce() -> Any,
     ) -> Arc<Built> {
         let place = (self.by_place && kind == Kind::Endpoints).then(|| place.clone());
-        let key = (kind, name.to_owned(), revision, place);
+        let key = (kind, name.clone(), revision, place);
         let cell = {
             let mut map = sync::lock(&self.map);
             if map.len() >= ENCODED_MAX && !map.contains_key(&key) {

@@ -24,10 +24,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryServiceServer, SERVICE_NAME,
 };
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use http_body::Frame;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -40,7 +40,7 @@ use tonic::transport::server::TcpConnectInfo;
 
 use super::sotw::AdsStream;
 use super::state::Encoded;
-use super::{Caller, Sent, XdsServer};
+use super::{Caller, Sent, XdsServer, control_plane};
 use crate::limits::ConnInfo;
 
 /// The state-of-the-world method's path.
@@ -57,15 +57,69 @@ const PREFIX: usize = 5;
 /// One encoded `DiscoveryResponse`: the pieces that, concatenated, are its gRPC message.
 #[derive(Debug)]
 pub(crate) struct Packed {
-    pieces: Vec<Bytes>,
+    pieces: Box<[Bytes]>,
+}
+
+/// What a response holds besides its resources.
+pub(crate) struct Head<'a> {
+    pub(crate) version: &'a str,
+    pub(crate) type_url: &'static str,
+    pub(crate) nonce: &'a str,
+}
+
+impl Head<'_> {
+    /// Its fields as prost would encode them (version 1, type 4, nonce 5, control plane 6),
+    /// written straight into `buf`: no `DiscoveryResponse` (four allocations) per response.
+    fn encode(&self, buf: &mut BytesMut) {
+        put_str(1, self.version, buf);
+        put_str(4, self.type_url, buf);
+        put_str(5, self.nonce, buf);
+        buf.put_slice(control_plane_field());
+    }
+
+    fn encoded_len(&self) -> usize {
+        str_len(1, self.version)
+            + str_len(4, self.type_url)
+            + str_len(5, self.nonce)
+            + control_plane_field().len()
+    }
+}
+
+/// A string field, omitted when empty (proto3's default, as prost encodes it).
+fn put_str(tag: u32, value: &str, buf: &mut BytesMut) {
+    if !value.is_empty() {
+        prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
+        prost::encoding::encode_varint(value.len() as u64, buf);
+        buf.put_slice(value.as_bytes());
+    }
+}
+
+fn str_len(tag: u32, value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        prost::encoding::key_len(tag)
+            + prost::encoding::encoded_len_varint(value.len() as u64)
+            + value.len()
+    }
+}
+
+/// The `control_plane` field (6) of every response, encoded once.
+fn control_plane_field() -> &'static [u8] {
+    static FIELD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    FIELD.get_or_init(|| {
+        let mut field = Vec::new();
+        prost::encoding::message::encode(6, &control_plane(), &mut field);
+        field
+    })
 }
 
 impl Packed {
-    /// `head` (a response without resources) followed by `resources`, each the encoded
-    /// `resources` field of one resource; several resources go as one piece joined by
-    /// `encoded` (shared with the other streams sending the same).
+    /// `head` followed by `resources`, each the encoded `resources` field of one resource;
+    /// several resources go as one piece joined by `encoded` (shared with the other streams
+    /// sending the same).
     pub(crate) fn new(
-        head: &DiscoveryResponse,
+        head: &Head<'_>,
         resources: &[Bytes],
         encoded: &Encoded,
     ) -> Result<Packed, Status> {
@@ -75,12 +129,11 @@ impl Packed {
                 "a response of {total} bytes is over gRPC's limit of 4 GiB"
             ))
         })?;
-        let mut pieces = Vec::new();
+        let mut pieces = Vec::with_capacity(2);
         let mut own = BytesMut::with_capacity(PREFIX + head.encoded_len());
         own.put_u8(0);
         own.put_u32(length);
-        head.encode(&mut own)
-            .map_err(|e| Status::internal(format!("cannot encode a response: {e}")))?;
+        head.encode(&mut own);
         let joined;
         let resources = match resources {
             [_, _, ..] => {
@@ -102,7 +155,67 @@ impl Packed {
         if !own.is_empty() {
             pieces.push(own.freeze());
         }
-        Ok(Packed { pieces })
+        Ok(Packed {
+            pieces: pieces.into_boxed_slice(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use envoy_types::pb::google::protobuf::Any;
+
+    use super::*;
+
+    /// The pieces are the very bytes prost encodes for the same response (fields in another
+    /// order, which protobuf readers accept), one resource or several.
+    #[test]
+    fn a_packed_response_decodes_as_the_response_it_stands_for() {
+        let encoded = Encoded::new(false);
+        for n in [0, 1, 3] {
+            let resources: Vec<Any> = (0..n)
+                .map(|i| Any {
+                    type_url: "type.googleapis.com/x".into(),
+                    value: vec![i as u8; 700 * i + 1],
+                })
+                .collect();
+            let framed: Vec<Bytes> = resources
+                .iter()
+                .map(|any| {
+                    let mut b = BytesMut::new();
+                    prost::encoding::message::encode(2, any, &mut b);
+                    b.freeze()
+                })
+                .collect();
+            let head = Head {
+                version: "17",
+                type_url: "type.googleapis.com/y",
+                nonce: if n == 0 { "" } else { "4" },
+            };
+            let packed = Packed::new(&head, &framed, &encoded).expect("packed");
+            let bytes: Vec<u8> = packed
+                .pieces
+                .iter()
+                .flat_map(|p| p.iter().copied())
+                .collect();
+            let length = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+            assert_eq!((bytes[0], length), (0, bytes.len() - PREFIX));
+            let decoded = DiscoveryResponse::decode(&bytes[PREFIX..]).expect("decodes");
+            let want = DiscoveryResponse {
+                version_info: "17".into(),
+                resources,
+                type_url: "type.googleapis.com/y".into(),
+                nonce: head.nonce.into(),
+                control_plane: Some(control_plane()),
+                ..Default::default()
+            };
+            assert_eq!(decoded, want, "{n} resources");
+            assert!(
+                packed.pieces.len() <= 2,
+                "{n} resources: head and one shared piece"
+            );
+        }
     }
 }
 
@@ -142,7 +255,7 @@ impl http_body::Body for SotwBody {
             }
             let status = match ready!(this.responses.poll_recv(cx)) {
                 Some(Ok(packed)) => {
-                    this.pieces = packed.pieces.into_iter();
+                    this.pieces = packed.pieces.into_vec().into_iter();
                     continue;
                 }
                 Some(Err(status)) => *status,
