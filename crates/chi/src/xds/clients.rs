@@ -95,7 +95,8 @@ impl ClientLog {
     }
 
     /// A response of `kind` went out: its version and nonce, the resources it carried and, in
-    /// incremental xDS, the ones it removed.
+    /// incremental xDS, the ones it removed. Written over the last one in place: a stream
+    /// writes here at every response, and its strings keep their room.
     pub(crate) fn sent(
         &self,
         kind: Kind,
@@ -104,15 +105,19 @@ impl ClientLog {
         resources: &[impl AsRef<str>],
         removed: &[String],
     ) {
-        let sent = Sent {
-            version: version.to_owned(),
-            nonce: nonce.to_owned(),
-            count: resources.len(),
-            resources: kept(resources),
-            removed: kept(removed),
-            at: unix_ms(SystemTime::now()),
-        };
-        self.lock().types.entry(kind).sent = Some(sent);
+        let at = unix_ms(SystemTime::now());
+        let mut seen = self.lock();
+        let sent = seen
+            .types
+            .entry(kind)
+            .sent
+            .get_or_insert_with(Sent::default);
+        overwrite(&mut sent.version, version);
+        overwrite(&mut sent.nonce, nonce);
+        sent.count = resources.len();
+        keep(&mut sent.resources, resources);
+        keep(&mut sent.removed, removed);
+        sent.at = at;
     }
 
     /// The client answered the response `nonce` of `kind`: an ACK (`error: None`, with the
@@ -124,14 +129,21 @@ impl ClientLog {
         version: Option<&str>,
         error: Option<&str>,
     ) {
-        let answer = Answer {
-            nonce: nonce.to_owned(),
-            accepted: error.is_none(),
-            version: version.filter(|v| !v.is_empty()).map(str::to_owned),
-            error: error.map(str::to_owned),
-            at: unix_ms(SystemTime::now()),
-        };
-        self.lock().types.entry(kind).answer = Some(answer);
+        let at = unix_ms(SystemTime::now());
+        let mut seen = self.lock();
+        let answer = seen
+            .types
+            .entry(kind)
+            .answer
+            .get_or_insert_with(Answer::default);
+        overwrite(&mut answer.nonce, nonce);
+        answer.accepted = error.is_none();
+        match version.filter(|v| !v.is_empty()) {
+            Some(v) => overwrite(answer.version.get_or_insert_with(String::new), v),
+            None => answer.version = None,
+        }
+        answer.error = error.map(str::to_owned);
+        answer.at = at;
     }
 
     fn status(&self) -> ClientStatus {
@@ -191,7 +203,7 @@ pub(crate) struct Exchange {
 }
 
 /// A response.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Sent {
     pub(crate) version: String,
     pub(crate) nonce: String,
@@ -204,7 +216,7 @@ pub(crate) struct Sent {
 }
 
 /// An ACK or a NACK.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Answer {
     /// The nonce of the response it answers.
     pub(crate) nonce: String,
@@ -217,13 +229,24 @@ pub(crate) struct Answer {
     pub(crate) at: u64,
 }
 
-/// The first [`NAMES_KEPT`] of `names`.
-fn kept(names: &[impl AsRef<str>]) -> Vec<String> {
-    names
-        .iter()
-        .take(NAMES_KEPT)
-        .map(|n| n.as_ref().to_owned())
-        .collect()
+/// `to` becomes `value`, in the room it has.
+fn overwrite(to: &mut String, value: &str) {
+    if to != value {
+        to.clear();
+        to.push_str(value);
+    }
+}
+
+/// `to` becomes the first [`NAMES_KEPT`] of `names`, reusing the strings it holds.
+fn keep(to: &mut Vec<String>, names: &[impl AsRef<str>]) {
+    let names = &names[..names.len().min(NAMES_KEPT)];
+    to.truncate(names.len());
+    for (i, name) in names.iter().enumerate() {
+        match to.get_mut(i) {
+            Some(kept) => overwrite(kept, name.as_ref()),
+            None => to.push(name.as_ref().to_owned()),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.

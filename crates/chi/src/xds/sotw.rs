@@ -5,15 +5,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use chi_discovery::instance::is_valid_name;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
 use super::by_kind::ByKind;
 use super::follow::Following;
 use super::resources::Kind;
 use super::state::TypeState;
-use super::wire::{Head, Packed};
+use super::wire::{AdsRequest, Head, Packed, text};
 use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd};
 
 /// One state-of-the-world ADS stream: what the client asked for and what it was sent.
@@ -35,7 +36,7 @@ impl AdsStream {
 }
 
 impl Session for AdsStream {
-    type Request = DiscoveryRequest;
+    type Request = AdsRequest;
     type Response = Packed;
     const VARIANT: &'static str = "sotw";
 
@@ -43,7 +44,7 @@ impl Session for AdsStream {
         &mut self.parts.following
     }
 
-    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamEnd> {
+    async fn on_request(&mut self, request: AdsRequest) -> Result<(), StreamEnd> {
         self.on_request(request).await
     }
 
@@ -57,11 +58,13 @@ impl Session for AdsStream {
 }
 
 impl AdsStream {
-    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamEnd> {
-        let Some(kind) = Kind::from_type_url(&request.type_url) else {
-            tracing::debug!(type_url = %request.type_url, "ignoring a request for a type chi xds does not serve");
+    async fn on_request(&mut self, request: AdsRequest) -> Result<(), StreamEnd> {
+        let Some(kind) = Kind::from_type_url(text(&request.type_url)) else {
+            tracing::debug!(type_url = %text(&request.type_url), "ignoring a request for a type chi xds does not serve");
             return Ok(());
         };
+        let (version_info, response_nonce) =
+            (text(&request.version_info), text(&request.response_nonce));
         if request.resource_names.len() > MAX_NAMES {
             return Err(StreamEnd::Refused(Status::invalid_argument(format!(
                 "{} names in one {} request; at most {MAX_NAMES}",
@@ -75,21 +78,20 @@ impl AdsStream {
         // Before the first response of this type on this stream, any nonce is one a reconnecting
         // client kept from an earlier stream: the request is an initial one, not a stale one.
         let answered = !ts.nonce.is_empty();
-        let echoes = answered && request.response_nonce == ts.nonce;
-        if answered && !request.response_nonce.is_empty() && !echoes {
+        let echoes = answered && response_nonce == ts.nonce;
+        if answered && !response_nonce.is_empty() && !echoes {
             tracing::debug!(
                 kind = kind.short(),
-                nonce = %request.response_nonce,
+                nonce = %response_nonce,
                 current = %ts.nonce,
                 "stale nonce: request ignored"
             );
             return Ok(());
         }
         if let Some(error) = &request.error_detail {
-            let nonce = &request.response_nonce;
             self.parts
                 .log
-                .answered(kind, nonce, None, Some(&error.message));
+                .answered(kind, response_nonce, None, Some(&error.message));
             tracing::warn!(
                 node,
                 kind = kind.short(),
@@ -100,10 +102,13 @@ impl AdsStream {
                 error.message
             );
         } else if echoes {
-            tracing::debug!(node, kind = kind.short(), version = %request.version_info, "ACK");
-            ts.accepted = Some(request.version_info.clone());
-            let (nonce, version) = (&request.response_nonce, &request.version_info);
-            self.parts.log.answered(kind, nonce, Some(version), None);
+            tracing::debug!(node, kind = kind.short(), version = %version_info, "ACK");
+            if ts.accepted.as_deref() != Some(version_info) {
+                ts.accepted = Some(version_info.to_owned());
+            }
+            self.parts
+                .log
+                .answered(kind, response_nonce, Some(version_info), None);
         }
         let first = !ts.subscribed;
         ts.subscribed = true;
@@ -115,10 +120,11 @@ impl AdsStream {
         }
         let mut names = BTreeSet::new();
         let mut star = false;
-        for name in request.resource_names {
+        for name in &request.resource_names {
+            let name = text(name);
             if name == "*" {
                 star = true;
-            } else if is_valid_name(&name) {
+            } else if is_valid_name(name) {
                 names.insert(Arc::<str>::from(name));
             } else {
                 tracing::debug!(
@@ -286,18 +292,25 @@ impl AdsStream {
         for service in changed {
             let service: &str = service;
             let view = views.get(service);
-            let mut names: BTreeSet<&Arc<str>> = ts
-                .names
-                .range::<str, _>((Bound::Included(service), Bound::Unbounded))
-                .take_while(|n| n.starts_with(service))
-                .filter(|n| of(n, service))
-                .collect();
-            names.extend(
-                sent.range::<str, _>((Bound::Included(service), Bound::Unbounded))
-                    .map(|(n, _)| n)
-                    .take_while(|n| n.starts_with(service))
-                    .filter(|n| of(n, service)),
-            );
+            let mut names: BTreeSet<&Arc<str>> = BTreeSet::new();
+            if shape.versions.is_none() {
+                // Without version routing a service's only name is its own.
+                names.extend(ts.names.get(service));
+                names.extend(sent.get_key_value(service).map(|(n, _)| n));
+            } else {
+                names.extend(
+                    ts.names
+                        .range::<str, _>((Bound::Included(service), Bound::Unbounded))
+                        .take_while(|n| n.starts_with(service))
+                        .filter(|n| of(n, service)),
+                );
+                names.extend(
+                    sent.range::<str, _>((Bound::Included(service), Bound::Unbounded))
+                        .map(|(n, _)| n)
+                        .take_while(|n| n.starts_with(service))
+                        .filter(|n| of(n, service)),
+                );
+            }
             let all: Vec<Arc<str>> = match (ts.wildcard, catalog, &view) {
                 (true, Some(c), Some(view)) if c.contains(service) => shape
                     .all_names(kind, service, view)
@@ -386,6 +399,6 @@ impl AdsStream {
 
 /// Whether `asked` (a request's names) is exactly `names`: true only when `asked` lists them
 /// in their order, each once (any other order or form is told by building the set).
-fn same_names(asked: &[String], names: &BTreeSet<Arc<str>>) -> bool {
-    asked.len() == names.len() && asked.iter().zip(names).all(|(a, n)| a.as_str() == &**n)
+fn same_names(asked: &[Bytes], names: &BTreeSet<Arc<str>>) -> bool {
+    asked.len() == names.len() && asked.iter().zip(names).all(|(a, n)| a == n.as_bytes())
 }
