@@ -335,10 +335,13 @@ impl Encoded {
 struct Joined {
     /// (address, length) of each piece -> the pieces (held, so no address is reused while
     /// its entry lives) and their concatenation.
-    map: HashMap<Vec<(usize, usize)>, (Vec<Bytes>, Bytes)>,
+    map: HashMap<Vec<(usize, usize)>, JoinedPieces>,
     /// Bytes held by the joined copies.
     bytes: usize,
 }
+
+/// Pieces, and their concatenation.
+type JoinedPieces = (Vec<Bytes>, Bytes);
 
 /// Most bytes the joined copies hold before the cache starts over.
 const JOINED_MAX_BYTES: usize = 64 << 20;
