@@ -6,9 +6,16 @@
 //! `BytesMut` reuses its allocation): hundreds of KiB per stream after a first response that
 //! holds every endpoint. Here a response is [`Packed`]: a small head of its own (the gRPC message
 //! prefix, version, type, nonce, control plane) followed by the resources' encoded bytes, shared
-//! with every other stream through [`Built::framed`](super::state::Built). The body hands those
-//! pieces to HTTP/2 as they are, so a stream holds references to shared bytes, never a copy, and
-//! nothing of the size of its largest message outlives the sending of it.
+//! with every other stream through [`Built::framed`](super::state::Built). Several resources go
+//! as one piece, joined once for every stream that sends the same ones
+//! ([`Encoded::joined`](super::state::Encoded::joined)): each piece becomes a frame queued in
+//! HTTP/2, and the queue of a connection keeps its largest size. The body hands the pieces to
+//! HTTP/2 as they are, so a stream holds references to shared bytes, never a copy, and nothing of
+//! the size of its largest message outlives the sending of it.
+//!
+//! Requests are read as [`AdsRequest`], their strings slices of the received bytes: a client
+//! repeats its whole subscription in every ACK, and an ACK of the same names is compared, not
+//! allocated.
 //!
 //! The pieces concatenate to exactly the `DiscoveryResponse` prost would encode, with the
 //! repeated `resources` field after the others: protobuf readers accept fields in any order
