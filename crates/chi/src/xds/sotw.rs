@@ -292,25 +292,18 @@ impl AdsStream {
         for service in changed {
             let service: &str = service;
             let view = views.get(service);
-            let mut names: BTreeSet<&Arc<str>> = BTreeSet::new();
-            if shape.versions.is_none() {
-                // Without version routing a service's only name is its own.
-                names.extend(ts.names.get(service));
-                names.extend(sent.get_key_value(service).map(|(n, _)| n));
-            } else {
-                names.extend(
-                    ts.names
-                        .range::<str, _>((Bound::Included(service), Bound::Unbounded))
-                        .take_while(|n| n.starts_with(service))
-                        .filter(|n| of(n, service)),
-                );
-                names.extend(
-                    sent.range::<str, _>((Bound::Included(service), Bound::Unbounded))
-                        .map(|(n, _)| n)
-                        .take_while(|n| n.starts_with(service))
-                        .filter(|n| of(n, service)),
-                );
-            }
+            let mut names: BTreeSet<&Arc<str>> = ts
+                .names
+                .range::<str, _>((Bound::Included(service), Bound::Unbounded))
+                .take_while(|n| n.starts_with(service))
+                .filter(|n| of(n, service))
+                .collect();
+            names.extend(
+                sent.range::<str, _>((Bound::Included(service), Bound::Unbounded))
+                    .map(|(n, _)| n)
+                    .take_while(|n| n.starts_with(service))
+                    .filter(|n| of(n, service)),
+            );
             let all: Vec<Arc<str>> = match (ts.wildcard, catalog, &view) {
                 (true, Some(c), Some(view)) if c.contains(service) => shape
                     .all_names(kind, service, view)
