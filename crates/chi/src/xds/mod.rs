@@ -394,11 +394,7 @@ impl Parts {
         let Some(node) = node else {
             return false;
         };
-        let same_place = node.locality.as_ref().is_none_or(|l| {
-            self.place.region.as_deref().unwrap_or("") == l.region
-                && self.place.zone.as_deref().unwrap_or("") == l.zone
-        });
-        if node.id == self.node && same_place {
+        if node.id == self.node && same_node_place(node, &self.place) {
             // Clients may send their node with every request: the same one costs no copy.
             return false;
         }
@@ -475,6 +471,15 @@ fn node_of(node: &Node) -> (String, Option<ClientPlace>) {
         zone: Some(l.zone.clone()).filter(|z| !z.is_empty()),
     });
     (node.id.clone(), place)
+}
+
+/// Whether `node` names no locality or the one [`node_of`] would read as `place` (an empty
+/// region or zone is none), without copying it.
+fn same_node_place(node: &Node, place: &ClientPlace) -> bool {
+    node.locality.as_ref().is_none_or(|l| {
+        place.region.as_deref().unwrap_or("") == l.region
+            && place.zone.as_deref().unwrap_or("") == l.zone
+    })
 }
 
 /// The control plane's identity, in every response.
