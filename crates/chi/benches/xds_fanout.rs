@@ -15,37 +15,46 @@
 //! `xds fanout: streams=N endpoints=M push_p99=X ms rss_per_stream=Y KiB` (M is SERVICES x
 //! ENDPOINTS; the p99 is over every stream of every change).
 //!
+//! The streams stand in for gRPC clients on other machines but share this one's cores with the
+//! server, so they are as cheap as a correct client can be: plain HTTP/2 (the `h2` crate), one
+//! task per connection that reads what arrived, lets the streams that got something ACK it, and
+//! sends the ACKs in one write. Through tonic's client (a task per stream, another per request
+//! body, a write per ACK) they took as much CPU per change as the server did.
+//!
 //! `cargo bench -p chi --bench xds_fanout [-- STREAMS SERVICES ENDPOINTS CHANGES]`
 //! (default 1000 50 100 20).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::io::{self, BufRead, BufReader, IoSlice};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::google::protobuf::Any;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const SOTW: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const STREAMS_PER_CONNECTION: usize = 100;
+/// What one read of a client connection takes from its socket at most.
+const READ_CHUNK: usize = 256 << 10;
 
 /// What a bench stream reads of a `DiscoveryResponse`: its version and nonce, and the resources
-/// as slices of the received bytes (decoded only until the initial state is complete). The
-/// streams stand in for clients on other machines; sharing this one with the server, they
-/// should cost it as little CPU as they can.
+/// as slices of the received bytes (decoded only until the initial state is complete).
 #[derive(Clone, PartialEq, prost::Message)]
 struct Response {
     #[prost(string, tag = "1")]
@@ -56,58 +65,280 @@ struct Response {
     nonce: String,
 }
 
-/// Requests as encoded bytes (a `DiscoveryRequest`), answers as [`Response`].
-#[derive(Clone, Copy)]
-struct BenchCodec;
-
-impl Codec for BenchCodec {
-    type Encode = Bytes;
-    type Decode = Response;
-    type Encoder = BenchCodec;
-    type Decoder = BenchCodec;
-
-    fn encoder(&mut self) -> BenchCodec {
-        *self
-    }
-
-    fn decoder(&mut self) -> BenchCodec {
-        *self
-    }
-}
-
-impl Encoder for BenchCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for BenchCodec {
-    type Item = Response;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Response>, Status> {
-        Response::decode(buf)
-            .map(Some)
-            .map_err(|e| Status::new(Code::Internal, e.to_string()))
-    }
-}
-
-/// A `DiscoveryRequest` for every service's endpoints, as bytes: the subscription (names and
-/// type, the same on every request of every stream) encoded once, then the version and nonce
-/// it answers, and the node on a stream's first request only (as gRPC's clients send it).
+/// A `DiscoveryRequest` for every service's endpoints as one gRPC message (its 5-byte prefix,
+/// then the request): the subscription (names and type, the same on every request of every
+/// stream) encoded once, then the version and nonce it answers, and the node on a stream's
+/// first request only (as gRPC's clients send it).
 fn request(subscription: &[u8], node: Option<&Node>, version: &str, nonce: &str) -> Bytes {
     let mut b = BytesMut::with_capacity(subscription.len() + version.len() + nonce.len() + 64);
+    b.put_slice(&[0; 5]);
     prost::encoding::string::encode(1, &version.to_owned(), &mut b);
     if let Some(node) = node {
         prost::encoding::message::encode(2, node, &mut b);
     }
     b.put_slice(subscription);
     prost::encoding::string::encode(5, &nonce.to_owned(), &mut b);
+    let len = u32::try_from(b.len() - 5).unwrap();
+    b[1..5].copy_from_slice(&len.to_be_bytes());
     b.freeze()
+}
+
+/// A client connection's socket as its HTTP/2 codec sees it: reads come from one large read of
+/// the socket, writes gather in `out` and leave in one write per poll of the connection's task
+/// ([`Shared::send_out`]). The streams stand in for clients on other machines; sharing this
+/// one with the server, they should cost it as little CPU as they can.
+struct BenchIo {
+    shared: Arc<Shared>,
+    read: BytesMut,
+}
+
+struct Shared {
+    tcp: TcpStream,
+    out: Mutex<Vec<u8>>,
+}
+
+impl Shared {
+    /// Writes what the codec gathered, as far as the socket takes it now.
+    fn send_out(&self, cx: &mut Context<'_>) -> io::Result<()> {
+        let mut out = self.out.lock().unwrap();
+        while !out.is_empty() {
+            match self.tcp.try_write(&out) {
+                Ok(n) => {
+                    out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match self.tcp.poll_write_ready(cx) {
+                        Poll::Ready(r) => r?,
+                        Poll::Pending => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for BenchIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.read.is_empty() {
+            ready!(this.shared.tcp.poll_read_ready(cx))?;
+            this.read.reserve(READ_CHUNK);
+            match this.shared.tcp.try_read_buf(&mut this.read) {
+                Ok(0) => return Poll::Ready(Ok(())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read[..n]);
+        this.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for BenchIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.shared.out.lock().unwrap().extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut out = self.shared.out.lock().unwrap();
+        for b in bufs {
+            out.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Where the streams report: the arrivals of each change (per poll of a connection, in one
+/// batch), and each stream's initial state complete.
+#[derive(Clone)]
+struct Report {
+    arrivals: mpsc::UnboundedSender<Vec<(usize, Instant)>>,
+    ready: mpsc::UnboundedSender<()>,
+}
+
+/// What the streams of a connection share: the subscription they send, the number of services
+/// that makes their initial state complete, and the arrivals of this poll (reported in one
+/// batch per poll of the connection).
+struct Streams {
+    services: usize,
+    subscription: Bytes,
+    ready: mpsc::UnboundedSender<()>,
+    arrived: Mutex<Vec<(usize, Instant)>>,
+}
+
+/// One ADS stream: it subscribes to every service's endpoints and ACKs every response; every
+/// response after the initial state is a change.
+async fn stream(
+    s: usize,
+    response: h2::client::ResponseFuture,
+    mut send: h2::SendStream<Bytes>,
+    shared: Arc<Streams>,
+) {
+    let Ok(response) = response.await else {
+        return;
+    };
+    let mut recv = response.into_body();
+    let mut known = HashSet::new();
+    let mut ready = false;
+    // A gRPC message split across DATA frames.
+    let mut partial = BytesMut::new();
+    while let Some(Ok(chunk)) = recv.data().await {
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        let mut data = if partial.is_empty() {
+            chunk
+        } else {
+            partial.extend_from_slice(&chunk);
+            partial.split().freeze()
+        };
+        while data.len() >= 5 {
+            let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+            if data.len() < 5 + len {
+                break;
+            }
+            let message = data.slice(5..5 + len);
+            data.advance(5 + len);
+            let r = Response::decode(message).expect("a DiscoveryResponse");
+            if ready {
+                shared.arrived.lock().unwrap().push((s, Instant::now()));
+            } else {
+                for resource in &r.resources {
+                    let Ok(any) = Any::decode(resource.clone()) else {
+                        continue;
+                    };
+                    if let Ok(cla) = ClusterLoadAssignment::decode(any.value.as_slice()) {
+                        known.insert(cla.cluster_name);
+                    }
+                }
+                if known.len() == shared.services {
+                    ready = true;
+                    let _ = shared.ready.send(());
+                }
+            }
+            let ack = request(&shared.subscription, None, &r.version_info, &r.nonce);
+            if send.send_data(ack, false).is_err() {
+                return;
+            }
+        }
+        partial.extend_from_slice(&data);
+    }
+}
+
+/// One client connection and its streams, driven by a single task: one poll reads what
+/// arrived, lets the streams that got something answer it, and sends the answers in one write.
+async fn connection(
+    addr: String,
+    mut opens: mpsc::UnboundedReceiver<usize>,
+    services: usize,
+    subscription: Bytes,
+    report: Report,
+) {
+    let tcp = TcpStream::connect(&addr).await.expect("connect to chi xds");
+    tcp.set_nodelay(true).expect("nodelay");
+    let shared = Arc::new(Shared {
+        tcp,
+        out: Mutex::new(Vec::new()),
+    });
+    let io = BenchIo {
+        shared: shared.clone(),
+        read: BytesMut::new(),
+    };
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, Bytes>(io);
+    let (mut send_request, mut conn) = {
+        let mut handshake = std::pin::pin!(handshake);
+        std::future::poll_fn(|cx| {
+            let r = handshake.as_mut().poll(cx);
+            shared.send_out(cx).expect("write");
+            r
+        })
+        .await
+        .expect("HTTP/2 handshake")
+    };
+    let uri = format!("http://{addr}{SOTW}");
+    let streams_of = Arc::new(Streams {
+        services,
+        subscription,
+        ready: report.ready.clone(),
+        arrived: Mutex::new(Vec::new()),
+    });
+    let mut waiting = VecDeque::new();
+    let mut streams = FuturesUnordered::new();
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
+            return Poll::Ready(r);
+        }
+        while let Poll::Ready(Some(s)) = opens.poll_recv(cx) {
+            waiting.push_back(s);
+        }
+        while let Some(&s) = waiting.front() {
+            if send_request.poll_ready(cx).is_pending() {
+                break;
+            }
+            waiting.pop_front();
+            let head = http::Request::post(&uri)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("request head");
+            let (response, mut send) = send_request.send_request(head, false).expect("stream");
+            let node = Node {
+                id: format!("bench-{s}"),
+                ..Default::default()
+            };
+            send.send_data(
+                request(&streams_of.subscription, Some(&node), "", ""),
+                false,
+            )
+            .expect("first request");
+            streams.push(stream(s, response, send, streams_of.clone()));
+        }
+        // Polls only the streams woken since the last poll.
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        let arrived = std::mem::take(&mut *streams_of.arrived.lock().unwrap());
+        if !arrived.is_empty() {
+            let _ = report.arrivals.send(arrived);
+        }
+        // The answers queued above, written into `out`, then sent in one write.
+        if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
+            return Poll::Ready(r);
+        }
+        shared.send_out(cx).expect("write to chi xds");
+        Poll::Pending
+    })
+    .await
+    .expect("the connection to chi xds");
 }
 
 struct Killed(Child);
@@ -336,76 +567,30 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
 
     // The streams: each subscribes to every service's endpoints and ACKs every response; it
     // reports the arrival time of every response after the initial state.
-    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<(usize, Instant)>();
+    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<Vec<(usize, Instant)>>();
     let (ready_tx, mut ready) = mpsc::unbounded_channel::<()>();
-    let mut channels = Vec::new();
-    for _ in 0..streams.div_ceil(STREAMS_PER_CONNECTION) {
-        let channel = Channel::from_shared(format!("http://{xds_addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect to chi xds");
-        channels.push(channel);
-    }
-    let names = Arc::new(names);
     let subscription = {
         let mut b = BytesMut::new();
         prost::encoding::string::encode_repeated(3, &names, &mut b);
         prost::encoding::string::encode(4, &EDS.to_owned(), &mut b);
         b.freeze()
     };
+    let report = Report {
+        arrivals: arrivals_tx,
+        ready: ready_tx,
+    };
+    let mut opens = Vec::new();
+    for _ in 0..streams.div_ceil(STREAMS_PER_CONNECTION) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (addr, subscription, report) = (xds_addr.clone(), subscription.clone(), report.clone());
+        tokio::spawn(connection(addr, rx, services, subscription, report));
+        opens.push(tx);
+    }
+    drop(report);
     let open = |s: usize| {
-        let channel = channels[s / STREAMS_PER_CONNECTION].clone();
-        let (names, arrivals_tx, ready_tx) = (names.clone(), arrivals_tx.clone(), ready_tx.clone());
-        let subscription = subscription.clone();
-        tokio::spawn(async move {
-            let mut client = tonic::client::Grpc::new(channel);
-            let (tx, rx) = mpsc::channel(8);
-            let node = Node {
-                id: format!("bench-{s}"),
-                ..Default::default()
-            };
-            tx.send(request(&subscription, Some(&node), "", ""))
-                .await
-                .expect("send");
-            client.ready().await.expect("ready");
-            let mut responses = client
-                .streaming(
-                    tonic::Request::new(ReceiverStream::new(rx)),
-                    http::uri::PathAndQuery::from_static(SOTW),
-                    BenchCodec,
-                )
-                .await
-                .expect("stream")
-                .into_inner();
-            // The initial state may come in several responses (services become known one by
-            // one); every response after it is a change.
-            let mut known = std::collections::HashSet::new();
-            let mut ready = false;
-            while let Some(Ok(r)) = responses.next().await {
-                let now = Instant::now();
-                if ready {
-                    let _ = arrivals_tx.send((s, now));
-                } else {
-                    for resource in &r.resources {
-                        let Ok(any) = Any::decode(resource.clone()) else {
-                            continue;
-                        };
-                        if let Ok(cla) = ClusterLoadAssignment::decode(any.value.as_slice()) {
-                            known.insert(cla.cluster_name);
-                        }
-                    }
-                    if known.len() == names.len() {
-                        ready = true;
-                        let _ = ready_tx.send(());
-                    }
-                }
-                let ack = request(&subscription, None, &r.version_info, &r.nonce);
-                if tx.send(ack).await.is_err() {
-                    return;
-                }
-            }
-        });
+        opens[s / STREAMS_PER_CONNECTION]
+            .send(s)
+            .expect("a connection task");
     };
     // One stream first: it makes chi xds follow every service (one registry watch each, the
     // instances, the encoded resources), which the server pays once however many streams
@@ -420,7 +605,6 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
     let rss_one = rss_kib(pid);
     let t = Instant::now();
     (1..streams).for_each(open);
-    drop((arrivals_tx, ready_tx));
     for i in 1..streams {
         let got = tokio::time::timeout(Duration::from_secs(120), ready.recv()).await;
         assert!(
@@ -430,7 +614,7 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
     }
     println!(
         "{streams} streams over {} connections got the initial state ({} resources each) in {:.2?}",
-        channels.len(),
+        opens.len(),
         services,
         t.elapsed()
     );
@@ -486,11 +670,13 @@ async fn run(streams: usize, services: usize, endpoints: usize, changes: usize) 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while n < streams {
             match tokio::time::timeout_at(deadline, arrivals.recv()).await {
-                Ok(Some((s, at))) => {
-                    if !got[s] {
-                        got[s] = true;
-                        n += 1;
-                        fanout.push(at.duration_since(t0));
+                Ok(Some(batch)) => {
+                    for (s, at) in batch {
+                        if !got[s] {
+                            got[s] = true;
+                            n += 1;
+                            fanout.push(at.duration_since(t0));
+                        }
                     }
                 }
                 _ => break,
