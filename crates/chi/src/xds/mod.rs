@@ -36,6 +36,7 @@ mod delta;
 mod drive;
 mod follow;
 mod policy;
+mod request;
 mod resilience;
 mod resources;
 mod sotw;

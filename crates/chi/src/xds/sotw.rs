@@ -5,16 +5,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use chi_discovery::instance::is_valid_name;
 use tonic::Status;
 
 use super::by_kind::ByKind;
 use super::follow::Following;
+use super::request::AdsRequest;
 use super::resources::Kind;
 use super::state::TypeState;
-use super::wire::{AdsRequest, Head, Packed, text};
+use super::wire::{Head, Packed};
 use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd};
 
 /// One state-of-the-world ADS stream: what the client asked for and what it was sent.
@@ -59,16 +58,15 @@ impl Session for AdsStream {
 
 impl AdsStream {
     async fn on_request(&mut self, request: AdsRequest) -> Result<(), StreamEnd> {
-        let Some(kind) = Kind::from_type_url(text(&request.type_url)) else {
-            tracing::debug!(type_url = %text(&request.type_url), "ignoring a request for a type chi xds does not serve");
+        let Some(kind) = Kind::from_type_url(request.type_url()) else {
+            tracing::debug!(type_url = %request.type_url(), "ignoring a request for a type chi xds does not serve");
             return Ok(());
         };
-        let (version_info, response_nonce) =
-            (text(&request.version_info), text(&request.response_nonce));
-        if request.resource_names.len() > MAX_NAMES {
+        let (version_info, response_nonce) = (request.version_info(), request.response_nonce());
+        if request.names().len() > MAX_NAMES {
             return Err(StreamEnd::Refused(Status::invalid_argument(format!(
                 "{} names in one {} request; at most {MAX_NAMES}",
-                request.resource_names.len(),
+                request.names().len(),
                 kind.short()
             ))));
         }
@@ -112,7 +110,7 @@ impl AdsStream {
         }
         let first = !ts.subscribed;
         ts.subscribed = true;
-        if !first && !ts.wildcard && same_names(&request.resource_names, &ts.names) {
+        if !first && !ts.wildcard && same_names(request.names(), &ts.names) {
             // An ACK or NACK of the same subscription, as clients send them: the names in
             // order, compared in one pass without building a set. Nothing new to send (changes
             // are pushed when they happen).
@@ -120,8 +118,7 @@ impl AdsStream {
         }
         let mut names = BTreeSet::new();
         let mut star = false;
-        for name in &request.resource_names {
-            let name = text(name);
+        for name in request.names() {
             if name == "*" {
                 star = true;
             } else if is_valid_name(name) {
@@ -392,6 +389,9 @@ impl AdsStream {
 
 /// Whether `asked` (a request's names) is exactly `names`: true only when `asked` lists them
 /// in their order, each once (any other order or form is told by building the set).
-fn same_names(asked: &[Bytes], names: &BTreeSet<Arc<str>>) -> bool {
-    asked.len() == names.len() && asked.iter().zip(names).all(|(a, n)| a == n.as_bytes())
+fn same_names<'a>(
+    asked: impl ExactSizeIterator<Item = &'a str>,
+    names: &BTreeSet<Arc<str>>,
+) -> bool {
+    asked.len() == names.len() && asked.zip(names).all(|(a, n)| a == &**n)
 }

@@ -9,13 +9,12 @@
 //! with every other stream through [`Built::framed`](super::state::Built). Several resources go
 //! as one piece, joined once for every stream that sends the same ones
 //! ([`Encoded::joined`](super::state::Encoded::joined)): each piece becomes a frame queued in
-//! HTTP/2, and the queue of a connection keeps its largest size. The body hands the pieces to
-//! HTTP/2 as they are, so a stream holds references to shared bytes, never a copy, and nothing of
-//! the size of its largest message outlives the sending of it.
+//! HTTP/2, and the queue of a connection keeps its largest size. A resource under 16 KiB is
+//! copied into the head's piece instead (one DATA frame per response costs less than the copy,
+//! see [`INLINE`]), larger ones go as the shared bytes; either way nothing of the size of a
+//! stream's largest message outlives the sending of it.
 //!
-//! Requests are read as [`AdsRequest`], their strings slices of the received bytes: a client
-//! repeats its whole subscription in every ACK, and an ACK of the same names is compared, not
-//! allocated.
+//! Requests are read in place ([`super::request`]).
 //!
 //! The pieces concatenate to exactly the `DiscoveryResponse` prost would encode, with the
 //! repeated `resources` field after the others: protobuf readers accept fields in any order
@@ -31,21 +30,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryServiceServer, SERVICE_NAME,
 };
-use envoy_types::pb::google::rpc::Status as RpcStatus;
 use http_body::Frame;
-use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::codec::{BufferSettings, DecodeBuf, Decoder, Streaming};
+use tonic::codec::Streaming;
 use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 
+use super::request::RequestDecoder;
 use super::sotw::AdsStream;
 use super::state::Encoded;
 use super::{Caller, Sent, XdsServer, control_plane};
@@ -177,6 +174,7 @@ impl Packed {
 mod tests {
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
 
     use super::*;
 
@@ -280,52 +278,6 @@ impl http_body::Body for SotwBody {
             }
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
-    }
-}
-
-/// A `DiscoveryRequest` (envoyproxy/envoy `api/envoy/service/discovery/v3/discovery.proto`)
-/// as the state-of-the-world streams read it: the strings as slices of the received bytes. A
-/// client repeats its whole subscription in every ACK; decoded as `String`s, every name of
-/// every ACK of every stream was an allocation (a tenth of the server's time in the fan-out
-/// bench). Fields it does not read (`resource_locators`) are skipped.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct AdsRequest {
-    #[prost(bytes = "bytes", tag = "1")]
-    pub(crate) version_info: Bytes,
-    #[prost(message, optional, tag = "2")]
-    pub(crate) node: Option<Node>,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub(crate) resource_names: Vec<Bytes>,
-    #[prost(bytes = "bytes", tag = "4")]
-    pub(crate) type_url: Bytes,
-    #[prost(bytes = "bytes", tag = "5")]
-    pub(crate) response_nonce: Bytes,
-    #[prost(message, optional, tag = "6")]
-    pub(crate) error_detail: Option<RpcStatus>,
-}
-
-/// A string field as text; bytes that are not UTF-8 read as no text (no name, no nonce of
-/// this server's).
-pub(crate) fn text(bytes: &Bytes) -> &str {
-    std::str::from_utf8(bytes).unwrap_or_default()
-}
-
-/// Decodes [`AdsRequest`]s with a small read buffer: requests are a few KiB at most, and every
-/// open stream keeps its buffer.
-struct RequestDecoder;
-
-impl Decoder for RequestDecoder {
-    type Item = AdsRequest;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<AdsRequest>, Status> {
-        AdsRequest::decode(buf)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("a malformed DiscoveryRequest: {e}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(1024, 32 * 1024)
     }
 }
 
