@@ -38,9 +38,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tonic::Status;
 
 use super::by_kind::ByKind;
+use super::drive::Outbox;
 use super::follow::Following;
 use super::resources::Kind;
-use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd, control_plane};
+use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane};
 
 /// The wildcard name.
 const WILDCARD: &str = "*";
@@ -397,10 +398,8 @@ impl DeltaSession {
             control_plane: Some(control_plane()),
             ..Default::default()
         };
-        self.tx
-            .send(Ok(response))
-            .await
-            .map_err(|_| StreamEnd::Gone)
+        self.tx.send(Ok(response)).await;
+        Ok(())
     }
 }
 

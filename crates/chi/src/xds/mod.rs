@@ -63,9 +63,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures_util::Stream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin;
@@ -77,7 +76,7 @@ use crate::source::Source;
 
 use clients::{ClientLog, Clients};
 use delta::DeltaSession;
-use drive::Driven;
+use drive::{Driven, Driving, Outbox};
 use follow::Following;
 use resources::{ClientPlace, Shape};
 use state::{Encoded, Hub};
@@ -302,7 +301,7 @@ impl AggregatedDiscoveryService for XdsServer {
         let responses = self.open(caller, request.into_inner(), |tx, log| {
             DeltaSession::new(self.parts(log), tx)
         })?;
-        let responses = ReceiverStream::new(responses).map(|r| r.map_err(|status| *status));
+        let responses = responses.map(|r| r.map_err(|status| *status));
         Ok(Response::new(Box::pin(responses)))
     }
 }
@@ -330,7 +329,7 @@ impl XdsServer {
         caller: Caller,
         requests: Streaming<S::Request>,
         session: impl FnOnce(Outbox<S::Response>, Arc<ClientLog>) -> S,
-    ) -> Result<mpsc::Receiver<Sent<S::Response>>, Status> {
+    ) -> Result<Driving<S::Response>, Status> {
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             self.refusals.count("xds", Reason::Streams);
             Status::resource_exhausted(format!(
@@ -339,7 +338,8 @@ impl XdsServer {
             ))
         })?;
         let Caller { peer, in_flight } = caller;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let tx = Outbox::new();
+        let outbox = tx.clone();
         let log = self.clients.open(S::VARIANT, peer);
         let session = session(tx.clone(), log.clone());
         let clients = self.clients.clone();
@@ -347,8 +347,10 @@ impl XdsServer {
         let refusals = self.refusals.clone();
         let stream = Driven::new(session, requests, closing, tx, refusals);
         let bookkeeping = (clients, log, permit, in_flight);
-        tokio::spawn(stream.run(peer, bookkeeping));
-        Ok(rx)
+        Ok(Driving::new(
+            Box::pin(stream.run(peer, bookkeeping)),
+            outbox,
+        ))
     }
 }
 
@@ -421,11 +423,9 @@ impl Parts {
 
 type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// What a stream's task hands to the response body: a response, or the status that ends the
-/// stream (boxed: a channel's buffer is sized by its largest item, and a `Status` is large).
+/// What a stream's loop hands to the response body: a response, or the status that ends the
+/// stream (boxed: a queue's buffer is sized by its largest item, and a `Status` is large).
 pub(crate) type Sent<T> = Result<T, Box<Status>>;
-/// The sending end of a stream's responses.
-pub(crate) type Outbox<T> = mpsc::Sender<Sent<T>>;
 
 /// Why a stream ends early.
 #[derive(Debug)]

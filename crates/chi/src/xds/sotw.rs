@@ -9,12 +9,13 @@ use chi_discovery::instance::is_valid_name;
 use tonic::Status;
 
 use super::by_kind::ByKind;
+use super::drive::Outbox;
 use super::follow::Following;
 use super::request::AdsRequest;
 use super::resources::Kind;
 use super::state::TypeState;
 use super::wire::{Head, Packed};
-use super::{MAX_NAMES, Outbox, Parts, Session, StreamEnd};
+use super::{MAX_NAMES, Parts, Session, StreamEnd};
 
 /// One state-of-the-world ADS stream: what the client asked for and what it was sent.
 pub(crate) struct AdsStream {
@@ -380,10 +381,8 @@ impl AdsStream {
         };
         let response =
             Packed::new(&head, &resources, &self.parts.encoded).map_err(StreamEnd::Refused)?;
-        self.tx
-            .send(Ok(response))
-            .await
-            .map_err(|_| StreamEnd::Gone)
+        self.tx.send(Ok(response)).await;
+        Ok(())
     }
 }
 

@@ -34,7 +34,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
     AggregatedDiscoveryServiceServer, SERVICE_NAME,
 };
 use http_body::Frame;
-use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codec::Streaming;
@@ -42,10 +42,11 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 
+use super::drive::Driving;
 use super::request::RequestDecoder;
 use super::sotw::AdsStream;
 use super::state::Encoded;
-use super::{Caller, Sent, XdsServer, control_plane};
+use super::{Caller, XdsServer, control_plane};
 use crate::limits::ConnInfo;
 
 /// The state-of-the-world method's path.
@@ -232,13 +233,13 @@ mod tests {
 /// The response body of one state-of-the-world stream: the pieces of each [`Packed`] response
 /// as they come from the stream's task, then the status in the trailers.
 pub(crate) struct SotwBody {
-    responses: mpsc::Receiver<Sent<Packed>>,
+    responses: Driving<Packed>,
     pieces: std::vec::IntoIter<Bytes>,
     done: bool,
 }
 
 impl SotwBody {
-    pub(crate) fn new(responses: mpsc::Receiver<Sent<Packed>>) -> SotwBody {
+    pub(crate) fn new(responses: Driving<Packed>) -> SotwBody {
         SotwBody {
             responses,
             pieces: Vec::new().into_iter(),
@@ -263,7 +264,7 @@ impl http_body::Body for SotwBody {
             if this.done {
                 return Poll::Ready(None);
             }
-            let status = match ready!(this.responses.poll_recv(cx)) {
+            let status = match ready!(Pin::new(&mut this.responses).poll_next(cx)) {
                 Some(Ok(packed)) => {
                     this.pieces = packed.pieces.into_vec().into_iter();
                     continue;
