@@ -264,8 +264,7 @@ impl<T> Outbox<T> {
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue<T>> {
-        // Nothing panics while holding the lock; a poisoned queue is still consistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     /// Queues `response`, once there is room.
