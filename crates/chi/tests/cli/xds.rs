@@ -438,11 +438,22 @@ pub(crate) fn serve_backends(names: &[&str]) -> (Proc, BTreeMap<String, u16>) {
 
 /// `chi xds --registry REGISTRY --listen LISTEN [-c CONFIG]`, serving; and its address.
 pub(crate) fn start_xds(registry: &str, listen: &str, config: Option<&Path>) -> (Proc, String) {
+    start_xds_with(registry, listen, config, &[])
+}
+
+/// [`start_xds`] with more arguments.
+pub(crate) fn start_xds_with(
+    registry: &str,
+    listen: &str,
+    config: Option<&Path>,
+    args: &[&str],
+) -> (Proc, String) {
     let mut cmd = chi();
     cmd.args(["xds", "--registry", registry, "--listen", listen]);
     if let Some(config) = config {
         cmd.arg("-c").arg(config);
     }
+    cmd.args(args);
     let mut xds = Proc::spawn(cmd);
     let line = xds.wait_line("the xds address", |l| l.starts_with("xds on grpc://"));
     let addr = line.trim_start_matches("xds on grpc://").trim().to_owned();

@@ -20,7 +20,7 @@ use chi_discovery::{HealthStatus, Instance, Registry};
 use crate::real::{Server, consul, etcd, nacos};
 use crate::support::{Agent, discover_json};
 use crate::xds::{
-    Client, Lang, SERVICE, assert_spread, backend_agent, python, serve_backends, start_xds,
+    Client, Lang, SERVICE, assert_spread, backend_agent, python, serve_backends, start_xds_with,
     write_bootstrap, xds_clients,
 };
 
@@ -78,7 +78,11 @@ fn scenario(server: &mut Server, langs: &[Lang], measure: impl FnOnce(&mut Clien
         .map(|name| (name, agent(name)))
         .collect();
 
-    let (mut xds, xds_addr) = start_xds(&url, "127.0.0.1:0", None);
+    // Once the registry is back the agents register again within their keep-alive period
+    // (4.8 to 5.4 s against rnacos on an idle machine); a loaded one stretched that past the
+    // default restart grace of 10 s once (a parallel release build): 30 s leaves room.
+    let grace = ["--restart-grace", "30s"];
+    let (mut xds, xds_addr) = start_xds_with(&url, "127.0.0.1:0", None, &grace);
     let dir = tempfile::tempdir().expect("tempdir");
     let bootstrap = write_bootstrap(dir.path(), &xds_addr, "eu-west-1a");
     let mut clients: Vec<Client> = langs.iter().map(|l| Client::start(l, &bootstrap)).collect();
@@ -114,7 +118,7 @@ fn scenario(server: &mut Server, langs: &[Lang], measure: impl FnOnce(&mut Clien
         "chi xds exits cleanly on SIGTERM, with the clients' streams open"
     );
     spread(&mut clients, "chi xds down", &["b2", "b3", "b4"], 300);
-    let (mut xds, _) = start_xds(&url, &xds_addr, None);
+    let (mut xds, _) = start_xds_with(&url, &xds_addr, None, &grace);
     spread(&mut clients, "chi xds back", &["b2", "b3", "b4"], 300);
     agents.insert("b1", agent("b1"));
     until_all(&mut clients, "b1 to get calls after the restart", |c| {
