@@ -311,3 +311,33 @@ fn client_error(status: Status) -> StreamEnd {
         _ => StreamEnd::Gone,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// The loop queues up to `STREAM_BUFFER` responses and waits for room beyond that; they
+    /// come out in order, and the stream ends once its loop ended and the queue is empty.
+    #[tokio::test]
+    async fn responses_come_in_order_within_the_bound_then_the_end() {
+        let outbox: Outbox<usize> = Outbox::new();
+        let (tx, queued) = (outbox.clone(), Arc::new(AtomicUsize::new(0)));
+        let counted = queued.clone();
+        let run = Box::pin(async move {
+            for i in 0..STREAM_BUFFER * 3 {
+                tx.send(Ok(i)).await;
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let mut driving = Driving::new(run, outbox);
+        assert!(matches!(driving.next().await, Some(Ok(0))));
+        assert_eq!(queued.load(Ordering::SeqCst), STREAM_BUFFER, "bounded");
+        let mut rest = Vec::new();
+        while let Some(response) = driving.next().await {
+            rest.push(response.expect("a response"));
+        }
+        assert_eq!(rest, (1..STREAM_BUFFER * 3).collect::<Vec<_>>());
+    }
+}
