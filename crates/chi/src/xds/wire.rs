@@ -54,12 +54,12 @@ const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 /// Largest request accepted (tonic's default for its generated servers).
 const MAX_REQUEST: usize = 4 * 1024 * 1024;
-/// Resources smaller than this are copied into the response's own piece instead of being sent
-/// as a piece of their own. Each piece becomes an HTTP/2 DATA frame, and a frame costs more than
-/// copying a few KiB: hyper's poll of the body, h2's queueing and write, the client's read of
-/// it (one frame per response instead of two took a tenth off `chi xds`'s CPU per push and a
-/// third off the bench clients'). 16 KiB is HTTP/2's default largest frame: larger resources
-/// are cut into frames anyway, and stay shared.
+/// Responses whose resources total less than this are one piece: the resources are copied
+/// after the head. Each piece becomes an HTTP/2 DATA frame, and a frame costs more than copying
+/// a few KiB: hyper's poll of the body, h2's queueing and write, the client's read of it (one
+/// frame per response instead of two took a tenth off `chi xds`'s CPU per push and a third off
+/// the bench clients'). 16 KiB is HTTP/2's default largest frame: larger resources are cut into
+/// frames anyway, and stay shared.
 const INLINE: usize = 16 << 10;
 /// The gRPC message prefix: compression flag and length.
 const PREFIX: usize = 5;
@@ -125,49 +125,37 @@ fn control_plane_field() -> &'static [u8] {
 }
 
 impl Packed {
-    /// `head` followed by `resources`, each the encoded `resources` field of one resource;
-    /// several resources go as one piece joined by `encoded` (shared with the other streams
-    /// sending the same).
+    /// `head` followed by `resources`, each the encoded `resources` field of one resource: one
+    /// piece of its own when they total less than [`INLINE`]; else the head, then the resources
+    /// as one shared piece (several are joined by `encoded`, once for every stream sending the
+    /// same).
     pub(crate) fn new(
         head: &Head<'_>,
         resources: &[Bytes],
         encoded: &Encoded,
     ) -> Result<Packed, Status> {
-        let total = head.encoded_len() + resources.iter().map(Bytes::len).sum::<usize>();
+        let carried = resources.iter().map(Bytes::len).sum::<usize>();
+        let total = head.encoded_len() + carried;
         let length = u32::try_from(total).map_err(|_| {
             Status::resource_exhausted(format!(
                 "a response of {total} bytes is over gRPC's limit of 4 GiB"
             ))
         })?;
-        let mut pieces = Vec::with_capacity(2);
-        let mut own = BytesMut::with_capacity(PREFIX + head.encoded_len());
+        let inline = carried < INLINE;
+        let own_len = PREFIX + head.encoded_len() + if inline { carried } else { 0 };
+        let mut own = BytesMut::with_capacity(own_len);
         own.put_u8(0);
         own.put_u32(length);
         head.encode(&mut own);
-        let joined;
-        let resources = match resources {
-            [_, _, ..] => {
-                joined = [encoded.joined(resources)];
-                &joined[..]
+        let pieces: Box<[Bytes]> = match resources {
+            _ if inline => {
+                resources.iter().for_each(|r| own.extend_from_slice(r));
+                Box::new([own.freeze()])
             }
-            one => one,
+            [one] => Box::new([own.freeze(), one.clone()]),
+            several => Box::new([own.freeze(), encoded.joined(several)]),
         };
-        for resource in resources {
-            if resource.len() < INLINE {
-                own.extend_from_slice(resource);
-            } else {
-                if !own.is_empty() {
-                    pieces.push(own.split().freeze());
-                }
-                pieces.push(resource.clone());
-            }
-        }
-        if !own.is_empty() {
-            pieces.push(own.freeze());
-        }
-        Ok(Packed {
-            pieces: pieces.into_boxed_slice(),
-        })
+        Ok(Packed { pieces })
     }
 }
 
@@ -180,15 +168,16 @@ mod tests {
     use super::*;
 
     /// The pieces are the very bytes prost encodes for the same response (fields in another
-    /// order, which protobuf readers accept), one resource or several.
+    /// order, which protobuf readers accept), one resource or several, copied or shared.
     #[test]
     fn a_packed_response_decodes_as_the_response_it_stands_for() {
         let encoded = Encoded::new(false);
-        for n in [0, 1, 3] {
+        // (resources, bytes each): under INLINE in all, then one and several over it.
+        for (n, size) in [(0, 0), (1, 1), (3, 700), (1, 20_000), (3, 8_000)] {
             let resources: Vec<Any> = (0..n)
                 .map(|i| Any {
                     type_url: "type.googleapis.com/x".into(),
-                    value: vec![i as u8; 700 * i + 1],
+                    value: vec![i as u8; size + i],
                 })
                 .collect();
             let framed: Vec<Bytes> = resources
@@ -226,12 +215,18 @@ mod tests {
                 packed.pieces.len() <= 2,
                 "{n} resources: head and one shared piece"
             );
+            let inline = framed.iter().map(Bytes::len).sum::<usize>() < INLINE;
+            assert_eq!(
+                packed.pieces.len(),
+                if inline { 1 } else { 2 },
+                "{n} x {size}"
+            );
         }
     }
 }
 
 /// The response body of one state-of-the-world stream: the pieces of each [`Packed`] response
-/// as they come from the stream's task, then the status in the trailers.
+/// as the stream's loop makes them, then the status in the trailers.
 pub(crate) struct SotwBody {
     responses: Driving<Packed>,
     pieces: std::vec::IntoIter<Bytes>,
