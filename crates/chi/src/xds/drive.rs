@@ -29,8 +29,8 @@ use super::follow::Woken;
 use super::{STREAM_BUFFER, Sent, Session, StreamEnd};
 use crate::limits::{InFlight, Reason, Refusals};
 
-/// One stream's parts, as [`Driven::run`] drives them (boxed: the task holds a pointer, not a
-/// second copy of them beside its borrowing future).
+/// One stream's parts, as [`Driven::run`] drives them (boxed: the loop's future holds a
+/// pointer, not a second copy of them beside its borrowing future).
 pub(super) struct Driven<S: Session> {
     session: S,
     requests: Streaming<S::Request>,
@@ -84,10 +84,10 @@ impl<S: Session> Driven<S> {
     /// Runs the session until the client leaves, a request is refused or the server closes;
     /// the last two end the stream with a status.
     ///
-    /// An idle stream costs its task's size, so this future is kept small: it borrows the
-    /// parts (moved in, the task would hold them twice), and the work a request or a change
-    /// makes (`on_request`, `push`) runs as a boxed future, an allocation only while it runs
-    /// (held inline, the largest of them made 5.8 KiB of a 6 KiB task; 1.4 KiB now).
+    /// An idle stream costs this future's size (boxed in its response), so it is kept small: it
+    /// borrows the parts (moved in, it would hold them twice), and the work a request or a
+    /// change makes (`on_request`, `push`) runs as a boxed future, an allocation only while it
+    /// runs (held inline, the largest of them made 5.8 KiB of a 6 KiB task; 1.4 KiB now).
     async fn drive(&mut self) {
         let Driven {
             session,

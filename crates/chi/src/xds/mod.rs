@@ -86,7 +86,7 @@ use wire::AdsService;
 const MAX_NAMES: usize = 10_000;
 /// Connections `chi xds` serves at once by default (`--max-connections`).
 const MAX_CONNECTIONS: usize = 1024;
-/// Responses queued per stream before the stream task waits for the client.
+/// Responses queued per stream before the stream's loop waits for the client.
 const STREAM_BUFFER: usize = 16;
 
 /// `chi xds`: serves ADS until interrupted.
@@ -338,14 +338,13 @@ impl XdsServer {
             ))
         })?;
         let Caller { peer, in_flight } = caller;
-        let tx = Outbox::new();
-        let outbox = tx.clone();
+        let outbox = Outbox::new();
         let log = self.clients.open(S::VARIANT, peer);
-        let session = session(tx.clone(), log.clone());
+        let session = session(outbox.clone(), log.clone());
         let clients = self.clients.clone();
         let closing = self.closing.0.subscribe();
         let refusals = self.refusals.clone();
-        let stream = Driven::new(session, requests, closing, tx, refusals);
+        let stream = Driven::new(session, requests, closing, outbox.clone(), refusals);
         let bookkeeping = (clients, log, permit, in_flight);
         Ok(Driving::new(
             Box::pin(stream.run(peer, bookkeeping)),
