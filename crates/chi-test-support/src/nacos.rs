@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::{Proc, binary, wait_for_port};
 
 mod cluster;
-pub use cluster::{NacosCluster, NacosNode};
+pub use cluster::{NacosCluster, NacosNode, connected_ports};
 
 /// rnacos' instance expiry in these tests (`RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND`).
 pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(4);

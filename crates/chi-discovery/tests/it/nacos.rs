@@ -578,3 +578,5 @@ async fn empty_answer_after_restart_is_held_then_honoured() {
         "the discovery client kept the dead instance"
     );
 }
+
+mod lanes;

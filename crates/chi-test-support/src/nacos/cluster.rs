@@ -244,6 +244,15 @@ impl NacosCluster {
             .collect()
     }
 
+    /// How many of this process's connections each node's gRPC port has, node 1 first.
+    pub fn connections(&self) -> Vec<usize> {
+        let ports = connected_ports();
+        self.nodes
+            .iter()
+            .map(|n| ports.iter().filter(|p| **p == n.grpc_port()).count())
+            .collect()
+    }
+
     /// The instance list of `service` (default group and namespace) as node `i` itself has it,
     /// through the Nacos open API: the JSON body (`{"hosts":[...], ...}`), or why there is none.
     pub async fn list_on(&self, i: usize, service: &str) -> Result<String, String> {
@@ -305,8 +314,9 @@ fn members(metrics: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// Remote ports of the established TCP connections of this process.
-fn connected_ports() -> HashSet<u16> {
+/// The remote port of each established TCP connection of this process (a port once per
+/// connection).
+pub fn connected_ports() -> Vec<u16> {
     let mut inodes = HashSet::new();
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         for entry in dir.flatten() {
@@ -321,7 +331,7 @@ fn connected_ports() -> HashSet<u16> {
             }
         }
     }
-    let mut ports = HashSet::new();
+    let mut ports = Vec::new();
     for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
@@ -337,7 +347,7 @@ fn connected_ports() -> HashSet<u16> {
                 .next()
                 .and_then(|p| u16::from_str_radix(p, 16).ok())
             {
-                ports.insert(port);
+                ports.push(port);
             }
         }
     }

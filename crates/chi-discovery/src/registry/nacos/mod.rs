@@ -10,7 +10,10 @@
 //! - **Registration** is an *ephemeral* instance (weight, enabled, healthy, metadata) in
 //!   [`NacosConfig::group_name`] and [`NacosConfig::cluster_name`]. A Nacos 2.x server keeps an
 //!   ephemeral instance exactly as long as the gRPC connection that registered it: when the
-//!   process dies, the connection closes and the instance leaves. nacos-sdk re-sends
+//!   process dies, the connection closes and the instance leaves. A Nacos 2.x server keeps one
+//!   instance per service per connection (a second replaces the first), so each instance of a
+//!   service that this client holds at once goes out on a connection of its own, opened when
+//!   first needed and reused; one instance per service needs one connection. nacos-sdk re-sends
 //!   registrations after a reconnect; [`Registry::keep_alive`] checks on top of that that the
 //!   server still holds the instance (answering [`Liveness::Lost`] otherwise, so the
 //!   [`ServiceManager`](crate::ServiceManager) registers it again).
@@ -35,12 +38,10 @@
 //!
 //! The config names every server of the cluster (`server_configs`); nacos-sdk talks to one and,
 //! when it stops answering, connects to the next (about 2 s on loopback) and sends its
-//! registrations and subscriptions again there. It keeps one registration per service for that
-//! (the last one sent, and none after a deregistration in that service), so a client with
-//! several instances of a service would leave the others on the dead server's peers only as
-//! copies of what the dead server had, owned by its lost connection: rnacos drops those when it
-//! declares the dead server gone, 15 s later. So after a call that reached no server, each
-//! registration's next [`Registry::keep_alive`] sends it again, from the live connection.
+//! registrations and subscriptions again there, one registration per service and connection.
+//! So each instance of a service goes out on a connection of its own, and every one is sent
+//! again after a reconnect, before the dead server's peers drop what its clients had registered
+//! there (rnacos: 15 s after the server stopped answering them).
 //!
 //! # Push-empty protection
 //!
@@ -102,6 +103,8 @@ pub use error::NacosError;
 #[cfg(feature = "nacos")]
 use error::sdk_error;
 #[cfg(feature = "nacos")]
+mod lanes;
+#[cfg(feature = "nacos")]
 mod watch;
 
 #[cfg(feature = "nacos")]
@@ -114,12 +117,13 @@ use {
     async_trait::async_trait,
     convert::map_all,
     futures_util::StreamExt,
-    nacos_sdk::api::naming::{NamingService, NamingServiceBuilder, ServiceInstance},
+    lanes::{Lanes, Opener},
+    nacos_sdk::api::naming::{NamingService, ServiceInstance},
+    nacos_sdk::api::plugin::AuthPlugin,
     nacos_sdk::api::props::ClientProps,
     std::collections::HashMap,
     std::future::Future,
     std::sync::Arc,
-    std::sync::atomic::{AtomicU64, Ordering},
     std::time::Duration,
 };
 
@@ -131,7 +135,9 @@ pub use config::{
 #[cfg(feature = "nacos")]
 const BACKEND: &str = "nacos";
 
-/// A Nacos 2.x registry. Cheap to clone; clones share one connection.
+/// A Nacos 2.x registry. Cheap to clone; clones share its connections: one, and one more for
+/// each further instance of one service registered at the same time (see "Registration" in the
+/// module docs).
 #[derive(Clone)]
 #[cfg(feature = "nacos")]
 pub struct Nacos {
@@ -159,11 +165,8 @@ pub(crate) struct Shared {
     writes: KeyedLocks<(String, String)>,
     /// Push-empty protection of direct queries.
     empty: EmptyGuard,
-    /// Calls that reached no server so far: after one, nacos-sdk may be connected to another
-    /// server (see "A server that dies" in the module docs).
-    outages: AtomicU64,
-    /// `outages` as it was when each registration was last sent to a server.
-    sent_at: std::sync::Mutex<HashMap<(String, String), u64>>,
+    /// The connections registrations go out on; lane 0 is `naming`.
+    lanes: Lanes,
     /// One server subscription per watched service, shared by its watches.
     subscriptions: tokio::sync::Mutex<HashMap<String, watch::Subscription>>,
 }
@@ -197,7 +200,7 @@ impl Nacos {
         if let Some(port) = config.grpc_port {
             props = props.remote_grpc_port(port);
         }
-        let mut builder = NamingServiceBuilder::new(props);
+        let mut auth: Option<Arc<dyn AuthPlugin>> = None;
         let mut refresher = None;
         if let Some(username) = config.username.clone().filter(|u| !u.is_empty()) {
             let login = auth::Login::new(
@@ -216,27 +219,22 @@ impl Nacos {
                 .map_err(|e| Error::registry(BACKEND, e))?;
             let login = Arc::new(login);
             refresher = Some(Arc::downgrade(&login));
-            builder = builder.with_auth_plugin(login);
+            auth = Some(login);
         }
-        let naming = match tokio::time::timeout(config.connect_timeout, builder.build()).await {
-            Ok(Ok(naming)) => naming,
-            Ok(Err(e)) => return Err(sdk_error(e)),
-            Err(_) => {
-                return Err(Error::Timeout {
-                    backend: BACKEND.into(),
-                    after: config.connect_timeout,
-                });
-            }
+        let opener = Opener {
+            props,
+            auth,
+            timeout: config.connect_timeout,
         };
+        let naming = opener.open().await?;
         let nacos = Nacos {
             shared: Arc::new(Shared {
-                naming,
                 config,
                 registered: std::sync::Mutex::new(HashMap::new()),
                 writes: KeyedLocks::new(),
                 empty: EmptyGuard::new(false),
-                outages: AtomicU64::new(0),
-                sent_at: std::sync::Mutex::new(HashMap::new()),
+                lanes: Lanes::new(opener, naming.clone()),
+                naming,
                 subscriptions: tokio::sync::Mutex::new(HashMap::new()),
             }),
         };
@@ -291,13 +289,7 @@ impl Nacos {
             Some(si) => si,
             None => convert::to_nacos(instance, &self.shared.config.cluster_name)?,
         };
-        self.shared
-            .call(self.shared.naming.deregister_instance(
-                instance.name.clone(),
-                self.shared.group(),
-                si.clone(),
-            ))
-            .await?;
+        self.shared.deregister_raw(key, si.clone()).await?;
         si.healthy = false;
         self.shared.remember(key.clone(), Some(si));
         Ok(())
@@ -314,21 +306,13 @@ impl Shared {
     /// Notes what this client sent for `(service, id)` (`None`: deregistered).
     fn remember(&self, key: (String, String), sent: Option<ServiceInstance>) {
         if sent.is_none() {
-            crate::util::lock(&self.sent_at).remove(&key);
+            self.lanes.release(&key);
         }
         let mut registered = crate::util::lock(&self.registered);
         match sent {
             Some(si) => registered.insert(key, si),
             None => registered.remove(&key),
         };
-    }
-
-    /// True when `(service, id)` was last sent before a call reached no server.
-    fn sent_before_an_outage(&self, key: &(String, String)) -> bool {
-        let outages = self.outages.load(Ordering::Relaxed);
-        crate::util::lock(&self.sent_at)
-            .get(key)
-            .is_some_and(|at| *at < outages)
     }
 
     /// One SDK call with the configured deadline, its error mapped.
@@ -345,12 +329,6 @@ impl Shared {
             }),
         };
         self.empty.note(&result);
-        if matches!(
-            result,
-            Err(Error::Unavailable { .. } | Error::Timeout { .. })
-        ) {
-            self.outages.fetch_add(1, Ordering::Relaxed);
-        }
         result
     }
 
@@ -379,13 +357,17 @@ impl Shared {
 
     /// The server's current instances of `service` (not the SDK's cache), as Nacos has them.
     async fn query_raw(&self, service: &str) -> Result<Vec<ServiceInstance>> {
-        self.call(self.naming.get_all_instances(
-            service.to_owned(),
-            self.group(),
-            Vec::new(),
-            false,
-        ))
-        .await
+        self.query_raw_on(&self.naming, service).await
+    }
+
+    /// [`Shared::query_raw`], asked on `lane`.
+    async fn query_raw_on(
+        &self,
+        lane: &NamingService,
+        service: &str,
+    ) -> Result<Vec<ServiceInstance>> {
+        self.call(lane.get_all_instances(service.to_owned(), self.group(), Vec::new(), false))
+            .await
     }
 
     /// The server's current instances of `service`, mapped.
@@ -405,16 +387,18 @@ impl Shared {
         Ok(map_all(service, &raw))
     }
 
-    /// Registers `si` as `(service, id)` and notes when it was sent.
+    /// Registers `si` as `(service, id)`, on its lane.
     async fn register_raw(&self, key: &(String, String), si: ServiceInstance) -> Result<()> {
-        let outages = self.outages.load(Ordering::Relaxed);
-        self.call(
-            self.naming
-                .register_instance(key.0.clone(), self.group(), si),
-        )
-        .await?;
-        crate::util::lock(&self.sent_at).insert(key.clone(), outages);
-        Ok(())
+        let lane = self.lanes.take(key).await?;
+        self.call(lane.register_instance(key.0.clone(), self.group(), si))
+            .await
+    }
+
+    /// Deregisters `si` of `(service, id)`, on the lane it was registered on.
+    async fn deregister_raw(&self, key: &(String, String), si: ServiceInstance) -> Result<()> {
+        let lane = self.lanes.of(key);
+        self.call(lane.deregister_instance(key.0.clone(), self.group(), si))
+            .await
     }
 }
 
@@ -436,13 +420,7 @@ impl Registry for Nacos {
         if let Some(old) = self.shared.ours(&key)
             && (old.ip != si.ip || old.port != si.port)
         {
-            self.shared
-                .call(self.shared.naming.deregister_instance(
-                    instance.name.clone(),
-                    self.shared.group(),
-                    old,
-                ))
-                .await?;
+            self.shared.deregister_raw(&key, old).await?;
         }
         if !si.healthy {
             // Registered while unhealthy: held back until healthy (see "Health" above).
@@ -468,13 +446,7 @@ impl Registry for Nacos {
                 .find(|si| convert::from_nacos(service, si).is_some_and(|i| i.id == id)),
         };
         if let Some(si) = target {
-            self.shared
-                .call(self.shared.naming.deregister_instance(
-                    service.to_owned(),
-                    self.shared.group(),
-                    si,
-                ))
-                .await?;
+            self.shared.deregister_raw(&key, si).await?;
         }
         self.shared.remember(key, None);
         Ok(())
@@ -482,26 +454,21 @@ impl Registry for Nacos {
 
     async fn keep_alive(&self, instance: &Instance, health: HealthStatus) -> Result<Liveness> {
         check_service(&instance.name)?;
-        let on_server = self.shared.query(&instance.name).await?;
+        let key = (instance.name.clone(), instance.id.clone());
+        // Asked on the instance's own connection: the server that took its registration lists
+        // it at once, where another member of a cluster lists it only once the copy reached it.
+        let lane = self.shared.lanes.of(&key);
+        let on_server = map_all(
+            &instance.name,
+            &self.shared.query_raw_on(&lane, &instance.name).await?,
+        );
         // Nacos knows healthy or not; chi's Unknown counts as healthy.
         let want_healthy = health != HealthStatus::Unhealthy;
-        let key = (instance.name.clone(), instance.id.clone());
         let _write = self.shared.writes.lock(&key).await;
         let ours = self.shared.ours(&key);
         let withdrawn = ours.as_ref().is_some_and(|si| !si.healthy);
         match (on_server.iter().find(|i| i.id == instance.id), want_healthy) {
-            (Some(found), true) if found.health == HealthStatus::Healthy => {
-                // Sent before a call reached no server: the server answering now may hold it
-                // only as a copy of a dead one's, which it drops when it declares that one gone.
-                // Sent again, it belongs to this connection.
-                if let Some(si) = ours.filter(|si| si.healthy)
-                    && self.shared.sent_before_an_outage(&key)
-                {
-                    tracing::debug!(service = %instance.name, id = %instance.id, "re-sending a registration made before an outage");
-                    self.shared.register_raw(&key, si).await?;
-                }
-                Ok(Liveness::Alive)
-            }
+            (Some(found), true) if found.health == HealthStatus::Healthy => Ok(Liveness::Alive),
             (Some(_), false) => {
                 self.withdraw(&key, instance, ours).await?;
                 Ok(Liveness::Alive)

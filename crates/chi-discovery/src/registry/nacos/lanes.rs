@@ -1,0 +1,135 @@
+//! The gRPC connections registrations go out on ("lanes"): one per instance of a service.
+//!
+//! A Nacos 2.x server binds an ephemeral instance to the connection that registered it, and
+//! keeps one instance per service per connection: on Nacos' own server a second registration
+//! of a service on one connection replaces the first (the Nacos maintainers' advice is one
+//! naming client per instance, alibaba/nacos#7539; batch registration, since 2.1.1, replaces
+//! the whole set and cannot take one member out). nacos-sdk agrees: after it reconnects, to the
+//! same server or another member of the cluster, it sends each connection's registrations
+//! again, one per service, the last one sent. rnacos keeps several instances per connection,
+//! but when a cluster member dies its peers drop, 15 s later, every instance its clients had
+//! registered there and did not send again from a live connection.
+//!
+//! So the n-th instance of a service that one [`Nacos`](super::Nacos) holds at a time goes out
+//! on its n-th lane: each lane carries at most one instance of a service, and nacos-sdk sends it
+//! again after any reconnect. Lane 0 is the connection queries and subscriptions use too; a
+//! process with one instance per service never opens another. A lane is opened when an
+//! instance first needs it and kept for the next one until the `Nacos` is dropped; an instance
+//! keeps its lane from its first registration to its deregistration (nacos-sdk retries a
+//! registration that failed on the lane it was sent on).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder};
+use nacos_sdk::api::plugin::AuthPlugin;
+use nacos_sdk::api::props::ClientProps;
+use tokio::sync::OnceCell;
+
+use super::BACKEND;
+use super::error::sdk_error;
+use crate::error::{Error, Result};
+use crate::util::lock;
+
+/// What a new connection is built from: the client properties, the login (when credentials
+/// are set) and how long building may take.
+#[derive(Clone)]
+pub(super) struct Opener {
+    pub(super) props: ClientProps,
+    pub(super) auth: Option<Arc<dyn AuthPlugin>>,
+    pub(super) timeout: Duration,
+}
+
+impl Opener {
+    /// A new nacos-sdk naming client: its own gRPC connection.
+    pub(super) async fn open(&self) -> Result<NamingService> {
+        let mut builder = NamingServiceBuilder::new(self.props.clone());
+        if let Some(auth) = &self.auth {
+            builder = builder.with_auth_plugin(auth.clone());
+        }
+        match tokio::time::timeout(self.timeout, builder.build()).await {
+            Ok(Ok(naming)) => Ok(naming),
+            Ok(Err(e)) => Err(sdk_error(e)),
+            Err(_) => Err(Error::Timeout {
+                backend: BACKEND.into(),
+                after: self.timeout,
+            }),
+        }
+    }
+}
+
+/// The lanes of one `Nacos` and which `(service, id)` holds which.
+pub(super) struct Lanes {
+    opener: Opener,
+    first: NamingService,
+    /// Lane 0 first; only ever grows. A lane is opened on first use, outside the lock: opening
+    /// one while the servers are unreachable waits for its timeout, and must not hold up
+    /// registrations on the lanes that are open.
+    open: std::sync::Mutex<Vec<Arc<OnceCell<NamingService>>>>,
+    held: std::sync::Mutex<HashMap<(String, String), usize>>,
+}
+
+impl Lanes {
+    /// Lanes whose lane 0 is `first`.
+    pub(super) fn new(opener: Opener, first: NamingService) -> Lanes {
+        Lanes {
+            opener,
+            open: std::sync::Mutex::new(vec![Arc::new(OnceCell::new_with(Some(first.clone())))]),
+            first,
+            held: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The lane of `key`: the one it holds, else the lowest no other instance of its service
+    /// holds (opened now if it is new). The caller holds `key`'s write lock.
+    pub(super) async fn take(&self, key: &(String, String)) -> Result<NamingService> {
+        let index = {
+            let mut held = lock(&self.held);
+            match held.get(key) {
+                Some(i) => *i,
+                None => {
+                    let busy: HashSet<usize> = held
+                        .iter()
+                        .filter(|((service, _), _)| *service == key.0)
+                        .map(|(_, i)| *i)
+                        .collect();
+                    let free = (0..busy.len()).find(|i| !busy.contains(i));
+                    let index = free.unwrap_or(busy.len());
+                    held.insert(key.clone(), index);
+                    index
+                }
+            }
+        };
+        let cell = {
+            let mut open = lock(&self.open);
+            while open.len() <= index {
+                open.push(Arc::new(OnceCell::new()));
+            }
+            open[index].clone()
+        };
+        let naming = cell
+            .get_or_try_init(|| async {
+                let naming = self.opener.open().await?;
+                tracing::debug!(lane = index, service = %key.0, "opened another Nacos connection");
+                Ok::<_, Error>(naming)
+            })
+            .await?;
+        Ok(naming.clone())
+    }
+
+    /// The lane `key` holds, or lane 0 for an instance this client never registered (or whose
+    /// lane never opened).
+    pub(super) fn of(&self, key: &(String, String)) -> NamingService {
+        let index = lock(&self.held).get(key).copied().unwrap_or(0);
+        let lane = lock(&self.open)
+            .get(index)
+            .and_then(|cell| cell.get().cloned());
+        lane.unwrap_or_else(|| self.first.clone())
+    }
+
+    /// `key` was deregistered: its lane is free for the next instance of its service.
+    pub(super) fn release(&self, key: &(String, String)) {
+        lock(&self.held).remove(key);
+    }
+}
