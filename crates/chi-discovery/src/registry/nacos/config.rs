@@ -63,6 +63,17 @@ impl NacosServerConfig {
         }
     }
 
+    /// `ip:port` of its gRPC port: `grpc_port`, else the HTTP port + [`GRPC_PORT_OFFSET`].
+    #[cfg_attr(not(feature = "nacos"), allow(dead_code))]
+    pub(crate) fn grpc_authority(&self, grpc_port: Option<u16>) -> String {
+        let port = grpc_port.unwrap_or_else(|| self.port.saturating_add(GRPC_PORT_OFFSET));
+        NacosServerConfig {
+            port,
+            ..self.clone()
+        }
+        .authority()
+    }
+
     /// The context path with one leading `/` and no trailing one (`""` for none).
     #[cfg_attr(not(feature = "nacos"), allow(dead_code))]
     pub(crate) fn context_path(&self) -> String {
@@ -339,5 +350,12 @@ mod tests {
         assert_eq!(s.context_path(), "/nacos");
         s.context_path = "/".into();
         assert_eq!(s.context_path(), "");
+    }
+
+    #[test]
+    fn the_grpc_address_is_the_http_port_plus_1000_unless_set() {
+        let s = NacosServerConfig::new("::1", 8848);
+        assert_eq!(s.grpc_authority(None), "[::1]:9848");
+        assert_eq!(s.grpc_authority(Some(7000)), "[::1]:7000");
     }
 }

@@ -33,22 +33,53 @@ use crate::error::{Error, Result};
 use crate::util::lock;
 
 /// What a new connection is built from: the client properties, the login (when credentials
-/// are set) and how long building may take.
+/// are set), how long building may take, and the servers (HTTP authority, gRPC address).
 #[derive(Clone)]
 pub(super) struct Opener {
     pub(super) props: ClientProps,
     pub(super) auth: Option<Arc<dyn AuthPlugin>>,
     pub(super) timeout: Duration,
+    pub(super) servers: Vec<(String, String)>,
 }
+
+/// How long a server's gRPC port gets to take a TCP connection when a first connect failed.
+const PROBE: Duration = Duration::from_secs(1);
 
 impl Opener {
     /// A new nacos-sdk naming client: its own gRPC connection.
+    ///
+    /// nacos-sdk connects first to a server picked at random from the list and, when that one
+    /// is down, fails (after about 4.5 s) instead of trying the next: with one member of three
+    /// down, a third of the connections opened meanwhile would fail, and a registration
+    /// retried until it took could wait for several in a row. So a first failure is followed
+    /// by one more attempt, within the same deadline, naming only the servers whose gRPC port
+    /// takes a TCP connection now; that connection moves among those servers only.
     pub(super) async fn open(&self) -> Result<NamingService> {
-        let mut builder = NamingServiceBuilder::new(self.props.clone());
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let first = self.build(self.props.clone(), deadline).await;
+        let Err(e) = first else { return first };
+        if !matches!(e, Error::Unavailable { .. }) || self.servers.len() < 2 {
+            return Err(e);
+        }
+        let live = self.reachable().await;
+        if live.is_empty() || live.len() == self.servers.len() {
+            return Err(e);
+        }
+        tracing::debug!(servers = ?live, "opening a Nacos connection again, to the servers that answer");
+        self.build(self.props.clone().server_addr(live.join(",")), deadline)
+            .await
+    }
+
+    async fn build(
+        &self,
+        props: ClientProps,
+        deadline: tokio::time::Instant,
+    ) -> Result<NamingService> {
+        let mut builder = NamingServiceBuilder::new(props);
         if let Some(auth) = &self.auth {
             builder = builder.with_auth_plugin(auth.clone());
         }
-        match tokio::time::timeout(self.timeout, builder.build()).await {
+        match tokio::time::timeout_at(deadline, builder.build()).await {
             Ok(Ok(naming)) => Ok(naming),
             Ok(Err(e)) => Err(sdk_error(e)),
             Err(_) => Err(Error::Timeout {
@@ -56,6 +87,22 @@ impl Opener {
                 after: self.timeout,
             }),
         }
+    }
+
+    /// The HTTP authorities of the servers whose gRPC port takes a TCP connection, asked at
+    /// once.
+    async fn reachable(&self) -> Vec<String> {
+        let probes = self.servers.iter().map(|(http, grpc)| async move {
+            let up = tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(grpc.as_str()))
+                .await
+                .is_ok_and(|c| c.is_ok());
+            up.then(|| http.clone())
+        });
+        futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 

@@ -225,6 +225,11 @@ impl Nacos {
             props,
             auth,
             timeout: config.connect_timeout,
+            servers: config
+                .server_configs
+                .iter()
+                .map(|s| (s.authority(), s.grpc_authority(config.grpc_port)))
+                .collect(),
         };
         let naming = opener.open().await?;
         let nacos = Nacos {
