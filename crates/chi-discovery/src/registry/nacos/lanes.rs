@@ -131,23 +131,7 @@ impl Lanes {
     /// The lane of `key`: the one it holds, else the lowest no other instance of its service
     /// holds (opened now if it is new). The caller holds `key`'s write lock.
     pub(super) async fn take(&self, key: &(String, String)) -> Result<NamingService> {
-        let index = {
-            let mut held = lock(&self.held);
-            match held.get(key) {
-                Some(i) => *i,
-                None => {
-                    let busy: HashSet<usize> = held
-                        .iter()
-                        .filter(|((service, _), _)| *service == key.0)
-                        .map(|(_, i)| *i)
-                        .collect();
-                    let free = (0..busy.len()).find(|i| !busy.contains(i));
-                    let index = free.unwrap_or(busy.len());
-                    held.insert(key.clone(), index);
-                    index
-                }
-            }
-        };
+        let index = assign(&mut lock(&self.held), key);
         let cell = {
             let mut open = lock(&self.open);
             while open.len() <= index {
@@ -178,5 +162,51 @@ impl Lanes {
     /// `key` was deregistered: its lane is free for the next instance of its service.
     pub(super) fn release(&self, key: &(String, String)) {
         lock(&self.held).remove(key);
+    }
+}
+
+/// The lane of `key` in `held`: the one it holds, else the lowest that no other instance of its
+/// service holds, noted as its.
+fn assign(held: &mut HashMap<(String, String), usize>, key: &(String, String)) -> usize {
+    if let Some(index) = held.get(key) {
+        return *index;
+    }
+    let busy: HashSet<usize> = held
+        .iter()
+        .filter(|((service, _), _)| *service == key.0)
+        .map(|(_, index)| *index)
+        .collect();
+    let index = (0..busy.len())
+        .find(|i| !busy.contains(i))
+        .unwrap_or(busy.len());
+    held.insert(key.clone(), index);
+    index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(service: &str, id: &str) -> (String, String) {
+        (service.to_owned(), id.to_owned())
+    }
+
+    #[test]
+    fn each_instance_of_a_service_its_own_lane_the_lowest_free_one_reused() {
+        let mut held = HashMap::new();
+        // One instance of each of two services: both on lane 0.
+        assert_eq!(assign(&mut held, &key("a", "1")), 0);
+        assert_eq!(assign(&mut held, &key("b", "1")), 0);
+        // More instances of `a`: one lane each; asked again, an instance keeps its lane.
+        assert_eq!(assign(&mut held, &key("a", "2")), 1);
+        assert_eq!(assign(&mut held, &key("a", "3")), 2);
+        assert_eq!(assign(&mut held, &key("a", "2")), 1);
+        // A lane freed (the instance deregistered) is the next one taken.
+        held.remove(&key("a", "2"));
+        assert_eq!(assign(&mut held, &key("a", "4")), 1);
+        assert_eq!(assign(&mut held, &key("a", "5")), 3);
+        held.remove(&key("a", "1"));
+        assert_eq!(assign(&mut held, &key("a", "6")), 0);
+        assert_eq!(assign(&mut held, &key("b", "2")), 1);
     }
 }
