@@ -34,7 +34,6 @@ use crate::util::lock;
 
 /// What a new connection is built from: the client properties, the login (when credentials
 /// are set), how long building may take, and the servers (HTTP authority, gRPC address).
-#[derive(Clone)]
 pub(super) struct Opener {
     pub(super) props: ClientProps,
     pub(super) auth: Option<Arc<dyn AuthPlugin>>,
@@ -109,35 +108,44 @@ impl Opener {
 /// The lanes of one `Nacos` and which `(service, id)` holds which.
 pub(super) struct Lanes {
     opener: Opener,
+    /// Lane 0, open from the start: the connection of queries and subscriptions too.
     first: NamingService,
-    /// Lane 0 first; only ever grows. A lane is opened on first use, outside the lock: opening
-    /// one while the servers are unreachable waits for its timeout, and must not hold up
-    /// registrations on the lanes that are open.
-    open: std::sync::Mutex<Vec<Arc<OnceCell<NamingService>>>>,
+    /// Lanes 1, 2, ...; only ever grows. A lane is opened on first use, outside the lock:
+    /// opening one while the servers are unreachable waits for its timeout, and must not hold
+    /// up registrations on the lanes that are open.
+    more: std::sync::Mutex<Vec<Arc<OnceCell<NamingService>>>>,
     held: std::sync::Mutex<HashMap<(String, String), usize>>,
 }
 
 impl Lanes {
-    /// Lanes whose lane 0 is `first`.
-    pub(super) fn new(opener: Opener, first: NamingService) -> Lanes {
-        Lanes {
+    /// Opens lane 0 with `opener`, which opens the others when they are needed.
+    pub(super) async fn open(opener: Opener) -> Result<Lanes> {
+        Ok(Lanes {
+            first: opener.open().await?,
             opener,
-            open: std::sync::Mutex::new(vec![Arc::new(OnceCell::new_with(Some(first.clone())))]),
-            first,
+            more: std::sync::Mutex::new(Vec::new()),
             held: std::sync::Mutex::new(HashMap::new()),
-        }
+        })
+    }
+
+    /// Lane 0.
+    pub(super) fn first(&self) -> &NamingService {
+        &self.first
     }
 
     /// The lane of `key`: the one it holds, else the lowest no other instance of its service
     /// holds (opened now if it is new). The caller holds `key`'s write lock.
     pub(super) async fn take(&self, key: &(String, String)) -> Result<NamingService> {
         let index = assign(&mut lock(&self.held), key);
+        let Some(more) = index.checked_sub(1) else {
+            return Ok(self.first.clone());
+        };
         let cell = {
-            let mut open = lock(&self.open);
-            while open.len() <= index {
+            let mut open = lock(&self.more);
+            while open.len() <= more {
                 open.push(Arc::new(OnceCell::new()));
             }
-            open[index].clone()
+            open[more].clone()
         };
         let naming = cell
             .get_or_try_init(|| async {
@@ -152,10 +160,8 @@ impl Lanes {
     /// The lane `key` holds, or lane 0 for an instance this client never registered (or whose
     /// lane never opened).
     pub(super) fn of(&self, key: &(String, String)) -> NamingService {
-        let index = lock(&self.held).get(key).copied().unwrap_or(0);
-        let lane = lock(&self.open)
-            .get(index)
-            .and_then(|cell| cell.get().cloned());
+        let more = lock(&self.held).get(key).and_then(|i| i.checked_sub(1));
+        let lane = more.and_then(|i| lock(&self.more).get(i).and_then(|cell| cell.get().cloned()));
         lane.unwrap_or_else(|| self.first.clone())
     }
 

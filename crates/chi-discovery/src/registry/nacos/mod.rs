@@ -155,7 +155,6 @@ impl std::fmt::Debug for Nacos {
 
 #[cfg(feature = "nacos")]
 pub(crate) struct Shared {
-    naming: NamingService,
     config: NacosConfig,
     /// What this client registered, by `(service, id)`: deregistration needs the ip and port,
     /// and keep-alive the healthy flag last sent.
@@ -165,7 +164,8 @@ pub(crate) struct Shared {
     writes: KeyedLocks<(String, String)>,
     /// Push-empty protection of direct queries.
     empty: EmptyGuard,
-    /// The connections registrations go out on; lane 0 is `naming`.
+    /// The connections: lane 0 for queries, subscriptions and the first instance of each
+    /// service ([`Shared::naming`]), one more for each further instance of a service.
     lanes: Lanes,
     /// One server subscription per watched service, shared by its watches.
     subscriptions: tokio::sync::Mutex<HashMap<String, watch::Subscription>>,
@@ -231,15 +231,14 @@ impl Nacos {
                 .map(|s| (s.authority(), s.grpc_authority(config.grpc_port)))
                 .collect(),
         };
-        let naming = opener.open().await?;
+        let lanes = Lanes::open(opener).await?;
         let nacos = Nacos {
             shared: Arc::new(Shared {
                 config,
                 registered: std::sync::Mutex::new(HashMap::new()),
                 writes: KeyedLocks::new(),
                 empty: EmptyGuard::new(false),
-                lanes: Lanes::new(opener, naming.clone()),
-                naming,
+                lanes,
                 subscriptions: tokio::sync::Mutex::new(HashMap::new()),
             }),
         };
@@ -247,7 +246,7 @@ impl Nacos {
         // server that is up from one that is not (and a token the server refuses).
         nacos
             .shared
-            .call(nacos.shared.naming.get_service_list(
+            .call(nacos.shared.naming().get_service_list(
                 1,
                 1,
                 Some(nacos.shared.config.group_name.clone()),
@@ -303,6 +302,11 @@ impl Nacos {
 
 #[cfg(feature = "nacos")]
 impl Shared {
+    /// The connection of queries and subscriptions (lane 0).
+    pub(crate) fn naming(&self) -> &NamingService {
+        self.lanes.first()
+    }
+
     /// What this client last sent for `(service, id)`.
     fn ours(&self, key: &(String, String)) -> Option<ServiceInstance> {
         crate::util::lock(&self.registered).get(key).cloned()
@@ -362,7 +366,7 @@ impl Shared {
 
     /// The server's current instances of `service` (not the SDK's cache), as Nacos has them.
     async fn query_raw(&self, service: &str) -> Result<Vec<ServiceInstance>> {
-        self.query_raw_on(&self.naming, service).await
+        self.query_raw_on(self.naming(), service).await
     }
 
     /// [`Shared::query_raw`], asked on `lane`.
@@ -384,10 +388,12 @@ impl Shared {
     /// subscribed.
     pub(crate) async fn cached(&self, service: &str) -> Result<Vec<Instance>> {
         let raw = self
-            .call(
-                self.naming
-                    .get_all_instances(service.to_owned(), self.group(), Vec::new(), true),
-            )
+            .call(self.naming().get_all_instances(
+                service.to_owned(),
+                self.group(),
+                Vec::new(),
+                true,
+            ))
             .await?;
         Ok(map_all(service, &raw))
     }
@@ -515,7 +521,7 @@ impl Registry for Nacos {
                 .shared
                 .call(
                     self.shared
-                        .naming
+                        .naming()
                         .get_service_list(page, PAGE, self.shared.group()),
                 )
                 .await?;

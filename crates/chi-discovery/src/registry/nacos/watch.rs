@@ -138,7 +138,7 @@ async fn subscribe(shared: &Shared, service: &str) -> Result<broadcast::Receiver
     let (nudges, rx) = broadcast::channel(16);
     let listener: Arc<dyn NamingEventListener> = Arc::new(Nudge(nudges.clone()));
     shared
-        .call(shared.naming.subscribe(
+        .call(shared.naming().subscribe(
             service.to_owned(),
             shared.group(),
             Vec::new(),
@@ -164,7 +164,7 @@ async fn release(shared: &Shared, service: &str) {
     let r = shared
         .call(
             shared
-                .naming
+                .naming()
                 .unsubscribe(service.to_owned(), shared.group(), Vec::new(), listener),
         )
         .await;
