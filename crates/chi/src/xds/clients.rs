@@ -230,7 +230,7 @@ pub(crate) struct Answer {
 }
 
 /// `to` becomes `value`, in the room it has.
-fn overwrite(to: &mut String, value: &str) {
+pub(super) fn overwrite(to: &mut String, value: &str) {
     if to != value {
         to.clear();
         to.push_str(value);

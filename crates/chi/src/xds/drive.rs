@@ -96,9 +96,12 @@ impl<S: Session> Driven<S> {
             tx,
             refusals,
         } = self;
+        // Made once, so the stream waits in the server's closing watch once, not once per turn.
+        let mut closed = std::pin::pin!(async { drop(closing.wait_for(|c| *c).await) });
         let end = loop {
             let step = tokio::select! {
-                () = async { drop(closing.wait_for(|c| *c).await) } => Err(StreamEnd::Closing),
+                biased;
+                () = &mut closed => Err(StreamEnd::Closing),
                 request = requests.next() => match request {
                     Some(Ok(request)) => {
                     let work = Box::pin(session.on_request(request));

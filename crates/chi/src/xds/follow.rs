@@ -147,13 +147,12 @@ impl Following {
     /// Waits for the next change: the services that changed since the last one (however many
     /// changed meanwhile, one wake-up), or the catalogue. Cancel safe.
     pub(crate) async fn changed(&mut self) -> Woken {
-        let catalog = &mut self.catalog;
+        let Some(catalog) = &mut self.catalog else {
+            // No wildcard: the inbox alone (the common case, one waker and no select).
+            return Woken::Views(self.inbox.changed().await);
+        };
         let catalog_changed = async {
-            let changed = match catalog {
-                Some(rx) => rx.changed().await.is_ok(),
-                None => false,
-            };
-            if !changed {
+            if catalog.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
         };

@@ -318,6 +318,7 @@ impl XdsServer {
             node: String::new(),
             place: ClientPlace::default(),
             nonces: 0,
+            stamped: 0,
         }
     }
 
@@ -376,8 +377,9 @@ pub(crate) struct Parts {
     log: Arc<ClientLog>,
     following: Following,
     shape: Shape,
-    /// The server's version counter: every response takes the next value, so a version is never
-    /// reused on any stream.
+    /// The server's version counter: every response packed takes the next value (a
+    /// state-of-the-world response shared by several streams takes one), so a version is never
+    /// reused on a stream.
     versions: Arc<AtomicU64>,
     /// Resources already encoded for other streams.
     encoded: Arc<Encoded>,
@@ -385,8 +387,11 @@ pub(crate) struct Parts {
     node: String,
     /// The client's locality (from the same node), for the priorities of its localities.
     place: ClientPlace,
-    /// Responses sent on this stream: the source of their nonces.
+    /// Responses sent on this stream: the source of their nonces (incremental xDS).
     nonces: u64,
+    /// The highest stamp (version and nonce) sent on this stream, or held by its client when
+    /// it came back (state-of-the-world xDS): the next response's is higher.
+    stamped: u64,
 }
 
 impl Parts {

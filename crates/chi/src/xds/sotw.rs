@@ -4,17 +4,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use chi_discovery::instance::is_valid_name;
 use tonic::Status;
 
 use super::by_kind::ByKind;
+use super::clients::overwrite;
 use super::drive::Outbox;
 use super::follow::Following;
 use super::request::AdsRequest;
 use super::resources::Kind;
 use super::state::TypeState;
-use super::wire::{Head, Packed};
+use super::wire::Packed;
 use super::{MAX_NAMES, Parts, Session, StreamEnd};
 
 /// One state-of-the-world ADS stream: what the client asked for and what it was sent.
@@ -77,6 +79,10 @@ impl AdsStream {
         // Before the first response of this type on this stream, any nonce is one a reconnecting
         // client kept from an earlier stream: the request is an initial one, not a stale one.
         let answered = !ts.nonce.is_empty();
+        if !answered && let Ok(held) = version_info.parse::<u64>() {
+            // A version the client holds from an earlier stream: this stream's go above it.
+            self.parts.stamped = self.parts.stamped.max(held);
+        }
         let echoes = answered && response_nonce == ts.nonce;
         if answered && !response_nonce.is_empty() && !echoes {
             tracing::debug!(
@@ -365,23 +371,26 @@ impl AdsStream {
                 Some(built.framed.clone())
             })
             .collect();
-        let (nonce, version) = self.parts.stamp();
+        let versions = &self.parts.versions;
+        let stamped = self
+            .parts
+            .encoded
+            .responses
+            .get(kind, &resources, self.parts.stamped, || {
+                versions.fetch_add(1, Ordering::Relaxed) + 1
+            })
+            .map_err(StreamEnd::Refused)?;
+        self.parts.stamped = stamped.stamp;
         let Some(ts) = self.types.get_mut(&kind) else {
             return Ok(());
         };
-        ts.version = version;
-        ts.nonce = nonce.clone();
-        let version = ts.version.to_string();
-        tracing::debug!(kind = kind.short(), %version, names = ?send, "push");
-        self.parts.log.sent(kind, &version, &nonce, &send, &[]);
-        let head = Head {
-            version: &version,
-            type_url: kind.type_url(),
-            nonce: &nonce,
-        };
-        let response =
-            Packed::new(&head, &resources, &self.parts.encoded).map_err(StreamEnd::Refused)?;
-        self.tx.send(Ok(response)).await;
+        ts.version = stamped.stamp;
+        overwrite(&mut ts.nonce, &stamped.text);
+        tracing::debug!(kind = kind.short(), version = %stamped.text, names = ?send, "push");
+        self.parts
+            .log
+            .sent(kind, &stamped.text, &stamped.text, &send, &[]);
+        self.tx.send(Ok(stamped.packed)).await;
         Ok(())
     }
 }
