@@ -121,10 +121,10 @@ impl Session for DeltaSession {
         &mut self.parts.following
     }
 
-    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), StreamEnd> {
+    fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<Option<Kind>, StreamEnd> {
         let Some(kind) = kind_of(&request.type_url)? else {
             tracing::debug!(type_url = %request.type_url, "ignoring a delta request for a type chi xds does not serve");
-            return Ok(());
+            return Ok(None);
         };
         for (field, n) in [
             (
@@ -174,7 +174,7 @@ impl Session for DeltaSession {
             && request.resource_names_unsubscribe.is_empty()
         {
             // An ACK or NACK alone: changes are pushed when they happen.
-            return Ok(());
+            return Ok(None);
         }
         for name in request.resource_names_subscribe {
             if name == WILDCARD {
@@ -204,6 +204,10 @@ impl Session for DeltaSession {
                 kind.short()
             )));
         }
+        Ok(Some(kind))
+    }
+
+    async fn resubscribe(&mut self, _kind: Kind) -> Result<(), StreamEnd> {
         let (named, wildcard) = self.wanted();
         self.parts
             .following

@@ -58,6 +58,11 @@ impl Views {
         self.find(service).ok().map(|i| self.0[i].view())
     }
 
+    /// The followed `service`.
+    pub(crate) fn followed(&self, service: &str) -> Option<&Arc<Followed>> {
+        self.find(service).ok().map(|i| &self.0[i])
+    }
+
     /// The name of `service` as every stream that follows it shares it.
     pub(crate) fn name(&self, service: &str) -> Option<Arc<str>> {
         self.find(service).ok().map(|i| self.0[i].name.clone())

@@ -35,6 +35,7 @@ mod csds;
 mod delta;
 mod drive;
 mod follow;
+mod memo;
 mod policy;
 mod request;
 mod resilience;
@@ -78,7 +79,7 @@ use clients::{ClientLog, Clients};
 use delta::DeltaSession;
 use drive::{Driven, Driving, Outbox};
 use follow::Following;
-use resources::{ClientPlace, Shape};
+use resources::{ClientPlace, Kind, Shape};
 use state::{Encoded, Hub};
 use wire::AdsService;
 
@@ -453,11 +454,14 @@ pub(crate) trait Session: Send + 'static {
 
     /// The services the stream follows.
     fn following(&mut self) -> &mut Following;
-    /// Applies a request; answers it when there is something to send.
-    fn on_request(
-        &mut self,
-        request: Self::Request,
-    ) -> impl Future<Output = Result<(), StreamEnd>> + Send;
+    /// Applies a request: `Some(kind)` when it changed what the stream asks for of `kind`,
+    /// which [`Session::resubscribe`] then follows and answers. Most requests are ACKs, taken
+    /// here without a future of their own (boxing the request's future cost a copy of it, a
+    /// few KiB, at every ACK).
+    fn on_request(&mut self, request: Self::Request) -> Result<Option<Kind>, StreamEnd>;
+    /// Follows the services the subscriptions name now (a request of `kind` changed them) and
+    /// sends what there is to send.
+    fn resubscribe(&mut self, kind: Kind) -> impl Future<Output = Result<(), StreamEnd>> + Send;
     /// Follows the services the stream's subscriptions name now (after the catalogue changed).
     fn refollow(&mut self);
     /// Sends what changed since the last push, in the order that drops no traffic. With

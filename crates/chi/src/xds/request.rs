@@ -109,6 +109,16 @@ impl AdsRequest {
         self.text(self.response_nonce)
     }
 
+    /// The resource names as sent, in order: bytes, not checked to be UTF-8 (a name compared
+    /// with a `str` equals it only when it is).
+    pub(crate) fn name_bytes(&self) -> impl ExactSizeIterator<Item = &[u8]> {
+        self.names.iter().map(|span| {
+            self.raw
+                .get(span.start as usize..span.end as usize)
+                .unwrap_or_default()
+        })
+    }
+
     /// The resource names, in the order the client sent them.
     pub(crate) fn names(&self) -> impl ExactSizeIterator<Item = &str> {
         self.names.iter().map(|span| self.text(*span))

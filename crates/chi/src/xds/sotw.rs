@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
 use chi_discovery::instance::is_valid_name;
 use tonic::Status;
@@ -13,11 +13,16 @@ use super::by_kind::ByKind;
 use super::clients::overwrite;
 use super::drive::Outbox;
 use super::follow::Following;
+use super::memo::{Names, Outgoing, Patch, PatchKey, Sent};
 use super::request::AdsRequest;
 use super::resources::Kind;
-use super::state::TypeState;
+use super::state::{Followed, TypeState};
+use super::view::ServiceView;
 use super::wire::Packed;
 use super::{MAX_NAMES, Parts, Session, StreamEnd};
+
+/// The catalogue a wildcard subscription reads.
+type Catalog = Arc<BTreeSet<String>>;
 
 /// One state-of-the-world ADS stream: what the client asked for and what it was sent.
 pub(crate) struct AdsStream {
@@ -46,8 +51,12 @@ impl Session for AdsStream {
         &mut self.parts.following
     }
 
-    async fn on_request(&mut self, request: AdsRequest) -> Result<(), StreamEnd> {
-        self.on_request(request).await
+    fn on_request(&mut self, request: AdsRequest) -> Result<Option<Kind>, StreamEnd> {
+        self.on_request(request)
+    }
+
+    async fn resubscribe(&mut self, kind: Kind) -> Result<(), StreamEnd> {
+        self.resubscribe(kind).await
     }
 
     fn refollow(&mut self) {
@@ -60,10 +69,10 @@ impl Session for AdsStream {
 }
 
 impl AdsStream {
-    async fn on_request(&mut self, request: AdsRequest) -> Result<(), StreamEnd> {
+    fn on_request(&mut self, request: AdsRequest) -> Result<Option<Kind>, StreamEnd> {
         let Some(kind) = Kind::from_type_url(request.type_url()) else {
             tracing::debug!(type_url = %request.type_url(), "ignoring a request for a type chi xds does not serve");
-            return Ok(());
+            return Ok(None);
         };
         let (version_info, response_nonce) = (request.version_info(), request.response_nonce());
         if request.names().len() > MAX_NAMES {
@@ -91,7 +100,7 @@ impl AdsStream {
                 current = %ts.nonce,
                 "stale nonce: request ignored"
             );
-            return Ok(());
+            return Ok(None);
         }
         if let Some(error) = &request.error_detail {
             self.parts
@@ -117,11 +126,11 @@ impl AdsStream {
         }
         let first = !ts.subscribed;
         ts.subscribed = true;
-        if !first && !ts.wildcard && same_names(request.names(), &ts.names) {
+        if !first && !ts.wildcard && same_names(request.name_bytes(), &ts.names) {
             // An ACK or NACK of the same subscription, as clients send them: the names in
             // order, compared in one pass without building a set. Nothing new to send (changes
             // are pushed when they happen).
-            return Ok(());
+            return Ok(None);
         }
         let mut names = BTreeSet::new();
         let mut star = false;
@@ -140,13 +149,17 @@ impl AdsStream {
         }
         let wildcard =
             kind.is_full_state() && (star || (names.is_empty() && (first || ts.wildcard)));
-        if !first && wildcard == ts.wildcard && names == ts.names {
+        if !first && wildcard == ts.wildcard && names == *ts.names {
             // An ACK or NACK of the same subscription: nothing new to send (changes are pushed
             // when they happen). The common case, answered without touching the services.
-            return Ok(());
+            return Ok(None);
         }
         ts.wildcard = wildcard;
-        ts.names = names;
+        ts.names = Arc::new(names);
+        Ok(Some(kind))
+    }
+
+    async fn resubscribe(&mut self, kind: Kind) -> Result<(), StreamEnd> {
         let (named, wildcard) = self.wanted();
         self.parts
             .following
@@ -171,14 +184,17 @@ impl AdsStream {
     }
 
     /// Holds the names of `kind` that are service names as the followed services share them
-    /// (one allocation for every stream, not one per stream).
+    /// (one allocation for every stream, not one per stream), and the set as every stream
+    /// asking for the same shares it.
     fn share_names(&mut self, kind: Kind) {
         let views = &self.parts.following.views;
         if let Some(ts) = self.types.get_mut(&kind) {
-            ts.names = std::mem::take(&mut ts.names)
-                .into_iter()
-                .map(|n| views.name(&n).unwrap_or(n))
+            let names = ts
+                .names
+                .iter()
+                .map(|n| views.name(n).unwrap_or_else(|| n.clone()))
                 .collect();
+            ts.names = self.parts.encoded.states.names.share(Arc::new(names));
         }
     }
 
@@ -194,6 +210,23 @@ impl AdsStream {
     /// followed one.
     async fn push(&mut self, changed: Option<&BTreeSet<Arc<str>>>) -> Result<(), StreamEnd> {
         let catalog = self.parts.following.catalog();
+        // The changed services' views, read once: what a patch records as sent and the bytes
+        // it sends come from the same view.
+        let changes: Option<Vec<Change>> = changed.map(|changed| {
+            let views = &self.parts.following.views;
+            changed
+                .iter()
+                .map(|service| {
+                    let followed = views.followed(service).cloned();
+                    let view = followed.as_ref().map(|f| f.view());
+                    Change {
+                        service: service.clone(),
+                        followed,
+                        view,
+                    }
+                })
+                .collect()
+        });
         for kind in Kind::PUSH_ORDER {
             let Some(ts) = self.types.get(&kind) else {
                 continue;
@@ -203,43 +236,42 @@ impl AdsStream {
                 // empty answer now would delete every cluster a reconnecting client has).
                 continue;
             }
-            let send = match (changed, ts.sent.is_some()) {
-                (Some(changed), true) => {
-                    let Some(send) = self.patch(kind, changed, catalog.as_deref()) else {
-                        continue;
-                    };
-                    send
-                }
-                _ => {
-                    let content = self.content(kind, catalog.as_deref());
-                    let Some(ts) = self.types.get_mut(&kind) else {
-                        continue;
-                    };
-                    // Listeners and clusters go out whole; endpoints and routes only where they
-                    // changed (or were newly asked for): the client keeps the others.
-                    let send: Vec<Arc<str>> = match &ts.sent {
-                        Some(sent) if *sent == content => continue,
-                        Some(sent) if !kind.is_full_state() => content
-                            .iter()
-                            .filter(|(name, revision)| sent.get(*name) != Some(*revision))
-                            .map(|(name, _)| name.clone())
-                            .collect(),
-                        // Nothing sent yet: answer a wildcard at once (possibly empty, so Envoy
-                        // can finish starting); named resources when one of them exists.
-                        None if content.is_empty() && !ts.wildcard => continue,
-                        _ => content.keys().cloned().collect(),
-                    };
-                    ts.sent = Some(content);
-                    if send.is_empty() && !kind.is_full_state() {
-                        // Only names the client dropped: nothing to tell it.
-                        continue;
-                    }
-                    send
-                }
+            let outgoing = match (&changes, ts.sent.is_some()) {
+                (Some(changes), true) => self.patch(kind, changes, catalog.as_ref()),
+                _ => self.refresh(kind, catalog.as_ref()),
             };
-            self.send(kind, send).await?;
+            if let Some(outgoing) = outgoing {
+                self.send(kind, &outgoing).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Compares everything of `kind` the stream wants now with what it was sent; what to send.
+    fn refresh(&mut self, kind: Kind, catalog: Option<&Catalog>) -> Option<Arc<Outgoing>> {
+        let content = self.content(kind, catalog.map(|c| &**c));
+        let ts = self.types.get_mut(&kind)?;
+        // Listeners and clusters go out whole; endpoints and routes only where they changed (or
+        // were newly asked for): the client keeps the others.
+        let send: Vec<Arc<str>> = match &ts.sent {
+            Some(sent) if **sent == content => return None,
+            Some(sent) if !kind.is_full_state() => content
+                .iter()
+                .filter(|(name, revision)| sent.get(*name) != Some(*revision))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            // Nothing sent yet: answer a wildcard at once (possibly empty, so Envoy can finish
+            // starting); named resources when one of them exists.
+            None if content.is_empty() && !ts.wildcard => return None,
+            _ => content.keys().cloned().collect(),
+        };
+        let sent = self.parts.encoded.states.sent.share(Arc::new(content));
+        ts.sent = Some(sent.clone());
+        if send.is_empty() && !kind.is_full_state() {
+            // Only names the client dropped: nothing to tell it.
+            return None;
+        }
+        Some(Arc::new(self.outgoing(kind, send, &sent, &[])))
     }
 
     /// Everything of `kind` the stream wants now: name -> revision of each resource that exists.
@@ -249,7 +281,7 @@ impl AdsStream {
         };
         let views = &self.parts.following.views;
         let shape = &self.parts.shape;
-        let mut names: BTreeSet<Arc<str>> = ts.names.clone();
+        let mut names: BTreeSet<Arc<str>> = (*ts.names).clone();
         if ts.wildcard
             && let Some(all) = catalog
         {
@@ -275,27 +307,68 @@ impl AdsStream {
             .collect()
     }
 
-    /// Brings what was sent of `kind` up to date with the views of the `changed` services only
-    /// (nothing else changed since the last push); the names to send, `None` when nothing is
-    /// to be sent.
+    /// Brings what was sent of `kind` up to date with the `changes` only (nothing else changed
+    /// since the last push); what to send, `None` when nothing. A change of one service is
+    /// worked out once for every stream in the same state ([`Patches`](super::memo::Patches)).
     fn patch(
         &mut self,
         kind: Kind,
-        changed: &BTreeSet<Arc<str>>,
-        catalog: Option<&BTreeSet<String>>,
-    ) -> Option<Vec<Arc<str>>> {
+        changes: &[Change],
+        catalog: Option<&Catalog>,
+    ) -> Option<Arc<Outgoing>> {
+        let ts = self.types.get(&kind)?;
+        let sent = ts.sent.clone()?;
+        let [
+            Change {
+                followed: Some(followed),
+                view: Some(view),
+                ..
+            },
+        ] = changes
+        else {
+            let patch = self.work_out(kind, changes, catalog, &sent);
+            let ts = self.types.get_mut(&kind)?;
+            ts.sent = Some(patch.sent);
+            return patch.send;
+        };
+        let place = self.parts.encoded.place_key(kind, &self.parts.place);
+        let key = PatchKey::new(kind, ts.wildcard, &ts.names, &sent, catalog, place);
+        let patch = match followed.patches.get(view, &key) {
+            Some(patch) => patch,
+            None => {
+                let patch = Arc::new(self.work_out(kind, changes, catalog, &sent));
+                followed.patches.put(view, key, patch.clone());
+                patch
+            }
+        };
+        let ts = self.types.get_mut(&kind)?;
+        ts.sent = Some(patch.sent.clone());
+        patch.send.clone()
+    }
+
+    /// What the `changes` make of what was `sent` of `kind`: see [`AdsStream::patch`].
+    fn work_out(
+        &self,
+        kind: Kind,
+        changes: &[Change],
+        catalog: Option<&Catalog>,
+        sent: &Sent,
+    ) -> Patch {
         let views = &self.parts.following.views;
         let shape = &self.parts.shape;
-        let ts = self.types.get_mut(&kind)?;
-        let sent = ts.sent.as_mut()?;
+        let held = |ts: &TypeState| (ts.names.clone(), sent.clone(), catalog.cloned());
+        let unchanged = |ts: &TypeState| Patch::new(sent.clone(), None, held(ts));
+        let Some(ts) = self.types.get(&kind) else {
+            return Patch::new(sent.clone(), None, (Names::default(), sent.clone(), None));
+        };
         // The names of each changed service: `service` itself and `service@version`, which
         // sort right after it (or with other names starting with `service` in between, which
         // `split` tells apart).
         let of = |name: &str, service: &str| shape.split(name).0 == service;
         let mut fresh: Vec<(Arc<str>, Option<u64>)> = Vec::new();
-        for service in changed {
-            let service: &str = service;
-            let view = views.get(service);
+        for change in changes {
+            let service: &str = &change.service;
+            let view = change.view.as_ref();
             let mut names: BTreeSet<&Arc<str>> = ts
                 .names
                 .range::<str, _>((Bound::Included(service), Bound::Unbounded))
@@ -308,7 +381,7 @@ impl AdsStream {
                     .take_while(|n| n.starts_with(service))
                     .filter(|n| of(n, service)),
             );
-            let all: Vec<Arc<str>> = match (ts.wildcard, catalog, &view) {
+            let all: Vec<Arc<str>> = match (ts.wildcard, catalog, view) {
                 (true, Some(c), Some(view)) if c.contains(service) => shape
                     .all_names(kind, service, view)
                     .into_iter()
@@ -320,7 +393,6 @@ impl AdsStream {
             for name in names {
                 let wanted = ts.names.contains(name) || all.contains(name);
                 let revision = view
-                    .as_ref()
                     .filter(|_| wanted)
                     .and_then(|v| shape.revision(kind, name, v));
                 if sent.get(name).copied() != revision {
@@ -329,77 +401,117 @@ impl AdsStream {
             }
         }
         if fresh.is_empty() {
-            return None;
+            return unchanged(ts);
         }
+        let mut after = (**sent).clone();
         let mut send = Vec::new();
         for (name, revision) in fresh {
             match revision {
                 Some(r) => {
-                    sent.insert(name.clone(), r);
+                    after.insert(name.clone(), r);
                     send.push(name);
                 }
                 None => {
-                    sent.remove(&name);
+                    after.remove(&name);
                 }
             }
         }
+        let after = self.parts.encoded.states.sent.share(Arc::new(after));
         if kind.is_full_state() {
-            return Some(sent.keys().cloned().collect());
+            send = after.keys().cloned().collect();
         }
         // Only names that stopped existing: the client keeps the others, nothing to tell it.
-        (!send.is_empty()).then_some(send)
+        let send = (!send.is_empty()).then(|| Arc::new(self.outgoing(kind, send, &after, changes)));
+        Patch::new(after, send, held(ts))
     }
 
-    /// Sends the resources `send` of `kind`, at the revisions recorded as sent.
-    async fn send(&mut self, kind: Kind, send: Vec<Arc<str>>) -> Result<(), StreamEnd> {
-        let Some(content) = self.types.get(&kind).and_then(|ts| ts.sent.as_ref()) else {
-            return Ok(());
-        };
-        let resources: Vec<_> = send
+    /// The resources `names` of `kind` at their revisions in `sent`, each from the view in
+    /// `changes` when its service changed (the view the revision was read from), else from
+    /// its service's current view.
+    fn outgoing(
+        &self,
+        kind: Kind,
+        names: Vec<Arc<str>>,
+        sent: &BTreeMap<Arc<str>, u64>,
+        changes: &[Change],
+    ) -> Outgoing {
+        let Parts {
+            following,
+            shape,
+            encoded,
+            place,
+            ..
+        } = &self.parts;
+        let resources = names
             .iter()
             .filter_map(|name| {
-                let service = self.parts.shape.split(name).0;
-                let view = self.parts.following.views.get(service)?;
+                let service = shape.split(name).0;
+                let view = match changes.iter().find(|c| &*c.service == service) {
+                    Some(change) => change.view.clone(),
+                    None => following.views.get(service),
+                }?;
                 let list = view.instances.as_ref()?;
-                let revision = content.get(name).copied().unwrap_or(0);
-                let built = self
-                    .parts
-                    .encoded
-                    .get(kind, name, revision, &self.parts.place, || {
-                        self.parts.shape.build(kind, name, list, &self.parts.place)
-                    });
+                let revision = sent.get(name).copied().unwrap_or(0);
+                let built = encoded.get(kind, name, revision, place, || {
+                    shape.build(kind, name, list, place)
+                });
                 Some(built.framed.clone())
             })
             .collect();
-        let versions = &self.parts.versions;
-        let stamped = self
-            .parts
-            .encoded
-            .responses
-            .get(kind, &resources, self.parts.stamped, || {
-                versions.fetch_add(1, Ordering::Relaxed) + 1
-            })
-            .map_err(StreamEnd::Refused)?;
+        Outgoing {
+            names,
+            resources,
+            response: OnceLock::new(),
+        }
+    }
+
+    /// Sends `outgoing`, a response of `kind`.
+    async fn send(&mut self, kind: Kind, outgoing: &Outgoing) -> Result<(), StreamEnd> {
+        let after = self.parts.stamped;
+        let stamped = match outgoing.response.get().filter(|r| r.stamp > after) {
+            Some(stamped) => stamped.clone(),
+            None => {
+                let versions = &self.parts.versions;
+                let stamped = self
+                    .parts
+                    .encoded
+                    .responses
+                    .get(kind, &outgoing.resources, after, || {
+                        versions.fetch_add(1, Ordering::Relaxed) + 1
+                    })
+                    .map_err(StreamEnd::Refused)?;
+                let _ = outgoing.response.set(stamped.clone());
+                stamped
+            }
+        };
         self.parts.stamped = stamped.stamp;
         let Some(ts) = self.types.get_mut(&kind) else {
             return Ok(());
         };
         ts.version = stamped.stamp;
         overwrite(&mut ts.nonce, &stamped.text);
-        tracing::debug!(kind = kind.short(), version = %stamped.text, names = ?send, "push");
+        tracing::debug!(kind = kind.short(), version = %stamped.text, names = ?outgoing.names, "push");
         self.parts
             .log
-            .sent(kind, &stamped.text, &stamped.text, &send, &[]);
+            .sent(kind, &stamped.text, &stamped.text, &outgoing.names, &[]);
         self.tx.send(Ok(stamped.packed)).await;
         Ok(())
     }
 }
 
+/// A service whose view changed, as one push reads it: the view is read once.
+struct Change {
+    service: Arc<str>,
+    /// `None` when the stream no longer follows it.
+    followed: Option<Arc<Followed>>,
+    view: Option<Arc<ServiceView>>,
+}
+
 /// Whether `asked` (a request's names) is exactly `names`: true only when `asked` lists them
 /// in their order, each once (any other order or form is told by building the set).
 fn same_names<'a>(
-    asked: impl ExactSizeIterator<Item = &'a str>,
+    asked: impl ExactSizeIterator<Item = &'a [u8]>,
     names: &BTreeSet<Arc<str>>,
 ) -> bool {
-    asked.len() == names.len() && asked.zip(names).all(|(a, n)| a == &**n)
+    asked.len() == names.len() && asked.zip(names).all(|(a, n)| a == n.as_bytes())
 }

@@ -22,7 +22,7 @@
 //! the names asked for, the version and nonce of the last response, the last version the client
 //! accepted, and what the last response held, so a push happens only on change.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -35,6 +35,7 @@ use bytes::{Bytes, BytesMut};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
+use super::memo::{Names, Patches, Sent, States};
 use super::resources::{ClientPlace, Kind};
 use super::view::{ByVersion, ServiceView, fingerprints};
 use super::wire::Responses;
@@ -119,6 +120,7 @@ impl Hub {
             view: ArcSwap::from_pointee(view),
             followers: Mutex::new(HashMap::from([(inbox.id, inbox.clone())])),
             hub: Arc::downgrade(self),
+            patches: Patches::default(),
             forwarder: OnceLock::new(),
         });
         let task = tokio::spawn(forward(rx, Arc::downgrade(&live)));
@@ -152,6 +154,8 @@ pub(crate) struct Followed {
     view: ArcSwap<ServiceView>,
     followers: Mutex<HashMap<u64, Arc<Inbox>>>,
     hub: Weak<Hub>,
+    /// What a change of this service made of the streams' states, for its current view.
+    pub(crate) patches: Patches,
     /// The task that forwards the registry's views (aborted with the last follower: its
     /// receiver goes, and with it the registry watch).
     forwarder: OnceLock<AbortHandle>,
@@ -273,6 +277,8 @@ pub(crate) struct Encoded {
     map: Mutex<HashMap<EncodedKey, Arc<OnceLock<Arc<Built>>>>>,
     /// State-of-the-world responses, packed once for every stream that sends the same.
     pub(crate) responses: Responses,
+    /// The states of state-of-the-world streams, each held once.
+    pub(crate) states: States,
 }
 
 /// One resource at one revision, encoded.
@@ -313,7 +319,13 @@ impl Encoded {
             by_place,
             map: Mutex::new(HashMap::new()),
             responses: Responses::default(),
+            states: States::default(),
         }
+    }
+
+    /// `place` when the resources of `kind` depend on it.
+    pub(crate) fn place_key(&self, kind: Kind, place: &ClientPlace) -> Option<ClientPlace> {
+        (self.by_place && kind == Kind::Endpoints).then(|| place.clone())
     }
 
     /// The resource `kind` `name` at `revision` for a client at `place`, built by `build` the
@@ -326,8 +338,7 @@ impl Encoded {
         place: &ClientPlace,
         build: impl FnOnce() -> Any,
     ) -> Arc<Built> {
-        let place = (self.by_place && kind == Kind::Endpoints).then(|| place.clone());
-        let key = (kind, name.clone(), revision, place);
+        let key = (kind, name.clone(), revision, self.place_key(kind, place));
         let cell = {
             let mut map = sync::lock(&self.map);
             if map.len() >= ENCODED_MAX && !map.contains_key(&key) {
@@ -371,14 +382,15 @@ pub(crate) struct TypeState {
     pub(crate) subscribed: bool,
     /// Every service (LDS, CDS); set by a first request without names, or by `*`.
     pub(crate) wildcard: bool,
-    /// The names asked for.
-    pub(crate) names: BTreeSet<Arc<str>>,
+    /// The names asked for (shared by every stream asking for the same).
+    pub(crate) names: Names,
     /// Version of the last response of this type (drawn from the server's counter).
     pub(crate) version: u64,
     /// Nonce of the last response; a request echoing another one is stale.
     pub(crate) nonce: String,
     /// The last version the client accepted.
     pub(crate) accepted: Option<String>,
-    /// The last response: name -> revision of what was sent; `None` before any response.
-    pub(crate) sent: Option<BTreeMap<Arc<str>, u64>>,
+    /// The last response: name -> revision of what was sent (shared likewise); `None` before
+    /// any response.
+    pub(crate) sent: Option<Sent>,
 }
