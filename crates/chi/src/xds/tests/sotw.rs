@@ -406,3 +406,83 @@ async fn thousands_of_names_on_one_stream() {
     settle().await;
     assert_eq!(f.watches(), 1);
 }
+
+/// The cluster names an EDS response carries, sorted.
+fn cla_names(r: &impl Reply) -> Vec<String> {
+    let mut names: Vec<String> = decode::<ClusterLoadAssignment>(r)
+        .into_iter()
+        .map(|c| c.cluster_name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Streams asking for the same names share one answer to a change (one version and nonce, the
+/// patch worked out once); a stream asking for other names gets its own, right answer; on each
+/// stream the versions only go up.
+#[tokio::test]
+async fn streams_in_the_same_state_share_the_answer_to_a_change_others_get_their_own() {
+    let memory = memory_with([inst("a", 7001, "z1"), other()]).await;
+    let f = serve(memory.clone(), round_robin(), 8).await;
+    let mut same = [f.open::<Sotw>().await, f.open::<Sotw>().await];
+    let mut both = f.open::<Sotw>().await;
+    let mut last = Vec::new();
+    for ads in &mut same {
+        ads.subscribe(Kind::Endpoints, &[SERVICE]).await;
+        let r = ads.recv().await;
+        ads.ack(&r).await;
+        last.push(r.version_info.parse::<u64>().expect("a number"));
+    }
+    both.subscribe(Kind::Endpoints, &[SERVICE, "other"]).await;
+    // A service no stream followed before comes once its registry watch answered.
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        let r = both.recv().await;
+        seen.extend(cla_names(&r));
+        both.ack(&r).await;
+    }
+
+    for (round, port) in [(0, 7002), (1, 7003)] {
+        register(&memory, inst(&format!("n{port}"), port, "z1")).await;
+        let answers = [same[0].recv().await, same[1].recv().await];
+        let mut want = vec![7001];
+        want.extend((7002..=port).map(u32::from));
+        for (i, r) in answers.iter().enumerate() {
+            assert_eq!(ports(r), want, "round {round}, stream {i}");
+            let version = r.version_info.parse::<u64>().expect("a number");
+            assert!(
+                version > last[i],
+                "round {round}: {version} after {}",
+                last[i]
+            );
+            last[i] = version;
+        }
+        assert_eq!(
+            (&answers[0].version_info, &answers[0].nonce),
+            (&answers[1].version_info, &answers[1].nonce),
+            "round {round}: one answer for both"
+        );
+        let r = both.recv().await;
+        assert_eq!(cla_names(&r), vec!["order-service"], "round {round}");
+        assert_eq!(ports(&r), want, "round {round}");
+        for ads in same.iter_mut().chain([&mut both]) {
+            ads.quiet().await;
+        }
+        for (ads, r) in same.iter_mut().zip(&answers) {
+            ads.ack(r).await;
+        }
+        both.ack(&r).await;
+    }
+    // A change of the service only one of them asks for reaches that one only.
+    register(
+        &memory,
+        Instance::new("other", "127.0.0.1", 7101).with_id("o2"),
+    )
+    .await;
+    let r = both.recv().await;
+    assert_eq!(cla_names(&r), vec!["other"]);
+    assert_eq!(ports(&r), vec![7100, 7101]);
+    for ads in same.iter_mut().chain([&mut both]) {
+        ads.quiet().await;
+    }
+}
