@@ -100,8 +100,8 @@ impl ClientLog {
     pub(crate) fn sent(
         &self,
         kind: Kind,
-        version: &str,
-        nonce: &str,
+        version: &Arc<str>,
+        nonce: &Arc<str>,
         resources: &[impl AsRef<str>],
         removed: &[String],
     ) {
@@ -112,8 +112,8 @@ impl ClientLog {
             .entry(kind)
             .sent
             .get_or_insert_with(Sent::default);
-        overwrite(&mut sent.version, version);
-        overwrite(&mut sent.nonce, nonce);
+        sent.version = version.clone();
+        sent.nonce = nonce.clone();
         sent.count = resources.len();
         keep(&mut sent.resources, resources);
         keep(&mut sent.removed, removed);
@@ -125,8 +125,8 @@ impl ClientLog {
     pub(crate) fn answered(
         &self,
         kind: Kind,
-        nonce: &str,
-        version: Option<&str>,
+        nonce: &Arc<str>,
+        version: Option<&Arc<str>>,
         error: Option<&str>,
     ) {
         let at = unix_ms(SystemTime::now());
@@ -136,12 +136,9 @@ impl ClientLog {
             .entry(kind)
             .answer
             .get_or_insert_with(Answer::default);
-        overwrite(&mut answer.nonce, nonce);
+        answer.nonce = nonce.clone();
         answer.accepted = error.is_none();
-        match version.filter(|v| !v.is_empty()) {
-            Some(v) => overwrite(answer.version.get_or_insert_with(String::new), v),
-            None => answer.version = None,
-        }
+        answer.version = version.filter(|v| !v.is_empty()).cloned();
         answer.error = error.map(str::to_owned);
         answer.at = at;
     }
@@ -205,8 +202,8 @@ pub(crate) struct Exchange {
 /// A response.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Sent {
-    pub(crate) version: String,
-    pub(crate) nonce: String,
+    pub(crate) version: Arc<str>,
+    pub(crate) nonce: Arc<str>,
     /// Resources it carried (the first [`NAMES_KEPT`] are named).
     pub(crate) count: usize,
     pub(crate) resources: Vec<String>,
@@ -219,10 +216,10 @@ pub(crate) struct Sent {
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Answer {
     /// The nonce of the response it answers.
-    pub(crate) nonce: String,
+    pub(crate) nonce: Arc<str>,
     pub(crate) accepted: bool,
     /// The version the client says it holds (state-of-the-world only).
-    pub(crate) version: Option<String>,
+    pub(crate) version: Option<Arc<str>>,
     /// A NACK's error detail.
     pub(crate) error: Option<String>,
     /// Unix milliseconds.
@@ -230,7 +227,7 @@ pub(crate) struct Answer {
 }
 
 /// `to` becomes `value`, in the room it has.
-pub(super) fn overwrite(to: &mut String, value: &str) {
+fn overwrite(to: &mut String, value: &str) {
     if to != value {
         to.clear();
         to.push_str(value);

@@ -93,7 +93,7 @@ fn configs(kind: Kind, exchange: &Exchange) -> Vec<GenericXdsConfig> {
     let error_state = answer.and_then(|a| {
         a.error.as_ref().map(|details| UpdateFailureState {
             details: details.clone(),
-            version_info: sent.version.clone(),
+            version_info: sent.version.to_string(),
             last_update_attempt: Some(timestamp(a.at)),
             ..Default::default()
         })
@@ -103,7 +103,7 @@ fn configs(kind: Kind, exchange: &Exchange) -> Vec<GenericXdsConfig> {
         .map(|name| GenericXdsConfig {
             type_url: kind.type_url().to_owned(),
             name: name.clone(),
-            version_info: sent.version.clone(),
+            version_info: sent.version.to_string(),
             last_updated: Some(timestamp(sent.at)),
             config_status: config_status as i32,
             client_status: client_status as i32,

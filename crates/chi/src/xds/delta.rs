@@ -41,6 +41,7 @@ use super::by_kind::ByKind;
 use super::drive::Outbox;
 use super::follow::Following;
 use super::resources::Kind;
+use super::state::Followed;
 use super::{MAX_NAMES, Parts, Session, StreamEnd, control_plane};
 
 /// The wildcard name.
@@ -225,7 +226,7 @@ impl Session for DeltaSession {
 
     /// Looks at every followed service whatever `_changed` says: a delta stream answers with
     /// what differs from what the client holds, which a changed view alone does not tell.
-    async fn push(&mut self, _changed: Option<&BTreeSet<Arc<str>>>) -> Result<(), StreamEnd> {
+    async fn push(&mut self, _changed: Option<&[Arc<Followed>]>) -> Result<(), StreamEnd> {
         let mut deltas: BTreeMap<Kind, Delta> = BTreeMap::new();
         for kind in Kind::PUSH_ORDER {
             let delta = self.delta(kind);
@@ -382,8 +383,9 @@ impl DeltaSession {
             .collect();
         tracing::debug!(kind = kind.short(), %nonce, resources = ?summary, "delta push");
         let names: Vec<String> = resources.iter().map(|r| r.name.clone()).collect();
-        let shown = version.to_string();
-        self.parts.log.sent(kind, &shown, &nonce, &names, &removed);
+        let (shown, told): (Arc<str>, Arc<str>) =
+            (version.to_string().into(), nonce.as_str().into());
+        self.parts.log.sent(kind, &shown, &told, &names, &removed);
         if let Some(ts) = self.types.get_mut(&kind) {
             if ts.pending.len() >= PENDING_MAX {
                 ts.pending.pop_front();
@@ -473,8 +475,10 @@ fn answer(parts: &Parts, kind: Kind, ts: &mut DeltaState, request: &DeltaDiscove
         }
     };
     match (&request.error_detail, &answered) {
-        (Some(error), _) => parts.log.answered(kind, nonce, None, Some(&error.message)),
-        (None, Some(_)) => parts.log.answered(kind, nonce, None, None),
+        (Some(error), _) => parts
+            .log
+            .answered(kind, &Arc::from(nonce), None, Some(&error.message)),
+        (None, Some(_)) => parts.log.answered(kind, &Arc::from(nonce), None, None),
         (None, None) => {}
     }
     match (&request.error_detail, answered) {

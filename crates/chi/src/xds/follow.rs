@@ -23,11 +23,10 @@ use super::state::{Catalog, Followed, Hub, Inbox};
 use super::view::ServiceView;
 
 /// What woke a stream up.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Woken {
-    /// These services' views changed (read them through [`Following::views`]): a push looks
-    /// at them only, not at every service the stream follows.
-    Views(BTreeSet<Arc<str>>),
+    /// These services' views changed: a push looks at them only, not at every service the
+    /// stream follows.
+    Views(Vec<Arc<Followed>>),
     /// The catalogue changed: wildcard subscriptions cover other services now.
     Catalog,
 }
@@ -56,11 +55,6 @@ impl Views {
     /// The current view of `service`, when the stream follows it.
     pub(crate) fn get(&self, service: &str) -> Option<Arc<ServiceView>> {
         self.find(service).ok().map(|i| self.0[i].view())
-    }
-
-    /// The followed `service`.
-    pub(crate) fn followed(&self, service: &str) -> Option<&Arc<Followed>> {
-        self.find(service).ok().map(|i| &self.0[i])
     }
 
     /// The name of `service` as every stream that follows it shares it.

@@ -47,7 +47,6 @@ mod tests;
 mod view;
 mod wire;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -80,7 +79,7 @@ use delta::DeltaSession;
 use drive::{Driven, Driving, Outbox};
 use follow::Following;
 use resources::{ClientPlace, Kind, Shape};
-use state::{Encoded, Hub};
+use state::{Encoded, Followed, Hub};
 use wire::AdsService;
 
 /// Most names one request may carry; more is refused as a malformed request.
@@ -469,7 +468,7 @@ pub(crate) trait Session: Send + 'static {
     /// no request, no new catalogue), so only their resources need a look.
     fn push(
         &mut self,
-        changed: Option<&BTreeSet<Arc<str>>>,
+        changed: Option<&[Arc<Followed>]>,
     ) -> impl Future<Output = Result<(), StreamEnd>> + Send;
 }
 

@@ -10,7 +10,6 @@ use chi_discovery::instance::is_valid_name;
 use tonic::Status;
 
 use super::by_kind::ByKind;
-use super::clients::overwrite;
 use super::drive::Outbox;
 use super::follow::Following;
 use super::memo::{Names, Outgoing, Patch, PatchKey, Sent};
@@ -63,7 +62,7 @@ impl Session for AdsStream {
         self.follow_wanted();
     }
 
-    async fn push(&mut self, changed: Option<&BTreeSet<Arc<str>>>) -> Result<(), StreamEnd> {
+    async fn push(&mut self, changed: Option<&[Arc<Followed>]>) -> Result<(), StreamEnd> {
         self.push(changed).await
     }
 }
@@ -92,7 +91,7 @@ impl AdsStream {
             // A version the client holds from an earlier stream: this stream's go above it.
             self.parts.stamped = self.parts.stamped.max(held);
         }
-        let echoes = answered && response_nonce == ts.nonce;
+        let echoes = answered && response_nonce == &*ts.nonce;
         if answered && !response_nonce.is_empty() && !echoes {
             tracing::debug!(
                 kind = kind.short(),
@@ -105,7 +104,7 @@ impl AdsStream {
         if let Some(error) = &request.error_detail {
             self.parts
                 .log
-                .answered(kind, response_nonce, None, Some(&error.message));
+                .answered(kind, &Arc::from(response_nonce), None, Some(&error.message));
             tracing::warn!(
                 node,
                 kind = kind.short(),
@@ -118,11 +117,16 @@ impl AdsStream {
         } else if echoes {
             tracing::debug!(node, kind = kind.short(), version = %version_info, "ACK");
             if ts.accepted.as_deref() != Some(version_info) {
-                ts.accepted = Some(version_info.to_owned());
+                // The version of the response it answers, as a rule: shared, not copied.
+                ts.accepted = Some(if version_info == &*ts.nonce {
+                    ts.nonce.clone()
+                } else {
+                    Arc::from(version_info)
+                });
             }
             self.parts
                 .log
-                .answered(kind, response_nonce, Some(version_info), None);
+                .answered(kind, &ts.nonce, ts.accepted.as_ref(), None);
         }
         let first = !ts.subscribed;
         ts.subscribed = true;
@@ -208,22 +212,16 @@ impl AdsStream {
     /// `changed` (only those services' views changed since the last push), a type answered
     /// before is patched where those services are: the work is per changed service, not per
     /// followed one.
-    async fn push(&mut self, changed: Option<&BTreeSet<Arc<str>>>) -> Result<(), StreamEnd> {
+    async fn push(&mut self, changed: Option<&[Arc<Followed>]>) -> Result<(), StreamEnd> {
         let catalog = self.parts.following.catalog();
         // The changed services' views, read once: what a patch records as sent and the bytes
         // it sends come from the same view.
         let changes: Option<Vec<Change>> = changed.map(|changed| {
-            let views = &self.parts.following.views;
             changed
                 .iter()
-                .map(|service| {
-                    let followed = views.followed(service).cloned();
-                    let view = followed.as_ref().map(|f| f.view());
-                    Change {
-                        service: service.clone(),
-                        followed,
-                        view,
-                    }
+                .map(|followed| Change {
+                    view: followed.view(),
+                    followed: followed.clone(),
                 })
                 .collect()
         });
@@ -318,14 +316,7 @@ impl AdsStream {
     ) -> Option<Arc<Outgoing>> {
         let ts = self.types.get(&kind)?;
         let sent = ts.sent.clone()?;
-        let [
-            Change {
-                followed: Some(followed),
-                view: Some(view),
-                ..
-            },
-        ] = changes
-        else {
+        let [Change { followed, view }] = changes else {
             let patch = self.work_out(kind, changes, catalog, &sent);
             let ts = self.types.get_mut(&kind)?;
             ts.sent = Some(patch.sent);
@@ -367,8 +358,8 @@ impl AdsStream {
         let of = |name: &str, service: &str| shape.split(name).0 == service;
         let mut fresh: Vec<(Arc<str>, Option<u64>)> = Vec::new();
         for change in changes {
-            let service: &str = &change.service;
-            let view = change.view.as_ref();
+            let service: &str = &change.followed.name;
+            let view = Some(&change.view);
             let mut names: BTreeSet<&Arc<str>> = ts
                 .names
                 .range::<str, _>((Bound::Included(service), Bound::Unbounded))
@@ -446,10 +437,10 @@ impl AdsStream {
             .iter()
             .filter_map(|name| {
                 let service = shape.split(name).0;
-                let view = match changes.iter().find(|c| &*c.service == service) {
+                let view = match changes.iter().find(|c| &*c.followed.name == service) {
                     Some(change) => change.view.clone(),
-                    None => following.views.get(service),
-                }?;
+                    None => following.views.get(service)?,
+                };
                 let list = view.instances.as_ref()?;
                 let revision = sent.get(name).copied().unwrap_or(0);
                 let built = encoded.get(kind, name, revision, place, || {
@@ -489,7 +480,7 @@ impl AdsStream {
             return Ok(());
         };
         ts.version = stamped.stamp;
-        overwrite(&mut ts.nonce, &stamped.text);
+        ts.nonce = stamped.text.clone();
         tracing::debug!(kind = kind.short(), version = %stamped.text, names = ?outgoing.names, "push");
         self.parts
             .log
@@ -501,10 +492,8 @@ impl AdsStream {
 
 /// A service whose view changed, as one push reads it: the view is read once.
 struct Change {
-    service: Arc<str>,
-    /// `None` when the stream no longer follows it.
-    followed: Option<Arc<Followed>>,
-    view: Option<Arc<ServiceView>>,
+    followed: Arc<Followed>,
+    view: Arc<ServiceView>,
 }
 
 /// Whether `asked` (a request's names) is exactly `names`: true only when `asked` lists them

@@ -191,8 +191,8 @@ fn registries_show_state_since_and_last_error() {
 fn xds_clients_show_what_was_sent_and_the_answer() {
     let mut st = status(false);
     let sent = |version: &str| Sent {
-        version: version.to_owned(),
-        nonce: "1".to_owned(),
+        version: version.into(),
+        nonce: "1".into(),
         count: 1,
         resources: vec!["checkout".to_owned()],
         removed: Vec::new(),
@@ -212,9 +212,9 @@ fn xds_clients_show_what_was_sent_and_the_answer() {
                 exchange: Exchange {
                     sent: Some(sent("7")),
                     answer: Some(Answer {
-                        nonce: "1".to_owned(),
+                        nonce: "1".into(),
                         accepted: true,
-                        version: Some("7".to_owned()),
+                        version: Some("7".into()),
                         error: None,
                         at: 1_700_000_000_100,
                     }),
@@ -225,7 +225,7 @@ fn xds_clients_show_what_was_sent_and_the_answer() {
                 exchange: Exchange {
                     sent: Some(sent("8")),
                     answer: Some(Answer {
-                        nonce: "2".to_owned(),
+                        nonce: "2".into(),
                         accepted: false,
                         version: None,
                         error: Some("<bad> endpoint".to_owned()),

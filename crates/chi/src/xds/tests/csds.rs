@@ -30,15 +30,28 @@ fn names(names: &[&str]) -> Vec<String> {
 fn book() -> Arc<Clients> {
     let clients = Arc::new(Clients::default());
     let a = clients.open("sotw", None);
+    let t = |s: &str| -> Arc<str> { Arc::from(s) };
     a.heard("node-a", None);
-    a.sent(Kind::Cluster, "7", "n1", &names(&["order-service"]), &[]);
-    a.answered(Kind::Cluster, "n1", Some("7"), None);
-    a.sent(Kind::Endpoints, "8", "n2", &names(&["order-service"]), &[]);
-    a.answered(Kind::Endpoints, "n2", None, Some("bad weight"));
+    a.sent(
+        Kind::Cluster,
+        &t("7"),
+        &t("n1"),
+        &names(&["order-service"]),
+        &[],
+    );
+    a.answered(Kind::Cluster, &t("n1"), Some(&t("7")), None);
+    a.sent(
+        Kind::Endpoints,
+        &t("8"),
+        &t("n2"),
+        &names(&["order-service"]),
+        &[],
+    );
+    a.answered(Kind::Endpoints, &t("n2"), None, Some("bad weight"));
     a.sent(
         Kind::Listener,
-        "9",
-        "n3",
+        &t("9"),
+        &t("n3"),
         &names(&["order-service", "pay"]),
         &[],
     );
