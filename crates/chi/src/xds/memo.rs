@@ -143,8 +143,11 @@ pub(crate) struct Outgoing {
     pub(crate) response: OnceLock<Stamped>,
 }
 
-/// Most patches one service keeps for its view (more distinct states than that start over).
-const PATCHES_MAX: usize = 1024;
+/// Most patches one service keeps for its view; more distinct states than that start over. A
+/// patch holds the sent record it was made from (a stream that moved on no longer does), so
+/// this bounds what the memo keeps alive. Streams that share a state are the case it is for,
+/// and they are few states; streams that each have their own gain nothing from it.
+const PATCHES_MAX: usize = 64;
 
 /// The patches a service's current view made: see the module docs.
 #[derive(Default)]

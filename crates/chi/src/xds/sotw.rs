@@ -81,7 +81,7 @@ impl AdsStream {
                 kind.short()
             ))));
         }
-        self.parts.heard(request.node.as_ref());
+        self.parts.heard(request.node.as_deref());
         let node = self.parts.node.as_str();
         let ts = self.types.entry(kind);
         // Before the first response of this type on this stream, any nonce is one a reconnecting
