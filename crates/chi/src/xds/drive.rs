@@ -174,59 +174,40 @@ impl Drop for Release {
 /// goes (it queues responses in the [`Outbox`]), then hands over the next queued one.
 ///
 /// HTTP/2 polls the body for its own reasons too (after each frame it sent, when the client's
-/// window opens): the loop is polled only when something it waits for woke it, told by a
-/// waker of its own ([`Nudged`]).
+/// window opens): the loop is polled only when something it waits for woke it, told by the
+/// outbox, which is the loop's waker too (one allocation for the queue and the wake-ups: both
+/// are touched at every push).
 pub(crate) struct Driving<T> {
     run: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     outbox: Outbox<T>,
-    woken: Arc<Nudged>,
 }
 
-/// Whether a stream's loop was woken since its last poll, and the task to wake then.
-struct Nudged {
-    flag: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for Nudged {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.flag.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl<T> Driving<T> {
+impl<T: Send + 'static> Driving<T> {
     /// The responses `run` queues in `outbox`.
     pub(super) fn new(
         run: Pin<Box<dyn Future<Output = ()> + Send>>,
         outbox: Outbox<T>,
     ) -> Driving<T> {
+        // Polled once to start.
+        outbox.0.woken.store(true, Ordering::Release);
         Driving {
             run: Some(run),
             outbox,
-            woken: Arc::new(Nudged {
-                // Polled once to start.
-                flag: AtomicBool::new(true),
-                task: AtomicWaker::new(),
-            }),
         }
     }
 }
 
-impl<T> Stream for Driving<T> {
+impl<T: Send + 'static> Stream for Driving<T> {
     type Item = Sent<T>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Sent<T>>> {
         let this = &mut *self;
-        this.woken.task.register(cx.waker());
+        let shared = &this.outbox.0;
+        shared.task.register(cx.waker());
         if let Some(run) = &mut this.run
-            && this.woken.flag.swap(false, Ordering::AcqRel)
+            && shared.woken.swap(false, Ordering::AcqRel)
         {
-            let waker = Waker::from(this.woken.clone());
+            let waker = Waker::from(shared.clone());
             if run
                 .as_mut()
                 .poll(&mut Context::from_waker(&waker))
@@ -247,7 +228,25 @@ impl<T> Stream for Driving<T> {
 /// Where a stream's loop queues its responses for [`Driving`], which takes them in the poll
 /// that ran the loop: nothing to wake between the two. At most `STREAM_BUFFER` wait; beyond
 /// that the loop waits for room (a client that does not read).
-pub(crate) struct Outbox<T>(Arc<Mutex<Queue<T>>>);
+pub(crate) struct Outbox<T>(Arc<Shared<T>>);
+
+/// The queue, and whether the loop was woken since its last poll with the task to wake then.
+struct Shared<T> {
+    queue: Mutex<Queue<T>>,
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl<T: Send + 'static> Wake for Shared<T> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
 
 struct Queue<T> {
     responses: VecDeque<Sent<T>>,
@@ -263,14 +262,18 @@ impl<T> Clone for Outbox<T> {
 
 impl<T> Outbox<T> {
     pub(super) fn new() -> Outbox<T> {
-        Outbox(Arc::new(Mutex::new(Queue {
-            responses: VecDeque::new(),
-            room: None,
-        })))
+        Outbox(Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                responses: VecDeque::new(),
+                room: None,
+            }),
+            woken: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+        }))
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue<T>> {
-        crate::sync::lock(&self.0)
+        crate::sync::lock(&self.0.queue)
     }
 
     /// Queues `response`, once there is room.
