@@ -274,6 +274,20 @@ mod tests {
 
     use super::*;
 
+    fn any(value: &[u8]) -> Any {
+        Any {
+            type_url: "type.googleapis.com/x".into(),
+            value: value.to_vec(),
+        }
+    }
+
+    /// `any` as the `resources` field of a response.
+    fn framed(any: &Any) -> Bytes {
+        let mut b = BytesMut::new();
+        prost::encoding::message::encode(2, any, &mut b);
+        b.freeze()
+    }
+
     /// The pieces are the very bytes prost encodes for the same response (fields in another
     /// order, which protobuf readers accept), one resource or several, copied or shared.
     #[test]
@@ -286,14 +300,7 @@ mod tests {
                     value: vec![i as u8; size + i],
                 })
                 .collect();
-            let framed: Vec<Bytes> = resources
-                .iter()
-                .map(|any| {
-                    let mut b = BytesMut::new();
-                    prost::encoding::message::encode(2, any, &mut b);
-                    b.freeze()
-                })
-                .collect();
+            let framed: Vec<Bytes> = resources.iter().map(framed).collect();
             let head = Head {
                 version: "17",
                 type_url: "type.googleapis.com/y",
@@ -334,41 +341,23 @@ mod tests {
         let responses = Responses::default();
         let counter = std::sync::atomic::AtomicU64::new(100);
         let next = || counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let framed = |value: &[u8]| {
-            let mut b = BytesMut::new();
-            let any = Any {
-                type_url: "type.googleapis.com/x".into(),
-                value: value.to_vec(),
-            };
-            prost::encoding::message::encode(2, &any, &mut b);
-            b.freeze()
+        let (a, b) = (framed(&any(b"a")), framed(&any(b"b")));
+        let get = |kind, resource: &Bytes, after| {
+            responses
+                .get(kind, std::slice::from_ref(resource), after, next)
+                .expect("packed")
         };
-        let (a, b) = (framed(b"a"), framed(b"b"));
-        let first = responses
-            .get(Kind::Endpoints, std::slice::from_ref(&a), 0, next)
-            .expect("packed");
-        let again = responses
-            .get(Kind::Endpoints, std::slice::from_ref(&a), 50, next)
-            .expect("packed");
+        let (first, again) = (get(Kind::Endpoints, &a, 0), get(Kind::Endpoints, &a, 50));
         assert_eq!((first.stamp, &*first.text), (101, "101"));
         assert_eq!(again.stamp, 101, "shared");
         assert!(Arc::ptr_eq(&first.packed.pieces, &again.packed.pieces));
         // Other resources, or the same under another type: another response.
-        let other = responses
-            .get(Kind::Endpoints, std::slice::from_ref(&b), 0, next)
-            .expect("packed");
-        let cluster = responses
-            .get(Kind::Cluster, std::slice::from_ref(&a), 0, next)
-            .expect("packed");
+        let (other, cluster) = (get(Kind::Endpoints, &b, 0), get(Kind::Cluster, &a, 0));
         assert_eq!((other.stamp, cluster.stamp), (102, 103));
         // A stream that sent 101 already (or whose client holds 101) gets a fresh one.
-        let fresh = responses
-            .get(Kind::Endpoints, std::slice::from_ref(&a), 101, next)
-            .expect("packed");
+        let fresh = get(Kind::Endpoints, &a, 101);
         assert_eq!(fresh.stamp, 104);
-        let later = responses
-            .get(Kind::Endpoints, &[a], 0, next)
-            .expect("packed");
+        let later = get(Kind::Endpoints, &a, 0);
         assert_eq!(later.stamp, 104, "the fresh one is shared from then on");
         let bytes: Vec<u8> = fresh
             .packed
