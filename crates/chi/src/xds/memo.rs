@@ -33,8 +33,10 @@ pub(crate) type Sent = Arc<BTreeMap<Arc<str>, u64>>;
 /// The catalogue a wildcard subscription reads.
 type Catalog = Arc<BTreeSet<String>>;
 
-/// Most distinct values kept; beyond it the ones no stream holds are forgotten, and new ones
-/// go unshared until there is room (correct, only slower).
+/// Most distinct values kept. Beyond it the ones no stream holds are forgotten, and when more
+/// than half are held, all are: their holders keep them, and equal values made later get a new
+/// shared copy (correct, only less shared for a while). So a full set is looked through at most
+/// once per `INTERNED_MAX / 2` new values, however many states the streams are in.
 const INTERNED_MAX: usize = 4096;
 
 /// Equal values, held once.
@@ -59,8 +61,8 @@ impl<T: Hash + Eq> Interned<T> {
         }
         if set.len() >= INTERNED_MAX {
             set.retain(|v| Arc::strong_count(v) > 1);
-            if set.len() >= INTERNED_MAX {
-                return value;
+            if set.len() > INTERNED_MAX / 2 {
+                set.clear();
             }
         }
         set.insert(value.clone());
@@ -215,6 +217,18 @@ mod tests {
         let still = interned.share(Arc::new(set(&["a", "b"])));
         assert!(Arc::ptr_eq(&a, &still), "a held value stays shared");
         assert!(sync::lock(&interned.set).len() <= INTERNED_MAX);
+        // Most of them held: the set starts over, and stays bounded.
+        let held: Vec<_> = (0..INTERNED_MAX * 2)
+            .map(|i| interned.share(Arc::new(set(&[&format!("h{i}")]))))
+            .collect();
+        assert!(sync::lock(&interned.set).len() <= INTERNED_MAX);
+        let again = interned.share(Arc::new(set(&["a", "b"])));
+        assert!(
+            !Arc::ptr_eq(&a, &again),
+            "a new shared copy after the start over"
+        );
+        assert_eq!(*again, *a);
+        drop(held);
     }
 
     fn view(revision: u64) -> Arc<ServiceView> {

@@ -12,7 +12,7 @@ use tonic::Status;
 use super::by_kind::ByKind;
 use super::drive::Outbox;
 use super::follow::Following;
-use super::memo::{Names, Outgoing, Patch, PatchKey, Sent};
+use super::memo::{Outgoing, Patch, PatchKey, Sent};
 use super::request::AdsRequest;
 use super::resources::Kind;
 use super::state::{Followed, TypeState};
@@ -263,7 +263,11 @@ impl AdsStream {
             None if content.is_empty() && !ts.wildcard => return None,
             _ => content.keys().cloned().collect(),
         };
-        let sent = self.parts.encoded.states.sent.share(Arc::new(content));
+        // Shared with the streams asking for the same names (see `patch`).
+        let sent = match Arc::strong_count(&ts.names) > 2 {
+            true => self.parts.encoded.states.sent.share(Arc::new(content)),
+            false => Arc::new(content),
+        };
         ts.sent = Some(sent.clone());
         if send.is_empty() && !kind.is_full_state() {
             // Only names the client dropped: nothing to tell it.
@@ -315,19 +319,27 @@ impl AdsStream {
         catalog: Option<&Catalog>,
     ) -> Option<Arc<Outgoing>> {
         let ts = self.types.get(&kind)?;
-        let sent = ts.sent.clone()?;
-        let [Change { followed, view }] = changes else {
-            let patch = self.work_out(kind, changes, catalog, &sent);
+        // Held by the interner and this stream only: no other stream asks for the same names,
+        // so nothing is to be gained from the memo; the record is patched in place, unshared.
+        let shared = Arc::strong_count(&ts.names) > 2;
+        let (true, [Change { followed, view }]) = (shared, changes) else {
             let ts = self.types.get_mut(&kind)?;
-            ts.sent = Some(patch.sent);
-            return patch.send;
+            let mut sent = ts.sent.take()?;
+            let send = self.work_out(kind, changes, catalog, &mut sent, shared);
+            let ts = self.types.get_mut(&kind)?;
+            ts.sent = Some(sent);
+            return send;
         };
+        let sent = ts.sent.clone()?;
         let place = self.parts.encoded.place_key(kind, &self.parts.place);
         let key = PatchKey::new(kind, ts.wildcard, &ts.names, &sent, catalog, place);
         let patch = match followed.patches.get(view, &key) {
             Some(patch) => patch,
             None => {
-                let patch = Arc::new(self.work_out(kind, changes, catalog, &sent));
+                let held = (ts.names.clone(), sent.clone(), catalog.cloned());
+                let mut after = sent.clone();
+                let send = self.work_out(kind, changes, catalog, &mut after, true);
+                let patch = Arc::new(Patch::new(after, send, held));
                 followed.patches.put(view, key, patch.clone());
                 patch
             }
@@ -337,21 +349,20 @@ impl AdsStream {
         patch.send.clone()
     }
 
-    /// What the `changes` make of what was `sent` of `kind`: see [`AdsStream::patch`].
+    /// Brings `sent` (what was sent of `kind`) up to date with the `changes`: see
+    /// [`AdsStream::patch`]; what to send. The record is changed in place when this stream
+    /// alone holds it, and is the shared copy after when `share`.
     fn work_out(
         &self,
         kind: Kind,
         changes: &[Change],
         catalog: Option<&Catalog>,
-        sent: &Sent,
-    ) -> Patch {
+        sent: &mut Sent,
+        share: bool,
+    ) -> Option<Arc<Outgoing>> {
         let views = &self.parts.following.views;
         let shape = &self.parts.shape;
-        let held = |ts: &TypeState| (ts.names.clone(), sent.clone(), catalog.cloned());
-        let unchanged = |ts: &TypeState| Patch::new(sent.clone(), None, held(ts));
-        let Some(ts) = self.types.get(&kind) else {
-            return Patch::new(sent.clone(), None, (Names::default(), sent.clone(), None));
-        };
+        let ts = self.types.get(&kind)?;
         // The names of each changed service: `service` itself and `service@version`, which
         // sort right after it (or with other names starting with `service` in between, which
         // `split` tells apart).
@@ -392,9 +403,9 @@ impl AdsStream {
             }
         }
         if fresh.is_empty() {
-            return unchanged(ts);
+            return None;
         }
-        let mut after = (**sent).clone();
+        let after = Arc::make_mut(sent);
         let mut send = Vec::new();
         for (name, revision) in fresh {
             match revision {
@@ -407,13 +418,14 @@ impl AdsStream {
                 }
             }
         }
-        let after = self.parts.encoded.states.sent.share(Arc::new(after));
+        if share {
+            *sent = self.parts.encoded.states.sent.share(std::mem::take(sent));
+        }
         if kind.is_full_state() {
-            send = after.keys().cloned().collect();
+            send = sent.keys().cloned().collect();
         }
         // Only names that stopped existing: the client keeps the others, nothing to tell it.
-        let send = (!send.is_empty()).then(|| Arc::new(self.outgoing(kind, send, &after, changes)));
-        Patch::new(after, send, held(ts))
+        (!send.is_empty()).then(|| Arc::new(self.outgoing(kind, send, sent, changes)))
     }
 
     /// The resources `names` of `kind` at their revisions in `sent`, each from the view in
