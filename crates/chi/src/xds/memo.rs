@@ -10,6 +10,9 @@
 //! in a small map. A patch holds the values its key points at, and the view it was made from,
 //! so no address in a key is reused while the patch lives; a newer view drops them all.
 //!
+//! A stream whose names no other stream asks for gains nothing from this, and skips it: its
+//! record stays its own and is changed in place (`AdsStream::patch`).
+//!
 //! The idea is hash-consing (Ershov 1958; Goto 1974), the memo that of a DFA whose states are
 //! built on demand: equal states are one, so one transition serves every stream in it.
 
