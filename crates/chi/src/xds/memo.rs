@@ -73,6 +73,13 @@ impl<T: Hash + Eq> Interned<T> {
     }
 }
 
+/// Whether a stream's `names` (shared through [`States::names`]) are asked for by another
+/// stream too: held by more than the interner and the stream itself. Only then is its state
+/// worth sharing and its patches worth remembering.
+pub(crate) fn asked_by_others(names: &Names) -> bool {
+    Arc::strong_count(names) > 2
+}
+
 /// The stream states of one server, held once.
 #[derive(Default)]
 pub(crate) struct States {

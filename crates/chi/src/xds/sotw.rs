@@ -12,7 +12,7 @@ use tonic::Status;
 use super::by_kind::ByKind;
 use super::drive::Outbox;
 use super::follow::Following;
-use super::memo::{Outgoing, Patch, PatchKey, Sent};
+use super::memo::{Outgoing, Patch, PatchKey, Sent, asked_by_others};
 use super::request::AdsRequest;
 use super::resources::Kind;
 use super::state::{Followed, TypeState};
@@ -264,7 +264,7 @@ impl AdsStream {
             _ => content.keys().cloned().collect(),
         };
         // Shared with the streams asking for the same names (see `patch`).
-        let sent = match Arc::strong_count(&ts.names) > 2 {
+        let sent = match asked_by_others(&ts.names) {
             true => self.parts.encoded.states.sent.share(Arc::new(content)),
             false => Arc::new(content),
         };
@@ -319,9 +319,9 @@ impl AdsStream {
         catalog: Option<&Catalog>,
     ) -> Option<Arc<Outgoing>> {
         let ts = self.types.get(&kind)?;
-        // Held by the interner and this stream only: no other stream asks for the same names,
-        // so nothing is to be gained from the memo; the record is patched in place, unshared.
-        let shared = Arc::strong_count(&ts.names) > 2;
+        // No other stream asks for the same names: nothing is to be gained from the memo, the
+        // record is patched in place, unshared.
+        let shared = asked_by_others(&ts.names);
         let (true, [Change { followed, view }]) = (shared, changes) else {
             let ts = self.types.get_mut(&kind)?;
             let mut sent = ts.sent.take()?;

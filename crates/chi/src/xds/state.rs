@@ -222,14 +222,6 @@ pub(crate) struct Inbox {
     waker: AtomicWaker,
 }
 
-impl std::fmt::Debug for Inbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inbox")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Inbox {
     fn mark(&self, service: &Arc<Followed>) {
         let mut changed = sync::lock(&self.changed);
