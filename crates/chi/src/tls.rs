@@ -227,8 +227,9 @@ pub(crate) async fn serve(
 
 /// `chi xds`'s connections over TLS: each one the door admitted (`tcp`) handshaken in a task of
 /// its own (bounded by [`HANDSHAKE`], so a client that stalls its handshake holds up no other),
-/// and handed to tonic once done. A failed handshake (a client without a certificate the client
-/// CA signed, or one that does not trust ours) ends the connection before any gRPC is spoken.
+/// and handed to the xDS port once done. A failed handshake (a client without a certificate the
+/// client CA signed, or one that does not trust ours) ends the connection before any gRPC is
+/// spoken.
 pub(crate) fn incoming(
     tcp: impl Stream<Item = io::Result<Watched>> + Send + 'static,
     acceptor: TlsAcceptor,
@@ -238,7 +239,7 @@ pub(crate) fn incoming(
         let mut tcp = std::pin::pin!(tcp);
         loop {
             let conn = tokio::select! {
-                // tonic stopped serving.
+                // The port stopped serving.
                 () = tx.closed() => return,
                 next = tcp.next() => match next {
                     Some(Ok(conn)) => conn,
@@ -261,7 +262,7 @@ pub(crate) fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// An admitted connection after its TLS handshake; tonic learns of it what it learns of a plain
+/// An admitted connection after its TLS handshake; the port learns of it what it learns of a plain
 /// one ([`ConnInfo`]), so the door's accounting of streams holds over TLS too.
 #[derive(Debug)]
 pub(crate) struct Secured(tokio_rustls::server::TlsStream<Watched>);

@@ -203,7 +203,7 @@ impl Door {
         });
     }
 
-    /// The admitted connections of `listener`, for tonic: each can be closed by its idle
+    /// The admitted connections of `listener`, for `chi xds`: each can be closed by its idle
     /// watchdog ([`super::Watched`]), and its activity travels with its requests.
     pub(crate) fn incoming(
         &self,

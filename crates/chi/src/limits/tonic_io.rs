@@ -1,10 +1,10 @@
-//! Admitted connections for tonic (`chi xds`), which drives its connections itself: the door's
-//! watchdog cannot drop the connection future, so it makes the socket's reads and writes fail
-//! instead, and hyper closes the connection.
+//! Admitted connections for `chi xds`'s port, which drives its connections in a serving loop
+//! of its own: the door's watchdog does not hold the connection future, so it makes the socket's
+//! reads and writes fail instead, and hyper closes the connection.
 //!
-//! The connection's [`Activity`] reaches the service through tonic's connect info
-//! (`Request::extensions`), so each ADS stream counts as a request in flight for as long as it is
-//! open: a connection with no stream is idle.
+//! The connection's [`Activity`] reaches the service as its connect info (tonic's `Connected`,
+//! put in each request's extensions), so each ADS stream counts as a request in flight for as
+//! long as it is open: a connection with no stream is idle.
 
 use std::io;
 use std::net::SocketAddr;

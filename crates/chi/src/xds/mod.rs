@@ -40,6 +40,7 @@ mod policy;
 mod request;
 mod resilience;
 mod resources;
+mod serve;
 mod sotw;
 mod state;
 #[cfg(test)]
@@ -155,27 +156,25 @@ pub(crate) async fn run(args: XdsArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(%bound, tls = tls.is_some(), mtls = args.tls_client_ca.is_some(), strategy = shape.strategy.as_str(), rds = shape.rds, geo = shape.geo.is_enabled(), max_streams = args.max_streams, restart_grace = ?args.restart_grace, "serving ADS");
     let keepalive = Some(args.keepalive).filter(|k| !k.is_zero());
     let csds = csds::Csds::new(server.clients());
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(keepalive)
-        .http2_keepalive_timeout(keepalive)
-        .add_service(server.into_service())
-        .add_service(csds.into_service());
+    let ads = server.into_service();
+    let port = serve::Port::new(
+        ads.clone(),
+        tonic::service::Routes::new(ads).add_service(csds.into_service()),
+    );
     let stop = async move {
         shutdown.wait().await;
         // ADS streams never end by themselves: end them, so the graceful shutdown completes.
         closing.close();
     };
     let incoming = door.incoming(listener);
-    let served = match tls {
+    match tls {
         // The handshake after the door admits the connection, so its bounds hold over TLS too.
         Some(acceptor) => {
-            router
-                .serve_with_incoming_shutdown(crate::tls::incoming(incoming, acceptor), stop)
-                .await
+            let incoming = crate::tls::incoming(incoming, acceptor);
+            serve::serve(port, incoming, keepalive, stop).await;
         }
-        None => router.serve_with_incoming_shutdown(incoming, stop).await,
-    };
-    served.map_err(|e| Failure::failed(format!("the xDS server stopped: {e}")))?;
+        None => serve::serve(port, incoming, keepalive, stop).await,
+    }
     Ok(ExitCode::SUCCESS)
 }
 

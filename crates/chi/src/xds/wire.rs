@@ -32,7 +32,8 @@
 //! `doc/PROTOCOL-HTTP2.md`): each message is a one-byte compression flag, a four-byte big-endian
 //! length and the message; the status goes out in the trailers.
 //!
-//! [`AdsService`] serves `StreamAggregatedResources` this way and hands the incremental variant
+//! [`AdsService`] serves `StreamAggregatedResources` this way (on `chi xds`'s port, hyper polls
+//! its [`SotwBody`] directly, see [`super::serve`]) and hands the incremental variant
 //! (`DeltaAggregatedResources`) to tonic's generated server.
 
 use std::collections::HashMap;
@@ -446,17 +447,24 @@ impl AdsService {
         }
     }
 
-    /// Opens a state-of-the-world stream, or refuses it with a trailers-only response.
-    fn sotw(&self, request: http::Request<Body>) -> http::Response<Body> {
+    /// Opens a state-of-the-world stream over the request body `request` (any HTTP body: hyper's
+    /// own on chi's port, tonic's in its router), or the status that refuses it.
+    pub(crate) fn sotw<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<SotwBody>, Status>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         if let Some(encoding) = request
             .headers()
             .get("grpc-encoding")
             .filter(|e| e.as_bytes() != b"identity")
         {
-            return Status::unimplemented(format!(
+            return Err(Status::unimplemented(format!(
                 "chi xds does not read compressed requests (grpc-encoding {encoding:?})"
-            ))
-            .into_http();
+            )));
         }
         let extensions = request.extensions();
         let caller = Caller::new(
@@ -467,20 +475,21 @@ impl AdsService {
         );
         let requests =
             Streaming::new_request(RequestDecoder, request.into_body(), None, Some(MAX_REQUEST));
-        match self.server.open(caller, requests, |tx, log| {
+        let responses = self.server.open(caller, requests, |tx, log| {
             AdsStream::new(self.server.parts(log), tx)
-        }) {
-            Ok(responses) => {
-                let mut response = http::Response::new(Body::new(SotwBody::new(responses)));
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/grpc"),
-                );
-                response
-            }
-            Err(status) => status.into_http(),
-        }
+        })?;
+        let mut response = http::Response::new(SotwBody::new(responses));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        Ok(response)
     }
+}
+
+/// Whether `path` is the state-of-the-world ADS method.
+pub(crate) fn is_sotw(path: &str) -> bool {
+    path == SOTW_PATH
 }
 
 impl NamedService for AdsService {
@@ -497,8 +506,11 @@ impl Service<http::Request<Body>> for AdsService {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() == SOTW_PATH {
-            let response = self.sotw(request);
+        if is_sotw(request.uri().path()) {
+            let response = match self.sotw(request) {
+                Ok(response) => response.map(Body::new),
+                Err(status) => status.into_http(),
+            };
             Box::pin(std::future::ready(Ok(response)))
         } else {
             self.generated.call(request)

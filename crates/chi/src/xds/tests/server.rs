@@ -17,6 +17,7 @@ use super::client::{Client, Variant};
 use super::registry::Counted;
 use crate::xds::clients::Clients;
 use crate::xds::resources::Shape;
+use crate::xds::serve::Port;
 use crate::xds::state::Hub;
 use crate::xds::{Closing, XdsServer};
 
@@ -97,14 +98,12 @@ async fn start(
     }
     let closing = server.closing.clone();
     let clients = server.clients();
-    let service = server.into_service();
+    let ads = server.into_service();
+    let port = Port::new(ads.clone(), tonic::service::Routes::new(ads));
     let (connections, incoming) = mpsc::unbounded_channel();
     let server = tokio::spawn(async move {
         let incoming = UnboundedReceiverStream::new(incoming).map(Ok::<_, std::io::Error>);
-        let _ = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await;
+        crate::xds::serve::serve(port, incoming, None, std::future::pending()).await;
     });
     Fixture {
         connections,
