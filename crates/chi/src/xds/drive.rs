@@ -20,11 +20,11 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
-use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Status, Streaming};
 
 use super::clients::{ClientLog, Clients};
+use super::closing::Closed;
 use super::follow::Woken;
 use super::{STREAM_BUFFER, Sent, Session, StreamEnd};
 use crate::limits::{InFlight, Reason, Refusals};
@@ -34,7 +34,7 @@ use crate::limits::{InFlight, Reason, Refusals};
 pub(super) struct Driven<S: Session> {
     session: S,
     requests: Streaming<S::Request>,
-    closing: watch::Receiver<bool>,
+    closing: Closed,
     tx: Outbox<S::Response>,
     refusals: Refusals,
 }
@@ -52,7 +52,7 @@ impl<S: Session> Driven<S> {
     pub(super) fn new(
         session: S,
         requests: Streaming<S::Request>,
-        closing: watch::Receiver<bool>,
+        closing: Closed,
         tx: Outbox<S::Response>,
         refusals: Refusals,
     ) -> Box<Driven<S>> {
@@ -96,8 +96,7 @@ impl<S: Session> Driven<S> {
             tx,
             refusals,
         } = self;
-        // Made once, so the stream waits in the server's closing watch once, not once per turn.
-        let mut closed = std::pin::pin!(async { drop(closing.wait_for(|c| *c).await) });
+        let mut closed = Pin::new(closing);
         let end = loop {
             let step = tokio::select! {
                 biased;

@@ -31,6 +31,7 @@
 
 mod by_kind;
 pub(crate) mod clients;
+mod closing;
 mod csds;
 mod delta;
 mod drive;
@@ -64,7 +65,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures_util::Stream;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -76,6 +77,7 @@ use crate::limits::{ConnInfo, Door, InFlight, Limits, Reason, Refusal, Refusals}
 use crate::source::Source;
 
 use clients::{ClientLog, Clients};
+pub(crate) use closing::Closing;
 use delta::DeltaSession;
 use drive::{Driven, Driving, Outbox};
 use follow::Following;
@@ -209,18 +211,6 @@ pub(crate) struct XdsServer {
     clients: Arc<Clients>,
 }
 
-/// Tells every stream that the server is going away.
-#[derive(Debug, Clone)]
-pub(crate) struct Closing(Arc<watch::Sender<bool>>);
-
-impl Closing {
-    /// Ends every stream with `UNAVAILABLE`; clients reconnect (to this server once restarted,
-    /// or to another one) and keep their resources meanwhile.
-    pub(crate) fn close(&self) {
-        self.0.send_replace(true);
-    }
-}
-
 impl XdsServer {
     pub(crate) fn new(hub: Arc<Hub>, shape: Shape, max_streams: u32) -> XdsServer {
         let shape_uses_place = shape.geo.is_enabled();
@@ -231,7 +221,7 @@ impl XdsServer {
             max_streams,
             max_unknown: MAX_NAMES,
             versions: Arc::new(AtomicU64::new(first_version())),
-            closing: Closing(Arc::new(watch::Sender::new(false))),
+            closing: Closing::default(),
             encoded: Arc::new(Encoded::new(shape_uses_place)),
             refusals: Refusals::default(),
             clients: Arc::new(Clients::default()),
@@ -342,7 +332,7 @@ impl XdsServer {
         let log = self.clients.open(S::VARIANT, peer);
         let session = session(outbox.clone(), log.clone());
         let clients = self.clients.clone();
-        let closing = self.closing.0.subscribe();
+        let closing = self.closing.closed();
         let refusals = self.refusals.clone();
         let stream = Driven::new(session, requests, closing, outbox.clone(), refusals);
         let bookkeeping = (clients, log, permit, in_flight);
