@@ -27,7 +27,9 @@
 //! watches ([`state`], [`follow`]), keep the same update order, zone priorities, version routes,
 //! stale-on-error rule and restart grace (the library's `registry::outage::Grace`), and count
 //! against one bound on streams. The same port serves the Client Status Discovery Service
-//! ([`csds`], gRFC A40): what each connected client was sent and whether it ACKed it.
+//! ([`csds`], gRFC A40): what each connected client was sent and whether it ACKed it. The port
+//! itself is [`serve`]: hyper's HTTP/2 connections, state-of-the-world streams answered before
+//! tonic's routes.
 
 mod by_kind;
 pub(crate) mod clients;
