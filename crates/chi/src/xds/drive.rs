@@ -187,8 +187,6 @@ impl<T: Send + 'static> Driving<T> {
         run: Pin<Box<dyn Future<Output = ()> + Send>>,
         outbox: Outbox<T>,
     ) -> Driving<T> {
-        // Polled once to start.
-        outbox.0.woken.store(true, Ordering::Release);
         Driving {
             run: Some(run),
             outbox,
@@ -266,7 +264,8 @@ impl<T> Outbox<T> {
                 responses: VecDeque::new(),
                 room: None,
             }),
-            woken: AtomicBool::new(false),
+            // The loop is polled once to start.
+            woken: AtomicBool::new(true),
             task: AtomicWaker::new(),
         }))
     }

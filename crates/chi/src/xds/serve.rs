@@ -32,9 +32,6 @@ use tonic::transport::server::Connected;
 
 use super::wire::{AdsService, SotwBody, is_sotw};
 
-/// How long a keep-alive ping waits for its answer when no interval is set (tonic's default).
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
 /// What the port answers: state-of-the-world ADS itself, the rest through tonic's routes.
 #[derive(Clone)]
 pub(crate) struct Port {
@@ -92,11 +89,11 @@ pub(crate) async fn serve<I, IO>(
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .keep_alive_interval(keepalive)
-        .keep_alive_timeout(keepalive.unwrap_or(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(None);
+    http2.timer(TokioTimer::new()).max_concurrent_streams(None);
+    if let Some(every) = keepalive {
+        // A ping unanswered for as long as the interval drops the connection.
+        http2.keep_alive_interval(every).keep_alive_timeout(every);
+    }
     let (closing, closed) = watch::channel(());
     let mut incoming = std::pin::pin!(incoming);
     let mut stop = std::pin::pin!(stop);
