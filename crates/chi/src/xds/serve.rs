@@ -12,7 +12,8 @@
 //! Tried and left out: holding what a connection writes during one poll of it and writing it at
 //! the end, as Envoy does per event-loop turn (h2 writes each DATA frame over 256 bytes with a
 //! system call of its own). In the fan-out bench (100 streams per connection) it cut the
-//! clients' CPU by about a tenth, the server's not measurably, and cost 1.3 KiB per stream.
+//! clients' CPU a little (up to a tenth), the server's not measurably, and cost 1 to 2 KiB more
+//! per stream.
 
 use std::convert::Infallible;
 use std::future::Future;
