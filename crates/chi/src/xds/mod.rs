@@ -38,6 +38,7 @@ mod csds;
 mod delta;
 mod drive;
 mod follow;
+mod gather;
 mod memo;
 mod policy;
 mod request;
