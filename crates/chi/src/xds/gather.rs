@@ -14,7 +14,9 @@
 //! frames join the same write. This is Envoy's write per turn of its event loop, for a runtime
 //! that has no turns to hook: the [`Turns`] of the connection's task count its polls instead.
 //! What is held is written before any flush in a later poll returns, and no later than the next
-//! poll of the task, which the first held write asked for.
+//! poll of the task, which the first held write asked for. The price: the last responses a
+//! connection holds in a change wait for its task to come around the run queue, behind every
+//! task woken before it (at most the change's round), instead of leaving as their stream ran.
 
 use std::io;
 use std::pin::Pin;
